@@ -1,0 +1,48 @@
+"""`infermesh`: one command line for every process of the mesh.
+
+Each subcommand lives with the package that owns it and is imported only when called, so that starting an
+agent never loads Django and starting the portal never loads gRPC.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# subcommand -> ("module:function", one-line help). The function takes argv and returns an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "portal": ("meshweb.commands:portal_main", "serve the portal (HTTP + WebSocket, ASGI)"),
+    "token": ("meshweb.commands:token_main", "create API tokens for a tenant"),
+    "manage": ("meshweb.commands:manage_main", "run a Django management command"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: infermesh COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in sorted(COMMANDS.items())]
+    return "\n".join(lines)
+
+
+def resolve(name: str) -> Callable[[Sequence[str]], int]:
+    target, _ = COMMANDS[name]
+    module_name, func_name = target.split(":")
+    func: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module_name), func_name)
+    return func
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"infermesh: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    return resolve(name)(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
