@@ -27,6 +27,8 @@ def _env_list(name: str, default: str) -> list[str]:
 
 DATA_DIR = Path(os.environ.get("INFERMESH_DATA_DIR") or Path.home() / ".local" / "share" / "infermesh").resolve()
 EMBEDDED = not os.environ.get("DATABASE_URL")
+if EMBEDDED:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = _env_bool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY") or "infermesh-insecure-embedded-default-key-change-me"
@@ -59,6 +61,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "meshweb.core.middleware.CorrelationIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -111,6 +114,9 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "static"
 LOGIN_URL = "/admin/login/"
+# Static files are served by the portal itself (no separate web server on the embedded default).
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 
 # Bodies larger than this are refused with 413 before any parsing.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("INFERMESH_MAX_BODY_BYTES", 256 * 1024))
@@ -119,9 +125,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 
 # Channels: Redis in production, in-memory on the embedded default.
 if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
-    }
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -145,7 +149,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "meshweb.tenancy.authentication.ApiTokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "meshweb.tenancy.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["meshweb.tenancy.permissions.TenantRolePermission"],
     "DEFAULT_PAGINATION_CLASS": "meshweb.core.api.pagination.LimitOffsetPagination",
@@ -170,7 +174,20 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {},
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "meshweb.core.api.schema.add_error_responses",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "NodeStatusEnum": "meshweb.fleet.models.NodeStatus",
+        "JobStatusEnum": "meshweb.training.models.JobStatus",
+        "GpuTypeEnum": "meshweb.fleet.models.GpuType",
+        "StrategyEnum": "meshweb.policy.models.Strategy",
+        "RoleEnum": "meshweb.tenancy.roles.Role",
+        "TopologyEnum": "meshweb.training.models.Topology",
+    },
 }
 
 PROMETHEUS_EXPORT_MIGRATIONS = False

@@ -1,0 +1,32 @@
+"""The REST API, version 1."""
+
+from rest_framework.routers import DefaultRouter
+
+from meshweb.audit.api.views import AuditEntryViewSet
+from meshweb.catalog.api.views import DeploymentViewSet, ModelRevisionViewSet, ModelViewSet
+from meshweb.fleet.api.views import CellViewSet, GpuViewSet, NodeViewSet, RegionViewSet, ZoneViewSet
+from meshweb.policy.api.views import AdmissionPolicyViewSet, RoutingPolicyViewSet, SloViewSet
+from meshweb.tenancy.api.views import ApiTokenViewSet, MembershipViewSet, QuotaViewSet, TenantViewSet
+from meshweb.training.api.views import JobViewSet
+
+router = DefaultRouter()
+router.include_root_view = False
+router.register("tenants", TenantViewSet, basename="tenant")
+router.register("quotas", QuotaViewSet, basename="quota")
+router.register("memberships", MembershipViewSet, basename="membership")
+router.register("tokens", ApiTokenViewSet, basename="token")
+router.register("models", ModelViewSet, basename="model")
+router.register("revisions", ModelRevisionViewSet, basename="revision")
+router.register("deployments", DeploymentViewSet, basename="deployment")
+router.register("regions", RegionViewSet, basename="region")
+router.register("zones", ZoneViewSet, basename="zone")
+router.register("cells", CellViewSet, basename="cell")
+router.register("nodes", NodeViewSet, basename="node")
+router.register("gpus", GpuViewSet, basename="gpu")
+router.register("jobs", JobViewSet, basename="job")
+router.register("slos", SloViewSet, basename="slo")
+router.register("routing-policies", RoutingPolicyViewSet, basename="routingpolicy")
+router.register("admission-policies", AdmissionPolicyViewSet, basename="admissionpolicy")
+router.register("audit", AuditEntryViewSet, basename="audit")
+
+urlpatterns = router.urls

@@ -1,0 +1,41 @@
+"""The audit log, read-only, for tenant admins (their tenant) and platform admins (everything)."""
+
+from __future__ import annotations
+
+from django.db import models
+from rest_framework import serializers
+
+from meshweb.audit.models import AuditEntry
+from meshweb.core.api.views import ScopedReadOnlyViewSet
+from meshweb.tenancy.roles import Role
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = AuditEntry
+        fields = [
+            "id",
+            "at",
+            "actor",
+            "tenant",
+            "action",
+            "object_type",
+            "object_id",
+            "before",
+            "after",
+            "correlation_id",
+        ]
+        read_only_fields = fields
+
+
+class AuditEntryViewSet(ScopedReadOnlyViewSet):
+    serializer_class = AuditEntrySerializer
+    read_role = Role.TENANT_ADMIN
+    filterset_fields = ["action", "object_type", "object_id", "correlation_id", "actor"]
+    ordering_fields = ["at", "id"]
+    ordering = ["-at", "-id"]
+
+    def base_queryset(self) -> models.QuerySet[AuditEntry]:
+        return AuditEntry.objects.select_related("tenant")

@@ -1,0 +1,74 @@
+"""Serializers of models, revisions and deployments."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rest_framework import serializers
+
+from meshweb.catalog.models import Deployment, Model, ModelRevision
+from meshweb.core.api.fields import ScopedPrimaryKeyRelatedField, tenant_field
+from meshweb.core.api.serializers import StrictModelSerializer
+from meshweb.fleet.models import GpuType, Zone
+
+_ARTIFACT = re.compile(r"^(s3|gs|az|hf|nfs|file|oci|https?)://\S+$")
+
+
+class TenantImmutableMixin:
+    def validate_tenant(self, value: Any) -> Any:
+        instance = getattr(self, "instance", None)
+        if instance is not None and instance.tenant_id != value.pk:
+            raise serializers.ValidationError("The tenant of an existing object cannot change.")
+        return value
+
+
+class ModelSerializer(TenantImmutableMixin, StrictModelSerializer):
+    tenant = tenant_field()
+
+    class Meta:
+        model = Model
+        fields = ["id", "tenant", "name", "description", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+
+class ModelRevisionSerializer(StrictModelSerializer):
+    model = ScopedPrimaryKeyRelatedField(queryset=Model.objects.all())
+
+    class Meta:
+        model = ModelRevision
+        fields = ["id", "model", "revision", "quant", "runtime", "artifact_uri", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+    def validate_artifact_uri(self, value: str) -> str:
+        if not _ARTIFACT.match(value):
+            raise serializers.ValidationError("Use a URI with a scheme: s3://, gs://, az://, hf://, oci://, https://.")
+        return value
+
+
+class DeploymentSerializer(StrictModelSerializer):
+    revision = ScopedPrimaryKeyRelatedField(queryset=ModelRevision.objects.all())
+    zone = serializers.SlugRelatedField(slug_field="name", queryset=Zone.objects.all(), allow_null=True, default=None)
+    gpu_type = serializers.ChoiceField(choices=GpuType.choices, allow_blank=True, default="")
+    node_selector = serializers.DictField(child=serializers.CharField(max_length=200), default=dict)
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id",
+            "revision",
+            "zone",
+            "node_selector",
+            "gpu_type",
+            "min_replicas",
+            "max_replicas",
+            "created_at",
+        ]
+        read_only_fields = ["id", "created_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        lo = attrs.get("min_replicas", getattr(self.instance, "min_replicas", 1))
+        hi = attrs.get("max_replicas", getattr(self.instance, "max_replicas", 1))
+        if lo > hi:
+            raise serializers.ValidationError({"min_replicas": [f"min_replicas ({lo}) exceeds max_replicas ({hi})."]})
+        return attrs

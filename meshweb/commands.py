@@ -1,0 +1,116 @@
+"""Portal subcommands of `infermesh`: serve the portal, create API tokens, run management commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "meshweb.settings")
+    import django
+
+    django.setup()
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def portal_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="infermesh portal", description="Serve the portal (HTTP + WebSocket).")
+    parser.add_argument(
+        "--bind", type=parse_bind, default=("127.0.0.1", 8000), help="HOST:PORT (default 127.0.0.1:8000)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
+    parser.add_argument("--demo", action="store_true", help="seed the demo tenant, admin and token first")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    host, port = args.bind
+
+    _setup_django()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    if args.workers > 1:
+        # Every worker writes its metrics here; /metrics merges them (prometheus_client multi-process mode).
+        prom_dir = Path(settings.PROMETHEUS_MULTIPROC_DIR or settings.DATA_DIR / "prometheus")
+        shutil.rmtree(prom_dir, ignore_errors=True)
+        prom_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
+    if settings.EMBEDDED and not args.no_migrate:
+        call_command("migrate", interactive=False, verbosity=0)
+    if args.demo:
+        from meshweb.demo_data import seed_demo
+
+        for line in seed_demo():
+            print(line, flush=True)
+
+    import uvicorn
+
+    print(f"portal: serving on http://{host}:{port}/ (database: {settings.DATABASES['default']['ENGINE']})", flush=True)
+    uvicorn.run(
+        "meshweb.asgi:application",
+        host=host,
+        port=port,
+        workers=args.workers,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+    )
+    return 0
+
+
+def token_main(argv: Sequence[str]) -> int:
+    from meshweb.tenancy.roles import Role
+
+    parser = argparse.ArgumentParser(prog="infermesh token", description="Manage API tokens.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    create = sub.add_parser("create", help="create a token and print it (shown once)")
+    create.add_argument("--tenant", required=True, help="tenant slug")
+    create.add_argument("--role", required=True, choices=Role.values)
+    create.add_argument("--name", default="")
+    create.add_argument("--expires-days", type=int, default=90, help="0 = never expires")
+    create.add_argument("--create-tenant", action="store_true", help="create the tenant if it does not exist")
+    args = parser.parse_args(argv)
+    if args.expires_days < 0:
+        parser.error("--expires-days must be 0 or more")
+
+    _setup_django()
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from meshweb.tenancy.models import Tenant
+    from meshweb.tenancy.services import SYSTEM, tenant_create, token_create
+
+    if settings.EMBEDDED:
+        call_command("migrate", interactive=False, verbosity=0)
+    tenant = Tenant.objects.filter(slug=args.tenant).first()
+    if tenant is None:
+        if not args.create_tenant:
+            print(f"infermesh token: no tenant {args.tenant!r} (add --create-tenant to create it)", file=sys.stderr)
+            return 1
+        tenant = tenant_create(principal=SYSTEM, slug=args.tenant)
+    expires = timedelta(days=args.expires_days) if args.expires_days else None
+    _, plaintext = token_create(principal=SYSTEM, tenant=tenant, role=args.role, name=args.name, expires_in=expires)
+    print(plaintext)
+    return 0
+
+
+def manage_main(argv: Sequence[str]) -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "meshweb.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["infermesh manage", *argv])
+    return 0

@@ -1,0 +1,1 @@
+"""Cross-cutting pieces of the portal: correlation ids, JSON logs, API conventions, base models."""

@@ -1,0 +1,1 @@
+"""API conventions shared by every app: one error shape, strict JSON, limit/offset pagination."""

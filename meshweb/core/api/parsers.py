@@ -1,0 +1,39 @@
+"""A JSON parser that refuses what the standard one lets through: NaN/Infinity, duplicate keys, non-objects."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+class StrictJSONParser(JSONParser):
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+        raw = stream.read() if stream is not None else b""
+        if not raw:
+            return {}
+        try:
+            text = raw.decode("utf-8")
+            data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        except UnicodeDecodeError as exc:
+            raise ParseError("Malformed JSON: the body is not UTF-8.") from exc
+        except ValueError as exc:
+            raise ParseError(f"Malformed JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ParseError("Malformed JSON: the body must be a JSON object.")
+        return data

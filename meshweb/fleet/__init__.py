@@ -1,0 +1,1 @@
+"""Regions, zones and cells; nodes with their status lifecycle; GPUs and MIG slices."""

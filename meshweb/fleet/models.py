@@ -1,0 +1,124 @@
+"""The fleet: where things run."""
+
+from __future__ import annotations
+
+from django.core.validators import RegexValidator
+from django.db import models
+
+from meshweb.core.models import TimeStamped
+
+name_validator = RegexValidator(
+    r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$", "Use lower-case letters, digits, '.' and '-'."
+)
+
+
+class GpuType(models.TextChoices):
+    """GPU families the scheduler and deployments can ask for."""
+
+    H200 = "H200"
+    H100 = "H100"
+    A100 = "A100"
+    L40S = "L40S"
+    L40 = "L40"
+    L4 = "L4"
+    A10G = "A10G"
+    T4 = "T4"
+
+
+class NodeRole(models.TextChoices):
+    ROUTER = "router"
+    TRAINER = "trainer"
+    COORDINATOR = "coordinator"
+    GPU = "gpu"
+    EDGE = "edge"
+
+
+class NodeStatus(models.TextChoices):
+    ACTIVE = "active"
+    CORDONED = "cordoned"
+    DRAINING = "draining"
+    QUARANTINED = "quarantined"
+    OFFLINE = "offline"
+
+
+# The only legal status changes; anything else is refused.
+NODE_TRANSITIONS: dict[str, frozenset[str]] = {
+    NodeStatus.ACTIVE: frozenset(
+        {NodeStatus.CORDONED, NodeStatus.DRAINING, NodeStatus.QUARANTINED, NodeStatus.OFFLINE}
+    ),
+    NodeStatus.CORDONED: frozenset(
+        {NodeStatus.ACTIVE, NodeStatus.DRAINING, NodeStatus.QUARANTINED, NodeStatus.OFFLINE}
+    ),
+    NodeStatus.DRAINING: frozenset({NodeStatus.CORDONED, NodeStatus.QUARANTINED, NodeStatus.OFFLINE}),
+    NodeStatus.QUARANTINED: frozenset({NodeStatus.ACTIVE, NodeStatus.CORDONED, NodeStatus.OFFLINE}),
+    NodeStatus.OFFLINE: frozenset({NodeStatus.ACTIVE, NodeStatus.CORDONED}),
+}
+
+
+class Region(TimeStamped):
+    name = models.CharField(max_length=63, unique=True, validators=[name_validator])
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Zone(TimeStamped):
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="zones")
+    name = models.CharField(max_length=63, unique=True, validators=[name_validator])
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Cell(TimeStamped):
+    zone = models.ForeignKey(Zone, on_delete=models.PROTECT, related_name="cells")
+    name = models.CharField(max_length=63, validators=[name_validator])
+
+    class Meta:
+        ordering = ["zone_id", "name"]
+        constraints = [models.UniqueConstraint(fields=["zone", "name"], name="uniq_cell_zone_name")]
+
+    def __str__(self) -> str:
+        return f"{self.zone.name}/{self.name}"
+
+
+class Node(TimeStamped):
+    name = models.CharField(max_length=63, unique=True, validators=[name_validator])
+    address = models.CharField(max_length=255, help_text="host:port of the node's agent")
+    zone = models.ForeignKey(Zone, on_delete=models.PROTECT, related_name="nodes")
+    cell = models.ForeignKey(Cell, null=True, blank=True, on_delete=models.SET_NULL, related_name="nodes")
+    roles = models.JSONField(default=list)
+    labels = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=NodeStatus.choices, default=NodeStatus.ACTIVE, db_index=True)
+    status_reason = models.CharField(max_length=500, blank=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Gpu(TimeStamped):
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gpus")
+    uuid = models.CharField(max_length=96, unique=True)
+    index = models.PositiveSmallIntegerField()
+    model = models.CharField(max_length=100, help_text="product name, e.g. NVIDIA H100 80GB HBM3")
+    gpu_type = models.CharField(max_length=8, choices=GpuType.choices)
+    vram_mb = models.PositiveIntegerField()
+    mig_profile = models.CharField(max_length=32, blank=True)
+    parent_uuid = models.CharField(max_length=96, blank=True)
+
+    class Meta:
+        ordering = ["node_id", "index", "uuid"]
+
+    def __str__(self) -> str:
+        return self.uuid

@@ -1,0 +1,1 @@
+"""Policies: SLOs per model/tenant, routing policies (strategy, A/B, shadow) and admission thresholds."""

@@ -1,0 +1,1 @@
+"""Tenants, memberships with roles, quotas and API tokens; the one place where tenant RBAC is decided."""

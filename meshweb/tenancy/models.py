@@ -1,0 +1,81 @@
+"""Tenants, memberships, quotas and API tokens."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from meshweb.core.models import TimeStamped
+from meshweb.tenancy.roles import Role
+
+
+class Tenant(TimeStamped):
+    slug = models.SlugField(max_length=63, unique=True)
+    name = models.CharField(max_length=200)
+    is_active = models.BooleanField(default=True)
+
+    TENANT_PATH = "id"
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Membership(TimeStamped):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)
+
+    TENANT_PATH = "tenant_id"
+
+    class Meta:
+        ordering = ["tenant_id", "user_id"]
+        constraints = [models.UniqueConstraint(fields=["user", "tenant"], name="uniq_membership_user_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.tenant} ({self.role})"
+
+
+class Quota(TimeStamped):
+    """Limits of one tenant. Training limits are checked at job submission, inference limits by routers."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="quota")
+    gpus_max = models.PositiveIntegerField(default=16, help_text="GPUs held at once by the tenant's jobs.")
+    gpu_hours_per_period = models.FloatField(default=2000.0, validators=[MinValueValidator(0.0)])
+    period_days = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
+    concurrent_jobs_max = models.PositiveIntegerField(default=20)
+    requests_per_s = models.FloatField(default=100.0, validators=[MinValueValidator(0.0)])
+    tokens_per_min = models.PositiveIntegerField(default=200_000)
+    concurrent_requests_max = models.PositiveIntegerField(default=256)
+
+    TENANT_PATH = "tenant_id"
+
+    class Meta:
+        ordering = ["tenant_id"]
+
+    def __str__(self) -> str:
+        return f"quota of {self.tenant}"
+
+
+class ApiToken(TimeStamped):
+    """A machine credential: only a hash of the secret is kept."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="tokens")
+    role = models.CharField(max_length=20, choices=Role.choices)
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    TENANT_PATH = "tenant_id"
+
+    class Meta:
+        ordering = ["tenant_id", "prefix"]
+
+    def __str__(self) -> str:
+        return f"token {self.prefix} ({self.tenant}, {self.role})"

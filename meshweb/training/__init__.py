@@ -1,0 +1,1 @@
+"""Training jobs: validated specs, a status state machine, placements and events."""

@@ -1,0 +1,68 @@
+"""Serializers of training jobs."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from meshweb.core.api.fields import tenant_field
+from meshweb.core.api.serializers import StrictSerializer
+from meshweb.training.models import JobEvent, JobPlacement, TrainingJob
+from meshweb.training.spec import JobSpecSerializer
+
+
+class JobSubmitSerializer(StrictSerializer):
+    tenant = tenant_field()
+    name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", max_length=128)
+    priority = serializers.IntegerField(min_value=0, max_value=1000, default=50)
+    spec = JobSpecSerializer()
+
+
+class JobPlacementSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = JobPlacement
+        fields = ["rank", "node", "gpu_uuids"]
+        read_only_fields = fields
+
+
+class JobSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    spec = JobSpecSerializer(read_only=True)
+    placements = JobPlacementSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = TrainingJob
+        fields = [
+            "id",
+            "tenant",
+            "name",
+            "priority",
+            "status",
+            "status_reason",
+            "workers",
+            "gpus_per_worker",
+            "spec",
+            "placements",
+            "submitted_by",
+            "created_at",
+            "updated_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class JobEventSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    class Meta:
+        model = JobEvent
+        fields = ["id", "at", "kind", "message", "data"]
+        read_only_fields = fields
+
+
+class JobCancelSerializer(StrictSerializer):
+    reason = serializers.CharField(max_length=500, allow_blank=True, default="")
+
+
+class JobScaleSerializer(StrictSerializer):
+    workers = serializers.IntegerField(min_value=1)

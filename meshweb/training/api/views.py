@@ -1,0 +1,99 @@
+"""Training job endpoints: submission (idempotent), cancel, scale, events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from meshweb.core.api.views import ScopedViewSetMixin
+from meshweb.tenancy.roles import Role
+from meshweb.training.api.serializers import (
+    JobCancelSerializer,
+    JobEventSerializer,
+    JobScaleSerializer,
+    JobSerializer,
+    JobSubmitSerializer,
+)
+from meshweb.training.models import JobEvent, TrainingJob
+from meshweb.training.services import job_cancel, job_scale, job_submit, request_fingerprint
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="Retrying a submission with the same key and body returns the first job instead of a new one.",
+)
+
+
+class JobViewSet(
+    ScopedViewSetMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,  # type: ignore[type-arg]
+):
+    serializer_class = JobSerializer
+    write_role = Role.MEMBER
+    filterset_fields = ["status", "tenant__slug", "name"]
+    ordering_fields = ["created_at", "priority", "name", "status"]
+    ordering = ["-created_at", "-id"]
+
+    def base_queryset(self) -> models.QuerySet[TrainingJob]:
+        return TrainingJob.objects.select_related("tenant").prefetch_related("placements__node")
+
+    @extend_schema(request=JobSubmitSerializer, responses={201: JobSerializer}, parameters=[IDEMPOTENCY_HEADER])
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Submit a training job; refused with 422 naming the quota when it would exceed one."""
+        serializer = JobSubmitSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= 255:
+            raise ValidationError({"Idempotency-Key": ["The header must hold 1 to 255 characters."]})
+        submission = job_submit(
+            principal=self.principal,
+            tenant=data["tenant"],
+            name=data["name"],
+            spec=request.data.get("spec"),
+            priority=data["priority"],
+            idempotency_key=key,
+            fingerprint=request_fingerprint(request.data) if key else None,
+        )
+        job = self.base_queryset().get(pk=submission.job.pk)
+        headers = {"Location": f"/api/v1/jobs/{job.pk}/"}
+        if submission.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED, headers=headers)
+
+    @extend_schema(request=JobCancelSerializer, responses={200: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: Any = None) -> Response:
+        job = self.get_object()
+        body = JobCancelSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        job_cancel(principal=self.principal, job=job, reason=body.validated_data["reason"])
+        return Response(JobSerializer(self.base_queryset().get(pk=job.pk)).data)
+
+    @extend_schema(request=JobScaleSerializer, responses={200: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def scale(self, request: Request, pk: Any = None) -> Response:
+        job = self.get_object()
+        body = JobScaleSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        job_scale(principal=self.principal, job=job, workers=body.validated_data["workers"])
+        return Response(JobSerializer(self.base_queryset().get(pk=job.pk)).data)
+
+    @extend_schema(request=None, responses={200: JobEventSerializer(many=True)})
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def events(self, request: Request, pk: Any = None) -> Response:
+        """The job's events, oldest first."""
+        job = self.get_object()
+        page = self.paginate_queryset(JobEvent.objects.filter(job=job).order_by("at", "id"))
+        return self.get_paginated_response(JobEventSerializer(page, many=True).data)

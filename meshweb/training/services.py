@@ -1,0 +1,196 @@
+"""Writes of the training domain: submission (quota-checked, idempotent), cancel, scale, status transitions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from meshweb.audit.services import audit_record
+from meshweb.core.api.errors import Conflict, QuotaExceeded
+from meshweb.tenancy.models import Quota, Tenant
+from meshweb.tenancy.rbac import Principal
+from meshweb.training.models import (
+    ACTIVE,
+    JOB_TRANSITIONS,
+    TERMINAL,
+    IdempotencyKey,
+    JobEvent,
+    JobStatus,
+    TrainingJob,
+)
+from meshweb.training.spec import validate_spec
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: TrainingJob
+    replayed: bool  # True when an earlier request with the same Idempotency-Key created the job
+
+
+def request_fingerprint(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _quota_check(*, tenant: Tenant, quota: Quota, gpus: int, gpu_hours: float) -> None:
+    active = TrainingJob.objects.filter(tenant=tenant, status__in=ACTIVE)
+    agg = active.aggregate(gpus=Sum(F("workers") * F("gpus_per_worker")))
+    n_active = active.count()
+    gpus_held = int(agg["gpus"] or 0)
+    if n_active + 1 > quota.concurrent_jobs_max:
+        raise QuotaExceeded(
+            f"Quota concurrent_jobs_max exceeded: tenant {tenant.slug} has {n_active} active jobs "
+            f"and may have at most {quota.concurrent_jobs_max}."
+        )
+    if gpus_held + gpus > quota.gpus_max:
+        raise QuotaExceeded(
+            f"Quota gpus_max exceeded: the job needs {gpus} GPUs, tenant {tenant.slug} holds {gpus_held} "
+            f"of {quota.gpus_max}."
+        )
+    since = timezone.now() - timedelta(days=quota.period_days)
+    used = 0.0
+    for job in TrainingJob.objects.filter(tenant=tenant, created_at__gte=since).only(
+        "workers", "gpus_per_worker", "max_runtime_s", "status", "started_at", "finished_at"
+    ):
+        used += _gpu_hours_charged(job)
+    if used + gpu_hours > quota.gpu_hours_per_period + 1e-9:
+        raise QuotaExceeded(
+            f"Quota gpu_hours_per_period exceeded: the job may use {gpu_hours:.1f} GPU-hours, tenant {tenant.slug} "
+            f"has {used:.1f} of {quota.gpu_hours_per_period:.1f} charged in the last {quota.period_days} days."
+        )
+
+
+def _gpu_hours_charged(job: TrainingJob) -> float:
+    """Finished jobs are charged what they ran; unfinished ones what they may still run."""
+    if job.status in TERMINAL:
+        if job.started_at is None or job.finished_at is None:
+            return 0.0
+        return job.gpus_requested * (job.finished_at - job.started_at).total_seconds() / 3600.0
+    return job.gpu_hours_reserved
+
+
+def job_submit(
+    *,
+    principal: Principal,
+    tenant: Tenant,
+    name: str,
+    spec: Any,
+    priority: int = 50,
+    idempotency_key: str | None = None,
+    fingerprint: str | None = None,
+) -> Submission:
+    clean = validate_spec(spec)
+    workers_min = clean["workers"]["min"]
+    gpus = workers_min * clean["gpus_per_worker"]
+    gpu_hours = gpus * clean["max_runtime_s"] / 3600.0
+    with transaction.atomic():
+        # Serialises submissions of one tenant so that two racing requests cannot both fit under a quota.
+        quota = Quota.objects.select_for_update().get(tenant=tenant)
+        if idempotency_key:
+            earlier = IdempotencyKey.objects.filter(tenant=tenant, key=idempotency_key).select_related("job").first()
+            if earlier is not None:
+                if earlier.request_hash != fingerprint:
+                    raise Conflict(
+                        "Idempotency-Key was already used with a different request body; use a new key.",
+                        code="idempotency_key_reused",
+                    )
+                return Submission(job=earlier.job, replayed=True)
+        _quota_check(tenant=tenant, quota=quota, gpus=gpus, gpu_hours=gpu_hours)
+        job = TrainingJob.objects.create(
+            tenant=tenant,
+            name=name,
+            spec=clean,
+            priority=priority,
+            workers=workers_min,
+            gpus_per_worker=clean["gpus_per_worker"],
+            max_runtime_s=clean["max_runtime_s"],
+            submitted_by=principal.name,
+        )
+        if idempotency_key:
+            IdempotencyKey.objects.create(tenant=tenant, key=idempotency_key, request_hash=fingerprint or "", job=job)
+        JobEvent.objects.create(
+            job=job, kind="submitted", message=f"submitted by {principal.name}", data={"workers": workers_min}
+        )
+        audit_record(actor=principal.name, action="job.submit", obj=job, tenant_id=tenant.pk, after=job.snapshot())
+    return Submission(job=job, replayed=False)
+
+
+def _locked(job: TrainingJob) -> TrainingJob:
+    return TrainingJob.objects.select_for_update().get(pk=job.pk)
+
+
+@transaction.atomic
+def job_transition(*, principal: Principal, job: TrainingJob, status: str, reason: str = "") -> TrainingJob:
+    job = _locked(job)
+    if status not in JobStatus.values:
+        raise Conflict(f"Unknown job status {status!r}.", code="illegal_transition")
+    if status not in JOB_TRANSITIONS[job.status]:
+        raise Conflict(
+            f"Job {job.pk} cannot go from {job.status} to {status}.",
+            code="illegal_transition",
+        )
+    before = job.snapshot()
+    now = timezone.now()
+    job.status = status
+    job.status_reason = reason
+    if status == JobStatus.RUNNING and job.started_at is None:
+        job.started_at = now
+    if status in TERMINAL:
+        job.finished_at = now
+    job.save()
+    JobEvent.objects.create(job=job, kind=f"status.{status}", message=reason or f"status {before['status']} → {status}")
+    audit_record(
+        actor=principal.name,
+        action=f"job.{status}",
+        obj=job,
+        tenant_id=job.tenant_id,
+        before=before,
+        after=job.snapshot(),
+    )
+    return job
+
+
+def job_cancel(*, principal: Principal, job: TrainingJob, reason: str = "") -> TrainingJob:
+    if job.status in TERMINAL:
+        raise Conflict(f"Job {job.pk} is already {job.status}; it cannot be cancelled.", code="illegal_transition")
+    return job_transition(
+        principal=principal, job=job, status=JobStatus.CANCELLED, reason=reason or f"cancelled by {principal.name}"
+    )
+
+
+@transaction.atomic
+def job_scale(*, principal: Principal, job: TrainingJob, workers: int) -> TrainingJob:
+    job = _locked(job)
+    if job.status in TERMINAL:
+        raise Conflict(f"Job {job.pk} is {job.status}; a finished job cannot be scaled.", code="illegal_transition")
+    lo, hi = job.spec["workers"]["min"], job.spec["workers"]["max"]
+    if not lo <= workers <= hi:
+        raise Conflict(
+            f"workers must stay within the job's elastic range {lo}..{hi}; got {workers}.", code="out_of_range"
+        )
+    if workers > job.workers:
+        quota = Quota.objects.select_for_update().get(tenant_id=job.tenant_id)
+        extra = (workers - job.workers) * job.gpus_per_worker
+        held = sum(j.gpus_requested for j in TrainingJob.objects.filter(tenant_id=job.tenant_id, status__in=ACTIVE))
+        if held + extra > quota.gpus_max:
+            raise QuotaExceeded(
+                f"Quota gpus_max exceeded: scaling to {workers} workers needs {extra} more GPUs, tenant holds "
+                f"{held} of {quota.gpus_max}."
+            )
+    before = job.snapshot()
+    old = job.workers
+    job.workers = workers
+    job.save(update_fields=["workers", "updated_at"])
+    JobEvent.objects.create(
+        job=job, kind="scaled", message=f"workers {old} → {workers}", data={"from": old, "to": workers}
+    )
+    audit_record(
+        actor=principal.name, action="job.scale", obj=job, tenant_id=job.tenant_id, before=before, after=job.snapshot()
+    )
+    return job
