@@ -1,0 +1,1 @@
+"""Generated modules of the `infermesh.v1` protobuf package (regenerate with `python -m agents.proto.build`)."""

@@ -1,0 +1,69 @@
+"""Routing strategies: the interface (`base`), the built-ins, and the host that runs them under a time budget.
+
+Plugins are classes implementing `Strategy`, named as "package.module:Class" wherever a strategy name is accepted.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from agents.strategies.base import (
+    Decision,
+    RouteRequest,
+    RttFn,
+    SampleParams,
+    Scored,
+    Strategy,
+    TargetIndex,
+    TargetView,
+)
+from agents.strategies.builtins import BUILTINS, BaselineRR, HybridMesh, HybridWeights, LeastQueue, ZoneRtt
+
+
+def load_strategy(spec: str, **options: Any) -> Strategy:
+    """A built-in by name, or a plugin given as "package.module:Class" (constructed with `options`)."""
+    if spec in BUILTINS:
+        return BUILTINS[spec](**options)
+    if ":" not in spec:
+        raise ValueError(f"unknown strategy {spec!r}: use one of {sorted(BUILTINS)} or 'package.module:Class'")
+    module_name, _, attr = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"strategy plugin {spec!r} cannot be loaded: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ValueError(f"strategy plugin {spec!r} is not a subclass of agents.strategies.Strategy")
+    strategy = cls(**options)
+    if not strategy.name:
+        raise ValueError(f"strategy plugin {spec!r} has no name")
+    return strategy
+
+
+def make_builtin_strategies(rtt: RttFn | None = None) -> dict[str, Strategy]:
+    """Fresh instances of every built-in (strategies keep per-host state, so hosts never share them)."""
+    return {
+        BaselineRR.name: BaselineRR(),
+        LeastQueue.name: LeastQueue(),
+        HybridMesh.name: HybridMesh(rtt=rtt),
+    }
+
+
+__all__ = [
+    "BUILTINS",
+    "BaselineRR",
+    "Decision",
+    "HybridMesh",
+    "HybridWeights",
+    "LeastQueue",
+    "RouteRequest",
+    "RttFn",
+    "SampleParams",
+    "Scored",
+    "Strategy",
+    "TargetIndex",
+    "TargetView",
+    "ZoneRtt",
+    "load_strategy",
+    "make_builtin_strategies",
+]

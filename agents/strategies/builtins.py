@@ -1,0 +1,332 @@
+"""Built-in inference strategies: `baseline_rr`, `least_queue` and `hybrid_mesh`.
+
+All three decide in time independent of fleet size: round-robin walks a per-model cursor; the other two score a
+random sample plus a small elite list that `refresh` keeps out of the request path.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agents.strategies.base import (
+    RouteRequest,
+    RttFn,
+    SampleParams,
+    Scored,
+    Strategy,
+    TargetIndex,
+    TargetView,
+    rank_sampled,
+)
+
+
+class BaselineRR(Strategy):
+    """Round-robin over a model's admissible targets: the reference every other strategy must beat."""
+
+    name = "baseline_rr"
+
+    def __init__(self, max_probe: int = 64) -> None:
+        self._cursor: dict[str, int] = {}
+        self._max_probe = max_probe
+
+    def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
+        targets = index.candidates(request.model)
+        n = len(targets)
+        if n == 0:
+            return []
+        start = self._cursor.get(request.model, 0) % n
+        out: list[Scored] = []
+        admits = request.admits
+        # Probe a bounded window first; only a fleet where nearly everything is unroutable walks it all.
+        limit = n if n <= self._max_probe else self._max_probe
+        probed = 0
+        while probed < n and len(out) < k:
+            view = targets[(start + probed) % n]
+            probed += 1
+            if admits(view):
+                out.append(Scored(view, float(len(out))))
+            if probed >= limit and out:
+                break
+        self._cursor[request.model] = (start + 1) % n
+        return out
+
+    def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
+        return {"rotation": 1.0}
+
+
+def _load(view: TargetView) -> float:
+    """Requests per unit of capacity: queued + running + what this host sent since the last update."""
+    cap = view.max_concurrency if view.max_concurrency else 1
+    return ((view.requests_waiting or 0.0) + (view.requests_running or 0.0) + view.inflight) / cap
+
+
+class _EliteMixin:
+    """Keeps, per model, the ids of the few best targets by a request-independent key, rebuilt by `refresh`.
+
+    Ids, not views, are kept: the index replaces views on every update and a decision must see the current one.
+    """
+
+    def _init_elite(self, size: int) -> None:
+        self._elite: dict[str, list[str]] = {}
+        self._elite_keys: dict[str, float] = {}
+        self._dirty: set[str] = set()
+        self._elite_size = size
+
+    def _elite_key(self, view: TargetView) -> float:
+        raise TypeError("subclasses define _elite_key")
+
+    def _elite_touch(self, view: TargetView) -> None:
+        self._dirty.add(view.model)
+        if not view.routable:
+            self._elite_drop(view)
+            return
+        key = self._elite_key(view)
+        keys = self._elite_keys
+        elite = self._elite.setdefault(view.model, [])
+        if view.target_id in keys:
+            keys[view.target_id] = key
+            return
+        # A target that just became better than the elite's worst joins at once, so a freshly idle target is found
+        # before the next refresh.
+        if len(elite) < self._elite_size:
+            elite.append(view.target_id)
+            keys[view.target_id] = key
+            return
+        worst = max(elite, key=keys.__getitem__)
+        if key < keys[worst]:
+            elite[elite.index(worst)] = view.target_id
+            del keys[worst]
+            keys[view.target_id] = key
+
+    def _elite_drop(self, view: TargetView) -> None:
+        if self._elite_keys.pop(view.target_id, None) is not None:
+            self._elite[view.model] = [i for i in self._elite.get(view.model, []) if i != view.target_id]
+
+    def _elite_refresh(self, index: TargetIndex) -> None:
+        for model in list(self._dirty):
+            for old in self._elite.pop(model, []):
+                self._elite_keys.pop(old, None)
+            targets = [t for t in index.candidates(model) if t.routable]
+            if not targets:
+                continue
+            keyed = [(self._elite_key(t), t.target_id) for t in targets]
+            best = heapq.nsmallest(self._elite_size, keyed)
+            self._elite[model] = [tid for _, tid in best]
+            self._elite_keys.update((tid, key) for key, tid in best)
+        self._dirty.clear()
+
+    def _elite_views(self, index: TargetIndex, model: str) -> list[TargetView]:
+        by_id = index.by_id
+        return [v for v in (by_id.get(i) for i in self._elite.get(model, ())) if v is not None]
+
+
+class LeastQueue(_EliteMixin, Strategy):
+    """Fewest queued + running requests per unit of capacity among sampled candidates (power of d choices)."""
+
+    name = "least_queue"
+
+    def __init__(self, params: SampleParams | None = None) -> None:
+        self.params = params or SampleParams()
+        self._init_elite(self.params.elite)
+
+    def _elite_key(self, view: TargetView) -> float:
+        return _load(view)
+
+    def on_upsert(self, view: TargetView, previous: TargetView | None) -> None:
+        self._elite_touch(view)
+
+    def on_remove(self, view: TargetView) -> None:
+        self._elite_drop(view)
+
+    def refresh(self, index: TargetIndex) -> None:
+        self._elite_refresh(index)
+
+    def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
+        elite = self._elite_views(index, request.model)
+        return rank_sampled(index, request, k, rng, _score_least_queue, self.params, elite)
+
+    def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
+        return {"load": _load(view)}
+
+
+def _score_least_queue(view: TargetView, request: RouteRequest) -> float:
+    return _load(view)
+
+
+_MIG_RE = re.compile(r"^(\d+)g\.(\d+)gb$")
+
+
+def mig_fraction(profile: str) -> float:
+    """Share of a full GPU a MIG profile gets (compute slices out of 7); 1.0 for a whole GPU or an unknown name."""
+    m = _MIG_RE.match(profile.split("+")[0]) if profile else None
+    return min(int(m.group(1)) / 7.0, 1.0) if m else 1.0
+
+
+@dataclass(slots=True)
+class HybridWeights:
+    """Weights of `hybrid_mesh`. The score is in seconds of expected delay, so terms add up meaningfully."""
+
+    prior_latency_s: float = 2.0  # service time assumed before any latency is known
+    default_concurrency: int = 8  # batch slots assumed when a runtime does not say
+    kv_knee: float = 0.85  # KV use above which preemption risk grows
+    kv_penalty_s: float = 4.0
+    vram_knee: float = 0.92
+    vram_penalty_s: float = 2.0
+    latency_weight: float = 0.5  # weight of recent TTFT p95
+    warming_penalty_s: float = 10.0
+    cold_penalty_s: float = 60.0
+    stale_penalty_s: float = 2.0  # applied as (1 - freshness) x this
+    error_penalty_s: float = 5.0  # applied as error_rate x this
+    network_weight: float = 2.0  # RTT counts for request and response
+    cost_weight_s_per_dollar: float = 200.0
+    default_completion_tokens: int = 256
+    mig_penalty_s: float = 1.0  # per 4k tokens of work, scaled by how small the slice is
+
+
+@dataclass(slots=True)
+class ZoneRtt:
+    """Default network cost when no topology service is attached: same node, same zone, other zone."""
+
+    same_node_s: float = 0.0
+    same_zone_s: float = 0.0005
+    cross_zone_s: float = 0.03
+    unknown_s: float = 0.001
+    zones: dict[str, str] = field(default_factory=dict)  # node -> zone, learnt from targets
+
+    def __call__(self, src: str, dst: str) -> float:
+        if not src or src == dst:
+            return self.same_node_s
+        zs, zd = self.zones.get(src), self.zones.get(dst)
+        if not zs or not zd:
+            return self.unknown_s
+        return self.same_zone_s if zs == zd else self.cross_zone_s
+
+
+class HybridMesh(_EliteMixin, Strategy):
+    """Expected-delay score: work left / queue, KV and VRAM pressure, recent latency, MIG fit, network cost,
+    warm/cold state, staleness, errors and cost per token.
+
+    The request-independent part is precomputed per target on every update (O(1)); a decision adds the network,
+    cost and MIG terms for a sampled candidate set.
+    """
+
+    name = "hybrid_mesh"
+
+    def __init__(
+        self,
+        weights: HybridWeights | None = None,
+        params: SampleParams | None = None,
+        rtt: RttFn | None = None,
+    ) -> None:
+        self.weights = weights or HybridWeights()
+        self.params = params or SampleParams()
+        self._zone_rtt = ZoneRtt()
+        self.rtt: RttFn = rtt or self._zone_rtt
+        self._base: dict[str, float] = {}
+        self._init_elite(self.params.elite)
+
+    def set_rtt(self, rtt: RttFn | None) -> None:
+        """Attach a topology service's RTT estimate (or go back to the zone default with None)."""
+        self.rtt = rtt or self._zone_rtt
+
+    # -- precomputed, request-independent part -------------------------------------------------------------------
+    def base_terms(self, v: TargetView) -> dict[str, float]:
+        w = self.weights
+        service_s = v.ewma_latency_s or v.latency_p95_s or w.prior_latency_s
+        cap = v.max_concurrency or w.default_concurrency
+        if v.work_left_s > 0:
+            wait_s = v.work_left_s
+        else:
+            wait_s = ((v.requests_waiting or 0.0) + (v.requests_running or 0.0)) / cap * service_s
+        terms = {
+            "wait": wait_s + v.inflight / cap * service_s,
+            "service": service_s,
+            "kv": _knee(v.kv_cache_usage, w.kv_knee) * w.kv_penalty_s,
+            "vram": _knee(v.vram_used_frac, w.vram_knee) * w.vram_penalty_s,
+            "latency": w.latency_weight * (v.ttft_p95_s or v.ewma_ttft_s or 0.0),
+            "warm": w.cold_penalty_s if not v.loaded else (w.warming_penalty_s if v.warming else 0.0),
+            "stale": (1.0 - min(max(v.freshness, 0.0), 1.0)) * w.stale_penalty_s,
+            "errors": v.error_rate * w.error_penalty_s,
+        }
+        return terms
+
+    def _base_score(self, v: TargetView) -> float:
+        return math.fsum(self.base_terms(v).values())
+
+    def _elite_key(self, view: TargetView) -> float:
+        base = self._base.get(view.target_id)
+        return base if base is not None else self._base_score(view)
+
+    def on_upsert(self, view: TargetView, previous: TargetView | None) -> None:
+        self._base[view.target_id] = self._base_score(view)
+        if view.zone:
+            self._zone_rtt.zones[view.node] = view.zone
+        self._elite_touch(view)
+
+    def on_remove(self, view: TargetView) -> None:
+        self._base.pop(view.target_id, None)
+        self._elite_drop(view)
+
+    def refresh(self, index: TargetIndex) -> None:
+        self._elite_refresh(index)
+
+    # -- per request ---------------------------------------------------------------------------------------------
+    def _scorer(self, request: RouteRequest) -> Callable[[TargetView, RouteRequest], float]:
+        w = self.weights
+        base = self._base
+        rtt = self.rtt
+        client = request.client_node
+        tokens = request.max_tokens or w.default_completion_tokens
+        cost_factor = tokens / 1e6 * w.cost_weight_s_per_dollar
+        work_k = (request.prompt_tokens + tokens) / 4096.0 * w.mig_penalty_s
+        net_w = w.network_weight
+        rtt_cache: dict[str, float] = {}
+
+        def score(v: TargetView, _req: RouteRequest) -> float:
+            b = base.get(v.target_id)
+            if b is None:
+                b = self._base_score(v)
+            node = v.node
+            r = rtt_cache.get(node)
+            if r is None:
+                r = rtt_cache[node] = rtt(client, node)
+            s = b + net_w * r + v.cost_per_mtok * cost_factor
+            if v.mig_profile:
+                s += (1.0 - mig_fraction(v.mig_profile)) * work_k
+            return s
+
+        return score
+
+    def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
+        elite = self._elite_views(index, request.model)
+        return rank_sampled(index, request, k, rng, self._scorer(request), self.params, elite)
+
+    def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
+        w = self.weights
+        terms = self.base_terms(view)
+        tokens = request.max_tokens or w.default_completion_tokens
+        terms["network"] = w.network_weight * self.rtt(request.client_node, view.node)
+        terms["cost"] = view.cost_per_mtok * tokens / 1e6 * w.cost_weight_s_per_dollar
+        work_k = (request.prompt_tokens + tokens) / 4096.0 * w.mig_penalty_s
+        terms["mig"] = (1.0 - mig_fraction(view.mig_profile)) * work_k if view.mig_profile else 0.0
+        return terms
+
+
+def _knee(value: float | None, knee: float) -> float:
+    """0 below the knee, rising quadratically to 1 at full use; unknown counts as 0 (staleness is charged apart)."""
+    if value is None or value <= knee:
+        return 0.0
+    x = min((value - knee) / (1.0 - knee), 1.0)
+    return x * x
+
+
+BUILTINS: dict[str, type[Strategy]] = {
+    BaselineRR.name: BaselineRR,
+    LeastQueue.name: LeastQueue,
+    HybridMesh.name: HybridMesh,
+}

@@ -1,0 +1,153 @@
+"""The strategy host: owns the target index, runs strategies under a decision-time budget and falls back to
+`baseline_rr` when one overruns or raises.
+
+Python cannot pre-empt a running function, so the budget is enforced after the fact: an overrun's answer is
+discarded in favour of round-robin, and a strategy that overruns or fails repeatedly is bypassed for a cool-down.
+Time (`clock`) and randomness (`rng`) are injected.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from agents.strategies.base import Decision, RouteRequest, Scored, Strategy, TargetIndex, TargetView
+from agents.strategies.builtins import BaselineRR
+
+log = logging.getLogger(__name__)
+
+FALLBACK = BaselineRR.name
+
+
+@dataclass(slots=True)
+class StrategyStats:
+    """Counters the agent and router export as metrics."""
+
+    decisions: int = 0
+    fallbacks: dict[str, int] = field(default_factory=dict)  # reason -> count
+    consecutive_failures: int = 0
+    tripped_until: float = 0.0
+
+
+class UnknownStrategyError(ValueError):
+    """A request or config named a strategy the host does not have."""
+
+
+class StrategyHost:
+    """Index + strategies + budget. One per router, agent or simulator; not thread-safe (one event loop)."""
+
+    def __init__(
+        self,
+        strategies: Mapping[str, Strategy] | None = None,
+        *,
+        default: str = "hybrid_mesh",
+        budget_us: float = 500.0,
+        trip_after: int = 5,
+        trip_cooldown_s: float = 10.0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        on_decision: Callable[[Decision], None] | None = None,
+    ) -> None:
+        from agents.strategies import make_builtin_strategies
+
+        self.index = TargetIndex()
+        self.strategies: dict[str, Strategy] = dict(strategies) if strategies is not None else {}
+        if not self.strategies:
+            self.strategies = make_builtin_strategies()
+        if FALLBACK not in self.strategies:
+            self.strategies[FALLBACK] = BaselineRR()
+        if default not in self.strategies:
+            raise UnknownStrategyError(f"default strategy {default!r} is not one of {sorted(self.strategies)}")
+        self.default = default
+        self.budget_us = budget_us
+        self.trip_after = trip_after
+        self.trip_cooldown_s = trip_cooldown_s
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.on_decision = on_decision
+        self.stats: dict[str, StrategyStats] = {name: StrategyStats() for name in self.strategies}
+
+    # -- index maintenance ---------------------------------------------------------------------------------------
+    def upsert(self, view: TargetView) -> None:
+        previous = self.index.get(view.target_id)
+        if previous is not None and previous.version == view.version and view.inflight == 0:
+            # A fresh copy of the same fused state keeps what this host assigned meanwhile.
+            view.inflight = previous.inflight
+        self.index.upsert(view)
+        for strategy in self.strategies.values():
+            strategy.on_upsert(view, previous)
+
+    def remove(self, target_id: str) -> None:
+        view = self.index.remove(target_id)
+        if view is not None:
+            for strategy in self.strategies.values():
+                strategy.on_remove(view)
+
+    def refresh(self) -> None:
+        for strategy in self.strategies.values():
+            strategy.refresh(self.index)
+
+    def note_assigned(self, target_id: str) -> None:
+        """A request was sent to the target: count it until fresh state arrives, so bursts do not herd."""
+        self._adjust_inflight(target_id, +1)
+
+    def note_finished(self, target_id: str) -> None:
+        self._adjust_inflight(target_id, -1)
+
+    def _adjust_inflight(self, target_id: str, delta: int) -> None:
+        view = self.index.get(target_id)
+        if view is None:
+            return
+        view.inflight = max(0, view.inflight + delta)
+        for strategy in self.strategies.values():
+            strategy.on_upsert(view, view)
+
+    # -- decisions -----------------------------------------------------------------------------------------------
+    def decide(self, request: RouteRequest, *, strategy: str = "", k: int = 3, explain: bool = False) -> Decision:
+        name = strategy or self.default
+        chosen = self.strategies.get(name)
+        if chosen is None:
+            raise UnknownStrategyError(f"strategy {name!r} is not one of {sorted(self.strategies)}")
+        stats = self.stats[name]
+        start = self.clock()
+        if name != FALLBACK and stats.tripped_until > start:
+            decision = self._fallback(request, k, name, "tripped", start)
+        else:
+            try:
+                ranked = chosen.rank(self.index, request, k, self.rng)
+            except Exception as exc:  # a plugin's bug must never fail the request
+                log.warning("strategy %s raised %r; falling back to %s", name, exc, FALLBACK)
+                self._failure(stats, start)
+                decision = self._fallback(request, k, name, "error", start)
+            else:
+                elapsed_us = (self.clock() - start) * 1e6
+                if elapsed_us > self.budget_us and name != FALLBACK:
+                    self._failure(stats, start)
+                    decision = self._fallback(request, k, name, "budget", start)
+                else:
+                    stats.consecutive_failures = 0
+                    decision = Decision(ranked, name, decision_us=elapsed_us)
+        stats.decisions += 1
+        if explain:
+            used = self.strategies[decision.strategy]
+            for scored in decision.ranked:
+                scored.terms = used.explain(scored.target, request)
+        if self.on_decision is not None:
+            self.on_decision(decision)
+        return decision
+
+    def _failure(self, stats: StrategyStats, now: float) -> None:
+        stats.consecutive_failures += 1
+        if stats.consecutive_failures >= self.trip_after:
+            stats.tripped_until = now + self.trip_cooldown_s
+            stats.consecutive_failures = 0
+
+    def _fallback(self, request: RouteRequest, k: int, name: str, reason: str, start: float) -> Decision:
+        stats = self.stats[name]
+        stats.fallbacks[reason] = stats.fallbacks.get(reason, 0) + 1
+        ranked: list[Scored] = self.strategies[FALLBACK].rank(self.index, request, k, self.rng)
+        elapsed_us = (self.clock() - start) * 1e6
+        return Decision(ranked, FALLBACK, fallback=True, fallback_reason=f"{name}: {reason}", decision_us=elapsed_us)
