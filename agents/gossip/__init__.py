@@ -1,0 +1,1 @@
+"""SWIM membership with Lifeguard: a sans-IO core (`swim`), its wire codec, keyring and asyncio driver."""
