@@ -9,6 +9,7 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from agents.gossip.messages import MemberRecord, MemberState, Message, PushPull
 from agents.gossip.swim import (
@@ -156,7 +157,7 @@ class Simulation:
                     continue
                 self._apply(dst, self.nodes[dst].tick(t))
             elif kind == 0:  # UDP delivery
-                src, msgs = data  # type: ignore[misc]
+                src, msgs = cast(tuple[int, list[Message]], data)
                 if not self._reachable(src, dst):
                     self.observed.dropped += 1
                     continue
