@@ -1,0 +1,304 @@
+"""Sans-IO continuous-batching engine: the scheduling core of the runtime emulator.
+
+It follows the vLLM V1 scheduler: one token budget per iteration shared by decodes and chunked prefills, KV cache in
+fixed-size blocks allocated on demand, FCFS admission while sequence slots and blocks allow, and preemption by
+recomputation of the most recently admitted sequence when a running one needs a block that is not free. Time is
+passed in; the asyncio driver in `server.py` sleeps for the durations this core computes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agents.emulator.profiles import GpuProfile
+
+
+class EngineObserver(Protocol):
+    """Receives engine events, e.g. to keep a runtime's Prometheus metrics."""
+
+    def on_arrival(self, seq: Sequence) -> None: ...
+    def on_first_token(self, seq: Sequence, now: float) -> None: ...
+    def on_token(self, seq: Sequence, itl_s: float) -> None: ...
+    def on_finished(self, seq: Sequence, now: float) -> None: ...
+    def on_iteration(self, step: Step) -> None: ...
+    def on_preempted(self, seq: Sequence) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    """One request inside the engine."""
+
+    req_id: str
+    prompt_tokens: int
+    max_tokens: int
+    target_tokens: int  # tokens this request will produce (== max_tokens unless it "stops" earlier)
+    arrival: float
+    computed: int = 0  # tokens whose KV is in cache
+    output_tokens: int = 0
+    blocks: int = 0
+    first_scheduled: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finished_at: float | None = None
+    finish_reason: str | None = None  # stop | length | abort
+    preemptions: int = 0
+
+    @property
+    def context(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(slots=True)
+class Step:
+    """One engine iteration: how many new tokens each scheduled sequence computes, and how long it takes."""
+
+    work: list[tuple[Sequence, int]]
+    duration_s: float
+    prefill_tokens: int
+    decode_seqs: int
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.work)
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    seq: Sequence
+    index: int  # 0-based index of the generated token
+    finished: bool
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    profile: GpuProfile
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    block_size: int = 16
+    kv_tokens: int | None = None  # override of the profile's KV capacity
+
+    @property
+    def num_blocks(self) -> int:
+        tokens = self.kv_tokens if self.kv_tokens is not None else self.profile.kv_tokens
+        return tokens // self.block_size
+
+
+@dataclass(slots=True)
+class EngineCounters:
+    requests: int = 0
+    finished: int = 0
+    aborted: int = 0
+    preemptions: int = 0
+    prompt_tokens: int = 0  # prompt tokens computed (recomputation after preemption included)
+    generation_tokens: int = 0
+    iterations: int = 0
+    busy_s: float = 0.0
+
+
+class _NullObserver:
+    def on_arrival(self, seq: Sequence) -> None:
+        pass
+
+    def on_first_token(self, seq: Sequence, now: float) -> None:
+        pass
+
+    def on_token(self, seq: Sequence, itl_s: float) -> None:
+        pass
+
+    def on_finished(self, seq: Sequence, now: float) -> None:
+        pass
+
+    def on_iteration(self, step: Step) -> None:
+        pass
+
+    def on_preempted(self, seq: Sequence) -> None:
+        pass
+
+
+class EngineCore:
+    """Waiting queue, running batch and block allocator. Call `schedule`, wait `duration_s`, then `complete`."""
+
+    def __init__(self, config: EngineConfig, observer: EngineObserver | None = None) -> None:
+        if config.num_blocks <= 0:
+            raise ValueError(f"profile {config.profile.name} leaves no room for the KV cache")
+        self.config = config
+        self.observer: EngineObserver = observer or _NullObserver()
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.free_blocks = config.num_blocks
+        self.counters = EngineCounters()
+        self._by_id: dict[str, Sequence] = {}
+
+    # -- requests --------------------------------------------------------------------------------------------
+    @property
+    def max_model_len(self) -> int:
+        return self.config.num_blocks * self.config.block_size
+
+    def add(self, seq: Sequence) -> None:
+        if seq.req_id in self._by_id:
+            raise ValueError(f"duplicate request id {seq.req_id!r}")
+        if seq.prompt_tokens < 1 or seq.target_tokens < 1:
+            raise ValueError("a request needs at least one prompt token and one output token")
+        if seq.prompt_tokens + seq.target_tokens > self.max_model_len:
+            raise ValueError(
+                f"prompt ({seq.prompt_tokens}) + output ({seq.target_tokens}) tokens exceed the KV capacity "
+                f"of {self.max_model_len} tokens"
+            )
+        self._by_id[seq.req_id] = seq
+        self.waiting.append(seq)
+        self.counters.requests += 1
+        self.observer.on_arrival(seq)
+
+    def abort(self, req_id: str, now: float) -> bool:
+        """Drop a request wherever it is; True when it was still in the engine."""
+        seq = self._by_id.pop(req_id, None)
+        if seq is None:
+            return False
+        if seq in self.running:
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        self._free(seq)
+        seq.finish_reason = "abort"
+        seq.finished_at = now
+        self.counters.aborted += 1
+        self.observer.on_finished(seq, now)
+        return True
+
+    @property
+    def kv_usage(self) -> float:
+        return 1.0 - self.free_blocks / self.config.num_blocks
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    # -- iterations ------------------------------------------------------------------------------------------
+    def schedule(self) -> Step | None:
+        """Plan the next iteration, or None when there is nothing to do."""
+        budget = self.config.max_num_batched_tokens
+        work: list[tuple[Sequence, int]] = []
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.context - seq.computed, budget)
+            while not self._reserve(seq, n):
+                victim = self.running.pop()  # the most recently admitted one goes back to the queue
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            if seq.done or seq not in self.running:
+                continue  # it was preempted itself; `i` already points past the end
+            work.append((seq, n))
+            budget -= n
+            i += 1
+        if not preempted:
+            while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+                seq = self.waiting[0]
+                n = min(seq.context - seq.computed, budget)
+                if not self._reserve(seq, n):
+                    break  # head-of-line: FCFS keeps later requests behind it
+                self.waiting.popleft()
+                self.running.append(seq)
+                work.append((seq, n))
+                budget -= n
+        if not work:
+            return None
+        prefill = sum(n for s, n in work if s.context - s.computed > 1)
+        decodes = sum(1 for s, n in work if s.context - s.computed == 1)
+        context = sum(s.computed for s, _ in work)
+        profile = self.config.profile
+        duration = prefill / profile.prefill_tok_s
+        if decodes:
+            duration += profile.decode_step_s(decodes, context)
+        else:
+            duration += profile.ttft_fixed_s
+        return Step(work=work, duration_s=duration, prefill_tokens=prefill, decode_seqs=decodes)
+
+    def complete(self, step: Step, now: float) -> list[TokenEvent]:
+        """Apply a planned iteration that ended at `now`; returns the tokens it produced."""
+        events: list[TokenEvent] = []
+        self.counters.iterations += 1
+        self.counters.busy_s += step.duration_s
+        for seq, n in step.work:
+            if seq.done or seq not in self.running:
+                continue  # aborted or preempted while the step ran
+            if seq.first_scheduled is None:
+                seq.first_scheduled = now - step.duration_s
+            if seq.context - seq.computed > 1:
+                self.counters.prompt_tokens += n
+            seq.computed += n
+            if seq.computed < seq.context:
+                continue  # a prefill chunk; more chunks to go
+            seq.output_tokens += 1
+            self.counters.generation_tokens += 1
+            if seq.first_token_at is None:
+                seq.first_token_at = now
+                self.observer.on_first_token(seq, now)
+            elif seq.last_token_at is not None:
+                self.observer.on_token(seq, now - seq.last_token_at)
+            seq.last_token_at = now
+            finished = seq.output_tokens >= seq.target_tokens
+            if finished:
+                seq.finish_reason = "length" if seq.target_tokens >= seq.max_tokens else "stop"
+                seq.finished_at = now
+                self.running.remove(seq)
+                self._by_id.pop(seq.req_id, None)
+                self._free(seq)
+                self.counters.finished += 1
+                self.observer.on_finished(seq, now)
+            events.append(TokenEvent(seq=seq, index=seq.output_tokens - 1, finished=finished))
+        self.observer.on_iteration(step)
+        return events
+
+    # -- blocks ----------------------------------------------------------------------------------------------
+    def _reserve(self, seq: Sequence, new_tokens: int) -> bool:
+        need = math.ceil((seq.computed + new_tokens) / self.config.block_size) - seq.blocks
+        if need > self.free_blocks:
+            return False
+        if need > 0:
+            self.free_blocks -= need
+            seq.blocks += need
+        return True
+
+    def _free(self, seq: Sequence) -> None:
+        self.free_blocks += seq.blocks
+        seq.blocks = 0
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._free(seq)
+        seq.computed = 0  # recomputation: prompt and output so far are prefilled again
+        seq.preemptions += 1
+        self.counters.preemptions += 1
+        self.waiting.appendleft(seq)
+        self.observer.on_preempted(seq)
+
+
+@dataclass(slots=True)
+class EngineSnapshot:
+    running: int
+    waiting: int
+    kv_usage: float
+    free_blocks: int
+    num_blocks: int
+    counters: EngineCounters = field(default_factory=EngineCounters)
+
+
+def snapshot(core: EngineCore) -> EngineSnapshot:
+    return EngineSnapshot(
+        running=len(core.running),
+        waiting=len(core.waiting),
+        kv_usage=core.kv_usage,
+        free_blocks=core.free_blocks,
+        num_blocks=core.config.num_blocks,
+        counters=core.counters,
+    )

@@ -1,0 +1,629 @@
+"""`infermesh emulate-runtime`: an OpenAI-compatible HTTP server backed by the emulated continuous-batching engine.
+
+The asyncio driver runs the sans-IO `EngineCore`: it plans an iteration, sleeps for its modelled duration, and hands
+the produced tokens to the waiting HTTP handlers. Fault injection, the runtime's own /metrics format, client
+disconnect handling and trace-header recording live here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from agents.emulator.engine import EngineConfig, EngineCore, TokenEvent
+from agents.emulator.engine import Sequence as Seq
+from agents.emulator.metrics import FLAVORS, RuntimeMetrics
+from agents.emulator.profiles import GpuProfile, get_profile, profile_names
+
+log = logging.getLogger("infermesh.emulator")
+
+# A small vocabulary: the text is filler, only the token count and timing matter.
+_WORDS = (  # noqa: SIM905
+    "the mesh routes tokens to a warm replica while queues drain and caches fill under steady load across"
+    " many nodes so every request finds capacity near its data with low latency and fair share for each tenant"
+).split()
+_OWNER = {"vllm": "vllm", "vllm-v0": "vllm", "tgi": "tgi", "triton": "triton", "sglang": "sglang"}
+
+
+class BadRequest(ValueError):
+    """A request the OpenAI API would refuse with 400."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class Faults:
+    """Injected faults. slowdown multiplies iteration time; error_rate fails that share of requests with 500."""
+
+    slowdown: float = 1.0
+    error_rate: float = 0.0
+    hang: bool = False
+
+    def update(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise BadRequest("the fault body must be a JSON object")
+        unknown = set(body) - {"slowdown", "error_rate", "hang", "crash", "reset"}
+        if unknown:
+            raise BadRequest(f"unknown fault field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+        if body.get("reset"):
+            self.slowdown, self.error_rate, self.hang = 1.0, 0.0, False
+        if "slowdown" in body:
+            v = body["slowdown"]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+                raise BadRequest("slowdown must be a positive number (1.0 = normal speed)", param="slowdown")
+            self.slowdown = float(v)
+        if "error_rate" in body:
+            v = body["error_rate"]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
+                raise BadRequest("error_rate must be a number between 0 and 1", param="error_rate")
+            self.error_rate = float(v)
+        if "hang" in body:
+            if not isinstance(body["hang"], bool):
+                raise BadRequest("hang must be true or false", param="hang")
+            self.hang = body["hang"]
+        if "crash" in body and not isinstance(body["crash"], bool):
+            raise BadRequest("crash must be true or false", param="crash")
+
+
+@dataclass
+class EmulatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 9000
+    profile: str = "h100"
+    flavor: str = "vllm"
+    model: str = "demo-llm"
+    instant: bool = False
+    seed: int = 0
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    kv_tokens: int | None = None
+    max_model_len: int = 32768
+    traceparent_history: int = 100
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    completed: int = 0
+    aborted: int = 0
+    errors: int = 0
+    rejected: int = 0
+    traceparents: deque[str] = field(default_factory=lambda: deque(maxlen=100))
+
+
+@dataclass(eq=False)
+class _Pending:
+    seq: Seq
+    queue: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
+
+
+class Emulator:
+    """State of one emulated runtime: engine, driver task, metrics, faults and statistics."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        if config.flavor not in FLAVORS:
+            raise ValueError(f"unknown flavor {config.flavor!r}; known: {', '.join(FLAVORS)}")
+        self.config = config
+        self.profile: GpuProfile = get_profile(config.profile)
+        # TensorRT-LLM pages its KV cache in 64-token blocks, vLLM in 16-token blocks
+        block_size = 64 if config.flavor == "triton" else 16
+        self.core = EngineCore(
+            EngineConfig(
+                profile=self.profile,
+                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                block_size=block_size,
+                kv_tokens=config.kv_tokens,
+            )
+        )
+        self.max_model_len = min(config.max_model_len, self.core.max_model_len)
+        self.metrics = RuntimeMetrics(
+            config.flavor, config.model, self.profile, self.max_model_len, config.max_num_seqs
+        )
+        self.core.observer = self.metrics
+        self.faults = Faults()
+        self.stats = Stats(traceparents=deque(maxlen=config.traceparent_history))
+        self.rng = random.Random(config.seed)
+        self.created = int(time.time())
+        self._pending: dict[str, _Pending] = {}
+        self._wake = asyncio.Event()
+        self._unhung = asyncio.Event()
+        self._unhung.set()
+        self._driver: asyncio.Task[None] | None = None
+        self._instant_running = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.config.instant:
+            self._driver = asyncio.get_running_loop().create_task(self._drive(), name="emulator-engine")
+
+    async def stop(self) -> None:
+        if self._driver is not None:
+            self._driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._driver
+
+    async def _drive(self) -> None:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        while True:
+            if self.faults.hang:
+                await self._unhung.wait()
+            step = self.core.schedule()
+            if step is None:
+                self._wake.clear()
+                await self._wake.wait()
+                t = loop.time()
+                continue
+            # Keep a virtual clock so event-loop lag does not slow the emulated GPU down, but never replay a
+            # burst of iterations after a long stall.
+            t = max(t, loop.time() - 0.05)
+            end = t + step.duration_s * self.faults.slowdown
+            delay = end - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for ev in self.core.complete(step, end):
+                pending = self._pending.get(ev.seq.req_id)
+                if pending is not None:
+                    pending.queue.put_nowait(ev)
+            t = end
+
+    # -- state -----------------------------------------------------------------------------------------------
+    @property
+    def running(self) -> int:
+        return self._instant_running if self.config.instant else len(self.core.running)
+
+    @property
+    def waiting(self) -> int:
+        return 0 if self.config.instant else len(self.core.waiting)
+
+    def stats_json(self) -> dict[str, Any]:
+        c = self.core.counters
+        return {
+            "requests": self.stats.requests,
+            "completed": self.stats.completed,
+            "aborted": self.stats.aborted,
+            "errors": self.stats.errors,
+            "rejected": self.stats.rejected,
+            "running": self.running,
+            "waiting": self.waiting,
+            "kv_cache_usage": self.core.kv_usage,
+            "kv_blocks_free": self.core.free_blocks,
+            "kv_blocks_total": self.core.config.num_blocks,
+            "preemptions": c.preemptions,
+            "prompt_tokens": self.metrics.prompt_tokens,
+            "generation_tokens": self.metrics.generation_tokens,
+            "iterations": c.iterations,
+            "traceparents": list(self.stats.traceparents),
+            "faults": asdict(self.faults),
+            "model": self.config.model,
+            "flavor": self.config.flavor,
+            "profile": self.profile.name,
+            "instant": self.config.instant,
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.config.max_num_seqs,
+        }
+
+    # -- generation ------------------------------------------------------------------------------------------
+    def plan_request(self, prompt_tokens: int, max_tokens: int | None) -> tuple[int, int]:
+        """(max_tokens, tokens to generate). With max_tokens the engine runs to the limit, like ignore_eos;
+        without it the output length is drawn from a log-normal around 128 tokens (the Azure conversation trace
+        median is 129), ending with "stop"."""
+        room = self.max_model_len - prompt_tokens
+        if room < 1:
+            raise BadRequest(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{prompt_tokens} tokens in the messages. Please reduce the length of the messages.",
+                param="messages",
+            )
+        if max_tokens is not None:
+            if max_tokens > room:
+                raise BadRequest(
+                    f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                    f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                    "completion). Please reduce the length of the messages or completion.",
+                    param="max_tokens",
+                )
+            return max_tokens, max_tokens
+        natural = int(self.rng.lognormvariate(math.log(128), 0.8))
+        return room, max(1, min(natural, room))
+
+    def token_text(self, req_seed: int, index: int) -> str:
+        return " " + _WORDS[(req_seed + index * 7919) % len(_WORDS)]
+
+    async def generate(self, req_id: str, prompt_tokens: int, max_tokens: int, target: int):  # type: ignore[no-untyped-def]
+        """Async iterator of (index, finished) for each generated token."""
+        if self.config.instant:
+            self._instant_running += 1
+            try:
+                if self.faults.hang:
+                    await self._unhung.wait()
+                for i in range(target):
+                    yield i, i == target - 1
+                self.metrics.prompt_tokens += prompt_tokens
+                self.metrics.generation_tokens += target
+                self.metrics.finished["length" if target >= max_tokens else "stop"] += 1
+            finally:
+                self._instant_running -= 1
+            return
+        loop = asyncio.get_running_loop()
+        seq = Seq(req_id=req_id, prompt_tokens=prompt_tokens, max_tokens=max_tokens, target_tokens=target,
+                  arrival=loop.time())  # fmt: skip
+        pending = _Pending(seq)
+        self._pending[req_id] = pending
+        try:
+            self.core.add(seq)
+            self._wake.set()
+            while True:
+                ev = await pending.queue.get()
+                yield ev.index, ev.finished
+                if ev.finished:
+                    return
+        finally:
+            self._pending.pop(req_id, None)
+            if not seq.done:
+                self.core.abort(req_id, loop.time())
+
+    def set_hang(self, hang: bool) -> None:
+        if hang:
+            self._unhung.clear()
+        else:
+            self._unhung.set()
+
+
+# -- request parsing ---------------------------------------------------------------------------------------------
+def _count_text_tokens(text: str) -> int:
+    # About four characters per token for English text with a BPE tokenizer.
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
+    if body.get(name) is None:
+        return None
+    v = body[name]
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise BadRequest(f"{name} must be an integer >= {minimum}, got {v!r}", param=name)
+    return v
+
+
+def prompt_tokens_of(body: dict[str, Any], chat: bool) -> int:
+    """Prompt length in tokens: the `prompt_tokens` extension field when given, else estimated from the text."""
+    explicit = _int_field(body, "prompt_tokens", 1)
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("messages must be a non-empty list", param="messages")
+        total = 3  # the assistant header of the chat template
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m:
+                raise BadRequest(f"messages[{i}] must be an object with a role", param="messages")
+            content = m.get("content")
+            if isinstance(content, list):
+                content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            elif content is not None and not isinstance(content, str):
+                raise BadRequest(f"messages[{i}].content must be a string or a list of parts", param="messages")
+            total += 4 + _count_text_tokens(content or "")
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            total = _count_text_tokens(prompt)
+        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            total = len(prompt)  # token ids
+        elif isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            total = _count_text_tokens(prompt[0])
+        else:
+            raise BadRequest("prompt must be a string or a list of token ids (one prompt per request)", param="prompt")
+    return explicit if explicit is not None else total
+
+
+# -- HTTP ----------------------------------------------------------------------------------------------------------
+def _error(status: int, message: str, param: str | None = None) -> web.Response:
+    kind = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError"}.get(status, "Error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return web.json_response(body, status=status)
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+EMULATOR_KEY = web.AppKey("emulator", Emulator)
+
+
+async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
+    em = request.app[EMULATOR_KEY]
+    tp = request.headers.get("traceparent")
+    if tp:
+        em.stats.traceparents.append(tp)
+    em.stats.requests += 1
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        em.stats.rejected += 1
+        em.metrics.errors.add("validation")
+        return _error(400, "the request body is not valid JSON")
+    try:
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        model = body.get("model")
+        if model != em.config.model:
+            em.stats.rejected += 1
+            em.metrics.errors.add("validation")
+            return _error(404, f"The model `{model}` does not exist.", param="model")
+        n = _int_field(body, "n", 1)
+        if n not in (None, 1):
+            raise BadRequest("only n=1 is supported", param="n")
+        prompt_tokens = prompt_tokens_of(body, chat)
+        max_tokens = _int_field(body, "max_completion_tokens", 1) if chat else None
+        if max_tokens is None:
+            max_tokens = _int_field(body, "max_tokens", 1)
+        max_tokens, target = em.plan_request(prompt_tokens, max_tokens)
+        stream = bool(body.get("stream", False))
+        opts = body.get("stream_options") or {}
+        include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
+    except BadRequest as e:
+        em.stats.rejected += 1
+        em.metrics.errors.add("validation")
+        return _error(400, str(e), e.param)
+    if em.faults.error_rate and em.rng.random() < em.faults.error_rate:
+        em.stats.errors += 1
+        em.metrics.errors.add("generation")
+        return _error(500, "emulated engine failure (fault injection)")
+
+    req_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    req_seed = em.rng.randrange(1 << 30)
+    created = int(time.time())
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens}
+    gen = em.generate(req_id, prompt_tokens, max_tokens, target)
+    finish_reason = "length" if target >= max_tokens else "stop"
+    try:
+        if not stream:
+            pieces = [em.token_text(req_seed, i) async for i, _ in gen]
+            usage["completion_tokens"] = len(pieces)
+            usage["total_tokens"] = prompt_tokens + len(pieces)
+            text = "".join(pieces)
+            em.stats.completed += 1
+            if chat:
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "tool_calls": []},
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                    "stop_reason": None,
+                }
+            else:
+                choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason,
+                          "stop_reason": None}  # fmt: skip
+            return web.json_response(
+                {
+                    "id": req_id,
+                    "object": "chat.completion" if chat else "text_completion",
+                    "created": created,
+                    "model": em.config.model,
+                    "choices": [choice],
+                    "usage": usage,
+                }
+            )
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        head = {"id": req_id, "object": obj, "created": created, "model": em.config.model}
+        count = 0
+        async for i, finished in gen:
+            piece = em.token_text(req_seed, i)
+            fr = finish_reason if finished else None
+            if chat:
+                if i == 0:
+                    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}  # fmt: skip
+                    await resp.write(_sse({**head, "choices": [first]}))
+                c: dict[str, Any] = {"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": fr}
+            else:
+                c = {"index": 0, "text": piece, "logprobs": None, "finish_reason": fr}
+            if finished:
+                c["stop_reason"] = None
+            await resp.write(_sse({**head, "choices": [c]}))
+            count += 1
+        if include_usage:
+            usage["completion_tokens"] = count
+            usage["total_tokens"] = prompt_tokens + count
+            await resp.write(_sse({**head, "choices": [], "usage": usage}))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        em.stats.completed += 1
+        return resp
+    except (asyncio.CancelledError, ConnectionResetError):
+        # The client went away: the engine drops the sequence (in `generate`'s finally) and frees its KV blocks.
+        em.stats.aborted += 1
+        if em.config.instant:
+            em.metrics.finished["abort"] += 1
+        raise
+    finally:
+        await gen.aclose()
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _completions(request, chat=True)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _completions(request, chat=False)
+
+
+async def models(request: web.Request) -> web.Response:
+    em = request.app[EMULATOR_KEY]
+    card = {
+        "id": em.config.model,
+        "object": "model",
+        "created": em.created,
+        "owned_by": _OWNER[em.config.flavor],
+        "root": em.config.model,
+        "parent": None,
+        "max_model_len": em.max_model_len,
+    }
+    return web.json_response({"object": "list", "data": [card]})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    em = request.app[EMULATOR_KEY]
+    text = em.metrics.render(
+        None if em.config.instant else em.core, running=em.running, waiting=em.waiting, kv_usage=em.core.kv_usage
+    )
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Version": "0.0.4"})
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[EMULATOR_KEY].stats_json())
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    return web.json_response(asdict(request.app[EMULATOR_KEY].faults))
+
+
+async def post_faults(request: web.Request) -> web.Response:
+    em = request.app[EMULATOR_KEY]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "the fault body is not valid JSON")
+    try:
+        em.faults.update(body)
+    except BadRequest as e:
+        return _error(400, str(e), e.param)
+    em.set_hang(em.faults.hang)
+    if body.get("crash"):
+        log.warning("crash injected: exiting")
+        # Answer first so the caller knows the fault took, then die without any cleanup, like a real crash.
+        asyncio.get_running_loop().call_later(0.05, os._exit, 70)
+        return web.json_response({**asdict(em.faults), "crash": True})
+    return web.json_response(asdict(em.faults))
+
+
+def build_app(config: EmulatorConfig) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024**2)
+    em = Emulator(config)
+    app[EMULATOR_KEY] = em
+
+    async def on_startup(app: web.Application) -> None:
+        em.start()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await em.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/v2/health/ready", health)  # Triton
+    app.router.add_get("/v2/health/live", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/emulator/stats", get_stats)
+    app.router.add_get("/emulator/faults", get_faults)
+    app.router.add_post("/emulator/faults", post_faults)
+    return app
+
+
+async def serve(config: EmulatorConfig, ready: asyncio.Event | None = None) -> None:
+    app = build_app(config)
+    # handler_cancellation: a client that disconnects cancels its handler, which aborts the engine sequence
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=2048)
+    await site.start()
+    port = runner.addresses[0][1]
+    em = app[EMULATOR_KEY]
+    print(
+        f"emulate-runtime listening on http://{config.host}:{port} flavor={config.flavor} "
+        f"profile={em.profile.name} model={config.model} instant={config.instant} "
+        f"kv_tokens={em.core.max_model_len} max_num_seqs={config.max_num_seqs}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def parse_args(argv: Sequence[str]) -> EmulatorConfig:
+    p = argparse.ArgumentParser(
+        prog="infermesh emulate-runtime",
+        description="Serve an emulated continuous-batching LLM runtime (OpenAI API, runtime-exact /metrics).",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000, help="0 picks a free port (printed on start)")
+    p.add_argument("--profile", default="h100", help=f"GPU profile: {', '.join(profile_names())}")
+    p.add_argument("--flavor", default="vllm", choices=FLAVORS, help="which runtime's /metrics format to serve")
+    p.add_argument("--model", default="demo-llm", help="served model name")
+    p.add_argument("--instant", action="store_true", help="no token timing: answer as fast as possible")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--kv-tokens", type=int, default=None, help="override the profile's KV-cache capacity")
+    p.add_argument("--max-model-len", type=int, default=32768)
+    a = p.parse_args(list(argv))
+    try:
+        get_profile(a.profile)
+    except ValueError as e:
+        p.error(f"--profile: {e}")
+    for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.kv_tokens is not None and a.kv_tokens < 16:
+        p.error("--kv-tokens must be >= 16")
+    if not 0 <= a.port <= 65535:
+        p.error("--port must be between 0 and 65535")
+    return EmulatorConfig(
+        host=a.host, port=a.port, profile=a.profile, flavor=a.flavor, model=a.model, instant=a.instant,
+        seed=a.seed, max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
+        kv_tokens=a.kv_tokens, max_model_len=a.max_model_len,
+    )  # fmt: skip
+
+
+def main(argv: Sequence[str]) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='{"level":"%(levelname)s","msg":"%(message)s"}')
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
