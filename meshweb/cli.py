@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "portal": ("meshweb.commands:portal_main", "serve the portal (HTTP + WebSocket, ASGI)"),
     "token": ("meshweb.commands:token_main", "create API tokens for a tenant"),
     "manage": ("meshweb.commands:manage_main", "run a Django management command"),
+    "router": ("router.main:main", "run the inference router (OpenAI, KServe v2 HTTP/gRPC, WebSocket)"),
     "emulate-runtime": ("agents.emulator.server:main", "serve an emulated LLM runtime (OpenAI API, runtime /metrics)"),
 }
 

@@ -1,0 +1,480 @@
+"""The aiohttp application: OpenAI ingress with byte-exact streaming, KServe v2 over HTTP, WebSocket tokens, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from opentelemetry.trace import SpanKind
+
+from router import kserve
+from router.config import RouterConfig
+from router.forward import HOP_BY_HOP, ForwardError, Winner
+from router.metrics import ERRORS, REQUESTS, render
+from router.obs import extract, inject, trace_id_hex, tracer
+from router.openai_api import APIS, ParsedRequest, error_body, parse_json_body, validate
+from router.service import Refusal, RouterService, Tenant, Ticket, new_corr_id
+from router.view import Target
+
+SVC = web.AppKey("svc", RouterService)
+_USAGE_BUFFER = 1 << 20  # a non-streamed answer up to this size is also parsed for its token usage
+
+
+def _json(status: int, body: bytes, corr: str, retry_after: str | None = None) -> web.Response:
+    headers = {"x-request-id": corr}
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def _refusal_response(r: Refusal, corr: str, api: str, v2: bool = False) -> web.Response:
+    if v2:
+        body = json.dumps({"error": r.message, "code": r.code}).encode()
+    else:
+        body = error_body(r.message, r.code, r.status, r.param)
+    return _json(r.status, body, corr, r.retry_after)
+
+
+async def read_body(request: web.Request, cfg: RouterConfig) -> bytes:
+    limit = cfg.listen.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise Refusal(413, "body_too_large", f"request body of {request.content_length} bytes exceeds {limit} bytes")
+    try:
+        async with asyncio.timeout(cfg.listen.body_read_timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise Refusal(
+            408, "body_timeout", f"request body not received within {cfg.listen.body_read_timeout_s:g}s"
+        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise Refusal(413, "body_too_large", f"request body exceeds {limit} bytes") from None
+
+
+def upstream_headers_from(corr: str, accept: str | None = None) -> dict[str, str]:
+    h = {"Content-Type": "application/json", "x-request-id": corr}
+    if accept:
+        h["Accept"] = accept
+    inject(h)  # traceparent of the router's span (or the caller's, when tracing is off)
+    return h
+
+
+def upstream_headers(request: web.Request, corr: str) -> dict[str, str]:
+    return upstream_headers_from(corr, request.headers.get("Accept"))
+
+
+def _count_events(chunk: bytes) -> int:
+    return chunk.count(b"data: {") + chunk.count(b"data:{")
+
+
+async def stream_back(request: web.Request, ticket: Ticket, w: Winner, sse: bool) -> web.StreamResponse:
+    """Copy the runtime's answer to the client chunk by chunk as it arrives: byte-exact, never buffered whole."""
+    up = w.resp
+    resp = web.StreamResponse(status=up.status)
+    for k, v in up.headers.items():
+        if k.lower() not in HOP_BY_HOP:
+            resp.headers.add(k, v)
+    resp.headers["x-request-id"] = ticket.corr_id
+    if up.content_length is not None:
+        resp.content_length = up.content_length
+    ticket.status = up.status
+    keep: list[bytes] | None = None if sse else []
+    kept = 0
+    events = 0
+    finished = False
+    try:
+        await resp.prepare(request)
+        chunk = w.first
+        while chunk:
+            await resp.write(chunk)
+            ticket.bytes_out += len(chunk)
+            if sse:
+                events += _count_events(chunk)
+            elif keep is not None:
+                kept += len(chunk)
+                if kept <= _USAGE_BUFFER:
+                    keep.append(chunk)
+                else:
+                    keep = None
+            chunk = await up.content.readany()
+        finished = True
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+        # The runtime broke after bytes reached the client: nothing can be retried. Drop the client connection
+        # without a clean end so it sees a truncated answer instead of a silently short one.
+        ticket.cause = "upstream_broken_midstream"
+        ticket.extra["upstream_error"] = repr(e)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        ticket.cancelled = True
+        ticket.status = 499
+        ticket.cause = "client_disconnected"
+        return resp
+    finally:
+        if finished:
+            up.release()
+        else:
+            up.close()  # the runtime sees the disconnect and aborts the request
+    if sse:
+        ticket.completion_tokens = events
+    elif keep and up.status == 200:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            usage = json.loads(b"".join(keep)).get("usage") or {}
+            ticket.prompt_tokens = usage.get("prompt_tokens")
+            ticket.completion_tokens = usage.get("completion_tokens")
+    if up.status >= 500:
+        ticket.cause = f"upstream_{up.status}"
+    with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+        await resp.write_eof()
+    return resp
+
+
+class Handlers:
+    def __init__(self, svc: RouterService) -> None:
+        self.svc = svc
+        self.cfg = svc.cfg
+
+    # -- OpenAI -------------------------------------------------------------------------------------------------
+    def openai(self, api: str) -> Callable[[web.Request], Any]:
+        path = APIS[api][0]
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._openai(request, api, path)
+
+        return handler
+
+    async def _openai(self, request: web.Request, api: str, path: str) -> web.StreamResponse:
+        svc = self.svc
+        with tracer().start_as_current_span(
+            f"POST {path}", context=extract(request.headers), kind=SpanKind.SERVER
+        ) as span:
+            trace_id = trace_id_hex(span)
+            corr = new_corr_id(request.headers, trace_id)
+            try:
+                tenant = svc.authenticate(request.headers)
+                body = await read_body(request, self.cfg)
+                parsed = validate(api, parse_json_body(body))
+                priority = svc.priority_for(tenant, request.headers.get("x-infermesh-priority"))
+                ticket = await svc.admit(
+                    api=api,
+                    model=parsed.model,
+                    tenant=tenant,
+                    priority=priority,
+                    prompt_chars=parsed.prompt_chars,
+                    max_tokens=parsed.max_tokens,
+                    corr_id=corr,
+                    trace_id=trace_id,
+                )
+            except Refusal as r:
+                if r.status not in (404, 429):
+                    REQUESTS.labels(model="", tenant="", api=api, code=str(r.status)).inc()
+                span.set_attribute("http.response.status_code", r.status)
+                return _refusal_response(r, corr, api)
+            span.set_attribute("infermesh.tenant", tenant.name)
+            span.set_attribute("infermesh.model", parsed.model)
+            try:
+                return await self._forward(request, ticket, parsed, body, path, span)
+            finally:
+                await svc.finish(ticket)
+
+    async def _forward(
+        self, request: web.Request, ticket: Ticket, parsed: ParsedRequest, body: bytes, path: str, span: Any
+    ) -> web.StreamResponse:
+        headers = upstream_headers(request, ticket.corr_id)
+
+        def body_for(t: Target) -> bytes:
+            if t.upstream_model == parsed.model:
+                return body
+            return json.dumps({**parsed.obj, "model": t.upstream_model}).encode()
+
+        try:
+            w = await self.svc.open(ticket, path, body_for, headers)
+        except ForwardError as e:
+            ticket.status, ticket.cause = e.status, e.cause
+            span.set_attribute("http.response.status_code", e.status)
+            return _json(e.status, error_body(e.message, e.cause, e.status), ticket.corr_id)
+        except asyncio.CancelledError:
+            ticket.cancelled, ticket.cause = True, "client_disconnected"
+            raise
+        span.set_attribute("infermesh.target", w.target.id)
+        span.set_attribute("http.response.status_code", w.resp.status)
+        try:
+            return await stream_back(request, ticket, w, parsed.stream)
+        except asyncio.CancelledError:
+            ticket.cancelled, ticket.cause = True, "client_disconnected"
+            w.resp.close()
+            raise
+
+    async def models(self, request: web.Request) -> web.Response:
+        corr = new_corr_id(request.headers, "")
+        try:
+            self.svc.authenticate(request.headers)
+        except Refusal as r:
+            return _refusal_response(r, corr, "models")
+        now = int(time.time())
+        data = [{"id": m, "object": "model", "created": now, "owned_by": "infermesh"} for m in self.svc.view.models()]
+        return web.json_response({"object": "list", "data": data}, headers={"x-request-id": corr})
+
+    # -- KServe v2 ----------------------------------------------------------------------------------------------
+    async def v2_live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def v2_ready(self, request: web.Request) -> web.Response:
+        ready = any(self.svc.view.candidates(m) for m in self.svc.view.models())
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def v2_server(self, request: web.Request) -> web.Response:
+        return web.json_response({"name": "infermesh-router", "version": "1", "extensions": []})
+
+    async def v2_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if not self.svc.view.has_model(name):
+            return web.json_response({"error": f"model {name!r} is not served here"}, status=404)
+        revs = sorted({t.revision for t in self.svc.view.all(name) if t.revision})
+        return web.json_response(kserve.model_metadata(name, revs))
+
+    async def v2_model_ready(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if not self.svc.view.has_model(name):
+            return web.json_response({"error": f"model {name!r} is not served here"}, status=404)
+        ready = bool(self.svc.view.candidates(name))
+        return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
+
+    async def v2_infer(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        svc = self.svc
+        with tracer().start_as_current_span(
+            "POST /v2/models/{name}/infer", context=extract(request.headers), kind=SpanKind.SERVER
+        ) as span:
+            trace_id = trace_id_hex(span)
+            corr = new_corr_id(request.headers, trace_id)
+            try:
+                tenant = svc.authenticate(request.headers)
+                body = await read_body(request, self.cfg)
+                req = kserve.parse_v2(parse_json_body(body))
+                ticket = await svc.admit(
+                    api="v2",
+                    model=name,
+                    tenant=tenant,
+                    priority=svc.priority_for(tenant, request.headers.get("x-infermesh-priority")),
+                    prompt_chars=len(req.text),
+                    max_tokens=req.max_tokens,
+                    corr_id=corr,
+                    trace_id=trace_id,
+                )
+            except Refusal as r:
+                return _refusal_response(r, corr, "v2", v2=True)
+            try:
+                status, out = await infer_v2(svc, ticket, req, body, upstream_headers(request, corr), name)
+                return _json(status, json.dumps(out).encode(), corr)
+            finally:
+                await svc.finish(ticket)
+
+    # -- WebSocket ----------------------------------------------------------------------------------------------
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        svc = self.svc
+        corr0 = new_corr_id(request.headers, "")
+        try:
+            tenant = svc.authenticate(request.headers, request.query.get("api_key"))
+        except Refusal as r:
+            return _refusal_response(r, corr0, "ws")
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=self.cfg.listen.max_body_bytes)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    await ws.send_json({"type": "error", "status": 400, "message": "send JSON text frames"})
+                continue
+            await self._ws_request(ws, request, tenant, msg.data)
+        return ws
+
+    async def _ws_request(self, ws: web.WebSocketResponse, request: web.Request, tenant: Tenant, data: str) -> None:
+        svc = self.svc
+        with tracer().start_as_current_span("WS /v1/ws", context=extract(request.headers), kind=SpanKind.SERVER) as sp:
+            trace_id = trace_id_hex(sp)
+            corr = new_corr_id({}, trace_id)
+            try:
+                obj = parse_json_body(data.encode())
+                api = "chat" if "messages" in obj else "completions"
+                parsed = validate(api, {**obj, "stream": True})
+                ticket = await svc.admit(
+                    api="ws",
+                    model=parsed.model,
+                    tenant=tenant,
+                    priority=svc.priority_for(tenant, obj.get("priority")),
+                    prompt_chars=parsed.prompt_chars,
+                    max_tokens=parsed.max_tokens,
+                    corr_id=corr,
+                    trace_id=trace_id,
+                )
+            except Refusal as r:
+                err: dict[str, Any] = {"type": "error", "status": r.status, "code": r.code, "message": r.message}
+                if r.retry_after:
+                    err["retry_after"] = int(r.retry_after)
+                await ws.send_json(err)
+                return
+            path = APIS[api][0]
+            try:
+                await self._ws_stream(ws, ticket, parsed, path, upstream_headers(request, corr))
+            finally:
+                await svc.finish(ticket)
+
+    async def _ws_stream(
+        self, ws: web.WebSocketResponse, ticket: Ticket, parsed: ParsedRequest, path: str, headers: dict[str, str]
+    ) -> None:
+        def body_for(t: Target) -> bytes:
+            return json.dumps({**parsed.obj, "model": t.upstream_model, "stream": True}).encode()
+
+        try:
+            w = await self.svc.open(ticket, path, body_for, headers)
+        except ForwardError as e:
+            ticket.status, ticket.cause = e.status, e.cause
+            await ws.send_json({"type": "error", "status": e.status, "code": e.cause, "message": e.message})
+            return
+        ticket.status = w.resp.status
+        if w.resp.status != 200:
+            raw = w.first + await w.resp.content.read()
+            w.resp.release()
+            await ws.send_json({"type": "error", "status": w.resp.status, "message": raw.decode(errors="replace")})
+            return
+        index = 0
+        finish = None
+        try:
+            async for event in _sse_events(w):
+                if event == b"[DONE]":
+                    break
+                try:
+                    obj = json.loads(event)
+                    choice = (obj.get("choices") or [{}])[0]
+                except (ValueError, AttributeError, IndexError):
+                    continue
+                text = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
+                finish = choice.get("finish_reason") or finish
+                if text:
+                    await ws.send_json({"type": "token", "index": index, "text": text})
+                    index += 1
+            ticket.completion_tokens = index
+            await ws.send_json({"type": "done", "id": ticket.corr_id, "tokens": index, "finish_reason": finish})
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
+            ticket.cause = "upstream_broken_midstream"
+            await ws.send_json({"type": "error", "status": 502, "message": f"runtime broke the stream: {e}"})
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            ticket.cancelled = True
+        finally:
+            w.resp.close()
+
+    # -- ops ----------------------------------------------------------------------------------------------------
+    async def metrics(self, request: web.Request) -> web.Response:
+        data, ctype = render()
+        return web.Response(body=data, headers={"Content-Type": ctype})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        v = self.svc.view
+        return web.json_response(
+            {
+                "ok": True,
+                "local_only": v.local_only,
+                "models": v.models(),
+                "targets": v.counts(),
+                "inflight": self.svc.inflight,
+            }
+        )
+
+
+async def _sse_events(w: Winner) -> AsyncIterator[bytes]:
+    """Yield the data of each SSE event (for the WebSocket bridge; the HTTP path never parses the stream)."""
+    buf = w.first
+    while True:
+        while True:
+            idx = buf.find(b"\n\n")
+            if idx < 0:
+                break
+            block, buf = buf[:idx], buf[idx + 2 :]
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    yield line[5:].strip()
+        chunk = await w.resp.content.readany()
+        if not chunk:
+            return
+        buf += chunk
+
+
+async def infer_v2(
+    svc: RouterService, ticket: Ticket, req: kserve.V2Request, raw: bytes, headers: dict[str, str], name: str
+) -> tuple[int, dict[str, Any]]:
+    """Forward one KServe v2 inference (shared by HTTP and gRPC); returns (status, v2 response or error body)."""
+
+    def body_for(t: Target) -> bytes:
+        if t.api == "kserve":
+            return raw or kserve.to_v2_json(req)
+        return kserve.to_completion(req, t.upstream_model)
+
+    # The path differs per target kind; pick it from the best-ranked one (targets of a model share their kind).
+    first = ticket.ranked[0] if ticket.ranked else None
+    path = f"/v2/models/{first.upstream_model}/infer" if first and first.api == "kserve" else "/v1/completions"
+    try:
+        w = await svc.open(ticket, path, body_for, headers)
+    except ForwardError as e:
+        ticket.status, ticket.cause = e.status, e.cause
+        return e.status, {"error": e.message, "code": e.cause}
+    try:
+        data = w.first + await w.resp.content.read()
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
+        ticket.status, ticket.cause = 502, "upstream_broken"
+        return 502, {"error": f"runtime broke the response: {e}", "code": "upstream_broken"}
+    finally:
+        w.resp.close()
+    ticket.bytes_out = len(data)
+    ticket.status = w.resp.status
+    if w.resp.status != 200:
+        ticket.cause = f"upstream_{w.resp.status}" if w.resp.status >= 500 else ""
+        return w.resp.status, {"error": data.decode(errors="replace")[:2000], "code": "upstream_error"}
+    if w.target.api == "kserve":
+        try:
+            return 200, json.loads(data)
+        except ValueError:
+            ticket.status, ticket.cause = 502, "upstream_broken"
+            return 502, {"error": "runtime answered a body that is not JSON", "code": "upstream_broken"}
+    try:
+        out, pt, ct = kserve.from_completion(data, name, req.id or ticket.corr_id)
+    except (ValueError, AttributeError) as e:
+        ticket.status, ticket.cause = 502, "upstream_broken"
+        ERRORS.labels(ticket.model, ticket.tenant, "upstream_broken").inc()
+        return 502, {"error": f"runtime answered an unreadable completion: {e}", "code": "upstream_broken"}
+    ticket.prompt_tokens, ticket.completion_tokens = pt, ct
+    return 200, out
+
+
+async def _start_service(app: web.Application) -> AsyncIterator[None]:
+    svc = app[SVC]
+    await svc.start()
+    yield
+    await svc.close()
+
+
+def build_app(svc: RouterService) -> web.Application:
+    cfg = svc.cfg
+    app = web.Application(client_max_size=cfg.listen.max_body_bytes)
+    app[SVC] = svc
+    h = Handlers(svc)
+    app.router.add_post("/v1/chat/completions", h.openai("chat"))
+    app.router.add_post("/v1/completions", h.openai("completions"))
+    app.router.add_post("/v1/embeddings", h.openai("embeddings"))
+    app.router.add_get("/v1/models", h.models)
+    app.router.add_get("/v1/ws", h.websocket)
+    app.router.add_get("/v2", h.v2_server)
+    app.router.add_get("/v2/health/live", h.v2_live)
+    app.router.add_get("/v2/health/ready", h.v2_ready)
+    app.router.add_get("/v2/models/{name}", h.v2_model)
+    app.router.add_get("/v2/models/{name}/ready", h.v2_model_ready)
+    app.router.add_post("/v2/models/{name}/infer", h.v2_infer)
+    app.router.add_get("/metrics", h.metrics)
+    app.router.add_get("/healthz", h.healthz)
+    app.cleanup_ctx.append(_start_service)
+    return app

@@ -1,0 +1,275 @@
+"""Typed configuration of the router: one pydantic model from YAML plus `INFERMESH_ROUTER__*` environment overrides.
+
+A wrong or unknown field stops the router at start with a message naming the field (see `load_config`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "INFERMESH_ROUTER__"
+
+Priority = Literal["critical", "standard", "batch"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    grpc_port: int | None = Field(default=8081, ge=0, le=65535, description="KServe v2 gRPC port; null disables gRPC")
+    workers: int = Field(default=1, ge=1, le=64, description="worker processes sharing the port through SO_REUSEPORT")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    body_read_timeout_s: float = Field(
+        default=10.0, gt=0, description="a client slower than this sending its body gets 408"
+    )
+    keepalive_timeout_s: float = Field(default=75.0, gt=0)
+    max_inflight: int = Field(default=2048, ge=1, description="requests held at once per worker; beyond it 429 at once")
+
+
+class AgentConfig(_Strict):
+    address: str | None = Field(default="127.0.0.1:7070", description="local agent gRPC HOST:PORT; null = static only")
+    reconnect_min_s: float = Field(default=0.2, gt=0)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+    report_outcomes: bool = True
+    node: str = Field(default="", description="this router's node name, sent with the watch")
+
+
+class StaticTarget(_Strict):
+    model: str
+    url: str = Field(description="base URL of the runtime, e.g. http://127.0.0.1:9001")
+    runtime: str = "vllm"
+    api: Literal["openai", "kserve"] = "openai"
+    node: str = ""
+    gpu_uuid: str = ""
+    mig_profile: str = ""
+    zone: str = ""
+    revision: str = ""
+    quant: str = ""
+    max_concurrency: int | None = None
+    upstream_model: str | None = Field(default=None, description="model name the runtime expects, when it differs")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class QuotaConfig(_Strict):
+    requests_per_s: float | None = Field(default=None, gt=0)
+    burst_requests: float | None = Field(
+        default=None, gt=0, description="bucket size; defaults to max(1, requests_per_s)"
+    )
+    tokens_per_min: float | None = Field(default=None, gt=0)
+    concurrent: int | None = Field(default=None, ge=1)
+
+
+class TenantConfig(_Strict):
+    name: str
+    api_keys: list[str] = Field(default_factory=list)
+    api_key_sha256: list[str] = Field(default_factory=list, description="hex SHA-256 of keys, instead of plain keys")
+    priority: Priority = "standard"
+    quotas: QuotaConfig = Field(default_factory=QuotaConfig)
+
+    def key_hashes(self) -> set[str]:
+        return {hashlib.sha256(k.encode()).hexdigest() for k in self.api_keys} | {
+            h.lower() for h in self.api_key_sha256
+        }
+
+
+class HedgingConfig(_Strict):
+    enabled: bool = False
+    quantile: float = Field(
+        default=0.9, gt=0, lt=1, description="hedge after this quantile of the target's recent TTFT"
+    )
+    multiplier: float = Field(default=1.0, gt=0)
+    min_delay_ms: float = Field(default=5.0, ge=0)
+    max_delay_ms: float = Field(default=2000.0, gt=0)
+    default_delay_ms: float = Field(default=200.0, ge=0, description="delay while a target has too few TTFT samples")
+    budget_ratio: float = Field(
+        default=0.05, ge=0, le=1, description="hedges per request at most (0.05 = 5% extra load)"
+    )
+    budget_burst: float = Field(default=5.0, ge=0)
+
+
+class RetryConfig(_Strict):
+    max_attempts: int = Field(default=3, ge=1, le=10, description="targets tried before the first byte")
+    on_status: list[int] = Field(default_factory=lambda: [502, 503, 504])
+
+
+class OutlierConfig(_Strict):
+    consecutive_failures: int = Field(default=3, ge=1)
+    base_ejection_s: float = Field(default=2.0, gt=0)
+    max_ejection_s: float = Field(default=60.0, gt=0)
+    max_ejected_fraction: float = Field(default=0.5, ge=0, le=1)
+
+
+class AdmissionConfig(_Strict):
+    max_queue_per_target: float = Field(
+        default=64.0, gt=0, description="waiting requests beyond which a target counts full"
+    )
+    priority_factor: dict[str, float] = Field(
+        default_factory=lambda: {"critical": 1.5, "standard": 1.0, "batch": 0.5},
+        description="threshold multiplier per SLO class: batch is refused first, critical last",
+    )
+    max_retry_after_s: int = Field(default=30, ge=1)
+
+
+def _check_strategy(name: str) -> None:
+    from agents.strategies import load_strategy  # raises ValueError naming the strategy
+
+    load_strategy(name)
+
+
+class RoutingPolicy(_Strict):
+    strategy: str = "hybrid_mesh"
+    ab_split: dict[str, float] = Field(default_factory=dict, description="strategy -> weight; empty = no A/B")
+    shadow_strategy: str | None = None
+    deadline_s: float = Field(default=300.0, gt=0)
+    first_byte_timeout_s: float = Field(default=60.0, gt=0)
+    hedging: HedgingConfig = Field(default_factory=HedgingConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+
+    @field_validator("ab_split")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in v.values()) or (v and sum(v.values()) <= 0):
+            raise ValueError("weights must be >= 0 with a positive sum")
+        for name in v:
+            _check_strategy(name)
+        return v
+
+    @field_validator("strategy", "shadow_strategy")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_strategy(v)
+        return v
+
+
+class RedisConfig(_Strict):
+    url: str | None = Field(
+        default=None, description="redis://HOST:PORT/DB to share quotas across replicas; null = local"
+    )
+    key_prefix: str = "infermesh:quota:"
+    timeout_s: float = Field(
+        default=0.05, gt=0, description="a slower Redis falls back to local buckets for the request"
+    )
+
+
+class TracingConfig(_Strict):
+    enabled: bool = True
+    exporter: Literal["none", "console"] = "none"
+    service_name: str = "infermesh-router"
+
+
+class LoggingConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = True
+
+
+class RouterConfig(_Strict):
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    targets: list[StaticTarget] = Field(default_factory=list)
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    auth_required: bool = True
+    default_policy: RoutingPolicy = Field(default_factory=RoutingPolicy)
+    policies: dict[str, RoutingPolicy] = Field(default_factory=dict, description="model name -> routing policy")
+    outlier: OutlierConfig = Field(default_factory=OutlierConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    upstream_pool_size: int = Field(default=1024, ge=1)
+    upstream_connect_timeout_s: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> RouterConfig:
+        seen: dict[str, str] = {}
+        for t in self.tenants:
+            for h in t.key_hashes():
+                if h in seen:
+                    raise ValueError(f"tenants: tenant {t.name!r} reuses an API key of tenant {seen[h]!r}")
+                seen[h] = t.name
+        return self
+
+    def policy_for(self, model: str) -> RoutingPolicy:
+        return self.policies.get(model, self.default_policy)
+
+
+class ConfigError(ValueError):
+    """A config that cannot start the router; the message names the field."""
+
+
+def _coerce(raw: str) -> Any:
+    # Environment values are YAML scalars/flow collections so that lists and numbers need no special syntax.
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay `INFERMESH_ROUTER__LISTEN__PORT=9000`-style variables (double underscore = nesting)."""
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = _coerce(raw)
+    return data
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid router config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, *, source: str = "", env: Mapping[str, str] | None = None) -> RouterConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid router config {source}: top level must be a mapping, got {type(data).__name__}")
+    data = apply_env(data, os.environ if env is None else env)
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> RouterConfig:
+    if path is None:
+        return parse_config({}, source="(defaults)", env=env)
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read router config {p}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"router config {p} is not valid YAML: {e}") from None
+    return parse_config(data, source=str(p), env=env)

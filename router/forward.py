@@ -1,0 +1,295 @@
+"""Forwarding to runtimes: pooled keep-alive attempts, retry before the first byte, hedging, loser cancellation.
+
+`Forwarder.open` returns the winning upstream response with its first body chunk already read; the caller streams
+the rest to the client. Everything that may still be retried happens before that first byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from router.config import OutlierConfig, RoutingPolicy
+from router.core.hedging import HedgeBudget, HedgeParams, hedge_delay
+from router.core.outlier import OutlierDetector
+from router.core.retry import Outcome, RetryRules
+from router.metrics import EJECTIONS, HEDGE_SKIPPED, HEDGES, RETRIES, TTFT
+from router.view import Target
+
+# Headers that describe one hop and must not be copied across the proxy.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+        "authorization",
+    }
+)
+
+
+class AttemptFailed(Exception):
+    def __init__(self, outcome: Outcome, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+        self.detail = detail
+        self.status = status
+
+
+class ForwardError(Exception):
+    """No target produced a usable first byte."""
+
+    def __init__(self, status: int, cause: str, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.cause = cause
+        self.message = message
+        self.attempts = attempts
+
+
+@dataclass(slots=True)
+class Winner:
+    target: Target
+    resp: aiohttp.ClientResponse
+    first: bytes
+    ttft: float
+    outcome: Outcome
+    attempts: int = 1
+    hedged: bool = False
+    hedge_won: bool = False
+    tried: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    target: Target
+    hedge: bool
+    started: float
+
+
+def _classify_exc(e: BaseException) -> AttemptFailed:
+    if isinstance(e, AttemptFailed):
+        return e
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return AttemptFailed(Outcome.CONNECT_ERROR, f"connect failed: {e.os_error}")
+    if isinstance(e, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionResetError):
+        return AttemptFailed(Outcome.RESET, f"connection reset: {e}")
+    if isinstance(e, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return AttemptFailed(Outcome.BROKEN, f"malformed response: {e}")
+    if isinstance(e, TimeoutError | aiohttp.ServerTimeoutError):
+        return AttemptFailed(Outcome.TIMEOUT, "timed out")
+    return AttemptFailed(Outcome.BROKEN, f"{type(e).__name__}: {e}")
+
+
+class Forwarder:
+    def __init__(self, session: aiohttp.ClientSession, outlier: OutlierConfig) -> None:
+        self.session = session
+        self.outlier = OutlierDetector(
+            outlier.consecutive_failures, outlier.base_ejection_s, outlier.max_ejection_s, outlier.max_ejected_fraction
+        )
+        self._budgets: dict[str, HedgeBudget] = {}
+        self._params: dict[int, HedgeParams] = {}
+        self._rules: dict[int, RetryRules] = {}
+
+    def budget(self, model: str, policy: RoutingPolicy) -> HedgeBudget:
+        b = self._budgets.get(model)
+        if b is None:
+            b = HedgeBudget(policy.hedging.budget_ratio, policy.hedging.budget_burst)
+            self._budgets[model] = b
+        return b
+
+    def _hedge_params(self, policy: RoutingPolicy) -> HedgeParams:
+        p = self._params.get(id(policy))
+        if p is None:
+            h = policy.hedging
+            p = HedgeParams(
+                quantile=h.quantile,
+                multiplier=h.multiplier,
+                min_delay_s=h.min_delay_ms / 1000,
+                max_delay_s=h.max_delay_ms / 1000,
+                default_delay_s=h.default_delay_ms / 1000,
+            )
+            self._params[id(policy)] = p
+        return p
+
+    def rules(self, policy: RoutingPolicy) -> RetryRules:
+        r = self._rules.get(id(policy))
+        if r is None:
+            r = RetryRules(policy.retry.max_attempts, frozenset(policy.retry.on_status))
+            self._rules[id(policy)] = r
+        return r
+
+    def healthy_order(self, ranked: list[Target]) -> list[Target]:
+        now = time.monotonic()
+        ids = self.outlier.filter([t.id for t in ranked], now)
+        keep = set(ids)
+        return [t for t in ranked if t.id in keep]
+
+    async def _attempt(
+        self,
+        target: Target,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        first_byte_timeout: float,
+        rules: RetryRules,
+    ) -> tuple[aiohttp.ClientResponse, bytes, Outcome]:
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(first_byte_timeout):
+                resp = await self.session.post(target.url + path, data=body, headers=headers)
+                outcome = rules.classify_status(resp.status)
+                if outcome is Outcome.BAD_STATUS:
+                    raise AttemptFailed(outcome, f"runtime answered {resp.status}", resp.status)
+                first = await resp.content.readany()
+                return resp, first, outcome
+        except BaseException as e:
+            if resp is not None:
+                # close(), not release(): the runtime must see the connection drop to abort the request.
+                resp.close()
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            raise _classify_exc(e) from None
+
+    async def open(
+        self,
+        ranked: list[Target],
+        path: str,
+        body_for: Callable[[Target], bytes],
+        headers: Mapping[str, str],
+        policy: RoutingPolicy,
+        model: str,
+        hedge_ok: bool,
+    ) -> Winner:
+        """Try targets in rank order; hedge to the next one after a delay; return the first with a first byte."""
+        rules = self.rules(policy)
+        order = self.healthy_order(ranked)
+        if not order:
+            raise ForwardError(503, "no_healthy_target", f"no healthy target for model {model!r}", 0)
+        budget = self.budget(model, policy)
+        budget.on_request()
+        hedging = hedge_ok and policy.hedging.enabled and len(order) > 1
+        start = time.monotonic()
+        deadline = start + policy.first_byte_timeout_s
+        tasks: dict[asyncio.Task[tuple[aiohttp.ClientResponse, bytes, Outcome]], _Attempt] = {}
+        next_idx = 0
+        attempts = 0
+        failures: list[AttemptFailed] = []
+        tried: list[str] = []
+        hedged = False
+
+        def launch(hedge: bool) -> None:
+            nonlocal next_idx, attempts
+            t = order[next_idx]
+            next_idx += 1
+            attempts += 1
+            tried.append(t.id)
+            t.inflight += 1
+            remaining = max(0.001, deadline - time.monotonic())
+            task = asyncio.ensure_future(self._attempt(t, path, body_for(t), headers, remaining, rules))
+            tasks[task] = _Attempt(t, hedge, time.monotonic())
+
+        launch(False)
+        hedge_at = start + hedge_delay(order[0].ttft, self._hedge_params(policy)) if hedging else None
+        try:
+            while True:
+                now = time.monotonic()
+                wake = deadline
+                if hedge_at is not None:
+                    wake = min(wake, hedge_at)
+                done: set[asyncio.Task[tuple[aiohttp.ClientResponse, bytes, Outcome]]] = set()
+                if tasks:
+                    done, _ = await asyncio.wait(
+                        tasks.keys(), timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED
+                    )
+                now = time.monotonic()
+                if not done:
+                    if hedge_at is not None and now >= hedge_at:
+                        hedge_at = None
+                        if next_idx < len(order) and not hedged:
+                            if budget.try_spend():
+                                hedged = True
+                                HEDGES.labels(model, "fired").inc()
+                                launch(True)
+                            else:
+                                HEDGE_SKIPPED.labels(model).inc()
+                        continue
+                    if now >= deadline:
+                        raise ForwardError(
+                            504,
+                            "first_byte_timeout",
+                            f"no first byte within {policy.first_byte_timeout_s:g}s",
+                            attempts,
+                        )
+                    if not tasks:
+                        break
+                    continue
+                winner: Winner | None = None
+                for task in done:
+                    att = tasks.pop(task)
+                    att.target.inflight -= 1
+                    exc = task.exception()
+                    if exc is None:
+                        resp, first, outcome = task.result()
+                        if winner is None:
+                            ttft = now - att.started
+                            winner = Winner(att.target, resp, first, ttft, outcome, hedged=hedged, hedge_won=att.hedge)
+                            att.target.inflight += 1  # the caller holds it until the stream ends
+                        else:
+                            resp.close()
+                        continue
+                    fail = _classify_exc(exc)
+                    failures.append(fail)
+                    self._failure(att.target, model, now)
+                    if rules.retryable(fail.outcome, attempts, False) and next_idx < len(order):
+                        RETRIES.labels(model, fail.outcome.value).inc()
+                        launch(False)
+                if winner is not None:
+                    winner.attempts = attempts
+                    winner.tried = tried
+                    if winner.outcome is not Outcome.SERVER_ERROR:
+                        self.outlier.on_success(winner.target.id)
+                        winner.target.ttft.add(winner.ttft)
+                        TTFT.labels(*winner.target.labels).observe(winner.ttft)
+                    else:
+                        self._failure(winner.target, model, now)
+                    if hedged:
+                        HEDGES.labels(model, "won" if winner.hedge_won else "wasted").inc()
+                    return winner
+                if not tasks:
+                    if next_idx < len(order) and attempts < rules.max_attempts:
+                        launch(False)
+                        continue
+                    break
+        finally:
+            # Losers and leftovers: cancel at once so the runtime sees the abort and frees its slot.
+            for task, att in tasks.items():
+                task.cancel()
+                att.target.inflight -= 1
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+        last = failures[-1] if failures else AttemptFailed(Outcome.CONNECT_ERROR, "no attempt made")
+        status = 502
+        if last.outcome is Outcome.TIMEOUT:
+            status = 504
+        elif last.outcome is Outcome.BAD_STATUS and last.status == 503:
+            status = 503
+        raise ForwardError(
+            status, last.outcome.value, f"all {attempts} attempt(s) failed; last: {last.detail}", attempts
+        )
+
+    def _failure(self, target: Target, model: str, now: float) -> None:
+        if self.outlier.on_failure(target.id, now):
+            EJECTIONS.labels(model, target.runtime, target.node).inc()

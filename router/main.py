@@ -1,0 +1,146 @@
+"""`infermesh router --config FILE`: run the router on uvloop, in one process or several sharing the port."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from router.config import ConfigError, RouterConfig, load_config
+
+
+async def serve(cfg: RouterConfig, stop: asyncio.Event | None = None) -> None:
+    from router.app import build_app
+    from router.grpc_server import start_grpc
+    from router.obs import log_event, setup_tracing
+    from router.service import RouterService
+
+    setup_tracing(cfg.tracing)
+    connector = aiohttp.TCPConnector(
+        limit=cfg.upstream_pool_size, limit_per_host=0, keepalive_timeout=30.0, ttl_dns_cache=300
+    )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.upstream_connect_timeout_s),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    )
+    svc = RouterService(cfg, session)
+    app = build_app(svc)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, keepalive_timeout=cfg.listen.keepalive_timeout_s
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port, reuse_port=True, backlog=2048)
+    await site.start()
+    grpc_server = None
+    if cfg.listen.grpc_port is not None:
+        grpc_server = await start_grpc(svc, cfg.listen.host, cfg.listen.grpc_port)
+    log_event(
+        "router listening",
+        host=cfg.listen.host,
+        port=cfg.listen.port,
+        grpc_port=cfg.listen.grpc_port,
+        pid=os.getpid(),
+        models=svc.view.models(),
+        agent=cfg.agent.address,
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log_event("router stopping", pid=os.getpid())
+        if grpc_server is not None:
+            await grpc_server.stop(grace=2.0)
+        await runner.cleanup()
+        await session.close()
+
+
+def _worker(config_path: str | None) -> None:
+    from router.obs import setup_logging
+
+    cfg = load_config(config_path)
+    setup_logging(cfg.logging.level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # uvloop is optional on platforms without it
+        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(cfg))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="infermesh router", description="Run the InferMesh inference router.")
+    ap.add_argument("--config", help="YAML config file (env INFERMESH_ROUTER__SECTION__FIELD overrides it)")
+    ap.add_argument("--port", type=int, help="HTTP port (overrides listen.port)")
+    ap.add_argument("--grpc-port", type=int, help="KServe gRPC port (overrides listen.grpc_port)")
+    ap.add_argument("--workers", type=int, help="worker processes sharing the port (overrides listen.workers)")
+    ap.add_argument("--check", action="store_true", help="validate the config and exit")
+    args = ap.parse_args(list(argv) if argv is not None else None)
+    # CLI flags become env overrides so that spawned workers read exactly the same config.
+    if args.port is not None:
+        os.environ["INFERMESH_ROUTER__LISTEN__PORT"] = str(args.port)
+    if args.grpc_port is not None:
+        os.environ["INFERMESH_ROUTER__LISTEN__GRPC_PORT"] = str(args.grpc_port)
+    if args.workers is not None:
+        os.environ["INFERMESH_ROUTER__LISTEN__WORKERS"] = str(args.workers)
+    if args.config and not Path(args.config).exists():
+        print(f"infermesh router: config file {args.config} does not exist", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"infermesh router: {e}", file=sys.stderr)
+        return 2
+    if cfg.listen.workers > 1 and cfg.listen.port == 0:
+        print("infermesh router: listen.port: workers > 1 need a fixed port (got 0)", file=sys.stderr)
+        return 2
+    if args.check:
+        print("config ok")
+        return 0
+    if cfg.listen.workers == 1:
+        _worker(args.config)
+        return 0
+    # Several workers: one shared multiprocess metrics dir so /metrics on any worker shows the whole router.
+    own_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = tempfile.mkdtemp(prefix="infermesh-router-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(args.config,), daemon=False) for _ in range(cfg.listen.workers)]
+    for p in procs:
+        p.start()
+
+    def _forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, _forward)
+    signal.signal(signal.SIGINT, _forward)
+    code = 0
+    for p in procs:
+        p.join()
+        code = code or (p.exitcode or 0)
+    if own_dir:
+        import shutil
+
+        shutil.rmtree(own_dir, ignore_errors=True)
+    return code

@@ -1,0 +1,93 @@
+"""Prometheus metrics of the router, labelled with the seed's schema (model, revision, runtime, node, tenant, ...).
+
+With several worker processes the registry is multiprocess (PROMETHEUS_MULTIPROC_DIR set by the parent before any
+worker imports prometheus_client), so one scrape of any worker sees the whole router.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_LAT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_DECISION_BUCKETS = (1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3)
+
+REQUESTS = Counter(
+    "infermesh_router_requests_total", "Requests answered by the router", ["model", "tenant", "api", "code"]
+)
+ERRORS = Counter("infermesh_router_errors_total", "Failed requests by cause", ["model", "tenant", "cause"])
+LATENCY = Histogram(
+    "infermesh_router_request_duration_seconds",
+    "End-to-end request latency as the client sees it",
+    ["model", "tenant"],
+    buckets=_LAT_BUCKETS,
+)
+TTFT = Histogram(
+    "infermesh_router_ttft_seconds",
+    "Time to first byte from the runtime, per target",
+    ["model", "revision", "runtime", "node", "gpu_uuid", "mig_profile", "zone"],
+    buckets=_LAT_BUCKETS,
+)
+ARM_TTFT = Histogram(
+    "infermesh_router_strategy_ttft_seconds",
+    "Time to first byte per strategy arm (primary, A/B arms) for win-rate comparisons",
+    ["model", "strategy"],
+    buckets=_LAT_BUCKETS,
+)
+TOKENS = Counter(
+    "infermesh_router_tokens_total", "Tokens seen (prompt from usage, completion)", ["model", "tenant", "kind"]
+)
+DECISION = Histogram(
+    "infermesh_router_decision_seconds", "Strategy decision time in-process", ["strategy"], buckets=_DECISION_BUCKETS
+)
+STRATEGY_FALLBACKS = Counter(
+    "infermesh_router_strategy_fallbacks_total", "Decisions that fell back to baseline_rr", ["strategy"]
+)
+RETRIES = Counter("infermesh_router_retries_total", "Attempts retried on another target", ["model", "cause"])
+HEDGES = Counter(
+    "infermesh_router_hedges_total", "Hedged copies: fired, won (hedge answered first), wasted", ["model", "result"]
+)
+HEDGE_SKIPPED = Counter("infermesh_router_hedges_skipped_total", "Hedges not sent: budget spent", ["model"])
+ADMISSION_REFUSED = Counter(
+    "infermesh_router_admissions_refused_total", "Requests refused with 429", ["model", "tenant", "reason"]
+)
+SHADOW = Counter(
+    "infermesh_router_shadow_decisions_total",
+    "Shadow strategy decisions, and whether they agreed with the served choice",
+    ["model", "strategy", "shadow", "agree"],
+)
+WIN_RATE = Gauge(
+    "infermesh_router_strategy_win_rate",
+    "Share of recent requests where the arm's TTFT beat the baseline arm's recent median",
+    ["model", "strategy"],
+    multiprocess_mode="mostrecent",
+)
+LOCAL_ONLY = Gauge(
+    "infermesh_router_local_only",
+    "1 while the agent is unreachable and the router serves from its last view and static targets",
+    multiprocess_mode="max",
+)
+TARGETS = Gauge("infermesh_router_targets", "Targets in the view", ["source"], multiprocess_mode="max")
+EJECTIONS = Counter("infermesh_router_ejections_total", "Outlier ejections", ["model", "runtime", "node"])
+INFLIGHT = Gauge("infermesh_router_inflight", "Requests in flight", multiprocess_mode="livesum")
+QUOTA_BACKEND = Counter(
+    "infermesh_router_quota_backend_errors_total", "Shared-quota (Redis) calls that failed, served locally", []
+)
+AGENT_REPORTS = Counter("infermesh_router_outcome_reports_total", "Outcomes reported to the agent", ["result"])
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,167 @@
+"""Ranking with the model's routing policy through the agents.strategies host: strategy or A/B arm, shadow strategy.
+
+The router keeps a `StrategyHost` whose index mirrors its view and decides in-process (no RPC per request). The host
+enforces the decision budget and falls back to `baseline_rr` when a strategy overruns or raises.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from collections.abc import Iterable
+
+from agents.strategies import load_strategy
+from agents.strategies.base import HEALTHY, UNKNOWN, Decision, RouteRequest, Strategy, TargetView
+from agents.strategies.host import StrategyHost
+from router.config import RoutingPolicy
+from router.metrics import ARM_TTFT, DECISION, SHADOW, STRATEGY_FALLBACKS, WIN_RATE
+from router.view import Target
+from router.view import TargetView as RouterView
+
+BASELINE = "baseline_rr"
+
+
+def to_strategy_view(t: Target) -> TargetView:
+    if t.state is not None:
+        v = TargetView.from_proto(t.state)
+        v.target_id = t.id
+    else:
+        # A static target: nothing fused is known, so it counts healthy until the router's own outcomes say otherwise.
+        v = TargetView(
+            target_id=t.id,
+            model=t.model,
+            node=t.node,
+            endpoint=t.url,
+            revision=t.revision,
+            runtime=t.runtime,
+            zone=t.zone,
+            quant=t.quant,
+            mig_profile=t.mig_profile,
+            gpu_uuids=(t.gpu_uuid,) if t.gpu_uuid else (),
+            health=HEALTHY,
+            max_concurrency=t.max_concurrency,
+        )
+    v.routable = t.healthy
+    if v.health == UNKNOWN and t.healthy and t.source == "static":
+        v.health = HEALTHY
+    return v
+
+
+def strategy_names(policies: Iterable[RoutingPolicy]) -> set[str]:
+    names: set[str] = set()
+    for p in policies:
+        names.add(p.strategy)
+        names.update(p.ab_split)
+        if p.shadow_strategy:
+            names.add(p.shadow_strategy)
+    return names
+
+
+class Ranker:
+    def __init__(
+        self, view: RouterView, policies: Iterable[RoutingPolicy] = (), decision_budget_us: float = 1000.0
+    ) -> None:
+        self.view = view
+        strategies: dict[str, Strategy] = {}
+        for spec in sorted(strategy_names(policies) | {"baseline_rr", "least_queue", "hybrid_mesh"}):
+            s = load_strategy(spec)  # raises ValueError naming the strategy; checked at start
+            strategies[spec] = s
+        self.host = StrategyHost(strategies, default=BASELINE, budget_us=decision_budget_us, on_decision=self._observe)
+        self._targets: dict[str, Target] = {}
+        self._synced = -1
+        self._arms: dict[tuple[str, str], deque[float]] = {}
+
+    def _observe(self, d: Decision) -> None:
+        DECISION.labels(d.strategy).observe(d.decision_us / 1e6)
+        if d.fallback:
+            STRATEGY_FALLBACKS.labels(d.fallback_reason.split(":")[0]).inc()
+
+    def _sync(self) -> None:
+        view = self.view
+        if view.version != self._synced:
+            live: dict[str, Target] = {}
+            for m in view.models():
+                for t in view.all(m):
+                    live[t.id] = t
+            for tid in list(self._targets):
+                if tid not in live:
+                    self.host.remove(tid)
+                    del self._targets[tid]
+            for t in live.values():
+                self.host.upsert(to_strategy_view(t))
+                self._targets[t.id] = t
+            self._synced = view.version
+            view.dirty.clear()
+            self.host.refresh()
+        elif view.dirty:
+            for tid in list(view.dirty):
+                known = self._targets.get(tid)
+                if known is not None:
+                    self.host.upsert(to_strategy_view(known))
+            view.dirty.clear()
+            self.host.refresh()
+
+    def pick_arm(self, policy: RoutingPolicy, key: str) -> str:
+        if not policy.ab_split:
+            return policy.strategy
+        # Hash of the correlation id: a request retried with the same id lands in the same arm.
+        total = sum(policy.ab_split.values())
+        x = (zlib.crc32(key.encode()) & 0xFFFFFFFF) / 2**32 * total
+        acc = 0.0
+        for name, w in policy.ab_split.items():
+            acc += w
+            if x < acc:
+                return name
+        return next(iter(policy.ab_split))
+
+    def rank(
+        self,
+        model: str,
+        candidates: list[Target],
+        policy: RoutingPolicy,
+        corr_id: str,
+        prompt_chars: int = 0,
+        max_tokens: int | None = None,
+    ) -> tuple[list[Target], str]:
+        """Targets best first (all candidates, so retries and hedges have somewhere to go) and the deciding arm."""
+        self._sync()
+        name = self.pick_arm(policy, corr_id)
+        req = RouteRequest(model=model, prompt_tokens=prompt_chars // 4, max_tokens=max_tokens or 0, request_id=corr_id)
+        k = min(len(candidates), policy.retry.max_attempts + 1)
+        decision = self.host.decide(req, strategy=name, k=k)
+        ranked: list[Target] = []
+        seen: set[str] = set()
+        for s in decision.ranked:
+            t = self._targets.get(s.target.target_id)
+            if t is not None and t.id not in seen:
+                ranked.append(t)
+                seen.add(t.id)
+        for t in candidates:
+            if t.id not in seen:
+                ranked.append(t)
+                seen.add(t.id)
+        if ranked:
+            # Counted until fresh state arrives, so a burst between two agent updates does not herd onto one target.
+            self.host.note_assigned(ranked[0].id)
+        if policy.shadow_strategy:
+            shadow = self.host.decide(req, strategy=policy.shadow_strategy, k=1)
+            agree = shadow.best is not None and bool(ranked) and shadow.best.target_id == ranked[0].id
+            SHADOW.labels(model, decision.strategy, policy.shadow_strategy, "yes" if agree else "no").inc()
+        return ranked, decision.strategy
+
+    def assigned(self, target_id: str) -> None:
+        self.host.note_assigned(target_id)
+
+    def finished(self, target_id: str) -> None:
+        self.host.note_finished(target_id)
+
+    def observe(self, model: str, strategy: str, ttft: float) -> None:
+        """Per-arm TTFT, and the arm's win rate against the baseline arm's recent median."""
+        ARM_TTFT.labels(model, strategy).observe(ttft)
+        arm = self._arms.setdefault((model, strategy), deque(maxlen=256))
+        arm.append(ttft)
+        base = self._arms.get((model, BASELINE))
+        if base is None or strategy == BASELINE or len(base) < 16 or len(arm) % 16:
+            return
+        median = sorted(base)[len(base) // 2]
+        WIN_RATE.labels(model, strategy).set(sum(1 for x in arm if x < median) / len(arm))

@@ -1,0 +1,293 @@
+"""The per-request pipeline shared by every ingress (OpenAI HTTP, KServe v2 HTTP and gRPC, WebSocket).
+
+admit: model known? admission (queues vs thresholds, by SLO class) -> tenant quota -> rank with the model's
+routing policy. open: forward with retries and hedging. finish: release quota, metrics, access log, outcome report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from router.agentlink import AgentLink, Outcome
+from router.config import RouterConfig, RoutingPolicy, TenantConfig
+from router.core.admission import AdmissionController, TargetLoad
+from router.core.quota import estimate_tokens
+from router.forward import Forwarder, Winner
+from router.metrics import ADMISSION_REFUSED, ERRORS, INFLIGHT, LATENCY, REQUESTS, TOKENS
+from router.obs import access_log
+from router.quota import Lease, QuotaManager
+from router.ranking import Ranker
+from router.view import Target, TargetView
+
+PRIORITIES = ("batch", "standard", "critical")
+
+
+class Refusal(Exception):
+    """The router answers this request itself: auth, validation, admission and quota failures."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        self.param = param
+
+
+@dataclass(slots=True)
+class Tenant:
+    name: str
+    priority: str
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request on its way to a runtime."""
+
+    api: str
+    model: str
+    tenant: str
+    priority: str
+    corr_id: str
+    policy: RoutingPolicy
+    lease: Lease | None
+    est_tokens: float
+    ranked: list[Target]
+    strategy: str
+    t0: float
+    trace_id: str = ""
+    winner: Winner | None = None
+    status: int = 0
+    cause: str = ""
+    bytes_out: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cancelled: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _tenant_index(tenants: list[TenantConfig]) -> dict[str, Tenant]:
+    out: dict[str, Tenant] = {}
+    for t in tenants:
+        for h in t.key_hashes():
+            out[h] = Tenant(t.name, t.priority)
+    return out
+
+
+class RouterService:
+    def __init__(self, cfg: RouterConfig, session: aiohttp.ClientSession) -> None:
+        self.cfg = cfg
+        self.view = TargetView(cfg.targets)
+        self.quotas = QuotaManager(cfg.tenants, cfg.redis)
+        self.forwarder = Forwarder(session, cfg.outlier)
+        self.ranker = Ranker(self.view, [cfg.default_policy, *cfg.policies.values()])
+        self.agent = AgentLink(self.view, cfg.agent)
+        self._tenants = _tenant_index(cfg.tenants)
+        self._admission: dict[int, AdmissionController] = {}
+        self.inflight = 0
+
+    async def start(self) -> None:
+        await self.quotas.start()
+        await self.agent.start()
+
+    async def close(self) -> None:
+        await self.agent.close()
+        await self.quotas.close()
+
+    # -- auth -----------------------------------------------------------------------------------------------------
+    def authenticate(self, headers: Mapping[str, str], query_key: str | None = None) -> Tenant:
+        key = query_key
+        auth = headers.get("Authorization") or headers.get("authorization")
+        if auth:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise Refusal(401, "invalid_api_key", "Authorization header must be 'Bearer <api key>'")
+            key = value.strip()
+        elif headers.get("x-api-key"):
+            key = headers["x-api-key"]
+        if not key:
+            if not self.cfg.auth_required:
+                return Tenant("anonymous", "standard")
+            raise Refusal(401, "missing_api_key", "missing API key: send 'Authorization: Bearer <api key>'")
+        tenant = self._tenants.get(hashlib.sha256(key.encode()).hexdigest())
+        if tenant is None:
+            raise Refusal(401, "invalid_api_key", "invalid API key")
+        return tenant
+
+    @staticmethod
+    def priority_for(tenant: Tenant, requested: str | None) -> str:
+        """A request may lower its SLO class below its tenant's, never raise it."""
+        if not requested:
+            return tenant.priority
+        if requested not in PRIORITIES:
+            raise Refusal(400, "invalid_priority", f"x-infermesh-priority must be one of {', '.join(PRIORITIES)}")
+        return min(requested, tenant.priority, key=PRIORITIES.index)
+
+    def _admission_for(self, policy: RoutingPolicy) -> AdmissionController:
+        ac = self._admission.get(id(policy))
+        if ac is None:
+            a = policy.admission
+            ac = AdmissionController(
+                a.max_queue_per_target, a.priority_factor, self.cfg.listen.max_inflight, a.max_retry_after_s
+            )
+            self._admission[id(policy)] = ac
+        return ac
+
+    # -- admit ------------------------------------------------------------------------------------------------------
+    async def admit(
+        self,
+        *,
+        api: str,
+        model: str,
+        tenant: Tenant,
+        priority: str,
+        prompt_chars: int,
+        max_tokens: int | None,
+        corr_id: str,
+        trace_id: str = "",
+    ) -> Ticket:
+        t0 = time.monotonic()
+        if not self.view.has_model(model):
+            REQUESTS.labels(model="", tenant=tenant.name, api=api, code="404").inc()
+            raise Refusal(404, "model_not_found", f"model {model!r} is not served here", param="model")
+        policy = self.cfg.policy_for(model)
+        candidates = self.view.candidates(model) or self.view.all(model)
+        decision = self._admission_for(policy).decide(
+            (TargetLoad(t.est_waiting(), t.service_rate or t.service_rate_rps) for t in candidates),
+            priority,
+            self.inflight,
+        )
+        if not decision.admitted:
+            self._refused(model, tenant.name, api, decision.reason)
+            raise Refusal(
+                429,
+                "overloaded",
+                f"model {model!r} is overloaded ({decision.reason}); retry after {decision.retry_after_s}s",
+                retry_after=str(decision.retry_after_s),
+            )
+        est = estimate_tokens(prompt_chars, max_tokens)
+        q, lease = await self.quotas.acquire(tenant.name, est)
+        if not q.allowed:
+            self._refused(model, tenant.name, api, q.reason)
+            raise Refusal(
+                429,
+                "quota_exceeded",
+                f"tenant {tenant.name!r} is over its {q.reason} quota; retry after {q.retry_after_header}s",
+                retry_after=q.retry_after_header,
+            )
+        ranked, strategy = self.ranker.rank(model, candidates, policy, corr_id, prompt_chars, max_tokens)
+        self.inflight += 1
+        INFLIGHT.inc()
+        return Ticket(
+            api=api,
+            model=model,
+            tenant=tenant.name,
+            priority=priority,
+            corr_id=corr_id,
+            policy=policy,
+            lease=lease,
+            est_tokens=est,
+            ranked=ranked,
+            strategy=strategy,
+            t0=t0,
+            trace_id=trace_id,
+        )
+
+    def _refused(self, model: str, tenant: str, api: str, reason: str) -> None:
+        ADMISSION_REFUSED.labels(model, tenant, reason).inc()
+        REQUESTS.labels(model=model, tenant=tenant, api=api, code="429").inc()
+
+    async def open(
+        self,
+        ticket: Ticket,
+        path: str,
+        body_for: Callable[[Target], bytes],
+        headers: Mapping[str, str],
+        hedge_ok: bool = True,
+    ) -> Winner:
+        w = await self.forwarder.open(ticket.ranked, path, body_for, headers, ticket.policy, ticket.model, hedge_ok)
+        ticket.winner = w
+        self.ranker.observe(ticket.model, ticket.strategy, w.ttft)
+        return w
+
+    async def finish(self, ticket: Ticket) -> None:
+        """Exactly once per admitted request, whatever happened."""
+        self.inflight -= 1
+        INFLIGHT.dec()
+        if ticket.ranked:
+            self.ranker.finished(ticket.ranked[0].id)
+        now = time.monotonic()
+        w = ticket.winner
+        if w is not None:
+            w.target.inflight -= 1
+            w.target.on_done(now)
+
+        used = None
+        if ticket.completion_tokens is not None:
+            used = float(ticket.completion_tokens + (ticket.prompt_tokens or 0))
+        await self.quotas.release(ticket.lease, used)
+        dur = now - ticket.t0
+        status = ticket.status or (499 if ticket.cancelled else 502)
+        REQUESTS.labels(model=ticket.model, tenant=ticket.tenant, api=ticket.api, code=str(status)).inc()
+        LATENCY.labels(ticket.model, ticket.tenant).observe(dur)
+        if ticket.cause:
+            ERRORS.labels(ticket.model, ticket.tenant, ticket.cause).inc()
+        if ticket.completion_tokens:
+            TOKENS.labels(ticket.model, ticket.tenant, "completion").inc(ticket.completion_tokens)
+        if ticket.prompt_tokens:
+            TOKENS.labels(ticket.model, ticket.tenant, "prompt").inc(ticket.prompt_tokens)
+        if self.cfg.logging.access_log:
+            access_log(
+                corr_id=ticket.corr_id,
+                trace_id=ticket.trace_id,
+                api=ticket.api,
+                model=ticket.model,
+                tenant=ticket.tenant,
+                priority=ticket.priority,
+                status=status,
+                cause=ticket.cause or None,
+                strategy=ticket.strategy,
+                target=w.target.id if w else None,
+                node=w.target.node if w else None,
+                attempts=w.attempts if w else None,
+                hedged=w.hedged if w else False,
+                hedge_won=w.hedge_won if w else False,
+                ttft_ms=round(w.ttft * 1000, 3) if w else None,
+                duration_ms=round(dur * 1000, 3),
+                bytes=ticket.bytes_out,
+                **ticket.extra,
+            )
+        if w is not None:
+            self.agent.report(
+                Outcome(
+                    target_id=w.target.id,
+                    request_id=ticket.corr_id,
+                    ok=200 <= status < 400,
+                    ttft_s=w.ttft,
+                    latency_s=dur,
+                    prompt_tokens=ticket.prompt_tokens or 0,
+                    completion_tokens=ticket.completion_tokens or 0,
+                    error=ticket.cause,
+                    hedged=w.hedged,
+                    cancelled=ticket.cancelled,
+                )
+            )
+
+    def log_error(self, msg: str, **fields: object) -> None:
+        logging.getLogger("infermesh.router").warning(msg, extra={"fields": fields})
+
+
+def new_corr_id(headers: Mapping[str, str], trace_id: str) -> str:
+    rid = headers.get("x-request-id")
+    if rid and len(rid) <= 128 and rid.isprintable():
+        return rid
+    return trace_id or uuid.uuid4().hex

@@ -1,0 +1,200 @@
+"""The router's in-memory target view: static targets from config merged with what the agent's watch stream says.
+
+Requests read it without any I/O; the watch driver (router.watch) replaces the agent part as updates arrive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.config import StaticTarget
+from router.core.hedging import LatencyWindow
+
+
+@dataclass(slots=True, eq=False)
+class Target:
+    """One place a model is served: a runtime endpoint on a node / GPU (or MIG slice)."""
+
+    id: str
+    model: str
+    url: str
+    runtime: str = "vllm"
+    api: str = "openai"
+    node: str = ""
+    gpu_uuid: str = ""
+    mig_profile: str = ""
+    zone: str = ""
+    revision: str = ""
+    quant: str = ""
+    upstream_model: str = ""
+    source: str = "static"  # static | agent
+    # Fused state from the agent; None = unknown (static targets start unknown).
+    healthy: bool = True
+    waiting: float | None = None
+    running: float | None = None
+    kv_cache_usage: float | None = None
+    ttft_p95_s: float | None = None
+    tokens_per_s: float | None = None
+    max_concurrency: int | None = None
+    service_rate_rps: float | None = None
+    work_left_s: float | None = None
+    cost_per_mtok: float | None = None
+    freshness: float = 0.0
+    state: Any = None  # the agent's TargetState message, handed to strategies as is
+    updated: float = 0.0
+    # Local knowledge of this router.
+    inflight: int = 0
+    completed: int = 0
+    ttft: LatencyWindow = field(default_factory=lambda: LatencyWindow(128))
+    rate_window_start: float = field(default_factory=time.monotonic)
+    rate_window_done: int = 0
+    service_rate: float | None = None
+
+    @property
+    def labels(self) -> tuple[str, str, str, str, str, str, str]:
+        return (self.model, self.revision, self.runtime, self.node, self.gpu_uuid, self.mig_profile, self.zone)
+
+    def est_waiting(self) -> float:
+        """Queue estimate: the agent's figure when fresh, else what this router itself has in flight there."""
+        local = float(self.inflight)
+        if self.max_concurrency:
+            local = max(0.0, local - self.max_concurrency)
+        if self.waiting is None:
+            return local
+        return max(self.waiting, local)
+
+    def on_done(self, now: float) -> None:
+        self.completed += 1
+        self.rate_window_done += 1
+        span = now - self.rate_window_start
+        if span >= 5.0:
+            self.service_rate = self.rate_window_done / span
+            self.rate_window_start = now
+            self.rate_window_done = 0
+
+
+_AGENT_FIELDS = (
+    "url",
+    "runtime",
+    "api",
+    "node",
+    "gpu_uuid",
+    "mig_profile",
+    "zone",
+    "revision",
+    "quant",
+    "upstream_model",
+    "healthy",
+    "waiting",
+    "running",
+    "kv_cache_usage",
+    "ttft_p95_s",
+    "tokens_per_s",
+    "max_concurrency",
+    "service_rate_rps",
+    "work_left_s",
+    "cost_per_mtok",
+    "freshness",
+    "state",
+    "updated",
+)
+
+
+def target_id(model: str, url: str) -> str:
+    return f"{model}@{url}"
+
+
+def from_static(t: StaticTarget) -> Target:
+    return Target(
+        id=target_id(t.model, t.url),
+        model=t.model,
+        url=t.url,
+        runtime=t.runtime,
+        api=t.api,
+        node=t.node,
+        gpu_uuid=t.gpu_uuid,
+        mig_profile=t.mig_profile,
+        zone=t.zone,
+        revision=t.revision,
+        quant=t.quant,
+        upstream_model=t.upstream_model or t.model,
+        max_concurrency=t.max_concurrency,
+        source="static",
+    )
+
+
+class TargetView:
+    def __init__(self, static: Iterable[StaticTarget] = ()) -> None:
+        self._static: dict[str, Target] = {}
+        for st in static:
+            t = from_static(st)
+            self._static[t.id] = t
+        self._agent: dict[str, Target] = {}
+        self._by_model: dict[str, list[Target]] = {}
+        self.version = 0
+        self.dirty: set[str] = set()  # ids updated in place since the ranker last looked
+        self.local_only = False
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        by_model: dict[str, list[Target]] = {}
+        # An agent-fed target replaces the static entry of the same model and URL: the agent knows its live state.
+        merged: dict[tuple[str, str], Target] = {(t.model, t.url): t for t in self._static.values()}
+        merged.update({(t.model, t.url): t for t in self._agent.values()})
+        for t in merged.values():
+            by_model.setdefault(t.model, []).append(t)
+        for ts in by_model.values():
+            ts.sort(key=lambda t: t.id)
+        self._by_model = by_model
+        self.version += 1
+
+    def models(self) -> list[str]:
+        return sorted(self._by_model)
+
+    def all(self, model: str) -> list[Target]:
+        return self._by_model.get(model, [])
+
+    def candidates(self, model: str) -> list[Target]:
+        return [t for t in self._by_model.get(model, ()) if t.healthy]
+
+    def has_model(self, model: str) -> bool:
+        return model in self._by_model
+
+    def get(self, tid: str) -> Target | None:
+        return self._agent.get(tid) or self._static.get(tid)
+
+    def counts(self) -> dict[str, int]:
+        return {"static": len(self._static), "agent": len(self._agent)}
+
+    def _merge(self, new: Target) -> Target:
+        # In-flight requests hold the Target object: update a known target in place so their bookkeeping
+        # (inflight, TTFT window) lands on the object the view keeps.
+        old = self._agent.get(new.id)
+        if old is None:
+            st = self._static.get(new.id)
+            if st is not None:
+                new.inflight, new.completed, new.ttft = st.inflight, st.completed, st.ttft
+            return new
+        for name in _AGENT_FIELDS:
+            setattr(old, name, getattr(new, name))
+        return old
+
+    def replace_agent(self, targets: Iterable[Target]) -> None:
+        """The watch's full set: the agent part of the view becomes exactly this."""
+        self._agent = {t.id: self._merge(t) for t in targets}
+        self._rebuild()
+
+    def upsert_agent(self, t: Target) -> None:
+        known = t.id in self._agent
+        self._agent[t.id] = self._merge(t)
+        if known:
+            self.dirty.add(t.id)
+        else:
+            self._rebuild()
+
+    def remove_agent(self, tid: str) -> None:
+        if self._agent.pop(tid, None) is not None:
+            self._rebuild()
