@@ -8,4 +8,5 @@ class CoreConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the OpenAPI extensions of the authentication classes.
+        from meshweb.core import admin_site  # noqa: F401
         from meshweb.core.api import schema  # noqa: F401

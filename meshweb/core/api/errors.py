@@ -6,6 +6,8 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
+from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -72,6 +74,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, ProtectedError | RestrictedError):
+        users = sorted({f"{obj._meta.verbose_name} {obj}" for obj in exc.args[1]})
+        exc = Conflict(f"Cannot delete: still used by {', '.join(users[:5])}.", code="in_use")
+    elif isinstance(exc, IntegrityError):
+        exc = Conflict("The change conflicts with existing data (a unique or related value).", code="integrity")
     response = drf_exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
         return response
