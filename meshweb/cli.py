@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "portal": ("meshweb.commands:portal_main", "serve the portal (HTTP + WebSocket, ASGI)"),
     "token": ("meshweb.commands:token_main", "create API tokens for a tenant"),
     "manage": ("meshweb.commands:manage_main", "run a Django management command"),
+    "agent": ("agents.meshd.main:agent_main", "run meshd, the node agent (gRPC state plane, scoring, control)"),
+    "ctl": ("agents.ctl:main", "query and steer a node agent (nodes, gpus, targets, score, ...)"),
     "router": ("router.main:main", "run the inference router (OpenAI, KServe v2 HTTP/gRPC, WebSocket)"),
     "emulate-runtime": ("agents.emulator.server:main", "serve an emulated LLM runtime (OpenAI API, runtime /metrics)"),
 }

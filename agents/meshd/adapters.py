@@ -1,0 +1,160 @@
+"""Drivers that feed fusion from in-process adapters: one scrape loop per configured runtime and a GPU poller.
+
+Every record goes through the same validation as a delta pushed over gRPC; a runtime that cannot be scraped marks
+its targets unhealthy at once, and a parse error is logged and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from agents.meshd.config import GpuSourceConfig, RuntimeConfig
+from agents.meshd.logs import RateLimitedLog
+from agents.signals.fusion import IngestResult
+
+if TYPE_CHECKING:
+    from agents.meshd.agent import Agent
+
+log = logging.getLogger("meshd.adapters")
+
+
+class AdapterUnavailableError(RuntimeError):
+    """An adapter package the config asks for cannot be imported."""
+
+
+def _runtime_api() -> tuple[Callable[..., Any], type[Exception], type[Exception]]:
+    """The adapters' scraper class (it keeps the window between scrapes: rates, recent quantiles) and errors."""
+    try:
+        from agents.signals.runtime import MetricsParseError, RuntimeScraper, ScrapeError
+    except ImportError as exc:
+        raise AdapterUnavailableError(f"runtimes: runtime adapters are not available ({exc})") from exc
+    return RuntimeScraper, ScrapeError, MetricsParseError
+
+
+def make_gpu_source(cfg: GpuSourceConfig) -> Any:
+    try:
+        from agents.signals.gpu import make_gpu_source as factory
+    except ImportError as exc:
+        raise AdapterUnavailableError(f"gpu.source: GPU adapters are not available ({exc})") from exc
+    try:
+        return factory(cfg.source, **cfg.options)
+    except (TypeError, ValueError) as exc:
+        raise AdapterUnavailableError(f"gpu.options: {exc}") from exc
+
+
+class GpuPoller:
+    """Reads the GPU source every `poll_interval_s` (in a thread: NVML calls block) and folds the readings in."""
+
+    def __init__(self, agent: Agent, cfg: GpuSourceConfig, source: Any) -> None:
+        self.agent = agent
+        self.cfg = cfg
+        self.source = source
+        self.limited = RateLimitedLog(log)
+        self.index_to_uuid: dict[int, str] = {}
+
+    async def poll_once(self) -> None:
+        m = self.agent.metrics
+        try:
+            states = await asyncio.to_thread(self.source.read)
+        except Exception as exc:  # a flaky driver must not stop the agent
+            m.gpu_polls.labels("error").inc()
+            self.limited.warning("gpu.read", f"GPU source read failed: {exc!r}", source=self.cfg.source)
+            return
+        m.gpu_polls.labels("ok").inc()
+        fusion = self.agent.fusion
+        if self.cfg.strict_inventory:
+            fusion.set_gpu_inventory({s.uuid for s in states})
+        for state in states:
+            if not state.mig_profile:
+                self.index_to_uuid[state.index] = state.uuid
+            self.agent.record_ingest("gpu", fusion.ingest_gpu_state(state))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.poll_interval_s)
+            await self.poll_once()
+
+    def close(self) -> None:
+        try:
+            self.source.close()
+        except Exception as exc:
+            log.warning("GPU source close failed: %r", exc)
+
+
+class RuntimeLoop:
+    """Scrapes one runtime's /metrics each interval. A failed scrape marks its targets down at once."""
+
+    def __init__(self, agent: Agent, cfg: RuntimeConfig, session: aiohttp.ClientSession) -> None:
+        self.agent = agent
+        self.cfg = cfg
+        self.session = session
+        scraper_cls, self.scrape_error, self.parse_error = _runtime_api()
+        self.scraper = scraper_cls(cfg.url, cfg.flavor, timeout_s=agent.config.scrape.timeout_s)
+        self.limited = RateLimitedLog(log)
+        self.up: bool | None = None
+
+    def gpu_uuids(self) -> list[str]:
+        out = []
+        index_to_uuid = self.agent.gpu_poller.index_to_uuid if self.agent.gpu_poller else {}
+        for ref in self.cfg.gpus:
+            if isinstance(ref, int):
+                uuid = index_to_uuid.get(ref)
+                if uuid is None:
+                    self.limited.warning(f"gpuidx.{ref}", f"runtime {self.cfg.url}: no GPU with index {ref}")
+                    continue
+                out.append(uuid)
+            else:
+                out.append(ref)
+        return out
+
+    async def scrape_once(self) -> None:
+        url = self.cfg.url
+        m = self.agent.metrics
+        fusion = self.agent.fusion
+        start = time.perf_counter()
+        try:
+            states = await self.scraper.scrape(self.session)
+        except self.parse_error as exc:
+            m.scrapes.labels(url, "parse_error").inc()
+            m.rejections.labels("model", "metrics", "parse").inc()
+            self.limited.warning(f"parse.{url}", f"runtime {url}: unparseable /metrics: {exc}", endpoint=url)
+            return
+        except (TimeoutError, self.scrape_error, aiohttp.ClientError, OSError) as exc:
+            m.scrapes.labels(url, "error").inc()
+            reason = f"scrape failed: {exc}" if str(exc) else f"scrape failed: {type(exc).__name__}"
+            if self.up is not False:
+                log.warning("runtime %s is down: %s", url, reason, extra={"fields": {"endpoint": url}})
+                self.agent.events.emit("runtime.down", f"{url}: {reason}", severity=2, attrs={"endpoint": url})
+            self.up = False
+            fusion.mark_endpoint_down(url, reason)
+            return
+        m.scrape_seconds.labels(url).observe(time.perf_counter() - start)
+        m.scrapes.labels(url, "ok").inc()
+        if self.up is False:
+            log.info("runtime %s is back", url)
+            self.agent.events.emit("runtime.up", f"{url} answers again", attrs={"endpoint": url})
+        self.up = True
+        present: set[str] = set()
+        gpus = self.gpu_uuids()
+        for state in states:
+            state.endpoint = url  # one identity per runtime, whatever the adapter derived
+            result: IngestResult = fusion.ingest_model_state(
+                state, gpu_uuids=gpus, mig_profile=self.cfg.mig_profile, cost_per_mtok=self.cfg.cost_per_mtok
+            )
+            self.agent.record_ingest("model", result)
+            if result.accepted:
+                present.add(result.target_id)
+        fusion.retain_endpoint(url, present)
+
+    async def run(self) -> None:
+        interval = self.agent.config.scrape.interval_s
+        while True:
+            started = time.monotonic()
+            await self.scrape_once()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

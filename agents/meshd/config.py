@@ -1,0 +1,223 @@
+"""The agent's typed config: YAML file plus `MESHD__SECTION__FIELD=value` environment overrides.
+
+Every model forbids unknown fields, so a misspelt key stops the agent at start with a message naming it. Sections
+of pluggable components (`gossip:`, `raft:`, ...) are validated by the component's own model when it is built.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agents.meshd.component import COMPONENT_FACTORIES
+
+ENV_PREFIX = "MESHD__"
+Role = Literal["router", "trainer", "coordinator", "gpu", "edge"]
+Flavor = Literal["vllm", "tgi", "triton", "sglang", "torchserve", "tfserving", "ovms"]
+
+
+class ConfigError(ValueError):
+    """The config is wrong; the message names each offending field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _check_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if not host.replace("-", "").replace(".", "").isalnum():
+            raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
+    return value
+
+
+def _default_roles() -> list[Role]:
+    return ["gpu"]
+
+
+class NodeConfig(_Model):
+    id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    roles: list[Role] = Field(default_factory=_default_roles)
+    zone: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ListenConfig(_Model):
+    grpc: str = "127.0.0.1:7070"
+    http: str = "127.0.0.1:9464"  # Prometheus /metrics and /healthz
+
+    _check = field_validator("grpc", "http")(_check_address)
+
+
+class ShutdownConfig(_Model):
+    drain_s: float = Field(default=1.0, ge=0, le=600)  # keep serving while marked draining so routers move away
+    grace_s: float = Field(default=5.0, ge=0, le=600)  # then let in-flight RPCs finish
+
+
+class FusionSection(_Model):
+    fresh_s: float = Field(default=3.0, gt=0)
+    stale_s: float = Field(default=15.0, gt=0)
+    expire_s: float = Field(default=300.0, gt=0)
+    ewma_alpha: float = Field(default=0.2, gt=0, le=1)
+    tick_s: float = Field(default=0.5, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FusionSection:
+        if not self.fresh_s < self.stale_s <= self.expire_s:
+            raise ValueError("need fresh_s < stale_s <= expire_s")
+        return self
+
+
+class AdmissionConfig(_Model):
+    max_queue_per_target: float = Field(default=32.0, gt=0)  # mean waiting requests per routable target before 429
+    retry_after_s: float = Field(default=1.0, gt=0)
+
+
+class ScoringConfig(_Model):
+    strategy: str = "hybrid_mesh"
+    plugins: dict[str, str] = Field(default_factory=dict)  # name -> "package.module:Class"
+    budget_us: float = Field(default=500.0, gt=0)
+    top_k: int = Field(default=3, ge=1, le=100)
+    refresh_s: float = Field(default=0.2, gt=0)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+
+
+class GpuSourceConfig(_Model):
+    source: Literal["nvml", "dcgm", "emulated"] = "emulated"
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to make_gpu_source
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    strict_inventory: bool = True  # refuse deltas for GPUs the source does not list
+
+
+class RuntimeConfig(_Model):
+    url: str
+    flavor: Flavor = "vllm"
+    gpus: list[int | str] = Field(default_factory=list)  # indexes or UUIDs of the GPUs it runs on
+    mig_profile: str = ""
+    cost_per_mtok: float | None = Field(default=None, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class ScrapeConfig(_Model):
+    interval_s: float = Field(default=1.0, gt=0, le=300)
+    timeout_s: float = Field(default=0.8, gt=0, le=60)
+
+
+class LogConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_format: bool = Field(default=True, alias="json")
+
+
+class AgentConfig(_Model):
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    fusion: FusionSection = Field(default_factory=FusionSection)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    gpu: GpuSourceConfig | None = None
+    runtimes: list[RuntimeConfig] = Field(default_factory=list)
+    scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    components: dict[str, dict[str, Any]] = Field(default_factory=dict)  # filled from the component sections
+
+    @model_validator(mode="after")
+    def _roles(self) -> AgentConfig:
+        roles = set(self.node.roles)
+        if (self.runtimes or self.gpu) and not roles & {"gpu", "trainer"}:
+            raise ValueError("node.roles: runtimes and gpu need the 'gpu' or 'trainer' role")
+        urls = [r.url for r in self.runtimes]
+        if len(set(urls)) != len(urls):
+            raise ValueError("runtimes: the same url is listed twice")
+        return self
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """MESHD__LISTEN__GRPC=0.0.0.0:7070 -> {"listen": {"grpc": "0.0.0.0:7070"}}; values are YAML scalars."""
+    out: dict[str, Any] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(f"{key}: empty path segment")
+        cursor = out
+        for part in path[:-1]:
+            nxt = cursor.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{key}: {part} is both a value and a section")
+            cursor = nxt
+        try:
+            cursor[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}: not a YAML value ({exc})") from exc
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _format(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    data: dict[str, Any] = dict(raw or {})
+    if env is not None:
+        data = _merge(data, _env_overrides(env))
+    components = {name: data.pop(name) or {} for name in list(data) if name in COMPONENT_FACTORIES}
+    for name, section in components.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"{name}: must be a mapping")
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from exc
+    config.components = components
+    return config
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read a YAML file (None = defaults only) and apply overrides from `env` (default: os.environ)."""
+    raw: Any = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+    return parse_config(raw, os.environ if env is None else env)

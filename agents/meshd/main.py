@@ -1,0 +1,57 @@
+"""`infermesh agent --config FILE`: start meshd."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from agents.meshd.adapters import AdapterUnavailableError
+from agents.meshd.component import ComponentConfigError
+from agents.meshd.config import ConfigError, load_config
+
+
+def agent_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="infermesh agent",
+        description="Run meshd, the node agent. Environment overrides: MESHD__SECTION__FIELD=value "
+        "(e.g. MESHD__LISTEN__GRPC=0.0.0.0:7070).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
+    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    args = parser.parse_args(list(argv))
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"meshd: config error: {exc}", file=sys.stderr)
+        return 2
+    from agents.meshd.agent import Agent
+    from agents.meshd.logs import setup_logging
+
+    try:
+        agent = Agent(config)
+    except (ComponentConfigError, ValueError) as exc:
+        print(f"meshd: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"meshd: config OK (node {config.node.id}, roles {','.join(config.node.roles)})")
+        return 0
+    setup_logging(config.log.level, config.log.json_format, config.node.id)
+    loop_factory = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(agent.run())
+    except AdapterUnavailableError as exc:
+        print(f"meshd: config error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"meshd: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
