@@ -6,7 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from meshweb.audit.services import audit_record
-from meshweb.core.api.errors import Conflict
+from meshweb.core.exceptions import Conflict
 from meshweb.fleet.models import NODE_TRANSITIONS, Node, NodeStatus
 from meshweb.tenancy.rbac import Principal
 

@@ -13,7 +13,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from meshweb.audit.services import audit_record
-from meshweb.core.api.errors import Conflict, QuotaExceeded
+from meshweb.core.exceptions import Conflict, QuotaExceeded
 from meshweb.tenancy.models import Quota, Tenant
 from meshweb.tenancy.rbac import Principal
 from meshweb.training.models import (

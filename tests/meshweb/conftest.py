@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from meshweb.tenancy.models import Tenant
 from meshweb.tenancy.services import SYSTEM, membership_set, tenant_create, token_create
 from meshweb.training.services import job_submit
 
-EXAMPLE_JOB = json.loads(open("docs/examples/job.json").read())
+EXAMPLE_JOB = json.loads(Path("docs/examples/job.json").read_text())
 
 
 def make_client(token: str | None = None) -> APIClient:

@@ -9,31 +9,12 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from meshweb.core.context import correlation_id
-
-
-class Conflict(exceptions.APIException):
-    """A request that is well formed but clashes with the object's state (illegal transition, reused key)."""
-
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "The request conflicts with the current state."
-    default_code = "conflict"
-
-
-class QuotaExceeded(exceptions.APIException):
-    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
-    default_detail = "A quota would be exceeded."
-    default_code = "quota_exceeded"
-
-
-class PayloadTooLarge(exceptions.APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_detail = "The request body is too large."
-    default_code = "payload_too_large"
+from meshweb.core.exceptions import Conflict, PayloadTooLarge
 
 
 def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
