@@ -77,7 +77,7 @@ def test_idempotency_key_replays_and_refuses_a_different_body(demo: Any) -> None
 def test_quota_refusal_names_the_quota_and_writes_nothing(
     demo: Any, field: str, value: Any, job: dict[str, Any], needle: str
 ) -> None:
-    _, client = demo
+    tenant, client = demo
     Quota.objects.filter(tenant=tenant).update(**{field: value})
     body = copy.deepcopy(EXAMPLE_JOB)
     body["spec"].update(job)
@@ -90,7 +90,7 @@ def test_quota_refusal_names_the_quota_and_writes_nothing(
 
 
 def test_gpu_quota_counts_jobs_already_active(demo: Any) -> None:
-    _, client = demo
+    tenant, client = demo
     Quota.objects.filter(tenant=tenant).update(gpus_max=5)
     assert client.post("/api/v1/jobs/", EXAMPLE_JOB, format="json").status_code == 201  # 2 GPUs
     assert client.post("/api/v1/jobs/", EXAMPLE_JOB, format="json").status_code == 201  # 4 GPUs
