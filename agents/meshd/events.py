@@ -67,9 +67,11 @@ class EventBus:
                 sub.offer(event)
         return event
 
-    def subscribe(self, prefixes: Iterable[str] = (), since_seq: int = 0, maxsize: int = 1000) -> Subscription:
+    def subscribe(
+        self, prefixes: Iterable[str] = (), since_seq: int = 0, maxsize: int = 1000, *, replay: bool = True
+    ) -> Subscription:
         sub = Subscription(prefixes, maxsize)
-        if since_seq:
+        if replay:
             for event in self.history:
                 if event.seq > since_seq and sub.wants(event.kind):
                     sub.offer(event)

@@ -340,7 +340,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def SubscribeEvents(
         self, request: control_pb2.SubscribeEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.Event]:
-        sub = self.agent.events.subscribe(request.kinds, request.since_seq)
+        sub = self.agent.events.subscribe(request.kinds, request.since_seq, replay=not request.live_only)
         try:
             while True:
                 event = await sub.queue.get()

@@ -188,9 +188,11 @@ class Event(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., node: _Optional[str] = ..., target_id: _Optional[str] = ..., message: _Optional[str] = ..., attrs: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SubscribeEventsRequest(_message.Message):
-    __slots__ = ("kinds", "since_seq")
+    __slots__ = ("kinds", "since_seq", "live_only")
     KINDS_FIELD_NUMBER: _ClassVar[int]
     SINCE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
     kinds: _containers.RepeatedScalarFieldContainer[str]
     since_seq: int
-    def __init__(self, kinds: _Optional[_Iterable[str]] = ..., since_seq: _Optional[int] = ...) -> None: ...
+    live_only: bool
+    def __init__(self, kinds: _Optional[_Iterable[str]] = ..., since_seq: _Optional[int] = ..., live_only: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,47 @@
+"""`infermesh ctl`: verbs that query and steer a node agent over gRPC.
+
+Verbs are registered by modules listed in `VERB_MODULES`; each exposes `register(subparsers)` and adds its parsers
+with `common.add_common` (so every verb takes `--agent HOST:PORT` and `--json`) and `set_defaults(func=...)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+# Add one line per module that contributes verbs (gossip: members; raft: store, raft).
+VERB_MODULES: list[str] = [
+    "agents.ctl.core",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infermesh ctl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        rc: int = args.func(args)
+    except BrokenPipeError:  # the reader (e.g. `head`) left; nothing more to say
+        sys.stderr.close()
+        return 0
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            print(f"ctl: cannot reach the agent at {args.agent}: {details}", file=sys.stderr)
+        else:
+            name = code.name if code is not None else "ERROR"
+            print(f"ctl: {args.verb}: {name}: {details}", file=sys.stderr)
+        return 1
+    return rc
