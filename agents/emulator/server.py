@@ -496,6 +496,22 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Version": "0.0.4"})
 
 
+async def tgi_info(request: web.Request) -> web.Response:
+    """TGI's GET /info, where it names the model it serves (its /metrics does not)."""
+    em = request.app[EMULATOR_KEY]
+    return web.json_response(
+        {
+            "model_id": em.config.model,
+            "model_dtype": "torch.bfloat16",
+            "model_device_type": "cuda",
+            "max_concurrent_requests": em.config.max_num_seqs,
+            "max_input_tokens": em.max_model_len - 1,
+            "max_total_tokens": em.max_model_len,
+            "router": "text-generation-router",
+        }
+    )
+
+
 async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[EMULATOR_KEY].stats_json())
 
@@ -543,6 +559,8 @@ def build_app(config: EmulatorConfig) -> web.Application:
     app.router.add_get("/v2/health/ready", health)  # Triton
     app.router.add_get("/v2/health/live", health)
     app.router.add_get("/metrics", metrics)
+    if config.flavor == "tgi":
+        app.router.add_get("/info", tgi_info)
     app.router.add_get("/emulator/stats", get_stats)
     app.router.add_get("/emulator/faults", get_faults)
     app.router.add_post("/emulator/faults", post_faults)
