@@ -1,0 +1,1 @@
+"""The policy store: a typed, namespaced key-value state machine replicated by Raft (one per group)."""
