@@ -100,7 +100,12 @@ class AgentLink:
             )
         elif not on and self._announced_local:
             self._announced_local = False
-            log_event("agent reachable again: leaving local-only mode", agent=self.cfg.address, **counts)
+            log_event(
+                "agent reachable again: leaving local-only mode",
+                agent=self.cfg.address,
+                agent_targets=counts["agent"],
+                static_targets=counts["static"],
+            )
 
     async def start(self) -> None:
         if not self.cfg.address:

@@ -266,7 +266,7 @@ class RouterService:
                 bytes=ticket.bytes_out,
                 **ticket.extra,
             )
-        if w is not None:
+        if w is not None and w.target.source == "agent":  # the agent knows only the targets it announced
             self.agent.report(
                 Outcome(
                     target_id=w.target.id,

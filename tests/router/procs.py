@@ -162,7 +162,8 @@ async def raw(reader, writer):
     elif mode == "json":
         body = json.dumps({"object": "list", "data": [{"embedding": [0.5, 0.25], "index": 0}],
                            "usage": {"prompt_tokens": 2, "completion_tokens": 0}}).encode()
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        writer.write(head + body)
     elif mode == "status503":
         writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
     await writer.drain()

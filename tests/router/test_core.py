@@ -1,4 +1,4 @@
-"""Sans-IO cores of the router: token buckets, quotas, admission, hedging delay and budget, outlier ejection, retries."""
+"""Sans-IO cores of the router: token buckets, quotas, admission, hedge delay and budget, outlier ejection, retries."""
 
 from __future__ import annotations
 
