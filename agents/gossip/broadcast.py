@@ -33,9 +33,10 @@ class BroadcastQueue:
     def retransmit_limit(self, n_nodes: int) -> int:
         return self.retransmit_mult * max(1, math.ceil(math.log10(n_nodes + 1)))
 
-    def queue(self, key: tuple[str, str], msg: Message) -> None:
+    def queue(self, key: tuple[str, str], msg: Message, boost: int = 0) -> None:
+        """`boost` extra transmissions (they also go first): for facts whose loss is costly, like refutations."""
         self._order += 1
-        self._items[key] = _Item(key, msg, len(encode_message(msg)), 0, self._order)
+        self._items[key] = _Item(key, msg, len(encode_message(msg)), -boost, self._order)
         if len(self._items) > self.max_items:
             # Drop the most retransmitted (then oldest) item: it has had the most chances to spread already.
             victim = max(self._items.values(), key=lambda it: (it.transmits, -it.order))

@@ -41,7 +41,7 @@ class SwimConfig:
     indirect_checks: int = 3
     suspicion_mult: int = 4
     suspicion_max_timeout_mult: int = 6
-    retransmit_mult: int = 4
+    retransmit_mult: int = 5
     gossip_interval: float = 0.2
     gossip_nodes: int = 3
     gossip_to_dead: float = 10.0  # keep gossiping to a freshly dead node so that it can learn it and refute
@@ -151,7 +151,7 @@ class Stats:
 class _Suspicion:
     """Lifeguard dynamic suspicion: timeout falls from max to min as k independent confirmations arrive."""
 
-    __slots__ = ("confirmers", "k", "n", "start", "t_max", "t_min", "token")
+    __slots__ = ("confirmers", "k", "last_chance", "n", "start", "t_max", "t_min", "token")
 
     def __init__(self, source: str, k: int, t_min: float, t_max: float, start: float, token: int) -> None:
         self.confirmers = {source}
@@ -161,6 +161,7 @@ class _Suspicion:
         self.t_max = t_max
         self.start = start
         self.token = token
+        self.last_chance = False
 
     def timeout(self) -> float:
         if self.k < 1:
@@ -295,7 +296,9 @@ class Swim:
 
     def receive(self, now: float, src: Addr, msgs: list[Message]) -> Output:
         """A decoded (authenticated) UDP packet from `src`."""
-        for m in msgs:
+        # Gossip first, requests last: the reply to a ping then carries whatever this packet made us queue
+        # (e.g. our refutation of the suspicion that the buddy system delivered next to the ping).
+        for m in sorted(msgs, key=lambda m: isinstance(m, (Ping, IndirectPing))):
             self.stats.messages_in += 1
             self._dispatch(now, src, m)
         return self._flush()
@@ -385,7 +388,7 @@ class Swim:
         ping = Ping(seq, target, self.name, self.addr)
         if m.state == MemberState.SUSPECT:
             # Buddy system: tell a suspect directly that it is suspected so it can refute at once.
-            self._out.packets.append(self._packet_with(m.addr, [ping, Suspect(m.incarnation, target, self.name)]))
+            self._out.packets.append(self._packet_with(m.addr, [Suspect(m.incarnation, target, self.name), ping]))
         else:
             self._send(m.addr, ping)
         self._at(now + self._scaled(self.config.probe_timeout), "probe_timeout", seq)
@@ -555,8 +558,24 @@ class Swim:
         self._awareness(1)
         self._queue_alive(me)
 
+    def _about_self(self, incarnation: int, dead: bool) -> None:
+        """Someone suspects us or declared us dead: refute with a newer incarnation."""
+        if self.leaving:
+            return
+        me = self.members[self.name]
+        if incarnation < me.incarnation:
+            # A stale claim (we refuted it already) still circulates: whoever holds it missed our refutation,
+            # so announce the current incarnation again instead of letting that view linger.
+            self._queue_alive(me)
+            return
+        if dead:
+            self.stats.false_positives += 1
+        self._refute(incarnation)
+
     def _queue_alive(self, m: Member) -> None:
-        self._broadcasts.queue((m.name, "m"), Alive(m.incarnation, m.name, m.addr, m.meta))
+        # A refutation that misses one member costs a false death there: send our own aliveness twice as long.
+        boost = self._broadcasts.retransmit_limit(self.num_nodes()) if m.name == self.name else 0
+        self._broadcasts.queue((m.name, "m"), Alive(m.incarnation, m.name, m.addr, m.meta), boost)
 
     def _on_alive(self, now: float, a: Alive) -> None:
         if a.node == self.name:
@@ -596,12 +615,11 @@ class Swim:
             self._event("update", m, now)
 
     def _on_suspect(self, now: float, s: Suspect) -> None:
+        if s.node == self.name:
+            self._about_self(s.incarnation, dead=False)
+            return
         m = self.members.get(s.node)
         if m is None or s.incarnation < m.incarnation or m.state in (MemberState.DEAD, MemberState.LEFT):
-            return
-        if s.node == self.name:
-            if not self.leaving:
-                self._refute(s.incarnation)
             return
         susp = self._suspicions.get(s.node)
         if m.state == MemberState.SUSPECT and susp is not None:
@@ -635,19 +653,32 @@ class Swim:
         m = self.members.get(node)
         if m is None or m.state != MemberState.SUSPECT:
             return
+        if not susp.last_chance:
+            # Last chance before declaring death: tell the suspect directly (twice, against loss). A live one
+            # piggybacks its refutation on the ack, so a member that missed the gossiped refutation still learns
+            # it; a dead one costs us one probe timeout of extra detection time.
+            susp.last_chance = True
+            for _ in range(2):
+                ping = Ping(self._next_seq(), node, self.name, self.addr)
+                self._out.packets.append(self._packet_with(m.addr, [Suspect(m.incarnation, node, self.name), ping]))
+            wait = self._scaled(self.config.probe_timeout)
+            susp.start = now - susp.timeout() + wait
+            self._at(now + wait, "suspicion", (node, token))
+            return
         self._on_dead(now, Dead(m.incarnation, node, self.name))
 
     def _on_dead(self, now: float, d: Dead) -> None:
+        if d.node == self.name:
+            me = self.members[self.name]
+            if self.leaving:
+                if me.state != MemberState.LEFT:
+                    self._broadcasts.queue((d.node, "m"), d)
+                    self._set_state(me, MemberState.LEFT, now)
+            else:
+                self._about_self(d.incarnation, dead=True)
+            return
         m = self.members.get(d.node)
         if m is None or d.incarnation < m.incarnation or m.state in (MemberState.DEAD, MemberState.LEFT):
-            return
-        if d.node == self.name:
-            if not self.leaving:
-                self.stats.false_positives += 1
-                self._refute(d.incarnation)
-                return
-            self._broadcasts.queue((d.node, "m"), d)
-            self._set_state(m, MemberState.LEFT, now)
             return
         self._suspicions.pop(d.node, None)
         m.incarnation = d.incarnation
