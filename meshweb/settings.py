@@ -115,6 +115,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 LOGIN_URL = "/admin/login/"
+SESSION_ENGINE = "meshweb.core.sessions"
 # Static files are served by the portal itself (no separate web server on the embedded default).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
