@@ -82,6 +82,10 @@ def parse_exposition(text: str) -> MetricIndex:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 samples.append(Sample(s.name, dict(s.labels), float(s.value)))
+                if family.type == "counter" and s.name.endswith("_total"):
+                    # the parser appends _total to every counter sample; runtimes that do not (TGI, Triton,
+                    # DCGM) are looked up by the name they published
+                    samples.append(Sample(s.name[: -len("_total")], dict(s.labels), float(s.value)))
     except (ValueError, TypeError, IndexError, KeyError) as e:
         first = next((ln for ln in text.splitlines() if ln.strip()), "")[:80]
         raise MetricsParseError(f"not Prometheus exposition text ({e}); first line: {first!r}") from e
