@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -265,7 +265,7 @@ class SampleParams:
     """How many candidates a sampling strategy looks at per decision."""
 
     exact_below: int = 32  # score every target of a model with fewer targets than this
-    sample: int = 12  # random candidates per decision above that
+    sample: int = 8  # random candidates per decision above that (power of d choices)
     elite: int = 4  # best targets kept by `refresh`, always considered
     extra_rounds: int = 3  # further samples when too few candidates were admissible
 
@@ -273,39 +273,28 @@ class SampleParams:
 def sample_candidates(
     targets: Sequence[TargetView], params: SampleParams, rng: random.Random, elite: Sequence[TargetView] = ()
 ) -> list[TargetView]:
-    """The candidates of one decision: all targets of a small bucket, else elite + a random sample (sub-linear)."""
+    """The candidates of one decision: all targets of a small bucket, else elite + a random sample (sub-linear).
+
+    The sample is drawn with replacement (half the cost of `random.sample`); callers de-duplicate by id.
+    """
     n = len(targets)
     if n < params.exact_below:
         return list(targets)
-    picked = rng.sample(targets, params.sample) if n > params.sample else list(targets)
+    draw = rng.random
+    picked = [targets[int(draw() * n)] for _ in range(params.sample)]
     if elite:
         picked.extend(elite)
     return picked
 
 
-@dataclass(slots=True)
-class _Best:
-    """Top-k keeper without sorting the whole candidate list."""
-
-    k: int
-    items: list[Scored] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
-
-    def offer(self, view: TargetView, score: float) -> None:
-        if view.target_id in self.seen:
-            return
-        self.seen.add(view.target_id)
-        items = self.items
-        if len(items) < self.k:
-            items.append(Scored(view, score))
-            items.sort(key=_score_key)
-        elif score < items[-1].score:
-            items[-1] = Scored(view, score)
-            items.sort(key=_score_key)
+def _top_k(scored: dict[str, tuple[float, TargetView]], k: int) -> list[Scored]:
+    # candidate sets are small (sample + elite), where one sort beats a heap
+    best = sorted(scored.values(), key=_first)[:k]
+    return [Scored(v, sc) for sc, v in best]
 
 
-def _score_key(s: Scored) -> float:
-    return s.score
+def _first(item: tuple[float, TargetView]) -> float:
+    return item[0]
 
 
 def rank_sampled(
@@ -326,22 +315,21 @@ def rank_sampled(
     targets = index.candidates(request.model)
     if not targets:
         return []
-    best = _Best(k)
+    scored: dict[str, tuple[float, TargetView]] = {}  # by id: elite and sample may overlap
     admits = request.admits
     for view in sample_candidates(targets, params, rng, elite):
         if admits(view):
-            best.offer(view, score(view, request))
-    if len(best.items) >= k or len(targets) < params.exact_below:
-        return best.items
+            scored[view.target_id] = (score(view, request), view)
+    if len(scored) >= k or len(targets) < params.exact_below:
+        return _top_k(scored, k)
     for _ in range(params.extra_rounds):
-        for view in rng.sample(targets, min(params.sample, len(targets))):
+        for view in sample_candidates(targets, params, rng):
             if admits(view):
-                best.offer(view, score(view, request))
-        if len(best.items) >= k:
-            return best.items
-    if best.items:  # a short list beats an O(n) scan; the caller has something to try
-        return best.items
-    for view in targets:
-        if admits(view):
-            best.offer(view, score(view, request))
-    return best.items
+                scored[view.target_id] = (score(view, request), view)
+        if len(scored) >= k:
+            return _top_k(scored, k)
+    if not scored:  # a short list beats an O(n) scan; only nothing at all justifies one
+        for view in targets:
+            if admits(view):
+                scored[view.target_id] = (score(view, request), view)
+    return _top_k(scored, k)
