@@ -56,8 +56,11 @@ class RaftConfig:
             raise ValueError("a raft node cannot be both voter and learner")
 
 
-def encode_conf_change(kind: ConfChangeType, node: int) -> bytes:
-    return json.dumps({"type": int(kind), "node": node}).encode()
+def encode_conf_change(kind: ConfChangeType, node: int, address: str = "") -> bytes:
+    obj: dict[str, object] = {"type": int(kind), "node": node}
+    if address:
+        obj["address"] = address  # the driver learns how to reach a member from the log itself
+    return json.dumps(obj).encode()
 
 
 def decode_conf_change(data: bytes) -> tuple[ConfChangeType, int]:
@@ -235,10 +238,10 @@ class RaftNode:
     def propose(self, data: bytes) -> None:
         self.step(Message(MsgType.PROP, frm=self.id, entries=[Entry(0, 0, EntryType.NORMAL, data)]))
 
-    def propose_conf_change(self, kind: ConfChangeType, node: int) -> None:
+    def propose_conf_change(self, kind: ConfChangeType, node: int, address: str = "") -> None:
         if node <= 0:
             raise ValueError(f"node id must be positive, got {node}")
-        data = encode_conf_change(kind, node)
+        data = encode_conf_change(kind, node, address)
         self.step(Message(MsgType.PROP, frm=self.id, entries=[Entry(0, 0, EntryType.CONF_CHANGE, data)]))
 
     def read_index(self, context: bytes) -> None:
@@ -553,7 +556,7 @@ class RaftNode:
                 f"uncommitted log is full ({self.uncommitted_bytes} bytes > {self.cfg.max_uncommitted_bytes}):"
                 " a quorum is not acknowledging writes"
             )
-        ents = []
+        ents: list[Entry] = []
         for e in m.entries:
             if e.type == EntryType.CONF_CHANGE:
                 if self.pending_conf_index > self.log.applied:

@@ -55,10 +55,12 @@ class PolicyStore:
         self.events: deque[Event] = deque(maxlen=history)
         self.sessions: OrderedDict[int, tuple[int, dict[str, Any]]] = OrderedDict()
         self.max_sessions = max_sessions
+        self.last_request: tuple[int, int] = (0, 0)  # (client, seq) of the last applied command
 
     # -------------------------------------------------------------- apply
     def apply(self, data: bytes) -> dict[str, Any]:
         """Apply one committed command; returns its result (also cached for the client's retries)."""
+        self.last_request = (0, 0)
         if not data:
             return {"ok": True, "rev": self.revision}  # leader's no-op at the start of a term
         try:
@@ -68,6 +70,7 @@ class PolicyStore:
             seq = int(cmd.get("s", 0))
         except (ValueError, KeyError, TypeError) as exc:
             return {"ok": False, "error": f"malformed command: {exc}", "rev": self.revision}
+        self.last_request = (client, seq)
         if client:
             last = self.sessions.get(client)
             if last is not None and seq <= last[0]:
