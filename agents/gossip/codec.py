@@ -211,6 +211,8 @@ def _decode_body(kind: int, r: _Reader) -> Message:
     else:
         raise CodecError(f"unknown message type {kind}")
     r.done()
+    if not isinstance(msg, (Ping, Ack, Nack)) and not getattr(msg, "node", getattr(msg, "target", "")):
+        raise CodecError(f"empty node name in {type(msg).__name__}")
     return msg
 
 
