@@ -16,6 +16,8 @@ import grpc
 # Add one line per module that contributes verbs (gossip: members; raft: store, raft).
 VERB_MODULES: list[str] = [
     "agents.ctl.core",
+    "agents.ctl.store",
+    "agents.ctl.raft",
 ]
 
 
