@@ -227,12 +227,16 @@ class HybridMesh(_EliteMixin, Strategy):
         self.params = params or SampleParams()
         self._zone_rtt = ZoneRtt()
         self.rtt: RttFn = rtt or self._zone_rtt
-        self._base: dict[str, float] = {}
+        # target id -> (request-independent score, share of a GPU the MIG slice lacks)
+        self._pre: dict[str, tuple[float, float]] = {}
+        # (client node, target node) -> RTT; emptied by `refresh` so topology changes land within a refresh period
+        self._rtt_cache: dict[tuple[str, str], float] = {}
         self._init_elite(self.params.elite)
 
     def set_rtt(self, rtt: RttFn | None) -> None:
         """Attach a topology service's RTT estimate (or go back to the zone default with None)."""
         self.rtt = rtt or self._zone_rtt
+        self._rtt_cache.clear()
 
     # -- precomputed, request-independent part -------------------------------------------------------------------
     def base_terms(self, v: TargetView) -> dict[str, float]:
@@ -259,46 +263,48 @@ class HybridMesh(_EliteMixin, Strategy):
         return math.fsum(self.base_terms(v).values())
 
     def _elite_key(self, view: TargetView) -> float:
-        base = self._base.get(view.target_id)
-        return base if base is not None else self._base_score(view)
+        pre = self._pre.get(view.target_id)
+        return pre[0] if pre is not None else self._base_score(view)
+
+    def _precompute(self, view: TargetView) -> tuple[float, float]:
+        pre = (self._base_score(view), 1.0 - mig_fraction(view.mig_profile))
+        self._pre[view.target_id] = pre
+        return pre
 
     def on_upsert(self, view: TargetView, previous: TargetView | None) -> None:
-        self._base[view.target_id] = self._base_score(view)
-        if view.zone:
+        self._precompute(view)
+        if view.zone and self._zone_rtt.zones.get(view.node) != view.zone:
             self._zone_rtt.zones[view.node] = view.zone
+            self._rtt_cache.clear()
         self._elite_touch(view)
 
     def on_remove(self, view: TargetView) -> None:
-        self._base.pop(view.target_id, None)
+        self._pre.pop(view.target_id, None)
         self._elite_drop(view)
 
     def refresh(self, index: TargetIndex) -> None:
         self._elite_refresh(index)
+        self._rtt_cache.clear()
 
     # -- per request ---------------------------------------------------------------------------------------------
     def _scorer(self, request: RouteRequest) -> Callable[[TargetView, RouteRequest], float]:
         w = self.weights
-        base = self._base
+        pre_of = self._pre
         rtt = self.rtt
+        rtt_cache = self._rtt_cache
         client = request.client_node
         tokens = request.max_tokens or w.default_completion_tokens
         cost_factor = tokens / 1e6 * w.cost_weight_s_per_dollar
         work_k = (request.prompt_tokens + tokens) / 4096.0 * w.mig_penalty_s
         net_w = w.network_weight
-        rtt_cache: dict[str, float] = {}
 
         def score(v: TargetView, _req: RouteRequest) -> float:
-            b = base.get(v.target_id)
-            if b is None:
-                b = self._base_score(v)
-            node = v.node
-            r = rtt_cache.get(node)
+            pre = pre_of.get(v.target_id) or self._precompute(v)
+            key = (client, v.node)
+            r = rtt_cache.get(key)
             if r is None:
-                r = rtt_cache[node] = rtt(client, node)
-            s = b + net_w * r + v.cost_per_mtok * cost_factor
-            if v.mig_profile:
-                s += (1.0 - mig_fraction(v.mig_profile)) * work_k
-            return s
+                r = rtt_cache[key] = rtt(client, v.node)
+            return pre[0] + net_w * r + v.cost_per_mtok * cost_factor + pre[1] * work_k
 
         return score
 

@@ -81,6 +81,8 @@ def agent(
             "node": {"id": "node-api", "roles": ["gpu"], "zone": "z1"},
             "scrape": {"interval_s": 0.3, "timeout_s": 0.5},
             "shutdown": {"drain_s": 0.1, "grace_s": 1.0},
+            # a loaded test machine can overrun the default budget; these tests are about state, not speed
+            "scoring": {"budget_us": 1_000_000},
             "runtimes": [{"url": runtime.url, "flavor": "vllm"}, {"url": garbage_runtime, "flavor": "vllm"}],
         },
         tmp_path_factory.mktemp("agent"),
