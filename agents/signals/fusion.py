@@ -52,6 +52,7 @@ class FusionConfig:
     expire_s: float = 300.0
     ewma_alpha: float = 0.2
     max_future_s: float = 30.0  # clock skew tolerated on observed timestamps
+    xid_hold_s: float = 300.0  # a critical Xid is reported once; the GPU stays condemned this long
     default_completion_tokens: float = 256.0
 
 
@@ -116,6 +117,7 @@ class _Gpu:
     observed_at: float
     healthy: bool = True
     reason: str = ""
+    held_until: float = 0.0  # a critical Xid keeps the GPU unhealthy until then
 
 
 @dataclass(slots=True)
@@ -322,7 +324,12 @@ class Fusion:
             clean.ClearField("memory_used_bytes")
         healthy, reason = gpu_health(clean)
         prev = self.gpus.get(d.uuid)
-        self.gpus[d.uuid] = _Gpu(clean, observed, healthy, reason)
+        held_until = prev.held_until if prev is not None else 0.0
+        if not healthy and reason.startswith("xid"):
+            held_until = now + self.config.xid_hold_s
+        elif healthy and prev is not None and now < held_until:
+            healthy, reason = False, prev.reason
+        self.gpus[d.uuid] = _Gpu(clean, observed, healthy, reason, held_until)
         changed = [rec.target_id for rec in self.targets.values() if d.uuid in rec.gpu_uuids]
         for tid in changed:
             rec = self.targets[tid]

@@ -310,3 +310,48 @@ async def test_graceful_shutdown_drains_then_stops(tmp_path: Path) -> None:
         assert any("stopped" in r["msg"] for r in proc.log_records())
     finally:
         proc.stop()
+
+
+async def test_emulated_gpus_map_onto_runtimes_and_a_gpu_fault_condemns_its_target(
+    runtime: EmulatorProcess, tmp_path: Path
+) -> None:
+    proc = start_agent(
+        {
+            "node": {"id": "node-gpu", "roles": ["gpu"]},
+            "scrape": {"interval_s": 0.3},
+            "shutdown": {"drain_s": 0.1, "grace_s": 1.0},
+            "gpu": {
+                "source": "emulated",
+                "options": {"profiles": ["h100", "a100-80gb"], "faults": ["xid 79@1"]},
+                "poll_interval_s": 0.3,
+            },
+            "runtimes": [{"url": runtime.url, "flavor": "vllm", "gpus": [1], "cost_per_mtok": 0.5}],
+        },
+        tmp_path,
+    )
+    try:
+        async with grpc.aio.insecure_channel(proc.grpc) as ch:
+            stub = state_pb2_grpc.StatePlaneStub(ch)
+            gpus = (await stub.ListGpus(state_pb2.ListGpusRequest())).gpus
+            assert len(gpus) == 2
+            by_index = {g.gpu.index: g for g in gpus}
+            assert by_index[0].healthy and not by_index[1].healthy and "xid 79" in by_index[1].health_reason
+            for _ in range(100):
+                listed = (await stub.ListTargets(state_pb2.ListTargetsRequest())).targets
+                if listed:
+                    break
+                await asyncio.sleep(0.1)
+            (target,) = listed
+            assert list(target.gpu_uuids) == [by_index[1].gpu.uuid] and target.cost_per_mtok == 0.5
+            assert target.health == state_pb2.TARGET_HEALTH_UNHEALTHY and "xid 79" in target.health_reason
+            assert target.HasField("vram_used_frac")
+
+            async def unknown():  # type: ignore[no-untyped-def]
+                yield state_pb2.GpuStateDelta(uuid="GPU-not-here", utilization_gpu=1)
+
+            ack = await stub.PushGpuState(unknown())
+            assert ack.rejected == 1 and "unknown GPU" in ack.errors[0]
+        table = run_agent_cli("ctl", "gpus", "--agent", proc.grpc)
+        assert table.returncode == 0 and "FAIL: xid 79" in table.stdout
+    finally:
+        assert proc.stop() == 0
