@@ -166,15 +166,21 @@ class Fusion:
             listener(changed, removed)
 
     # -- ingest: runtime -----------------------------------------------------------------------------------------
-    def ingest_model(self, d: state_pb2.ModelStateDelta, *, now: float | None = None) -> IngestResult:
+    def ingest_model(
+        self, d: state_pb2.ModelStateDelta, *, now: float | None = None, remote: bool = False
+    ) -> IngestResult:
+        """Fold one runtime report in. Adapters push local state only; `remote=True` is for summaries of other
+        nodes' targets learnt through membership (gossip), which must name their node."""
         now = self.clock() if now is None else now
         rej: list[Rejection] = []
         node = d.node or self.node_id
+        if remote and not d.node:
+            return _refuse("model", "node", "identity", "required for a remote target")
         if not d.model or len(d.model) > _MAX_NAME:
             return _refuse("model", "model", "identity", "required, at most 256 characters")
         if not d.endpoint or len(d.endpoint) > _MAX_NAME:
             return _refuse("model", "endpoint", "identity", "required (the runtime's base URL), at most 256 characters")
-        if node != self.node_id:
+        if node != self.node_id and not remote:
             return _refuse("model", "node", "identity", f"{node!r} is not this agent's node {self.node_id!r}")
         observed = self._observed(d.observed_unix_ms, now, "model", rej)
         if observed is None:
@@ -192,17 +198,19 @@ class Fusion:
                 rej.append(Rejection("model", "max_concurrency", "range", f"{d.max_concurrency} must be > 0"))
             else:
                 max_conc = int(d.max_concurrency)
-        gpus = self._known_gpus(d.gpu_uuids, rej)
+        gpus = self._known_gpus(d.gpu_uuids, rej) if not remote else ()
 
         tid = target_id_for(d.model, d.revision, node, d.endpoint)
         rec = self.targets.get(tid)
         if rec is None:
-            rec = self.targets[tid] = TargetRecord(tid, d.model, d.revision, node, d.endpoint, zone=self.zone)
+            rec = self.targets[tid] = TargetRecord(
+                tid, d.model, d.revision, node, d.endpoint, zone=self.zone if not remote else ""
+            )
         rec.runtime = d.runtime or rec.runtime
         rec.quant = d.quant or rec.quant
         rec.mig_profile = d.mig_profile or rec.mig_profile
         if d.gpu_uuids:
-            rec.gpu_uuids = gpus
+            rec.gpu_uuids = gpus if not remote else tuple(d.gpu_uuids)  # remote GPUs are not in our inventory
         if "cost_per_mtok" in fields:
             rec.cost_per_mtok = fields.pop("cost_per_mtok")
         # Each delta is a full report from its runtime: a series it does not carry is unknown now, not the old value.
@@ -537,7 +545,9 @@ class Fusion:
         return vram, util, margin
 
     def routable(self, rec: TargetRecord) -> bool:
-        return rec.health != UNHEALTHY and rec.signals.loaded and self.routable_node
+        # cordon / drain is about this node; remote targets follow their own node's state
+        node_ok = self.routable_node or rec.node != self.node_id
+        return rec.health != UNHEALTHY and rec.signals.loaded and node_ok
 
     def to_proto(self, rec: TargetRecord, now: float | None = None) -> state_pb2.TargetState:
         now = self.clock() if now is None else now
@@ -555,7 +565,7 @@ class Fusion:
             gpu_uuids=list(rec.gpu_uuids),
             mig_profile=rec.mig_profile,
             health={HEALTHY: 1, UNHEALTHY: 2}.get(rec.health, 0),  # type: ignore[arg-type]
-            health_reason=rec.health_reason or self.node_state_reason,
+            health_reason=rec.health_reason or (self.node_state_reason if rec.node == self.node_id else ""),
             routable=self.routable(rec),
             loaded=sig.loaded,
             warming=sig.warming,
