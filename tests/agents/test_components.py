@@ -63,7 +63,7 @@ def test_a_bad_component_section_names_the_field(echo_registered: None) -> None:
 
 def test_a_missing_component_module_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(component_mod.COMPONENT_FACTORIES, "ghost", "agents.no_such_module:make_component")
-    with pytest.raises(ComponentConfigError, match="ghost: component agents.no_such_module:make_component is not"):
+    with pytest.raises(ComponentConfigError, match=r"ghost: component agents\.no_such_module:make_component is not"):
         Agent(parse_config({"ghost": {}}, {}))
 
 
