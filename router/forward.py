@@ -182,6 +182,8 @@ class Forwarder:
         hedging = hedge_ok and policy.hedging.enabled and len(order) > 1
         start = time.monotonic()
         deadline = start + policy.first_byte_timeout_s
+        if not hedging:
+            return await self._sequential(order, path, body_for, headers, policy, model, rules, deadline)
         tasks: dict[asyncio.Task[tuple[aiohttp.ClientResponse, bytes, Outcome]], _Attempt] = {}
         next_idx = 0
         attempts = 0
@@ -201,7 +203,7 @@ class Forwarder:
             tasks[task] = _Attempt(t, hedge, time.monotonic())
 
         launch(False)
-        hedge_at = start + hedge_delay(order[0].ttft, self._hedge_params(policy)) if hedging else None
+        hedge_at: float | None = start + hedge_delay(order[0].ttft, self._hedge_params(policy))
         try:
             while True:
                 now = time.monotonic()
@@ -258,12 +260,7 @@ class Forwarder:
                 if winner is not None:
                     winner.attempts = attempts
                     winner.tried = tried
-                    if winner.outcome is not Outcome.SERVER_ERROR:
-                        self.outlier.on_success(winner.target.id)
-                        winner.target.ttft.add(winner.ttft)
-                        TTFT.labels(*winner.target.labels).observe(winner.ttft)
-                    else:
-                        self._failure(winner.target, model, now)
+                    self._won(winner, model)
                     if hedged:
                         HEDGES.labels(model, "won" if winner.hedge_won else "wasted").inc()
                     return winner
@@ -280,13 +277,71 @@ class Forwarder:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
-        last = failures[-1] if failures else AttemptFailed(Outcome.CONNECT_ERROR, "no attempt made")
+        raise self._exhausted(failures[-1] if failures else None, attempts)
+
+    async def _sequential(
+        self,
+        order: list[Target],
+        path: str,
+        body_for: Callable[[Target], bytes],
+        headers: Mapping[str, str],
+        policy: RoutingPolicy,
+        model: str,
+        rules: RetryRules,
+        deadline: float,
+    ) -> Winner:
+        """No hedging: one attempt at a time, awaited directly (no task per attempt on the common path)."""
+        tried: list[str] = []
+        last: AttemptFailed | None = None
+        for idx, t in enumerate(order):
+            if idx >= rules.max_attempts:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ForwardError(
+                    504, "first_byte_timeout", f"no first byte within {policy.first_byte_timeout_s:g}s", len(tried)
+                )
+            tried.append(t.id)
+            t.inflight += 1
+            started = time.monotonic()
+            try:
+                resp, first, outcome = await self._attempt(t, path, body_for(t), headers, remaining, rules)
+            except AttemptFailed as fail:
+                t.inflight -= 1
+                last = fail
+                now = time.monotonic()
+                self._failure(t, model, now)
+                if fail.outcome is Outcome.TIMEOUT and now >= deadline:
+                    break
+                if rules.retryable(fail.outcome, len(tried), False) and idx + 1 < len(order):
+                    RETRIES.labels(model, fail.outcome.value).inc()
+                    continue
+                break
+            except BaseException:
+                t.inflight -= 1
+                raise
+            w = Winner(t, resp, first, time.monotonic() - started, outcome, attempts=len(tried), tried=tried)
+            self._won(w, model)
+            return w
+        raise self._exhausted(last, len(tried))
+
+    def _won(self, w: Winner, model: str) -> None:
+        if w.outcome is not Outcome.SERVER_ERROR:
+            self.outlier.on_success(w.target.id)
+            w.target.ttft.add(w.ttft)
+            TTFT.labels(*w.target.labels).observe(w.ttft)
+        else:
+            self._failure(w.target, model, time.monotonic())
+
+    @staticmethod
+    def _exhausted(last: AttemptFailed | None, attempts: int) -> ForwardError:
+        last = last or AttemptFailed(Outcome.CONNECT_ERROR, "no attempt made")
         status = 502
         if last.outcome is Outcome.TIMEOUT:
             status = 504
         elif last.outcome is Outcome.BAD_STATUS and last.status == 503:
             status = 503
-        raise ForwardError(
+        return ForwardError(
             status, last.outcome.value, f"all {attempts} attempt(s) failed; last: {last.detail}", attempts
         )
 

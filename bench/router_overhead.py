@@ -1,0 +1,344 @@
+"""Router overhead: one emulated runtime in --instant mode reached directly, through our router (full path: auth,
+quota, strategy, metrics, tracing, access log), through nginx (proxy_pass, keep-alive) and through the Rust
+`vllm-router` (--policy round_robin), all in one run.
+
+    .venv/bin/python bench/router_overhead.py [--duration 8] [--concurrency 32] [--workers 1]
+
+Phase 1 drives each path at a fixed concurrency with wrk (closed loop) for requests/s. Phase 2 offers each path the
+same open-loop rate, half of our router's phase-1 maximum, and reports p50/p99 latency added over the direct path.
+Installs its peers when missing (apt-get install -y nginx wrk; pip install vllm-router into .venv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+VENV_BIN = Path(sys.executable).parent
+BODY = {"model": "demo-llm", "prompt": "Say hello to the mesh.", "max_tokens": 16}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def ensure_apt(*pkgs: str) -> None:
+    missing = [p for p in pkgs if shutil.which(p) is None and not Path(f"/usr/sbin/{p}").exists()]
+    if missing:
+        print(f"installing {' '.join(missing)} (apt-get)", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def ensure_vllm_router() -> Path:
+    exe = VENV_BIN / "vllm-router"
+    if not exe.exists():
+        print("installing vllm-router (pip)", flush=True)
+        # starlette<1 keeps the dev tools' pin intact when vllm-router pulls in fastapi.
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "vllm-router", "starlette<1"],
+            check=True,
+        )
+    return exe
+
+
+class Procs:
+    """Every child this bench starts, stopped in reverse order at the end."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="infermesh-bench-"))
+
+    def start(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        p = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, **(env or {})}, cwd=ROOT)
+        self.procs.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def procs() -> Iterator[Procs]:
+    ps = Procs()
+    try:
+        yield ps
+    finally:
+        ps.close()
+
+
+def start_emulator(ps: Procs, name: str, *args: str) -> str:
+    port = free_port()
+    ps.start([sys.executable, "-m", "agents.emulator", "--port", str(port), *args], name)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health")
+    return url
+
+
+def start_router(ps: Procs, cfg: dict[str, object], name: str = "router") -> str:
+    import yaml
+
+    port = free_port()
+    cfg = {**cfg, "listen": {**dict(cfg.get("listen") or {}), "host": "127.0.0.1", "port": port}}
+    path = ps.tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ps.start([sys.executable, "-m", "router", "--config", str(path)], name)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/healthz")
+    return url
+
+
+def start_nginx(ps: Procs, upstreams: list[str]) -> str:
+    port = free_port()
+    servers = "\n".join(f"    server {u.removeprefix('http://')};" for u in upstreams)
+    conf = f"""
+worker_processes 1;
+pid {ps.tmp}/nginx.pid;
+error_log {ps.tmp}/nginx-error.log warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {ps.tmp}/nginx-body;
+  proxy_temp_path {ps.tmp}/nginx-proxy;
+  fastcgi_temp_path {ps.tmp}/nginx-fcgi;
+  uwsgi_temp_path {ps.tmp}/nginx-uwsgi;
+  scgi_temp_path {ps.tmp}/nginx-scgi;
+  upstream runtimes {{
+{servers}
+    keepalive 256;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://runtimes;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+    path = ps.tmp / "nginx.conf"
+    path.write_text(conf)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    ps.start([nginx, "-c", str(path), "-p", str(ps.tmp)], "nginx")
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health")
+    return url
+
+
+def start_vllm_router(ps: Procs, upstreams: list[str], policy: str) -> str:
+    exe = ensure_vllm_router()
+    port = free_port()
+    ps.start(
+        [
+            str(exe),
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--worker-urls", *upstreams,
+            "--policy", policy,
+            "--prometheus-port", str(free_port()),
+            "--log-level", "warning",
+            "--request-timeout-secs", "600",
+        ],
+        f"vllm-router-{policy}",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", timeout=60)
+    return url
+
+
+def router_cfg(targets: list[str], strategy: str = "hybrid_mesh", **policy: object) -> dict[str, object]:
+    return {
+        "listen": {"grpc_port": None, "max_inflight": 100_000},
+        "agent": {"address": None},
+        "targets": [{"model": "demo-llm", "url": u, "node": f"n{i}"} for i, u in enumerate(targets)],
+        "tenants": [
+            {
+                "name": "demo",
+                "api_keys": ["demo-key"],
+                "quotas": {"requests_per_s": 1e6, "burst_requests": 1e6, "tokens_per_min": 1e12, "concurrent": 100000},
+            }
+        ],
+        "default_policy": {"strategy": strategy, "admission": {"max_queue_per_target": 1e9}, **policy},
+        "logging": {"level": "INFO", "access_log": True},
+    }
+
+
+# -- load ------------------------------------------------------------------------------------------------------------
+_WRK_LUA = """
+wrk.method = "POST"
+wrk.body = '%s'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer demo-key"
+"""
+
+
+def _ms(value: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)", value)
+    if not m:
+        return float("nan")
+    x, unit = float(m.group(1)), m.group(2)
+    return {"us": x / 1000, "ms": x, "s": x * 1000, "m": x * 60000}[unit]
+
+
+def wrk(url: str, concurrency: int, duration: float, tmp: Path) -> dict[str, float]:
+    script = tmp / "post.lua"
+    script.write_text(_WRK_LUA % json.dumps(BODY))
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url + "/v1/completions"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {
+        "rps": rps,
+        "p50_ms": lat.get("50", float("nan")),
+        "p99_ms": lat.get("99", float("nan")),
+        "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "socket_errors": 1.0 if errors else 0.0,
+    }
+
+
+async def open_loop(url: str, rate: float, duration: float) -> dict[str, float]:
+    """Send at a fixed rate regardless of answers (no coordinated omission); latency per request."""
+    import aiohttp
+
+    lat: list[float] = []
+    errors = 0
+    body = json.dumps(BODY).encode()
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer demo-key"}
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as s:
+
+        async def one() -> None:
+            nonlocal errors
+            t0 = time.perf_counter()
+            try:
+                async with s.post(url + "/v1/completions", data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                        return
+            except aiohttp.ClientError:
+                errors += 1
+                return
+            lat.append(time.perf_counter() - t0)
+
+        # warm the pool
+        await asyncio.gather(*(one() for _ in range(32)))
+        lat.clear()
+        tasks = []
+        start = time.perf_counter()
+        n = int(rate * duration)
+        for i in range(n):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one()))
+        await asyncio.gather(*tasks)
+    lat.sort()
+    if not lat:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "errors": float(errors)}
+    return {
+        "p50_ms": lat[len(lat) // 2] * 1000,
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+        "errors": float(errors),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per path and phase")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=1, help="our router's worker processes")
+    args = ap.parse_args()
+    ensure_apt("nginx", "wrk")
+    ensure_vllm_router()
+    import uvloop
+
+    with procs() as ps:
+        emu = start_emulator(ps, "emulator", "--profile", "h100", "--model", "demo-llm", "--instant")
+        paths: dict[str, str] = {"direct": emu}
+        cfg = router_cfg([emu])
+        cfg["listen"] = {**cfg["listen"], "workers": args.workers}  # type: ignore[dict-item]
+        paths["infermesh"] = start_router(ps, cfg)
+        paths["nginx"] = start_nginx(ps, [emu])
+        paths["vllm-router"] = start_vllm_router(ps, [emu], "round_robin")
+        print(f"# {os.cpu_count()} CPUs; every process (load generator included) shares them", flush=True)
+        phase1: dict[str, dict[str, float]] = {}
+        for name, url in paths.items():
+            phase1[name] = wrk(url, args.concurrency, args.duration, ps.tmp)
+            print(f"phase 1 {name}: {phase1[name]}", flush=True)
+        rate = max(50.0, 0.5 * phase1["infermesh"]["rps"])
+        phase2: dict[str, dict[str, float]] = {}
+        for name, url in paths.items():
+            phase2[name] = uvloop.run(open_loop(url, rate, args.duration))
+            print(f"phase 2 {name} @ {rate:.0f} req/s: {phase2[name]}", flush=True)
+    d1, d2 = phase1["direct"], phase2["direct"]
+    print()
+    print(f"fixed concurrency {args.concurrency} (wrk), then open loop at {rate:.0f} req/s (half our max)")
+    print(f"{'path':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | {'+p50 ms @½':>11} {'+p99 ms @½':>11} {'errors':>7}")
+    for name in paths:
+        a, b = phase1[name], phase2[name]
+        print(
+            f"{name:<12} {a['rps']:>9.0f} {a['p50_ms']:>8.2f} {a['p99_ms']:>8.2f} | "
+            f"{b['p50_ms'] - d2['p50_ms']:>11.2f} {b['p99_ms'] - d2['p99_ms']:>11.2f} "
+            f"{int(a['non2xx'] + b['errors']):>7}"
+        )
+    ratio = phase1["infermesh"]["rps"] / phase1["vllm-router"]["rps"]
+    added = phase2["infermesh"]["p99_ms"] - d2["p99_ms"]
+    print(f"summary: rps_ratio_vs_vllm_router={ratio:.2f} added_p99_ms={added:.2f}")
+    _ = d1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
