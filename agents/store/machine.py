@@ -98,7 +98,7 @@ class PolicyStore:
                 expected = cmd.get("e")
                 current = cur.value if cur else None
                 if expected != current:
-                    return {"ok": False, "rev": self.revision, "value": current, "succeeded": False}
+                    return {"ok": True, "rev": self.revision, "value": current, "succeeded": False}
                 return self._put(key, check_value(key, str(cmd["v"])), cur) | {"succeeded": True}
             if op == "del":
                 if cur is None:
