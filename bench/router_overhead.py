@@ -228,7 +228,16 @@ def wrk(url: str, concurrency: int, duration: float, tmp: Path) -> dict[str, flo
     script = tmp / "post.lua"
     script.write_text(_WRK_LUA % json.dumps(BODY))
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url + "/v1/completions"],
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url + "/v1/completions",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -325,7 +334,9 @@ def main() -> int:
     d1, d2 = phase1["direct"], phase2["direct"]
     print()
     print(f"fixed concurrency {args.concurrency} (wrk), then open loop at {rate:.0f} req/s (half our max)")
-    print(f"{'path':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | {'+p50 ms @½':>11} {'+p99 ms @½':>11} {'errors':>7}")
+    print(
+        f"{'path':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | {'+p50 ms @½':>11} {'+p99 ms @½':>11} {'errors':>7}"
+    )
     for name in paths:
         a, b = phase1[name], phase2[name]
         print(

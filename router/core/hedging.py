@@ -62,7 +62,7 @@ class HedgeBudget:
     def __init__(self, ratio: float, burst: float) -> None:
         self.ratio = ratio
         self.burst = burst
-        self.balance = min(burst, 1.0) if ratio > 0 else 0.0
+        self.balance = 0.0  # hedges are earned by requests first, so extra load never starts above the ratio
         self.requests = 0
         self.hedges = 0
 

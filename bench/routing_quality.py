@@ -1,0 +1,260 @@
+"""Routing quality: replay the Azure LLM conversation trace against a mixed fleet of emulated runtimes through our
+router (baseline_rr, least_queue, hybrid_mesh, hybrid_mesh + hedging; fed by a real agent) and through the Rust
+`vllm-router` (round_robin, power_of_two), at 70% and 90% of the fleet's capacity.
+
+    .venv/bin/python bench/routing_quality.py [--duration 20] [--loads 0.7,0.9] [--max-num-seqs 4]
+
+Arrival times are the trace's real ones, time-compressed to the target load; prompt and output token counts are the
+trace's (sent as the emulator's `prompt_tokens` extension and `max_tokens`). Each configuration replays the same
+slice. Streams SSE and measures TTFT (first byte) and end-to-end latency per request.
+Trace: Azure LLM inference trace 2023 (Azure/AzurePublicDataset), Patel et al., ISCA 2024 "Splitwise", CC-BY 4.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import router_overhead as ro
+
+from agents.emulator.profiles import get_profile
+
+TRACE = ro.ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023_conv.csv"
+FLEET = ["h100", "h100", "a100", "a100", "l40s", "l40s", "h100-mig-3g.40gb", "a100-mig-3g.40gb"]
+
+
+@dataclass(slots=True)
+class Req:
+    at: float  # seconds after the start of the replay
+    ctx: int
+    gen: int
+
+
+def load_trace(path: Path) -> list[tuple[float, int, int]]:
+    rows = []
+    with path.open() as f:
+        for r in csv.DictReader(f):
+            ts = datetime.fromisoformat(r["TIMESTAMP"][:26]).timestamp()
+            rows.append((ts, int(r["ContextTokens"]), int(r["GeneratedTokens"])))
+    rows.sort()
+    return rows
+
+
+def capacity_rps(profile_name: str, batch: int, ctx: float, gen: float) -> float:
+    """Requests/s one runtime sustains at full batch for the trace's mean request (prefill serialised, then decode)."""
+    p = get_profile(profile_name)
+    step = p.decode_step_s(batch, int(batch * (ctx + gen / 2)))
+    per_batch = batch * (ctx / p.prefill_tok_s + p.ttft_fixed_s) + gen * step
+    return batch / per_batch
+
+
+def schedule(rows: list[tuple[float, int, int]], rate: float, duration: float, max_len: int) -> list[Req]:
+    """The first slice of the trace whose compressed arrivals fill `duration` at `rate` requests/s on average."""
+    n = max(10, int(rate * duration))
+    sl = rows[: n + 1]
+    span = sl[-1][0] - sl[0][0]
+    scale = (n / rate) / span if span > 0 else 1.0
+    t0 = sl[0][0]
+    return [Req((ts - t0) * scale, min(ctx, max_len - gen - 8), max(1, gen)) for ts, ctx, gen in sl[:n]]
+
+
+@dataclass(slots=True)
+class Result:
+    ok: bool
+    ttft: float
+    e2e: float
+
+
+async def replay(url: str, reqs: list[Req], model: str) -> tuple[list[Result], float]:
+    import aiohttp
+
+    results: list[Result] = []
+    headers = {"Authorization": "Bearer demo-key", "Content-Type": "application/json"}
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
+
+        async def one(r: Req) -> None:
+            body = json.dumps(
+                {"model": model, "prompt": "x", "prompt_tokens": r.ctx, "max_tokens": r.gen, "stream": True}
+            ).encode()
+            t0 = time.perf_counter()
+            ttft = 0.0
+            try:
+                async with s.post(url + "/v1/completions", data=body, headers=headers) as resp:
+                    if resp.status != 200:
+                        await resp.read()
+                        results.append(Result(False, 0.0, time.perf_counter() - t0))
+                        return
+                    tail = b""
+                    async for chunk in resp.content.iter_any():
+                        if not ttft:
+                            ttft = time.perf_counter() - t0
+                        tail = (tail + chunk)[-64:]
+                    results.append(Result(tail.endswith(b"[DONE]\n\n"), ttft, time.perf_counter() - t0))
+            except aiohttp.ClientError:
+                results.append(Result(False, ttft, time.perf_counter() - t0))
+
+        start = time.perf_counter()
+        tasks = []
+        for r in reqs:
+            delay = start + r.at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(r)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - start
+    return results, wall
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def wait_idle(emus: list[str], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = 0
+        for u in emus:
+            st = httpx.get(u + "/emulator/stats", timeout=5).json()
+            busy += int(st.get("running", 0)) + int(st.get("waiting", 0))
+        if busy == 0:
+            return
+        time.sleep(0.5)
+
+
+def metric_sum(url: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def start_agent(ps: ro.Procs, emus: list[str]) -> str:
+    import yaml
+
+    grpc_port, http_port = ro.free_port(), ro.free_port()
+    cfg = {
+        "node": {"id": "bench-node", "roles": ["router", "gpu"]},
+        "listen": {"grpc": f"127.0.0.1:{grpc_port}", "http": f"127.0.0.1:{http_port}"},
+        "runtimes": [{"url": u, "flavor": "vllm"} for u in emus],
+        "scrape": {"interval_s": 0.5, "timeout_s": 0.4},
+        "log": {"level": "warning"},
+    }
+    path = ps.tmp / "agent.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ps.start(
+        [sys.executable, "-c", "import sys; from meshweb.cli import main; sys.exit(main())", "agent", "--config",
+         str(path)],
+        "agent",
+    )  # fmt: skip
+    ro.wait_http(f"http://127.0.0.1:{http_port}/healthz")
+    return f"127.0.0.1:{grpc_port}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds of compressed trace per run")
+    ap.add_argument("--loads", default="0.7,0.9", help="fractions of fleet capacity")
+    ap.add_argument("--max-num-seqs", type=int, default=4, help="batch slots per emulated runtime")
+    ap.add_argument("--configs", default="baseline_rr,least_queue,hybrid_mesh,hybrid_mesh+hedging,vllm:round_robin,"
+                    "vllm:power_of_two")  # fmt: skip
+    args = ap.parse_args()
+    loads = [float(x) for x in args.loads.split(",")]
+    configs = args.configs.split(",")
+    if any(c.startswith("vllm:") for c in configs):
+        ro.ensure_vllm_router()
+    rows = load_trace(TRACE)
+    mean_ctx = sum(r[1] for r in rows) / len(rows)
+    mean_gen = sum(r[2] for r in rows) / len(rows)
+    fleet_cap = sum(capacity_rps(p, args.max_num_seqs, mean_ctx, mean_gen) for p in FLEET)
+    print(f"# fleet {', '.join(FLEET)}; max_num_seqs {args.max_num_seqs}; estimated capacity {fleet_cap:.2f} req/s")
+    print(f"# trace {TRACE.name}: {len(rows)} requests, mean context {mean_ctx:.0f}, mean output {mean_gen:.0f} tokens")
+    table: dict[tuple[str, float], dict[str, float]] = {}
+    with ro.procs() as ps:
+        emus = [
+            ro.start_emulator(
+                ps, f"emu{i}", "--profile", p, "--model", "demo-llm", "--seed", str(i),
+                "--max-num-seqs", str(args.max_num_seqs), "--max-model-len", "16384",
+            )
+            for i, p in enumerate(FLEET)
+        ]  # fmt: skip
+        agent = start_agent(ps, emus)
+        routers: dict[str, str] = {}
+        for c in configs:
+            if c.startswith("vllm:"):
+                routers[c] = ro.start_vllm_router(ps, emus, c.split(":", 1)[1])
+                continue
+            strategy = c.split("+")[0]
+            policy: dict[str, object] = {"first_byte_timeout_s": 300, "deadline_s": 600}
+            if c.endswith("+hedging"):
+                policy["hedging"] = {"enabled": True, "quantile": 0.95, "budget_ratio": 0.05, "budget_burst": 3}
+            cfg = ro.router_cfg([], strategy, **policy)
+            cfg["agent"] = {"address": agent}
+            cfg["logging"] = {"level": "WARNING", "access_log": False}
+            cfg["listen"] = {"grpc_port": None, "max_inflight": 100_000}
+            routers[c] = ro.start_router(ps, cfg, name=c.replace("+", "_"))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if httpx.get(routers[c] + "/healthz").json()["targets"]["agent"] == len(FLEET):
+                    break
+                time.sleep(0.2)
+        import uvloop
+
+        for load in loads:
+            reqs = schedule(rows, load * fleet_cap, args.duration, 16384)
+            for c, url in routers.items():
+                wait_idle(emus)
+                h0 = metric_sum(url, "infermesh_router_hedges_total", result="fired") if "vllm" not in c else 0.0
+                results, wall = uvloop.run(replay(url, reqs, "demo-llm"))
+                ok = [r for r in results if r.ok]
+                hedges = metric_sum(url, "infermesh_router_hedges_total", result="fired") - h0 if "vllm" not in c else 0
+                row = {
+                    "n": len(results),
+                    "ok": len(ok),
+                    "ttft_p50": pct([r.ttft for r in ok], 0.5),
+                    "ttft_p99": pct([r.ttft for r in ok], 0.99),
+                    "e2e_p50": pct([r.e2e for r in ok], 0.5),
+                    "e2e_p99": pct([r.e2e for r in ok], 0.99),
+                    "tput": len(ok) / wall,
+                    "hedge": hedges / max(1, len(results)),
+                }
+                table[(c, load)] = row
+                print(f"{c} @ {load:.0%}: {json.dumps({k: round(v, 3) for k, v in row.items()})}", flush=True)
+    print()
+    print(f"{'config':<22} {'load':>5} {'ok/n':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'e2e p50':>8} {'e2e p99':>8} "
+          f"{'req/s':>6} {'hedge%':>7}")  # fmt: skip
+    for (c, load), r in table.items():
+        print(
+            f"{c:<22} {load:>5.0%} {int(r['ok']):>4}/{int(r['n']):<4} {r['ttft_p50']:>9.3f} {r['ttft_p99']:>9.3f} "
+            f"{r['e2e_p50']:>8.2f} {r['e2e_p99']:>8.2f} {r['tput']:>6.2f} {100 * r['hedge']:>6.1f}%"
+        )
+    hi = max(loads)
+    peers = [table[(c, hi)]["ttft_p99"] for c in configs if c.startswith("vllm:") and (c, hi) in table]
+    ours = table.get(("hybrid_mesh", hi))
+    hedged = table.get(("hybrid_mesh+hedging", hi))
+    ratio = ours["ttft_p99"] / min(peers) if ours and peers else float("nan")
+    hedge_ratio = hedged["e2e_p99"] / ours["e2e_p99"] if ours and hedged else float("nan")
+    extra = hedged["hedge"] if hedged else float("nan")
+    print(f"summary: p99_ttft_ratio_vs_best_peer_90={ratio:.2f} hedge_p99_e2e_ratio={hedge_ratio:.2f} "
+          f"hedge_extra_load={extra:.3f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
