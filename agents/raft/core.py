@@ -148,7 +148,7 @@ class RaftNode:
             "commit": self.log.committed,
             "applied": self.log.applied,
             "last_index": self.log.last_index(),
-            "snapshot_index": self.log.offset,
+            "snapshot_index": self.snapshot.index if self.snapshot else 0,
             "voters": sorted(self.voters),
             "learners": sorted(self.learners),
             "progress": {

@@ -20,7 +20,7 @@ from agents.store.machine import Event, PolicyStore, encode_command
 
 from .core import RaftConfig, RaftNode, decode_conf_change
 from .storage import DiskStorage
-from .types import NONE, ConfChangeType, EntryType, Message, RaftError, Ready, Role
+from .types import NONE, ConfChangeType, EntryType, MalformedMessage, Message, RaftError, Ready, Role
 
 log = logging.getLogger("infermesh.raft")
 
@@ -131,6 +131,8 @@ class RaftGroup:
     def receive(self, m: Message) -> None:
         try:
             self.core.step(m)
+        except MalformedMessage:
+            raise  # the transport answers INVALID_ARGUMENT to the sender
         except RaftError as exc:  # a forwarded proposal dropped here; its sender times out
             log.debug("raft %s: dropped %s from %d: %s", self.group, m.type.name, m.frm, exc)
         self._wake.set()

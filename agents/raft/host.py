@@ -245,7 +245,7 @@ def _status(host: RaftHost, g: RaftGroup) -> store_pb2.RaftStatusResponse:
         commit=st.log.committed,
         applied=st.log.applied,
         last_index=st.log.last_index(),
-        snapshot_index=st.log.offset,
+        snapshot_index=st.snapshot.index if st.snapshot else 0,
         voters=sorted(st.voters),
         learners=sorted(st.learners),
         cluster_id=host.cluster_id,
