@@ -1,13 +1,33 @@
-"""Correlation ids: taken from `traceparent` / `X-Request-ID` or created, echoed back, visible to logs."""
+"""Correlation ids and access logs: the id is taken from `traceparent` / `X-Request-ID` or created, echoed back
+in `X-Request-ID`, and carried by every log line written while the request runs."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
 from meshweb.core.context import correlation_id, correlation_id_from_headers
+
+access_log = logging.getLogger("meshweb.access")
+
+
+def _log(request: HttpRequest, response: HttpResponse, started: float) -> None:
+    access_log.info(
+        "%s %s %s",
+        request.method,
+        request.path,
+        response.status_code,
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
 
 
 class CorrelationIdMiddleware:
@@ -20,23 +40,30 @@ class CorrelationIdMiddleware:
             markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        cid = correlation_id_from_headers(request.headers.get("traceparent"), request.headers.get("X-Request-ID"))
         if iscoroutinefunction(self):
-            return self._acall(request, cid)
-        token = correlation_id.set(cid)
+            return self._acall(request)
+        started = time.perf_counter()
+        token = correlation_id.set(self._cid(request))
         try:
             response = self.get_response(request)
             assert isinstance(response, HttpResponse)
+            response["X-Request-ID"] = correlation_id.get()
+            _log(request, response, started)
         finally:
             correlation_id.reset(token)
-        response["X-Request-ID"] = cid
         return response
 
-    async def _acall(self, request: HttpRequest, cid: str) -> HttpResponse:
-        token = correlation_id.set(cid)
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        token = correlation_id.set(self._cid(request))
         try:
             response = await self.get_response(request)  # type: ignore[misc]
+            response["X-Request-ID"] = correlation_id.get()
+            _log(request, response, started)
         finally:
             correlation_id.reset(token)
-        response["X-Request-ID"] = cid
         return response
+
+    @staticmethod
+    def _cid(request: HttpRequest) -> str:
+        return correlation_id_from_headers(request.headers.get("traceparent"), request.headers.get("X-Request-ID"))

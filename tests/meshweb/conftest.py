@@ -18,6 +18,7 @@ from meshweb.fleet.models import Cell, Gpu, Node, Region, Zone
 from meshweb.policy.models import AdmissionPolicy, RoutingPolicy, Slo
 from meshweb.tenancy.models import Tenant
 from meshweb.tenancy.services import SYSTEM, membership_set, tenant_create, token_create
+from meshweb.training.models import JobPlacement
 from meshweb.training.services import job_submit
 
 EXAMPLE_JOB = json.loads(Path("docs/examples/job.json").read_text())
@@ -37,6 +38,7 @@ class TenantWorld:
 
 
 def build_tenant(slug: str, zone: Zone) -> TenantWorld:
+    node = Node.objects.create(name=f"node-{slug}", address="10.0.0.9:7070", zone=zone, roles=["gpu"])
     tenant = tenant_create(principal=SYSTEM, slug=slug)
     model = Model.objects.create(tenant=tenant, name=f"{slug}-llm")
     revision = ModelRevision.objects.create(model=model, revision="v1", artifact_uri=f"hf://{slug}/llm")
@@ -45,6 +47,7 @@ def build_tenant(slug: str, zone: Zone) -> TenantWorld:
     membership = membership_set(principal=SYSTEM, tenant=tenant, user=user, role="member")
     token, _ = token_create(principal=SYSTEM, tenant=tenant, role="viewer", name="existing")
     job = job_submit(principal=SYSTEM, tenant=tenant, name=f"{slug}-job", spec=EXAMPLE_JOB["spec"]).job
+    JobPlacement.objects.create(job=job, node=node, gpu_uuids=["GPU-x"], rank=0)
     world = TenantWorld(tenant=tenant)
     world.objects.update(
         tenant=tenant,

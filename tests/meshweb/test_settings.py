@@ -1,0 +1,79 @@
+"""Settings from the environment: the embedded default needs no server; production URLs switch to real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+PROBE = """
+import json
+from django.conf import settings
+print(json.dumps({
+    "db": settings.DATABASES["default"]["ENGINE"],
+    "db_name": str(settings.DATABASES["default"]["NAME"]),
+    "broker": settings.CELERY_BROKER_URL,
+    "broker_opts": settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+    "channels": settings.CHANNEL_LAYERS["default"]["BACKEND"],
+}))
+"""
+
+
+def probe(env: dict[str, str]) -> dict[str, object]:
+    base = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    out = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup();" + PROBE],
+        env={**base, "DJANGO_SETTINGS_MODULE": "meshweb.settings", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def test_embedded_default_keeps_every_file_under_the_data_dir(tmp_path: Path) -> None:
+    got = probe({"INFERMESH_DATA_DIR": str(tmp_path)})
+    assert got["db"].endswith("sqlite3")
+    assert got["db_name"] == str(tmp_path / "portal.sqlite3")
+    assert got["broker"] == "filesystem://"
+    assert all(str(v).startswith(str(tmp_path)) for k, v in got["broker_opts"].items() if k.endswith("folder_in"))
+    assert got["channels"] == "channels.layers.InMemoryChannelLayer"
+
+
+def test_server_urls_switch_to_postgres_and_redis(tmp_path: Path) -> None:
+    got = probe(
+        {
+            "INFERMESH_DATA_DIR": str(tmp_path),
+            "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/infermesh",
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+        }
+    )
+    assert got["db"] == "django_prometheus.db.backends.postgresql"
+    assert got["broker"] == "redis://127.0.0.1:6379/0"
+    assert got["channels"] == "channels_redis.core.RedisChannelLayer"
+
+
+def test_tests_run_on_postgres_and_a_real_redis_channel_layer() -> None:
+    # The README's test command sets DATABASE_URL and REDIS_URL; these tests exist to exercise the real services.
+    assert settings.DATABASES["default"]["ENGINE"] == "django_prometheus.db.backends.postgresql"
+    assert settings.REDIS_URL, "REDIS_URL must point at the Redis server (make test sets it)"
+    layer = get_channel_layer()
+    assert type(layer).__name__ == "RedisChannelLayer"
+    group = f"probe-{uuid.uuid4().hex}"
+
+    async def roundtrip() -> dict[str, str]:
+        channel = await layer.new_channel()
+        await layer.group_add(group, channel)
+        await layer.group_send(group, {"type": "probe.message", "text": "hello"})
+        message = await layer.receive(channel)
+        await layer.group_discard(group, channel)
+        return message
+
+    assert async_to_sync(roundtrip)() == {"type": "probe.message", "text": "hello"}
