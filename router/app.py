@@ -19,7 +19,7 @@ from router.forward import HOP_BY_HOP, ForwardError, Winner
 from router.metrics import ERRORS, REQUESTS, render
 from router.obs import extract, inject, trace_id_hex, tracer
 from router.openai_api import APIS, ParsedRequest, error_body, parse_json_body, validate
-from router.service import Refusal, RouterService, Tenant, Ticket, new_corr_id
+from router.service import Refusal, RouterService, Tenant, Ticket, new_corr_id, request_deadline
 from router.view import Target
 
 SVC = web.AppKey("svc", RouterService)
@@ -90,19 +90,27 @@ async def stream_back(request: web.Request, ticket: Ticket, w: Winner, sse: bool
     try:
         await resp.prepare(request)
         chunk = w.first
-        while chunk:
-            await resp.write(chunk)
-            ticket.bytes_out += len(chunk)
-            if sse:
-                events += _count_events(chunk)
-            elif keep is not None:
-                kept += len(chunk)
-                if kept <= _USAGE_BUFFER:
-                    keep.append(chunk)
-                else:
-                    keep = None
-            chunk = await up.content.readany()
+        remaining = ticket.deadline - time.monotonic()
+        async with asyncio.timeout(remaining if remaining != float("inf") else None):
+            while chunk:
+                await resp.write(chunk)
+                ticket.bytes_out += len(chunk)
+                if sse:
+                    events += _count_events(chunk)
+                elif keep is not None:
+                    kept += len(chunk)
+                    if kept <= _USAGE_BUFFER:
+                        keep.append(chunk)
+                    else:
+                        keep = None
+                chunk = await up.content.readany()
         finished = True
+    except TimeoutError:
+        # The request's deadline passed mid-answer: stop both sides; the client sees a truncated answer.
+        ticket.cause = "deadline_exceeded"
+        if request.transport is not None:
+            request.transport.close()
+        return resp
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
         # The runtime broke after bytes reached the client: nothing can be retried. Drop the client connection
         # without a clean end so it sees a truncated answer instead of a silently short one.
@@ -170,6 +178,7 @@ class Handlers:
                     max_tokens=parsed.max_tokens,
                     corr_id=corr,
                     trace_id=trace_id,
+                    deadline_s=request_deadline(request.headers),
                 )
             except Refusal as r:
                 if r.status not in (404, 429):

@@ -171,6 +171,7 @@ class Forwarder:
         policy: RoutingPolicy,
         model: str,
         hedge_ok: bool,
+        first_byte_timeout: float | None = None,
     ) -> Winner:
         """Try targets in rank order; hedge to the next one after a delay; return the first with a first byte."""
         rules = self.rules(policy)
@@ -181,9 +182,10 @@ class Forwarder:
         budget.on_request()
         hedging = hedge_ok and policy.hedging.enabled and len(order) > 1
         start = time.monotonic()
-        deadline = start + policy.first_byte_timeout_s
+        fbt = policy.first_byte_timeout_s if first_byte_timeout is None else first_byte_timeout
+        deadline = start + fbt
         if not hedging:
-            return await self._sequential(order, path, body_for, headers, policy, model, rules, deadline)
+            return await self._sequential(order, path, body_for, headers, fbt, model, rules, deadline)
         tasks: dict[asyncio.Task[tuple[aiohttp.ClientResponse, bytes, Outcome]], _Attempt] = {}
         next_idx = 0
         attempts = 0
@@ -231,7 +233,7 @@ class Forwarder:
                         raise ForwardError(
                             504,
                             "first_byte_timeout",
-                            f"no first byte within {policy.first_byte_timeout_s:g}s",
+                            f"no first byte within {fbt:g}s",
                             attempts,
                         )
                     if not tasks:
@@ -285,7 +287,7 @@ class Forwarder:
         path: str,
         body_for: Callable[[Target], bytes],
         headers: Mapping[str, str],
-        policy: RoutingPolicy,
+        fbt: float,
         model: str,
         rules: RetryRules,
         deadline: float,
@@ -298,9 +300,7 @@ class Forwarder:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ForwardError(
-                    504, "first_byte_timeout", f"no first byte within {policy.first_byte_timeout_s:g}s", len(tried)
-                )
+                raise ForwardError(504, "first_byte_timeout", f"no first byte within {fbt:g}s", len(tried))
             tried.append(t.id)
             t.inflight += 1
             started = time.monotonic()
@@ -311,8 +311,10 @@ class Forwarder:
                 last = fail
                 now = time.monotonic()
                 self._failure(t, model, now)
-                if fail.outcome is Outcome.TIMEOUT and now >= deadline:
-                    break
+                if fail.outcome is Outcome.TIMEOUT and now >= deadline - 0.005:
+                    raise ForwardError(
+                        504, "first_byte_timeout", f"no first byte within {fbt:g}s", len(tried)
+                    ) from None
                 if rules.retryable(fail.outcome, len(tried), False) and idx + 1 < len(order):
                     RETRIES.labels(model, fail.outcome.value).inc()
                     continue

@@ -65,6 +65,7 @@ class Ticket:
     strategy: str
     t0: float
     trace_id: str = ""
+    deadline: float = float("inf")  # monotonic time by which the whole answer must be through
     winner: Winner | None = None
     status: int = 0
     cause: str = ""
@@ -154,6 +155,7 @@ class RouterService:
         max_tokens: int | None,
         corr_id: str,
         trace_id: str = "",
+        deadline_s: float | None = None,
     ) -> Ticket:
         t0 = time.monotonic()
         if not self.view.has_model(model):
@@ -200,6 +202,7 @@ class RouterService:
             strategy=strategy,
             t0=t0,
             trace_id=trace_id,
+            deadline=t0 + min(policy.deadline_s, deadline_s if deadline_s is not None else policy.deadline_s),
         )
 
     def _refused(self, model: str, tenant: str, api: str, reason: str) -> None:
@@ -214,7 +217,10 @@ class RouterService:
         headers: Mapping[str, str],
         hedge_ok: bool = True,
     ) -> Winner:
-        w = await self.forwarder.open(ticket.ranked, path, body_for, headers, ticket.policy, ticket.model, hedge_ok)
+        fbt = min(ticket.policy.first_byte_timeout_s, max(0.001, ticket.deadline - time.monotonic()))
+        w = await self.forwarder.open(
+            ticket.ranked, path, body_for, headers, ticket.policy, ticket.model, hedge_ok, first_byte_timeout=fbt
+        )
         ticket.winner = w
         self.ranker.observe(ticket.model, ticket.strategy, w.ttft)
         return w
@@ -284,6 +290,20 @@ class RouterService:
 
     def log_error(self, msg: str, **fields: object) -> None:
         logging.getLogger("infermesh.router").warning(msg, extra={"fields": fields})
+
+
+def request_deadline(headers: Mapping[str, str]) -> float | None:
+    """Seconds the caller allows (`x-infermesh-deadline-ms`, or gRPC-style `grpc-timeout` is handled by grpc)."""
+    raw = headers.get("x-infermesh-deadline-ms")
+    if raw is None:
+        return None
+    try:
+        ms = float(raw)
+    except ValueError:
+        raise Refusal(400, "invalid_deadline", "x-infermesh-deadline-ms must be a number of milliseconds") from None
+    if not ms > 0:
+        raise Refusal(400, "invalid_deadline", "x-infermesh-deadline-ms must be positive")
+    return ms / 1000.0
 
 
 def new_corr_id(headers: Mapping[str, str], trace_id: str) -> str:

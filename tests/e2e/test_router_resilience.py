@@ -276,3 +276,40 @@ async def test_slowloris_clients_time_out_and_others_are_served(three: list[Emul
         assert all(b.startswith(b"HTTP/1.1 408") and b"body_timeout" in b for b in bodies), bodies[:2]
         # Connections stuck in their headers are closed by the router (keep-alive timeout), not held forever.
         assert all(r != b"still open" for r in head_results), head_results[:2]
+
+
+async def test_request_deadline_bounds_first_byte_and_stream(three: list[EmulatorProcess], tmp_path: Path) -> None:
+    cfg = router_config([three[0].url])
+    with running_router(cfg, tmp_path) as rp:
+        url = rp.url + "/v1/completions"
+        bad = httpx.post(
+            url, json={"model": "demo-llm", "prompt": "x"}, headers={**AUTH, "x-infermesh-deadline-ms": "x"}
+        )
+        assert bad.status_code == 400 and "x-infermesh-deadline-ms" in bad.json()["error"]["message"]
+        # A long stream under a short deadline is cut when the deadline passes, and the runtime aborts it.
+        before = int(_stats(three[0])["aborted"])  # type: ignore[call-overload]
+        body = {"model": "demo-llm", "prompt": "x", "max_tokens": 3000, "stream": True}
+        t0 = time.monotonic()
+        short = {**AUTH, "x-infermesh-deadline-ms": "700"}
+        with pytest.raises(httpx.HTTPError), httpx.stream("POST", url, json=body, headers=short) as r:
+            assert r.status_code == 200
+            for _ in r.iter_raw():
+                pass
+        assert time.monotonic() - t0 < 10
+        assert _wait_for(lambda: int(_stats(three[0])["aborted"]) > before)  # type: ignore[call-overload]
+        # No first byte within the deadline: 504 naming it.
+        httpx.post(three[0].url + "/emulator/faults", json={"hang": True}, timeout=10).raise_for_status()
+        try:
+            r = httpx.post(url, json={**body, "stream": False}, headers={**AUTH, "x-infermesh-deadline-ms": "400"})
+            assert r.status_code == 504 and "first byte" in r.json()["error"]["message"]
+        finally:
+            httpx.post(three[0].url + "/emulator/faults", json={"hang": False}, timeout=10).raise_for_status()
+
+
+def _wait_for(pred: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
