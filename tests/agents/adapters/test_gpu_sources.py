@@ -233,3 +233,23 @@ def test_emulated_faults_from_options_and_bad_input() -> None:
         make_gpu_source("emulated", profile=["h100"])
     with pytest.raises(ValueError, match="unknown GPU source kind 'rocm'"):
         make_gpu_source("rocm")
+
+
+def test_real_h100_recording() -> None:
+    # Recorded with bench/gpu_probe.py --record on a real H100 80GB HBM3 (driver 580.159.04): the values NVML gave
+    # there, and the two calls that GPU answers "Not Supported" (retired pages, NVLink state) read as unknown.
+    source = NvmlGpuSource(ReplayNvml(HERE / "fixtures" / "nvml_h100_real.json"))
+    (gpu,) = source.read()
+    assert gpu.uuid == "GPU-5ce1480e-c952-b078-cf6e-f35455ee2835"
+    assert gpu.name == "NVIDIA H100 80GB HBM3"
+    assert gpu.memory_total_bytes == 85520809984 and gpu.memory_used_bytes == 503316480
+    assert (gpu.temperature_c, gpu.slowdown_temp_c, gpu.thermal_margin_c) == (36.0, 89.0, 53.0)
+    assert (gpu.power_w, gpu.power_limit_w) == (115.574, 700.0)
+    assert gpu.ecc_uncorrected_volatile == 0 and gpu.remapped_rows_uncorrectable == 0
+    assert gpu.remapped_rows_pending is False and gpu.pcie_replays == 0
+    assert gpu.retired_pages is None and gpu.nvlink_errors is None
+    assert gpu.throttle_reasons == ["gpu_idle"] and gpu.xid_events == []
+    assert gpu.mig_profile == ""
+    assert source.field_status["retired_pages"] == "unsupported"
+    assert source.field_status["nvlink_errors"] == "unsupported"
+    source.close()
