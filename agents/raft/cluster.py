@@ -59,6 +59,7 @@ class LocalCluster:
         extra: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "data"
         self.members: dict[int, Member] = {}
         for i in range(1, n + 1):
