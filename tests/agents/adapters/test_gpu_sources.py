@@ -250,6 +250,6 @@ def test_real_h100_recording() -> None:
     assert gpu.retired_pages is None and gpu.nvlink_errors is None
     assert gpu.throttle_reasons == ["gpu_idle"] and gpu.xid_events == []
     assert gpu.mig_profile == ""
-    assert source.field_status["retired_pages"] == "unsupported"
-    assert source.field_status["nvlink_errors"] == "unsupported"
+    assert source.field_status[(0, "retired_pages")] == "unsupported"
+    assert source.field_status[(0, "nvlink_errors")] == "unsupported"
     source.close()
