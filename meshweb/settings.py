@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -90,7 +91,7 @@ TEMPLATES = [
 ]
 
 if EMBEDDED:
-    DATABASES = {
+    DATABASES: dict[str, dict[str, Any]] = {
         "default": {
             "ENGINE": "django_prometheus.db.backends.sqlite3",
             "NAME": str(DATA_DIR / "portal.sqlite3"),
@@ -101,7 +102,7 @@ else:
     _db = dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60, conn_health_checks=True)
     if _db["ENGINE"] == "django.db.backends.postgresql":
         _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
-    DATABASES = {"default": _db}
+    DATABASES = {"default": dict(_db)}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [{"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"}]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
 from rest_framework import serializers
 
@@ -11,7 +13,7 @@ from meshweb.tenancy.roles import Role
 
 
 class AuditEntrySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
-    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    tenant: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
 
     class Meta:
         model = AuditEntry

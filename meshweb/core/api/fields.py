@@ -22,12 +22,16 @@ def _scoped(field: serializers.RelatedField, queryset: models.QuerySet[Any]) -> 
 
 class ScopedPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):  # type: ignore[type-arg]
     def get_queryset(self) -> models.QuerySet[Any]:
-        return _scoped(self, super().get_queryset())
+        queryset = super().get_queryset()
+        assert queryset is not None
+        return _scoped(self, queryset)
 
 
 class ScopedSlugRelatedField(serializers.SlugRelatedField):  # type: ignore[type-arg]
     def get_queryset(self) -> models.QuerySet[Any]:
-        return _scoped(self, super().get_queryset())
+        queryset = super().get_queryset()
+        assert queryset is not None
+        return _scoped(self, queryset)
 
 
 class CurrentTenantDefault:

@@ -21,7 +21,7 @@ class TenantSerializer(StrictModelSerializer):
 
 
 class QuotaSerializer(StrictModelSerializer):
-    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    tenant: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
 
     class Meta:
         model = Quota
@@ -42,7 +42,7 @@ class QuotaSerializer(StrictModelSerializer):
 
 class MembershipSerializer(StrictModelSerializer):
     tenant = tenant_field()
-    username = serializers.SlugRelatedField(
+    username: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         source="user", slug_field="username", queryset=get_user_model().objects.all()
     )
 
@@ -59,7 +59,7 @@ class MembershipSerializer(StrictModelSerializer):
 
 
 class ApiTokenSerializer(StrictModelSerializer):
-    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    tenant: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
 
     class Meta:
         model = ApiToken

@@ -98,5 +98,6 @@ class ApiTokenViewSet(ScopedModelViewSet):
         body = ApiTokenSerializer(token).data | {"token": plaintext}
         return Response(body, status=status.HTTP_201_CREATED)
 
-    def perform_destroy(self, instance: ApiToken) -> None:
+    def perform_destroy(self, instance: models.Model) -> None:
+        assert isinstance(instance, ApiToken)
         token_revoke(principal=self.principal, token=instance)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
 from meshweb.core.api.fields import tenant_field
@@ -18,7 +20,7 @@ class JobSubmitSerializer(StrictSerializer):
 
 
 class JobPlacementSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
-    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    node: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="name", read_only=True)
 
     class Meta:
         model = JobPlacement
@@ -27,7 +29,7 @@ class JobPlacementSerializer(serializers.ModelSerializer):  # type: ignore[type-
 
 
 class JobSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
-    tenant = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    tenant: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     spec = JobSpecSerializer(read_only=True)
     placements = JobPlacementSerializer(many=True, read_only=True)
 
