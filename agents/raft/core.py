@@ -124,6 +124,7 @@ class RaftNode:
         self.prev_hs = HardState() if bootstrap else HardState(self.term, self.vote, self.log.committed)
         self.prev_ss = SoftState(self.lead, self.role)
         self._ready_applying = 0
+        self._bcast_pending = False
         self.become_follower(self.term, NONE)
 
     # ------------------------------------------------------------------ queries
@@ -307,7 +308,8 @@ class RaftNode:
         if self._ready_applying:
             return False
         return bool(
-            self.msgs
+            self._bcast_pending
+            or self.msgs
             or self.read_states
             or self.log.pending_snapshot
             or self.log.unstable_entries()
@@ -317,6 +319,10 @@ class RaftNode:
         )
 
     def ready(self) -> Ready:
+        if self._bcast_pending:
+            self._bcast_pending = False
+            if self.role == Role.LEADER:
+                self._bcast_append()
         hs = self.hard_state()
         ss = SoftState(self.lead, self.role)
         rd = Ready(
@@ -568,7 +574,8 @@ class RaftNode:
             ents.append(Entry(0, 0, e.type, e.data))
         self._append_entries(ents)
         self.uncommitted_bytes += size
-        self._bcast_append()
+        # appends go out when the driver next takes a Ready: proposals arriving until then share one message
+        self._bcast_pending = True
 
     def _append_entries(self, ents: list[Entry]) -> None:
         last = self.log.last_index()
