@@ -56,6 +56,8 @@ class TrainingJob(TimeStamped):
     submitted_by = models.CharField(max_length=200)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # GPU-seconds charged to the tenant's GPU-hour quota, fixed when the job finishes.
+    gpu_seconds_charged = models.FloatField(default=0.0)
 
     TENANT_PATH = "tenant_id"
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from meshweb.audit.services import audit_record
@@ -39,10 +39,19 @@ def request_fingerprint(payload: dict[str, Any]) -> str:
 
 
 def _quota_check(*, tenant: Tenant, quota: Quota, gpus: int, gpu_hours: float) -> None:
-    active = TrainingJob.objects.filter(tenant=tenant, status__in=ACTIVE)
-    agg = active.aggregate(gpus=Sum(F("workers") * F("gpus_per_worker")))
-    n_active = active.count()
-    gpus_held = int(agg["gpus"] or 0)
+    active = Q(status__in=ACTIVE)
+    since = timezone.now() - timedelta(days=quota.period_days)
+    gpus_of = F("workers") * F("gpus_per_worker")
+    usage = TrainingJob.objects.filter(tenant=tenant).aggregate(
+        n_active=Count("id", filter=active),
+        gpus_held=Sum(gpus_of, filter=active),
+        # Unfinished jobs are charged what they may still run; finished ones what they ran.
+        reserved_s=Sum(gpus_of * F("max_runtime_s"), filter=active),
+        charged_s=Sum("gpu_seconds_charged", filter=~active & Q(created_at__gte=since)),
+    )
+    n_active = usage["n_active"] or 0
+    gpus_held = int(usage["gpus_held"] or 0)
+    used = ((usage["reserved_s"] or 0) + (usage["charged_s"] or 0.0)) / 3600.0
     if n_active + 1 > quota.concurrent_jobs_max:
         raise QuotaExceeded(
             f"Quota concurrent_jobs_max exceeded: tenant {tenant.slug} has {n_active} active jobs "
@@ -53,26 +62,11 @@ def _quota_check(*, tenant: Tenant, quota: Quota, gpus: int, gpu_hours: float) -
             f"Quota gpus_max exceeded: the job needs {gpus} GPUs, tenant {tenant.slug} holds {gpus_held} "
             f"of {quota.gpus_max}."
         )
-    since = timezone.now() - timedelta(days=quota.period_days)
-    used = 0.0
-    for job in TrainingJob.objects.filter(tenant=tenant, created_at__gte=since).only(
-        "workers", "gpus_per_worker", "max_runtime_s", "status", "started_at", "finished_at"
-    ):
-        used += _gpu_hours_charged(job)
     if used + gpu_hours > quota.gpu_hours_per_period + 1e-9:
         raise QuotaExceeded(
             f"Quota gpu_hours_per_period exceeded: the job may use {gpu_hours:.1f} GPU-hours, tenant {tenant.slug} "
             f"has {used:.1f} of {quota.gpu_hours_per_period:.1f} charged in the last {quota.period_days} days."
         )
-
-
-def _gpu_hours_charged(job: TrainingJob) -> float:
-    """Finished jobs are charged what they ran; unfinished ones what they may still run."""
-    if job.status in TERMINAL:
-        if job.started_at is None or job.finished_at is None:
-            return 0.0
-        return job.gpus_requested * (job.finished_at - job.started_at).total_seconds() / 3600.0
-    return job.gpu_hours_reserved
 
 
 def job_submit(
@@ -143,6 +137,8 @@ def job_transition(*, principal: Principal, job: TrainingJob, status: str, reaso
         job.started_at = now
     if status in TERMINAL:
         job.finished_at = now
+        if job.started_at is not None:
+            job.gpu_seconds_charged = job.gpus_requested * (now - job.started_at).total_seconds()
     job.save()
     JobEvent.objects.create(job=job, kind=f"status.{status}", message=reason or f"status {before['status']} → {status}")
     audit_record(
@@ -177,7 +173,12 @@ def job_scale(*, principal: Principal, job: TrainingJob, workers: int) -> Traini
     if workers > job.workers:
         quota = Quota.objects.select_for_update().get(tenant_id=job.tenant_id)
         extra = (workers - job.workers) * job.gpus_per_worker
-        held = sum(j.gpus_requested for j in TrainingJob.objects.filter(tenant_id=job.tenant_id, status__in=ACTIVE))
+        held = int(
+            TrainingJob.objects.filter(tenant_id=job.tenant_id, status__in=ACTIVE).aggregate(
+                gpus=Sum(F("workers") * F("gpus_per_worker"))
+            )["gpus"]
+            or 0
+        )
         if held + extra > quota.gpus_max:
             raise QuotaExceeded(
                 f"Quota gpus_max exceeded: scaling to {workers} workers needs {extra} more GPUs, tenant holds "

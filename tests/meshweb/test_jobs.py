@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db.models import F
 
 from meshweb.audit.models import AuditEntry
 from meshweb.core.exceptions import Conflict
@@ -208,3 +210,18 @@ def test_job_status_machine(demo: Any) -> None:
         job_transition(principal=SYSTEM, job=job, status=JobStatus.RUNNING)
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED
+
+
+def test_gpu_hours_charge_what_finished_jobs_ran(demo: Any) -> None:
+    tenant, client = demo
+    Quota.objects.filter(tenant=tenant).update(gpu_hours_per_period=3.0)
+    first = TrainingJob.objects.get(pk=client.post("/api/v1/jobs/", EXAMPLE_JOB, format="json").json()["id"])
+    refused = client.post("/api/v1/jobs/", EXAMPLE_JOB, format="json")  # 2 reserved + 2 > 3
+    assert refused.status_code == 422 and "has 2.0 of 3.0" in refused.json()["error"]["message"]
+    for status in [JobStatus.QUEUED, JobStatus.PLACING, JobStatus.RUNNING]:
+        first = job_transition(principal=SYSTEM, job=first, status=status)
+    TrainingJob.objects.filter(pk=first.pk).update(started_at=F("started_at") - timedelta(minutes=15))
+    job_transition(principal=SYSTEM, job=first, status=JobStatus.SUCCEEDED)
+    first.refresh_from_db()
+    assert first.gpu_seconds_charged == pytest.approx(2 * 900, rel=0.01)
+    assert client.post("/api/v1/jobs/", EXAMPLE_JOB, format="json").status_code == 201  # 0.5 charged + 2 ≤ 3
