@@ -303,12 +303,18 @@ async def open_loop(url: str, rate: float, duration: float) -> dict[str, float]:
     }
 
 
+def _exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per path and phase")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1, help="our router's worker processes")
     args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C so that every started peer is stopped.
+    signal.signal(signal.SIGTERM, _exit)
     ensure_apt("nginx", "wrk")
     ensure_vllm_router()
     import uvloop

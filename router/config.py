@@ -137,6 +137,11 @@ class RoutingPolicy(_Strict):
     ab_split: dict[str, float] = Field(default_factory=dict, description="strategy -> weight; empty = no A/B")
     shadow_strategy: str | None = None
     deadline_s: float = Field(default=300.0, gt=0)
+    hold_when_full: bool = Field(
+        default=True,
+        description="when every target's batch slots are taken, hold requests at the router (FIFO by SLO class) "
+        "and dispatch each to the first target that frees a slot, instead of queueing blind at one runtime",
+    )
     first_byte_timeout_s: float = Field(default=60.0, gt=0)
     hedging: HedgingConfig = Field(default_factory=HedgingConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)

@@ -18,7 +18,7 @@ from router.config import OutlierConfig, RoutingPolicy
 from router.core.hedging import HedgeBudget, HedgeParams, hedge_delay
 from router.core.outlier import OutlierDetector
 from router.core.retry import Outcome, RetryRules
-from router.metrics import EJECTIONS, HEDGE_SKIPPED, HEDGES, RETRIES, TTFT
+from router.metrics import EJECTIONS, HEDGE_SKIPPED, HEDGES, RETRIES, TTFT, child
 from router.view import Target
 
 # Headers that describe one hop and must not be copied across the proxy.
@@ -99,6 +99,7 @@ class Forwarder:
             outlier.consecutive_failures, outlier.base_ejection_s, outlier.max_ejection_s, outlier.max_ejected_fraction
         )
         self._budgets: dict[str, HedgeBudget] = {}
+        self.on_slot_free: Callable[[str], None] = lambda model: None
         self._params: dict[int, HedgeParams] = {}
         self._rules: dict[int, RetryRules] = {}
 
@@ -222,7 +223,19 @@ class Forwarder:
                     if hedge_at is not None and now >= hedge_at:
                         hedge_at = None
                         if next_idx < len(order) and not hedged:
-                            if budget.try_spend():
+                            # A copy only helps on a target that would start it sooner than the primary: one
+                            # queued as deep or deeper would add load and win nothing.
+                            primary_wait = order[0].est_waiting()
+                            pick = next(
+                                (
+                                    j
+                                    for j in range(next_idx, len(order))
+                                    if order[j].est_waiting() < max(1.0, primary_wait)
+                                ),
+                                None,
+                            )
+                            if pick is not None and budget.try_spend():
+                                order[next_idx], order[pick] = order[pick], order[next_idx]
                                 hedged = True
                                 HEDGES.labels(model, "fired").inc()
                                 launch(True)
@@ -252,7 +265,9 @@ class Forwarder:
                             att.target.inflight += 1  # the caller holds it until the stream ends
                         else:
                             resp.close()
+                            self.on_slot_free(model)
                         continue
+                    self.on_slot_free(model)
                     fail = _classify_exc(exc)
                     failures.append(fail)
                     self._failure(att.target, model, now)
@@ -276,6 +291,7 @@ class Forwarder:
             for task, att in tasks.items():
                 task.cancel()
                 att.target.inflight -= 1
+                self.on_slot_free(model)
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
@@ -308,6 +324,7 @@ class Forwarder:
                 resp, first, outcome = await self._attempt(t, path, body_for(t), headers, remaining, rules)
             except AttemptFailed as fail:
                 t.inflight -= 1
+                self.on_slot_free(model)
                 last = fail
                 now = time.monotonic()
                 self._failure(t, model, now)
@@ -321,6 +338,7 @@ class Forwarder:
                 break
             except BaseException:
                 t.inflight -= 1
+                self.on_slot_free(model)
                 raise
             w = Winner(t, resp, first, time.monotonic() - started, outcome, attempts=len(tried), tried=tried)
             self._won(w, model)
@@ -331,7 +349,7 @@ class Forwarder:
         if w.outcome is not Outcome.SERVER_ERROR:
             self.outlier.on_success(w.target.id)
             w.target.ttft.add(w.ttft)
-            TTFT.labels(*w.target.labels).observe(w.ttft)
+            child(TTFT, *w.target.labels).observe(w.ttft)
         else:
             self._failure(w.target, model, time.monotonic())
 

@@ -7,6 +7,7 @@ worker imports prometheus_client), so one scrape of any worker sees the whole ro
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -78,6 +79,11 @@ LOCAL_ONLY = Gauge(
 )
 TARGETS = Gauge("infermesh_router_targets", "Targets in the view", ["source"], multiprocess_mode="max")
 EJECTIONS = Counter("infermesh_router_ejections_total", "Outlier ejections", ["model", "runtime", "node"])
+HELD = Gauge(
+    "infermesh_router_held",
+    "Requests held at the router until a target frees a batch slot",
+    multiprocess_mode="livesum",
+)
 INFLIGHT = Gauge("infermesh_router_inflight", "Requests in flight", multiprocess_mode="livesum")
 QUOTA_BACKEND = Counter(
     "infermesh_router_quota_backend_errors_total", "Shared-quota (Redis) calls that failed, served locally", []
@@ -91,3 +97,15 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, memoised: label lookup is a measurable share of a request's CPU time."""
+    key = (id(metric), values)
+    c = _children.get(key)
+    if c is None:
+        c = _children[key] = metric.labels(*values)
+    return c

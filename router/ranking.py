@@ -14,7 +14,7 @@ from agents.strategies import load_strategy
 from agents.strategies.base import HEALTHY, UNKNOWN, Decision, RouteRequest, Strategy, TargetView
 from agents.strategies.host import StrategyHost
 from router.config import RoutingPolicy
-from router.metrics import ARM_TTFT, DECISION, SHADOW, STRATEGY_FALLBACKS, WIN_RATE
+from router.metrics import ARM_TTFT, DECISION, SHADOW, STRATEGY_FALLBACKS, WIN_RATE, child
 from router.view import Target
 from router.view import TargetView as RouterView
 
@@ -72,7 +72,7 @@ class Ranker:
         self._arms: dict[tuple[str, str], deque[float]] = {}
 
     def _observe(self, d: Decision) -> None:
-        DECISION.labels(d.strategy).observe(d.decision_us / 1e6)
+        child(DECISION, d.strategy).observe(d.decision_us / 1e6)
         if d.fallback:
             STRATEGY_FALLBACKS.labels(d.fallback_reason.split(":")[0]).inc()
 
@@ -157,7 +157,7 @@ class Ranker:
 
     def observe(self, model: str, strategy: str, ttft: float) -> None:
         """Per-arm TTFT, and the arm's win rate against the baseline arm's recent median."""
-        ARM_TTFT.labels(model, strategy).observe(ttft)
+        child(ARM_TTFT, model, strategy).observe(ttft)
         arm = self._arms.setdefault((model, strategy), deque(maxlen=256))
         arm.append(ttft)
         base = self._arms.get((model, BASELINE))

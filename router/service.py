@@ -6,10 +6,13 @@ routing policy. open: forward with retries and hedging. finish: release quota, m
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -20,7 +23,7 @@ from router.config import RouterConfig, RoutingPolicy, TenantConfig
 from router.core.admission import AdmissionController, TargetLoad
 from router.core.quota import estimate_tokens
 from router.forward import Forwarder, Winner
-from router.metrics import ADMISSION_REFUSED, ERRORS, INFLIGHT, LATENCY, REQUESTS, TOKENS
+from router.metrics import ADMISSION_REFUSED, ERRORS, HELD, INFLIGHT, LATENCY, REQUESTS, TOKENS, child
 from router.obs import access_log
 from router.quota import Lease, QuotaManager
 from router.ranking import Ranker
@@ -94,6 +97,8 @@ class RouterService:
         self.agent = AgentLink(self.view, cfg.agent)
         self._tenants = _tenant_index(cfg.tenants)
         self._admission: dict[int, AdmissionController] = {}
+        self._held: dict[str, dict[str, deque[asyncio.Future[None]]]] = {}
+        self.forwarder.on_slot_free = self.slot_freed
         self.inflight = 0
 
     async def start(self) -> None:
@@ -186,9 +191,20 @@ class RouterService:
                 f"tenant {tenant.name!r} is over its {q.reason} quota; retry after {q.retry_after_header}s",
                 retry_after=q.retry_after_header,
             )
-        ranked, strategy = self.ranker.rank(model, candidates, policy, corr_id, prompt_chars, max_tokens)
         self.inflight += 1
         INFLIGHT.inc()
+        try:
+            if policy.hold_when_full:
+                await self._hold_for_slot(model, candidates, priority, policy, lease)
+            ranked, strategy = self.ranker.rank(model, candidates, policy, corr_id, prompt_chars, max_tokens)
+        except BaseException:
+            self.inflight -= 1
+            INFLIGHT.dec()
+            await self.quotas.release(lease, None)
+            raise
+        if policy.hold_when_full:
+            # Targets that can start the request now go first, in the strategy's order.
+            ranked = [t for t in ranked if t.has_slot()] + [t for t in ranked if not t.has_slot()]
         return Ticket(
             api=api,
             model=model,
@@ -204,6 +220,46 @@ class RouterService:
             trace_id=trace_id,
             deadline=t0 + min(policy.deadline_s, deadline_s if deadline_s is not None else policy.deadline_s),
         )
+
+    async def _hold_for_slot(
+        self, model: str, candidates: list[Target], priority: str, policy: RoutingPolicy, lease: Lease | None
+    ) -> None:
+        queues = self._held.setdefault(model, {p: deque() for p in PRIORITIES})
+        held = sum(len(q) for q in queues.values())
+        if not held and any(t.has_slot() for t in candidates):
+            return
+        limit = policy.admission.max_queue_per_target * max(1, len(candidates))
+        limit *= policy.admission.priority_factor.get(priority, 1.0)
+        if held >= limit:
+            raise Refusal(429, "overloaded", f"model {model!r} is overloaded (router queue {held})", retry_after="1")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queues[priority].append(fut)
+        HELD.inc()
+        try:
+            await asyncio.wait_for(fut, policy.first_byte_timeout_s)
+        except TimeoutError:
+            raise Refusal(
+                504, "queue_timeout", f"no batch slot freed for model {model!r} within {policy.first_byte_timeout_s:g}s"
+            ) from None
+        finally:
+            HELD.dec()
+            if not fut.done():
+                fut.cancel()
+            with contextlib.suppress(ValueError):
+                queues[priority].remove(fut)
+
+    def slot_freed(self, model: str) -> None:
+        """A target of `model` finished a request: wake the longest-held request of the highest SLO class."""
+        queues = self._held.get(model)
+        if not queues:
+            return
+        for p in reversed(PRIORITIES):  # critical first
+            q = queues[p]
+            while q:
+                fut = q.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+                    return
 
     def _refused(self, model: str, tenant: str, api: str, reason: str) -> None:
         ADMISSION_REFUSED.labels(model, tenant, reason).inc()
@@ -236,6 +292,7 @@ class RouterService:
         if w is not None:
             w.target.inflight -= 1
             w.target.on_done(now)
+            self.slot_freed(ticket.model)
 
         used = None
         if ticket.completion_tokens is not None:
@@ -243,14 +300,14 @@ class RouterService:
         await self.quotas.release(ticket.lease, used)
         dur = now - ticket.t0
         status = ticket.status or (499 if ticket.cancelled else 502)
-        REQUESTS.labels(model=ticket.model, tenant=ticket.tenant, api=ticket.api, code=str(status)).inc()
-        LATENCY.labels(ticket.model, ticket.tenant).observe(dur)
+        child(REQUESTS, ticket.model, ticket.tenant, ticket.api, str(status)).inc()
+        child(LATENCY, ticket.model, ticket.tenant).observe(dur)
         if ticket.cause:
             ERRORS.labels(ticket.model, ticket.tenant, ticket.cause).inc()
         if ticket.completion_tokens:
-            TOKENS.labels(ticket.model, ticket.tenant, "completion").inc(ticket.completion_tokens)
+            child(TOKENS, ticket.model, ticket.tenant, "completion").inc(ticket.completion_tokens)
         if ticket.prompt_tokens:
-            TOKENS.labels(ticket.model, ticket.tenant, "prompt").inc(ticket.prompt_tokens)
+            child(TOKENS, ticket.model, ticket.tenant, "prompt").inc(ticket.prompt_tokens)
         if self.cfg.logging.access_log:
             access_log(
                 corr_id=ticket.corr_id,

@@ -45,6 +45,7 @@ class Target:
     freshness: float = 0.0
     state: Any = None  # the agent's TargetState message, handed to strategies as is
     updated: float = 0.0
+    learned_slots: int | None = None  # batch slots seen in use while the runtime queued (when it does not say)
     # Local knowledge of this router.
     inflight: int = 0
     completed: int = 0
@@ -57,11 +58,26 @@ class Target:
     def labels(self) -> tuple[str, str, str, str, str, str, str]:
         return (self.model, self.revision, self.runtime, self.node, self.gpu_uuid, self.mig_profile, self.zone)
 
+    @property
+    def slots(self) -> int | None:
+        return self.max_concurrency or self.learned_slots
+
+    def has_slot(self) -> bool:
+        """Whether a request sent now would start at once (unknown slot count: assume so)."""
+        slots = self.slots
+        return slots is None or self.inflight < slots
+
+    def learn(self, waiting: float | None, running: float | None) -> None:
+        # A runtime that queues while running N sequences has (at most) N slots; the maximum over time converges.
+        if waiting is not None and running is not None and waiting >= 1 and running >= 1:
+            self.learned_slots = max(self.learned_slots or 0, int(running))
+
     def est_waiting(self) -> float:
         """Queue estimate: the agent's figure when fresh, else what this router itself has in flight there."""
         local = float(self.inflight)
-        if self.max_concurrency:
-            local = max(0.0, local - self.max_concurrency)
+        slots = self.slots
+        if slots:
+            local = max(0.0, local - slots)
         if self.waiting is None:
             return local
         return max(self.waiting, local)
@@ -177,9 +193,12 @@ class TargetView:
             st = self._static.get(new.id)
             if st is not None:
                 new.inflight, new.completed, new.ttft = st.inflight, st.completed, st.ttft
+                new.learned_slots = st.learned_slots
+            new.learn(new.waiting, new.running)
             return new
         for name in _AGENT_FIELDS:
             setattr(old, name, getattr(new, name))
+        old.learn(new.waiting, new.running)
         return old
 
     def replace_agent(self, targets: Iterable[Target]) -> None:

@@ -143,3 +143,27 @@ async def test_bounded_memory_under_3x_overload(em: EmulatorProcess, tmp_path: P
         assert max(r[1] for r in refused) < min(5.0, max(r[1] for r in ok))
         assert peak <= cap
         assert rss1 - rss0 < 40_000, (rss0, rss1)
+
+
+async def test_requests_are_held_at_the_router_while_every_slot_is_taken(em: EmulatorProcess, tmp_path: Path) -> None:
+    cfg = router_config([em.url])
+    cfg["targets"][0]["max_concurrency"] = 2  # type: ignore[index]
+    with running_router(cfg, tmp_path) as rp:
+        body = {"model": "demo-llm", "prompt": "x", "max_tokens": 400, "stream": True}
+        headers = {"Authorization": "Bearer demo-key"}
+
+        async def one(s: aiohttp.ClientSession) -> bytes:
+            async with s.post(rp.url + "/v1/completions", json=body, headers=headers) as r:
+                assert r.status == 200
+                return await r.read()
+
+        async with aiohttp.ClientSession() as s:
+            tasks = [asyncio.ensure_future(one(s)) for _ in range(6)]
+            await asyncio.sleep(0.4)
+            metrics = httpx.get(rp.url + "/metrics").text
+            held = [ln for ln in metrics.splitlines() if ln.startswith("infermesh_router_held ")]
+            stats = httpx.get(em.url + "/emulator/stats").json()
+            bodies = await asyncio.gather(*tasks)
+        assert float(held[0].split()[1]) == 4  # two running at the runtime, four held by the router
+        assert stats["running"] == 2 and stats["waiting"] == 0, stats
+        assert all(b.endswith(b"data: [DONE]\n\n") for b in bodies)
