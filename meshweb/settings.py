@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "meshweb.training",
     "meshweb.policy",
     "meshweb.audit",
+    "meshweb.identity",
 ]
 
 MIDDLEWARE = [
@@ -99,9 +100,18 @@ if EMBEDDED:
         }
     }
 else:
-    _db = dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60, conn_health_checks=True)
+    _db = dj_database_url.parse(os.environ["DATABASE_URL"])
     if _db["ENGINE"] == "django.db.backends.postgresql":
         _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
+        # Under ASGI each request may run on another thread, so persistent per-thread connections would pile up
+        # until the server refuses clients; a per-process pool bounds them and saves a connect per request.
+        _db["OPTIONS"] = {
+            "pool": {
+                "min_size": 1,
+                "max_size": int(os.environ.get("INFERMESH_DB_POOL_SIZE", "8")),
+                "timeout": 10,
+            }
+        }
     DATABASES = {"default": dict(_db)}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -116,6 +126,12 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 LOGIN_URL = "/admin/login/"
+
+# OIDC login and bearer tokens (meshweb/identity/conf.py): on when OIDC_OP_ISSUER is set.
+from meshweb.identity.conf import authentication_backends, oidc_settings  # noqa: E402
+
+globals().update(oidc_settings(os.environ))
+AUTHENTICATION_BACKENDS = authentication_backends(globals()["OIDC_ENABLED"])
 SESSION_ENGINE = "meshweb.core.sessions"
 # Static files are served by the portal itself (no separate web server on the embedded default).
 WHITENOISE_USE_FINDERS = True
@@ -153,6 +169,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "meshweb.tenancy.authentication.ApiTokenAuthentication",
         "meshweb.tenancy.authentication.SessionAuthentication",
+        "meshweb.identity.authentication.OidcBearerAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["meshweb.tenancy.permissions.TenantRolePermission"],
     "DEFAULT_PAGINATION_CLASS": "meshweb.core.api.pagination.LimitOffsetPagination",

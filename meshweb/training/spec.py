@@ -71,5 +71,6 @@ class JobSpecSerializer(StrictSerializer):
 def validate_spec(spec: Any) -> dict[str, Any]:
     """The spec in canonical form, or a ValidationError naming every wrong field."""
     serializer = JobSpecSerializer(data=spec)
-    serializer.is_valid(raise_exception=True)
+    if not serializer.is_valid():
+        raise serializers.ValidationError({"spec": serializer.errors})
     return dict(serializer.validated_data)

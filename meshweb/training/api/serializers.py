@@ -12,10 +12,18 @@ from meshweb.training.models import JobEvent, JobPlacement, TrainingJob
 from meshweb.training.spec import JobSpecSerializer
 
 
-class JobSubmitSerializer(StrictSerializer):
+class JobEnvelopeSerializer(StrictSerializer):
+    """The submission around the spec; the spec itself is validated once, by the job_submit service."""
+
     tenant = tenant_field()
     name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", max_length=128)
     priority = serializers.IntegerField(min_value=0, max_value=1000, default=50)
+    spec = serializers.JSONField()
+
+
+class JobSubmitSerializer(JobEnvelopeSerializer):
+    """What the API documents for a submission."""
+
     spec = JobSpecSerializer()
 
 

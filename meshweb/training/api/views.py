@@ -17,6 +17,7 @@ from meshweb.core.api.views import ScopedViewSetMixin
 from meshweb.tenancy.roles import Role
 from meshweb.training.api.serializers import (
     JobCancelSerializer,
+    JobEnvelopeSerializer,
     JobEventSerializer,
     JobScaleSerializer,
     JobSerializer,
@@ -51,7 +52,7 @@ class JobViewSet(
     @extend_schema(request=JobSubmitSerializer, responses={201: JobSerializer}, parameters=[IDEMPOTENCY_HEADER])
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Submit a training job; refused with 422 naming the quota when it would exceed one."""
-        serializer = JobSubmitSerializer(data=request.data, context=self.get_serializer_context())
+        serializer = JobEnvelopeSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         key = request.headers.get("Idempotency-Key")
@@ -61,12 +62,13 @@ class JobViewSet(
             principal=self.principal,
             tenant=data["tenant"],
             name=data["name"],
-            spec=request.data.get("spec"),
+            spec=data["spec"],
             priority=data["priority"],
             idempotency_key=key,
             fingerprint=request_fingerprint(request.data) if key else None,
         )
-        job = self.base_queryset().get(pk=submission.job.pk)
+        # A new job has no placements yet; a replayed one is read back as it is now.
+        job = self.base_queryset().get(pk=submission.job.pk) if submission.replayed else submission.job
         headers = {"Location": f"/api/v1/jobs/{job.pk}/"}
         if submission.replayed:
             headers["Idempotent-Replayed"] = "true"
