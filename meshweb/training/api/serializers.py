@@ -24,7 +24,7 @@ class JobEnvelopeSerializer(StrictSerializer):
 class JobSubmitSerializer(JobEnvelopeSerializer):
     """What the API documents for a submission."""
 
-    spec = JobSpecSerializer()
+    spec = JobSpecSerializer()  # type: ignore[assignment]
 
 
 class JobPlacementSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
