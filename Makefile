@@ -1,28 +1,35 @@
-PY ?= .venv/bin/python
-export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/infermesh
-export REDIS_URL ?= redis://127.0.0.1:6379/0
+# Two commands on a fresh machine: `make demo` runs the mesh on the embedded default (no server needed);
+# `make test` runs the test suite against the PostgreSQL and Redis on this machine.
+PY := .venv/bin/python
+STAMP := .venv/.installed
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/infermesh
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+EXTRAS ?= dev
 
 .PHONY: install test lint fmt proto demo
 
-install:
+$(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $(STAMP)
 
-test:
-	$(PY) -m pytest -q
+install: $(STAMP)
 
-lint:
+demo: $(STAMP)
+	env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL .venv/bin/infermesh demo
+
+test: $(STAMP)
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -q
+
+lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy meshweb agents router
 
-fmt:
+fmt: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-proto:
+proto: $(STAMP)
 	$(PY) -m agents.proto.build
-
-demo:
-	.venv/bin/infermesh demo
