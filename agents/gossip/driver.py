@@ -385,7 +385,10 @@ class GossipNode:
         result = "ok"
         writer: asyncio.StreamWriter | None = None
         try:
-            reader, w = await asyncio.wait_for(asyncio.open_connection(*req.addr), self.stream_timeout_s)
+            # Dial from the gossip interface, so a peer (or a firewall) sees the same source address as for UDP.
+            local = (self.bind[0], 0) if self.bind[0] not in ("", "0.0.0.0", "::") else None
+            connect = asyncio.open_connection(*req.addr, local_addr=local)
+            reader, w = await asyncio.wait_for(connect, self.stream_timeout_s)
             writer = w
             frame = self._frame(req.push_pull)
             w.write(frame)

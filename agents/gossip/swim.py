@@ -228,6 +228,8 @@ class Swim:
         self._out = Output()
         self._seeds: list[Addr] = []
         self._pending_fetch: set[str] = set()
+        self._joined = True
+        self._join_backoff = 0.5
         self._started = False
 
     # ------------------------------------------------------------------ public inputs
@@ -247,9 +249,19 @@ class Swim:
     def join(self, now: float, seeds: list[Addr]) -> Output:
         """Push/pull full state with each seed over TCP; a seed that answers makes us known to the mesh."""
         self._seeds = [s for s in seeds if s != self.addr]
+        self._joined = not self._seeds
+        self._join_backoff = 0.5
+        self._t_rejoin(now, None)
+        return self._flush()
+
+    def _t_rejoin(self, now: float, _: Any) -> None:
+        """Until one seed has answered, keep trying all of them with backoff (seeds may start after us)."""
+        if self._joined or self.leaving:
+            return
         for s in self._seeds:
             self._out.streams.append(StreamRequest(s, self._local_state(join=True), "join"))
-        return self._flush()
+        self._at(now + self._join_backoff, "rejoin", None)
+        self._join_backoff = min(self._join_backoff * 2, self.config.reconnect_interval)
 
     def leave(self, now: float) -> Output:
         """Graceful leave: announce our own death; members mark us `left` and do not wait for a timeout."""
@@ -311,6 +323,8 @@ class Swim:
 
     def push_pull_done(self, now: float, req: StreamRequest, remote: PushPull) -> Output:
         """The reply to a push/pull we initiated."""
+        if req.purpose == "join":
+            self._joined = True
         self._merge(now, remote)
         return self._flush()
 

@@ -1,0 +1,118 @@
+"""Fault-injecting UDP + TCP proxy for loopback meshes (no `tc netem` here): per-route packet loss and partitions.
+
+Each node advertises a proxy address; the proxy forwards to the node's real address. Senders are told apart by
+source IP (give each node its own 127.0.0.x), so a partition drops UDP and refuses TCP between groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agents.gossip.messages import Addr
+
+
+@dataclass(slots=True)
+class ProxyStats:
+    forwarded: int = 0
+    lost: int = 0
+    partitioned: int = 0
+    tcp_refused: int = 0
+
+
+class _UdpRoute(asyncio.DatagramProtocol):
+    def __init__(self, proxy: FaultProxy, target: Addr) -> None:
+        self.proxy = proxy
+        self.target = target
+        self.out: asyncio.DatagramTransport | None = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.out is None or not self.proxy._allowed(addr[0], self.target[0], udp=True):
+            return
+        self.proxy.stats.forwarded += 1
+        self.out.sendto(data, self.target)
+
+
+@dataclass(slots=True)
+class _Route:
+    listen: Addr
+    target: Addr
+    udp_in: asyncio.DatagramTransport | None = None
+    udp_out: asyncio.DatagramTransport | None = None
+    server: asyncio.Server | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class FaultProxy:
+    def __init__(self, routes: dict[Addr, Addr], *, loss: float = 0.0, seed: int = 0) -> None:
+        """`routes`: proxy listen address -> the node's real address."""
+        self.loss = loss
+        self.rng = random.Random(seed)
+        self.stats = ProxyStats()
+        self._routes = [_Route(listen, target) for listen, target in routes.items()]
+        self._group: dict[str, int] = {}
+
+    def partition(self, groups: list[list[str]]) -> None:
+        """Split by source/target IP: traffic flows only within a group."""
+        self._group = {ip: gid for gid, ips in enumerate(groups) for ip in ips}
+
+    def heal(self) -> None:
+        self._group = {}
+
+    def _allowed(self, src_ip: str, dst_ip: str, *, udp: bool) -> bool:
+        if self._group and self._group.get(src_ip, -1) != self._group.get(dst_ip, -2):
+            self.stats.partitioned += 1
+            return False
+        if udp and self.loss and self.rng.random() < self.loss:
+            self.stats.lost += 1
+            return False
+        return True
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for r in self._routes:
+            proto = _UdpRoute(self, r.target)
+            factory: Callable[[], _UdpRoute] = functools.partial(lambda p: p, proto)
+            r.udp_in, _ = await loop.create_datagram_endpoint(factory, local_addr=r.listen)
+            # Forwarded packets leave from the proxy's address; SWIM replies to addresses inside messages anyway.
+            r.udp_out, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=(r.listen[0], 0))
+            proto.out = r.udp_out
+            r.server = await asyncio.start_server(functools.partial(self._tcp, r), *r.listen)
+
+    async def _tcp(self, r: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        src_ip = writer.get_extra_info("peername")[0]
+        if not self._allowed(src_ip, r.target[0], udp=False):
+            self.stats.tcp_refused += 1
+            writer.close()
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection(*r.target)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await a.read(65536):
+                    b.write(data)
+                    await b.drain()
+            with contextlib.suppress(Exception):
+                b.write_eof()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer), return_exceptions=True)
+        for w in (writer, up_w):
+            w.close()
+
+    async def stop(self) -> None:
+        for r in self._routes:
+            for t in (r.udp_in, r.udp_out):
+                if t is not None:
+                    t.close()
+            if r.server is not None:
+                r.server.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(r.server.wait_closed(), 1.0)
