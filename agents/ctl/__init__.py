@@ -16,6 +16,7 @@ import grpc
 # Add one line per module that contributes verbs (gossip: members; raft: store, raft).
 VERB_MODULES: list[str] = [
     "agents.ctl.core",
+    "agents.ctl.members",
     "agents.ctl.store",
     "agents.ctl.raft",
 ]
@@ -29,9 +30,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _hoist_common(argv: list[str]) -> list[str]:
+    """`ctl --agent H:P members --json` means `ctl members --agent H:P --json`: common flags may precede the verb."""
+    front: list[str] = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("--") and argv[i] not in ("--help",):
+        flag = argv[i]
+        takes_value = flag in ("--agent", "--timeout")
+        front += argv[i : i + (2 if takes_value else 1)]
+        i += 2 if takes_value else 1
+    if not front or i >= len(argv):
+        return argv
+    return [argv[i], *front, *argv[i + 1 :]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(_hoist_common(list(sys.argv[1:] if argv is None else argv)))
     try:
         rc: int = args.func(args)
     except BrokenPipeError:  # the reader (e.g. `head`) left; nothing more to say
