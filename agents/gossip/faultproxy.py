@@ -22,6 +22,8 @@ class ProxyStats:
     lost: int = 0
     partitioned: int = 0
     tcp_refused: int = 0
+    udp_bytes: int = 0  # bytes offered by senders (before loss), what a sender's gossip costs
+    tcp_bytes: int = 0
 
 
 class _UdpRoute(asyncio.DatagramProtocol):
@@ -31,6 +33,7 @@ class _UdpRoute(asyncio.DatagramProtocol):
         self.out: asyncio.DatagramTransport | None = None
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.proxy.stats.udp_bytes += len(data)
         if self.out is None or not self.proxy._allowed(addr[0], self.target[0], udp=True):
             return
         self.proxy.stats.forwarded += 1
@@ -73,15 +76,23 @@ class FaultProxy:
         return True
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         for r in self._routes:
-            proto = _UdpRoute(self, r.target)
-            factory: Callable[[], _UdpRoute] = functools.partial(lambda p: p, proto)
-            r.udp_in, _ = await loop.create_datagram_endpoint(factory, local_addr=r.listen)
-            # Forwarded packets leave from the proxy's address; SWIM replies to addresses inside messages anyway.
-            r.udp_out, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=(r.listen[0], 0))
-            proto.out = r.udp_out
-            r.server = await asyncio.start_server(functools.partial(self._tcp, r), *r.listen)
+            await self._open(r)
+
+    async def add_route(self, listen: Addr, target: Addr) -> None:
+        r = _Route(listen, target)
+        self._routes.append(r)
+        await self._open(r)
+
+    async def _open(self, r: _Route) -> None:
+        loop = asyncio.get_running_loop()
+        proto = _UdpRoute(self, r.target)
+        factory: Callable[[], _UdpRoute] = functools.partial(lambda p: p, proto)
+        r.udp_in, _ = await loop.create_datagram_endpoint(factory, local_addr=r.listen)
+        # Forwarded packets leave from the proxy's address; SWIM replies to addresses inside messages anyway.
+        r.udp_out, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=(r.listen[0], 0))
+        proto.out = r.udp_out
+        r.server = await asyncio.start_server(functools.partial(self._tcp, r), *r.listen)
 
     async def _tcp(self, r: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         src_ip = writer.get_extra_info("peername")[0]
@@ -98,6 +109,7 @@ class FaultProxy:
         async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await a.read(65536):
+                    self.stats.tcp_bytes += len(data)
                     b.write(data)
                     await b.drain()
             with contextlib.suppress(Exception):

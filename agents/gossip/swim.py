@@ -230,6 +230,7 @@ class Swim:
         self._pending_fetch: set[str] = set()
         self._joined = True
         self._join_backoff = 0.5
+        self._last_eager = -1e9
         self._started = False
 
     # ------------------------------------------------------------------ public inputs
@@ -610,6 +611,7 @@ class Swim:
             self._check_degraded()
             self._queue_alive(m)
             self._event("join", m, now)
+            self._eager(now)
             return
         if a.incarnation <= m.incarnation:
             return
@@ -700,6 +702,7 @@ class Swim:
         self._set_state(m, MemberState.LEFT if left else MemberState.DEAD, now)
         self._broadcasts.queue((d.node, "m"), d)
         self._event("left" if left else "dead", m, now)
+        self._eager(now)
         self._at(now + self.config.dead_reap_after, "reap", d.node)
 
     def _t_reap(self, now: float, node: str) -> None:
@@ -745,6 +748,15 @@ class Swim:
 
     def _t_gossip(self, now: float, _: Any) -> None:
         self._at(now + self.config.gossip_interval, "gossip", None)
+        self._gossip_round(now)
+
+    def _eager(self, now: float) -> None:
+        """Membership changes go out at once instead of waiting up to a gossip interval (rate-limited)."""
+        if now - self._last_eager >= self.config.gossip_interval / 4:
+            self._last_eager = now
+            self._gossip_round(now)
+
+    def _gossip_round(self, now: float) -> None:
         if not len(self._broadcasts):
             return
         targets = self._random_members(self.config.gossip_nodes, set(), (MemberState.ALIVE, MemberState.SUSPECT))
