@@ -11,11 +11,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agents.strategies.base import Decision, RouteRequest, Scored, Strategy, TargetIndex, TargetView
 from agents.strategies.builtins import BaselineRR
+
+if TYPE_CHECKING:
+    from agents.scheduler.costmodel import Fabric
+    from agents.strategies.placement import PlacementCandidate, PlacementDecision, PlacementStrategy
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +55,11 @@ class StrategyHost:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.perf_counter,
         on_decision: Callable[[Decision], None] | None = None,
+        placement: Mapping[str, PlacementStrategy] | None = None,
+        placement_budget_ms: float = 200.0,
     ) -> None:
         from agents.strategies import make_builtin_strategies
+        from agents.strategies.placement import PLACEMENT_FALLBACK, Ring, make_placement_strategies
 
         self.index = TargetIndex()
         self.strategies: dict[str, Strategy] = dict(strategies) if strategies is not None else {}
@@ -69,6 +77,13 @@ class StrategyHost:
         self.clock = clock
         self.on_decision = on_decision
         self.stats: dict[str, StrategyStats] = {name: StrategyStats() for name in self.strategies}
+        # Training strategies (ring / tree / hierarchical) score placements; same budget-and-fallback rules, in ms.
+        self.placement: dict[str, PlacementStrategy] = dict(placement) if placement else make_placement_strategies()
+        if PLACEMENT_FALLBACK not in self.placement:
+            self.placement[PLACEMENT_FALLBACK] = Ring()
+        self.placement_budget_ms = placement_budget_ms
+        for name in self.placement:
+            self.stats.setdefault(f"placement:{name}", StrategyStats())
 
     # -- index maintenance ---------------------------------------------------------------------------------------
     def upsert(self, view: TargetView) -> None:
@@ -151,3 +166,52 @@ class StrategyHost:
         ranked: list[Scored] = self.strategies[FALLBACK].rank(self.index, request, k, self.rng)
         elapsed_us = (self.clock() - start) * 1e6
         return Decision(ranked, FALLBACK, fallback=True, fallback_reason=f"{name}: {reason}", decision_us=elapsed_us)
+
+    # -- training placement ----------------------------------------------------------------------------------------
+    def score_placements(
+        self, candidates: Sequence[PlacementCandidate], fabric: Fabric, *, strategies: Sequence[str] = ()
+    ) -> PlacementDecision:
+        """Score every candidate with each named training strategy (default: ring, tree, hierarchical) and rank the
+        (candidate, strategy) pairs by predicted step time. A strategy that raises or overruns the budget is
+        replaced by `ring` for this decision."""
+        from agents.strategies.placement import PLACEMENT_FALLBACK, PlacementDecision, PlacementScore
+
+        names = list(strategies) or [n for n in ("ring", "tree", "hierarchical") if n in self.placement]
+        unknown = [n for n in names if n not in self.placement]
+        if unknown:
+            raise UnknownStrategyError(f"placement strategy {unknown[0]!r} is not one of {sorted(self.placement)}")
+        start = self.clock()
+        scored: list[PlacementScore] = []
+        reasons: list[str] = []
+        for name in names:
+            stats = self.stats[f"placement:{name}"]
+            t0 = self.clock()
+            use = name
+            if name != PLACEMENT_FALLBACK and stats.tripped_until > t0:
+                use, reason = PLACEMENT_FALLBACK, "tripped"
+                reasons.append(f"{name}: {reason}")
+                stats.fallbacks[reason] = stats.fallbacks.get(reason, 0) + 1
+            try:
+                part = [self.placement[use].score(c, fabric) for c in candidates]
+            except Exception as exc:  # a plugin's bug must never stop scheduling
+                log.warning("placement strategy %s raised %r; falling back to %s", use, exc, PLACEMENT_FALLBACK)
+                self._failure(stats, t0)
+                stats.fallbacks["error"] = stats.fallbacks.get("error", 0) + 1
+                reasons.append(f"{use}: error")
+                part = [self.placement[PLACEMENT_FALLBACK].score(c, fabric) for c in candidates]
+            else:
+                elapsed_ms = (self.clock() - t0) * 1e3
+                if elapsed_ms > self.placement_budget_ms and use != PLACEMENT_FALLBACK:
+                    self._failure(stats, t0)
+                    stats.fallbacks["budget"] = stats.fallbacks.get("budget", 0) + 1
+                    reasons.append(f"{use}: budget")
+                    part = [self.placement[PLACEMENT_FALLBACK].score(c, fabric) for c in candidates]
+                else:
+                    stats.consecutive_failures = 0
+            stats.decisions += 1
+            scored.extend(part)
+        scored.sort(key=lambda s: s.score)
+        return PlacementDecision(
+            scored, names, fallback=bool(reasons), fallback_reason="; ".join(reasons),
+            decision_ms=(self.clock() - start) * 1e3,
+        )  # fmt: skip
