@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "meshweb.policy",
     "meshweb.audit",
     "meshweb.identity",
+    "meshweb.dashboard",
 ]
 
 MIDDLEWARE = [
@@ -213,6 +214,11 @@ SPECTACULAR_SETTINGS = {
 PROMETHEUS_EXPORT_MIGRATIONS = False
 # Several worker processes each keep their own counters; prometheus_client merges them from this folder.
 PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+# Dashboard: a router's /metrics to show requests/s and p99 TTFT on the overview ("" = no router configured), and how
+# often a dashboard socket re-reads the audit log when no doorbell rang (seconds).
+DASHBOARD_ROUTER_METRICS_URL = os.environ.get("INFERMESH_ROUTER_METRICS_URL", "")
+DASHBOARD_POLL_S = float(os.environ.get("INFERMESH_DASHBOARD_POLL_S", "3"))
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {

@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("healthz", healthz, name="healthz"),
+    path("dashboard/", include("meshweb.dashboard.urls")),
     path("", include("meshweb.identity.urls")),
     path("", TemplateView.as_view(template_name="portal/home.html"), name="home"),
     path("", include("django_prometheus.urls")),

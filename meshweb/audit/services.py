@@ -8,6 +8,7 @@ from django.db import models
 
 from meshweb.audit.models import AuditEntry
 from meshweb.core.context import correlation_id
+from meshweb.dashboard.events import publish as ring_dashboard
 
 
 def audit_record(
@@ -19,7 +20,7 @@ def audit_record(
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
 ) -> AuditEntry:
-    return AuditEntry.objects.create(
+    entry = AuditEntry.objects.create(
         actor=actor,
         tenant_id=tenant_id,
         action=action,
@@ -29,3 +30,6 @@ def audit_record(
         after=after,
         correlation_id=correlation_id.get(),
     )
+    # After commit, live dashboards re-read the audit log (they read it themselves, restricted to the viewer).
+    ring_dashboard("audit", id=entry.pk, tenant_id=tenant_id)
+    return entry

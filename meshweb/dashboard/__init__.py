@@ -1,0 +1,1 @@
+"""The admin dashboard: server-rendered pages, live updates over a browser WebSocket (/ws/dashboard/)."""
