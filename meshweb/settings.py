@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "meshweb.policy",
     "meshweb.audit",
     "meshweb.identity",
+    "meshweb.meshlink",
     "meshweb.dashboard",
 ]
 
@@ -164,7 +165,27 @@ CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_TASK_DEFAULT_QUEUE = "infermesh"
+# Periods of the mesh's housekeeping (seconds); tests shorten them through the environment.
+INFERMESH_QUARANTINE_PERIOD_S = float(os.environ.get("INFERMESH_QUARANTINE_PERIOD_S", "15"))
+INFERMESH_QUARANTINE_COOLDOWN_S = float(os.environ.get("INFERMESH_QUARANTINE_COOLDOWN_S", "300"))
+INFERMESH_QUARANTINE_WINDOW_S = float(os.environ.get("INFERMESH_QUARANTINE_WINDOW_S", "120"))
+INFERMESH_HEARTBEAT_STALE_S = float(os.environ.get("INFERMESH_HEARTBEAT_STALE_S", "30"))
+INFERMESH_TELEMETRY_KEEP_S = float(os.environ.get("INFERMESH_TELEMETRY_KEEP_S", "3600"))
+INFERMESH_OUTBOX_KEEP = int(os.environ.get("INFERMESH_OUTBOX_KEEP", "100000"))
+INFERMESH_OUTBOX_POLL_S = float(os.environ.get("INFERMESH_OUTBOX_POLL_S", "2"))
+INFERMESH_AGENT_HEARTBEAT_S = float(os.environ.get("INFERMESH_AGENT_HEARTBEAT_S", "5"))
+INFERMESH_AGENT_TELEMETRY_S = float(os.environ.get("INFERMESH_AGENT_TELEMETRY_S", "5"))
+# One static schedule; `infermesh beat` refuses to start while another beat holds the lock.
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "quarantine-checks": {"task": "fleet.quarantine_checks", "schedule": INFERMESH_QUARANTINE_PERIOD_S},
+    "stale-heartbeats": {
+        "task": "fleet.stale_heartbeats",
+        "schedule": max(1.0, min(INFERMESH_HEARTBEAT_STALE_S / 3, 30.0)),
+    },
+    "prune-telemetry": {"task": "meshlink.prune_telemetry", "schedule": 300.0},
+    "prune-outbox": {"task": "meshlink.prune_outbox", "schedule": 600.0},
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

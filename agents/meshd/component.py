@@ -32,6 +32,7 @@ COMPONENT_FACTORIES: dict[str, str] = {
     "gossip": "agents.gossip.component:make_component",
     "raft": "agents.raft.component:make_component",
     "topology": "agents.topology.component:make_component",
+    "portal": "agents.portal_link.component:make_component",
 }
 
 
@@ -71,6 +72,8 @@ class AgentContext:
     registry: CollectorRegistry
     config: Any  # the agent's validated AgentConfig
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("meshd"))
+    # Set the local node's state (control_pb2.NodeState, reason) as the portal or an operator decides it.
+    set_node_state: Callable[[int, str], None] | None = None
     _rtt_listeners: list[Callable[[RttFn | None], None]] = field(default_factory=list)
 
     def set_rtt_provider(self, rtt: RttFn | None) -> None:

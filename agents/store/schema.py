@@ -43,7 +43,7 @@ class Pinning(_Strict):
 
 
 class NodeStatus(_Strict):
-    status: Literal["active", "cordon", "drain", "quarantine"]
+    status: Literal["active", "cordon", "drain", "quarantine", "offline"]
     reason: str = ""
     since: float | None = None
 

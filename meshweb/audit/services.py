@@ -1,4 +1,5 @@
-"""Writing audit entries; every service that writes calls `audit_record` inside its transaction."""
+"""Writing audit entries; every service that writes calls `audit_record` inside its transaction, which also appends
+what agents must know of the write to the outbox (meshweb/meshlink/outbox.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from django.db import models
 from meshweb.audit.models import AuditEntry
 from meshweb.core.context import correlation_id
 from meshweb.dashboard.events import publish as ring_dashboard
+from meshweb.meshlink.outbox import publish as publish_to_agents
 
 
 def audit_record(
@@ -20,6 +22,8 @@ def audit_record(
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
 ) -> AuditEntry:
+    # Every portal write passes here, so publishing here means no write that agents must know is missed.
+    publish_to_agents(obj=obj, action=action)
     entry = AuditEntry.objects.create(
         actor=actor,
         tenant_id=tenant_id,

@@ -51,7 +51,8 @@ NODE_TRANSITIONS: dict[str, frozenset[str]] = {
     ),
     NodeStatus.DRAINING: frozenset({NodeStatus.CORDONED, NodeStatus.QUARANTINED, NodeStatus.OFFLINE}),
     NodeStatus.QUARANTINED: frozenset({NodeStatus.ACTIVE, NodeStatus.CORDONED, NodeStatus.OFFLINE}),
-    NodeStatus.OFFLINE: frozenset({NodeStatus.ACTIVE, NodeStatus.CORDONED}),
+    # an agent that comes back while its quarantine is still open returns to quarantine
+    NodeStatus.OFFLINE: frozenset({NodeStatus.ACTIVE, NodeStatus.CORDONED, NodeStatus.QUARANTINED}),
 }
 
 
@@ -122,3 +123,39 @@ class Gpu(TimeStamped):
 
     def __str__(self) -> str:
         return self.uuid
+
+
+class NodeQuarantine(TimeStamped):
+    """One quarantine of a node: why, the evidence, and how it ended. A pinned one is never released automatically."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="quarantines")
+    reason = models.CharField(max_length=500)
+    evidence = models.JSONField(default=list, blank=True)
+    automatic = models.BooleanField(default=True, help_text="opened by the quarantine checks (not by an admin)")
+    pinned = models.BooleanField(default=False, help_text="held in quarantine until an admin releases it")
+    last_unhealthy_at = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)
+    released_by = models.CharField(max_length=200, blank=True)
+    release_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"quarantine of {self.node_id}: {self.reason}"
+
+
+class NodeEvent(models.Model):
+    """Things that happened to a node (quarantined, released, offline, back online), newest last."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    kind = models.CharField(max_length=50)
+    message = models.CharField(max_length=1000)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"

@@ -1,0 +1,324 @@
+"""The agent component for the `portal:` config section: keeps a WebSocket to the portal, applies the changes it
+pushes (Raft store or local file, once per version), acks them, and reports heartbeats, telemetry and job status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+from prometheus_client import Counter, Gauge
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agents.portal_link.applier import Applier, FileApplier, RaftApplier, StoreUnavailable
+from agents.portal_link.telemetry import TelemetrySampler, peers
+from agents.proto.infermesh.v1 import control_pb2
+from agents.proto.portal_link import (
+    MAX_PORTAL_FRAME_BYTES,
+    Ack,
+    Changes,
+    Error,
+    Heartbeat,
+    Hello,
+    JobEvent,
+    JobStatus,
+    ProtocolError,
+    Snapshot,
+    Telemetry,
+    Welcome,
+    dump,
+    parse_portal_message,
+)
+
+log = logging.getLogger("meshd.portal")
+
+# Policy-store node statuses -> the agent's own node state ("offline" is the portal losing sight of the node: the
+# node itself keeps its state).
+_NODE_STATE = {
+    "active": control_pb2.NODE_STATE_ACTIVE,
+    "cordon": control_pb2.NODE_STATE_CORDONED,
+    "drain": control_pb2.NODE_STATE_DRAINING,
+    "quarantine": control_pb2.NODE_STATE_QUARANTINED,
+}
+
+
+def _data_root() -> Path:
+    env = os.environ.get("INFERMESH_DATA_DIR")
+    return Path(env) if env else Path.home() / ".local" / "share" / "infermesh"
+
+
+class PortalSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="the portal's agent socket, e.g. ws://portal:8000/ws/agent/")
+    credential: str = ""
+    credential_file: str = ""
+    node: str = ""  # default: the agent's node.id
+    store: Literal["auto", "raft", "file"] = "auto"  # auto: raft when the agent has a raft: section
+    raft_group: str = ""
+    state_file: str = ""  # default: $INFERMESH_DATA_DIR/portal/<node>.json; relative paths are under the data dir
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(default=10.0, gt=0, le=600)
+    sample_s: float = Field(default=0.25, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("ws://", "wss://")):
+            raise ValueError(f"{v!r} must start with ws:// or wss://")
+        return v
+
+    @model_validator(mode="after")
+    def _credential(self) -> PortalSection:
+        if bool(self.credential) == bool(self.credential_file):
+            raise ValueError("give exactly one of credential or credential_file")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+    def secret(self) -> str:
+        if self.credential:
+            return self.credential
+        path = Path(os.path.expandvars(self.credential_file)).expanduser()
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"credential_file {path}: {exc.strerror}") from exc
+
+
+class PortalLinkComponent:
+    name = "portal"
+
+    def __init__(self, cfg: PortalSection) -> None:
+        self.cfg = cfg
+        self.secret = cfg.secret()
+        self.ctx: Any = None
+        self.node = cfg.node
+        self.applier: Applier | None = None
+        self.sampler: TelemetrySampler | None = None
+        self.rtt: Any = None
+        self.connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._seq = 0
+        self._send_lock = asyncio.Lock()
+        self._outbox: asyncio.Queue[JobStatus | JobEvent] = asyncio.Queue(maxsize=10_000)
+        self.applied_version = 0
+
+    def add_to_server(self, server: Any) -> Sequence[str]:
+        return []
+
+    async def start(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.node = self.cfg.node or ctx.node_id
+        self.sampler = TelemetrySampler(ctx.fusion)
+        ctx.on_rtt_provider(self._set_rtt)
+        kind = self.cfg.store
+        if kind == "auto":
+            kind = "raft" if "raft" in getattr(ctx.config, "components", {}) else "file"
+        if kind == "raft":
+            self.applier = RaftApplier(ctx.grpc_address, self.cfg.raft_group)
+        else:
+            path = Path(self.cfg.state_file) if self.cfg.state_file else Path("portal") / f"{self.node}.json"
+            self.applier = FileApplier(path if path.is_absolute() else _data_root() / path)
+        r = ctx.registry
+        self.m_connected = Gauge("meshd_portal_connected", "1 while the portal link is up", registry=r)
+        self.m_version = Gauge("meshd_portal_applied_version", "last portal version applied", registry=r)
+        self.m_changes = Counter("meshd_portal_changes", "portal changes received", ["result"], registry=r)
+        self.m_refused = Counter("meshd_portal_refusals", "frames the portal refused", ["code"], registry=r)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.applier is not None:
+            await self.applier.close()
+
+    def _set_rtt(self, rtt: Any) -> None:
+        self.rtt = rtt
+
+    # -- for other components: job reports ------------------------------------------------------------------------
+    def report_job_status(self, job_id: int, status: str, reason: str = "") -> None:
+        """Queue a job status for the portal (sent in order once connected)."""
+        self._outbox.put_nowait(
+            JobStatus.model_validate({"seq": 1, "job_id": job_id, "status": status, "reason": reason})
+        )
+
+    def report_job_event(self, job_id: int, kind: str, message: str = "", data: dict[str, Any] | None = None) -> None:
+        self._outbox.put_nowait(
+            JobEvent.model_validate({"seq": 1, "job_id": job_id, "kind": kind, "message": message, "data": data or {}})
+        )
+
+    # -- the connection -------------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        delay = self.cfg.reconnect_min_s
+        async with aiohttp.ClientSession() as session:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self._session(session)
+                except asyncio.CancelledError:
+                    raise
+                except (aiohttp.ClientError, OSError, TimeoutError, StoreUnavailable, ProtocolError) as exc:
+                    log.warning("portal link to %s lost: %s", self.cfg.url, exc or type(exc).__name__)
+                except Exception:
+                    log.exception("portal link failed")
+                finally:
+                    self._ws = None
+                    self.connected.clear()
+                    self.m_connected.set(0)
+                if time.monotonic() - started > 30:
+                    delay = self.cfg.reconnect_min_s  # a long session: the next failure is a fresh one
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(self.cfg.reconnect_max_s, delay * 2)
+
+    async def _send(self, frame: Hello | Ack | Heartbeat | Telemetry | JobStatus | JobEvent) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise ConnectionResetError("portal link is down")
+        async with self._send_lock:
+            self._seq += 1
+            await ws.send_str(dump(frame.model_copy(update={"seq": self._seq})))
+
+    async def _session(self, session: aiohttp.ClientSession) -> None:
+        assert self.applier is not None
+        await self._apply_local_status()
+        applied = await self.applier.applied_version()
+        headers = {"Authorization": f"Bearer {self.secret}"}
+        try:
+            ws = await session.ws_connect(
+                self.cfg.url,
+                headers=headers,
+                max_msg_size=MAX_PORTAL_FRAME_BYTES,
+                heartbeat=30.0,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in (401, 403):
+                log.error("portal refused this node's credential (HTTP %s): enroll it again", exc.status)
+            raise
+        tasks: list[asyncio.Task[None]] = []
+        async with ws:
+            self._ws = ws
+            self._seq = 0
+            await self._send(
+                Hello.model_validate(
+                    {"seq": 1, "node": self.node, "applied_version": applied, "store": self.applier.kind}
+                )
+            )
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                frame = parse_portal_message(msg.data)
+                if isinstance(frame, Welcome):
+                    log.info("portal link up: %s from v%d (head v%d)", frame.mode, applied, frame.head)
+                    self.connected.set()
+                    self.m_connected.set(1)
+                    tasks = [
+                        asyncio.create_task(self._heartbeats(frame.heartbeat_s)),
+                        asyncio.create_task(self._telemetry(frame.telemetry_s)),
+                        asyncio.create_task(self._job_reports()),
+                    ]
+                elif isinstance(frame, Changes | Snapshot):
+                    await self._apply(frame)
+                elif isinstance(frame, Error):
+                    self.m_refused.labels(frame.code).inc()
+                    log.warning("portal refused a frame (%s): %s", frame.code, frame.message)
+                    if frame.fatal:
+                        break
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        log.warning("portal link closed (code %s)", ws.close_code)
+
+    async def _apply(self, frame: Changes | Snapshot) -> None:
+        assert self.applier is not None
+        delay = 0.2
+        while True:
+            try:
+                if isinstance(frame, Snapshot):
+                    version = await self.applier.apply_snapshot(frame)
+                    touched = [e.key for e in frame.entries]
+                    self.m_changes.labels("snapshot").inc()
+                else:
+                    version = await self.applier.apply_changes(frame.changes)
+                    touched = [c.key for c in frame.changes]
+                    self.m_changes.labels("applied").inc(len(frame.changes))
+                break
+            except StoreUnavailable as exc:
+                # No quorum yet (or a slow leader): keep the changes and try again; the portal waits for the ack.
+                log.warning("portal changes wait for the store: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+        self.applied_version = version
+        self.m_version.set(version)
+        if f"nodes/{self.node}" in touched or isinstance(frame, Snapshot):
+            await self._apply_local_status()
+        await self._send(Ack(seq=1, version=version))
+
+    async def _apply_local_status(self) -> None:
+        """The portal's word on this node (quarantine, cordon, drain) becomes the node's routable state."""
+        assert self.applier is not None
+        set_state = getattr(self.ctx, "set_node_state", None)
+        if set_state is None:
+            return
+        try:
+            value = await self.applier.get(f"nodes/{self.node}")
+        except StoreUnavailable:
+            return
+        if not value:
+            return
+        state = _NODE_STATE.get(str(value.get("status")))
+        if state is not None:
+            set_state(state, f"portal: {value.get('status')}: {value.get('reason', '')}".rstrip(": "))
+
+    async def _heartbeats(self, every_s: float) -> None:
+        while True:
+            await self._send(
+                Heartbeat(seq=1, state=self._state_name(), sent_unix_ms=int(time.time() * 1000))  # type: ignore[arg-type]
+            )
+            await asyncio.sleep(every_s)
+
+    def _state_name(self) -> str:
+        state = self.ctx.nodes.local.state if self.ctx is not None else 0
+        name = control_pb2.NodeState.Name(state).removeprefix("NODE_STATE_").lower()
+        return name if name in {"active", "cordoned", "draining", "quarantined", "down"} else "unspecified"
+
+    async def _telemetry(self, every_s: float) -> None:
+        assert self.sampler is not None
+        next_report = time.monotonic()
+        while True:
+            self.sampler.sample()
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + every_s
+                others = [n.node_id for n in self.ctx.nodes.all() if n.node_id != self.node]
+                await self._send(
+                    Telemetry(
+                        seq=1,
+                        at_unix_ms=int(time.time() * 1000),
+                        node=self.sampler.node(self._state_name()),
+                        gpus=self.sampler.gpus(),
+                        peers=peers(self.node, others, self.rtt),
+                    )
+                )
+            await asyncio.sleep(min(self.cfg.sample_s, every_s))
+
+    async def _job_reports(self) -> None:
+        while True:
+            frame = await self._outbox.get()
+            await self._send(frame)
+
+
+def make_component(section: Mapping[str, Any]) -> PortalLinkComponent:
+    return PortalLinkComponent(PortalSection.model_validate(dict(section)))

@@ -1,0 +1,231 @@
+"""What agents learn of each portal object: its policy-store key and value (the wire shape of agents.proto.portal_link).
+
+One builder per model that agents must know; objects of other models (memberships, API tokens, audit) publish
+nothing. A delete also removes what depended on the object (a tenant's models, a model's policies, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import models
+
+from agents.proto.portal_link import STORE_NODE_STATUS
+from meshweb.catalog.models import Deployment, Model, ModelRevision
+from meshweb.fleet.models import Node
+from meshweb.policy.models import AdmissionPolicy, RoutingPolicy, Slo
+from meshweb.tenancy.models import Quota, Tenant
+from meshweb.training.models import TrainingJob
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    kind: str
+    key: str
+    value: dict[str, Any]
+
+
+def _tenant(t: Tenant) -> Iterator[Put]:
+    yield Put(
+        "tenant", f"kv/portal/tenants/{t.pk}", {"id": t.pk, "slug": t.slug, "name": t.name, "active": t.is_active}
+    )
+
+
+def _quota(q: Quota) -> Iterator[Put]:
+    # The typed store namespace carries what routers enforce; the training limits ride along under kv/.
+    yield Put(
+        "quota",
+        f"quotas/tenant-{q.tenant_id}",
+        {
+            "requests_per_s": q.requests_per_s,
+            "tokens_per_min": q.tokens_per_min,
+            "gpus": q.gpus_max,
+            "max_concurrency": q.concurrent_requests_max,
+        },
+    )
+    yield Put(
+        "quota",
+        f"kv/portal/quotas/{q.tenant_id}",
+        {
+            "tenant": q.tenant_id,
+            "gpus_max": q.gpus_max,
+            "gpu_hours_per_period": q.gpu_hours_per_period,
+            "period_days": q.period_days,
+            "concurrent_jobs_max": q.concurrent_jobs_max,
+        },
+    )
+
+
+def _model(m: Model) -> Iterator[Put]:
+    yield Put("model", f"kv/portal/models/{m.pk}", {"id": m.pk, "tenant": m.tenant_id, "name": m.name})
+
+
+def _revision(r: ModelRevision) -> Iterator[Put]:
+    yield Put(
+        "revision",
+        f"kv/portal/revisions/{r.pk}",
+        {
+            "id": r.pk,
+            "model": r.model_id,
+            "revision": r.revision,
+            "quant": r.quant,
+            "runtime": r.runtime,
+            "artifact_uri": r.artifact_uri,
+        },
+    )
+
+
+def _deployment(d: Deployment) -> Iterator[Put]:
+    yield Put(
+        "deployment",
+        f"kv/portal/deployments/{d.pk}",
+        {
+            "id": d.pk,
+            "revision": d.revision_id,
+            "zone": d.zone_id,
+            "node_selector": d.node_selector,
+            "gpu_type": d.gpu_type,
+            "min_replicas": d.min_replicas,
+            "max_replicas": d.max_replicas,
+        },
+    )
+
+
+def _job(j: TrainingJob) -> Iterator[Put]:
+    yield Put(
+        "job",
+        f"kv/portal/jobs/{j.pk}",
+        {
+            "id": j.pk,
+            "tenant": j.tenant_id,
+            "name": j.name,
+            "status": j.status,
+            "priority": j.priority,
+            "workers": j.workers,
+            "gpus_per_worker": j.gpus_per_worker,
+            "max_runtime_s": j.max_runtime_s,
+            "spec": j.spec,
+        },
+    )
+
+
+def _slo(s: Slo) -> Iterator[Put]:
+    yield Put(
+        "slo",
+        f"kv/portal/slos/{s.pk}",
+        {"tenant": s.tenant_id, "model": s.model_id, "ttft_p99_ms": s.ttft_p99_ms, "latency_p99_ms": s.latency_p99_ms},
+    )
+
+
+def _routing(p: RoutingPolicy) -> Iterator[Put]:
+    params = dict(p.params or {})
+    params.update(
+        tenant=p.tenant_id,
+        model=p.model_id,
+        ab_strategy=p.ab_strategy,
+        ab_split=p.ab_split,
+        shadow_strategy=p.shadow_strategy,
+    )
+    yield Put("routing", f"routing/policy-{p.pk}", {"strategy": p.strategy, "params": params})
+
+
+def _admission(a: AdmissionPolicy) -> Iterator[Put]:
+    yield Put(
+        "admission",
+        f"kv/portal/admission/{a.pk}",
+        {
+            "tenant": a.tenant_id,
+            "model": a.model_id,
+            "max_queue_depth": a.max_queue_depth,
+            "max_kv_usage": a.max_kv_usage,
+            "retry_after_s": a.retry_after_s,
+        },
+    )
+
+
+def _node(n: Node) -> Iterator[Put]:
+    value: dict[str, Any] = {"status": STORE_NODE_STATUS[n.status], "reason": n.status_reason[:500]}
+    if n.status_changed_at is not None:
+        value["since"] = n.status_changed_at.timestamp()
+    yield Put("node", node_key(n.name), value)
+
+
+def node_key(name: str) -> str:
+    return f"nodes/{name}"
+
+
+BUILDERS: dict[type[models.Model], Callable[[Any], Iterator[Put]]] = {
+    Tenant: _tenant,
+    Quota: _quota,
+    Model: _model,
+    ModelRevision: _revision,
+    Deployment: _deployment,
+    TrainingJob: _job,
+    Slo: _slo,
+    RoutingPolicy: _routing,
+    AdmissionPolicy: _admission,
+    Node: _node,
+}
+
+
+def _dependents(obj: models.Model) -> Iterable[models.Model]:
+    """Objects deleted with `obj` by cascade whose keys must go too."""
+    if isinstance(obj, Tenant):
+        yield from Quota.objects.filter(tenant=obj)
+        for m in Model.objects.filter(tenant=obj):
+            yield m
+            yield from _dependents(m)
+        yield from TrainingJob.objects.filter(tenant=obj)
+        yield from Slo.objects.filter(tenant=obj, model__isnull=True)
+        yield from AdmissionPolicy.objects.filter(tenant=obj, model__isnull=True)
+    elif isinstance(obj, Model):
+        for r in ModelRevision.objects.filter(model=obj):
+            yield r
+            yield from _dependents(r)
+        yield from Slo.objects.filter(model=obj)
+        yield from RoutingPolicy.objects.filter(model=obj)
+        yield from AdmissionPolicy.objects.filter(model=obj)
+    elif isinstance(obj, ModelRevision):
+        yield from Deployment.objects.filter(revision=obj)
+
+
+def puts_for(obj: models.Model) -> list[Put]:
+    builder = BUILDERS.get(type(obj))
+    if builder is None:
+        return []
+    out = list(builder(obj))
+    if isinstance(obj, Tenant):
+        quota = Quota.objects.filter(tenant=obj).first()  # created with the tenant, in the same transaction
+        if quota is not None:
+            out.extend(_quota(quota))
+    return out
+
+
+def changes_for(obj: models.Model, *, deleted: bool) -> list[tuple[str, str, str, dict[str, Any] | None]]:
+    """(kind, key, op, value) for every store key that `obj`'s write touches."""
+    if type(obj) not in BUILDERS:
+        return []
+    if not deleted:
+        return [(p.kind, p.key, "put", p.value) for p in puts_for(obj)]
+    doomed = [*puts_for(obj)]
+    for dep in _dependents(obj):
+        doomed.extend(puts_for(dep))
+    seen: set[str] = set()
+    out: list[tuple[str, str, str, dict[str, Any] | None]] = []
+    for p in doomed:
+        if p.key not in seen:
+            seen.add(p.key)
+            out.append((p.kind, p.key, "delete", None))
+    return out
+
+
+def snapshot_entries() -> list[Put]:
+    """Every key the portal owns, from the current database state."""
+    out: list[Put] = []
+    for model_cls in BUILDERS:
+        qs = model_cls.objects.all()  # type: ignore[attr-defined]
+        for obj in qs.order_by("pk").iterator(chunk_size=500):
+            out.extend(BUILDERS[model_cls](obj))
+    return out

@@ -1,0 +1,139 @@
+"""The versioned outbox: appended in the writer's transaction, read by the agents' consumers, rung after commit.
+
+`publish` is called from `audit_record`, the one function every portal write goes through, so a write that agents
+must know cannot forget to tell them. Redis (the channel layer) only rings a doorbell: consumers also poll, so a
+lost ring delays a change but never loses it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import models, transaction
+
+from meshweb.core.context import correlation_id
+from meshweb.meshlink.changes import Put, changes_for, snapshot_entries
+from meshweb.meshlink.models import OutboxCounter, OutboxEntry
+
+log = logging.getLogger("meshweb.meshlink")
+
+AGENTS_GROUP = "meshlink.agents"
+DASHBOARD_GROUP = "dashboard"
+
+
+def _counter_for_update() -> OutboxCounter:
+    counter = OutboxCounter.objects.select_for_update().filter(pk=1).first()
+    if counter is None:
+        OutboxCounter.objects.get_or_create(pk=1)
+        counter = OutboxCounter.objects.select_for_update().get(pk=1)
+    return counter
+
+
+def publish(*, obj: models.Model, action: str) -> int:
+    """Append the changes of a write to the outbox (inside the caller's transaction); returns the last version
+    appended, 0 when agents need not know. A delete must be published before the row goes."""
+    changes = changes_for(obj, deleted=action.endswith(".delete"))
+    if not changes:
+        return 0
+    # The row lock serialises appends until commit: versions then follow commit order, which is what lets a
+    # consumer that has sent version N skip everything below N for good.
+    counter = _counter_for_update()
+    cid = correlation_id.get() or ""
+    entries = []
+    for kind, key, op, value in changes:
+        counter.version += 1
+        entries.append(
+            OutboxEntry(
+                version=counter.version,
+                kind=kind,
+                key=key,
+                op=op,
+                value=value,
+                action=action[:100],
+                correlation_id=cid[:64],
+            )
+        )
+    OutboxEntry.objects.bulk_create(entries)
+    counter.save(update_fields=["version"])
+    version = counter.version
+    transaction.on_commit(lambda: ring(version), robust=True)
+    if type(obj).__name__ in {"Node", "TrainingJob"}:
+        kind = "node.status" if type(obj).__name__ == "Node" else "job.status"
+        data = _dashboard_data(obj)
+        tenant_id = getattr(obj, "tenant_id", None)
+        transaction.on_commit(lambda: dashboard_notify(kind, data, tenant_id=tenant_id), robust=True)
+    return version
+
+
+def _dashboard_data(obj: Any) -> dict[str, Any]:
+    if type(obj).__name__ == "Node":
+        return {"node": obj.name, "status": obj.status, "reason": obj.status_reason}
+    return {"job": obj.pk, "tenant": obj.tenant_id, "name": obj.name, "status": obj.status, "workers": obj.workers}
+
+
+def ring(version: int) -> None:
+    """Tell connected agents' consumers that the outbox grew. Failure is logged only: they poll as well."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(AGENTS_GROUP, {"type": "outbox.doorbell", "version": version})
+    except Exception as exc:  # Redis down: the consumers' polling delivers the change a little later
+        log.warning("outbox doorbell for v%d not rung: %r", version, exc)
+
+
+def dashboard_notify(kind: str, data: dict[str, Any], *, tenant_id: int | None = None) -> None:
+    """Live event for admin dashboards: {"type": "dashboard.event", "payload": {"kind", "data", "tenant_id"}}
+    (tenant_id None: a platform-wide event). Best effort: dashboards also re-read what they show."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(DASHBOARD_GROUP, dashboard_message(kind, data, tenant_id=tenant_id))
+    except Exception as exc:
+        log.warning("dashboard event %s not sent: %r", kind, exc)
+
+
+def dashboard_message(kind: str, data: dict[str, Any], *, tenant_id: int | None = None) -> dict[str, Any]:
+    return {"type": "dashboard.event", "payload": {"kind": kind, "data": data, "tenant_id": tenant_id}}
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    version: int
+    pruned_through: int
+
+
+def head() -> Head:
+    counter = OutboxCounter.objects.filter(pk=1).first()
+    if counter is None:
+        return Head(0, 0)
+    return Head(counter.version, counter.pruned_through)
+
+
+def entries_after(version: int, limit: int = 500) -> list[OutboxEntry]:
+    return list(OutboxEntry.objects.filter(version__gt=version).order_by("version")[:limit])
+
+
+@transaction.atomic
+def snapshot() -> tuple[int, list[Put]]:
+    """A consistent (version, entries) pair: holding the counter lock keeps writers out while the state is read."""
+    counter = _counter_for_update()
+    return counter.version, snapshot_entries()
+
+
+@transaction.atomic
+def prune(*, keep: int) -> int:
+    """Drop all but the last `keep` versions; agents further behind get a snapshot. Returns rows deleted."""
+    counter = _counter_for_update()
+    floor = counter.version - keep
+    if floor <= counter.pruned_through:
+        return 0
+    deleted, _ = OutboxEntry.objects.filter(version__lte=floor).delete()
+    counter.pruned_through = floor
+    counter.save(update_fields=["pruned_through"])
+    return deleted

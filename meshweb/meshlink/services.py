@@ -1,0 +1,248 @@
+"""Writes of the agent link: node enrollment (credentials), link state, heartbeats, telemetry and job reports.
+
+The consumer in consumers.py only parses frames and calls these; every rule lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from agents.proto.portal_link import CREDENTIAL_PREFIX, Hello, JobEvent, JobStatus, Telemetry
+from meshweb.audit.services import audit_record
+from meshweb.core.exceptions import Conflict
+from meshweb.fleet.models import Node, NodeStatus
+from meshweb.fleet.services import node_mark_offline, node_mark_online
+from meshweb.meshlink.models import GpuTelemetry, NodeCredential, NodeLink, NodeTelemetry, TelemetrySample
+from meshweb.meshlink.outbox import dashboard_notify, entries_after, head, snapshot
+from meshweb.tenancy.rbac import Principal
+from meshweb.training.models import JobEvent as JobEventRow
+from meshweb.training.models import TrainingJob
+from meshweb.training.services import job_transition
+
+log = logging.getLogger("meshweb.meshlink")
+
+
+def node_principal(node: Node) -> Principal:
+    """What an agent acts as: platform-wide, named after its node in the audit trail."""
+    return Principal(name=f"node:{node.name}", platform_admin=True)
+
+
+# -- credentials -------------------------------------------------------------------------------------------------
+def _hash(secret: str) -> str:
+    # 256 random bits: a fast hash is enough, as for API tokens.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@transaction.atomic
+def node_enroll(*, principal: Principal, node: Node) -> tuple[NodeCredential, str]:
+    """Issue a node credential (shown once) and revoke the node's earlier ones."""
+    now = timezone.now()
+    NodeCredential.objects.filter(node=node, revoked_at__isnull=True).update(revoked_at=now)
+    prefix = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    cred = NodeCredential.objects.create(node=node, prefix=prefix, secret_hash=_hash(secret))
+    NodeLink.objects.get_or_create(node=node)
+    audit_record(actor=principal.name, action="node.enroll", obj=cred, tenant_id=None, after={"node": node.name})
+    return cred, f"{CREDENTIAL_PREFIX}{prefix}_{secret}"
+
+
+def node_authenticate(raw: str) -> tuple[Node | None, str]:
+    """(node, "") for a valid credential, else (None, why)."""
+    if not raw:
+        return None, "no credential (Authorization: Bearer imn_...)"
+    if not raw.startswith(CREDENTIAL_PREFIX):
+        return None, "credential is not a node credential (imn_...)"
+    prefix, sep, secret = raw[len(CREDENTIAL_PREFIX) :].partition("_")
+    if not sep or len(prefix) != 12 or not secret:
+        return None, "malformed node credential"
+    cred = NodeCredential.objects.select_related("node").filter(prefix=prefix).first()
+    if cred is None:
+        return None, f"unknown node credential {prefix}"
+    if not hmac.compare_digest(_hash(secret), cred.secret_hash):
+        return None, f"wrong secret for node credential {prefix}"
+    if cred.revoked_at is not None:
+        return None, f"node credential {prefix} was revoked"
+    NodeCredential.objects.filter(pk=cred.pk).update(last_used_at=timezone.now())
+    return cred.node, ""
+
+
+# -- the link ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class HelloPlan:
+    mode: str  # "replay" | "snapshot" | "current"
+    head: int
+
+
+def plan_for(applied: int) -> HelloPlan:
+    """Replay from the outbox when it still holds every version after `applied`, else a snapshot. An agent ahead of
+    the portal (a restored database) also gets a snapshot so that it converges to what the portal holds."""
+    h = head()
+    if applied < h.pruned_through or applied > h.version:
+        return HelloPlan("snapshot", h.version)
+    if applied == h.version:
+        return HelloPlan("current", h.version)
+    return HelloPlan("replay", h.version)
+
+
+@transaction.atomic
+def link_hello(*, node: Node, hello: Hello) -> HelloPlan:
+    now = timezone.now()
+    link, _ = NodeLink.objects.select_for_update().get_or_create(node=node)
+    link.connected = True
+    link.connections += 1
+    link.connected_at = now
+    link.last_message_at = now
+    link.store = hello.store
+    link.agent_version = hello.agent_version
+    link.hello_version = hello.applied_version
+    link.save()
+    Node.objects.filter(pk=node.pk).update(last_heartbeat_at=now)
+    if node.status == NodeStatus.OFFLINE:
+        node_mark_online(principal=node_principal(node), node=node, reason="agent connected")
+    data = {"node": node.name, "connected": True, "applied_version": hello.applied_version, "store": hello.store}
+    transaction.on_commit(lambda: dashboard_notify("link", data), robust=True)
+    return plan_for(hello.applied_version)
+
+
+def link_ack(*, node: Node, version: int) -> None:
+    now = timezone.now()
+    NodeLink.objects.filter(node=node).update(acked_version=Greatest(F("acked_version"), version), last_message_at=now)
+
+
+def link_refused(*, node: Node) -> None:
+    NodeLink.objects.filter(node=node).update(refused=F("refused") + 1)
+
+
+@transaction.atomic
+def link_closed(*, node: Node) -> None:
+    NodeLink.objects.filter(node=node).update(connected=False, disconnected_at=timezone.now())
+    data = {"node": node.name, "connected": False}
+    transaction.on_commit(lambda: dashboard_notify("link", data), robust=True)
+
+
+def heartbeat_record(*, node: Node) -> None:
+    now = timezone.now()
+    Node.objects.filter(pk=node.pk).update(last_heartbeat_at=now)
+    NodeLink.objects.filter(node=node).update(last_message_at=now)
+    if Node.objects.filter(pk=node.pk, status=NodeStatus.OFFLINE).exists():
+        node_mark_online(principal=node_principal(node), node=node, reason="heartbeats resumed")
+
+
+def changes_after(version: int, limit: int = 500) -> list[dict[str, Any]]:
+    return [
+        {"version": e.version, "key": e.key, "op": e.op, "value": e.value, "kind": e.kind}
+        for e in entries_after(version, limit)
+    ]
+
+
+def snapshot_frame() -> tuple[int, list[dict[str, Any]]]:
+    version, puts = snapshot()
+    return version, [{"key": p.key, "value": p.value} for p in puts]
+
+
+# -- telemetry ---------------------------------------------------------------------------------------------------
+def _at(unix_ms: int) -> datetime:
+    now = timezone.now()
+    at = datetime.fromtimestamp(unix_ms / 1000, tz=UTC)
+    # An agent's clock cannot put its reports in the future or far in the past of the portal's timeline.
+    return min(max(at, now - timedelta(minutes=5)), now)
+
+
+@transaction.atomic
+def telemetry_record(*, node: Node, telemetry: Telemetry) -> TelemetrySample:
+    """Keep the latest roll-up per node and per GPU, and a sample for charts and the quarantine rules."""
+    at = _at(telemetry.at_unix_ms)
+    gpus = [g.model_dump(exclude_defaults=False) for g in telemetry.gpus]
+    peers = [p.model_dump() for p in telemetry.peers]
+    node_data = telemetry.node.model_dump()
+    NodeTelemetry.objects.update_or_create(node=node, defaults={"at": at, "data": {**node_data, "peers": peers}})
+    for g in telemetry.gpus:
+        GpuTelemetry.objects.update_or_create(
+            uuid=g.uuid, defaults={"node": node, "index": g.index, "at": at, "data": g.model_dump()}
+        )
+    sample = TelemetrySample.objects.create(node=node, at=at, data={"node": node_data, "gpus": gpus, "peers": peers})
+    Node.objects.filter(pk=node.pk).update(last_heartbeat_at=timezone.now())
+    roll = {
+        "node": node.name,
+        "at": at.isoformat(),
+        **node_data,
+        "gpus": [
+            {
+                "uuid": g.uuid,
+                "index": g.index,
+                "utilization": g.utilization,
+                "memory_used_frac": g.memory_used_frac,
+                "temperature_c": g.temperature_c,
+                "healthy": g.healthy,
+            }
+            for g in telemetry.gpus
+        ],
+    }
+    transaction.on_commit(lambda: dashboard_notify("telemetry", roll), robust=True)
+    return sample
+
+
+@transaction.atomic
+def telemetry_prune(*, older_than: timedelta) -> int:
+    deleted, _ = TelemetrySample.objects.filter(at__lt=timezone.now() - older_than).delete()
+    return deleted
+
+
+# -- jobs --------------------------------------------------------------------------------------------------------
+class JobReportError(ValueError):
+    """A job report that names no job of the portal or asks for an illegal change."""
+
+
+def job_status_report(*, node: Node, report: JobStatus) -> TrainingJob:
+    job = TrainingJob.objects.filter(pk=report.job_id).first()
+    if job is None:
+        raise JobReportError(f"job_id: no job {report.job_id}")
+    if job.status == report.status:
+        return job  # a repeated report (after a reconnect) changes nothing
+    try:
+        return job_transition(
+            principal=node_principal(node), job=job, status=report.status, reason=report.reason or f"from {node.name}"
+        )
+    except Conflict as exc:
+        raise JobReportError(str(exc)) from exc
+
+
+def job_event_record(*, node: Node, event: JobEvent) -> JobEventRow:
+    job = TrainingJob.objects.filter(pk=event.job_id).first()
+    if job is None:
+        raise JobReportError(f"job_id: no job {event.job_id}")
+    row = JobEventRow.objects.create(
+        job=job, kind=f"agent.{event.kind}", message=event.message or event.kind, data={**event.data, "node": node.name}
+    )
+    data = {"job": job.pk, "kind": row.kind, "message": row.message, "node": node.name}
+    transaction.on_commit(lambda: dashboard_notify("job.event", data, tenant_id=job.tenant_id), robust=True)
+    return row
+
+
+# -- liveness ----------------------------------------------------------------------------------------------------
+def stale_nodes_mark_offline(*, now: datetime | None = None) -> list[str]:
+    """Nodes whose agent has been silent for longer than INFERMESH_HEARTBEAT_STALE_S go offline."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.INFERMESH_HEARTBEAT_STALE_S)
+    stale = Node.objects.filter(last_heartbeat_at__lt=cutoff).exclude(status=NodeStatus.OFFLINE)
+    names = []
+    for node in stale:
+        silent = (now - node.last_heartbeat_at).total_seconds() if node.last_heartbeat_at else 0.0
+        node_mark_offline(principal=SYSTEM_LIVENESS, node=node, reason=f"no heartbeat for {silent:.0f}s")
+        names.append(node.name)
+    return names
+
+
+SYSTEM_LIVENESS = Principal(name="system:liveness", platform_admin=True)
