@@ -7,9 +7,7 @@ from meshweb.tenancy.roles import Role
 
 
 def may_use_dashboard(principal: Principal) -> bool:
-    return principal.is_authenticated and (
-        principal.platform_admin or bool(principal.tenants_with(Role.TENANT_ADMIN))
-    )
+    return principal.is_authenticated and (principal.platform_admin or bool(principal.tenants_with(Role.TENANT_ADMIN)))
 
 
 def may_steer_fleet(principal: Principal) -> bool:

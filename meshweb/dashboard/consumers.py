@@ -40,8 +40,11 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if not principal.is_authenticated or not may_use_dashboard(principal):
             log.warning(
                 "dashboard socket refused",
-                extra={"reason": "unauthenticated" if not principal.is_authenticated else "forbidden",
-                       "principal": principal.name, "client": str(self.scope.get("client"))},
+                extra={
+                    "reason": "unauthenticated" if not principal.is_authenticated else "forbidden",
+                    "principal": principal.name,
+                    "client": str(self.scope.get("client")),
+                },
             )
             await self.close(code=CLOSE_UNAUTHENTICATED if not principal.is_authenticated else CLOSE_FORBIDDEN)
             return

@@ -21,8 +21,12 @@ def example_spec() -> str:
         return json.dumps(json.loads(_EXAMPLE.read_text())["spec"], indent=2)
     except (OSError, ValueError, KeyError):
         return json.dumps(
-            {"image": "ghcr.io/infermesh/ddp-example:1.0", "entrypoint": ["torchrun"], "workers": {"min": 1, "max": 2},
-             "gpus_per_worker": 1},
+            {
+                "image": "ghcr.io/infermesh/ddp-example:1.0",
+                "entrypoint": ["torchrun"],
+                "workers": {"min": 1, "max": 2},
+                "gpus_per_worker": 1,
+            },
             indent=2,
         )
 

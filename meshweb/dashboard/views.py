@@ -86,7 +86,9 @@ def overview(request: HttpRequest, principal: Principal) -> HttpResponse:
 
 @dashboard_page
 def overview_fragment(request: HttpRequest, principal: Principal) -> HttpResponse:
-    return render(request, "dashboard/_overview_stats.html", _base(principal, "overview", **_overview_context(principal)))
+    return render(
+        request, "dashboard/_overview_stats.html", _base(principal, "overview", **_overview_context(principal))
+    )
 
 
 # -- nodes -------------------------------------------------------------------------------------------------------------
@@ -113,8 +115,9 @@ def _node_or_404(principal: Principal, name: str) -> Any:
 def node_detail(request: HttpRequest, principal: Principal, name: str) -> HttpResponse:
     node = _node_or_404(principal, name)
     readings = {r["uuid"]: r for r in selectors.latest_gpu_readings(principal, node)}
-    gpus = [{"gpu": gpu, "reading": readings.get(gpu.uuid)} for gpu in selectors.gpus_of(node)]
-    known = {g["gpu"].uuid for g in gpus}
+    inventory = selectors.gpus_of(node)
+    gpus = [{"gpu": gpu, "reading": readings.get(gpu.uuid)} for gpu in inventory]
+    known = {gpu.uuid for gpu in inventory}
     reported_only = [r for uuid, r in readings.items() if uuid not in known]
     context = _base(
         principal,
@@ -189,7 +192,9 @@ def tenants(request: HttpRequest, principal: Principal) -> HttpResponse:
 @dashboard_page
 def tenants_fragment(request: HttpRequest, principal: Principal) -> HttpResponse:
     return render(
-        request, "dashboard/_tenants_table.html", _base(principal, "tenants", rows=selectors.tenants_with_usage(principal))
+        request,
+        "dashboard/_tenants_table.html",
+        _base(principal, "tenants", rows=selectors.tenants_with_usage(principal)),
     )
 
 
@@ -233,7 +238,11 @@ def _jobs_context(principal: Principal, request: HttpRequest) -> dict[str, Any]:
     status = request.GET.get("status", "")
     if status and status != "active" and status not in JobStatus.values:
         status = ""
-    return {"jobs": list(selectors.jobs(principal, status)[:100]), "status_filter": status, "statuses": JobStatus.values}
+    return {
+        "jobs": list(selectors.jobs(principal, status)[:100]),
+        "status_filter": status,
+        "statuses": JobStatus.values,
+    }
 
 
 @dashboard_page

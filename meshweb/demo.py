@@ -1,0 +1,677 @@
+"""`infermesh demo`: the whole mesh on one machine, in the foreground, on the embedded default.
+
+It migrates and seeds the portal's database, starts the portal, a Celery worker and beat, three agents (gossip and
+Raft), emulated runtimes and a router, replays a slice of the Azure LLM conversation trace through the router, and
+on Ctrl-C (SIGINT or SIGTERM) stops every process it started: each child leads its own process group, and the
+whole group is signalled, so grandchildren (Celery's pool) go too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TRACE = ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023_conv.csv"
+EMBEDDED_OVERRIDES = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+API_KEY = "demo-key"
+MODEL = "demo-llm"
+TENANT = "demo"
+# The three agents: portal node name (from meshweb/demo_data.py), zone, emulated GPU profiles.
+AGENTS = [
+    ("gpu-a1", "zone-a", ["h100", "h100"]),
+    ("gpu-a2", "zone-a", ["h100"]),
+    ("gpu-b1", "zone-b", ["a100-80gb"]),
+]
+# Emulator profile per GPU profile of the agents.
+RUNTIME_PROFILE = {"h100": "h100", "a100-80gb": "a100"}
+STOP_GRACE_S = 10.0
+READY_TIMEOUT_S = 90.0
+
+
+class DemoError(RuntimeError):
+    """A service did not start; the message names it and quotes its log."""
+
+
+# -- ports -------------------------------------------------------------------------------------------------------------
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A free TCP port; for SOCK_DGRAM one free for both UDP and TCP (gossip uses both on one port)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if kind != socket.SOCK_DGRAM:
+            return port
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+class Ports:
+    """Hands out the internal ports: fixed defaults, consecutive from --base-port, or free ones (--base-port 0)."""
+
+    def __init__(self, base: int | None) -> None:
+        self.base = base
+        self.next = base or 0
+        self.taken: set[int] = set()
+
+    def get(self, default: int, kind: int = socket.SOCK_STREAM) -> int:
+        if self.base is None:
+            port = default
+        elif self.base == 0:
+            port = free_port(kind)
+            while port in self.taken:
+                port = free_port(kind)
+        else:
+            port = self.next
+            self.next += 1
+        self.taken.add(port)
+        return port
+
+
+# -- processes ---------------------------------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: a new session (own process group) and SIGTERM if the demo dies."""
+    os.setsid()
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    log: Path
+    ready: Callable[[], bool] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                start_new_session=not sys.platform.startswith("linux"),
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def signal_group(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+
+@dataclass
+class Fleet:
+    services: list[Service] = field(default_factory=list)
+
+    def add(self, service: Service, env: dict[str, str]) -> Service:
+        self.services.append(service)
+        service.start(env)
+        return service
+
+    def wait_ready(self, timeout_s: float, stopping: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = [s for s in self.services if s.ready is not None]
+        while pending:
+            if stopping():
+                raise KeyboardInterrupt
+            for service in list(pending):
+                if not service.alive():
+                    code = service.proc.returncode if service.proc else None
+                    raise DemoError(
+                        f"{service.name} exited with code {code}; its log ({service.log}):\n{service.tail()}"
+                    )
+                assert service.ready is not None
+                if service.ready():
+                    pending.remove(service)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(s.name for s in pending)
+                raise DemoError(f"not ready after {timeout_s:.0f}s: {names}; last log lines:\n{pending[0].tail()}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM to every process group, a grace period, then SIGKILL to whatever is left."""
+        for service in reversed(self.services):
+            service.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for service in self.services:
+            if service.proc is None:
+                continue
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                service.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        # Also catches grandchildren that outlived their group leader.
+        for service in self.services:
+            service.signal_group(signal.SIGKILL)
+            if service.proc is not None and service.proc.poll() is None:
+                service.proc.wait(timeout=5)
+
+
+def http_ok(url: str, timeout_s: float = 1.0) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return bool(200 <= response.status < 300)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _probe(url: str) -> Callable[[], bool]:
+    return lambda: http_ok(url)
+
+
+def infermesh(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meshweb.cli", *args]
+
+
+def celery_argv(role: str) -> list[str]:
+    """`infermesh worker` / `infermesh beat` when present, else Celery's own CLI on the portal's app."""
+    from meshweb.cli import COMMANDS
+
+    if role in COMMANDS:
+        return infermesh(role)
+    base = [sys.executable, "-m", "celery", "-A", "meshweb.celery:app"]
+    if role == "worker":
+        return [*base, "worker", "--loglevel", "INFO", "--concurrency", "1"]
+    return [*base, "beat", "--loglevel", "INFO"]
+
+
+# -- configuration files -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Layout:
+    host: str
+    portal_port: int
+    router_port: int
+    router_grpc_port: int
+    agent_grpc: list[int]
+    agent_http: list[int]
+    agent_gossip: list[int]
+    runtime_ports: list[int]
+    runtime_agent: list[int]  # index of the agent each runtime belongs to
+    runtime_gpu: list[int]  # GPU index on that agent
+
+    def url(self, port: int, path: str = "") -> str:
+        return f"http://{self.host}:{port}{path}"
+
+
+def plan(args: argparse.Namespace) -> Layout:
+    ports = Ports(args.base_port)
+    ports.taken.update({args.portal_port, args.router_port})
+    agent_grpc = [ports.get(7070 + i) for i in range(len(AGENTS))]
+    agent_http = [ports.get(9464 + i) for i in range(len(AGENTS))]
+    agent_gossip = [ports.get(7946 + i, socket.SOCK_DGRAM) for i in range(len(AGENTS))]
+    router_grpc = ports.get(args.router_port + 1)
+    # One runtime per emulated GPU, round the agents, until --runtimes are placed.
+    slots = [(a, g) for a, (_, _, gpus) in enumerate(AGENTS) for g in range(len(gpus))]
+    chosen = [slots[i % len(slots)] for i in range(args.runtimes)]
+    runtime_ports = [ports.get(9001 + i) for i in range(args.runtimes)]
+    return Layout(
+        host=args.host,
+        portal_port=args.portal_port,
+        router_port=args.router_port,
+        router_grpc_port=router_grpc,
+        agent_grpc=agent_grpc,
+        agent_http=agent_http,
+        agent_gossip=agent_gossip,
+        runtime_ports=runtime_ports,
+        runtime_agent=[a for a, _ in chosen],
+        runtime_gpu=[g for _, g in chosen],
+    )
+
+
+def agent_config(layout: Layout, i: int, data_dir: Path) -> dict[str, Any]:
+    name, zone, gpus = AGENTS[i]
+    host = layout.host
+    runtimes = [
+        {"url": layout.url(port), "flavor": "vllm", "gpus": [layout.runtime_gpu[r]]}
+        for r, port in enumerate(layout.runtime_ports)
+        if layout.runtime_agent[r] == i
+    ]
+    return {
+        "node": {"id": name, "roles": ["gpu", "router", "coordinator"], "zone": zone, "labels": {"demo": "true"}},
+        "listen": {"grpc": f"{host}:{layout.agent_grpc[i]}", "http": f"{host}:{layout.agent_http[i]}"},
+        "shutdown": {"drain_s": 0.2, "grace_s": 1.0},
+        "gpu": {"source": "emulated", "options": {"profiles": gpus, "seed": i}, "poll_interval_s": 2.0},
+        "runtimes": runtimes,
+        "gossip": {
+            "bind": f"{host}:{layout.agent_gossip[i]}",
+            "region": "demo",
+            "host": name,
+            "seeds": [f"{host}:{p}" for p in layout.agent_gossip],
+        },
+        "raft": {
+            "node_id": i + 1,
+            "cluster_id": "infermesh-demo",
+            "peers": {j + 1: f"{host}:{p}" for j, p in enumerate(layout.agent_grpc)},
+            "data_dir": str(data_dir / "raft" / f"node-{i + 1}"),
+        },
+        "log": {"level": "info", "json": True},
+    }
+
+
+def router_config(layout: Layout) -> dict[str, Any]:
+    return {
+        "listen": {"host": layout.host, "port": layout.router_port, "grpc_port": layout.router_grpc_port},
+        "agent": {"address": f"{layout.host}:{layout.agent_grpc[0]}"},
+        "targets": [
+            {"model": MODEL, "url": layout.url(port), "runtime": "vllm", "node": AGENTS[layout.runtime_agent[r]][0]}
+            for r, port in enumerate(layout.runtime_ports)
+        ],
+        "tenants": [
+            {
+                "name": TENANT,
+                "api_keys": [API_KEY],
+                "quotas": {"requests_per_s": 100, "burst_requests": 200, "tokens_per_min": 5_000_000},
+            }
+        ],
+        "default_policy": {"strategy": "hybrid_mesh"},
+        "logging": {"level": "INFO", "access_log": False},
+    }
+
+
+# -- trace replay ------------------------------------------------------------------------------------------------------
+
+
+def load_trace_slice(path: Path, count: int, rate: float) -> list[tuple[float, int, int]]:
+    """The first `count` requests of the trace: (send offset s, prompt tokens, output tokens).
+
+    The trace's own gaps are kept in shape but scaled so the slice arrives at `rate` requests per second on average.
+    """
+    rows: list[tuple[datetime, int, int]] = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            stamp = datetime.fromisoformat(row["TIMESTAMP"][:26])
+            rows.append((stamp, int(row["ContextTokens"]), int(row["GeneratedTokens"])))
+            if len(rows) >= count:
+                break
+    if not rows:
+        raise DemoError(f"the trace {path} holds no requests")
+    t0 = rows[0][0]
+    offsets = [(r[0] - t0).total_seconds() for r in rows]
+    span = offsets[-1] or 1.0
+    scale = (len(rows) / rate) / span
+    return [(off * scale, ctx, gen) for off, (_, ctx, gen) in zip(offsets, rows, strict=True)]
+
+
+@dataclass
+class ReplayStats:
+    total: int
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def line(self) -> str:
+        lat = sorted(self.latencies)
+        p50 = f"{lat[len(lat) // 2]:.2f}s" if lat else "-"
+        p95 = f"{lat[min(len(lat) - 1, int(len(lat) * 0.95))]:.2f}s" if lat else "-"
+        return (
+            f"replay: {self.ok + self.failed}/{self.total} done, {self.ok} ok, {self.failed} failed, "
+            f"{self.sent - self.ok - self.failed} in flight, latency p50 {p50} p95 {p95}"
+        )
+
+
+async def replay(
+    url: str, requests: list[tuple[float, int, int]], stopping: Callable[[], bool], max_tokens: int
+) -> ReplayStats:
+    import aiohttp
+
+    stats = ReplayStats(total=len(requests))
+    tty = sys.stdout.isatty()
+    last_print = 0.0
+
+    def progress(final: bool = False) -> None:
+        nonlocal last_print
+        now = time.monotonic()
+        if not final and now - last_print < (0.5 if tty else 5.0):
+            return
+        last_print = now
+        print(("\r" + stats.line() + "   ") if tty else stats.line(), end="" if tty and not final else "\n", flush=True)
+
+    async def one(session: aiohttp.ClientSession, ctx: int, gen: int) -> None:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "demo"}],
+            "prompt_tokens": min(ctx, 8000),  # the emulator's extension: pretend the prompt has this many tokens
+            "max_tokens": max(1, min(gen, max_tokens)),
+        }
+        started = time.monotonic()
+        try:
+            async with session.post(url, json=body, headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+                await response.read()
+                if response.status == 200:
+                    stats.ok += 1
+                    stats.latencies.append(time.monotonic() - started)
+                else:
+                    stats.failed += 1
+        except (aiohttp.ClientError, TimeoutError):
+            stats.failed += 1
+        progress()
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        start = time.monotonic()
+        tasks = []
+        for offset, ctx, gen in requests:
+            while time.monotonic() - start < offset:
+                if stopping():
+                    break
+                await asyncio.sleep(min(0.2, offset - (time.monotonic() - start)))
+            if stopping():
+                break
+            tasks.append(asyncio.create_task(one(session, ctx, gen)))
+            stats.sent += 1
+            progress()
+        while tasks and not stopping():
+            _, pending = await asyncio.wait(tasks, timeout=0.5)
+            tasks = list(pending)
+        for task in tasks:
+            task.cancel()
+    progress(final=True)
+    return stats
+
+
+# -- the command -------------------------------------------------------------------------------------------------------
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {value!r}")
+    return int(value)
+
+
+def _base_port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) < 65000:
+        raise argparse.ArgumentTypeError(f"expected 0 (free ports) or a port below 65000, got {value!r}")
+    return int(value)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="infermesh demo",
+        description="Run the whole mesh on this machine on the embedded default (Ctrl-C stops everything).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address every service binds (default 127.0.0.1)")
+    parser.add_argument("--portal-port", type=_port, default=8000, help="portal HTTP + WebSocket (default 8000)")
+    parser.add_argument("--router-port", type=_port, default=8080, help="router HTTP (default 8080)")
+    parser.add_argument(
+        "--base-port",
+        type=_base_port,
+        default=None,
+        help="internal ports (agents, gossip, runtimes, router gRPC) counted up from here; 0 = any free ports "
+        "(default: agents gRPC 7070-7072, /metrics 9464-9466, gossip 7946-7948, runtimes 9001+, router gRPC "
+        "router port + 1)",
+    )
+    parser.add_argument("--runtimes", type=int, default=4, help="emulated runtimes (default 4)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="default: $INFERMESH_DATA_DIR")
+    parser.add_argument("--no-replay", action="store_true", help="do not replay the trace through the router")
+    parser.add_argument("--replay-requests", type=int, default=300, help="requests of the trace slice (default 300)")
+    parser.add_argument("--replay-rate", type=float, default=4.0, help="mean requests/s of the replay (default 4)")
+    parser.add_argument("--replay-max-tokens", type=int, default=128, help="cap on output tokens per request")
+    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help="Azure LLM trace CSV")
+    parser.add_argument("--exit-after-replay", action="store_true", help="stop everything once the replay is done")
+    args = parser.parse_args(argv)
+    if not 1 <= args.runtimes <= 32:
+        parser.error("--runtimes must be between 1 and 32")
+    if args.portal_port == args.router_port:
+        parser.error("--portal-port and --router-port must differ")
+    if args.replay_requests < 1 or args.replay_rate <= 0 or args.replay_max_tokens < 1:
+        parser.error("--replay-requests, --replay-rate and --replay-max-tokens must be positive")
+    if not args.no_replay and not args.trace.is_file():
+        parser.error(f"--trace: no such file {args.trace} (or pass --no-replay)")
+    return args
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    if args.data_dir is not None:
+        return Path(args.data_dir).expanduser().resolve()
+    env = os.environ.get("INFERMESH_DATA_DIR")
+    return Path(env).expanduser().resolve() if env else (Path.home() / ".local" / "share" / "infermesh").resolve()
+
+
+def prepare_portal(data_dir: Path, env: dict[str, str]) -> list[str]:
+    """Migrate and seed in this process (Django on the same embedded settings as the children)."""
+    os.environ.update({k: v for k, v in env.items() if k in {"INFERMESH_DATA_DIR", "INFERMESH_ADMIN_PASSWORD"}})
+    for name in EMBEDDED_OVERRIDES:
+        os.environ.pop(name, None)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "meshweb.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connections
+
+    call_command("migrate", interactive=False, verbosity=0)
+    from meshweb.demo_data import seed_demo
+
+    lines = seed_demo()
+    connections.close_all()
+    return lines
+
+
+def demo_main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    data_dir = _data_dir(args)
+    demo_dir = data_dir / "demo"
+    logs = demo_dir / "logs"
+    if demo_dir.exists():
+        shutil.rmtree(demo_dir / "raft", ignore_errors=True)  # a fresh Raft cluster each run; the portal DB stays
+    logs.mkdir(parents=True, exist_ok=True)
+
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        print(f"\ndemo: {signal.Signals(signum).name} received, stopping every process …", flush=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    dropped = [name for name in EMBEDDED_OVERRIDES if os.environ.get(name)]
+    if dropped:
+        print(f"demo: runs on the embedded default; ignoring {', '.join(dropped)} from the environment", flush=True)
+    layout = plan(args)
+    env = {k: v for k, v in os.environ.items() if k not in EMBEDDED_OVERRIDES}
+    password = os.environ.get("INFERMESH_ADMIN_PASSWORD") or secrets.token_urlsafe(9)
+    env.update(
+        {
+            "INFERMESH_DATA_DIR": str(data_dir),
+            "INFERMESH_ADMIN_PASSWORD": password,
+            "INFERMESH_ROUTER_METRICS_URL": layout.url(layout.router_port, "/metrics"),
+            "CSRF_TRUSTED_ORIGINS": f"http://{args.host}:{args.portal_port},http://localhost:{args.portal_port}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+
+    print(f"demo: data in {data_dir}, logs in {logs}", flush=True)
+    try:
+        seed_lines = prepare_portal(data_dir, env)
+    except Exception as exc:
+        print(f"demo: the portal database could not be prepared: {exc}", file=sys.stderr)
+        return 1
+    for line in seed_lines:
+        print(line, flush=True)
+    login = f"admin / {password}" if any(password in line for line in seed_lines) else "admin (password unchanged)"
+
+    fleet = Fleet()
+    manifest: dict[str, Any] = {}
+    try:
+        for r, port in enumerate(layout.runtime_ports):
+            profile = RUNTIME_PROFILE[AGENTS[layout.runtime_agent[r]][2][layout.runtime_gpu[r]]]
+            argv = infermesh("emulate-runtime", "--host", args.host, "--port", str(port), "--profile", profile)
+            argv += ["--flavor", "vllm", "--model", MODEL, "--seed", str(r)]
+            fleet.add(
+                Service(
+                    f"runtime-{r + 1}",
+                    argv,
+                    logs / f"runtime-{r + 1}.log",
+                    _probe(layout.url(port, "/health")),
+                ),
+                env,
+            )
+        fleet.add(
+            Service(
+                "portal",
+                infermesh("portal", "--bind", f"{args.host}:{args.portal_port}", "--no-migrate"),
+                logs / "portal.log",
+                lambda: http_ok(layout.url(layout.portal_port, "/healthz")),
+            ),
+            env,
+        )
+        fleet.add(Service("celery-worker", celery_argv("worker"), logs / "celery-worker.log"), env)
+        fleet.add(Service("celery-beat", celery_argv("beat"), logs / "celery-beat.log"), env)
+        configs = demo_dir / "config"
+        configs.mkdir(parents=True, exist_ok=True)
+        for i, (name, _, _) in enumerate(AGENTS):
+            path = configs / f"agent-{name}.yaml"
+            path.write_text(yaml.safe_dump(agent_config(layout, i, demo_dir), sort_keys=False))
+            fleet.add(
+                Service(
+                    f"agent-{name}",
+                    infermesh("agent", "--config", str(path)),
+                    logs / f"agent-{name}.log",
+                    _probe(layout.url(layout.agent_http[i], "/healthz")),
+                ),
+                env,
+            )
+        router_path = configs / "router.yaml"
+        router_path.write_text(yaml.safe_dump(router_config(layout), sort_keys=False))
+        fleet.add(
+            Service(
+                "router",
+                infermesh("router", "--config", str(router_path)),
+                logs / "router.log",
+                lambda: http_ok(layout.url(layout.router_port, "/healthz")),
+            ),
+            env,
+        )
+        fleet.wait_ready(READY_TIMEOUT_S, lambda: stopping)
+        for service in fleet.services:
+            if not service.alive():
+                raise DemoError(f"{service.name} exited; its log ({service.log}):\n{service.tail()}")
+
+        manifest = {
+            "pid": os.getpid(),
+            "data_dir": str(data_dir),
+            "dashboard": layout.url(layout.portal_port, "/dashboard/"),
+            "portal": layout.url(layout.portal_port),
+            "api": layout.url(layout.portal_port, "/api/v1/"),
+            "portal_metrics": layout.url(layout.portal_port, "/metrics"),
+            "router": layout.url(layout.router_port),
+            "router_metrics": layout.url(layout.router_port, "/metrics"),
+            "router_grpc": f"{args.host}:{layout.router_grpc_port}",
+            "agents": [
+                {"node": AGENTS[i][0], "grpc": f"{args.host}:{g}", "http": layout.url(h), "gossip": f"{args.host}:{u}"}
+                for i, (g, h, u) in enumerate(
+                    zip(layout.agent_grpc, layout.agent_http, layout.agent_gossip, strict=True)
+                )
+            ],
+            "runtimes": [layout.url(p) for p in layout.runtime_ports],
+            "processes": {s.name: s.proc.pid for s in fleet.services if s.proc is not None},
+            "admin": login,
+        }
+        (demo_dir / "services.json").write_text(json.dumps(manifest, indent=2))
+        print_banner(manifest, args, logs)
+
+        if not args.no_replay:
+            requests = load_trace_slice(args.trace, args.replay_requests, args.replay_rate)
+            print(
+                f"demo: replaying {len(requests)} requests of {args.trace.name} at ~{args.replay_rate:g}/s", flush=True
+            )
+            url = layout.url(layout.router_port, "/v1/chat/completions")
+            asyncio.run(replay(url, requests, lambda: stopping, args.replay_max_tokens))
+            if args.exit_after_replay:
+                stopping = True
+        while not stopping:
+            for service in fleet.services:
+                if not service.alive():
+                    print(f"demo: {service.name} exited unexpectedly; its log:\n{service.tail()}", flush=True)
+                    stopping = True
+                    break
+            time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        fleet.stop()
+        left = [s.name for s in fleet.services if s.alive()]
+        print(
+            "demo: stopped" + (f" (still running: {', '.join(left)})" if left else ", nothing left running"), flush=True
+        )
+
+
+def print_banner(manifest: dict[str, Any], args: argparse.Namespace, logs: Path) -> None:
+    agents = ", ".join(a["grpc"] for a in manifest["agents"])
+    lines = [
+        "",
+        "InferMesh demo is running.",
+        f"  dashboard       {manifest['dashboard']}   login {manifest['admin']}",
+        f"  REST API        {manifest['api']}   (docs {manifest['portal']}/api/docs/; a token: "
+        f"infermesh token create --tenant {TENANT} --role member)",
+        f"  portal metrics  {manifest['portal_metrics']}",
+        f"  router          {manifest['router']}/v1/chat/completions   API key {API_KEY}, model {MODEL}",
+        f"  router metrics  {manifest['router_metrics']}",
+        f"  agents (gRPC)   {agents}   e.g. infermesh ctl --agent {manifest['agents'][0]['grpc']} members",
+        f"  agent metrics   {', '.join(a['http'] + '/metrics' for a in manifest['agents'])}",
+        f"  runtimes        {', '.join(manifest['runtimes'])}",
+        f"  logs            {logs}",
+        "",
+        f"  curl -s {manifest['router']}/v1/chat/completions -H 'Authorization: Bearer {API_KEY}' "
+        f'-H \'Content-Type: application/json\' -d \'{{"model": "{MODEL}", "messages": '
+        '[{"role": "user", "content": "hello"}]}\'',
+        "",
+        "Press Ctrl-C to stop everything.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)

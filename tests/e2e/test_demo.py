@@ -1,0 +1,148 @@
+"""`infermesh demo` as a user runs it: every service answers, a short trace replay goes through the router, and
+SIGINT leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, whatever process group or session it moved to."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_demo_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    portal_port, router_port = free_port(), free_port()
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    env["INFERMESH_ADMIN_PASSWORD"] = "demo-test-pw-1"
+    out = (tmp_path / "demo.out").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshweb.cli", "demo", "--portal-port", str(portal_port), "--router-port",
+         str(router_port), "--base-port", "0", "--runtimes", "3", "--data-dir", str(data),
+         "--replay-requests", "8", "--replay-rate", "4", "--replay-max-tokens", "16"],
+        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    manifest_path = data / "demo" / "services.json"
+    try:
+        deadline = time.monotonic() + 150
+        while not manifest_path.exists():
+            assert proc.poll() is None, (tmp_path / "demo.out").read_text()
+            assert time.monotonic() < deadline, f"demo did not come up: {(tmp_path / 'demo.out').read_text()}"
+            time.sleep(0.5)
+        manifest = json.loads(manifest_path.read_text())
+        assert manifest["admin"] == "admin / demo-test-pw-1"
+
+        with httpx.Client(timeout=10) as client:
+            assert client.get(f"{manifest['portal']}/healthz").json() == {"status": "ok"}
+            login = client.get(manifest["dashboard"], follow_redirects=True)
+            assert login.status_code == 200 and "Sign in to the dashboard" in login.text
+            assert "django_http_requests_total" in client.get(manifest["portal_metrics"]).text
+            assert client.get(f"{manifest['router']}/healthz").status_code == 200
+            answer = client.post(
+                f"{manifest['router']}/v1/chat/completions",
+                headers={"Authorization": "Bearer demo-key"},
+                json={"model": "demo-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["choices"][0]["message"]["content"]
+            refused = client.post(
+                f"{manifest['router']}/v1/chat/completions",
+                headers={"Authorization": "Bearer wrong-key"},
+                json={"model": "demo-llm", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            assert refused.status_code == 401
+            for agent in manifest["agents"]:
+                assert client.get(f"{agent['http']}/healthz").status_code == 200, agent
+            for runtime in manifest["runtimes"]:
+                assert client.get(f"{runtime}/health").status_code == 200, runtime
+
+        # The three agents found each other over gossip and formed one Raft group.
+        members = subprocess.run(
+            [sys.executable, "-m", "meshweb.cli", "ctl", "--agent", manifest["agents"][0]["grpc"], "members", "--json"],
+            cwd=ROOT, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert members.returncode == 0, members.stderr
+        assert sorted(m["name"] for m in json.loads(members.stdout)["members"]) == ["gpu-a1", "gpu-a2", "gpu-b1"]
+
+        # The replay of the trace slice finishes, all through the router.
+        deadline = time.monotonic() + 90
+        while "replay: 8/8 done" not in (tmp_path / "demo.out").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "demo.out").read_text()
+            time.sleep(0.5)
+        assert "8 ok, 0 failed" in (tmp_path / "demo.out").read_text()
+
+        # Celery worker and beat are up: beat hands out the static schedule, the worker runs it.
+        names = set(manifest["processes"])
+        assert {
+            "portal",
+            "celery-worker",
+            "celery-beat",
+            "router",
+            "agent-gpu-a1",
+            "agent-gpu-a2",
+            "agent-gpu-b1",
+        } <= names
+        assert all(running(pid) for pid in manifest["processes"].values())
+
+        tree = descendants(proc.pid)
+        assert set(manifest["processes"].values()) <= tree
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+    text = (tmp_path / "demo.out").read_text()
+    assert "nothing left running" in text, text
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in tree if running(pid)], "processes of the demo survived SIGINT"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{portal_port}/healthz", timeout=2)
