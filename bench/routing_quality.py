@@ -2,7 +2,7 @@
 router (baseline_rr, least_queue, hybrid_mesh, hybrid_mesh + hedging; fed by a real agent) and through the Rust
 `vllm-router` (round_robin, power_of_two), at 70% and 90% of the fleet's capacity.
 
-    .venv/bin/python bench/routing_quality.py [--duration 20] [--loads 0.7,0.9] [--max-num-seqs 4]
+    .venv/bin/python bench/routing_quality.py [--duration 15] [--loads 0.7,0.9] [--max-num-seqs 4]
 
 Arrival times are the trace's real ones, time-compressed to the target load; prompt and output token counts are the
 trace's (sent as the emulator's `prompt_tokens` extension and `max_tokens`). Each configuration replays the same
@@ -203,7 +203,7 @@ def _exit(signum: int, frame: object) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=20.0, help="seconds of compressed trace per run")
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds of compressed trace per run")
     ap.add_argument("--loads", default="0.7,0.9", help="fractions of fleet capacity")
     ap.add_argument("--max-num-seqs", type=int, default=4, help="batch slots per emulated runtime")
     ap.add_argument("--calibrate-s", type=float, default=15.0, help="seconds of the capacity measurement")
@@ -246,7 +246,7 @@ def main() -> int:
             strategy = c.split("+")[0]
             policy: dict[str, object] = {"first_byte_timeout_s": 300, "deadline_s": 600}
             if c.endswith("+hedging"):
-                policy["hedging"] = {"enabled": True, "quantile": 0.95, "budget_ratio": 0.05, "budget_burst": 3}
+                policy["hedging"] = {"enabled": True, "quantile": 0.95, "budget_ratio": 0.05, "budget_burst": 1}
             cfg = ro.router_cfg([], strategy, **policy)
             cfg["agent"] = {"address": agent}
             cfg["logging"] = {"level": "WARNING", "access_log": False}

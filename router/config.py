@@ -33,6 +33,11 @@ class ListenConfig(_Strict):
         default=10.0, gt=0, description="a client slower than this sending its body gets 408"
     )
     keepalive_timeout_s: float = Field(default=75.0, gt=0)
+    cancel_on_disconnect: bool = Field(
+        default=True,
+        description="cancel a request (and its upstream attempt) the moment its client disconnects, even before the "
+        "first byte; costs a task per request. Off: a disconnect is noticed at the next write to the client",
+    )
     max_inflight: int = Field(default=2048, ge=1, description="requests held at once per worker; beyond it 429 at once")
 
 

@@ -38,7 +38,10 @@ async def serve(cfg: RouterConfig, stop: asyncio.Event | None = None) -> None:
     svc = RouterService(cfg, session)
     app = build_app(svc)
     runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, keepalive_timeout=cfg.listen.keepalive_timeout_s
+        app,
+        handler_cancellation=cfg.listen.cancel_on_disconnect,
+        access_log=None,
+        keepalive_timeout=cfg.listen.keepalive_timeout_s,
     )
     await runner.setup()
     site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port, reuse_port=True, backlog=2048)

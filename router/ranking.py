@@ -63,7 +63,8 @@ class Ranker:
     ) -> None:
         self.view = view
         strategies: dict[str, Strategy] = {}
-        for spec in sorted(strategy_names(policies) | {"baseline_rr", "least_queue", "hybrid_mesh"}):
+        # Only the strategies a policy names (plus the fallback): every strategy held is updated on every request.
+        for spec in sorted(strategy_names(policies) | {BASELINE}):
             s = load_strategy(spec)  # raises ValueError naming the strategy; checked at start
             strategies[spec] = s
         self.host = StrategyHost(strategies, default=BASELINE, budget_us=decision_budget_us, on_decision=self._observe)
