@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ctl": ("agents.ctl:main", "query and steer a node agent (nodes, gpus, targets, score, ...)"),
     "router": ("router.main:main", "run the inference router (OpenAI, KServe v2 HTTP/gRPC, WebSocket)"),
     "emulate-runtime": ("agents.emulator.server:main", "serve an emulated LLM runtime (OpenAI API, runtime /metrics)"),
+    "ca": ("agents.security.cli:ca_main", "the mesh certificate authority: init, issue, revoke, crl (offline root)"),
+    "join": ("agents.security.cli:join_main", "enroll this node in the mesh CA with a one-time join token from the portal"),
     "demo": ("meshweb.demo:demo_main", "run the whole mesh on this machine (portal, Celery, agents, router, runtimes)"),
     "ca": ("agents.security.cli:ca_main", "the mesh certificate authority: init, issue, revoke, crl (offline root)"),
     "join": ("agents.security.cli:join_main", "enroll this node in the mesh CA with a one-time join token from the portal"),

@@ -26,6 +26,7 @@ from agents.meshd.metrics import AgentMetrics
 from agents.meshd.nodes import NodeDirectory
 from agents.meshd.policies import LocalPolicyStore, PolicyStore
 from agents.meshd.services import ControlServicer, ScoringServicer, StatePlaneService, _Recorder
+from agents.security.tls import ServerSecurity
 from agents.proto.infermesh.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -157,7 +158,11 @@ class Agent:
         self._session = aiohttp.ClientSession()
         scrapers = [RuntimeLoop(self, rt, self._session) for rt in cfg.runtimes]
 
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        security = ServerSecurity(cfg.tls, node=self.node_id) if cfg.tls is not None else None
+        self.security = security
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0)], interceptors=[security.interceptor] if security else None
+        )
         state_pb2_grpc.add_StatePlaneServicer_to_server(self._state_service, server)
         scoring_pb2_grpc.add_ScoringServicer_to_server(ScoringServicer(self), server)
         control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(self), server)
@@ -166,7 +171,11 @@ class Agent:
             self._services.extend(component.add_to_server(server))
         reflection.enable_server_reflection([*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         host = cfg.listen.grpc.rpartition(":")[0]
-        bound = server.add_insecure_port(cfg.listen.grpc)
+        if security is not None:
+            bound = server.add_secure_port(cfg.listen.grpc, security.credentials())
+            self._spawn(security.run())
+        else:
+            bound = server.add_insecure_port(cfg.listen.grpc)
         if bound == 0:
             raise OSError(f"listen.grpc: cannot bind {cfg.listen.grpc}")
         self.grpc_address = f"{host}:{bound}"

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agents.meshd.component import COMPONENT_FACTORIES
+from agents.security.tls import TlsSection
 
 ENV_PREFIX = "MESHD__"
 Role = Literal["router", "trainer", "coordinator", "gpu", "edge"]
@@ -136,6 +137,7 @@ class AgentConfig(_Model):
     runtimes: list[RuntimeConfig] = Field(default_factory=list)
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    tls: TlsSection | None = None  # mTLS with the mesh CA on every gRPC service (agents/security)
     components: dict[str, dict[str, Any]] = Field(default_factory=dict)  # filled from the component sections
 
     @model_validator(mode="after")

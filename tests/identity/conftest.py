@@ -166,6 +166,8 @@ def oidc_portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
         OIDC_CLAIM_MAPPING_FILE=str(mapping),
         OIDC_JWKS_CACHE_S="60",
         OIDC_LEEWAY_S="0",
+        INFERMESH_SVID_TTL_S="120",
+        INFERMESH_TRUST_DOMAIN="mesh.test",
         ALLOWED_HOSTS="127.0.0.1,localhost",
         CSRF_TRUSTED_ORIGINS=base,
     )

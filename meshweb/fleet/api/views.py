@@ -67,6 +67,13 @@ class NodeViewSet(ScopedModelViewSet):
     def base_queryset(self) -> models.QuerySet[Node]:
         return Node.objects.select_related("zone").annotate(gpu_count=models.Count("gpus"))
 
+    def perform_destroy(self, instance: models.Model) -> None:
+        # A deleted node's certificates are revoked in the same transaction (published in the mesh CRL).
+        from meshweb.identity.mesh import node_delete
+
+        assert isinstance(instance, Node)
+        node_delete(principal=self.principal, node=instance)
+
     @extend_schema(request=NodeStatusSerializer, responses={200: NodeSerializer})
     @action(detail=True, methods=["post"])
     def status(self, request: Request, pk: Any = None) -> Response:

@@ -1,0 +1,94 @@
+"""`infermesh ca init|issue|revoke|crl` (an offline root CA in a directory) and `infermesh join` (enrollment)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agents.security.ca import ROLES, CaError, CertificateAuthority, cert_pem, key_pem, load_certificate, new_key
+
+
+def ca_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="infermesh ca", description="The mesh certificate authority (offline root).")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    init = sub.add_parser("init", help="create a root CA in --dir")
+    init.add_argument("--dir", required=True)
+    init.add_argument("--trust-domain", required=True)
+    init.add_argument("--days", type=int, default=3650)
+    issue = sub.add_parser("issue", help="issue an SVID (key + certificate) for a node")
+    issue.add_argument("--dir", required=True)
+    issue.add_argument("--node", required=True)
+    issue.add_argument("--role", action="append", choices=ROLES, default=[], help="repeat for several roles")
+    issue.add_argument("--ttl-s", type=int, default=3600)
+    issue.add_argument("--host", action="append", default=[], help="IP or DNS name the node serves on (repeat)")
+    issue.add_argument("--out", required=True, help="directory for cert.pem, key.pem, ca.pem")
+    revoke = sub.add_parser("revoke", help="revoke a certificate (by serial or file) and rewrite crl.pem")
+    revoke.add_argument("--dir", required=True)
+    group = revoke.add_mutually_exclusive_group(required=True)
+    group.add_argument("--serial", help="hexadecimal serial")
+    group.add_argument("--cert", help="the certificate file")
+    revoke.add_argument("--reason", default="")
+    crl = sub.add_parser("crl", help="print the current CRL (PEM)")
+    crl.add_argument("--dir", required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.verb == "init":
+            ca = CertificateAuthority.init(args.dir, args.trust_domain, days=args.days)
+            print(f"CA for spiffe://{ca.trust_domain} in {args.dir} (ca.crt, ca.key, crl.pem)")
+        elif args.verb == "issue":
+            ca = CertificateAuthority.load(args.dir)
+            key = new_key()
+            cert = ca.issue(
+                public_key=key.public_key(),
+                node=args.node,
+                roles=args.role,
+                ttl_s=args.ttl_s,
+                hosts=args.host or ["127.0.0.1", "localhost"],
+            )
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "key.pem").touch(mode=0o600)
+            (out / "key.pem").write_bytes(key_pem(key))
+            (out / "cert.pem").write_bytes(cert_pem(cert))
+            (out / "ca.pem").write_bytes(cert_pem(ca.cert))
+            print(f"issued spiffe://{ca.trust_domain}/node/{args.node} serial {cert.serial_number:x} into {out}")
+        elif args.verb == "revoke":
+            ca = CertificateAuthority.load(args.dir)
+            if args.cert:
+                serial = load_certificate(Path(args.cert).read_bytes()).serial_number
+            else:
+                try:
+                    serial = int(args.serial, 16)
+                except ValueError:
+                    raise CaError(f"--serial {args.serial!r}: not a hexadecimal number") from None
+            ca.revoke(serial, args.reason)
+            print(f"revoked {serial:x}; {Path(args.dir) / 'crl.pem'} updated")
+        else:
+            sys.stdout.write(CertificateAuthority.load(args.dir).crl_pem().decode())
+    except (CaError, OSError) as err:
+        print(f"infermesh ca: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def join_main(argv: Sequence[str]) -> int:
+    from agents.security.enroll import EnrollError, join
+
+    j = argparse.ArgumentParser(
+        prog="infermesh join", description="Enroll this node with a one-time join token: writes its SVID and key."
+    )
+    j.add_argument("--portal", required=True, help="portal base URL, e.g. https://portal.example.com")
+    j.add_argument("--token", required=True, help="imj_... from POST /api/v1/join-tokens/")
+    j.add_argument("--node", required=True, help="this node's name as registered in the portal")
+    j.add_argument("--out", required=True, help="directory for cert.pem, key.pem, ca.pem")
+    j.add_argument("--host", action="append", default=[], help="extra IP or DNS name for the certificate")
+    args = j.parse_args(argv)
+    try:
+        info = join(args.portal, args.token, args.node, args.out, args.host)
+    except (EnrollError, CaError, OSError) as err:
+        print(f"infermesh join: {err}", file=sys.stderr)
+        return 1
+    print(f"joined as {info.spiffe_id} (roles: {', '.join(info.roles)}), valid until {info.not_after.isoformat()}")
+    return 0
