@@ -26,7 +26,6 @@ from agents.meshd.metrics import AgentMetrics
 from agents.meshd.nodes import NodeDirectory
 from agents.meshd.policies import LocalPolicyStore, PolicyStore
 from agents.meshd.services import ControlServicer, ScoringServicer, StatePlaneService, _Recorder
-from agents.security.tls import ServerSecurity
 from agents.proto.infermesh.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -35,6 +34,7 @@ from agents.proto.infermesh.v1 import (
     state_pb2,
     state_pb2_grpc,
 )
+from agents.security.tls import ServerSecurity
 from agents.signals.fusion import Fusion, FusionConfig, IngestResult
 from agents.signals.scoring import ScoringService
 from agents.strategies.base import HEALTHY, UNHEALTHY
