@@ -71,6 +71,7 @@ class State:
     pinned: bool = False
     quarantined_manually: bool = False  # quarantined by an admin (status) without an automatic record
     last_unhealthy_at: float | None = None
+    ignore_before: float | None = None  # when the node's last quarantine was released
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,25 +191,26 @@ def decide(state: State, samples: Sequence[Sample], now: float, rules: Rules) ->
     """What to do with one node now, given its recent samples."""
     if state.status == "offline" or not samples:
         return Decision("none")  # no fresh telemetry: nothing to judge by (liveness handles silence)
-    found = findings(samples, rules)
+    # Faults from before the last release were judged already; only newer ones count.
+    found = [f for f in findings(samples, rules) if state.ignore_before is None or f.at > state.ignore_before]
     last_bad = max((f.at for f in found), default=None)
     if state.last_unhealthy_at is not None and (last_bad is None or state.last_unhealthy_at > last_bad):
         last_bad = state.last_unhealthy_at
-    in_quarantine = state.status == "quarantined"
-    if found:
-        newest = max(f.at for f in found)
-        current = tuple(f for f in found if f.at == newest) or tuple(found)
-        if in_quarantine or state.quarantined_by_rules:
-            return Decision("hold", current[0].message, _dedupe(found), last_bad)
-        return Decision("quarantine", current[0].message, _dedupe(found), last_bad)
-    if not in_quarantine or not state.quarantined_by_rules or state.pinned:
-        return Decision("none", last_unhealthy_at=last_bad)
-    latest = max(s.at for s in samples)
-    healthy_since = last_bad if last_bad is not None else min(s.at for s in samples)
-    # Hysteresis: healthy samples must span the whole cool-down, not just the time elapsed since the fault.
-    if latest - healthy_since >= rules.cooldown_s and now - healthy_since >= rules.cooldown_s:
-        return Decision("release", f"healthy for {now - healthy_since:.0f}s (cool-down {rules.cooldown_s:.0f}s)")
-    return Decision("none", last_unhealthy_at=last_bad)
+    newest = _dedupe(found)
+    reason = newest[0].message if newest else ""
+    if state.quarantined_by_rules:
+        if not state.pinned and state.status == "quarantined":
+            latest = max(s.at for s in samples)
+            healthy_since = last_bad if last_bad is not None else min(s.at for s in samples)
+            # Hysteresis: healthy samples must span the whole cool-down, not just the time since the fault.
+            if latest - healthy_since >= rules.cooldown_s and now - healthy_since >= rules.cooldown_s:
+                return Decision(
+                    "release", f"healthy for {now - healthy_since:.0f}s (cool-down {rules.cooldown_s:.0f}s)"
+                )
+        return Decision("hold" if found else "none", reason, newest, last_bad)
+    if found and state.status != "quarantined":
+        return Decision("quarantine", reason, newest, last_bad)
+    return Decision("none", reason, newest, last_bad)
 
 
 def _dedupe(found: Iterable[Finding]) -> tuple[Finding, ...]:

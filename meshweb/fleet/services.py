@@ -181,6 +181,11 @@ def quarantine_rules() -> Rules:
     return Rules(cooldown_s=settings.INFERMESH_QUARANTINE_COOLDOWN_S)
 
 
+def _last_release(node: Node) -> float | None:
+    last = NodeQuarantine.objects.filter(node=node, released_at__isnull=False).order_by("-released_at").first()
+    return last.released_at.timestamp() if last is not None and last.released_at is not None else None
+
+
 def quarantine_check_node(*, node: Node, now: datetime, rules: Rules, window_s: float) -> Decision:
     """Judge one node on its recent telemetry and apply the decision (each step idempotent, so a retried or
     duplicated check leaves the same state)."""
@@ -196,6 +201,7 @@ def quarantine_check_node(*, node: Node, now: datetime, rules: Rules, window_s: 
         pinned=record is not None and record.pinned,
         quarantined_manually=node.status == NodeStatus.QUARANTINED and (record is None or not record.automatic),
         last_unhealthy_at=record.last_unhealthy_at.timestamp() if record and record.last_unhealthy_at else None,
+        ignore_before=_last_release(node),
     )
     decision = decide(state, samples, now.timestamp(), rules)
     bad_at = datetime.fromtimestamp(decision.last_unhealthy_at, tz=UTC) if decision.last_unhealthy_at else None
