@@ -39,9 +39,8 @@ def test_agent_frames_round_trip() -> None:
 
 
 def test_portal_frames_round_trip() -> None:
-    changes = parse_portal_message(
-        '{"type": "changes", "changes": [{"version": 3, "key": "nodes/n1", "op": "put", "value": {"status": "active"}}]}'
-    )
+    change = {"version": 3, "key": "nodes/n1", "op": "put", "value": {"status": "active"}}
+    changes = parse_portal_message(json.dumps({"type": "changes", "changes": [change]}))
     assert isinstance(changes, Changes) and changes.changes[0].key == "nodes/n1"
     snap = parse_portal_message('{"type": "snapshot", "version": 4, "entries": []}')
     assert isinstance(snap, Snapshot) and "nodes/" in snap.prefixes
@@ -77,7 +76,7 @@ def test_oversized_frame_is_refused() -> None:
 
 
 def test_bad_portal_frames_are_refused() -> None:
-    with pytest.raises(ProtocolError, match="changes.changes.0.key"):
+    with pytest.raises(ProtocolError, match=r"changes\.changes\.0\.key"):
         parse_portal_message('{"type": "changes", "changes": [{"version": 1, "key": "nodes has spaces", "op": "put"}]}')
-    with pytest.raises(ProtocolError, match="changes.changes.0.version"):
+    with pytest.raises(ProtocolError, match=r"changes\.changes\.0\.version"):
         parse_portal_message('{"type": "changes", "changes": [{"version": 0, "key": "nodes/a", "op": "put"}]}')
