@@ -223,11 +223,12 @@ class Handlers:
     async def models(self, request: web.Request) -> web.Response:
         corr = new_corr_id(request.headers, "")
         try:
-            self.svc.authenticate(request.headers)
+            tenant = self.svc.authenticate(request.headers)
         except Refusal as r:
             return _refusal_response(r, corr, "models")
         now = int(time.time())
-        data = [{"id": m, "object": "model", "created": now, "owned_by": "infermesh"} for m in self.svc.view.models()]
+        models = [m for m in self.svc.view.models() if tenant.may_use(m)]
+        data = [{"id": m, "object": "model", "created": now, "owned_by": "infermesh"} for m in models]
         return web.json_response({"object": "list", "data": data}, headers={"x-request-id": corr})
 
     # -- KServe v2 ----------------------------------------------------------------------------------------------

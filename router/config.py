@@ -86,6 +86,9 @@ class TenantConfig(_Strict):
     api_key_sha256: list[str] = Field(default_factory=list, description="hex SHA-256 of keys, instead of plain keys")
     priority: Priority = "standard"
     quotas: QuotaConfig = Field(default_factory=QuotaConfig)
+    models: list[str] = Field(
+        default_factory=list, description="models this tenant may use (others answer 404); empty = every model"
+    )
 
     def key_hashes(self) -> set[str]:
         return {hashlib.sha256(k.encode()).hexdigest() for k in self.api_keys} | {

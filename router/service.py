@@ -50,6 +50,10 @@ class Refusal(Exception):
 class Tenant:
     name: str
     priority: str
+    models: frozenset[str] = frozenset()  # empty = every model
+
+    def may_use(self, model: str) -> bool:
+        return not self.models or model in self.models
 
 
 @dataclass(slots=True)
@@ -83,7 +87,7 @@ def _tenant_index(tenants: list[TenantConfig]) -> dict[str, Tenant]:
     out: dict[str, Tenant] = {}
     for t in tenants:
         for h in t.key_hashes():
-            out[h] = Tenant(t.name, t.priority)
+            out[h] = Tenant(t.name, t.priority, frozenset(t.models))
     return out
 
 
@@ -163,7 +167,8 @@ class RouterService:
         deadline_s: float | None = None,
     ) -> Ticket:
         t0 = time.monotonic()
-        if not self.view.has_model(model):
+        # Another tenant's model answers exactly like an unknown one: its existence is not revealed.
+        if not self.view.has_model(model) or not tenant.may_use(model):
             REQUESTS.labels(model="", tenant=tenant.name, api=api, code="404").inc()
             raise Refusal(404, "model_not_found", f"model {model!r} is not served here", param="model")
         policy = self.cfg.policy_for(model)

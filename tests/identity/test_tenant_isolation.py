@@ -1,0 +1,158 @@
+"""Tenant isolation matrix: tenant A never reads or changes tenant B's objects, through the portal's REST API (OIDC
+bearer tokens) and through the router (OpenAI HTTP, KServe v2 HTTP, KServe v2 gRPC, WebSocket). Real processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import websockets.sync.client as ws_client
+
+from agents.emulator.testing import EmulatorProcess, start_emulator
+from router.proto import grpc_predict_v2_pb2 as pb
+from router.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from tests.identity.conftest import Portal
+from tests.router.procs import RouterProc, router_config, start_router
+
+pytestmark = pytest.mark.e2e
+
+KEYS = {"tenant-a": "key-a", "tenant-b": "key-b"}
+MODELS = {"tenant-a": "model-a", "tenant-b": "model-b"}
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProc]:
+    tmp = tmp_path_factory.mktemp("isolation")
+    emulators: list[EmulatorProcess] = [
+        start_emulator("--profile", "h100", "--flavor", "vllm", "--model", model, "--instant")
+        for model in MODELS.values()
+    ]
+    cfg = router_config([])
+    cfg.update(
+        targets=[
+            {"model": model, "url": em.url, "runtime": "vllm", "node": f"n{i}"}
+            for i, (model, em) in enumerate(zip(MODELS.values(), emulators, strict=True))
+        ],
+        tenants=[{"name": t, "api_keys": [KEYS[t]], "models": [MODELS[t]]} for t in KEYS],
+        listen={"host": "127.0.0.1", "port": 0, "grpc_port": 0},
+    )
+    proc = start_router(cfg, tmp)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        for em in emulators:
+            em.stop()
+
+
+def openai(r: RouterProc, tenant: str, model: str) -> int:
+    resp = httpx.post(
+        f"{r.url}/v1/completions",
+        json={"model": model, "prompt": "hi", "max_tokens": 2},
+        headers={"Authorization": f"Bearer {KEYS[tenant]}"},
+        timeout=30,
+    )
+    if resp.status_code == 404:
+        assert resp.json()["error"]["code"] == "model_not_found"
+    return resp.status_code
+
+
+def kserve_http(r: RouterProc, tenant: str, model: str) -> int:
+    body = {
+        "inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["hi"]}],
+        "parameters": {"max_tokens": 2},
+    }
+    resp = httpx.post(
+        f"{r.url}/v2/models/{model}/infer", json=body, headers={"Authorization": f"Bearer {KEYS[tenant]}"}, timeout=30
+    )
+    return resp.status_code
+
+
+def kserve_grpc(r: RouterProc, tenant: str, model: str) -> int:
+    req = pb.ModelInferRequest(
+        model_name=model,
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(
+                name="text_input", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[b"hi"])
+            )
+        ],
+        parameters={"max_tokens": pb.InferParameter(int64_param=2)},
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{r.grpc_port}") as ch:
+        try:
+            pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
+                req, metadata=(("authorization", f"Bearer {KEYS[tenant]}"),), timeout=30
+            )
+        except grpc.RpcError as err:
+            return {grpc.StatusCode.NOT_FOUND: 404}.get(err.code(), 500)
+    return 200
+
+
+def websocket(r: RouterProc, tenant: str, model: str) -> int:
+    url = f"ws://127.0.0.1:{r.port}/v1/ws"
+    with ws_client.connect(url, additional_headers={"Authorization": f"Bearer {KEYS[tenant]}"}) as conn:
+        conn.send(json.dumps({"model": model, "prompt": "hi", "max_tokens": 2}))
+        while True:
+            msg = json.loads(conn.recv(timeout=30))
+            if msg.get("type") == "done":
+                return 200
+            if msg.get("type") == "error" or "error" in msg:
+                err = msg.get("error", msg)
+                return int(err.get("status", 404 if "not_found" in json.dumps(err) else 500))
+
+
+@pytest.mark.parametrize("api", [openai, kserve_http, kserve_grpc, websocket], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("tenant", list(KEYS))
+@pytest.mark.parametrize("owner", list(KEYS))
+def test_router_matrix(router: RouterProc, api: Any, tenant: str, owner: str) -> None:
+    code = api(router, tenant, MODELS[owner])
+    assert code == (200 if tenant == owner else 404), (api.__name__, tenant, owner, code)
+
+
+def test_router_lists_only_the_tenants_models(router: RouterProc) -> None:
+    for tenant, model in MODELS.items():
+        resp = httpx.get(f"{router.url}/v1/models", headers={"Authorization": f"Bearer {KEYS[tenant]}"}, timeout=10)
+        assert [m["id"] for m in resp.json()["data"]] == [model]
+
+
+def _snapshot(portal: Portal) -> Any:
+    return {
+        path: portal.api(path, portal.admin_token)[1]["results"]
+        for path in ("/api/v1/tenants/", "/api/v1/quotas/", "/api/v1/tokens/", "/api/v1/memberships/")
+    }
+
+
+def test_rest_matrix_with_oidc_bearer(oidc_portal: Portal) -> None:
+    portal = oidc_portal
+    portal.set_mapping(
+        [
+            {"claim": "groups", "value": "acme-ops", "tenant": "acme", "role": "tenant_admin"},
+            {"claim": "groups", "value": "globex-admins", "tenant": "globex", "role": "tenant_admin"},
+        ]
+    )
+    a = portal.provider.client_credentials_token("robot-acme")
+    b = portal.provider.mint({"sub": "globex-bot", "groups": ["globex-admins"]})
+    before = _snapshot(portal)
+    for token, own, other in ((a, "acme", "globex"), (b, "globex", "acme")):
+        other_tenant = next(t for t in before["/api/v1/tenants/"] if t["slug"] == other)
+        other_quota = next(q for q in before["/api/v1/quotas/"] if q["tenant"] in (other, other_tenant["id"]))
+        other_token = next(t for t in before["/api/v1/tokens/"] if t["tenant"] in (other, other_tenant["id"]))
+        # Lists show only the caller's tenant.
+        for path in ("/api/v1/tenants/", "/api/v1/quotas/", "/api/v1/tokens/"):
+            status, body = portal.api(path, token)
+            assert status == 200
+            assert other not in json.dumps(body["results"]) or path != "/api/v1/tenants/"
+        slugs = [t["slug"] for t in portal.api("/api/v1/tenants/", token)[1]["results"]]
+        assert slugs == [own]
+        # The other tenant's objects: 404 for reads and writes, never 200/403 (existence is not revealed).
+        assert portal.api(f"/api/v1/tenants/{other_tenant['id']}/", token)[0] == 404
+        assert portal.api(f"/api/v1/quotas/{other_quota['id']}/", token)[0] == 404
+        assert portal.api(f"/api/v1/quotas/{other_quota['id']}/", token, "PATCH", {"gpus_max": 1})[0] in (403, 404)
+        assert portal.api(f"/api/v1/tokens/{other_token['id']}/", token, "DELETE")[0] in (403, 404)
+        status, _ = portal.api("/api/v1/tokens/", token, "POST", {"tenant": other, "role": "viewer"})
+        assert status in (400, 403, 404)
+    assert _snapshot(portal) == before
