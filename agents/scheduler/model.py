@@ -195,14 +195,21 @@ class Plan:
     def gpus(self) -> int:
         return sum(len(w.gpu_uuids) for w in self.workers)
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        d = dict(d)
+        d["workers"] = [WorkerSlot(**w) for w in d["workers"]]
+        return cls(**d)
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        d = json.loads(text)
-        d["workers"] = [WorkerSlot(**w) for w in d["workers"]]
-        return cls(**d)
+        return cls.from_dict(json.loads(text))
 
 
 # -- decisions the planner emits ------------------------------------------------------------------------------------

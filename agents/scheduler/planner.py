@@ -294,7 +294,10 @@ class Planner:
         port = self.config.rdzv_port_base + zlib.crc32(f"{job.job_id}/{gen}".encode()) % span
         resume = job.job_id in self.was_placed
         order = ",".join(w.node for w in workers)
+        master = self.nodes.get(workers[0].node)
+        master_addr = (master.address.rpartition(":")[0] if master and master.address else "") or workers[0].node
         env = {
+            "INFERMESH_MASTER_ADDR": master_addr,
             "NCCL_ALGO": s.nccl_algo,
             "INFERMESH_COLLECTIVE": s.strategy,
             "INFERMESH_RANK_NODES": order,

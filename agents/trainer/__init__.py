@@ -1,0 +1,1 @@
+"""Trainer agents: launch the workers of placed training jobs with torchrun and report their telemetry."""
