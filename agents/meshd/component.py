@@ -32,6 +32,8 @@ COMPONENT_FACTORIES: dict[str, str] = {
     "gossip": "agents.gossip.component:make_component",
     "raft": "agents.raft.component:make_component",
     "topology": "agents.topology.component:make_component",
+    "scheduler": "agents.scheduler.component:make_component",
+    "trainer": "agents.trainer.component:make_component",
     "portal": "agents.portal_link.component:make_component",
 }
 
