@@ -264,7 +264,7 @@ def plan(args: argparse.Namespace) -> Layout:
     )
 
 
-def agent_config(layout: Layout, i: int, data_dir: Path) -> dict[str, Any]:
+def agent_config(layout: Layout, i: int, data_dir: Path, credential_file: Path | None = None) -> dict[str, Any]:
     name, zone, gpus = AGENTS[i]
     host = layout.host
     runtimes = [
@@ -272,7 +272,7 @@ def agent_config(layout: Layout, i: int, data_dir: Path) -> dict[str, Any]:
         for r, port in enumerate(layout.runtime_ports)
         if layout.runtime_agent[r] == i
     ]
-    return {
+    config: dict[str, Any] = {
         "node": {"id": name, "roles": ["gpu", "router", "coordinator"], "zone": zone, "labels": {"demo": "true"}},
         "listen": {"grpc": f"{host}:{layout.agent_grpc[i]}", "http": f"{host}:{layout.agent_http[i]}"},
         "shutdown": {"drain_s": 0.2, "grace_s": 1.0},
@@ -292,6 +292,13 @@ def agent_config(layout: Layout, i: int, data_dir: Path) -> dict[str, Any]:
         },
         "log": {"level": "info", "json": True},
     }
+    if credential_file is not None:
+        # The portal pushes tenants, models, jobs and node status here; the agent reports telemetry back.
+        config["portal"] = {
+            "url": f"ws://{host}:{layout.portal_port}/ws/agent/",
+            "credential_file": str(credential_file),
+        }
+    return config
 
 
 def router_config(layout: Layout) -> dict[str, Any]:
@@ -474,8 +481,11 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(env).expanduser().resolve() if env else (Path.home() / ".local" / "share" / "infermesh").resolve()
 
 
-def prepare_portal(data_dir: Path, env: dict[str, str]) -> list[str]:
-    """Migrate and seed in this process (Django on the same embedded settings as the children)."""
+def prepare_portal(data_dir: Path, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Migrate, seed and enroll the agents' nodes in this process (Django on the children's embedded settings).
+
+    Returns the seed's lines and a fresh credential per agent node (earlier ones are revoked).
+    """
     os.environ.update({k: v for k, v in env.items() if k in {"INFERMESH_DATA_DIR", "INFERMESH_ADMIN_PASSWORD"}})
     for name in EMBEDDED_OVERRIDES:
         os.environ.pop(name, None)
@@ -488,10 +498,14 @@ def prepare_portal(data_dir: Path, env: dict[str, str]) -> list[str]:
 
     call_command("migrate", interactive=False, verbosity=0)
     from meshweb.demo_data import seed_demo
+    from meshweb.fleet.models import Node
+    from meshweb.meshlink.services import node_enroll
+    from meshweb.tenancy.services import SYSTEM
 
     lines = seed_demo()
+    credentials = {name: node_enroll(principal=SYSTEM, node=Node.objects.get(name=name))[1] for name, _, _ in AGENTS}
     connections.close_all()
-    return lines
+    return lines, credentials
 
 
 def demo_main(argv: Sequence[str]) -> int:
@@ -533,7 +547,7 @@ def demo_main(argv: Sequence[str]) -> int:
 
     print(f"demo: data in {data_dir}, logs in {logs}", flush=True)
     try:
-        seed_lines = prepare_portal(data_dir, env)
+        seed_lines, credentials = prepare_portal(data_dir, env)
     except Exception as exc:
         print(f"demo: the portal database could not be prepared: {exc}", file=sys.stderr)
         return 1
@@ -571,8 +585,11 @@ def demo_main(argv: Sequence[str]) -> int:
         configs = demo_dir / "config"
         configs.mkdir(parents=True, exist_ok=True)
         for i, (name, _, _) in enumerate(AGENTS):
+            secret = configs / f"agent-{name}.credential"
+            secret.write_text(credentials[name] + "\n")
+            secret.chmod(0o600)
             path = configs / f"agent-{name}.yaml"
-            path.write_text(yaml.safe_dump(agent_config(layout, i, demo_dir), sort_keys=False))
+            path.write_text(yaml.safe_dump(agent_config(layout, i, demo_dir, secret), sort_keys=False))
             fleet.add(
                 Service(
                     f"agent-{name}",

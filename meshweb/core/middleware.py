@@ -9,13 +9,14 @@ from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 
 from meshweb.core.context import correlation_id, correlation_id_from_headers
 
 access_log = logging.getLogger("meshweb.access")
 
 
-def _log(request: HttpRequest, response: HttpResponse, started: float) -> None:
+def _log(request: HttpRequest, response: HttpResponseBase, started: float) -> None:
     access_log.info(
         "%s %s %s",
         request.method,
@@ -47,7 +48,8 @@ class CorrelationIdMiddleware:
         token = correlation_id.set(self._cid(request))
         try:
             response = self.get_response(request)
-            assert isinstance(response, HttpResponse)
+            # Static files come back as streaming responses (WhiteNoise), hence the base class.
+            assert isinstance(response, HttpResponseBase)
             response["X-Request-ID"] = correlation_id.get()
             _log(request, response, started)
         finally:

@@ -9,9 +9,11 @@ holds up the write that rang.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -30,6 +32,8 @@ class _Sender:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
+        self.pending = 0  # messages handed to put() and not yet sent (or dropped)
+        self._count_lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._queue: asyncio.Queue[dict[str, Any]] | None = None
         self._ready = threading.Event()
@@ -52,15 +56,29 @@ class _Sender:
                 await asyncio.wait_for(layer.group_send(GROUP, message), timeout=5)
             except Exception as exc:  # a doorbell is best effort: the sockets' poll catches up
                 log.warning("dashboard doorbell not delivered: %s", exc)
+            finally:
+                self._count(-1)
 
     def put(self, message: dict[str, Any]) -> None:
+        self._count(1)
         self._loop.call_soon_threadsafe(self._offer, message)
 
     def _offer(self, message: dict[str, Any]) -> None:
         assert self._queue is not None
         if self._queue.full():
+            self._count(-1)
             return  # Redis is away and messages pile up: drop, the poll delivers the changes later
         self._queue.put_nowait(message)
+
+    def _count(self, delta: int) -> None:
+        with self._count_lock:
+            self.pending += delta
+
+    def flush(self, timeout_s: float = 2.0) -> None:
+        """Give queued doorbells a moment to go out before a short-lived process (a CLI command) exits."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 _sender: _Sender | None = None
@@ -83,6 +101,7 @@ def _send_now(message: dict[str, Any]) -> None:
         # A forked child (Celery's prefork pool) inherits the object but not its thread.
         if _sender is None or _sender.pid != os.getpid():
             _sender = _Sender()
+            atexit.register(_sender.flush)
     _sender.put(message)
 
 

@@ -6,6 +6,7 @@ through the app registry so that the dashboard keeps working (showing "no teleme
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -142,7 +143,10 @@ def quarantines(principal: Principal, node: Node | None = None) -> list[Any]:
     )
     if node is not None:
         rows = rows.filter(node=node)
-    return list(rows.order_by("-created_at", "-id")[:HISTORY_LIMIT])
+    records = list(rows.order_by("-created_at", "-id")[:HISTORY_LIMIT])
+    for record in records:
+        record.evidence_json = json.dumps(record.evidence, sort_keys=True)
+    return records
 
 
 def node_status_history(principal: Principal, node: Node | None = None) -> models.QuerySet[AuditEntry]:

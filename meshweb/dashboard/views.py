@@ -116,9 +116,11 @@ def node_detail(request: HttpRequest, principal: Principal, name: str) -> HttpRe
     node = _node_or_404(principal, name)
     readings = {r["uuid"]: r for r in selectors.latest_gpu_readings(principal, node)}
     inventory = selectors.gpus_of(node)
-    gpus = [{"gpu": gpu, "reading": readings.get(gpu.uuid)} for gpu in inventory]
-    known = {gpu.uuid for gpu in inventory}
-    reported_only = [r for uuid, r in readings.items() if uuid not in known]
+    # Match readings by UUID, else by index (an inventory typed in by hand may not know the UUIDs).
+    by_index = {r["index"]: r for r in readings.values() if r["uuid"] not in {g.uuid for g in inventory}}
+    gpus = [{"gpu": gpu, "reading": readings.get(gpu.uuid) or by_index.pop(gpu.index, None)} for gpu in inventory]
+    shown = {id(g["reading"]) for g in gpus if g["reading"] is not None}
+    reported_only = [r for r in readings.values() if id(r) not in shown]
     context = _base(
         principal,
         "nodes",

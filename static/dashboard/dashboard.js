@@ -17,7 +17,6 @@
     refreshTimer = setTimeout(function () {
       refreshTimer = null;
       document.body.dispatchEvent(new CustomEvent("im-refresh"));
-      if (window.imRefreshCharts) { window.imRefreshCharts(); }
     }, 400);
   }
 
@@ -64,18 +63,46 @@
     while (feed.children.length > limit) { feed.lastElementChild.remove(); }
   }
 
+  // Events of the portal's services come as {"kind", "data": {...}, "tenant_id"}; audit entries come flat.
+  var QUIET = { "telemetry": true, "link": true, "node.status": true, "job.status": true };
+  var telemetryTimer = null;
+
+  function describe(kind, d) {
+    if (kind === "quarantine") {
+      return "node " + d.node + " " + (d.state || "quarantined") + (d.reason ? ": " + d.reason : "");
+    }
+    if (kind === "node.event") { return "node " + d.node + ": " + d.kind + (d.message ? " (" + d.message + ")" : ""); }
+    if (kind === "job.event") { return "job " + d.job + ": " + (d.kind || "") + " " + (d.message || ""); }
+    return kind + " " + JSON.stringify(d);
+  }
+
   function handle(msg) {
     if (!msg || typeof msg !== "object") { return; }
     if (msg.kind === "hello" || msg.kind === "pong") { return; }
-    var node = msg.node && typeof msg.node === "object" ? msg.node.name : msg.node;
-    if (node && msg.status) {
-      setStatus('[data-node-status="' + node + '"]', msg.status, msg.reason, '[data-node-reason="' + node + '"]');
+    var d = msg.data && typeof msg.data === "object" ? msg.data : msg;
+    if (msg.kind === "telemetry") {
+      // Frequent: refresh charts and figures at most every few seconds, and keep them out of the feed.
+      if (!telemetryTimer) {
+        telemetryTimer = setTimeout(function () {
+          telemetryTimer = null;
+          document.body.dispatchEvent(new CustomEvent("im-telemetry"));
+          var box = document.getElementById("charts");
+          if (box && window.imRefreshCharts) { window.imRefreshCharts(); }
+        }, 3000);
+      }
+      return;
     }
-    var job = msg.job !== undefined ? msg.job : msg.job_id;
-    if (job !== undefined && job !== null && msg.status) {
-      setStatus('[data-job-status="' + job + '"]', msg.status);
+    var node = typeof d.node === "string" ? d.node : null;
+    if (node && d.status && (msg.kind === "node.status" || msg.kind === "audit")) {
+      setStatus('[data-node-status="' + node + '"]', d.status, d.reason, '[data-node-reason="' + node + '"]');
     }
-    addToFeed(msg);
+    var job = d.job !== undefined ? d.job : d.job_id;
+    if (job !== undefined && job !== null && d.status && (msg.kind === "job.status" || msg.kind === "audit")) {
+      setStatus('[data-job-status="' + job + '"]', d.status);
+    }
+    if (!QUIET[msg.kind]) {
+      addToFeed(msg.kind === "audit" ? msg : { kind: msg.kind, actor: msg.kind, summary: describe(msg.kind, d), at: d.at });
+    }
     scheduleRefresh();
   }
 
