@@ -45,7 +45,9 @@ def report(node: Node, *, ecc: int = 0, xids: list[int] | None = None, at: Any =
 
 
 def pushed_status(node: str, after: int) -> list[str]:
-    return [e.value["status"] for e in OutboxEntry.objects.filter(key=f"nodes/{node}", version__gt=after)]
+    return [
+        (e.value or {}).get("status", "") for e in OutboxEntry.objects.filter(key=f"nodes/{node}", version__gt=after)
+    ]
 
 
 @override_settings(INFERMESH_QUARANTINE_COOLDOWN_S=60)
