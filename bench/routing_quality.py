@@ -206,6 +206,12 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=15.0, help="seconds of compressed trace per run")
     ap.add_argument("--loads", default="0.7,0.9", help="fractions of fleet capacity")
     ap.add_argument("--max-num-seqs", type=int, default=4, help="batch slots per emulated runtime")
+    ap.add_argument(
+        "--straggler",
+        type=float,
+        default=0.0,
+        help="slow one h100 runtime down by this factor (a throttled GPU) before the runs; 0 = healthy fleet",
+    )
     ap.add_argument("--calibrate-s", type=float, default=15.0, help="seconds of the capacity measurement")
     ap.add_argument("--configs", default="baseline_rr,least_queue,hybrid_mesh,hybrid_mesh+hedging,vllm:round_robin,"
                     "vllm:power_of_two")  # fmt: skip
@@ -237,6 +243,9 @@ def main() -> int:
             measure_capacity(emus, args.max_num_seqs, int(mean_ctx), int(mean_gen), args.calibrate_s)
         )
         print(f"# measured fleet capacity on this machine: {fleet_cap:.2f} req/s (mean-sized requests)", flush=True)
+        if args.straggler > 0:
+            httpx.post(emus[0] + "/emulator/faults", json={"slowdown": args.straggler}, timeout=10).raise_for_status()
+            print(f"# straggler: {FLEET[0]} at {emus[0]} slowed down {args.straggler:g}x after calibration")
         agent = start_agent(ps, emus)
         routers: dict[str, str] = {}
         for c in configs:

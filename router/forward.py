@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from router.config import OutlierConfig, RoutingPolicy
-from router.core.hedging import HedgeBudget, HedgeParams, hedge_delay
+from router.core.hedging import HedgeBudget, HedgeParams, LatencyWindow, hedge_delay
 from router.core.outlier import OutlierDetector
 from router.core.retry import Outcome, RetryRules
 from router.metrics import EJECTIONS, HEDGE_SKIPPED, HEDGES, RETRIES, TTFT, child
@@ -99,6 +99,7 @@ class Forwarder:
             outlier.consecutive_failures, outlier.base_ejection_s, outlier.max_ejection_s, outlier.max_ejected_fraction
         )
         self._budgets: dict[str, HedgeBudget] = {}
+        self._model_ttft: dict[str, LatencyWindow] = {}
         self.on_slot_free: Callable[[str], None] = lambda model: None
         self._params: dict[int, HedgeParams] = {}
         self._rules: dict[int, RetryRules] = {}
@@ -123,6 +124,16 @@ class Forwarder:
             )
             self._params[id(policy)] = p
         return p
+
+    def is_slow(self, target: Target, model: str, factor: float = 2.5, floor_s: float = 0.05) -> bool:
+        """A target whose recent median TTFT is `factor` x the model's (and above `floor_s`): a straggler."""
+        if len(target.ttft) < 8:
+            return False
+        mw = self._model_ttft.get(model)
+        if mw is None or len(mw) < 32:
+            return False
+        mine, overall = target.ttft.quantile(0.5), mw.quantile(0.5)
+        return mine is not None and overall is not None and mine > floor_s and mine > factor * overall
 
     def rules(self, policy: RoutingPolicy) -> RetryRules:
         r = self._rules.get(id(policy))
@@ -206,7 +217,14 @@ class Forwarder:
             tasks[task] = _Attempt(t, hedge, time.monotonic())
 
         launch(False)
-        hedge_at: float | None = start + hedge_delay(order[0].ttft, self._hedge_params(policy))
+        # The earlier of the primary's own TTFT quantile and the model's: a target that has become slow (a throttled
+        # GPU) must not get a patience stretched by its own slowness.
+        params = self._hedge_params(policy)
+        delay = hedge_delay(order[0].ttft, params)
+        model_window = self._model_ttft.get(model)
+        if model_window is not None and len(model_window) >= params.min_samples:
+            delay = min(delay, hedge_delay(model_window, params))
+        hedge_at: float | None = start + delay
         try:
             while True:
                 now = time.monotonic()
@@ -349,6 +367,10 @@ class Forwarder:
         if w.outcome is not Outcome.SERVER_ERROR:
             self.outlier.on_success(w.target.id)
             w.target.ttft.add(w.ttft)
+            mw = self._model_ttft.get(model)
+            if mw is None:
+                mw = self._model_ttft[model] = LatencyWindow(512)
+            mw.add(w.ttft)
             child(TTFT, *w.target.labels).observe(w.ttft)
         else:
             self._failure(w.target, model, time.monotonic())

@@ -209,7 +209,8 @@ class RouterService:
             raise
         if policy.hold_when_full:
             # Targets that can start the request now go first, in the strategy's order.
-            ranked = [t for t in ranked if t.has_slot()] + [t for t in ranked if not t.has_slot()]
+            flags = [(t, self._usable(t, model)) for t in ranked]
+            ranked = [t for t, ok in flags if ok] + [t for t, ok in flags if not ok]
         return Ticket(
             api=api,
             model=model,
@@ -226,32 +227,54 @@ class RouterService:
             deadline=t0 + min(policy.deadline_s, deadline_s if deadline_s is not None else policy.deadline_s),
         )
 
+    def _usable(self, t: Target, model: str) -> bool:
+        if not t.has_slot():
+            return False
+        if not self.forwarder.is_slow(t, model):
+            return True
+        # A straggler still gets one chance in 20 so that its TTFT window sees it recover.
+        t.slow_skips += 1
+        return t.slow_skips % 20 == 0
+
     async def _hold_for_slot(
         self, model: str, candidates: list[Target], priority: str, policy: RoutingPolicy, lease: Lease | None
     ) -> None:
         queues = self._held.setdefault(model, {p: deque() for p in PRIORITIES})
         held = sum(len(q) for q in queues.values())
-        if not held and any(t.has_slot() for t in candidates):
+        if not held and any(self._usable(t, model) for t in candidates):
             return
         limit = policy.admission.max_queue_per_target * max(1, len(candidates))
         limit *= policy.admission.priority_factor.get(priority, 1.0)
         if held >= limit:
             raise Refusal(429, "overloaded", f"model {model!r} is overloaded (router queue {held})", retry_after="1")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queues[priority].append(fut)
-        HELD.inc()
-        try:
-            await asyncio.wait_for(fut, policy.first_byte_timeout_s)
-        except TimeoutError:
-            raise Refusal(
-                504, "queue_timeout", f"no batch slot freed for model {model!r} within {policy.first_byte_timeout_s:g}s"
-            ) from None
-        finally:
-            HELD.dec()
-            if not fut.done():
-                fut.cancel()
-            with contextlib.suppress(ValueError):
-                queues[priority].remove(fut)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.first_byte_timeout_s
+        first = True
+        while True:
+            fut: asyncio.Future[None] = loop.create_future()
+            # A request woken for a slot it should not take waits again at the head, keeping its turn.
+            (queues[priority].append if first else queues[priority].appendleft)(fut)
+            first = False
+            HELD.inc()
+            try:
+                await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
+            except TimeoutError:
+                raise Refusal(
+                    504,
+                    "queue_timeout",
+                    f"no batch slot freed for model {model!r} within {policy.first_byte_timeout_s:g}s",
+                ) from None
+            finally:
+                HELD.dec()
+                if not fut.done():
+                    fut.cancel()
+                with contextlib.suppress(ValueError):
+                    queues[priority].remove(fut)
+            if any(self._usable(t, model) for t in candidates):
+                return
+            # Only a slow target (a throttled GPU) freed a slot: wait for a good one, unless all of them are slow.
+            if all(self.forwarder.is_slow(t, model) for t in candidates):
+                return
 
     def slot_freed(self, model: str) -> None:
         """A target of `model` finished a request: wake the longest-held request of the highest SLO class."""

@@ -48,6 +48,7 @@ class Target:
     learned_slots: int | None = None  # batch slots seen in use while the runtime queued (when it does not say)
     # Local knowledge of this router.
     inflight: int = 0
+    slow_skips: int = 0
     completed: int = 0
     ttft: LatencyWindow = field(default_factory=lambda: LatencyWindow(128))
     rate_window_start: float = field(default_factory=time.monotonic)

@@ -72,3 +72,22 @@ def test_learned_slots_and_has_slot() -> None:
     assert t.est_waiting() == 0
     t.inflight = 6
     assert t.est_waiting() == 2
+
+
+def test_straggler_detection_needs_evidence() -> None:
+    from router.config import OutlierConfig
+    from router.core.hedging import LatencyWindow
+    from router.forward import Forwarder
+
+    fw = Forwarder(None, OutlierConfig())  # type: ignore[arg-type]  # no I/O in this check
+    slow = Target(id="s", model="m", url="http://s")
+    fast = Target(id="f", model="m", url="http://f")
+    for _ in range(8):
+        slow.ttft.add(0.4)
+    assert not fw.is_slow(slow, "m")  # no model-wide figure yet
+    fw._model_ttft["m"] = LatencyWindow(512)
+    for _ in range(40):
+        fw._model_ttft["m"].add(0.05)
+        fast.ttft.add(0.05)
+    assert fw.is_slow(slow, "m")
+    assert not fw.is_slow(fast, "m")
