@@ -216,3 +216,42 @@ def test_forged_origin_header_is_refused_even_with_a_session(admin: Any, portal:
     assert refused.value.response.status_code == 403
     hello = run(portal.url)
     assert hello["kind"] == "hello" and hello["principal"] == "user:admin"
+
+
+TELEMETRY = """
+import time
+from agents.proto.portal_link import GpuRollup, NodeRollup, Telemetry
+from meshweb.fleet.models import Node
+from meshweb.meshlink.services import telemetry_record
+node = Node.objects.get(name="gpu-a1")
+for step in range(3):
+    telemetry_record(node=node, telemetry=Telemetry(
+        seq=step + 1,
+        at_unix_ms=int(time.time() * 1000) - (2 - step) * 5000,
+        node=NodeRollup(targets=2, routable_targets=2, requests_running=3.0),
+        gpus=[GpuRollup(uuid=f"GPU-gpu-a1-{i}", index=i, name="NVIDIA H100 80GB HBM3", utilization=40.0 + 10 * step + i,
+                        memory_used_frac=0.5, temperature_c=60.0 + step, power_w=400.0) for i in range(2)],
+    ))
+"""
+
+
+def test_gpu_charts_draw_when_telemetry_arrives(admin: Any, portal: Portal, artifacts: Path) -> None:
+    page = admin.new_page()
+    page.goto(f"{portal.url}/dashboard/nodes/gpu-a1/")
+    page.wait_for_function("document.getElementById('ws-state').textContent === 'live'", timeout=20_000)
+    assert page.locator("#charts .chart").count() == 0
+    assert page.is_visible("#charts-empty")
+
+    # Telemetry reported through the agent link's service; its live event makes the page fetch and draw the series.
+    portal.run_python(TELEMETRY)
+    page.wait_for_function("document.querySelectorAll('#charts .chart canvas').length === 4", timeout=20_000)
+    metrics = page.eval_on_selector_all("#charts .chart", "els => els.map(e => e.dataset.metric)")
+    assert metrics == ["utilization", "memory_used_pct", "temperature_c", "power_w"]
+    # The GPU table re-renders with the latest reading (matched to the inventory by UUID).
+    page.wait_for_function("document.getElementById('gpu-table').textContent.includes('61.0')", timeout=20_000)
+    assert page.is_hidden("#charts-empty")
+    series = page.evaluate("fetch(document.getElementById('charts').dataset.telemetryUrl).then(r => r.json())")
+    gpu0 = series["gpus"][0]
+    assert gpu0["utilization"] == [40.0, 50.0, 60.0] and gpu0["temperature_c"] == [60.0, 61.0, 62.0]
+    page.screenshot(path=str(artifacts / "node-gpu-charts.png"), full_page=True)
+    page.close()
