@@ -94,26 +94,31 @@ def load_certificate(data: bytes | str) -> x509.Certificate:
         if raw.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(raw)
         return x509.load_der_x509_certificate(raw)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, KeyError, x509.InvalidVersion) as err:
         raise CaError(f"certificate: not a valid X.509 certificate ({err})") from None
 
 
 def svid_info(cert: x509.Certificate) -> SvidInfo:
     """SPIFFE ID, node and roles of an SVID; CaError when it is not one of ours in shape."""
     try:
+        return _svid_info(cert)
+    except CaError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as err:
+        # cryptography parses some fields lazily: a damaged one surfaces only when it is read.
+        raise CaError(f"certificate: malformed ({type(err).__name__}: {err})") from None
+
+
+def _svid_info(cert: x509.Certificate) -> SvidInfo:
+    try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise CaError("certificate: no subjectAltName, so no SPIFFE ID") from None
-    except ValueError as err:
-        raise CaError(f"certificate: malformed extensions ({err})") from None
     uris = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith("spiffe://")]
     if len(uris) != 1:
         raise CaError(f"certificate: expected exactly one SPIFFE ID URI SAN, found {len(uris)}")
     td, node = parse_spiffe_id(uris[0])
-    try:
-        ous = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
-    except ValueError as err:
-        raise CaError(f"certificate: malformed subject ({err})") from None
+    ous = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
     roles = tuple(check_roles(ous))
     return SvidInfo(
         spiffe_id=uris[0],

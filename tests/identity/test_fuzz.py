@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from typing import Any
 
 import pytest
@@ -29,7 +30,11 @@ from meshweb.identity.mapping import MappingError, parse_mapping, roles_for
 from meshweb.identity.mesh import EnrollmentRefused, split_join_token
 from meshweb.identity.tokens import JwtVerifier, TokenError
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=int(os.environ.get("INFERMESH_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 PEM_CERT = st.builds(
     lambda body: b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(body) + b"-----END CERTIFICATE-----\n",
     st.binary(max_size=600),
