@@ -53,7 +53,7 @@ async def test_a_snapshot_replaces_the_portal_keys_and_keeps_the_others(tmp_path
 def test_a_corrupt_state_file_stops_the_agent_with_its_name(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     path.write_text("{half")
-    with pytest.raises(ValueError, match="state.json: not JSON"):
+    with pytest.raises(ValueError, match=r"state\.json: not JSON"):
         FileApplier(path)
 
 
