@@ -26,7 +26,12 @@ def view(tid: str, model: str = "m", node: str = "n1", **kw: object) -> TargetVi
     return TargetView(target_id=tid, model=model, node=node, endpoint=f"http://{tid}", **kw)  # type: ignore[arg-type]
 
 
+# Tests of what strategies decide use a budget no loaded test machine can overrun; the budget has its own test.
+GENEROUS_BUDGET_US = 1e6
+
+
 def host_with(*views: TargetView, **kw: object) -> StrategyHost:
+    kw.setdefault("budget_us", GENEROUS_BUDGET_US)
     h = StrategyHost(rng=random.Random(7), **kw)  # type: ignore[arg-type]
     for v in views:
         h.upsert(v)
@@ -82,7 +87,7 @@ def test_least_queue_prefers_the_emptier_target() -> None:
 def test_hybrid_mesh_charges_each_term(worse: dict[str, object], why: str) -> None:
     node = str(worse.pop("node", "n1"))
     rtt = {("n1", "n1"): 0.0, ("n1", "far"): 0.2}
-    h = StrategyHost(rng=random.Random(1))
+    h = StrategyHost(rng=random.Random(1), budget_us=GENEROUS_BUDGET_US)
     hybrid = h.strategies["hybrid_mesh"]
     assert isinstance(hybrid, HybridMesh)
     hybrid.set_rtt(lambda a, b: rtt[(a, b)])
@@ -132,7 +137,7 @@ class CountingHybrid(HybridMesh):
 
 def test_decisions_look_at_a_bounded_sample_not_the_fleet() -> None:
     counting = CountingHybrid()
-    h = StrategyHost({"counting": counting}, default="counting", rng=random.Random(3))
+    h = StrategyHost({"counting": counting}, default="counting", rng=random.Random(3), budget_us=GENEROUS_BUDGET_US)
     for i in range(10_000):
         h.upsert(view(f"t{i}", node=f"n{i % 50}", requests_waiting=1.0 + i % 17, max_concurrency=8))
     # the single idle target joins the elite on update, so it is found without scanning
