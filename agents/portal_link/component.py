@@ -110,6 +110,7 @@ class PortalLinkComponent:
         self._seq = 0
         self._send_lock = asyncio.Lock()
         self._outbox: asyncio.Queue[JobStatus | JobEvent] = asyncio.Queue(maxsize=10_000)
+        self._unsent: JobStatus | JobEvent | None = None
         self.applied_version = 0
 
     def add_to_server(self, server: Any) -> Sequence[str]:
@@ -316,8 +317,10 @@ class PortalLinkComponent:
 
     async def _job_reports(self) -> None:
         while True:
-            frame = await self._outbox.get()
-            await self._send(frame)
+            if self._unsent is None:
+                self._unsent = await self._outbox.get()
+            await self._send(self._unsent)
+            self._unsent = None  # kept until sent: a report taken just before the link broke goes on the next one
 
 
 def make_component(section: Mapping[str, Any]) -> PortalLinkComponent:
