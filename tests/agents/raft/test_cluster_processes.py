@@ -59,14 +59,22 @@ async def test_faults_under_concurrent_clients(tmp_path: Path, n: int) -> None:
         assert work.acked_writes > 20, work.errors
         res = check_history(work.history)
         assert res.ok, f"not linearizable on keys {res.bad_keys}"
-        # every member converges to the same state
-        await asyncio.sleep(0.5)
-        states = set()
-        for m in cluster.members.values():
-            with grpc.insecure_channel(m.address) as ch:
-                resp = store_pb2_grpc.StoreStub(ch).Get(store_pb2.StoreGetRequest(key="kv/", prefix=True), timeout=5)
-            assert not resp.stale
-            states.add(tuple((kv.key, kv.value) for kv in resp.kvs))
+        # every member converges to the same state (a member restarted last may need a moment to hear the leader)
+        deadline = time.monotonic() + 15.0
+        while True:
+            states = set()
+            stale = []
+            for m in cluster.members.values():
+                with grpc.insecure_channel(m.address) as ch:
+                    req = store_pb2.StoreGetRequest(key="kv/", prefix=True)
+                    resp = store_pb2_grpc.StoreStub(ch).Get(req, timeout=5)
+                if resp.stale:
+                    stale.append(m.address)
+                states.add(tuple((kv.key, kv.value) for kv in resp.kvs))
+            if (not stale and len(states) == 1) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert not stale, f"members still stale: {stale}"
         assert len(states) == 1
 
 
