@@ -104,9 +104,10 @@ class Cluster:
     async def new_node(self) -> Node:
         ip = f"127.0.0.{self._next_ip}"
         self._next_ip += 1
-        node = Node(f"{self.kind}-{self.seq}", ip, free_port(ip), free_port("127.0.0.1"))
+        port = free_port(ip)
+        listen = await self.proxy.add_route(("127.0.0.1", 0), (ip, port))
+        node = Node(f"{self.kind}-{self.seq}", ip, port, listen[1])
         self.seq += 1
-        await self.proxy.add_route(("127.0.0.1", node.proxy_port), (ip, node.port))
         return node
 
     def seeds(self) -> list[str]:

@@ -25,7 +25,7 @@ from agents.gossip.keyring import Keyring, parse_key
 from agents.gossip.messages import Addr
 from agents.gossip.metrics import GossipMetrics
 from agents.gossip.service import MembershipService, TopologyService
-from agents.gossip.swim import DegradedChanged, Event, MemberEvent, SwimConfig
+from agents.gossip.swim import DegradedChanged, Event, MemberEvent, SummaryEvent, SwimConfig
 from agents.proto.infermesh.v1 import control_pb2, membership_pb2_grpc, state_pb2
 from agents.topology.service import Topology
 
@@ -146,6 +146,7 @@ def mesh_status() -> MeshStatus:
 
 
 _DOWN = {"dead", "left"}
+_MAX_SUMMARY_INFLATED = 8 * 1024 * 1024
 
 
 class GossipComponent:
@@ -226,8 +227,47 @@ class GossipComponent:
         """This node's fused targets as a compressed ListTargetsResponse: what routers elsewhere need to rank them."""
         assert self._ctx is not None
         fusion = self._ctx.fusion
-        msg = state_pb2.ListTargetsResponse(targets=[fusion.to_proto(rec) for rec in fusion.targets.values()])
+        local = self._ctx.node_id
+        # Only our own targets: remote ones came from their owners' summaries and must not echo back.
+        msg = state_pb2.ListTargetsResponse(
+            targets=[fusion.to_proto(rec) for rec in fusion.targets.values() if rec.node == local]
+        )
         return zlib.compress(msg.SerializeToString(), 6)
+
+    def _ingest_summary(self, node: str, payload: bytes) -> None:
+        """Another node's targets into our fusion (remote=True), so routers here can rank targets everywhere."""
+        assert self._ctx is not None
+        try:
+            inflater = zlib.decompressobj()
+            raw = inflater.decompress(payload, _MAX_SUMMARY_INFLATED)
+            if inflater.unconsumed_tail:
+                raise ValueError(f"inflates beyond {_MAX_SUMMARY_INFLATED} bytes")
+            msg = state_pb2.ListTargetsResponse.FromString(raw)
+        except (zlib.error, ValueError) as exc:
+            log.warning("gossip: unreadable state summary from %s: %s", node, exc)
+            return
+        for t in msg.targets:
+            if t.node != node:
+                continue  # a node speaks only for its own targets
+            d = state_pb2.ModelStateDelta(
+                node=t.node, endpoint=t.endpoint, runtime=t.runtime, model=t.model, revision=t.revision,
+                quant=t.quant, gpu_uuids=list(t.gpu_uuids), mig_profile=t.mig_profile, loaded=t.loaded,
+                warming=t.warming, healthy=t.health != state_pb2.TARGET_HEALTH_UNHEALTHY,
+                cost_per_mtok=t.cost_per_mtok, source="gossip",
+            )  # fmt: skip
+            for name in ("requests_waiting", "requests_running", "kv_cache_usage", "tokens_per_s", "ttft_p95_s",
+                         "latency_p95_s", "max_concurrency"):  # fmt: skip
+                if t.HasField(name):
+                    setattr(d, name, getattr(t, name))
+            result = self._ctx.fusion.ingest_model(d, remote=True)
+            if not result.accepted:
+                log.debug("gossip: remote target %s from %s refused: %s", t.target_id, node, result)
+
+    def _member_down(self, node: str) -> None:
+        assert self._ctx is not None
+        fusion = self._ctx.fusion
+        for endpoint in {rec.endpoint for rec in fusion.targets.values() if rec.node == node}:
+            fusion.mark_endpoint_down(endpoint, f"node {node} unreachable (gossip)")
 
     async def _publish_summaries(self) -> None:
         last = b""
@@ -249,8 +289,14 @@ class GossipComponent:
         ctx = self._ctx
         if ctx is None:
             return
+        if isinstance(ev, SummaryEvent):
+            if ev.node != ctx.node_id:
+                self._ingest_summary(ev.node, ev.payload)
+            return
         if isinstance(ev, MemberEvent):
             m = ev.member
+            if ev.kind in _DOWN:
+                self._member_down(m.name)
             meta = NodeMeta.decode(m.meta)
             info = control_pb2.NodeInfo(
                 node_id=m.name,

@@ -141,14 +141,18 @@ class GossipNode:
 
     async def start(self, seeds: list[Addr] | None = None) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=self.bind)
+        for attempt in range(20):
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=self.bind)
+            port = transport.get_extra_info("sockname")[1]
+            try:
+                self._server = await asyncio.start_server(self._serve_stream, self.bind[0], port)
+                break
+            except OSError:
+                transport.close()
+                # With port 0 the kernel picked a UDP port whose TCP twin is taken: pick again.
+                if self.bind[1] != 0 or attempt == 19:
+                    raise
         self._transport = transport
-        port = transport.get_extra_info("sockname")[1]
-        try:
-            self._server = await asyncio.start_server(self._serve_stream, self.bind[0], port)
-        except OSError:
-            transport.close()
-            raise
         adv = self.advertise or (self.bind[0], port)
         if adv[1] == 0:
             adv = (adv[0], port)

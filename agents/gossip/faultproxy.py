@@ -79,20 +79,35 @@ class FaultProxy:
         for r in self._routes:
             await self._open(r)
 
-    async def add_route(self, listen: Addr, target: Addr) -> None:
+    async def add_route(self, listen: Addr, target: Addr) -> Addr:
+        """Starts forwarding `listen` (port 0: any free port) to `target`; returns the address actually bound."""
         r = _Route(listen, target)
         self._routes.append(r)
         await self._open(r)
+        return r.listen
+
+    def listen_addresses(self) -> list[Addr]:
+        return [r.listen for r in self._routes]
 
     async def _open(self, r: _Route) -> None:
         loop = asyncio.get_running_loop()
         proto = _UdpRoute(self, r.target)
         factory: Callable[[], _UdpRoute] = functools.partial(lambda p: p, proto)
-        r.udp_in, _ = await loop.create_datagram_endpoint(factory, local_addr=r.listen)
+        for attempt in range(20):
+            # Port 0: take a kernel-chosen UDP port and the same TCP port; retry if another process holds the TCP one.
+            r.udp_in, _ = await loop.create_datagram_endpoint(factory, local_addr=r.listen)
+            port = r.udp_in.get_extra_info("sockname")[1]
+            try:
+                r.server = await asyncio.start_server(functools.partial(self._tcp, r), r.listen[0], port)
+                break
+            except OSError:
+                r.udp_in.close()
+                if r.listen[1] != 0 or attempt == 19:
+                    raise
+        r.listen = (r.listen[0], port)
         # Forwarded packets leave from the proxy's address; SWIM replies to addresses inside messages anyway.
         r.udp_out, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=(r.listen[0], 0))
         proto.out = r.udp_out
-        r.server = await asyncio.start_server(functools.partial(self._tcp, r), *r.listen)
 
     async def _tcp(self, r: _Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         src_ip = writer.get_extra_info("peername")[0]
