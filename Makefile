@@ -4,22 +4,27 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/infermesh
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
-EXTRAS ?= dev
+TRAIN_STAMP := .venv/.installed-train
 
 .PHONY: install test lint fmt proto demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The training tests run real PyTorch DDP workers (CPU build; torch==2.13.0 is pinned in the `train` extra).
+$(TRAIN_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,train]'
+	touch $(TRAIN_STAMP)
+
+install: $(STAMP) $(TRAIN_STAMP)
 
 demo: $(STAMP)
 	env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL .venv/bin/infermesh demo
 
-test: $(STAMP)
+test: $(STAMP) $(TRAIN_STAMP)
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -q
 
 lint: $(STAMP)
