@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from agents.signals.comm.ddp import CommHookRecorder, make_allreduce_hook
+    from agents.signals.comm.ddp import CommHookRecorder, register_comm_hook
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -56,14 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ddp = DistributedDataParallel(model)
     job = os.environ.get("INFERMESH_JOB_ID", "local")
     recorder = CommHookRecorder(job, rank, world, algorithm=os.environ.get("INFERMESH_COLLECTIVE", ""))
-    inner = make_allreduce_hook(recorder)
-
-    # DDP checks a hook's annotations against dist.GradBucket / Future; an unannotated wrapper passes that check
-    # (the recorder's own hook is annotated with Any under postponed evaluation, which DDP refuses).
-    def hook(state, bucket):  # type: ignore[no-untyped-def]
-        return inner(state, bucket)
-
-    ddp.register_comm_hook(None, hook)
+    register_comm_hook(ddp, recorder)
     out_dir = Path(os.environ.get("INFERMESH_REPORT_DIR", "."))
     out_dir.mkdir(parents=True, exist_ok=True)
     params = sum(p.numel() for p in model.parameters())

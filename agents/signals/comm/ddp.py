@@ -133,6 +133,9 @@ def make_allreduce_hook(recorder: CommHookRecorder) -> Callable[[Any, Any], Any]
 
         return fut.then(done)
 
+    # DDP checks a hook's annotations and refuses any that is not dist.GradBucket; with postponed annotations
+    # they would be the string "Any", so the hook carries none.
+    hook.__annotations__ = {}
     return hook
 
 

@@ -15,6 +15,7 @@ from agents.signals.comm import (
     InspectorFormatError,
     NcclInspectorSource,
     make_allreduce_hook,
+    register_comm_hook,
     parse_inspector_json,
     parse_inspector_prometheus,
     summarize,
@@ -127,3 +128,25 @@ def test_hook_module_imports_torch_lazily() -> None:
         hook = make_allreduce_hook(CommHookRecorder(job_id="j", rank=0, n_ranks=2))
         with pytest.raises(ModuleNotFoundError, match="torch"):
             hook(None, object())
+
+
+def test_hook_records_real_ddp_buckets(tmp_path: Path) -> None:
+    # A one-rank gloo group on the CPU build of torch: DDP accepts the hook and every bucket is recorded once a step.
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8)))
+        recorder = CommHookRecorder(job_id="j1", rank=0, n_ranks=1)
+        register_comm_hook(model, recorder)
+        for _ in range(3):
+            model(torch.randn(4, 64)).sum().backward()
+        stats = recorder.records
+        assert stats and {s.step for s in stats} == {0, 1, 2}
+        n_params = sum(p.numel() for p in model.parameters())
+        assert sum(s.bytes for s in stats if s.step == 0) == n_params * 4  # float32 gradients, every bucket
+        assert all(s.collective == "allreduce" and s.time_s >= 0 for s in stats)
+    finally:
+        dist.destroy_process_group()
