@@ -15,9 +15,9 @@ from agents.signals.comm import (
     InspectorFormatError,
     NcclInspectorSource,
     make_allreduce_hook,
-    register_comm_hook,
     parse_inspector_json,
     parse_inspector_prometheus,
+    register_comm_hook,
     summarize,
 )
 
