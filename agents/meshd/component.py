@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 COMPONENT_FACTORIES: dict[str, str] = {
     "gossip": "agents.gossip.component:make_component",
     "raft": "agents.raft.component:make_component",
-    "topology": "agents.topology.component:make_component",
     "scheduler": "agents.scheduler.component:make_component",
     "trainer": "agents.trainer.component:make_component",
     "portal": "agents.portal_link.component:make_component",
