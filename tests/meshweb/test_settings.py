@@ -43,7 +43,9 @@ def test_embedded_default_keeps_every_file_under_the_data_dir(tmp_path: Path) ->
     assert got["db"].endswith("sqlite3")
     assert got["db_name"] == str(tmp_path / "portal.sqlite3")
     assert got["broker"] == "filesystem://"
-    assert all(str(v).startswith(str(tmp_path)) for k, v in got["broker_opts"].items() if k.endswith("folder_in"))
+    folders = {k: v for k, v in got["broker_opts"].items() if k.endswith(("folder", "folder_in", "folder_out"))}
+    assert {"data_folder_in", "data_folder_out", "processed_folder", "control_folder"} <= set(folders)
+    assert all(str(v).startswith(str(tmp_path)) for v in folders.values())
     assert got["channels"] == "channels.layers.InMemoryChannelLayer"
 
 
