@@ -4,10 +4,12 @@ replay -> live changes -> acks, reports, and refusal of unknown agents, malforme
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connections
 
 from meshweb.asgi import application
 from meshweb.meshlink.models import NodeLink, NodeTelemetry, OutboxEntry
@@ -23,8 +25,11 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
 
 @pytest.fixture
-async def fleet() -> Fleet:
-    return await sync_to_async(build_fleet)()
+async def fleet() -> AsyncIterator[Fleet]:
+    yield await sync_to_async(build_fleet)()
+    # The consumer's database work ran on the thread-sensitive worker thread: give its connection back to the pool
+    # so that the test database can be dropped at the end.
+    await sync_to_async(connections.close_all)()
 
 
 def communicator(credential: str | None) -> WebsocketCommunicator:
