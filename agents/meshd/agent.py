@@ -195,6 +195,7 @@ class Agent:
             policies=self.policies,
             registry=self.metrics.registry,
             config=cfg,
+            set_node_state=self.set_node_state,
         )
         self.ctx.on_rtt_provider(self.scoring.set_rtt)
         for component in self.components:
