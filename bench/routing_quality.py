@@ -2,11 +2,17 @@
 router (baseline_rr, least_queue, hybrid_mesh, hybrid_mesh + hedging; fed by a real agent) and through the Rust
 `vllm-router` (round_robin, power_of_two), at 70% and 90% of the fleet's capacity.
 
-    .venv/bin/python bench/routing_quality.py [--duration 12] [--loads 0.7,0.9] [--max-num-seqs 4]
+    .venv/bin/python bench/routing_quality.py [--duration 12] [--loads 0.7,0.9] [--max-num-seqs 4] [--straggler 4]
+        [--configs baseline_rr,least_queue,hybrid_mesh,hybrid_mesh+hedging,vllm:round_robin,vllm:power_of_two]
+
+The default run takes about 10 minutes on a 2-core machine; p99 over a 12 s slice (~120 requests) is the
+second-worst request, so use --duration 30 or more (and fewer --configs) for steadier tails.
 
 Arrival times are the trace's real ones, time-compressed to the target load; prompt and output token counts are the
 trace's (sent as the emulator's `prompt_tokens` extension and `max_tokens`). Each configuration replays the same
-slice. Streams SSE and measures TTFT (first byte) and end-to-end latency per request.
+slice. Streams SSE and measures TTFT (first byte) and end-to-end latency per request. A last pass slows one H100
+down (--straggler, a throttled GPU) and replays the highest load through hybrid_mesh with and without hedging (and
+vllm-router power_of_two): the hedge figures of the summary come from it.
 Trace: Azure LLM inference trace 2023 (Azure/AzurePublicDataset), Patel et al., ISCA 2024 "Splitwise", CC-BY 4.0.
 """
 
