@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "router": ("router.main:main", "run the inference router (OpenAI, KServe v2 HTTP/gRPC, WebSocket)"),
     "emulate-runtime": ("agents.emulator.server:main", "serve an emulated LLM runtime (OpenAI API, runtime /metrics)"),
     "ca": ("agents.security.cli:ca_main", "the mesh certificate authority: init, issue, revoke, crl (offline root)"),
-    "join": ("agents.security.cli:join_main", "enroll this node in the mesh CA with a one-time join token from the portal"),
+    "join": ("agents.security.cli:join_main", "enroll this node in the mesh CA with a one-time join token"),
     "demo": ("meshweb.demo:demo_main", "run the whole mesh on this machine (portal, Celery, agents, router, runtimes)"),
     "worker": ("meshweb.celery:worker_main", "run a Celery worker of the portal (quarantine checks, housekeeping)"),
     "beat": ("meshweb.celery:beat_main", "run the one Celery beat (the static schedule in settings)"),
