@@ -149,6 +149,14 @@ def quarantines(principal: Principal, node: Node | None = None) -> list[Any]:
     return records
 
 
+def node_events(node: Node, limit: int = 50) -> list[Any]:
+    """What happened to the node (quarantined, released, offline, online), newest first, when the fleet keeps it."""
+    event_model = _model("fleet", "NodeEvent")
+    if event_model is None:
+        return []
+    return list(event_model.objects.filter(node=node).order_by("-at", "-id")[:limit])  # type: ignore[attr-defined]
+
+
 def node_status_history(principal: Principal, node: Node | None = None) -> models.QuerySet[AuditEntry]:
     """Audited node status changes that entered or left quarantine (or offline), newest first."""
     entries = AuditEntry.objects.filter(object_type="fleet.node", action__startswith="node.")

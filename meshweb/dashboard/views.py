@@ -130,6 +130,7 @@ def node_detail(request: HttpRequest, principal: Principal, name: str) -> HttpRe
         rollup=selectors.node_rollup(node),
         quarantines=selectors.quarantines(principal, node),
         history=selectors.node_status_history(principal, node),
+        node_events=selectors.node_events(node),
         statuses=NodeStatus.values,
     )
     return render(request, "dashboard/node_detail.html", context)

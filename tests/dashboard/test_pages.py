@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from meshweb.audit.models import AuditEntry
 from meshweb.fleet.models import Node, NodeStatus
 from meshweb.fleet.services import QUARANTINE_CHECKS, node_quarantine_open, node_quarantine_release
 from meshweb.tenancy.models import Quota
 from meshweb.training.models import JobStatus, TrainingJob
-from tests.meshweb.conftest import World
+from tests.meshweb.conftest import World, build_tenant
 
 SPEC = json.loads(Path("docs/examples/job.json").read_text())["spec"]
 pytestmark = pytest.mark.django_db
@@ -178,3 +180,32 @@ def test_node_page_without_telemetry_says_so(login: Login, world: World) -> None
     assert login(superuser=True).get("/dashboard/nodes/nope/").status_code == 404
     series = login(superuser=True).get("/dashboard/nodes/node-1/telemetry.json").json()
     assert series == {"node": "node-1", "gpus": []}
+
+
+def test_node_page_lists_the_node_events(login: Login, world: World) -> None:
+    node_quarantine_open(principal=QUARANTINE_CHECKS, node=world.node, reason="Xid 48", evidence=[{"xid": 48}])
+    page = text(login(superuser=True).get("/dashboard/nodes/node-1/"))
+    events = page.split('id="node-events"')[1]
+    assert "<td>quarantined</td><td>Xid 48</td>" in events
+
+
+@pytest.mark.parametrize(
+    "url", ["/dashboard/fragments/nodes/", "/dashboard/fragments/jobs/", "/dashboard/fragments/tenants/",
+            "/dashboard/models/", "/dashboard/fragments/quarantine/"],
+)  # fmt: skip
+def test_list_pages_do_not_query_per_row(
+    login: Login, world: World, url: str, django_assert_max_num_queries: Any
+) -> None:
+    """One more tenant (node, model, deployment, job, quarantine) must not add queries to a list page."""
+    client = login(superuser=True)
+    node_quarantine_open(principal=QUARANTINE_CHECKS, node=world.node, reason="r", evidence=[])
+    client.get(url)  # warm the session and the user
+    with CaptureQueriesContext(connection) as before:
+        assert client.get(url).status_code == 200
+    extra = build_tenant("initech", world.zone)
+    node_quarantine_open(
+        principal=QUARANTINE_CHECKS, node=Node.objects.get(name="node-initech"), reason="r", evidence=[]
+    )
+    assert extra.tenant.slug == "initech"
+    with django_assert_max_num_queries(len(before)):
+        assert client.get(url).status_code == 200
