@@ -132,6 +132,9 @@ def test_submit_scale_and_cancel_through_the_services(login: Login, world: World
     assert f"Job {job.pk} cancelled." in text(response)
     job.refresh_from_db()
     assert (job.status, job.status_reason) == (JobStatus.CANCELLED, "not needed")
+    again = client.post(f"/dashboard/jobs/{job.pk}/cancel/", follow=True)
+    assert f"Job {job.pk} is already cancelled; it cannot be cancelled." in text(again)
+    assert 'id="job-cancel"' not in text(again)
     events = text(client.get(f"/dashboard/fragments/jobs/{job.pk}/"))
     assert "scaled" in events and "workers 2 → 4" in events and "status.cancelled" in events
 
