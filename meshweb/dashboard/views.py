@@ -24,7 +24,12 @@ from meshweb.dashboard import router_stats, selectors
 from meshweb.dashboard.access import may_steer_fleet, may_use_dashboard
 from meshweb.dashboard.forms import JobScaleForm, JobSubmitForm, ReasonForm, example_spec
 from meshweb.fleet.models import NodeStatus
-from meshweb.fleet.services import node_set_status
+from meshweb.fleet.services import (
+    node_quarantine_open,
+    node_quarantine_pin,
+    node_quarantine_release,
+    node_set_status,
+)
 from meshweb.tenancy.rbac import Principal, principal_for_user
 from meshweb.tenancy.roles import Role
 from meshweb.training.models import TERMINAL, JobStatus
@@ -173,7 +178,16 @@ def node_status(request: HttpRequest, principal: Principal, name: str) -> HttpRe
         return redirect("dashboard:node", name=node.name)
     reason = form.cleaned_data["reason"] or f"set to {status} from the dashboard by {principal.name}"
     try:
-        node_set_status(principal=principal, node=node, status=status, reason=reason)
+        # Quarantine goes through its own services so that the record (reason, release, pin) stays consistent.
+        if request.POST.get("pin"):
+            node_quarantine_pin(principal=principal, node=node, reason=reason)
+            status = NodeStatus.QUARANTINED
+        elif status == NodeStatus.QUARANTINED:
+            node_quarantine_open(principal=principal, node=node, reason=reason, evidence=[], automatic=False)
+        elif node.status == NodeStatus.QUARANTINED and status == NodeStatus.ACTIVE:
+            node_quarantine_release(principal=principal, node=node, reason=reason)
+        else:
+            node_set_status(principal=principal, node=node, status=status, reason=reason)
     except APIException as exc:
         for line in _error_lines(exc):
             messages.error(request, line)

@@ -212,3 +212,23 @@ def test_list_pages_do_not_query_per_row(
     assert extra.tenant.slug == "initech"
     with django_assert_max_num_queries(len(before)):
         assert client.get(url).status_code == 200
+
+
+def test_admin_quarantine_release_and_pin_keep_the_record(login: Login, world: World) -> None:
+    from meshweb.fleet.models import NodeQuarantine
+
+    admin = login(superuser=True)
+    admin.post("/dashboard/nodes/node-1/status/", {"status": "quarantined", "reason": "flaky NVLink"})
+    record = NodeQuarantine.objects.get(node=world.node)
+    assert (record.reason, record.automatic, record.pinned, record.released_at) == ("flaky NVLink", False, False, None)
+    assert Node.objects.get(pk=world.node.pk).status == NodeStatus.QUARANTINED
+
+    admin.post("/dashboard/nodes/node-1/status/", {"status": "active", "reason": "reseated"})
+    record.refresh_from_db()
+    assert (record.released_by.startswith("user:"), record.release_reason) == (True, "reseated")
+    assert Node.objects.get(pk=world.node.pk).status == NodeStatus.ACTIVE
+
+    admin.post("/dashboard/nodes/node-1/status/", {"status": "active", "reason": "hold it", "pin": "1"})
+    pinned = NodeQuarantine.objects.get(node=world.node, released_at__isnull=True)
+    assert (pinned.pinned, pinned.reason) == (True, "hold it")
+    assert Node.objects.get(pk=world.node.pk).status == NodeStatus.QUARANTINED
