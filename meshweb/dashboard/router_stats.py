@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REQUESTS = "infermesh_router_requests_total"
 TTFT = "infermesh_router_ttft_seconds"
+MIN_WINDOW_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -103,5 +104,10 @@ def scrape(url: str, timeout_s: float = 2.0) -> RouterStats:
         return RouterStats(url=url, ok=False, error=f"not Prometheus text: {exc}")
     with _lock:
         before = _last.get(url)
-        _last[url] = now
+        # Several pages refreshing together would otherwise measure over a few milliseconds: the baseline moves
+        # only once it is MIN_WINDOW_S old, and a younger one gives no rate yet.
+        if before is None or now.at - before.at >= MIN_WINDOW_S:
+            _last[url] = now
+    if before is not None and now.at - before.at < 1.0:
+        return derive(url, now, None)
     return derive(url, now, before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -74,6 +75,9 @@ def test_first_scrape_gives_lifetime_p99_then_the_interval(router: tuple[FakeRou
     metrics.requests.labels("demo-llm", "demo", "openai", "200").inc(20)
     for _ in range(10):
         metrics.ttft.labels("demo-llm", "vllm", "n1").observe(0.7)
+    # Under a second after the first scrape there is no rate yet (no measuring over a few milliseconds).
+    assert router_stats.scrape(url).requests_per_s is None
+    time.sleep(1.1)
     second = router_stats.scrape(url)
     assert second.requests_total == 30.0
     assert second.requests_per_s is not None and second.requests_per_s > 0
