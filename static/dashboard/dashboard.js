@@ -95,6 +95,7 @@
     var node = typeof d.node === "string" ? d.node : null;
     if (node && d.status && (msg.kind === "node.status" || msg.kind === "audit")) {
       setStatus('[data-node-status="' + node + '"]', d.status, d.reason, '[data-node-reason="' + node + '"]');
+      window.imLastNodeUpdate = { node: node, status: d.status, via: msg.kind };  // what the socket last said
     }
     var job = d.job !== undefined ? d.job : d.job_id;
     if (job !== undefined && job !== null && d.status && (msg.kind === "job.status" || msg.kind === "audit")) {

@@ -78,6 +78,9 @@ def test_node_goes_quarantined_live(admin: Any, portal: Portal, artifacts: Path)
         "document.querySelector('[data-node-status=\"gpu-b2\"]').textContent === 'quarantined'", timeout=20_000
     )
     assert page.evaluate("window.__notReloaded") == "still the same page"
+    # The socket carried it (not the fragments' periodic refresh): the page's socket handler recorded the change.
+    last = page.evaluate("window.imLastNodeUpdate")
+    assert last["node"] == "gpu-b2" and last["status"] == "quarantined" and last["via"] in {"node.status", "audit"}
     assert "quarantined" in (status.get_attribute("class") or "")
     page.wait_for_function(
         "document.querySelector('[data-node-reason=\"gpu-b2\"]').textContent.includes('Xid 79')", timeout=10_000
