@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
+import grpc
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.portal_link.applier import Applier, FileApplier, RaftApplier, StoreUnavailable
+from agents.portal_link.jobs import JobFrame, JobReporter
 from agents.portal_link.telemetry import TelemetrySampler, peers
 from agents.proto.infermesh.v1 import control_pb2
 from agents.proto.portal_link import (
@@ -29,6 +31,7 @@ from agents.proto.portal_link import (
     Hello,
     JobEvent,
     JobStatus,
+    JobTelemetry,
     ProtocolError,
     Snapshot,
     Telemetry,
@@ -36,6 +39,7 @@ from agents.proto.portal_link import (
     dump,
     parse_portal_message,
 )
+from agents.scheduler import storekeys as K
 
 log = logging.getLogger("meshd.portal")
 
@@ -67,6 +71,9 @@ class PortalSection(BaseModel):
     reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
     reconnect_max_s: float = Field(default=10.0, gt=0, le=600)
     sample_s: float = Field(default=0.25, gt=0, le=60)
+    # Training jobs: how often the Raft leader reads the scheduler's job state and reports what changed.
+    job_report_s: float = Field(default=0.5, gt=0, le=60)
+    job_telemetry_s: float = Field(default=1.0, gt=0, le=600)
 
     @field_validator("url")
     @classmethod
@@ -109,8 +116,9 @@ class PortalLinkComponent:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._seq = 0
         self._send_lock = asyncio.Lock()
-        self._outbox: asyncio.Queue[JobStatus | JobEvent] = asyncio.Queue(maxsize=10_000)
-        self._unsent: JobStatus | JobEvent | None = None
+        self._outbox: asyncio.Queue[JobFrame] = asyncio.Queue(maxsize=10_000)
+        self._unsent: JobFrame | None = None
+        self.job_reporter = JobReporter(cfg.job_telemetry_s)
         self.applied_version = 0
 
     def add_to_server(self, server: Any) -> Sequence[str]:
@@ -182,7 +190,7 @@ class PortalLinkComponent:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(self.cfg.reconnect_max_s, delay * 2)
 
-    async def _send(self, frame: Hello | Ack | Heartbeat | Telemetry | JobStatus | JobEvent) -> None:
+    async def _send(self, frame: Hello | Ack | Heartbeat | Telemetry | JobStatus | JobEvent | JobTelemetry) -> None:
         ws = self._ws
         if ws is None or ws.closed:
             raise ConnectionResetError("portal link is down")
@@ -229,6 +237,8 @@ class PortalLinkComponent:
                         asyncio.create_task(self._telemetry(frame.telemetry_s)),
                         asyncio.create_task(self._job_reports()),
                     ]
+                    if self.applier.kind == "raft":
+                        tasks.append(asyncio.create_task(self._job_states()))
                 elif isinstance(frame, Changes | Snapshot):
                     await self._apply(frame)
                 elif isinstance(frame, Error):
@@ -321,6 +331,28 @@ class PortalLinkComponent:
                 self._unsent = await self._outbox.get()
             await self._send(self._unsent)
             self._unsent = None  # kept until sent: a report taken just before the link broke goes on the next one
+
+    async def _job_states(self) -> None:
+        """On the Raft leader only (one reporter for the group): the scheduler's job state, as the portal needs it."""
+        client = K.StoreClient(self.ctx.grpc_address, self.cfg.raft_group)
+        try:
+            while True:
+                try:
+                    if await client.is_leader():
+                        jobs = await client.get_prefix(K.JOBS)
+                        portal = await client.get_prefix(K.PORTAL_JOBS)
+                        frames = self.job_reporter.step(
+                            {k[len(K.JOBS) :]: v for k, v in jobs.items()},
+                            {k[len(K.PORTAL_JOBS) :]: v for k, v in portal.items()},
+                            time.time(),
+                        )
+                        for frame in frames:
+                            await self._outbox.put(frame)
+                except grpc.aio.AioRpcError as exc:
+                    log.info("job state not read: %s", exc.details())
+                await asyncio.sleep(self.cfg.job_report_s)
+        finally:
+            await client.close()
 
 
 def make_component(section: Mapping[str, Any]) -> PortalLinkComponent:

@@ -1,7 +1,8 @@
 """The portal <-> agent WebSocket protocol (one JSON object per text frame), defined once for both sides.
 
-Agents send hello / ack / heartbeat / telemetry / job_status / job_event; the portal answers welcome, then changes or a
-snapshot, and error frames. Every agent frame carries a per-connection `seq` that must increase (replays are refused).
+Agents send hello / ack / heartbeat / telemetry / job_status / job_event / job_telemetry; the portal answers welcome,
+then changes or a snapshot, and error frames. Every agent frame carries a per-connection `seq` that must increase
+(replays are refused).
 """
 
 from __future__ import annotations
@@ -173,7 +174,17 @@ class JobEvent(_AgentFrame):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-AgentMessage = Annotated[Hello | Ack | Heartbeat | Telemetry | JobStatus | JobEvent, Field(discriminator="type")]
+class JobTelemetry(_AgentFrame):
+    """The latest telemetry roll-up of a job (steps, step time, all-reduce bytes / time / busbw per node)."""
+
+    type: Literal["job_telemetry"] = "job_telemetry"
+    job_id: int = Field(gt=0)
+    generation: int = Field(default=0, ge=0)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+AgentFrame = Hello | Ack | Heartbeat | Telemetry | JobStatus | JobEvent | JobTelemetry
+AgentMessage = Annotated[AgentFrame, Field(discriminator="type")]
 
 _AGENT = TypeAdapter(AgentMessage)
 _PORTAL = TypeAdapter(PortalMessage)
@@ -203,7 +214,7 @@ def _problems(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'frame'}: {e['msg']}" for e in exc.errors()[:5])
 
 
-def parse_agent_message(raw: str | bytes) -> Hello | Ack | Heartbeat | Telemetry | JobStatus | JobEvent:
+def parse_agent_message(raw: str | bytes) -> AgentFrame:
     """Validate one frame sent by an agent; ProtocolError names what is wrong."""
     obj = _load(raw)
     try:

@@ -220,6 +220,7 @@ class SchedulerComponent:
                 event(
                     plan.job_id, kind, plan.reason, generation=plan.generation, nodes=plan.nodes,
                     strategy=plan.strategy, nccl_algo=plan.nccl_algo, predicted_step_s=plan.predicted_step_s,
+                    workers=[{"rank": w.rank, "node": w.node, "gpu_uuids": w.gpu_uuids} for w in plan.workers],
                 )  # fmt: skip
                 set_status(plan.job_id, "placing", plan.reason)
             elif isinstance(action, Preempted):

@@ -21,6 +21,7 @@ from agents.proto.portal_link import (
     Hello,
     JobEvent,
     JobStatus,
+    JobTelemetry,
     ProtocolError,
     Snapshot,
     Telemetry,
@@ -115,6 +116,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await database_sync_to_async(services.job_status_report)(node=self.node, report=msg)
             elif isinstance(msg, JobEvent):
                 await database_sync_to_async(services.job_event_record)(node=self.node, event=msg)
+            elif isinstance(msg, JobTelemetry):
+                await database_sync_to_async(services.job_telemetry_report)(node=self.node, report=msg)
         except services.JobReportError as exc:
             await self._refuse("job_report", str(exc))
 

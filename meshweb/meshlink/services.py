@@ -19,7 +19,7 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from agents.proto.portal_link import CREDENTIAL_PREFIX, Hello, JobEvent, JobStatus, Telemetry
+from agents.proto.portal_link import CREDENTIAL_PREFIX, Hello, JobEvent, JobStatus, JobTelemetry, Telemetry
 from meshweb.audit.services import audit_record
 from meshweb.core.exceptions import Conflict
 from meshweb.fleet.models import Node, NodeStatus
@@ -27,9 +27,9 @@ from meshweb.fleet.services import node_mark_offline, node_mark_online
 from meshweb.meshlink.models import GpuTelemetry, NodeCredential, NodeLink, NodeTelemetry, TelemetrySample
 from meshweb.meshlink.outbox import dashboard_notify, entries_after, head, snapshot
 from meshweb.tenancy.rbac import Principal
+from meshweb.training.models import TERMINAL, TrainingJob
 from meshweb.training.models import JobEvent as JobEventRow
-from meshweb.training.models import TrainingJob
-from meshweb.training.services import job_transition
+from meshweb.training.services import PlacementSlot, job_advance, job_place, job_telemetry_record
 
 log = logging.getLogger("meshweb.meshlink")
 
@@ -205,30 +205,70 @@ class JobReportError(ValueError):
     """A job report that names no job of the portal or asks for an illegal change."""
 
 
-def job_status_report(*, node: Node, report: JobStatus) -> TrainingJob:
-    job = TrainingJob.objects.filter(pk=report.job_id).first()
+def _job(job_id: int) -> TrainingJob:
+    job = TrainingJob.objects.filter(pk=job_id).first()
     if job is None:
-        raise JobReportError(f"job_id: no job {report.job_id}")
+        raise JobReportError(f"job_id: no job {job_id}")
+    return job
+
+
+def job_status_report(*, node: Node, report: JobStatus) -> TrainingJob:
+    """The scheduler's status of a job, applied along the portal's legal transitions (each step once, audited and
+    published); a repeated report (a reconnect, a new Raft leader reporting again) changes nothing."""
+    job = _job(report.job_id)
     if job.status == report.status:
-        return job  # a repeated report (after a reconnect) changes nothing
+        return job
     try:
-        return job_transition(
+        return job_advance(
             principal=node_principal(node), job=job, status=report.status, reason=report.reason or f"from {node.name}"
         )
     except Conflict as exc:
         raise JobReportError(str(exc)) from exc
 
 
-def job_event_record(*, node: Node, event: JobEvent) -> JobEventRow:
-    job = TrainingJob.objects.filter(pk=event.job_id).first()
-    if job is None:
-        raise JobReportError(f"job_id: no job {event.job_id}")
+def _placement(event: JobEvent) -> list[PlacementSlot] | None:
+    workers = event.data.get("workers")
+    if event.kind not in ("placed", "replanned") or workers is None:
+        return None
+    try:
+        return [
+            PlacementSlot(int(w["rank"]), str(w["node"]), [str(u) for u in w.get("gpu_uuids", [])]) for w in workers
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JobReportError(f"data.workers: each worker needs rank, node and gpu_uuids ({exc!r})") from exc
+
+
+@transaction.atomic
+def job_event_record(*, node: Node, event: JobEvent) -> JobEventRow | None:
+    """A scheduler event of a job; a placement event also records where its workers run. Events carrying the
+    scheduler's time (`data.at`) are recorded once however often they are reported (None for a repeat)."""
+    job = _job(event.job_id)
+    kind = f"agent.{event.kind}"
+    at = event.data.get("at")
+    if at is not None and JobEventRow.objects.filter(job=job, kind=kind, data__at=at).exists():
+        return None
+    slots = _placement(event)
+    if slots is not None and job.status not in TERMINAL:
+        try:
+            job_place(
+                principal=node_principal(node), job=job, slots=slots, generation=int(event.data.get("generation", 0))
+            )
+        except Conflict as exc:
+            raise JobReportError(str(exc)) from exc
     row = JobEventRow.objects.create(
-        job=job, kind=f"agent.{event.kind}", message=event.message or event.kind, data={**event.data, "node": node.name}
+        job=job, kind=kind, message=(event.message or event.kind)[:1000], data={**event.data, "node": node.name}
     )
     data = {"job": job.pk, "kind": row.kind, "message": row.message, "node": node.name}
     transaction.on_commit(lambda: dashboard_notify("job.event", data, tenant_id=job.tenant_id), robust=True)
     return row
+
+
+@transaction.atomic
+def job_telemetry_report(*, node: Node, report: JobTelemetry) -> None:
+    job = _job(report.job_id)
+    job_telemetry_record(job=job, generation=report.generation, data=report.data)
+    data = {"job": job.pk, "generation": report.generation, "telemetry": report.data}
+    transaction.on_commit(lambda: dashboard_notify("job.telemetry", data, tenant_id=job.tenant_id), robust=True)
 
 
 # -- liveness ----------------------------------------------------------------------------------------------------

@@ -117,3 +117,19 @@ class IdempotencyKey(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="uniq_idempotency_tenant_key")]
+
+
+class JobTelemetry(models.Model):
+    """The latest telemetry roll-up of a job as its scheduler reports it: per node steps, step time and all-reduce
+    bytes / time / bus bandwidth, and the plan's prediction. Replaced on each report (a measurement, not a change)."""
+
+    job = models.OneToOneField(TrainingJob, on_delete=models.CASCADE, related_name="telemetry")
+    at = models.DateTimeField()
+    generation = models.PositiveIntegerField(default=0)
+    data = models.JSONField(default=dict)
+    reports = models.PositiveIntegerField(default=0)
+
+    TENANT_PATH = "job__tenant_id"
+
+    def __str__(self) -> str:
+        return f"telemetry of job {self.job_id} (generation {self.generation})"

@@ -1,9 +1,12 @@
-"""Writes of the training domain: submission (quota-checked, idempotent), cancel, scale, status transitions."""
+"""Writes of the training domain: submission (quota-checked, idempotent), cancel, scale, status transitions, and what
+the scheduler reports back (status along legal transitions, placements, telemetry)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -14,6 +17,7 @@ from django.utils import timezone
 
 from meshweb.audit.services import audit_record
 from meshweb.core.exceptions import Conflict, QuotaExceeded
+from meshweb.fleet.models import Node
 from meshweb.tenancy.models import Quota, Tenant
 from meshweb.tenancy.rbac import Principal
 from meshweb.training.models import (
@@ -22,7 +26,9 @@ from meshweb.training.models import (
     TERMINAL,
     IdempotencyKey,
     JobEvent,
+    JobPlacement,
     JobStatus,
+    JobTelemetry,
     TrainingJob,
 )
 from meshweb.training.spec import validate_spec
@@ -195,3 +201,76 @@ def job_scale(*, principal: Principal, job: TrainingJob, workers: int) -> Traini
         actor=principal.name, action="job.scale", obj=job, tenant_id=job.tenant_id, before=before, after=job.snapshot()
     )
     return job
+
+
+def transition_path(current: str, target: str) -> list[str]:
+    """The shortest chain of legal transitions from `current` to `target` (empty when already there). The scheduler
+    reports where a job is, not every step it took (a short job can be placed and finish between two reports), so the
+    portal walks the legal steps in between. Conflict when no legal chain exists (e.g. out of a terminal status)."""
+    if current == target:
+        return []
+    if target not in JobStatus.values:
+        raise Conflict(f"Unknown job status {target!r}.", code="illegal_transition")
+    seen = {current: [current]}
+    todo = deque([current])
+    while todo:
+        status = todo.popleft()
+        for nxt in sorted(JOB_TRANSITIONS[status]):
+            if nxt in seen:
+                continue
+            seen[nxt] = [*seen[status], nxt]
+            if nxt == target:
+                return seen[nxt][1:]
+            todo.append(nxt)
+    raise Conflict(f"Job cannot go from {current} to {target}.", code="illegal_transition")
+
+
+def job_advance(*, principal: Principal, job: TrainingJob, status: str, reason: str = "") -> TrainingJob:
+    """Bring a job to `status` through each legal transition once (each audited and published as usual); a report
+    of the status the job already has changes nothing."""
+    with transaction.atomic():
+        job = _locked(job)
+        path = transition_path(job.status, status)
+        for step in path:
+            why = reason if step == status else f"{reason} (via {step})" if reason else f"via {step}"
+            job = job_transition(principal=principal, job=job, status=step, reason=why[:500])
+    return job
+
+
+@dataclass(frozen=True)
+class PlacementSlot:
+    rank: int
+    node: str
+    gpu_uuids: Sequence[str]
+
+
+@transaction.atomic
+def job_place(*, principal: Principal, job: TrainingJob, slots: Sequence[PlacementSlot], generation: int = 0) -> None:
+    """Record where the job's workers run now (one row per rank), replacing the previous placement."""
+    job = _locked(job)
+    names = {s.node for s in slots}
+    nodes = {n.name: n for n in Node.objects.filter(name__in=names)}
+    unknown = sorted(names - set(nodes))
+    if unknown:
+        raise Conflict(f"Placement names nodes the portal does not know: {', '.join(unknown)}.", code="unknown_node")
+    ranks = [s.rank for s in slots]
+    if len(set(ranks)) != len(ranks):
+        raise Conflict("Placement repeats a rank.", code="invalid_placement")
+    before = {"placements": [[p.rank, p.node_id, p.gpu_uuids] for p in job.placements.all()]}
+    JobPlacement.objects.filter(job=job).delete()
+    JobPlacement.objects.bulk_create(
+        [JobPlacement(job=job, node=nodes[s.node], gpu_uuids=list(s.gpu_uuids), rank=s.rank) for s in slots]
+    )
+    after = {"generation": generation, "placements": [[s.rank, s.node, list(s.gpu_uuids)] for s in slots]}
+    audit_record(actor=principal.name, action="job.place", obj=job, tenant_id=job.tenant_id, before=before, after=after)
+
+
+def job_telemetry_record(*, job: TrainingJob, generation: int, data: dict[str, Any]) -> JobTelemetry:
+    """Keep the job's latest telemetry roll-up (a measurement: replaced, not audited, like node telemetry)."""
+    row, created = JobTelemetry.objects.get_or_create(
+        job=job, defaults={"at": timezone.now(), "generation": generation, "data": data, "reports": 1}
+    )
+    if not created:
+        row.at, row.generation, row.data, row.reports = timezone.now(), generation, data, row.reports + 1
+        row.save(update_fields=["at", "generation", "data", "reports"])
+    return row

@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.meshlink.mesh import Mesh, wait_for
+from tests.e2e.mesh import Mesh, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -209,6 +209,9 @@ def test_rbac_matrix(world: World, token_for: Any, res: Resource, role: str) -> 
         assert (other_obj.pk in ids) == platform
         assert client.get(f"{base}{own_obj.pk}/").status_code == (200 if can_read else 404)
         assert client.get(f"{base}{other_obj.pk}/").status_code == (200 if platform else 404)
+        if res.name == "jobs":
+            assert client.get(f"{base}{own_obj.pk}/telemetry/").status_code == (200 if can_read else 404)
+            assert client.get(f"{base}{other_obj.pk}/telemetry/").status_code == (200 if platform else 404)
     else:
         own_obj, other_obj = res.platform_object(world) if res.platform_object else None, None
         assert own_obj is not None and own_obj.pk in ids

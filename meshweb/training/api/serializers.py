@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from meshweb.core.api.fields import tenant_field
 from meshweb.core.api.serializers import StrictSerializer
-from meshweb.training.models import JobEvent, JobPlacement, TrainingJob
+from meshweb.training.models import JobEvent, JobPlacement, JobTelemetry, TrainingJob
 from meshweb.training.spec import JobSpecSerializer
 
 
@@ -76,3 +76,15 @@ class JobCancelSerializer(StrictSerializer):
 
 class JobScaleSerializer(StrictSerializer):
     workers = serializers.IntegerField(min_value=1)
+
+
+class JobTelemetrySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
+    """The job's latest telemetry roll-up: per node steps, step time and all-reduce bytes / time / busbw, and the
+    plan's predicted step time and bus bandwidth."""
+
+    job = serializers.IntegerField(source="job_id", read_only=True)
+
+    class Meta:
+        model = JobTelemetry
+        fields = ["job", "at", "generation", "reports", "data"]
+        read_only_fields = fields

@@ -1,4 +1,4 @@
-"""Training job endpoints: submission (idempotent), cancel, scale, events."""
+"""Training job endpoints: submission (idempotent), cancel, scale, events, telemetry."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from meshweb.training.api.serializers import (
     JobScaleSerializer,
     JobSerializer,
     JobSubmitSerializer,
+    JobTelemetrySerializer,
 )
-from meshweb.training.models import JobEvent, TrainingJob
+from meshweb.training.models import JobEvent, JobTelemetry, TrainingJob
 from meshweb.training.services import job_cancel, job_scale, job_submit, request_fingerprint
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -99,3 +100,14 @@ class JobViewSet(
         job = self.get_object()
         page = self.paginate_queryset(JobEvent.objects.filter(job=job).order_by("at", "id"))
         return self.get_paginated_response(JobEventSerializer(page, many=True).data)
+
+    @extend_schema(request=None, responses={200: JobTelemetrySerializer})
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def telemetry(self, request: Request, pk: Any = None) -> Response:
+        """The job's latest telemetry roll-up as its scheduler reported it (`reports` 0 and empty data until the
+        first report)."""
+        job = self.get_object()
+        row = JobTelemetry.objects.filter(job=job).first()
+        if row is None:
+            return Response({"job": job.pk, "at": None, "generation": 0, "reports": 0, "data": {}})
+        return Response(JobTelemetrySerializer(row).data)

@@ -1,6 +1,7 @@
 """A whole mesh as real processes on loopback for the end-to-end tests: a Redis server of its own, a fresh PostgreSQL
 database, the portal under uvicorn (`infermesh portal`), a Celery worker and beat, and agents forming a Raft group,
-each linked to the portal, with emulated GPUs (and faults) and an emulated runtime."""
+each linked to the portal, with emulated GPUs (and faults) and an emulated runtime. `agent_sections` adds config
+sections per agent (e.g. scheduler and trainer); `runtime` and `celery` leave out what a test does not need."""
 
 from __future__ import annotations
 
@@ -160,8 +161,20 @@ class Agent:
 
 
 class Mesh:
-    def __init__(self, workdir: Path, *, agents: int = 3, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        agents: int = 3,
+        env: dict[str, str] | None = None,
+        agent_sections: Callable[[Agent], dict[str, Any]] | None = None,
+        runtime: bool = True,
+        celery: bool = True,
+    ) -> None:
         self.workdir = workdir
+        self.agent_sections = agent_sections
+        self.with_runtime = runtime
+        self.with_celery = celery
         workdir.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(workdir)
         self.db = Database()
@@ -220,13 +233,15 @@ class Mesh:
         out = json.loads(seed.stdout.strip().splitlines()[-1])
         self.credentials, self.token = out["credentials"], out["token"]
         self.spawn("portal", "portal", "--bind", f"127.0.0.1:{self.port}", "--no-migrate")
-        self.spawn("worker", "worker", "--pool", "threads", "--concurrency", "2")
-        self.spawn("beat", "beat")
-        self.runtime = subprocess.Popen(
-            [sys.executable, "-m", "agents.emulator", "--port", str(self.runtime_port), "--profile", "h100",
-             "--flavor", "vllm", "--model", "demo-llm", "--instant"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+        if self.with_celery:
+            self.spawn("worker", "worker", "--pool", "threads", "--concurrency", "2")
+            self.spawn("beat", "beat")
+        if self.with_runtime:
+            self.runtime = subprocess.Popen(
+                [sys.executable, "-m", "agents.emulator", "--port", str(self.runtime_port), "--profile", "h100",
+                 "--flavor", "vllm", "--model", "demo-llm", "--instant"],
+                cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
         wait_for("the portal", lambda: httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200, timeout=60)
         for agent in self.agents.values():
             self.start_agent(agent.name, wait=False)
@@ -263,7 +278,11 @@ class Mesh:
             "portal": {"url": f"ws://127.0.0.1:{self.port}/ws/agent/", "credential": self.credentials[agent.name],
                        "reconnect_max_s": 1.0},
         }  # fmt: skip
-        if agent.name == self.names[-1]:
+        if self.agent_sections is not None:
+            for key, value in self.agent_sections(agent).items():
+                base = cfg.get(key)
+                cfg[key] = {**base, **value} if isinstance(base, dict) and isinstance(value, dict) else value
+        if agent.name == self.names[-1] and self.with_runtime:
             cfg["runtimes"] = [{"url": f"http://127.0.0.1:{self.runtime_port}", "flavor": "vllm", "gpus": [0]}]
             cfg["scrape"] = {"interval_s": 0.3}
         agent.config.write_text(yaml.safe_dump(cfg))
@@ -320,10 +339,12 @@ class Mesh:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def api(
+        self, method: str, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
         resp = httpx.request(
-            method, f"{self.base}/api/v1/{path}", json=body, headers={"Authorization": f"Bearer {self.token}"},
-            timeout=30,
+            method, f"{self.base}/api/v1/{path}", json=body,
+            headers={"Authorization": f"Bearer {self.token}", **(headers or {})}, timeout=30,
         )  # fmt: skip
         assert resp.status_code < 300, f"{method} {path}: {resp.status_code} {resp.text}"
         return resp.json() if resp.content else None
