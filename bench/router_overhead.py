@@ -126,6 +126,9 @@ def start_router(ps: Procs, cfg: dict[str, object], name: str = "router") -> str
     ps.start([sys.executable, "-m", "router", "--config", str(path)], name)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/healthz")
+    workers = int(dict(cfg["listen"]).get("workers", 1))  # type: ignore[call-overload]
+    if workers > 1:
+        time.sleep(2.0)  # /healthz answered from one worker; give the others time to bind the shared port
     return url
 
 
