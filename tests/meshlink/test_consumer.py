@@ -185,14 +185,24 @@ async def test_job_reports_from_agents(fleet: Fleet) -> None:
                                    "message": "rank 0 on node-2", "data": {"rank": 0}}))  # fmt: skip
     frame = await recv(comm)  # the status change is itself pushed back to agents
     assert frame["type"] == "changes" and frame["changes"][0]["value"]["status"] == "queued"
+    # A report further along is walked through the legal steps in between (queued -> placing -> running -> ...);
+    # one that no legal step leads to is refused.
     await comm.send_to(json.dumps({"type": "job_status", "seq": 4, "job_id": job.pk, "status": "succeeded"}))
-    err = await recv(comm)
-    assert err["code"] == "job_report" and "cannot go from queued to succeeded" in err["message"]
-    await comm.send_to(json.dumps({"type": "job_status", "seq": 5, "job_id": 999999, "status": "running"}))
-    assert (await recv(comm))["message"] == "job_id: no job 999999"
+    await comm.send_to(json.dumps({"type": "job_status", "seq": 5, "job_id": job.pk, "status": "running"}))
+
+    async def next_error() -> dict[str, Any]:
+        while (frame := await recv(comm))["type"] != "error":
+            assert frame["type"] == "changes"
+        return frame
+
+    err = await next_error()
+    assert err["code"] == "job_report" and "cannot go from succeeded to running" in err["message"]
+    await comm.send_to(json.dumps({"type": "job_status", "seq": 6, "job_id": 999999, "status": "running"}))
+    assert (await next_error())["message"] == "job_id: no job 999999"
     await comm.disconnect()
     fresh = await sync_to_async(TrainingJob.objects.get)(pk=job.pk)
-    assert fresh.status == "queued"
+    assert fresh.status == "succeeded" and fresh.started_at is not None
     event = await sync_to_async(JobEvent.objects.filter(job=job, kind="agent.placed").get)()
     assert event.data == {"rank": 0, "node": "node-2"}
-    assert await sync_to_async(OutboxEntry.objects.filter(key=f"kv/portal/jobs/{job.pk}").count)() == 2
+    # submitted, then queued, placing, running, succeeded: each pushed once
+    assert await sync_to_async(OutboxEntry.objects.filter(key=f"kv/portal/jobs/{job.pk}").count)() == 5

@@ -83,6 +83,7 @@ class JobTelemetrySerializer(serializers.ModelSerializer):  # type: ignore[type-
     plan's predicted step time and bus bandwidth."""
 
     job = serializers.IntegerField(source="job_id", read_only=True)
+    at = serializers.DateTimeField(read_only=True, allow_null=True)  # null until the first report
 
     class Meta:
         model = JobTelemetry
