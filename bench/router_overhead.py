@@ -2,7 +2,7 @@
 quota, strategy, metrics, tracing, access log), through nginx (proxy_pass, keep-alive) and through the Rust
 `vllm-router` (--policy round_robin), all in one run.
 
-    .venv/bin/python bench/router_overhead.py [--duration 8] [--concurrency 32] [--workers 1]
+    .venv/bin/python bench/router_overhead.py [--duration 8] [--concurrency 32] [--workers 2]
 
 Phase 1 drives each path at a fixed concurrency with wrk (closed loop) for requests/s. Phase 2 offers each path the
 same open-loop rate, half of our router's phase-1 maximum, and reports p50/p99 latency added over the direct path.
@@ -342,7 +342,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per path and phase")
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1, help="our router's worker processes")
+    ap.add_argument("--workers", type=int, default=2, help="our router's worker processes (vllm-router uses all)")
     args = ap.parse_args()
     # SIGTERM unwinds like Ctrl-C so that every started peer is stopped.
     signal.signal(signal.SIGTERM, _exit)
