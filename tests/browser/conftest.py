@@ -58,7 +58,9 @@ class Portal:
         return result.stdout
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in this thread while it is open, which would break
+# every asyncio test collected after this package.
+@pytest.fixture(scope="package")
 def redis_url() -> str:
     base = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     # A database of its own, so other suites publishing to the "dashboard" group on Redis cannot reach our sockets.
@@ -66,7 +68,7 @@ def redis_url() -> str:
     return f"{root}/{random.randint(2, 15)}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def portal(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Portal]:
     tmp = tmp_path_factory.mktemp("portal")
     port = free_port()
@@ -115,7 +117,7 @@ def portal(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
             proc.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
