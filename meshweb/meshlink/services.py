@@ -86,10 +86,11 @@ class HelloPlan:
 
 
 def plan_for(applied: int) -> HelloPlan:
-    """Replay from the outbox when it still holds every version after `applied`, else a snapshot. An agent ahead of
-    the portal (a restored database) also gets a snapshot so that it converges to what the portal holds."""
+    """Replay from the outbox when it still holds every version after `applied`, else a snapshot. A new agent
+    (nothing applied) starts from a snapshot rather than the whole history, and an agent ahead of the portal (a
+    restored database) also gets one so that it converges to what the portal holds."""
     h = head()
-    if applied < h.pruned_through or applied > h.version:
+    if applied == 0 or applied < h.pruned_through or applied > h.version:
         return HelloPlan("snapshot", h.version)
     if applied == h.version:
         return HelloPlan("current", h.version)
