@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,7 +90,7 @@ class Result:
     bytes_per_node_s: float = 0.0
 
 
-class Cluster:
+class Cluster(ABC):
     """Common driving logic; subclasses start nodes and read their views."""
 
     kind = ""
@@ -116,12 +117,13 @@ class Cluster:
     def live(self) -> list[Node]:
         return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
 
+    @abstractmethod
     async def start_node(self, node: Node, seeds: list[str]) -> None:
-        raise NotImplementedError
+        """Start one member of this kind of cluster."""
 
+    @abstractmethod
     async def view(self, observer: Node) -> dict[str, str]:
         """member -> alive | suspect | failed (as `observer` sees it)."""
-        raise NotImplementedError
 
     async def start(self, n: int) -> None:
         for _ in range(n):
