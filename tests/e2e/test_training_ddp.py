@@ -75,7 +75,9 @@ async def store_put(address: str, key: str, value: Any, timeout: float = 30.0) -
                 await client.put(key, value)
                 return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                # No leader yet, or one still catching up on a loaded machine; putting the same value again is safe.
+                retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                if not retryable or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
     finally:
