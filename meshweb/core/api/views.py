@@ -31,6 +31,12 @@ class ScopedViewSetMixin:
     def get_queryset(self) -> models.QuerySet[Any]:
         return restrict(self.base_queryset(), self.principal, self.read_role)
 
+    def perform_update(self, serializer: BaseSerializer[Any]) -> None:
+        assert serializer.instance is not None
+        serializer.instance = object_update(
+            principal=self.principal, obj=serializer.instance, data=dict(serializer.validated_data)
+        )
+
 
 class ScopedModelViewSet(ScopedViewSetMixin, viewsets.ModelViewSet):  # type: ignore[type-arg]
     http_method_names = ["get", "post", "put", "patch", "delete", "head", "options"]
@@ -38,12 +44,6 @@ class ScopedModelViewSet(ScopedViewSetMixin, viewsets.ModelViewSet):  # type: ig
     def perform_create(self, serializer: BaseSerializer[Any]) -> None:
         model = self.base_queryset().model
         serializer.instance = object_create(principal=self.principal, model=model, data=dict(serializer.validated_data))
-
-    def perform_update(self, serializer: BaseSerializer[Any]) -> None:
-        assert serializer.instance is not None
-        serializer.instance = object_update(
-            principal=self.principal, obj=serializer.instance, data=dict(serializer.validated_data)
-        )
 
     def perform_destroy(self, instance: models.Model) -> None:
         object_delete(principal=self.principal, obj=instance)
@@ -55,9 +55,3 @@ class ScopedReadOnlyViewSet(ScopedViewSetMixin, viewsets.ReadOnlyModelViewSet): 
 
 class ScopedUpdateViewSet(ScopedViewSetMixin, mixins.UpdateModelMixin, viewsets.ReadOnlyModelViewSet):  # type: ignore[type-arg]
     http_method_names = ["get", "put", "patch", "head", "options"]
-
-    def perform_update(self, serializer: BaseSerializer[Any]) -> None:
-        assert serializer.instance is not None
-        serializer.instance = object_update(
-            principal=self.principal, obj=serializer.instance, data=dict(serializer.validated_data)
-        )
