@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,9 +263,75 @@ class ServerSecurity:
         return grpc.dynamic_ssl_server_credentials(self._config(), fetch, require_client_authentication=True)
 
 
-def channel_credentials(ca: str, cert: str, key: str) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        root_certificates=Path(ca).read_bytes(),
-        private_key=Path(key).read_bytes(),
-        certificate_chain=Path(cert).read_bytes(),
-    )
+class ClientTls(_Model):
+    """How a process dials mesh services with its SVID: the `tls:` section of the router, ctl flags, or an agent's
+    own `tls:` section (which holds the same three files)."""
+
+    ca: str  # PEM of the mesh CA: the server must present a certificate it signed
+    cert: str  # this process's SVID (PEM); re-read when it rotates
+    key: str
+    server_name: str = ""  # check the server certificate against this name instead of the dialled host
+
+    @model_validator(mode="after")
+    def _files(self) -> ClientTls:
+        for name in ("ca", "cert", "key"):
+            if not Path(getattr(self, name)).is_file():
+                raise ValueError(f"{name}: no file {getattr(self, name)!r}")
+        try:
+            load_certificate(Path(self.ca).read_bytes())
+            load_certificate(Path(self.cert).read_bytes())
+        except CaError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+
+class ClientIdentity:
+    """This process's SVID on the client side: gRPC channel credentials and an `ssl.SSLContext` (HTTPS, WSS), both
+    built from the files as they are now, so a channel opened after a rotation presents the new certificate."""
+
+    def __init__(self, ca: str, cert: str, key: str, *, server_name: str = "") -> None:
+        self.ca, self.cert, self.key = Path(ca), Path(cert), Path(key)
+        self.server_name = server_name
+
+    @classmethod
+    def of(cls, section: ClientTls | TlsSection | None) -> ClientIdentity | None:
+        if section is None:
+            return None
+        return cls(section.ca, section.cert, section.key, server_name=getattr(section, "server_name", ""))
+
+    def stamp(self) -> tuple[int, ...]:
+        """Changes whenever the certificate or key file is replaced (rotation)."""
+        out: list[int] = []
+        for path in (self.cert, self.key):
+            st = path.stat()
+            out += [st.st_mtime_ns, st.st_size]
+        return tuple(out)
+
+    def grpc_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes(),
+            certificate_chain=self.cert.read_bytes(),
+        )
+
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        return ctx
+
+
+def dial(address: str, identity: ClientIdentity | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """The one way mesh processes open an asyncio gRPC channel: mTLS with the SVID when they have one."""
+    if identity is None:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    return grpc.aio.secure_channel(address, identity.grpc_credentials(), options=[*options, *identity.grpc_options()])
+
+
+def dial_sync(address: str, identity: ClientIdentity | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+    """`dial` for blocking callers (ctl, tests, tools)."""
+    if identity is None:
+        return grpc.insecure_channel(address, options=list(options))
+    return grpc.secure_channel(address, identity.grpc_credentials(), options=[*options, *identity.grpc_options()])
