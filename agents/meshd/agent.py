@@ -140,6 +140,11 @@ class Agent:
         self.events.emit(f"node.{name}", reason, severity=INFO if routable else WARNING)
         log.info("node %s is now %s: %s", self.node_id, name, reason)
 
+    def _use_policy_store(self, store: PolicyStore) -> None:
+        self.policies = store
+        if self.ctx is not None:
+            self.ctx.policies = store
+
     def refresh_local_node(self) -> control_pb2.NodeInfo:
         info = self.nodes.local
         info.state = self.node_state  # type: ignore[assignment]
@@ -196,6 +201,7 @@ class Agent:
             registry=self.metrics.registry,
             config=cfg,
             set_node_state=self.set_node_state,
+            set_policy_store=self._use_policy_store,
         )
         self.ctx.on_rtt_provider(self.scoring.set_rtt)
         for component in self.components:

@@ -75,6 +75,8 @@ class AgentContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("meshd"))
     # Set the local node's state (control_pb2.NodeState, reason) as the portal or an operator decides it.
     set_node_state: Callable[[int, str], None] | None = None
+    # Replace the Control API's policy store (the Raft component installs its replicated one).
+    set_policy_store: Callable[[PolicyStore], None] | None = None
     _rtt_listeners: list[Callable[[RttFn | None], None]] = field(default_factory=list)
 
     def set_rtt_provider(self, rtt: RttFn | None) -> None:

@@ -15,6 +15,10 @@ class PolicyError(ValueError):
     """A policy is malformed; the message names the field."""
 
 
+class PolicyUnavailable(RuntimeError):
+    """The replicated store cannot take the write now (no quorum, or not committed in time); retry later."""
+
+
 class PolicyStore(Protocol):
     def list(self, kind: str = "") -> list[control_pb2.Policy]: ...
 

@@ -12,7 +12,7 @@ import grpc
 
 from agents.meshd.events import WARNING
 from agents.meshd.logs import RateLimitedLog, correlation_id
-from agents.meshd.policies import PolicyError
+from agents.meshd.policies import PolicyError, PolicyUnavailable
 from agents.proto.infermesh.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -249,6 +249,11 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
         return ack
 
 
+async def _policy_abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    code = grpc.StatusCode.UNAVAILABLE if isinstance(exc, PolicyUnavailable) else grpc.StatusCode.INVALID_ARGUMENT
+    await context.abort(code, str(exc))
+
+
 class ControlServicer(control_pb2_grpc.ControlServicer):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -323,16 +328,20 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.Policy:
         try:
             stored = await self.agent.policies.put(request.policy)
-        except PolicyError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise AssertionError("abort returns by raising") from exc
+        except (PolicyError, PolicyUnavailable) as exc:
+            await _policy_abort(context, exc)
+            raise
         self.agent.events.emit("policy.put", f"policy {stored.name} v{stored.version}", attrs={"kind": stored.kind})
         return stored
 
     async def DeletePolicy(
         self, request: control_pb2.DeletePolicyRequest, context: grpc.aio.ServicerContext
     ) -> control_pb2.DeletePolicyResponse:
-        deleted = await self.agent.policies.delete(request.name)
+        try:
+            deleted = await self.agent.policies.delete(request.name)
+        except (PolicyError, PolicyUnavailable) as exc:
+            await _policy_abort(context, exc)
+            raise
         if deleted:
             self.agent.events.emit("policy.deleted", f"policy {request.name} deleted", severity=WARNING)
         return control_pb2.DeletePolicyResponse(deleted=deleted)

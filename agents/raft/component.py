@@ -130,6 +130,10 @@ class RaftComponent:
 
     async def start(self, ctx: Any) -> None:
         await self.host.start()
+        if getattr(ctx, "set_policy_store", None) is not None:
+            from .policies import ReplicatedPolicyStore
+
+            ctx.set_policy_store(ReplicatedPolicyStore(self.host.groups[self.cfg.groups[0]]))
 
     async def stop(self) -> None:
         await self.host.stop()

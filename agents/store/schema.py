@@ -53,6 +53,14 @@ class RoutingPolicy(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class ControlPolicy(_Strict):
+    """A policy put through the Control API (`ctl policy put`), replicated under `policies/<name>`."""
+
+    kind: str = Field(min_length=1, max_length=64)
+    spec: dict[str, Any] = Field(default_factory=dict)
+    updated_unix_ms: int = Field(default=0, ge=0)
+
+
 # namespace -> value model; None means free-form text (operators' own keys, tests, benchmarks)
 NAMESPACES: dict[str, type[BaseModel] | None] = {
     "placements": Placement,
@@ -61,6 +69,7 @@ NAMESPACES: dict[str, type[BaseModel] | None] = {
     "pinning": Pinning,
     "nodes": NodeStatus,
     "routing": RoutingPolicy,
+    "policies": ControlPolicy,
     "kv": None,
 }
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,3 +185,40 @@ def test_agent_refuses_to_start_on_a_corrupt_log(tmp_path: Path) -> None:
     )
     assert r.returncode != 0
     assert "checksum mismatch" in (r.stdout + r.stderr)
+
+
+def test_control_policies_are_replicated(cluster: LocalCluster) -> None:
+    from agents.proto.infermesh.v1 import control_pb2, control_pb2_grpc
+
+    def control(node: int) -> tuple[grpc.Channel, control_pb2_grpc.ControlStub]:
+        ch = grpc.insecure_channel(cluster.members[node].address)
+        return ch, control_pb2_grpc.ControlStub(ch)
+
+    ch1, c1 = control(1)
+    ch3, c3 = control(3)
+    with ch1, ch3:
+        policy = control_pb2.Policy(name="tenant-a-rps", kind="quota", spec_json='{"rps": 50}')
+        stored = c1.PutPolicy(control_pb2.PutPolicyRequest(policy=policy), timeout=10)
+        assert stored.version > 0 and stored.updated_unix_ms > 0
+        deadline = time.monotonic() + 5
+        seen: list[control_pb2.Policy] = []
+        while time.monotonic() < deadline and not seen:
+            seen = list(c3.ListPolicies(control_pb2.ListPoliciesRequest(kind="quota"), timeout=5).policies)
+            time.sleep(0.05)
+        assert [(p.name, json.loads(p.spec_json), p.version) for p in seen] == [
+            ("tenant-a-rps", {"rps": 50}, stored.version)
+        ]
+        assert ctl(cluster, 2, "store", "get", "policies/tenant-a-rps", "--json").returncode == 0
+
+        with pytest.raises(grpc.RpcError) as err:
+            c3.PutPolicy(
+                control_pb2.PutPolicyRequest(policy=control_pb2.Policy(name="has space", kind="quota")), timeout=10
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "policy.name" in (err.value.details() or "")
+
+        assert c3.DeletePolicy(control_pb2.DeletePolicyRequest(name="tenant-a-rps"), timeout=10).deleted
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and seen:
+            seen = list(c1.ListPolicies(control_pb2.ListPoliciesRequest(), timeout=5).policies)
+            time.sleep(0.05)
+        assert not [p for p in seen if p.name == "tenant-a-rps"]
