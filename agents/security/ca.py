@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -27,10 +28,17 @@ _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
 _NODE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 MAX_TTL_S = 30 * 86400
 MAX_PEM_BYTES = 64 * 1024
+_ENCRYPTED_PEM = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+
+log = logging.getLogger("agents.security.ca")
 
 
 class CaError(ValueError):
     """Bad certificate material or request; the message names what is wrong."""
+
+
+class CaPassphraseError(CaError):
+    """The CA key is encrypted and its passphrase is missing or wrong (or a passphrase is unusable)."""
 
 
 def _now() -> dt.datetime:
@@ -155,10 +163,49 @@ def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+def key_pem(key: ec.EllipticCurvePrivateKey, passphrase: bytes | None = None) -> bytes:
+    """PKCS#8 PEM; encrypted with the best scheme cryptography offers when a passphrase is given."""
+    encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()
+    if passphrase is not None:
+        if not passphrase:
+            raise CaPassphraseError("the CA key passphrase is empty")
+        encryption = serialization.BestAvailableEncryption(passphrase)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def read_passphrase_file(path: str | Path, what: str) -> bytes:
+    """A passphrase kept in a file (a mounted secret). A trailing newline (echo, editors) is not part of it; other
+    whitespace is. `what` names the setting in errors."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise CaPassphraseError(f"{what} {path}: {err.strerror or err}") from None
+    value = text.removesuffix("\n").removesuffix("\r")
+    if not value:
+        raise CaPassphraseError(f"{what} {path}: the file is empty")
+    return value.encode()
+
+
+def load_ca_key(data: bytes, passphrase: bytes | None, *, name: str = "ca.key") -> ec.EllipticCurvePrivateKey:
+    """The CA's private key from PEM. An encrypted key needs its passphrase (CaPassphraseError when it is missing
+    or wrong); an unencrypted one still loads, with a warning, so that existing CA directories keep working."""
+    encrypted = data.lstrip().startswith(_ENCRYPTED_PEM)
+    if encrypted and passphrase is None:
+        raise CaPassphraseError(f"{name} is encrypted and no passphrase was given")
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase if encrypted else None)
+    except ValueError as err:
+        if encrypted:
+            # cryptography says only "Bad decrypt. Incorrect password?"; a corrupted file reads the same.
+            raise CaPassphraseError(f"{name}: wrong passphrase (or a damaged key file)") from None
+        raise CaError(f"{name}: not a readable PEM private key ({err})") from None
+    except TypeError as err:
+        raise CaError(f"{name}: {err}") from None
+    if not encrypted:
+        log.warning("%s is stored unencrypted; protect it with a passphrase (infermesh ca passphrase)", name)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CaError(f"{name} is not an ECDSA key")
+    return key
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -222,13 +269,17 @@ class CertificateAuthority:
 
     # -- storage ---------------------------------------------------------------------------------------------
     @classmethod
-    def init(cls, directory: str | Path, trust_domain: str, *, days: int = 3650) -> CertificateAuthority:
+    def init(
+        cls, directory: str | Path, trust_domain: str, *, days: int = 3650, passphrase: bytes | None = None
+    ) -> CertificateAuthority:
+        """A new root in `directory`; its key is encrypted with `passphrase` when one is given (mode 0600)."""
         directory = Path(directory)
         check_trust_domain(trust_domain)
         if (directory / "ca.key").exists():
             raise CaError(f"{directory}: a CA already exists there (ca.key)")
-        directory.mkdir(parents=True, exist_ok=True)
         key = new_key()
+        key_bytes = key_pem(key, passphrase)  # an unusable passphrase stops here, before anything is written
+        directory.mkdir(parents=True, exist_ok=True)
         name = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "InferMesh"),
@@ -266,10 +317,9 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        key_file = directory / "ca.key"
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(directory / "ca.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
-            out.write(key_pem(key))
+            out.write(key_bytes)
         (directory / "ca.crt").write_bytes(cert_pem(cert))
         (directory / "ca.json").write_text(json.dumps({"trust_domain": trust_domain}))
         ca = cls(cert, key, trust_domain, directory)
@@ -277,31 +327,47 @@ class CertificateAuthority:
         return ca
 
     @classmethod
-    def load(cls, directory: str | Path) -> CertificateAuthority:
+    def load(cls, directory: str | Path, passphrase: bytes | None = None) -> CertificateAuthority:
         directory = Path(directory)
         try:
             meta = json.loads((directory / "ca.json").read_text())
             cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
-            key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+            key_bytes = (directory / "ca.key").read_bytes()
         except FileNotFoundError as err:
             raise CaError(
                 f"{directory}: no CA there ({Path(err.filename).name} missing; run `infermesh ca init`)"
             ) from None
         except (ValueError, TypeError) as err:
             raise CaError(f"{directory}: unreadable CA material ({err})") from None
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise CaError(f"{directory}: ca.key is not an ECDSA key")
+        key = load_ca_key(key_bytes, passphrase, name=str(directory / "ca.key"))
+        if key.public_key() != cert.public_key():
+            raise CaError(f"{directory}: ca.key does not belong to ca.crt")
         return cls(cert, key, meta["trust_domain"], directory)
 
     @classmethod
-    def open(cls, directory: str | Path, trust_domain: str) -> CertificateAuthority:
+    def open(cls, directory: str | Path, trust_domain: str, passphrase: bytes | None = None) -> CertificateAuthority:
         """Load the CA in `directory`, creating it on first use (the portal's CA)."""
         if (Path(directory) / "ca.key").exists():
-            return cls.load(directory)
+            return cls.load(directory, passphrase)
         try:
-            return cls.init(directory, trust_domain)
+            return cls.init(directory, trust_domain, passphrase=passphrase)
+        except CaPassphraseError:
+            raise
         except CaError:
-            return cls.load(directory)  # another process created it meanwhile
+            return cls.load(directory, passphrase)  # another process created it meanwhile
+
+    def save_key(self, passphrase: bytes | None) -> None:
+        """Rewrite ca.key under a new passphrase (None: unencrypted), atomically and with mode 0600."""
+        assert self.directory is not None
+        data = key_pem(self.key, passphrase)
+        tmp = self.directory / "ca.key.tmp"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(self.directory / "ca.key")
 
     def _revoked_file(self) -> Path:
         assert self.directory is not None

@@ -1,22 +1,61 @@
-"""`infermesh ca init|issue|revoke|crl` (an offline root CA in a directory) and `infermesh join` (enrollment)."""
+"""`infermesh ca init|issue|revoke|crl|passphrase` (an offline root CA in a directory, its key encrypted under a
+passphrase) and `infermesh join` (enrollment)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agents.security.ca import ROLES, CaError, CertificateAuthority, cert_pem, key_pem, load_certificate, new_key
+from agents.security.ca import (
+    ROLES,
+    CaError,
+    CaPassphraseError,
+    CertificateAuthority,
+    cert_pem,
+    key_pem,
+    load_certificate,
+    new_key,
+    read_passphrase_file,
+)
+
+# Exit codes: 1 for bad certificate material or files, 2 for usage errors and a missing or wrong CA passphrase.
+EXIT_CA_ERROR = 1
+EXIT_PASSPHRASE = 2
+
+
+def _passphrase_options(parser: argparse.ArgumentParser, prefix: str = "", what: str = "the CA key") -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        f"--{prefix}passphrase-env", metavar="VAR", help=f"environment variable holding the passphrase of {what}"
+    )
+    group.add_argument(
+        f"--{prefix}passphrase-file", metavar="FILE", help=f"file holding the passphrase of {what} (one line)"
+    )
+
+
+def read_passphrase(env_var: str | None, file: str | None, flag: str = "--passphrase") -> bytes | None:
+    """The passphrase named on the command line; CaPassphraseError when the variable or file gives none."""
+    if env_var:
+        value = os.environ.get(env_var)
+        if not value:
+            raise CaPassphraseError(f"{flag}-env {env_var}: the variable is not set or empty")
+        return value.encode()
+    if file:
+        return read_passphrase_file(file, f"{flag}-file")
+    return None
 
 
 def ca_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="infermesh ca", description="The mesh certificate authority (offline root).")
     sub = parser.add_subparsers(dest="verb", required=True)
-    init = sub.add_parser("init", help="create a root CA in --dir")
+    init = sub.add_parser("init", help="create a root CA in --dir (key encrypted when a passphrase is given)")
     init.add_argument("--dir", required=True)
     init.add_argument("--trust-domain", required=True)
     init.add_argument("--days", type=int, default=3650)
+    _passphrase_options(init)
     issue = sub.add_parser("issue", help="issue an SVID (key + certificate) for a node")
     issue.add_argument("--dir", required=True)
     issue.add_argument("--node", required=True)
@@ -24,21 +63,30 @@ def ca_main(argv: Sequence[str]) -> int:
     issue.add_argument("--ttl-s", type=int, default=3600)
     issue.add_argument("--host", action="append", default=[], help="IP or DNS name the node serves on (repeat)")
     issue.add_argument("--out", required=True, help="directory for cert.pem, key.pem, ca.pem")
+    _passphrase_options(issue)
     revoke = sub.add_parser("revoke", help="revoke a certificate (by serial or file) and rewrite crl.pem")
     revoke.add_argument("--dir", required=True)
     group = revoke.add_mutually_exclusive_group(required=True)
     group.add_argument("--serial", help="hexadecimal serial")
     group.add_argument("--cert", help="the certificate file")
     revoke.add_argument("--reason", default="")
+    _passphrase_options(revoke)
     crl = sub.add_parser("crl", help="print the current CRL (PEM)")
     crl.add_argument("--dir", required=True)
+    _passphrase_options(crl)
+    rekey = sub.add_parser("passphrase", help="encrypt ca.key under a new passphrase (or change it)")
+    rekey.add_argument("--dir", required=True)
+    _passphrase_options(rekey, what="the CA key as it is now (omit for an unencrypted key)")
+    _passphrase_options(rekey, "new-", "the CA key from now on")
     args = parser.parse_args(argv)
     try:
+        passphrase = read_passphrase(args.passphrase_env, args.passphrase_file)
         if args.verb == "init":
-            ca = CertificateAuthority.init(args.dir, args.trust_domain, days=args.days)
-            print(f"CA for spiffe://{ca.trust_domain} in {args.dir} (ca.crt, ca.key, crl.pem)")
+            ca = CertificateAuthority.init(args.dir, args.trust_domain, days=args.days, passphrase=passphrase)
+            state = "encrypted" if passphrase else "UNENCRYPTED: prefer --passphrase-env or --passphrase-file"
+            print(f"CA for spiffe://{ca.trust_domain} in {args.dir} (ca.crt, ca.key {state}, crl.pem)")
         elif args.verb == "issue":
-            ca = CertificateAuthority.load(args.dir)
+            ca = CertificateAuthority.load(args.dir, passphrase)
             key = new_key()
             cert = ca.issue(
                 public_key=key.public_key(),
@@ -55,7 +103,7 @@ def ca_main(argv: Sequence[str]) -> int:
             (out / "ca.pem").write_bytes(cert_pem(ca.cert))
             print(f"issued spiffe://{ca.trust_domain}/node/{args.node} serial {cert.serial_number:x} into {out}")
         elif args.verb == "revoke":
-            ca = CertificateAuthority.load(args.dir)
+            ca = CertificateAuthority.load(args.dir, passphrase)
             if args.cert:
                 serial = load_certificate(Path(args.cert).read_bytes()).serial_number
             else:
@@ -65,11 +113,23 @@ def ca_main(argv: Sequence[str]) -> int:
                     raise CaError(f"--serial {args.serial!r}: not a hexadecimal number") from None
             ca.revoke(serial, args.reason)
             print(f"revoked {serial:x}; {Path(args.dir) / 'crl.pem'} updated")
+        elif args.verb == "crl":
+            sys.stdout.write(CertificateAuthority.load(args.dir, passphrase).crl_pem().decode())
         else:
-            sys.stdout.write(CertificateAuthority.load(args.dir).crl_pem().decode())
+            new = read_passphrase(args.new_passphrase_env, args.new_passphrase_file, "--new-passphrase")
+            if new is None:
+                raise CaPassphraseError("give the new passphrase with --new-passphrase-env or --new-passphrase-file")
+            CertificateAuthority.load(args.dir, passphrase).save_key(new)
+            print(f"{Path(args.dir) / 'ca.key'} encrypted under the new passphrase")
+    except CaPassphraseError as err:
+        hint = ""
+        if "no passphrase was given" in str(err):
+            hint = " (pass --passphrase-env VAR or --passphrase-file FILE)"
+        print(f"infermesh ca: {err}{hint}", file=sys.stderr)
+        return EXIT_PASSPHRASE
     except (CaError, OSError) as err:
         print(f"infermesh ca: {err}", file=sys.stderr)
-        return 1
+        return EXIT_CA_ERROR
     return 0
 
 

@@ -15,7 +15,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from meshweb.fleet.models import Node
-from meshweb.identity.mesh import EnrollmentRefused, crl_pem, join_token_create, node_enroll, node_renew
+from meshweb.identity.mesh import (
+    CaUnavailable,
+    EnrollmentRefused,
+    crl_pem,
+    join_token_create,
+    node_enroll,
+    node_renew,
+)
 from meshweb.tenancy.permissions import principal_of
 
 
@@ -129,4 +136,7 @@ class RenewView(APIView):
 
 def crl_view(request: HttpRequest) -> HttpResponse:
     """The mesh CA's CRL (PEM); public, as CRLs are signed by the CA."""
-    return HttpResponse(crl_pem(), content_type="application/pkix-crl")
+    try:
+        return HttpResponse(crl_pem(), content_type="application/pkix-crl")
+    except CaUnavailable as err:
+        return HttpResponse(str(err.detail), status=err.status_code, content_type="text/plain")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from datetime import timedelta
@@ -19,13 +20,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from rest_framework import exceptions
 
 from agents.security.ca import (
     CaError,
+    CaPassphraseError,
     CertificateAuthority,
     cert_pem,
     load_certificate,
     load_csr,
+    read_passphrase_file,
     svid_info,
     verify_issued_by,
 )
@@ -38,6 +42,8 @@ from meshweb.tenancy.rbac import Principal
 JOIN_PREFIX = "imj_"
 SVID_TTL_S = int(os.environ.get("INFERMESH_SVID_TTL_S", "3600"))
 
+log = logging.getLogger("meshweb.identity")
+
 
 class EnrollmentRefused(Exception):
     """A join or renewal was refused; the message is safe to show to the caller. `status` is 400 for malformed
@@ -49,13 +55,40 @@ class EnrollmentRefused(Exception):
 
 
 @lru_cache(maxsize=1)
-def _ca(directory: str, trust_domain: str) -> CertificateAuthority:
-    return CertificateAuthority.open(directory, trust_domain)
+def _ca(directory: str, trust_domain: str, passphrase: bytes | None) -> CertificateAuthority:
+    return CertificateAuthority.open(directory, trust_domain, passphrase)
+
+
+def ca_passphrase() -> bytes | None:
+    """The CA key's passphrase: INFERMESH_CA_PASSPHRASE, or the first line of INFERMESH_CA_PASSPHRASE_FILE (a
+    mounted secret). None leaves a new CA's key unencrypted and loads an existing unencrypted one with a warning."""
+    value = os.environ.get("INFERMESH_CA_PASSPHRASE", "")
+    if value:
+        return value.encode()
+    file = os.environ.get("INFERMESH_CA_PASSPHRASE_FILE", "")
+    return read_passphrase_file(file, "INFERMESH_CA_PASSPHRASE_FILE") if file else None
+
+
+class CaUnavailable(exceptions.APIException):
+    """The portal's own CA cannot be used (its key's passphrase is missing or wrong, its files are damaged): a
+    fault of the portal's configuration, never of the caller, so 503 and the details only in the portal's log."""
+
+    status_code = 503
+    default_code = "ca_unavailable"
+    default_detail = "The mesh CA is unavailable; see the portal's log."
 
 
 def portal_ca() -> CertificateAuthority:
     directory = os.environ.get("INFERMESH_CA_DIR") or str(settings.DATA_DIR / "ca")
-    return _ca(directory, os.environ.get("INFERMESH_TRUST_DOMAIN", "infermesh.local"))
+    trust_domain = os.environ.get("INFERMESH_TRUST_DOMAIN", "infermesh.local")
+    try:
+        return _ca(directory, trust_domain, ca_passphrase())
+    except CaPassphraseError as err:
+        log.error("the portal's CA cannot be loaded: %s (set INFERMESH_CA_PASSPHRASE or _FILE)", err)
+        raise CaUnavailable() from None
+    except (CaError, OSError) as err:
+        log.error("the portal's CA cannot be loaded: %s", err)
+        raise CaUnavailable() from None
 
 
 def _hash(secret: str) -> str:
