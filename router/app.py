@@ -242,19 +242,31 @@ class Handlers:
     async def v2_server(self, request: web.Request) -> web.Response:
         return web.json_response({"name": "infermesh-router", "version": "1", "extensions": []})
 
-    async def v2_model(self, request: web.Request) -> web.Response:
+    def _visible_model(self, request: web.Request) -> str:
+        """The {name} of a model-level KServe path, after the tenant's key and its right to see that model."""
         name = request.match_info["name"]
-        if not self.svc.view.has_model(name):
-            return web.json_response({"error": f"model {name!r} is not served here"}, status=404)
+        self.svc.require_model(self.svc.authenticate(request.headers), name)
+        return name
+
+    async def v2_model(self, request: web.Request) -> web.Response:
+        corr = new_corr_id(request.headers, "")
+        try:
+            name = self._visible_model(request)
+        except Refusal as r:
+            return _refusal_response(r, corr, "v2", v2=True)
         revs = sorted({t.revision for t in self.svc.view.all(name) if t.revision})
-        return web.json_response(kserve.model_metadata(name, revs))
+        return web.json_response(kserve.model_metadata(name, revs), headers={"x-request-id": corr})
 
     async def v2_model_ready(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if not self.svc.view.has_model(name):
-            return web.json_response({"error": f"model {name!r} is not served here"}, status=404)
+        corr = new_corr_id(request.headers, "")
+        try:
+            name = self._visible_model(request)
+        except Refusal as r:
+            return _refusal_response(r, corr, "v2", v2=True)
         ready = bool(self.svc.view.candidates(name))
-        return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
+        return web.json_response(
+            {"name": name, "ready": ready}, status=200 if ready else 503, headers={"x-request-id": corr}
+        )
 
     async def v2_infer(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -386,14 +398,9 @@ class Handlers:
 
     async def healthz(self, request: web.Request) -> web.Response:
         v = self.svc.view
+        # Open to probes, so it names no model: which models exist is for a tenant's key (/v1/models).
         return web.json_response(
-            {
-                "ok": True,
-                "local_only": v.local_only,
-                "models": v.models(),
-                "targets": v.counts(),
-                "inflight": self.svc.inflight,
-            }
+            {"ok": True, "local_only": v.local_only, "targets": v.counts(), "inflight": self.svc.inflight}
         )
 
 

@@ -79,6 +79,10 @@ def to_v2(req: pb.ModelInferRequest) -> kserve.V2Request:
     return kserve.V2Request(req.id, text, max_tokens, params)
 
 
+def _metadata(context: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, svc: RouterService) -> None:
         self.svc = svc
@@ -90,17 +94,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         v = self.svc.view
         return pb.ServerReadyResponse(ready=any(v.candidates(m) for m in v.models()))
 
+    async def _require_model(self, name: str, context: Any) -> None:
+        """Model-level calls need the tenant's key (metadata `authorization`) and a model it may see; another
+        tenant's model is NOT_FOUND exactly like an unknown one."""
+        try:
+            self.svc.require_model(self.svc.authenticate(_metadata(context)), name)
+        except Refusal as r:
+            await context.abort(_CODES.get(r.status, grpc.StatusCode.INTERNAL), r.message)
+
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        if not self.svc.view.has_model(request.name):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.name!r} is not served here")
+        await self._require_model(request.name, context)
         return pb.ModelReadyResponse(ready=bool(self.svc.view.candidates(request.name)))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="infermesh-router", version="1")
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
-        if not self.svc.view.has_model(request.name):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.name!r} is not served here")
+        await self._require_model(request.name, context)
         revs = sorted({t.revision for t in self.svc.view.all(request.name) if t.revision})
         tm = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -113,7 +123,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         svc = self.svc
-        md = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        md = _metadata(context)
         with tracer().start_as_current_span("grpc ModelInfer", context=extract(md), kind=SpanKind.SERVER) as span:
             trace_id = trace_id_hex(span)
             corr = new_corr_id(md, trace_id)

@@ -133,6 +133,12 @@ class RouterService:
             raise Refusal(401, "invalid_api_key", "invalid API key")
         return tenant
 
+    def require_model(self, tenant: Tenant, model: str) -> None:
+        """The one check of which models a tenant may see, for inference, metadata and readiness alike: another
+        tenant's model answers exactly like an unknown one, so its existence is not revealed."""
+        if not self.view.has_model(model) or not tenant.may_use(model):
+            raise Refusal(404, "model_not_found", f"model {model!r} is not served here", param="model")
+
     @staticmethod
     def priority_for(tenant: Tenant, requested: str | None) -> str:
         """A request may lower its SLO class below its tenant's, never raise it."""
@@ -167,10 +173,11 @@ class RouterService:
         deadline_s: float | None = None,
     ) -> Ticket:
         t0 = time.monotonic()
-        # Another tenant's model answers exactly like an unknown one: its existence is not revealed.
-        if not self.view.has_model(model) or not tenant.may_use(model):
+        try:
+            self.require_model(tenant, model)
+        except Refusal:
             REQUESTS.labels(model="", tenant=tenant.name, api=api, code="404").inc()
-            raise Refusal(404, "model_not_found", f"model {model!r} is not served here", param="model")
+            raise
         policy = self.cfg.policy_for(model)
         candidates = self.view.candidates(model) or self.view.all(model)
         decision = self._admission_for(policy).decide(

@@ -128,8 +128,9 @@ def test_traceparent_reaches_the_runtime(router: RouterProc, emulators: list[Emu
 def test_kserve_v2_http(router: RouterProc) -> None:
     assert httpx.get(router.url + "/v2/health/live").json() == {"live": True}
     assert httpx.get(router.url + "/v2/health/ready").status_code == 200
-    assert httpx.get(router.url + "/v2/models/demo-llm/ready").json()["ready"] is True
-    assert httpx.get(router.url + "/v2/models/nope/ready").status_code == 404
+    assert httpx.get(router.url + "/v2/models/demo-llm/ready", headers=AUTH).json()["ready"] is True
+    assert httpx.get(router.url + "/v2/models/nope/ready", headers=AUTH).status_code == 404
+    assert httpx.get(router.url + "/v2/models/demo-llm/ready").status_code == 401
     body = {
         "id": "r1",
         "inputs": [
@@ -150,7 +151,8 @@ async def test_kserve_v2_grpc(router: RouterProc) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{router.grpc_port}") as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
         assert (await stub.ServerLive(pb.ServerLiveRequest())).live
-        assert (await stub.ModelReady(pb.ModelReadyRequest(name="demo-llm"))).ready
+        auth = (("authorization", "Bearer demo-key"),)
+        assert (await stub.ModelReady(pb.ModelReadyRequest(name="demo-llm"), metadata=auth)).ready
         req = pb.ModelInferRequest(
             model_name="demo-llm",
             inputs=[

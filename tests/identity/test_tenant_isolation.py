@@ -113,6 +113,92 @@ def test_router_matrix(router: RouterProc, api: Any, tenant: str, owner: str) ->
     assert code == (200 if tenant == owner else 404), (api.__name__, tenant, owner, code)
 
 
+def _http_status(resp: httpx.Response) -> int:
+    if resp.status_code == 404:
+        # The very body of an unknown model: nothing tells another tenant's model apart.
+        assert resp.json() == {
+            "error": f"model {resp.url.path.split('/')[3]!r} is not served here",
+            "code": "model_not_found",
+        }
+    return resp.status_code
+
+
+def kserve_metadata_http(r: RouterProc, tenant: str, model: str) -> int:
+    headers = {"Authorization": f"Bearer {KEYS[tenant]}"}
+    return _http_status(httpx.get(f"{r.url}/v2/models/{model}", headers=headers, timeout=10))
+
+
+def kserve_ready_http(r: RouterProc, tenant: str, model: str) -> int:
+    headers = {"Authorization": f"Bearer {KEYS[tenant]}"}
+    return _http_status(httpx.get(f"{r.url}/v2/models/{model}/ready", headers=headers, timeout=10))
+
+
+def _grpc_status(call: Any, request: Any, tenant: str | None) -> tuple[grpc.StatusCode, str]:
+    metadata = (("authorization", f"Bearer {KEYS[tenant]}"),) if tenant else None
+    try:
+        call(request, metadata=metadata, timeout=10)
+    except grpc.RpcError as err:
+        return err.code(), err.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def _grpc_code(code: grpc.StatusCode, details: str, model: str) -> int:
+    if code == grpc.StatusCode.NOT_FOUND:
+        assert details == f"model {model!r} is not served here"
+    return {grpc.StatusCode.OK: 200, grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.UNAUTHENTICATED: 401}.get(
+        code, 500
+    )
+
+
+def kserve_metadata_grpc(r: RouterProc, tenant: str, model: str) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{r.grpc_port}") as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        code, details = _grpc_status(stub.ModelMetadata, pb.ModelMetadataRequest(name=model), tenant)
+    return _grpc_code(code, details, model)
+
+
+def kserve_ready_grpc(r: RouterProc, tenant: str, model: str) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{r.grpc_port}") as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        code, details = _grpc_status(stub.ModelReady, pb.ModelReadyRequest(name=model), tenant)
+    return _grpc_code(code, details, model)
+
+
+MODEL_APIS = [kserve_metadata_http, kserve_ready_http, kserve_metadata_grpc, kserve_ready_grpc]
+
+
+@pytest.mark.parametrize("api", MODEL_APIS, ids=lambda f: f.__name__)
+def test_router_model_metadata_and_readiness_matrix(router: RouterProc, api: Any) -> None:
+    for tenant in KEYS:
+        for owner in KEYS:
+            code = api(router, tenant, MODELS[owner])
+            assert code == (200 if tenant == owner else 404), (api.__name__, tenant, owner, code)
+        assert api(router, tenant, "no-such-model") == 404
+
+
+def test_router_model_endpoints_need_a_key_and_server_health_stays_open(router: RouterProc) -> None:
+    model = MODELS["tenant-a"]
+    for path in (f"/v2/models/{model}", f"/v2/models/{model}/ready"):
+        resp = httpx.get(f"{router.url}{path}", timeout=10)
+        assert resp.status_code == 401 and resp.json()["code"] == "missing_api_key", path
+        resp = httpx.get(f"{router.url}{path}", headers={"Authorization": "Bearer wrong"}, timeout=10)
+        assert resp.status_code == 401 and resp.json()["code"] == "invalid_api_key", path
+    with grpc.insecure_channel(f"127.0.0.1:{router.grpc_port}") as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        for call, request in ((stub.ModelMetadata, pb.ModelMetadataRequest(name=model)),
+                              (stub.ModelReady, pb.ModelReadyRequest(name=model))):  # fmt: skip
+            code, details = _grpc_status(call, request, None)
+            assert code == grpc.StatusCode.UNAUTHENTICATED and "missing API key" in details
+        # Server-level liveness, readiness and metadata reveal no model and need no key.
+        assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+        assert stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=10).name == "infermesh-router"
+    assert httpx.get(f"{router.url}/v2/health/live", timeout=10).json() == {"live": True}
+    assert httpx.get(f"{router.url}/v2/health/ready", timeout=10).status_code == 200
+    health = httpx.get(f"{router.url}/healthz", timeout=10).json()
+    assert health["ok"] is True and not any(m in json.dumps(health) for m in MODELS.values())
+
+
 def test_router_lists_only_the_tenants_models(router: RouterProc) -> None:
     for tenant, model in MODELS.items():
         resp = httpx.get(f"{router.url}/v1/models", headers={"Authorization": f"Bearer {KEYS[tenant]}"}, timeout=10)
