@@ -3,7 +3,7 @@ Principal as sessions and API tokens through the claim mapping."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
@@ -12,8 +12,10 @@ from meshweb.identity.backend import claim_rules
 from meshweb.identity.conf import setting
 from meshweb.identity.mapping import MappingError
 from meshweb.identity.models import OidcIdentity
+from meshweb.identity.refusals import bearer_refused
 from meshweb.identity.services import tenant_roles
 from meshweb.identity.tokens import TokenError, verifier
+from meshweb.tenancy.authentication import peer_of
 from meshweb.tenancy.rbac import Principal
 from meshweb.tenancy.roles import Role
 
@@ -34,6 +36,12 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     )
 
 
+def _refuse(request: Request, message: str) -> NoReturn:
+    # Recorded without the token: its claims are unverified, and a valid-looking one is a credential.
+    bearer_refused(scheme="oidc_bearer", reason=message, peer=peer_of(request))
+    raise exceptions.AuthenticationFailed(message)
+
+
 class OidcBearerAuthentication(authentication.BaseAuthentication):
     """`Authorization: Bearer <JWT>`; API tokens (`im_...`) are left to ApiTokenAuthentication."""
 
@@ -44,14 +52,17 @@ class OidcBearerAuthentication(authentication.BaseAuthentication):
         if scheme.lower() != "bearer" or not raw or raw.startswith("im_"):
             return None
         if not setting("OIDC_ENABLED", False):
-            raise exceptions.AuthenticationFailed("Bearer JWTs are not accepted: OIDC is not configured.")
+            _refuse(request, "Bearer JWTs are not accepted: OIDC is not configured.")
         try:
             claims = verifier().verify(raw, audience=setting("OIDC_API_AUDIENCE"))
         except TokenError as err:
-            raise exceptions.AuthenticationFailed(f"Bearer token refused: {err}.") from None
-        principal = principal_from_claims(claims)
+            _refuse(request, f"Bearer token refused: {err}.")
+        try:
+            principal = principal_from_claims(claims)
+        except exceptions.AuthenticationFailed as err:
+            _refuse(request, str(err.detail))
         if not principal.roles:
-            raise exceptions.AuthenticationFailed("Bearer token refused: its claims map to no tenant.")
+            _refuse(request, "Bearer token refused: its claims map to no tenant.")
         return principal, claims
 
     def authenticate_header(self, request: Request) -> str:

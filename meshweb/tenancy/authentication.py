@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from meshweb.identity.refusals import bearer_refused
 from meshweb.tenancy.models import ApiToken
 from meshweb.tenancy.rbac import Principal, principal_for_user
 from meshweb.tenancy.roles import Role
@@ -16,6 +17,15 @@ from meshweb.tenancy.tokens import secret_matches, split_token
 
 # last_used_at is informative; writing it on every request would add a write to every read.
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def peer_of(request: Request) -> str:
+    return str(request.META.get("REMOTE_ADDR", ""))
+
+
+def _refuse(request: Request, message: str, prefix: str = "", tenant_id: int | None = None) -> NoReturn:
+    bearer_refused(scheme="api_token", reason=message, peer=peer_of(request), token_prefix=prefix, tenant_id=tenant_id)
+    raise exceptions.AuthenticationFailed(message)
 
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):
@@ -30,18 +40,21 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             return None
         parts = split_token(raw.strip())
         if parts is None:
-            raise exceptions.AuthenticationFailed("Malformed API token.")
+            _refuse(request, "Malformed API token.")
         prefix, secret = parts
         token = ApiToken.objects.select_related("tenant").filter(prefix=prefix).first()
-        if token is None or not secret_matches(secret, token.secret_hash):
-            raise exceptions.AuthenticationFailed("Invalid API token.")
+        if token is None:
+            _refuse(request, "Invalid API token.", prefix)
+        # The token's tenant sees attempts on its tokens in its audit log; the caller learns nothing more.
+        if not secret_matches(secret, token.secret_hash):
+            _refuse(request, "Invalid API token.", prefix, token.tenant_id)
         now = timezone.now()
         if token.revoked_at is not None:
-            raise exceptions.AuthenticationFailed("API token revoked.")
+            _refuse(request, "API token revoked.", prefix, token.tenant_id)
         if token.expires_at is not None and token.expires_at <= now:
-            raise exceptions.AuthenticationFailed("API token expired.")
+            _refuse(request, "API token expired.", prefix, token.tenant_id)
         if not token.tenant.is_active:
-            raise exceptions.AuthenticationFailed("Tenant is disabled.")
+            _refuse(request, "Tenant is disabled.", prefix, token.tenant_id)
         if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
             ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         principal = Principal(

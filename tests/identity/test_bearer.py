@@ -3,6 +3,8 @@ tenant roles; expired, wrongly signed, wrong-audience, wrong-issuer, not-yet-val
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
 from typing import Any
 
@@ -10,6 +12,7 @@ import jwt
 import pytest
 from django.core.management import call_command
 
+from meshweb.identity.refusals import RefusalThrottle
 from tests.identity.conftest import Portal
 from tests.identity.oidc_support import rsa_key
 
@@ -117,3 +120,53 @@ def test_schema_documents_every_scheme(tmp_path: Any) -> None:
     text = out.read_text()
     for scheme in ("apiToken:", "cookieAuth:", "oidcBearer:", "bearerFormat: JWT"):
         assert scheme in text
+
+
+def refusal_entries(portal: Portal) -> list[dict[str, Any]]:
+    status, body = portal.api("/api/v1/audit/?action=identity.bearer_refused&limit=500", portal.admin_token)
+    assert status == 200, body
+    return list(body["results"])
+
+
+def test_refused_bearers_are_audited_without_the_token(portal: Portal) -> None:
+    now = int(time.time())
+    expired = portal.provider.mint({"groups": ["acme-ops"], "iat": now - 600, "exp": now - 60})
+    assert refusal(portal, expired) == "Bearer token refused: token expired."
+    assert refusal(portal, "a.b.c").startswith("Bearer token refused: malformed token")
+    prefix = portal.admin_token.split("_")[1]
+    wrong_secret = f"im_{prefix}_{'x' * 32}"
+    assert refusal(portal, wrong_secret) == "Invalid API token."
+    assert refusal(portal, "im_short") == "Malformed API token."
+    entries = refusal_entries(portal)
+    by_reason = {(e["after"]["scheme"], e["after"]["reason"]): e for e in entries}
+    assert ("oidc_bearer", "Bearer token refused: token expired.") in by_reason
+    assert any(s == "oidc_bearer" and r.startswith("Bearer token refused: malformed token") for s, r in by_reason)
+    assert ("api_token", "Malformed API token.") in by_reason
+    guessed = [e for e in entries if e["after"].get("token_prefix") == prefix]
+    # An attempt on a known token's prefix shows in its tenant's audit log; the peer is recorded.
+    assert guessed and guessed[0]["tenant"] == "acme" and guessed[0]["after"]["peer"] == "127.0.0.1"
+    text = json.dumps(entries)
+    assert expired not in text and "x" * 32 not in text
+
+
+def test_a_flood_of_refusals_writes_one_entry_a_minute(portal: Portal) -> None:
+    kid = f"flood-{secrets.token_hex(4)}"
+    token = portal.provider.mint({"groups": ["acme-ops"]}, key=rsa_key(), kid=kid)
+    for _ in range(25):
+        assert "unknown key" in refusal(portal, token)
+    flood = [e for e in refusal_entries(portal) if kid in e["after"]["reason"]]
+    assert len(flood) == 1 and flood[0]["after"]["suppressed"] == 0
+
+
+def test_refusal_throttle() -> None:
+    throttle = RefusalThrottle(per_key_s=60, window_s=60, per_window=3, max_keys=2)
+    assert throttle.decide("a", 0) == 0
+    assert throttle.decide("a", 1) is None and throttle.decide("a", 59) is None
+    # The next entry for the key, a minute on, stands for the refusals held back meanwhile.
+    assert throttle.decide("a", 60) == 2
+    assert throttle.decide("b", 61) == 0 and throttle.decide("c", 62) == 0
+    # Three entries in this window already: every other key waits for the next one, counted.
+    assert throttle.decide("d", 63) is None and throttle.decide("d", 64) is None
+    assert throttle.decide("d", 121) == 2
+    # At most max_keys are remembered: the oldest go, with their counts.
+    assert len(throttle._last) <= 2
