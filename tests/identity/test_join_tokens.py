@@ -3,14 +3,17 @@ that leave the token unused, and revocation of a deleted node's certificates in 
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from django.utils import timezone
 
-from agents.security.ca import load_certificate, load_crl, make_csr, new_key
+from agents.security.ca import CertificateAuthority, cert_pem, load_certificate, load_crl, make_csr, new_key
 from meshweb.audit.models import AuditEntry
 from meshweb.fleet.models import Node, Region, Zone
 from meshweb.identity import mesh
@@ -68,3 +71,40 @@ def test_deleting_a_node_revokes_its_certificates(node: Node) -> None:
 def test_join_token_ttl_bounds(node: Node) -> None:
     with pytest.raises(ValueError, match="ttl"):
         mesh.join_token_create(principal=SYSTEM, node=node, ttl=timedelta(days=30))
+
+
+def renewal_refusals() -> list[str]:
+    return [e.after["reason"] for e in AuditEntry.objects.filter(action="node.renew_refused").order_by("id")]
+
+
+def test_renewal_refuses_bad_certificates_and_signatures_with_an_audit_entry(node: Node, tmp_path: Path) -> None:
+    _, plaintext = mesh.join_token_create(principal=SYSTEM, node=node)
+    key = new_key()
+    answer = mesh.node_enroll(token=plaintext, csr=make_csr(key, "gpu-1").decode(), peer="p")
+    csr = make_csr(new_key(), "gpu-1").decode()
+    good_signature = base64.b64encode(key.sign(csr.encode(), ec.ECDSA(hashes.SHA256()))).decode()
+    other_ca = CertificateAuthority.init(tmp_path / "other", "unit.test")
+    foreign = cert_pem(other_ca.issue(public_key=key.public_key(), node="gpu-1", roles=["gpu"])).decode()
+    wrong_signature = base64.b64encode(b"\x30\x06\x02\x01\x01\x02\x01\x01").decode()  # a valid DER, not ours
+    damaged = answer["certificate"].replace(answer["certificate"].splitlines()[5], "A" * 64)
+    cases = [
+        ({"certificate": "not a certificate"}, "renewal refused: certificate: not a valid X.509 certificate"),
+        ({"certificate": damaged}, "renewal refused: certificate:"),
+        ({"certificate": foreign}, "renewal refused: certificate: not issued by the mesh CA"),
+        ({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"}, "renewal refused: certificate request:"),
+        ({"signature": "%%% not base64 %%%"}, "renewal refused: "),
+        ({"signature": wrong_signature}, "renewal refused: the signature does not verify"),
+        ({"certificate": None}, "certificate, csr and signature are required strings"),
+    ]
+    for change, message in cases:
+        body: dict[str, Any] = {"certificate": answer["certificate"], "csr": csr, "signature": good_signature, **change}
+        before = len(renewal_refusals())
+        with pytest.raises(mesh.EnrollmentRefused) as err:
+            mesh.node_renew(peer="10.9.9.9", **body)
+        assert message in str(err.value), (change, str(err.value))
+        assert len(renewal_refusals()) == before + 1 and renewal_refusals()[-1] == str(err.value)
+    assert AuditEntry.objects.filter(action="node.renew_refused", after__peer="10.9.9.9").count() == len(cases)
+    # Nothing was issued by the refused renewals; the genuine one still works.
+    assert IssuedCertificate.objects.count() == 1
+    renewed = mesh.node_renew(peer="p", certificate=answer["certificate"], csr=csr, signature=good_signature)
+    assert renewed["spiffe_id"] == "spiffe://unit.test/node/gpu-1" and renewed["serial"] != answer["serial"]
