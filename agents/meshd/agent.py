@@ -163,7 +163,9 @@ class Agent:
         self._session = aiohttp.ClientSession()
         scrapers = [RuntimeLoop(self, rt, self._session) for rt in cfg.runtimes]
 
-        security = ServerSecurity(cfg.tls, node=self.node_id) if cfg.tls is not None else None
+        security = (
+            ServerSecurity(cfg.tls, node=self.node_id, registry=self.metrics.registry) if cfg.tls is not None else None
+        )
         self.security = security
         server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0)], interceptors=[security.interceptor] if security else None
@@ -202,6 +204,7 @@ class Agent:
             config=cfg,
             set_node_state=self.set_node_state,
             set_policy_store=self._use_policy_store,
+            security=security,
         )
         self.ctx.on_rtt_provider(self.scoring.set_rtt)
         for component in self.components:

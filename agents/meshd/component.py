@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from agents.meshd.events import EventBus
     from agents.meshd.nodes import NodeDirectory
     from agents.meshd.policies import PolicyStore
+    from agents.security.tls import ServerSecurity
     from agents.signals.fusion import Fusion
     from agents.strategies.base import RttFn
     from agents.strategies.host import StrategyHost
@@ -77,6 +78,8 @@ class AgentContext:
     set_node_state: Callable[[int, str], None] | None = None
     # Replace the Control API's policy store (the Raft component installs its replicated one).
     set_policy_store: Callable[[PolicyStore], None] | None = None
+    # The gRPC server's mTLS and authorization (None without `tls:`): its refused calls, the agent's SVID.
+    security: ServerSecurity | None = None
     _rtt_listeners: list[Callable[[RttFn | None], None]] = field(default_factory=list)
 
     def set_rtt_provider(self, rtt: RttFn | None) -> None:

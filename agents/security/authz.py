@@ -64,6 +64,25 @@ POLICY: tuple[tuple[str, frozenset[str]], ...] = (
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """One refused call, as the audit trail, the metrics and the portal report it."""
+
+    method: str  # full gRPC method, /package.Service/Method
+    caller: str  # the caller's SPIFFE ID; "" when its certificate did not parse
+    peer: str  # the transport address gRPC saw, e.g. ipv4:10.0.0.7:51234
+    code: str  # gRPC status code name
+    reason: str
+
+    @property
+    def service(self) -> str:
+        return self.method.lstrip("/").partition("/")[0]
+
+    @property
+    def method_name(self) -> str:
+        return self.method.rpartition("/")[2]
+
+
+@dataclass(frozen=True)
 class Decision:
     allowed: bool
     code: grpc.StatusCode = grpc.StatusCode.OK
@@ -147,7 +166,7 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         trust_domain: str,
         revoked: Callable[[], frozenset[int]],
         jwt_verify: Callable[[str], str | None] | None,
-        on_refusal: Callable[[str, str, str], None] | None = None,
+        on_refusal: Callable[[Refusal], None] | None = None,
     ) -> None:
         self.node = node
         self.trust_domain = trust_domain
@@ -184,9 +203,11 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
     async def _refuse(
         self, context: grpc.aio.ServicerContext[Any, Any], method: str, who: str, code: grpc.StatusCode, reason: str
     ) -> None:
-        log.warning("refused %s from %s: %s", method, who or context.peer(), reason)
+        refusal = Refusal(method=method, caller=who, peer=context.peer() or "", code=code.name, reason=reason)
         if self._on_refusal is not None:
-            self._on_refusal(method, who, code.name)
+            self._on_refusal(refusal)  # the owner writes the audit line, counts and reports it
+        else:
+            log.warning("refused %s from %s: %s", method, who or refusal.peer, reason)
         await context.abort(code, reason)
 
     async def intercept_service(

@@ -8,17 +8,19 @@ import asyncio
 import logging
 import ssl
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agents.security.authz import AuthzInterceptor
+from agents.security.authz import AuthzInterceptor, Refusal
 from agents.security.ca import CaError, check_trust_domain, load_certificate, load_crl
 
 log = logging.getLogger("meshd.tls")
+audit = logging.getLogger("meshd.audit")  # one JSON line per security refusal
 
 
 class _Model(BaseModel):
@@ -179,9 +181,10 @@ class Revocations:
 
 
 class ServerSecurity:
-    """Credentials and the interceptor for an agent's gRPC server."""
+    """Credentials and the interceptor for an agent's gRPC server. Every refused call is counted on the agent's
+    metrics, written as one JSON line on the `meshd.audit` logger, and handed to the listeners (the portal link)."""
 
-    def __init__(self, section: TlsSection, *, node: str) -> None:
+    def __init__(self, section: TlsSection, *, node: str, registry: CollectorRegistry | None = None) -> None:
         self.section = section
         self.node = node
         self.revocations = Revocations(section)
@@ -192,17 +195,52 @@ class ServerSecurity:
                 log.warning("CRL fetch from %s failed: %s", section.crl_url, err)
         self.jwt = JwtVerifier(section.jwt) if section.jwt is not None else None
         self.refusals = 0
+        self._listeners: list[Callable[[Refusal], None]] = []
+        self.m_refusals = Counter(
+            "meshd_authz_refusals",
+            "Calls refused by mTLS authorization (after the handshake), by service, method and gRPC code",
+            ["service", "method", "code"],
+            registry=registry,
+        )
+        # Failed handshakes (another CA, expired, no certificate) end inside gRPC's TLS stack, which tells Python
+        # nothing about them; what it does tell is that a handshake started (the credentials are consulted).
+        self.m_handshakes = Counter(
+            "meshd_tls_handshakes", "TLS handshakes started on the gRPC server, failed ones included", registry=registry
+        )
         self._stamp = self._files_stamp()
         self.interceptor = AuthzInterceptor(
             node=node,
             trust_domain=section.trust_domain,
             revoked=self.revocations,
             jwt_verify=self.jwt,
-            on_refusal=self._count,
+            on_refusal=self._refused,
         )
 
-    def _count(self, method: str, who: str, code: str) -> None:
+    def on_refusal(self, listener: Callable[[Refusal], None]) -> None:
+        """Call `listener` with every refused call (it must not block: it runs inside the call)."""
+        self._listeners.append(listener)
+
+    def _refused(self, refusal: Refusal) -> None:
         self.refusals += 1
+        self.m_refusals.labels(refusal.service, refusal.method_name, refusal.code).inc()
+        audit.warning(
+            "call refused",
+            extra={
+                "fields": {
+                    "audit": "mesh.call_refused",
+                    "caller": refusal.caller or refusal.peer,
+                    "peer": refusal.peer,
+                    "method": refusal.method,
+                    "code": refusal.code,
+                    "reason": refusal.reason,
+                }
+            },
+        )
+        for listener in self._listeners:
+            try:
+                listener(refusal)
+            except Exception:
+                log.exception("refusal listener failed")
 
     def _files_stamp(self) -> tuple[int, ...]:
         out: list[int] = []
@@ -250,6 +288,7 @@ class ServerSecurity:
     def credentials(self) -> grpc.ServerCredentials:
         def fetch() -> Any:
             # Called by gRPC on each handshake: hand over the rotated SVID once its files change.
+            self.m_handshakes.inc()
             try:
                 stamp = self._files_stamp()
             except OSError:
