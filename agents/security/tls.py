@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -331,6 +332,8 @@ class ClientIdentity:
     def __init__(self, ca: str, cert: str, key: str, *, server_name: str = "") -> None:
         self.ca, self.cert, self.key = Path(ca), Path(cert), Path(key)
         self.server_name = server_name
+        self._live: ssl.SSLContext | None = None
+        self._live_stamp: tuple[int, ...] | None = None
 
     @classmethod
     def of(cls, section: ClientTls | TlsSection | None) -> ClientIdentity | None:
@@ -345,6 +348,16 @@ class ClientIdentity:
             st = path.stat()
             out += [st.st_mtime_ns, st.st_size]
         return tuple(out)
+
+    def consistent(self) -> bool:
+        """Whether the key and the certificate on disk belong together; not so for a moment during a rotation, which
+        replaces the key first."""
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            probe.load_cert_chain(str(self.cert), str(self.key))
+        except (OSError, ssl.SSLError):
+            return False
+        return True
 
     def grpc_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
@@ -361,6 +374,40 @@ class ClientIdentity:
         ctx.load_cert_chain(str(self.cert), str(self.key))
         return ctx
 
+    def live_ssl_context(self) -> ssl.SSLContext:
+        """One context for a long-lived HTTP client (whose connection pool is keyed by it): `refresh` loads a rotated
+        certificate into it in place, so pooled connections stay and new handshakes present the new SVID."""
+        if self._live is None:
+            self._live_stamp = self.stamp()
+            self._live = self.ssl_context()
+        return self._live
+
+    def refresh(self) -> bool:
+        """Load a rotated certificate into the live context; False while unchanged or caught mid-rotation."""
+        if self._live is None:
+            return False
+        try:
+            before = self.stamp()
+        except OSError:
+            return False
+        if before == self._live_stamp or not self.consistent():
+            return False
+        try:
+            self._live.load_cert_chain(str(self.cert), str(self.key))
+            after = self.stamp()
+        except (OSError, ssl.SSLError):
+            return False
+        if after == before:  # else the files moved on while loading: load again at the next check
+            self._live_stamp = before
+            log.info("presenting the rotated certificate %s", self.cert)
+        return True
+
+    async def keep_current(self, check_s: float = 1.0) -> None:
+        """Run beside a long-lived HTTP client: `refresh` every `check_s`."""
+        while True:
+            await asyncio.sleep(check_s)
+            self.refresh()
+
 
 def dial(address: str, identity: ClientIdentity | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     """The one way mesh processes open an asyncio gRPC channel: mTLS with the SVID when they have one."""
@@ -374,3 +421,66 @@ def dial_sync(address: str, identity: ClientIdentity | None, options: Sequence[t
     if identity is None:
         return grpc.insecure_channel(address, options=list(options))
     return grpc.secure_channel(address, identity.grpc_credentials(), options=[*options, *identity.grpc_options()])
+
+
+class Dialer:
+    """A long-lived asyncio channel to one address that follows SVID rotation. gRPC reconnects a channel with the
+    credentials it was built with, so once the certificate files change (checked at most every `check_s`),
+    `channel()` opens a fresh channel that presents the new certificate and retires the old one after `grace_s`
+    for the calls still on it. Callers build their stubs again when `channel()` returns another channel."""
+
+    def __init__(
+        self,
+        address: str,
+        identity: ClientIdentity | None,
+        options: Sequence[tuple[str, Any]] = (),
+        *,
+        check_s: float = 1.0,
+        grace_s: float = 30.0,
+    ) -> None:
+        self.address = address
+        self.identity = identity
+        self.options = list(options)
+        self.check_s = check_s
+        self.grace_s = grace_s
+        self._channel: grpc.aio.Channel | None = None
+        self._stamp: tuple[int, ...] | None = None
+        self._next_check = 0.0
+        self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+
+    def _open(self) -> grpc.aio.Channel:
+        if self.identity is not None:
+            self._stamp = self.identity.stamp()
+        self._channel = dial(self.address, self.identity, self.options)
+        return self._channel
+
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            return self._open()
+        now = time.monotonic()
+        if self.identity is None or now < self._next_check:
+            return self._channel
+        self._next_check = now + self.check_s
+        try:
+            changed = self.identity.stamp() != self._stamp
+        except OSError:
+            changed = False  # a file is being replaced: look again at the next check
+        if changed and self.identity.consistent():
+            old = self._channel
+            log.info("reconnecting to %s with the rotated certificate %s", self.address, self.identity.cert)
+            task = asyncio.get_running_loop().create_task(old.close(grace=self.grace_s))
+            self._retiring[task] = old
+            task.add_done_callback(lambda t: self._retiring.pop(t, None))
+            return self._open()
+        return self._channel
+
+    async def close(self) -> None:
+        retiring = dict(self._retiring)
+        for task in retiring:
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
+        for old in retiring.values():
+            await old.close()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
