@@ -20,6 +20,7 @@ import grpc
 import yaml
 
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
+from agents.security.tls import ClientIdentity, dial, dial_sync
 
 from .lincheck import INF, UNKNOWN, Op
 
@@ -57,8 +58,13 @@ class LocalCluster:
         election_ticks: int = 10,
         fsync: bool = True,
         extra: dict[str, Any] | None = None,
+        tls: dict[int, dict[str, Any]] | None = None,
+        client: ClientIdentity | None = None,
     ) -> None:
+        """`tls`: node id -> that member's top-level `tls:` section (mTLS between members and with clients);
+        `client`: the identity this harness dials the members with."""
         self.workdir = workdir
+        self.client = client
         workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "data"
         self.members: dict[int, Member] = {}
@@ -82,6 +88,8 @@ class LocalCluster:
                     **(extra or {}),
                 },
             }
+            if tls is not None:
+                cfg["tls"] = tls[i]
             m.config.write_text(yaml.safe_dump(cfg))
 
     def start(self, node: int | None = None, wait: bool = True) -> None:
@@ -120,7 +128,7 @@ class LocalCluster:
         raise TimeoutError(f"node {m.node_id} did not serve within {timeout}s")
 
     def status(self, node: int, timeout: float = 1.0) -> store_pb2.RaftStatusResponse:
-        with grpc.insecure_channel(self.members[node].address) as ch:
+        with dial_sync(self.members[node].address, self.client) as ch:
             return store_pb2_grpc.RaftAdminStub(ch).Status(store_pb2.RaftStatusRequest(), timeout=timeout)
 
     def leader(self, timeout: float = 30.0, exclude: set[int] | None = None) -> int:
@@ -183,6 +191,7 @@ class Workload:
     session sequence number, so a retried write applies at most once."""
 
     addresses: list[str]
+    identity: ClientIdentity | None = None
     keys: int = 4
     clients: int = 6
     op_timeout_s: float = 2.0
@@ -194,7 +203,7 @@ class Workload:
     _values: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def run(self, duration_s: float, seed: int = 1) -> None:
-        chans = [grpc.aio.insecure_channel(a) for a in self.addresses]
+        chans = [dial(a, self.identity) for a in self.addresses]
         stubs = [store_pb2_grpc.StoreStub(c) for c in chans]
         stop_at = time.monotonic() + duration_s
         try:
@@ -258,7 +267,7 @@ class Workload:
     async def final_reads(self) -> None:
         """Linearizable reads of every key through every live member, after the faults."""
         for addr in self.addresses:
-            async with grpc.aio.insecure_channel(addr) as ch:
+            async with dial(addr, self.identity) as ch:
                 stub = store_pb2_grpc.StoreStub(ch)
                 for k in range(self.keys):
                     key = f"kv/k{k}"

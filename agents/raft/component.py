@@ -11,6 +11,9 @@ from typing import Any
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from agents.security.tls import ClientIdentity
 
 from .group import GroupOptions
 from .host import DEFAULT_GROUP, RaftHost
@@ -21,13 +24,6 @@ _ADDR = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 def data_root() -> Path:
     env = os.environ.get("INFERMESH_DATA_DIR")
     return Path(env) if env else Path.home() / ".local" / "share" / "infermesh"
-
-
-class TlsSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ca: str = Field(description="PEM bundle of the CA that signs member certificates")
-    cert: str
-    key: str
 
 
 class RaftSection(BaseModel):
@@ -49,7 +45,17 @@ class RaftSection(BaseModel):
     request_timeout_s: float = Field(default=5.0, gt=0, le=300)
     read_timeout_s: float = Field(default=1.0, gt=0, le=60)
     max_uncommitted_mb: int = Field(default=64, ge=1)
-    tls: TlsSection | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_own_tls(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "tls" in data:
+            raise PydanticCustomError(
+                "raft_tls",
+                "tls: Raft has no TLS settings of its own: peers dial each other with the agent's top-level `tls:` "
+                "section (move ca, cert and key there)",
+            )
+        return data
 
     @field_validator("peers")
     @classmethod
@@ -89,19 +95,11 @@ class RaftSection(BaseModel):
         return p if p.is_absolute() else data_root() / p
 
 
-def _credentials(tls: TlsSection | None) -> tuple[grpc.ChannelCredentials | None, str]:
-    if tls is None:
-        return None, ""
-    ca = Path(tls.ca).read_bytes()
-    return grpc.ssl_channel_credentials(ca, Path(tls.key).read_bytes(), Path(tls.cert).read_bytes()), ""
-
-
 class RaftComponent:
     name = "raft"
 
     def __init__(self, cfg: RaftSection) -> None:
         self.cfg = cfg
-        creds, _ = _credentials(cfg.tls)
         voters = tuple(sorted(n for n in cfg.peers if n not in cfg.learners))
         self.host = RaftHost(
             cluster_id=cfg.cluster_id,
@@ -111,7 +109,6 @@ class RaftComponent:
             data_dir=cfg.resolved_data_dir(),
             voters=() if cfg.join else voters,
             learners=() if cfg.join else tuple(sorted(cfg.learners)),
-            credentials=creds,
             options=GroupOptions(
                 tick_s=cfg.tick_ms / 1000,
                 election_tick=cfg.election_ticks,
@@ -129,6 +126,8 @@ class RaftComponent:
         return self.host.add_to_server(server)
 
     async def start(self, ctx: Any) -> None:
+        # Peers are dialled lazily, once the groups start: give the transport the node's SVID first.
+        self.host.transport.identity = ClientIdentity.of(getattr(ctx.config, "tls", None))
         await self.host.start()
         if getattr(ctx, "set_policy_store", None) is not None:
             from .policies import ReplicatedPolicyStore

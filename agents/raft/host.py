@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
+from agents.security.tls import ClientIdentity
 from agents.store.machine import Compacted
 from agents.store.schema import StoreInputError, check_key, check_prefix, check_value
 
@@ -32,7 +33,7 @@ class RaftHost:
         options: GroupOptions,
         voters: tuple[int, ...] | None = None,
         learners: tuple[int, ...] = (),
-        credentials: grpc.ChannelCredentials | None = None,
+        identity: ClientIdentity | None = None,
     ) -> None:
         self.cluster_id = cluster_id
         self.node_id = node_id
@@ -41,7 +42,7 @@ class RaftHost:
             cluster_id=cluster_id,
             node_id=node_id,
             addresses=addresses,
-            credentials=credentials,
+            identity=identity,
             on_unreachable=self._unreachable,
             on_snapshot=self._snapshot_status,
             rpc_timeout_s=max(0.5, options.tick_s * options.election_tick),

@@ -1,6 +1,7 @@
 """gRPC transport between Raft members: per-peer ordered senders that batch messages into AppendEntries /
 RequestVote / Forward calls, InstallSnapshot as a client stream, and the servicer that checks cluster, group and
-message shape before stepping the core. Channels take TLS credentials, so mTLS is a matter of configuration."""
+message shape before stepping the core. With the agent's `tls:` section each peer channel presents the node's SVID
+(and is opened again once it rotates)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Protocol
 import grpc
 
 from agents.proto.infermesh.v1 import raft_pb2, raft_pb2_grpc
+from agents.security.tls import ClientIdentity, Dialer
 
 from .types import ConfState, Entry, EntryType, MalformedMessage, Message, MsgType, Snapshot
 
@@ -173,6 +175,8 @@ class PeerSender:
         self.address = address
         self.queue: deque[tuple[str, Message]] = deque()
         self.event = asyncio.Event()
+        opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        self.dialer = Dialer(address, transport.identity, opts)
         self.channel: grpc.aio.Channel | None = None
         self.stub: raft_pb2_grpc.RaftStub | None = None
         self.task: asyncio.Task[None] | None = None
@@ -181,14 +185,10 @@ class PeerSender:
         self.task = asyncio.create_task(self._loop(), name=f"raft-send-{self.peer}")
 
     def _connect(self) -> raft_pb2_grpc.RaftStub:
-        if self.stub is None:
-            opts = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-            creds = self.transport.credentials
-            if creds is not None:
-                self.channel = grpc.aio.secure_channel(self.address, creds, options=opts)
-            else:
-                self.channel = grpc.aio.insecure_channel(self.address, options=opts)
-            self.stub = raft_pb2_grpc.RaftStub(self.channel)
+        channel = self.dialer.channel()  # a new one after the SVID rotated
+        if self.stub is None or channel is not self.channel:
+            self.channel = channel
+            self.stub = raft_pb2_grpc.RaftStub(channel)
         return self.stub
 
     def enqueue(self, group: str, m: Message) -> None:
@@ -275,8 +275,7 @@ class PeerSender:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        if self.channel is not None:
-            await self.channel.close()
+        await self.dialer.close()
 
 
 class RaftTransport:
@@ -288,7 +287,7 @@ class RaftTransport:
         addresses: dict[int, str],
         on_unreachable: Callable[[str, int], None],
         on_snapshot: Callable[[str, int, bool], None],
-        credentials: grpc.ChannelCredentials | None = None,
+        identity: ClientIdentity | None = None,
         rpc_timeout_s: float = 1.0,
         max_queue: int = 10_000,
     ) -> None:
@@ -297,7 +296,7 @@ class RaftTransport:
         self.addresses = dict(addresses)
         self.on_unreachable = on_unreachable
         self.on_snapshot = on_snapshot
-        self.credentials = credentials
+        self.identity = identity  # this node's SVID for peer channels (None: plaintext)
         self.rpc_timeout_s = rpc_timeout_s
         self.max_queue = max_queue
         self.senders: dict[int, PeerSender] = {}
