@@ -101,7 +101,7 @@ class SchedulerComponent:
     async def start(self, ctx: Any) -> None:
         self.ctx = ctx
         ctx.on_rtt_provider(self._set_rtt)
-        self._client = K.StoreClient(ctx.grpc_address, self.cfg.group)
+        self._client = K.StoreClient.of_agent(ctx, self.cfg.group)
         self._task = asyncio.create_task(self._loop(), name="scheduler")
 
     def _set_rtt(self, rtt: RttFn | None) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import grpc
-
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
+from agents.security.tls import ClientIdentity, Dialer
 
 PORTAL_JOBS = "kv/portal/jobs/"
 PORTAL_QUOTAS = "kv/portal/quotas/"
@@ -35,17 +34,45 @@ STORE_TO_NODE_STATUS = {
 
 class StoreClient:
     """Get / put / delete JSON values through an agent's `infermesh.v1.Store` (any member; writes reach the
-    leader) and ask `RaftAdmin` whether this member leads."""
+    leader) and ask `RaftAdmin` whether this member leads. With the agent's SVID (`identity`) it dials over mTLS and
+    follows the certificate's rotation."""
 
-    def __init__(self, address: str, group: str = "", timeout_s: float = 5.0) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
-        self.store = store_pb2_grpc.StoreStub(self.channel)
-        self.admin = store_pb2_grpc.RaftAdminStub(self.channel)
+    def __init__(
+        self, address: str, group: str = "", timeout_s: float = 5.0, *, identity: ClientIdentity | None = None
+    ) -> None:
+        self.dialer = Dialer(address, identity)
+        self._channel = self.dialer.channel()
+        self._store = store_pb2_grpc.StoreStub(self._channel)
+        self._admin = store_pb2_grpc.RaftAdminStub(self._channel)
         self.group = group
         self.timeout_s = timeout_s
 
+    def _stubs(self) -> tuple[store_pb2_grpc.StoreStub, store_pb2_grpc.RaftAdminStub]:
+        channel = self.dialer.channel()
+        if channel is not self._channel:
+            self._channel = channel
+            self._store = store_pb2_grpc.StoreStub(channel)
+            self._admin = store_pb2_grpc.RaftAdminStub(channel)
+        return self._store, self._admin
+
+    @classmethod
+    def of_agent(cls, ctx: Any, group: str = "") -> StoreClient:
+        """The client a component uses to reach its own agent (`ctx`: the AgentContext), with the agent's SVID when
+        its config has `tls:`. A wildcard listen address is dialled on loopback, which the certificate names."""
+        host, _, port = str(ctx.grpc_address).rpartition(":")
+        host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "::": "[::1]"}.get(host, host)
+        return cls(f"{host}:{port}", group, identity=ClientIdentity.of(getattr(ctx.config, "tls", None)))
+
+    @property
+    def store(self) -> store_pb2_grpc.StoreStub:
+        return self._stubs()[0]
+
+    @property
+    def admin(self) -> store_pb2_grpc.RaftAdminStub:
+        return self._stubs()[1]
+
     async def close(self) -> None:
-        await self.channel.close()
+        await self.dialer.close()
 
     async def is_leader(self) -> bool:
         st = await self.admin.Status(store_pb2.RaftStatusRequest(group=self.group), timeout=self.timeout_s)

@@ -103,7 +103,7 @@ class TrainerComponent:
         self.node = str(ctx.node_id)
         base = os.environ.get("INFERMESH_DATA_DIR") or str(Path.home() / ".local" / "share" / "infermesh")
         self.workdir = Path(self.cfg.workdir or Path(base) / "trainer" / self.node)
-        self._client = K.StoreClient(ctx.grpc_address, self.cfg.group)
+        self._client = K.StoreClient.of_agent(ctx, self.cfg.group)
         self._task = asyncio.create_task(self._loop(), name="trainer")
 
     async def stop(self) -> None:
