@@ -1,7 +1,9 @@
 """`infermesh ctl`: verbs that query and steer a node agent over gRPC.
 
 Verbs are registered by modules listed in `VERB_MODULES`; each exposes `register(subparsers)` and adds its parsers
-with `common.add_common` (so every verb takes `--agent HOST:PORT` and `--json`) and `set_defaults(func=...)`.
+with `common.add_common` (so every verb takes `--agent HOST:PORT`, `--json` and the mTLS flags `--ca --cert --key
+[--server-name] [--token]`) and `set_defaults(func=...)`. Exit codes: 0 done, 1 the agent refused or failed the call,
+2 bad flags or unreadable certificate files, 3 nothing to show (e.g. no routable target).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import sys
 from collections.abc import Sequence
 
 import grpc
+
+from agents.ctl.common import VALUE_FLAGS, UsageError, tls_given
 
 # Add one line per module that contributes verbs (gossip: members; raft: store, raft).
 VERB_MODULES: list[str] = [
@@ -31,17 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _hoist_common(argv: list[str]) -> list[str]:
-    """`ctl --agent H:P members --json` means `ctl members --agent H:P --json`: common flags may precede the verb."""
+    """`ctl --agent H:P store get k` means `ctl store get k --agent H:P`: common flags may precede the verb (they
+    move to the end, where the innermost verb's parser reads them)."""
     front: list[str] = []
     i = 0
     while i < len(argv) and argv[i].startswith("--") and argv[i] not in ("--help",):
         flag = argv[i]
-        takes_value = flag in ("--agent", "--timeout")
+        takes_value = flag in VALUE_FLAGS
         front += argv[i : i + (2 if takes_value else 1)]
         i += 2 if takes_value else 1
     if not front or i >= len(argv):
         return argv
-    return [argv[i], *front, *argv[i + 1 :]]
+    return [*argv[i:], *front]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,11 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader (e.g. `head`) left; nothing more to say
         sys.stderr.close()
         return 0
+    except UsageError as exc:
+        print(f"ctl: {exc}", file=sys.stderr)
+        return 2
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
-            print(f"ctl: cannot reach the agent at {args.agent}: {details}", file=sys.stderr)
+            hint = "" if tls_given(args) else " (if the agent has a `tls:` section, give --ca, --cert and --key)"
+            print(f"ctl: cannot reach the agent at {args.agent}: {details}{hint}", file=sys.stderr)
         else:
             name = code.name if code is not None else "ERROR"
             print(f"ctl: {args.verb}: {name}: {details}", file=sys.stderr)
