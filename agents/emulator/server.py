@@ -16,6 +16,7 @@ import math
 import os
 import random
 import signal
+import ssl
 import sys
 import time
 import uuid
@@ -97,6 +98,19 @@ class EmulatorConfig:
     kv_tokens: int | None = None
     max_model_len: int = 32768
     traceparent_history: int = 100
+    tls_cert: str = ""  # serve HTTPS with this certificate (PEM) ...
+    tls_key: str = ""  # ... and key
+    tls_client_ca: str = ""  # and require client certificates signed by this CA (mTLS)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_client_ca:
+            ctx.load_verify_locations(cafile=self.tls_client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
 
 
 @dataclass
@@ -572,12 +586,15 @@ async def serve(config: EmulatorConfig, ready: asyncio.Event | None = None) -> N
     # handler_cancellation: a client that disconnects cancels its handler, which aborts the engine sequence
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=2048)
+    tls = config.ssl_context()
+    site = web.TCPSite(runner, config.host, config.port, backlog=2048, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1]
     em = app[EMULATOR_KEY]
+    scheme = "https" if tls is not None else "http"
+    mtls = " mtls=required" if config.tls_client_ca else ""
     print(
-        f"emulate-runtime listening on http://{config.host}:{port} flavor={config.flavor} "
+        f"emulate-runtime listening on {scheme}://{config.host}:{port}{mtls} flavor={config.flavor} "
         f"profile={em.profile.name} model={config.model} instant={config.instant} "
         f"kv_tokens={em.core.max_model_len} max_num_seqs={config.max_num_seqs}",
         flush=True,
@@ -610,6 +627,9 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--kv-tokens", type=int, default=None, help="override the profile's KV-cache capacity")
     p.add_argument("--max-model-len", type=int, default=32768)
+    p.add_argument("--tls-cert", default="", metavar="PEM", help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", default="", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--tls-client-ca", default="", metavar="PEM", help="require client certificates from this CA")
     a = p.parse_args(list(argv))
     try:
         get_profile(a.profile)
@@ -622,11 +642,28 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
         p.error("--kv-tokens must be >= 16")
     if not 0 <= a.port <= 65535:
         p.error("--port must be between 0 and 65535")
-    return EmulatorConfig(
+    if bool(a.tls_cert) != bool(a.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if a.tls_client_ca and not a.tls_cert:
+        p.error("--tls-client-ca needs --tls-cert and --tls-key")
+    config = EmulatorConfig(
         host=a.host, port=a.port, profile=a.profile, flavor=a.flavor, model=a.model, instant=a.instant,
         seed=a.seed, max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
         kv_tokens=a.kv_tokens, max_model_len=a.max_model_len,
+        tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
     )  # fmt: skip
+    for flag in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = getattr(a, flag)
+        try:
+            if path:
+                open(path, "rb").close()
+        except OSError as e:
+            p.error(f"--{flag.replace('_', '-')}: cannot read {path}: {e.strerror}")
+    try:
+        config.ssl_context()
+    except ssl.SSLError as e:
+        p.error(f"--tls-cert/--tls-key/--tls-client-ca: not a usable certificate, key and CA: {e}")
+    return config
 
 
 def main(argv: Sequence[str]) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-_READY = re.compile(r"listening on (http://[^\s]+)")
+_READY = re.compile(r"listening on (https?://[^\s]+)")
 
 
 @dataclass
