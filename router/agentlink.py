@@ -1,5 +1,8 @@
 """The router's link to its local agent: the WatchTargets stream feeding the view, and batched outcome reports.
 
+With `agent.tls` the router dials the agent over mTLS with its SVID; each reconnect after the certificate files
+changed (rotation) opens a fresh channel that presents the new certificate.
+
 When the agent cannot be reached the router keeps serving from its last view plus static targets (local-only mode),
 says so once in the log and in the `infermesh_router_local_only` gauge, and keeps reconnecting with backoff.
 """
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 
 from agents.proto.infermesh.v1 import scoring_pb2, scoring_pb2_grpc, state_pb2, state_pb2_grpc
+from agents.security.tls import ClientIdentity, Dialer
 from router.config import AgentConfig
 from router.metrics import AGENT_REPORTS, LOCAL_ONLY, TARGETS
 from router.obs import log_event
@@ -78,6 +82,7 @@ class AgentLink:
         self.cfg = cfg
         self._tasks: list[asyncio.Task[None]] = []
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue(maxsize=10_000)
+        self._dialer: Dialer | None = None
         self._channel: grpc.aio.Channel | None = None
         self.connected = asyncio.Event()
         self._announced_local = False
@@ -111,7 +116,9 @@ class AgentLink:
         if not self.cfg.address:
             self._set_local_only(True, "no agent configured")
             return
-        self._channel = grpc.aio.insecure_channel(self.cfg.address)
+        # check_s=0: the watch loop asks for the channel only when it (re)connects, and then always looks at the files.
+        self._dialer = Dialer(self.cfg.address, ClientIdentity.of(self.cfg.tls), check_s=0.0)
+        self._channel = self._dialer.channel()
         self._tasks.append(asyncio.create_task(self._watch_loop()))
         if self.cfg.report_outcomes:
             self._tasks.append(asyncio.create_task(self._report_loop()))
@@ -122,8 +129,8 @@ class AgentLink:
         for t in self._tasks:
             with contextlib.suppress(BaseException):
                 await t
-        if self._channel is not None:
-            await self._channel.close(grace=None)
+        if self._dialer is not None:
+            await self._dialer.close()
 
     def report(self, outcome: Outcome) -> None:
         if not self.cfg.address or not self.cfg.report_outcomes:
@@ -138,12 +145,13 @@ class AgentLink:
             TARGETS.labels(src).set(n)
 
     async def _watch_loop(self) -> None:
-        assert self._channel is not None
-        stub = state_pb2_grpc.StatePlaneStub(self._channel)
+        assert self._dialer is not None
         backoff = self.cfg.reconnect_min_s
         while True:
             reason = ""
             try:
+                self._channel = self._dialer.channel()
+                stub = state_pb2_grpc.StatePlaneStub(self._channel)
                 call = stub.WatchTargets(state_pb2.WatchTargetsRequest())
                 async for ev in call:
                     if ev.kind == state_pb2.TargetEvent.SNAPSHOT:
@@ -171,8 +179,6 @@ class AgentLink:
             backoff = min(self.cfg.reconnect_max_s, backoff * 2)
 
     async def _report_loop(self) -> None:
-        assert self._channel is not None
-        stub = scoring_pb2_grpc.ScoringStub(self._channel)
         while True:
             first = await self._outcomes.get()
             batch = [first]
@@ -198,6 +204,8 @@ class AgentLink:
                 for o in batch
             ]
             try:
+                assert self._channel is not None
+                stub = scoring_pb2_grpc.ScoringStub(self._channel)  # the channel the watch loop opened last
                 ack = await stub.ReportOutcomes(iter(msgs), timeout=5.0)
                 AGENT_REPORTS.labels("accepted").inc(ack.accepted)
                 if ack.rejected:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agents.security.tls import ClientTls
+
 ENV_PREFIX = "INFERMESH_ROUTER__"
 
 Priority = Literal["critical", "standard", "batch"]
@@ -47,6 +49,11 @@ class AgentConfig(_Strict):
     reconnect_max_s: float = Field(default=5.0, gt=0)
     report_outcomes: bool = True
     node: str = Field(default="", description="this router's node name, sent with the watch")
+    tls: ClientTls | None = Field(
+        default=None,
+        description="the router's SVID (role router) and the mesh CA, for an agent with a `tls:` section; "
+        "re-read on reconnect after rotation",
+    )
 
 
 class StaticTarget(_Strict):
@@ -207,6 +214,21 @@ class RouterConfig(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     upstream_pool_size: int = Field(default=1024, ge=1)
     upstream_connect_timeout_s: float = Field(default=2.0, gt=0)
+    upstream_tls: ClientTls | None = Field(
+        default=None,
+        description="client certificate and CA for https:// runtimes (they may require the router's certificate); "
+        "default: agent.tls. Neither: https runtimes are checked against the system CAs, no client certificate",
+    )
+
+    def runtime_tls(self) -> ClientTls | None:
+        """The identity https:// runtimes see (agent.tls.server_name names the agent, not them: not used here)."""
+        return self.upstream_tls or self.agent.tls
+
+    @model_validator(mode="after")
+    def _upstream_name(self) -> RouterConfig:
+        if self.upstream_tls is not None and self.upstream_tls.server_name:
+            raise ValueError("upstream_tls.server_name: runtimes are checked against the host of their URL")
+        return self
 
     @model_validator(mode="after")
     def _unique_keys(self) -> RouterConfig:

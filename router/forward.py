@@ -81,6 +81,8 @@ class _Attempt:
 def _classify_exc(e: BaseException) -> AttemptFailed:
     if isinstance(e, AttemptFailed):
         return e
+    if isinstance(e, aiohttp.ClientSSLError):  # https runtime: its certificate, or ours, was refused
+        return AttemptFailed(Outcome.CONNECT_ERROR, f"TLS handshake failed: {e.os_error}")
     if isinstance(e, aiohttp.ClientConnectorError):
         return AttemptFailed(Outcome.CONNECT_ERROR, f"connect failed: {e.os_error}")
     if isinstance(e, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionResetError):

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from agents.security.tls import ClientIdentity
 from router.config import ConfigError, RouterConfig, load_config
 
 
@@ -26,9 +27,17 @@ async def serve(cfg: RouterConfig, stop: asyncio.Event | None = None) -> None:
     from router.service import RouterService
 
     setup_tracing(cfg.tracing)
+    # https:// runtimes see the router's SVID and are checked against the mesh CA; one live context, so a rotated
+    # certificate reaches new connections while pooled ones stay.
+    identity = ClientIdentity.of(cfg.runtime_tls())
     connector = aiohttp.TCPConnector(
-        limit=cfg.upstream_pool_size, limit_per_host=0, keepalive_timeout=30.0, ttl_dns_cache=300
+        limit=cfg.upstream_pool_size,
+        limit_per_host=0,
+        keepalive_timeout=30.0,
+        ttl_dns_cache=300,
+        ssl=identity.live_ssl_context() if identity is not None else True,
     )
+    refresher = asyncio.create_task(identity.keep_current()) if identity is not None else None
     session = aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.upstream_connect_timeout_s),
@@ -71,6 +80,8 @@ async def serve(cfg: RouterConfig, stop: asyncio.Event | None = None) -> None:
             await grpc_server.stop(grace=2.0)
         await runner.cleanup()
         await session.close()
+        if refresher is not None:
+            refresher.cancel()
 
 
 def _worker(config_path: str | None) -> None:
