@@ -34,7 +34,7 @@ from agents.proto.infermesh.v1 import (
     state_pb2,
     state_pb2_grpc,
 )
-from agents.security.tls import ServerSecurity
+from agents.security.tls import ClientIdentity, ServerSecurity
 from agents.signals.fusion import Fusion, FusionConfig, IngestResult
 from agents.signals.scoring import ScoringService
 from agents.strategies.base import HEALTHY, UNHEALTHY
@@ -160,7 +160,12 @@ class Agent:
         gpu_source = make_gpu_source(cfg.gpu) if cfg.gpu is not None else None
         if gpu_source is not None and cfg.gpu is not None:
             self.gpu_poller = GpuPoller(self, cfg.gpu, gpu_source)
-        self._session = aiohttp.ClientSession()
+        # With `tls:`, https:// runtimes are scraped with the node's SVID and checked against the mesh CA.
+        identity = ClientIdentity.of(cfg.tls)
+        connector = aiohttp.TCPConnector(ssl=identity.live_ssl_context()) if identity is not None else None
+        self._session = aiohttp.ClientSession(connector=connector)
+        if identity is not None:
+            self._spawn(identity.keep_current())
         scrapers = [RuntimeLoop(self, rt, self._session) for rt in cfg.runtimes]
 
         security = (
