@@ -460,7 +460,7 @@ async def infer_v2(
             return 502, {"error": "runtime answered a body that is not JSON", "code": "upstream_broken"}
     try:
         out, pt, ct = kserve.from_completion(data, name, req.id or ticket.corr_id)
-    except (ValueError, AttributeError) as e:
+    except ValueError as e:
         ticket.status, ticket.cause = 502, "upstream_broken"
         ERRORS.labels(ticket.model, ticket.tenant, "upstream_broken").inc()
         return 502, {"error": f"runtime answered an unreadable completion: {e}", "code": "upstream_broken"}

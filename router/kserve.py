@@ -83,22 +83,33 @@ def to_v2_json(req: V2Request) -> bytes:
     return json.dumps({"id": req.id, "inputs": inputs, "parameters": req.params}).encode()
 
 
+def _count(usage: dict[str, Any], name: str) -> int | None:
+    v = usage.get(name)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
 def from_completion(raw: bytes, model: str, rid: str) -> tuple[dict[str, Any], int | None, int | None]:
     """Build the v2 response from an OpenAI completion; raises ValueError on a runtime answer we cannot read."""
     obj = json.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError(f"runtime completion is a JSON {type(obj).__name__}, not an object")
     choices = obj.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ValueError("runtime completion has no choices")
     text = choices[0].get("text", "")
-    usage = obj.get("usage") or {}
+    if not isinstance(text, str):
+        raise ValueError("runtime completion's choices[0].text is not a string")
+    usage = obj.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    finish = choices[0].get("finish_reason")
     out = {
         "model_name": model,
         "model_version": "",
         "id": rid,
         "outputs": [{"name": TEXT_OUT, "datatype": "BYTES", "shape": [1], "data": [text]}],
-        "parameters": {"finish_reason": choices[0].get("finish_reason")},
+        "parameters": {"finish_reason": finish if isinstance(finish, str) else None},
     }
-    return out, usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return out, _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
 
 
 def model_metadata(model: str, versions: list[str]) -> dict[str, Any]:
