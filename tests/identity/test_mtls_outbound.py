@@ -24,10 +24,13 @@ import pytest
 from jwt.algorithms import RSAAlgorithm
 
 from agents.emulator.testing import EmulatorProcess, start_emulator
+from agents.meshd.component import ComponentConfigError, build_component
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
 from agents.raft.cluster import LocalCluster
 from agents.security.ca import CertificateAuthority, cert_pem
 from agents.security.tls import ClientIdentity, dial_sync
+from router.config import ConfigError as RouterConfigError
+from router.config import parse_config as parse_router_config
 from tests.agents.harness import AgentProcess, start_agent
 from tests.identity.conftest import ROOT, free_port
 from tests.identity.oidc_support import rsa_key
@@ -351,3 +354,19 @@ def test_raft_group_over_mtls_replicates_and_follows_rotation(pki: Pki, tmp_path
         wait(refused_everywhere, what="the other members to refuse the old certificate")
         put(lead, "two")
         wait(lambda: everywhere("two"), what="replication after the rotation")
+
+
+def test_tls_sections_name_what_is_wrong(pki: Pki) -> None:
+    files = pki.files("config-check", issue(pki.ca, "router-9", ["router"]))
+    ok = parse_router_config({"agent": {"tls": files}}, env={})
+    assert ok.runtime_tls() == ok.agent.tls
+    with pytest.raises(RouterConfigError, match=r"agent\.tls[\s\S]*cert: no file '/nonexistent.pem'"):
+        parse_router_config({"agent": {"tls": {**files, "cert": "/nonexistent.pem"}}}, env={})
+    with pytest.raises(RouterConfigError, match=r"upstream_tls\.server_name: runtimes are checked against the host"):
+        parse_router_config({"upstream_tls": {**files, "server_name": "x"}}, env={})
+    # Raft has no TLS settings of its own: the agent's `tls:` is the one section.
+    raft = {"node_id": 1, "peers": {1: "127.0.0.1:7071"}, "tls": files}
+    with pytest.raises(
+        ComponentConfigError, match=r"^raft: tls: Raft has no TLS settings of its own.*top-level `tls:`"
+    ):
+        build_component("raft", raft)
