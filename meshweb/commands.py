@@ -29,6 +29,20 @@ def portal_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--bind", type=parse_bind, default=("127.0.0.1", 8000), help="HOST:PORT (default 127.0.0.1:8000)"
     )
+    parser.add_argument(
+        "--mesh-bind",
+        type=parse_bind,
+        default=None,
+        help="HOST:PORT of the mesh listener: the portal over TLS, requiring an SVID of the mesh CA (default: "
+        "INFERMESH_MESH_BIND; none when unset)",
+    )
+    parser.add_argument(
+        "--mesh-host",
+        action="append",
+        default=None,
+        help="a name or address agents dial the mesh listener by, in its certificate (repeatable; default: "
+        "INFERMESH_MESH_HOSTS)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
     parser.add_argument("--demo", action="store_true", help="seed the demo tenant, admin and token first")
@@ -57,16 +71,46 @@ def portal_main(argv: Sequence[str]) -> int:
 
     import uvicorn
 
+    from meshweb.meshlink.listener import PortalServers, TlsFiles, mesh_config, renew_in_background
+
+    mesh_bind = args.mesh_bind
+    if mesh_bind is None and settings.INFERMESH_MESH_BIND:
+        try:
+            mesh_bind = parse_bind(settings.INFERMESH_MESH_BIND)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"INFERMESH_MESH_BIND: {exc}")
+    app = "meshweb.asgi:application"
+    configs = [
+        uvicorn.Config(
+            app, host=host, port=port, workers=args.workers, log_level="warning", lifespan="off", access_log=False
+        )
+    ]
+    files = None
     print(f"portal: serving on http://{host}:{port}/ (database: {settings.DATABASES['default']['ENGINE']})", flush=True)
-    uvicorn.run(
-        "meshweb.asgi:application",
-        host=host,
-        port=port,
-        workers=args.workers,
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-    )
+    if mesh_bind is not None:
+        from meshweb.identity.mesh import portal_server_certificate
+
+        hosts = args.mesh_host or settings.INFERMESH_MESH_HOSTS
+        ttl_s = settings.INFERMESH_PORTAL_CERT_TTL_S
+
+        def issue() -> TlsFiles:
+            return TlsFiles(
+                *portal_server_certificate(directory=settings.DATA_DIR / "mesh-listener", hosts=hosts, ttl_s=ttl_s)
+            )
+
+        try:
+            files = issue()
+        except ValueError as exc:
+            parser.error(str(exc))
+        configs.append(mesh_config(app, mesh_bind[0], mesh_bind[1], files, args.workers))
+        renew_in_background(issue, every_s=max(5.0, min(ttl_s / 10, 300.0)))
+        print(
+            f"portal: mesh listener on https://{mesh_bind[0]}:{mesh_bind[1]}/ (client certificates of the mesh CA, "
+            f"agent links {settings.INFERMESH_MESH_LINK_MTLS} mTLS; server certificate for {', '.join(hosts)})",
+            flush=True,
+        )
+    reload_s = max(1.0, min(settings.INFERMESH_PORTAL_CERT_TTL_S / 20, 30.0))
+    PortalServers(configs, files, reload_s=reload_s).serve_forever()
     return 0
 
 

@@ -178,6 +178,20 @@ INFERMESH_OUTBOX_KEEP = int(os.environ.get("INFERMESH_OUTBOX_KEEP", "100000"))
 INFERMESH_OUTBOX_POLL_S = float(os.environ.get("INFERMESH_OUTBOX_POLL_S", "2"))
 INFERMESH_AGENT_HEARTBEAT_S = float(os.environ.get("INFERMESH_AGENT_HEARTBEAT_S", "5"))
 INFERMESH_AGENT_TELEMETRY_S = float(os.environ.get("INFERMESH_AGENT_TELEMETRY_S", "5"))
+# The mesh listener: the same application over TLS that requires an SVID of the mesh CA (`infermesh portal
+# --mesh-bind`), with a server certificate the portal issues itself for these hosts.
+INFERMESH_MESH_BIND = os.environ.get("INFERMESH_MESH_BIND", "")
+INFERMESH_MESH_HOSTS = _env_list("INFERMESH_MESH_HOSTS", "127.0.0.1,localhost")
+INFERMESH_PORTAL_CERT_TTL_S = int(os.environ.get("INFERMESH_PORTAL_CERT_TTL_S", "86400"))
+# Agent links: "optional" checks a client certificate when one is presented; "required" refuses links without one,
+# so agents must come through the mesh listener.
+INFERMESH_MESH_LINK_MTLS = os.environ.get("INFERMESH_MESH_LINK_MTLS", "optional").strip().lower()
+if INFERMESH_MESH_LINK_MTLS not in {"optional", "required"}:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"INFERMESH_MESH_LINK_MTLS: expected optional or required, got {os.environ['INFERMESH_MESH_LINK_MTLS']!r}"
+    )
 # One static schedule; `infermesh beat` refuses to start while another beat holds the lock.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "quarantine-checks": {"task": "fleet.quarantine_checks", "schedule": INFERMESH_QUARANTINE_PERIOD_S},

@@ -15,6 +15,7 @@ import grpc
 
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
 from agents.proto.portal_link import RAFT_CLIENT_ID, SEQ_SPAN, VERSION_KEY, Change, Snapshot, encode_value
+from agents.scheduler.storekeys import StoreClient
 
 log = logging.getLogger("meshd.portal")
 
@@ -42,18 +43,24 @@ class Applier(Protocol):
 class RaftApplier:
     """Writes through Raft. Every agent of the group may propose the same version: they all use one client session
     (RAFT_CLIENT_ID) numbered from the version, so the store applies each write once and refuses the older ones.
-    The applied version is kept in the store itself (VERSION_KEY), written after the version's data."""
+    The applied version is kept in the store itself (VERSION_KEY), written after the version's data.
+
+    `client` reaches the agent's own Store service; with `tls:` it presents the node's SVID like any other caller
+    (coordinators may write the store) and follows its rotation."""
 
     kind = "raft"
 
-    def __init__(self, address: str, group: str = "", timeout_s: float = 10.0) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
-        self.stub = store_pb2_grpc.StoreStub(self.channel)
-        self.group = group
+    def __init__(self, client: StoreClient, timeout_s: float = 10.0) -> None:
+        self.client = client
+        self.group = client.group
         self.timeout_s = timeout_s
 
+    @property
+    def stub(self) -> store_pb2_grpc.StoreStub:
+        return self.client.store
+
     async def close(self) -> None:
-        await self.channel.close()
+        await self.client.close()
 
     async def get(self, key: str) -> dict[str, Any] | None:
         try:

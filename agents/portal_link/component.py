@@ -1,5 +1,6 @@
-"""The agent component for the `portal:` config section: keeps a WebSocket to the portal, applies the changes it
-pushes (Raft store or local file, once per version), acks them, and reports heartbeats, telemetry and job status."""
+"""The agent component for the `portal:` config section: keeps a WebSocket to the portal (wss:// with the agent's
+SVID when it has `tls:`), applies the changes it pushes (Raft store or local file, once per version), acks them, and
+reports heartbeats, telemetry, job status and the calls its gRPC server refused."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,11 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from agents.portal_link.applier import Applier, FileApplier, RaftApplier, StoreUnavailable
 from agents.portal_link.jobs import JobFrame, JobReporter
+from agents.portal_link.refusals import RefusalDigest
 from agents.portal_link.telemetry import TelemetrySampler, peers
 from agents.proto.infermesh.v1 import control_pb2
 from agents.proto.portal_link import (
     MAX_PORTAL_FRAME_BYTES,
     Ack,
+    CallRefusals,
     Changes,
     Error,
     Heartbeat,
@@ -40,6 +44,8 @@ from agents.proto.portal_link import (
     parse_portal_message,
 )
 from agents.scheduler import storekeys as K
+from agents.security.authz import Refusal
+from agents.security.tls import ClientIdentity
 
 log = logging.getLogger("meshd.portal")
 
@@ -74,6 +80,10 @@ class PortalSection(BaseModel):
     # Training jobs: how often the Raft leader reads the scheduler's job state and reports what changed.
     job_report_s: float = Field(default=0.5, gt=0, le=60)
     job_telemetry_s: float = Field(default=1.0, gt=0, le=600)
+    # Refused gRPC calls: collected and sent at most this often (a flood becomes counts, not frames).
+    refusal_report_s: float = Field(default=2.0, gt=0, le=600)
+    # wss:// checks the portal's certificate against this name instead of the URL's host.
+    server_name: str = ""
 
     @field_validator("url")
     @classmethod
@@ -120,6 +130,9 @@ class PortalLinkComponent:
         self._unsent: JobFrame | None = None
         self.job_reporter = JobReporter(cfg.job_telemetry_s)
         self.applied_version = 0
+        self.identity: ClientIdentity | None = None
+        self.refusals = RefusalDigest()
+        self._unsent_refusals: CallRefusals | None = None
 
     def add_to_server(self, server: Any) -> Sequence[str]:
         return []
@@ -129,11 +142,16 @@ class PortalLinkComponent:
         self.node = self.cfg.node or ctx.node_id
         self.sampler = TelemetrySampler(ctx.fusion)
         ctx.on_rtt_provider(self._set_rtt)
+        # The agent's SVID, presented to the portal over wss:// (and by the store clients to the agent's own server).
+        self.identity = ClientIdentity.of(getattr(ctx.config, "tls", None))
+        security = getattr(ctx, "security", None)
+        if security is not None:
+            security.on_refusal(self._refused)
         kind = self.cfg.store
         if kind == "auto":
             kind = "raft" if "raft" in getattr(ctx.config, "components", {}) else "file"
         if kind == "raft":
-            self.applier = RaftApplier(ctx.grpc_address, self.cfg.raft_group)
+            self.applier = RaftApplier(K.StoreClient.of_agent(ctx, self.cfg.raft_group))
         else:
             path = Path(self.cfg.state_file) if self.cfg.state_file else Path("portal") / f"{self.node}.json"
             self.applier = FileApplier(path if path.is_absolute() else _data_root() / path)
@@ -154,6 +172,9 @@ class PortalLinkComponent:
 
     def _set_rtt(self, rtt: Any) -> None:
         self.rtt = rtt
+
+    def _refused(self, refusal: Refusal) -> None:
+        self.refusals.add(refusal, int(time.time() * 1000))
 
     # -- for other components: job reports ------------------------------------------------------------------------
     def report_job_status(self, job_id: int, status: str, reason: str = "") -> None:
@@ -190,7 +211,9 @@ class PortalLinkComponent:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(self.cfg.reconnect_max_s, delay * 2)
 
-    async def _send(self, frame: Hello | Ack | Heartbeat | Telemetry | JobStatus | JobEvent | JobTelemetry) -> None:
+    async def _send(
+        self, frame: Hello | Ack | Heartbeat | Telemetry | JobStatus | JobEvent | JobTelemetry | CallRefusals
+    ) -> None:
         ws = self._ws
         if ws is None or ws.closed:
             raise ConnectionResetError("portal link is down")
@@ -210,10 +233,15 @@ class PortalLinkComponent:
                 max_msg_size=MAX_PORTAL_FRAME_BYTES,
                 heartbeat=30.0,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+                ssl=self._ssl(),
+                server_hostname=self.cfg.server_name or None,
             )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status in (401, 403):
                 log.error("portal refused this node's credential (HTTP %s): enroll it again", exc.status)
+            raise
+        except aiohttp.ClientSSLError as exc:
+            log.error("TLS with the portal at %s failed: %s", self.cfg.url, exc)
             raise
         tasks: list[asyncio.Task[None]] = []
         async with ws:
@@ -237,13 +265,16 @@ class PortalLinkComponent:
                         asyncio.create_task(self._telemetry(frame.telemetry_s)),
                         asyncio.create_task(self._job_reports()),
                     ]
+                    tasks.append(asyncio.create_task(self._refusal_reports(self.cfg.refusal_report_s)))
                     if self.applier.kind == "raft":
                         tasks.append(asyncio.create_task(self._job_states()))
                 elif isinstance(frame, Changes | Snapshot):
                     await self._apply(frame)
                 elif isinstance(frame, Error):
                     self.m_refused.labels(frame.code).inc()
-                    log.warning("portal refused a frame (%s): %s", frame.code, frame.message)
+                    level = logging.ERROR if frame.code.startswith("certificate") else logging.WARNING
+                    what = "the link" if frame.fatal else "a frame"
+                    log.log(level, "portal refused %s (%s): %s", what, frame.code, frame.message)
                     if frame.fatal:
                         break
         for task in tasks:
@@ -252,6 +283,22 @@ class PortalLinkComponent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         log.warning("portal link closed (code %s)", ws.close_code)
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        """wss:// with a `tls:` section presents the SVID as it is now (a rotated one from the next connection on) and
+        trusts the mesh CA; without one, the system's roots."""
+        if self.cfg.url.startswith("wss://") and self.identity is not None:
+            return self.identity.ssl_context()
+        return True
+
+    async def _refusal_reports(self, every_s: float) -> None:
+        while True:
+            if self._unsent_refusals is None:
+                self._unsent_refusals = self.refusals.take()
+            if self._unsent_refusals is not None:
+                await self._send(self._unsent_refusals)
+                self._unsent_refusals = None  # kept until sent, like job reports
+            await asyncio.sleep(every_s)
 
     async def _apply(self, frame: Changes | Snapshot) -> None:
         assert self.applier is not None
@@ -334,7 +381,7 @@ class PortalLinkComponent:
 
     async def _job_states(self) -> None:
         """On the Raft leader only (one reporter for the group): the scheduler's job state, as the portal needs it."""
-        client = K.StoreClient(self.ctx.grpc_address, self.cfg.raft_group)
+        client = K.StoreClient.of_agent(self.ctx, self.cfg.raft_group)
         try:
             while True:
                 try:

@@ -1,8 +1,8 @@
 """The portal <-> agent WebSocket protocol (one JSON object per text frame), defined once for both sides.
 
-Agents send hello / ack / heartbeat / telemetry / job_status / job_event / job_telemetry; the portal answers welcome,
-then changes or a snapshot, and error frames. Every agent frame carries a per-connection `seq` that must increase
-(replays are refused).
+Agents send hello / ack / heartbeat / telemetry / job_status / job_event / job_telemetry / call_refusals; the portal
+answers welcome, then changes or a snapshot, and error frames. Every agent frame carries a per-connection `seq` that
+must increase (replays are refused).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ STORE_NODE_STATUS = {
     "quarantined": "quarantine",
     "offline": "offline",
 }
+# Calls an agent refused, aggregated: at most this many distinct kinds per frame (the rest are only counted).
+MAX_REFUSAL_KINDS = 64
 JOB_STATUSES = ("pending", "queued", "placing", "running", "succeeded", "failed", "cancelled", "preempted")
 
 _KEY = r"^[A-Za-z0-9_.:@=+-]+(/[A-Za-z0-9_.:@=+-]+)+$"
@@ -183,7 +185,28 @@ class JobTelemetry(_AgentFrame):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-AgentFrame = Hello | Ack | Heartbeat | Telemetry | JobStatus | JobEvent | JobTelemetry
+class RefusedCall(_Strict):
+    """Calls of one kind (same caller, method, code and reason) the agent's gRPC server refused in a window."""
+
+    caller: str = Field(max_length=255, description="the caller's SPIFFE ID, or its address when it has none")
+    peer: str = Field(default="", max_length=128, description="the transport address of the latest one")
+    method: str = Field(min_length=1, max_length=255)
+    code: str = Field(pattern=r"^[A-Z_]{1,32}$", description="gRPC status code name")
+    reason: str = Field(default="", max_length=500)
+    count: int = Field(ge=1)
+    first_unix_ms: int = Field(ge=0)
+    last_unix_ms: int = Field(ge=0)
+
+
+class CallRefusals(_AgentFrame):
+    """Security refusals of the agent's gRPC server since the last report; a flood collapses into counts."""
+
+    type: Literal["call_refusals"] = "call_refusals"
+    refusals: list[RefusedCall] = Field(default_factory=list, max_length=MAX_REFUSAL_KINDS)
+    dropped: int = Field(default=0, ge=0, description="refusals of further kinds, counted but not itemised")
+
+
+AgentFrame = Hello | Ack | Heartbeat | Telemetry | JobStatus | JobEvent | JobTelemetry | CallRefusals
 AgentMessage = Annotated[AgentFrame, Field(discriminator="type")]
 
 _AGENT = TypeAdapter(AgentMessage)

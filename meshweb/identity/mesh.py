@@ -6,11 +6,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
+import re
 import secrets
 from datetime import timedelta
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -23,12 +26,15 @@ from django.utils import timezone
 from rest_framework import exceptions
 
 from agents.security.ca import (
+    MAX_TTL_S,
     CaError,
     CaPassphraseError,
     CertificateAuthority,
     cert_pem,
+    key_pem,
     load_certificate,
     load_csr,
+    new_key,
     read_passphrase_file,
     svid_info,
     verify_issued_by,
@@ -268,3 +274,118 @@ def node_delete(*, principal: Principal, node: Node) -> None:
 
 def crl_pem() -> bytes:
     return portal_ca().crl_pem()
+
+
+# -- the portal's own server certificate -------------------------------------------------------------------------
+PORTAL_SERVICE = "portal"  # SPIFFE ID spiffe://<trust-domain>/portal: not a node, so never an agent's identity
+
+
+def _write_private(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    tmp.replace(path)
+
+
+def _portal_certificate(
+    ca: CertificateAuthority, key: ec.EllipticCurvePrivateKey, hosts: list[str], ttl_s: int
+) -> x509.Certificate:
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(f"spiffe://{ca.trust_domain}/{PORTAL_SERVICE}")]
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    now = timezone.now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "InferMesh"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "InferMesh portal"),
+                ]
+            )
+        )
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(seconds=60))
+        .not_valid_after(now + timedelta(seconds=ttl_s))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+def _current_portal_certificate(path: Path, ca: CertificateAuthority, hosts: list[str], ttl_s: int) -> bool:
+    """Whether the certificate in `path` may be served on: issued by this CA, for these hosts, with more than half
+    of its lifetime left."""
+    try:
+        cert = load_certificate(path.read_bytes())
+        verify_issued_by(cert, ca.cert)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, CaError, x509.ExtensionNotFound):
+        return False
+    have = {str(v) for v in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
+    want = {str(ipaddress.ip_address(h)) if _is_ip(h) else h for h in hosts}
+    left = (cert.not_valid_after_utc - timezone.now()).total_seconds()
+    return have == want and left > ttl_s / 2
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def portal_server_certificate(*, directory: Path, hosts: list[str], ttl_s: int) -> tuple[Path, Path, Path]:
+    """The mesh listener's certificate, key and the mesh CA in `directory` (cert.pem, key.pem, ca.pem): the one there
+    while it is current, else a new one from the portal's CA (recorded and audited like the SVIDs). Call it again to
+    renew: it reissues once less than half of the lifetime is left."""
+    if not 60 <= ttl_s <= MAX_TTL_S:
+        raise ValueError(f"INFERMESH_PORTAL_CERT_TTL_S: must be between 60 and {MAX_TTL_S}, got {ttl_s}")
+    for host in hosts:
+        if not _is_ip(host) and not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", host):
+            raise ValueError(
+                f"mesh host {host!r} (--mesh-host, INFERMESH_MESH_HOSTS): neither an IP address nor a DNS name"
+            )
+    ca = portal_ca()
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_file, key_file, ca_file = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
+    _write_private(ca_file, cert_pem(ca.cert))
+    if _current_portal_certificate(cert_file, ca, hosts, ttl_s) and key_file.is_file():
+        return cert_file, key_file, ca_file
+    key = new_key()
+    cert = _portal_certificate(ca, key, hosts, ttl_s)
+    spiffe_id = f"spiffe://{ca.trust_domain}/{PORTAL_SERVICE}"
+    with transaction.atomic():
+        record = IssuedCertificate.objects.create(
+            node_name="",
+            serial=format(cert.serial_number, "x"),
+            spiffe_id=spiffe_id,
+            roles=[],
+            not_after=cert.not_valid_after_utc,
+        )
+        audit_record(
+            actor="system:portal",
+            action="certificate.issue",
+            obj=record,
+            tenant_id=None,
+            after={"spiffe_id": spiffe_id, "serial": record.serial, "hosts": hosts},
+        )
+    # The key first: a listener that reloads between the two writes finds a mismatched pair and tries again later.
+    _write_private(key_file, key_pem(key), 0o600)
+    _write_private(cert_file, cert_pem(cert))
+    return cert_file, key_file, ca_file

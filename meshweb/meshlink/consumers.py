@@ -1,5 +1,6 @@
-"""The agents' WebSocket (/ws/agent/): authenticate the node, hello -> replay or snapshot -> live changes -> acks,
-and take heartbeats, telemetry and job reports. Parsing and sequencing only; services.py holds the rules."""
+"""The agents' WebSocket (/ws/agent/): authenticate the node (credential, and the client certificate on the mesh
+listener), hello -> replay or snapshot -> live changes -> acks, and take heartbeats, telemetry, job reports and
+refused-call reports. Parsing and sequencing only; services.py holds the rules."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from django.conf import settings
 
 from agents.proto.portal_link import (
     Ack,
+    CallRefusals,
     Changes,
     Error,
     Heartbeat,
@@ -39,6 +41,19 @@ log = logging.getLogger("meshweb.meshlink")
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_WRONG_NODE = 4403
 CLOSE_MALFORMED = 4400
+CLOSE_CERTIFICATE = {services.CERTIFICATE_REFUSED: 4495, services.CERTIFICATE_REQUIRED: 4496}
+
+
+def _close_reason(text: str) -> str:
+    # A close frame carries at most 123 bytes of reason; the error frame before it has the whole message.
+    return text.encode()[:123].decode(errors="ignore")
+
+
+def client_cert_chain(scope: dict[str, Any]) -> list[str]:
+    """PEM certificates the peer presented, from the ASGI TLS extension (meshweb/meshlink/listener.py puts it there
+    on the mesh listener; there is none on the plain one)."""
+    tls = (scope.get("extensions") or {}).get("tls") or {}
+    return [str(pem) for pem in tls.get("client_cert_chain") or []]
 
 
 def _bearer(scope: dict[str, Any]) -> str:
@@ -72,6 +87,20 @@ class AgentConsumer(AsyncWebsocketConsumer):
             log.warning("agent refused from %s: %s", self.peer, why, extra={"peer": self.peer, "reason": why})
             await self.close(code=CLOSE_UNAUTHENTICATED)  # before accept: the handshake is answered 403
             return
+        refusal = await database_sync_to_async(services.link_certificate_check)(
+            node=node, chain=client_cert_chain(self.scope)
+        )
+        if refusal is not None:
+            await database_sync_to_async(services.link_refusal_record)(node=node, refusal=refusal, peer=self.peer)
+            log.warning(
+                "agent %s refused from %s: %s", node.name, self.peer, refusal.reason,
+                extra={"node": node.name, "peer": self.peer, "reason": refusal.reason},
+            )  # fmt: skip
+            # Accepted only to say why: the agent logs the error frame, and frames it sent meanwhile are dropped.
+            await self.accept()
+            await self._send(Error(code=refusal.code, message=refusal.reason, fatal=True))
+            await self.close(code=CLOSE_CERTIFICATE[refusal.code], reason=_close_reason(refusal.reason))
+            return
         self.node = node
         await self.accept()
         log.info("agent %s connected from %s", node.name, self.peer, extra={"node": node.name})
@@ -88,7 +117,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     # -- frames from the agent -----------------------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        assert self.node is not None
+        if self.node is None:
+            return  # a refused link, closing
         raw = text_data if text_data is not None else (bytes_data or b"")
         try:
             msg = parse_agent_message(raw)
@@ -118,6 +148,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await database_sync_to_async(services.job_event_record)(node=self.node, event=msg)
             elif isinstance(msg, JobTelemetry):
                 await database_sync_to_async(services.job_telemetry_report)(node=self.node, report=msg)
+            elif isinstance(msg, CallRefusals):
+                await database_sync_to_async(services.call_refusals_record)(node=self.node, report=msg)
         except services.JobReportError as exc:
             await self._refuse("job_report", str(exc))
 

@@ -1,4 +1,5 @@
-"""Writes of the agent link: node enrollment (credentials), link state, heartbeats, telemetry and job reports.
+"""Writes of the agent link: node enrollment (credentials), the link's client certificate, link state, heartbeats,
+telemetry, job reports and the calls agents refused.
 
 The consumer in consumers.py only parses frames and calls these; every rule lives here.
 """
@@ -9,6 +10,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,11 +21,23 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from agents.proto.portal_link import CREDENTIAL_PREFIX, Hello, JobEvent, JobStatus, JobTelemetry, Telemetry
+from agents.proto.portal_link import (
+    CREDENTIAL_PREFIX,
+    CallRefusals,
+    Hello,
+    JobEvent,
+    JobStatus,
+    JobTelemetry,
+    Telemetry,
+)
+from agents.security.ca import CaError, load_certificate, svid_info, verify_issued_by
+from meshweb.audit.models import AuditEntry
 from meshweb.audit.services import audit_record
 from meshweb.core.exceptions import Conflict
 from meshweb.fleet.models import Node, NodeStatus
 from meshweb.fleet.services import node_mark_offline, node_mark_online
+from meshweb.identity.mesh import portal_ca
+from meshweb.identity.models import IssuedCertificate
 from meshweb.meshlink.models import GpuTelemetry, NodeCredential, NodeLink, NodeTelemetry, TelemetrySample
 from meshweb.meshlink.outbox import dashboard_notify, entries_after, head, snapshot
 from meshweb.tenancy.rbac import Principal
@@ -76,6 +90,65 @@ def node_authenticate(raw: str) -> tuple[Node | None, str]:
         return None, f"node credential {prefix} was revoked"
     NodeCredential.objects.filter(pk=cred.pk).update(last_used_at=timezone.now())
     return cred.node, ""
+
+
+# -- the link's client certificate -------------------------------------------------------------------------------
+CERTIFICATE_REQUIRED = "certificate_required"
+CERTIFICATE_REFUSED = "certificate_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRefusal:
+    code: str  # CERTIFICATE_REQUIRED | CERTIFICATE_REFUSED
+    reason: str
+    spiffe_id: str = ""
+    serial: str = ""
+
+
+def link_certificate_check(*, node: Node, chain: Sequence[str]) -> LinkRefusal | None:
+    """Whether the link of `node` (already authenticated by its credential) may go on with the client certificate it
+    presented (`chain`, leaf first; empty on the plain listener). A certificate must be an SVID this portal issued to
+    that very node, unrevoked and current; none at all is refused when INFERMESH_MESH_LINK_MTLS is "required"."""
+    if not chain:
+        if settings.INFERMESH_MESH_LINK_MTLS == "required":
+            return LinkRefusal(
+                CERTIFICATE_REQUIRED, "no client certificate: this portal takes agent links only over its mesh listener"
+            )
+        return None
+    try:
+        cert = load_certificate(chain[0])
+        info = svid_info(cert)
+    except CaError as err:
+        return LinkRefusal(CERTIFICATE_REFUSED, f"client certificate: {err}")
+    spiffe_id, serial = info.spiffe_id, format(info.serial, "x")
+
+    def refused(reason: str) -> LinkRefusal:
+        return LinkRefusal(CERTIFICATE_REFUSED, reason, spiffe_id, serial)
+
+    ca = portal_ca()
+    try:
+        verify_issued_by(cert, ca.cert)  # the handshake checked the chain; expiry is checked again here by the rule
+    except CaError as err:
+        return refused(f"{spiffe_id} (serial {serial}): {err}")
+    record = IssuedCertificate.objects.filter(serial=serial).first()
+    if record is None:
+        return refused(f"{spiffe_id} (serial {serial}) was not issued by this portal")
+    if record.revoked_at is not None:
+        why = f": {record.revoke_reason}" if record.revoke_reason else ""
+        return refused(f"{spiffe_id} (serial {serial}) is revoked{why}")
+    if info.trust_domain != ca.trust_domain or info.node != node.name:
+        return refused(f"{spiffe_id} is not node {node.name}, whose credential opened this link")
+    return None
+
+
+@transaction.atomic
+def link_refusal_record(*, node: Node, refusal: LinkRefusal, peer: str) -> AuditEntry:
+    link, _ = NodeLink.objects.get_or_create(node=node)
+    NodeLink.objects.filter(pk=link.pk).update(refused=F("refused") + 1)
+    after = {"node": node.name, "code": refusal.code, "reason": refusal.reason, "peer": peer}
+    if refusal.spiffe_id:
+        after |= {"spiffe_id": refusal.spiffe_id, "serial": refusal.serial}
+    return audit_record(actor=f"peer:{peer}"[:200], action="mesh.link_refused", obj=link, tenant_id=None, after=after)
 
 
 # -- the link ----------------------------------------------------------------------------------------------------
@@ -270,6 +343,37 @@ def job_telemetry_report(*, node: Node, report: JobTelemetry) -> None:
     job_telemetry_record(job=job, generation=report.generation, data=report.data)
     data = {"job": job.pk, "generation": report.generation, "telemetry": report.data}
     transaction.on_commit(lambda: dashboard_notify("job.telemetry", data, tenant_id=job.tenant_id), robust=True)
+
+
+# -- refused calls -----------------------------------------------------------------------------------------------
+@transaction.atomic
+def call_refusals_record(*, node: Node, report: CallRefusals) -> list[AuditEntry]:
+    """One `mesh.call_refused` audit entry per kind of call the node's agent refused (with how often and when),
+    plus one for the refusals it only counted."""
+    link, _ = NodeLink.objects.get_or_create(node=node)
+    actor = node_principal(node).name
+    entries = []
+    for r in report.refusals:
+        after = {
+            "node": node.name,
+            "caller": r.caller,
+            "peer": r.peer,
+            "method": r.method,
+            "code": r.code,
+            "reason": r.reason,
+            "count": r.count,
+            "first_at": _at(r.first_unix_ms).isoformat(),
+            "last_at": _at(r.last_unix_ms).isoformat(),
+        }
+        entries.append(audit_record(actor=actor, action="mesh.call_refused", obj=link, tenant_id=None, after=after))
+    if report.dropped:
+        after = {
+            "node": node.name,
+            "count": report.dropped,
+            "reason": f"{report.dropped} more refused calls of other kinds (counted by the agent, not itemised)",
+        }
+        entries.append(audit_record(actor=actor, action="mesh.call_refused", obj=link, tenant_id=None, after=after))
+    return entries
 
 
 # -- liveness ----------------------------------------------------------------------------------------------------

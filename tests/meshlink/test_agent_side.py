@@ -95,3 +95,27 @@ def test_the_example_agent_config_is_valid(tmp_path: Path) -> None:
     config = parse_config(raw)
     component = build_component("portal", config.components["portal"])
     assert component.name == "portal"
+
+
+def test_the_mtls_example_agent_config_is_valid(tmp_path: Path) -> None:
+    import yaml
+
+    from agents.meshd.config import parse_config
+    from agents.security.ca import CertificateAuthority, cert_pem, key_pem, new_key
+
+    ca = CertificateAuthority.init(tmp_path / "ca", "infermesh.local")
+    key = new_key()
+    svid = tmp_path / "svid"
+    svid.mkdir()
+    (svid / "cert.pem").write_bytes(cert_pem(ca.issue(public_key=key.public_key(), node="node-a", roles=["gpu"])))
+    (svid / "key.pem").write_bytes(key_pem(key))
+    (svid / "ca.pem").write_bytes(cert_pem(ca.cert))
+    (tmp_path / "node-a.cred").write_text("imn_0123456789ab_secret")
+    text = Path("docs/examples/portal-link/agent-mtls.yaml").read_text()
+    raw = yaml.safe_load(
+        text.replace("/tmp/node-a-svid", str(svid)).replace("/tmp/node-a.cred", str(tmp_path / "node-a.cred"))
+    )
+    config = parse_config(raw)
+    assert config.tls is not None and config.components["portal"]["url"].startswith("wss://")
+    component = build_component("portal", config.components["portal"])
+    assert component.cfg.refusal_report_s == 2  # type: ignore[attr-defined]

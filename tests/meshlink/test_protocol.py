@@ -46,6 +46,12 @@ def test_portal_frames_round_trip() -> None:
     assert isinstance(snap, Snapshot) and "nodes/" in snap.prefixes
 
 
+_KIND = (
+    '{"caller": "x", "method": "/a/b", "code": "UNAUTHENTICATED", "count": 1, "first_unix_ms": 0, "last_unix_ms": 0}'
+)
+TOO_MANY_REFUSAL_KINDS = '{"type": "call_refusals", "seq": 1, "refusals": [' + ",".join([_KIND] * 65) + "]}"
+
+
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [
@@ -63,6 +69,13 @@ def test_portal_frames_round_trip() -> None:
             "telemetry.gpus.0.utilization",
         ),
         ('{"type": "job_status", "seq": 1, "job_id": 3, "status": "exploded"}', "job_status.status"),
+        ('{"type": "call_refusals", "seq": 1, "dropped": -1}', "call_refusals.dropped"),
+        (
+            '{"type": "call_refusals", "seq": 1, "refusals": [{"caller": "x", "method": "/a/b", "code": "denied", '
+            '"count": 1, "first_unix_ms": 0, "last_unix_ms": 0}]}',
+            "call_refusals.refusals.0.code",
+        ),
+        (TOO_MANY_REFUSAL_KINDS, "call_refusals.refusals: List should have at most 64 items"),
     ],
 )
 def test_bad_agent_frames_name_the_problem(raw: str, problem: str) -> None:
