@@ -342,11 +342,12 @@ class ClientIdentity:
         return cls(section.ca, section.cert, section.key, server_name=getattr(section, "server_name", ""))
 
     def stamp(self) -> tuple[int, ...]:
-        """Changes whenever the certificate or key file is replaced (rotation)."""
+        """Changes whenever the certificate or key file is replaced (rotation). The inode tells apart two atomic
+        replacements within one tick of the file system's clock."""
         out: list[int] = []
         for path in (self.cert, self.key):
             st = path.stat()
-            out += [st.st_mtime_ns, st.st_size]
+            out += [st.st_ino, st.st_mtime_ns, st.st_size]
         return tuple(out)
 
     def consistent(self) -> bool:

@@ -370,3 +370,25 @@ def test_tls_sections_name_what_is_wrong(pki: Pki) -> None:
         ComponentConfigError, match=r"^raft: tls: Raft has no TLS settings of its own.*top-level `tls:`"
     ):
         build_component("raft", raft)
+
+
+def test_http_clients_present_the_rotated_certificate(mesh: Mesh) -> None:
+    # The one SSLContext of a router's or agent's HTTP client is reloaded in place: new handshakes use the new files.
+    other = CertificateAuthority.init(mesh.pki.work / "other-ca-2", TD)
+    files = mesh.pki.files("http-rot", issue(mesh.pki.ca, "router-5", ["router"]))
+    ident = ClientIdentity(**files)
+    ctx = ident.live_ssl_context()
+
+    def health() -> int:
+        with urllib.request.urlopen(mesh.runtime.url + "/health", context=ctx, timeout=5) as resp:
+            return int(resp.status)
+
+    assert health() == 200
+    assert ident.refresh() is False  # nothing changed
+    rotate(Path(files["cert"]).parent, issue(other, "router-5", ["router"]))
+    assert ident.refresh() is True and ident.live_ssl_context() is ctx
+    with pytest.raises(OSError):  # the runtime refuses the certificate from another CA
+        health()
+    rotate(Path(files["cert"]).parent, issue(mesh.pki.ca, "router-5", ["router"]))
+    assert ident.refresh() is True
+    assert health() == 200
