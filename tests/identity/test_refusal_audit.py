@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import pytest
 
+from agents.security.ca import CertificateAuthority, cert_pem, key_pem, new_key
 from agents.security.tls import ClientIdentity, dial_sync
 from tests.agents.harness import AgentProcess, start_agent
 from tests.e2e.mesh import wait_for
@@ -125,3 +127,22 @@ def test_a_flood_of_refusals_arrives_as_a_few_counted_entries(mesh: Mesh) -> Non
     # One entry per report window, not per call.
     assert len(entries) < calls / 10, len(entries)
     assert all(e["first_at"] <= e["last_at"] for e in entries)
+
+
+def test_a_handshake_refusal_is_only_seen_as_a_handshake(mesh: Mesh, tmp_path: Path) -> None:
+    # gRPC refuses another CA's certificate inside its TLS stack: no refusal reaches Python, only the handshake count.
+    other = CertificateAuthority.init(tmp_path / "other-ca", TD)
+    key = new_key()
+    (tmp_path / "cert.pem").write_bytes(cert_pem(other.issue(public_key=key.public_key(), node="gpu-3", roles=["gpu"])))
+    (tmp_path / "key.pem").write_bytes(key_pem(key))
+    identity = ClientIdentity(str(mesh.portal.svid("gpu-3").ca), str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+    before = mesh.metrics()
+    with dial_sync(mesh.agent.grpc, identity) as ch:
+        rpc = ch.unary_unary(LIST_NODES, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as err:
+            rpc(b"", timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    after = mesh.metrics()
+    assert metric(after, "meshd_tls_handshakes_total") > metric(before, "meshd_tls_handshakes_total")
+    refused = [line for line in after.splitlines() if line.startswith("meshd_authz_refusals_total{")]
+    assert refused == [line for line in before.splitlines() if line.startswith("meshd_authz_refusals_total{")]
