@@ -185,6 +185,8 @@ INFERMESH_MESH_HOSTS = _env_list("INFERMESH_MESH_HOSTS", "127.0.0.1,localhost")
 INFERMESH_PORTAL_CERT_TTL_S = int(os.environ.get("INFERMESH_PORTAL_CERT_TTL_S", "86400"))
 # Agent links: "optional" checks a client certificate when one is presented; "required" refuses links without one,
 # so agents must come through the mesh listener.
+# How often a live agent link's credential and certificate are checked again (revocation ends the link).
+INFERMESH_MESH_LINK_RECHECK_S = float(os.environ.get("INFERMESH_MESH_LINK_RECHECK_S", "10"))
 INFERMESH_MESH_LINK_MTLS = os.environ.get("INFERMESH_MESH_LINK_MTLS", "optional").strip().lower()
 if INFERMESH_MESH_LINK_MTLS not in {"optional", "required"}:
     from django.core.exceptions import ImproperlyConfigured

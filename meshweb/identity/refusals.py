@@ -1,6 +1,7 @@
-"""Audit entries for refused bearer credentials on the API (API tokens and OIDC JWTs), throttled so that a flood of
-bad tokens cannot flood the audit log: per (peer, scheme, reason) at most one entry a minute, carrying the count of
-the refusals it stands for, and at most a fixed number of entries a minute per process whatever the reasons."""
+"""Audit entries for refused bearer credentials (API tokens and OIDC JWTs on the API, node credentials on the agent
+socket), throttled so that a flood of bad tokens cannot flood the audit log: per (peer, scheme, reason) at most one
+entry a minute, carrying the count of the refusals it stands for, and at most a fixed number of entries a minute per
+process whatever the reasons."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 from django.db import transaction
+from django.db.models import Model
 
 from meshweb.audit.services import audit_record
 from meshweb.identity.models import OidcIdentity
+from meshweb.meshlink.models import NodeCredential
 from meshweb.tenancy.models import ApiToken
 
 ACTION = "identity.bearer_refused"
@@ -60,6 +63,12 @@ class RefusalThrottle:
         self._window_start, self._window_count = float("-inf"), 0
 
 
+# The kind of credential each scheme presents, named as the audit entry's object type.
+_SCHEME_OBJECTS: dict[str, type[Model]] = {
+    "api_token": ApiToken,
+    "oidc_bearer": OidcIdentity,
+    "node_credential": NodeCredential,
+}
 THROTTLE = RefusalThrottle()
 _lock = threading.Lock()
 
@@ -85,7 +94,7 @@ def bearer_refused(
         audit_record(
             actor=f"peer:{peer}"[:200],
             action=ACTION,
-            obj=ApiToken() if scheme == "api_token" else OidcIdentity(),
+            obj=_SCHEME_OBJECTS[scheme](),
             tenant_id=tenant_id,
             after=after,
         )

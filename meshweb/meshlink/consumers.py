@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -32,6 +33,7 @@ from agents.proto.portal_link import (
     parse_agent_message,
 )
 from meshweb.fleet.models import Node
+from meshweb.identity.refusals import bearer_refused
 from meshweb.meshlink import services
 from meshweb.meshlink.outbox import AGENTS_GROUP
 
@@ -73,6 +75,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.node = None
+        self.closing = False
         self.last_seq = 0
         self.hello: Hello | None = None
         self.sent_version = 0
@@ -82,14 +85,16 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.send_lock = asyncio.Lock()
         peer = self.scope.get("client") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
-        node, why = await database_sync_to_async(services.node_authenticate)(_bearer(self.scope))
+        self.credential = _bearer(self.scope)
+        self.chain = client_cert_chain(self.scope)
+        self.recheck_at = time.monotonic() + settings.INFERMESH_MESH_LINK_RECHECK_S
+        node, why = await database_sync_to_async(services.node_authenticate)(self.credential)
         if node is None:
             log.warning("agent refused from %s: %s", self.peer, why, extra={"peer": self.peer, "reason": why})
+            await database_sync_to_async(bearer_refused)(scheme="node_credential", reason=why, peer=self.peer)
             await self.close(code=CLOSE_UNAUTHENTICATED)  # before accept: the handshake is answered 403
             return
-        refusal = await database_sync_to_async(services.link_certificate_check)(
-            node=node, chain=client_cert_chain(self.scope)
-        )
+        refusal = await database_sync_to_async(services.link_certificate_check)(node=node, chain=self.chain)
         if refusal is not None:
             await database_sync_to_async(services.link_refusal_record)(node=node, refusal=refusal, peer=self.peer)
             log.warning(
@@ -117,7 +122,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     # -- frames from the agent -----------------------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.node is None:
+        if self.node is None or self.closing:
             return  # a refused link, closing
         raw = text_data if text_data is not None else (bytes_data or b"")
         try:
@@ -140,6 +145,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self._on_ack(msg)
             elif isinstance(msg, Heartbeat):
                 await database_sync_to_async(services.heartbeat_record)(node=self.node)
+                await self._recheck()
             elif isinstance(msg, Telemetry):
                 await database_sync_to_async(services.telemetry_record)(node=self.node, telemetry=msg)
             elif isinstance(msg, JobStatus):
@@ -152,6 +158,29 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await database_sync_to_async(services.call_refusals_record)(node=self.node, report=msg)
         except services.JobReportError as exc:
             await self._refuse("job_report", str(exc))
+
+    async def _recheck(self) -> None:
+        """Every INFERMESH_MESH_LINK_RECHECK_S (on a heartbeat): end the link if its credential or certificate has
+        been revoked, or the certificate has expired, since it connected."""
+        if self.node is None or time.monotonic() < self.recheck_at:
+            return
+        self.recheck_at = time.monotonic() + settings.INFERMESH_MESH_LINK_RECHECK_S
+        refusal = await database_sync_to_async(services.link_recheck)(
+            node=self.node, credential=self.credential, chain=self.chain
+        )
+        if refusal is None:
+            return
+        node = self.node
+        self.closing = True  # frames still in flight are dropped, and no more changes are pushed
+        for task in self.tasks:
+            task.cancel()
+        await database_sync_to_async(services.link_refusal_record)(node=node, refusal=refusal, peer=self.peer)
+        log.warning(
+            "agent %s link ended: %s", node.name, refusal.reason,
+            extra={"node": node.name, "peer": self.peer, "reason": refusal.reason},
+        )  # fmt: skip
+        await self._send(Error(code=refusal.code, message=refusal.reason, fatal=True))
+        await self.close(code=CLOSE_CERTIFICATE[refusal.code], reason=_close_reason(refusal.reason))
 
     async def _on_hello(self, hello: Hello) -> None:
         assert self.node is not None

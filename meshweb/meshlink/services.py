@@ -141,14 +141,25 @@ def link_certificate_check(*, node: Node, chain: Sequence[str]) -> LinkRefusal |
     return None
 
 
+def link_recheck(*, node: Node, credential: str, chain: Sequence[str]) -> LinkRefusal | None:
+    """Whether a link that is up may stay up: its credential and certificate are checked again, so a revocation (or
+    the node's deletion) ends a live link instead of waiting for the agent to reconnect."""
+    current, why = node_authenticate(credential)
+    if current is None or current.pk != node.pk:
+        return LinkRefusal(CERTIFICATE_REFUSED, f"credential no longer valid: {why or 'names another node'}")
+    return link_certificate_check(node=node, chain=chain)
+
+
 @transaction.atomic
 def link_refusal_record(*, node: Node, refusal: LinkRefusal, peer: str) -> AuditEntry:
-    link, _ = NodeLink.objects.get_or_create(node=node)
-    NodeLink.objects.filter(pk=link.pk).update(refused=F("refused") + 1)
     after = {"node": node.name, "code": refusal.code, "reason": refusal.reason, "peer": peer}
     if refusal.spiffe_id:
         after |= {"spiffe_id": refusal.spiffe_id, "serial": refusal.serial}
-    return audit_record(actor=f"peer:{peer}"[:200], action="mesh.link_refused", obj=link, tenant_id=None, after=after)
+    obj: Node | NodeLink = node  # a link ended because its node was deleted has no link record left to count on
+    if Node.objects.filter(pk=node.pk).exists():
+        obj, _ = NodeLink.objects.get_or_create(node=node)
+        NodeLink.objects.filter(pk=obj.pk).update(refused=F("refused") + 1)
+    return audit_record(actor=f"peer:{peer}"[:200], action="mesh.link_refused", obj=obj, tenant_id=None, after=after)
 
 
 # -- the link ----------------------------------------------------------------------------------------------------

@@ -5,15 +5,17 @@ a link without a certificate are refused with a close code, an error frame namin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
@@ -25,7 +27,7 @@ from tests.meshlink.tls_portal import TD, Svid, TlsPortal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-NODES = {"node-a": ["coordinator", "gpu"], "node-b": ["coordinator", "gpu"], "node-c": ["gpu"]}
+NODES = {"node-a": ["coordinator", "gpu"], "node-b": ["coordinator", "gpu"], "node-c": ["gpu"], "node-d": ["gpu"]}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsPortal]:
         tmp_path_factory.mktemp("mtls-link"),
         nodes=NODES,
         revoke=["node-c"],
-        env={"INFERMESH_MESH_LINK_MTLS": "required"},
+        env={"INFERMESH_MESH_LINK_MTLS": "required", "INFERMESH_MESH_LINK_RECHECK_S": "0.5"},
     )
     try:
         p.start()
@@ -172,3 +174,47 @@ def test_an_agent_on_the_plain_listener_is_refused_and_says_so(portal: TlsPortal
         assert len(portal.audit("mesh.link_refused")) > before
     finally:
         agent.stop()
+
+
+def test_revoking_a_linked_nodes_certificates_ends_its_live_link(portal: TlsPortal) -> None:
+    svid = portal.svid("node-d")
+    headers = {"Authorization": f"Bearer {portal.credentials['node-d']}"}
+    frames: list[dict[str, Any]] = []
+    close_code = 0
+    with connect(portal.wss_url, ssl=svid.ssl_context(), additional_headers=headers, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "hello", "seq": 1, "node": "node-d", "applied_version": 0, "store": "file"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        node_id = portal.get("/api/v1/nodes/?name=node-d")[1]["results"][0]["id"]
+        status, body = portal.api("POST", f"/api/v1/nodes/{node_id}/revoke-certificates/", {"reason": "key leaked"})
+        assert status == 200 and body == {"revoked": [portal.serials["node-d"]]}, body
+        seq, deadline = 1, time.monotonic() + 20
+        try:
+            while time.monotonic() < deadline:
+                seq += 1
+                ws.send(json.dumps({"type": "heartbeat", "seq": seq, "sent_unix_ms": int(time.time() * 1000)}))
+                with contextlib.suppress(TimeoutError):
+                    frames.append(json.loads(ws.recv(timeout=0.3)))
+        except ConnectionClosed as closed:
+            close_code = closed.rcvd.code if closed.rcvd is not None else -1
+    assert close_code == 4495, (close_code, frames[-3:])
+    errors = [f for f in frames if f["type"] == "error"]
+    assert errors and errors[-1]["code"] == "certificate_refused" and "is revoked: key leaked" in errors[-1]["message"]
+    entries = [e for e in portal.audit("mesh.link_refused") if e["after"].get("serial") == portal.serials["node-d"]]
+    assert entries and "is revoked: key leaked" in entries[0]["after"]["reason"]
+    # The revocation itself is audited under the admin's name.
+    assert [e for e in portal.audit("certificate.revoke") if e["after"]["reason"] == "key leaked"]
+
+
+@pytest.mark.parametrize(
+    ("credential", "reason"),
+    [("imn_short", "malformed node credential"), ("imn_000000000000_wrong", "unknown node credential 000000000000")],
+)
+def test_a_bad_node_credential_is_refused_at_the_handshake_and_audited(
+    portal: TlsPortal, credential: str, reason: str
+) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        connect(portal.ws_url, additional_headers={"Authorization": f"Bearer {credential}"}, open_timeout=10)
+    assert refused.value.response.status_code == 403
+    entries = [e for e in portal.audit("identity.bearer_refused") if e["after"]["scheme"] == "node_credential"]
+    assert [e for e in entries if e["after"]["reason"] == reason], entries
+    assert not [e for e in entries if credential in json.dumps(e)]  # the credential itself is never written

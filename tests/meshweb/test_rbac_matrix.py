@@ -242,6 +242,7 @@ def test_rbac_matrix(world: World, token_for: Any, res: Resource, role: str) -> 
             refused("post", f"{base}{own_obj.pk}/scale/", {"workers": 3}, 403)
         if res.name == "nodes":
             refused("post", f"{base}{own_obj.pk}/status/", {"status": "cordoned"}, 403)
+            refused("post", f"{base}{own_obj.pk}/revoke-certificates/", {"reason": "leaked"}, 403)
         return
     if res.name == "jobs" and not platform:
         refused("post", f"{base}{other_obj.pk}/cancel/", {}, 404)
@@ -260,6 +261,8 @@ def test_rbac_matrix(world: World, token_for: Any, res: Resource, role: str) -> 
         assert client.post(f"{base}{own_obj.pk}/cancel/", {}, format="json").status_code == 200
     if res.name == "nodes":
         assert client.post(f"{base}{own_obj.pk}/status/", {"status": "cordoned"}, format="json").status_code == 200
+        revoked = client.post(f"{base}{own_obj.pk}/revoke-certificates/", {"reason": "leaked"}, format="json")
+        assert revoked.status_code == 200 and revoked.json() == {"revoked": []}, revoked.content
     if res.delete:
         assert client.delete(f"{base}{own_obj.pk}/").status_code == 204
     if res.create or res.update or res.delete:

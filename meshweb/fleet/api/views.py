@@ -17,6 +17,8 @@ from meshweb.fleet.api.serializers import (
     NodeSerializer,
     NodeStatusSerializer,
     RegionSerializer,
+    RevokeCertificatesSerializer,
+    RevokedCertificatesSerializer,
     ZoneSerializer,
 )
 from meshweb.fleet.models import Cell, Gpu, Node, Region, Zone
@@ -88,6 +90,21 @@ class NodeViewSet(ScopedModelViewSet):
             reason=body.validated_data["reason"],
         )
         return Response(NodeSerializer(self.get_queryset().get(pk=node.pk)).data)
+
+    @extend_schema(request=RevokeCertificatesSerializer, responses={200: RevokedCertificatesSerializer})
+    @action(detail=True, methods=["post"], url_path="revoke-certificates")
+    def revoke_certificates(self, request: Request, pk: Any = None) -> Response:
+        """Revoke every current SVID of the node: published in the mesh CRL, refused by every agent's gRPC services
+        within their CRL refresh, and its live portal link is ended at the next check."""
+        from meshweb.identity.mesh import node_certificates_revoke
+
+        node = self.get_object()
+        body = RevokeCertificatesSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        serials = node_certificates_revoke(
+            principal=self.principal, node_name=node.name, reason=body.validated_data["reason"]
+        )
+        return Response({"revoked": serials})
 
 
 class GpuViewSet(ScopedModelViewSet):
