@@ -208,7 +208,8 @@ class ServerSecurity:
         self.m_handshakes = Counter(
             "meshd_tls_handshakes", "TLS handshakes started on the gRPC server, failed ones included", registry=registry
         )
-        self._stamp = self._files_stamp()
+        self._svid = ClientIdentity(section.ca, section.cert, section.key)  # the same files serve both sides
+        self._stamp = self._svid.stamp()
         self.interceptor = AuthzInterceptor(
             node=node,
             trust_domain=section.trust_domain,
@@ -243,23 +244,6 @@ class ServerSecurity:
             except Exception:
                 log.exception("refusal listener failed")
 
-    def _files_stamp(self) -> tuple[int, ...]:
-        out: list[int] = []
-        for name in (self.section.cert, self.section.key):
-            st = Path(name).stat()
-            out += [st.st_mtime_ns, st.st_size]
-        return tuple(out)
-
-    def _pair_matches(self) -> bool:
-        from cryptography.hazmat.primitives import serialization
-
-        try:
-            key = serialization.load_pem_private_key(Path(self.section.key).read_bytes(), password=None)
-            cert = load_certificate(Path(self.section.cert).read_bytes())
-        except (OSError, ValueError, CaError):
-            return False
-        return bool(key.public_key() == cert.public_key())
-
     async def run(self) -> None:
         """Keep the CRL current and, with `tls.rotation`, renew the SVID before it expires."""
         tasks = [self.revocations.run()]
@@ -291,10 +275,10 @@ class ServerSecurity:
             # Called by gRPC on each handshake: hand over the rotated SVID once its files change.
             self.m_handshakes.inc()
             try:
-                stamp = self._files_stamp()
+                stamp = self._svid.stamp()
             except OSError:
                 return None
-            if stamp == self._stamp or not self._pair_matches():
+            if stamp == self._stamp or not self._svid.consistent():
                 return None  # unchanged, or caught between the key and the certificate being replaced
             self._stamp = stamp
             log.info("serving the rotated certificate %s", self.section.cert)
