@@ -3,7 +3,8 @@
 Messages of type "dashboard.event" on the Channels group "dashboard" are doorbells. An audit doorbell makes the
 socket read the audit entries it has not sent yet (restricted to the viewer); other kinds are forwarded when the
 viewer may see them. A poll does the same read every few seconds, so updates still arrive when a doorbell is lost
-or rung in another process on the in-memory layer.
+or rung in another process on the in-memory layer. Each poll also re-reads who the viewer is from the session: a
+socket outlives neither its session (logout) nor the viewer's dashboard rights (membership removed or lowered).
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from importlib import import_module
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.contrib import auth
+from django.contrib.auth.models import AnonymousUser
+from django.http import HttpRequest
 
 from meshweb.dashboard import selectors
 from meshweb.dashboard.access import may_use_dashboard, visible_tenant_ids
@@ -35,18 +40,8 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     poller: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        user = self.scope.get("user")
-        principal = await database_sync_to_async(principal_for_user)(user)
-        if not principal.is_authenticated or not may_use_dashboard(principal):
-            log.warning(
-                "dashboard socket refused",
-                extra={
-                    "reason": "unauthenticated" if not principal.is_authenticated else "forbidden",
-                    "principal": principal.name,
-                    "client": str(self.scope.get("client")),
-                },
-            )
-            await self.close(code=CLOSE_UNAUTHENTICATED if not principal.is_authenticated else CLOSE_FORBIDDEN)
+        principal = await database_sync_to_async(principal_for_user)(self.scope.get("user"))
+        if not await self._admit(principal, "dashboard socket refused"):
             return
         self.principal = principal
         self.last_id = await database_sync_to_async(selectors.last_audit_id)(principal)
@@ -55,6 +50,30 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         await self.accept()
         await self.send_json({"kind": "hello", "principal": principal.name, "last_id": self.last_id})
         self.poller = asyncio.create_task(self._poll())
+
+    async def _admit(self, principal: Principal, event: str) -> bool:
+        """Whether `principal` may hold the socket; if not, log why and close it with a code that says why."""
+        if principal.is_authenticated and may_use_dashboard(principal):
+            return True
+        reason = "unauthenticated" if not principal.is_authenticated else "forbidden"
+        client = str(self.scope.get("client"))
+        log.warning(event, extra={"reason": reason, "principal": principal.name, "client": client})
+        await self.close(code=CLOSE_UNAUTHENTICATED if not principal.is_authenticated else CLOSE_FORBIDDEN)
+        return False
+
+    def _current_principal(self) -> Principal:
+        """The viewer as of now: the session read afresh (the scope's copy is cached at connect), its user and
+        memberships reloaded. A scope without a session (an in-process client) keeps its user, memberships reloaded."""
+        session = self.scope.get("session")
+        user = self.scope.get("user")
+        if session is not None:
+            user = AnonymousUser()
+            if session.session_key:
+                request = HttpRequest()
+                request.session = import_module(settings.SESSION_ENGINE).SessionStore(session.session_key)
+                # Django's get_user also checks the session's password hash and that the user is still active.
+                user = auth.get_user(request)
+        return principal_for_user(user)
 
     async def disconnect(self, code: int) -> None:
         if self.poller is not None:
@@ -105,6 +124,10 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         while True:
             await asyncio.sleep(interval)
             try:
+                principal = await database_sync_to_async(self._current_principal)()
+                if not await self._admit(principal, "dashboard socket closed"):
+                    return
+                self.principal = principal
                 await self._catch_up()
             except Exception:  # a failed read (database restarting) is retried next round
                 log.exception("dashboard socket poll failed")

@@ -1,9 +1,14 @@
 """Tenant isolation matrix: tenant A never reads or changes tenant B's objects, through the portal's REST API (OIDC
-bearer tokens) and through the router (OpenAI HTTP, KServe v2 HTTP, KServe v2 gRPC, WebSocket). Real processes."""
+bearer tokens), the portal's WebSockets (the dashboard's live feed, the agents' link), the agents' gRPC and the
+router (OpenAI HTTP, KServe v2 HTTP and gRPC including model metadata and readiness, WebSocket). Real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,14 +16,19 @@ import grpc
 import httpx
 import pytest
 import websockets.sync.client as ws_client
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agents.emulator.testing import EmulatorProcess, start_emulator
+from agents.proto.infermesh.v1 import control_pb2
 from router.proto import grpc_predict_v2_pb2 as pb
 from router.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.identity.conftest import Portal
+from tests.identity.test_mtls import Mesh, mesh
 from tests.router.procs import RouterProc, router_config, start_router
 
 pytestmark = pytest.mark.e2e
+
+__all__ = ["mesh"]  # the mTLS agent of test_mtls, as a fixture here too
 
 KEYS = {"tenant-a": "key-a", "tenant-b": "key-b"}
 MODELS = {"tenant-a": "model-a", "tenant-b": "model-b"}
@@ -242,3 +252,166 @@ def test_rest_matrix_with_oidc_bearer(oidc_portal: Portal) -> None:
         status, _ = portal.api("/api/v1/tokens/", token, "POST", {"tenant": other, "role": "viewer"})
         assert status in (400, 403, 404)
     assert _snapshot(portal) == before
+
+
+# -- WebSockets of the portal process ---------------------------------------------------------------------------
+PASSWORD = "iso-pw-0123456789"
+DASHBOARD_USERS = {
+    "iso-acme-admin": ("acme", "tenant_admin"),
+    "iso-globex-admin": ("globex", "tenant_admin"),
+    "iso-acme-member": ("acme", "member"),
+    "iso-acme-leaver": ("acme", "tenant_admin"),
+}
+
+
+@pytest.fixture(scope="module")
+def dashboard_portal(oidc_portal: Portal) -> Portal:
+    """The session's portal process with people who sign in with a password: two tenant admins, a member."""
+    code = (
+        "from django.contrib.auth import get_user_model\n"
+        "from meshweb.tenancy.models import Tenant\n"
+        "from meshweb.tenancy.services import SYSTEM, membership_set\n"
+        f"for name, (slug, role) in {DASHBOARD_USERS!r}.items():\n"
+        "    users = get_user_model().objects\n"
+        f"    user = users.filter(username=name).first() or users.create_user(name, password={PASSWORD!r})\n"
+        "    membership_set(principal=SYSTEM, tenant=Tenant.objects.get(slug=slug), user=user, role=role)\n"
+    )
+    oidc_portal.cli("manage", "shell", "-c", code)
+    return oidc_portal
+
+
+@contextlib.contextmanager
+def sign_in(portal: Portal, username: str) -> Iterator[httpx.Client]:
+    """A browser-like client signed in through the dashboard's login form (CSRF token and all)."""
+    with httpx.Client(base_url=portal.url, timeout=15) as client:
+        page = client.get("/dashboard/login/")
+        csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+        assert csrf, page.text
+        form = {"username": username, "password": PASSWORD, "csrfmiddlewaretoken": csrf.group(1), "next": "/"}
+        response = client.post("/dashboard/login/", data=form)
+        assert response.status_code == 302 and "sessionid" in client.cookies, response.text
+        yield client
+
+
+def dashboard_socket(portal: Portal, client: httpx.Client) -> ws_client.ClientConnection:
+    url = portal.url.replace("http://", "ws://") + "/ws/dashboard/"
+    headers = {"Origin": portal.url, "Cookie": f"sessionid={client.cookies['sessionid']}"}
+    conn = ws_client.connect(url, additional_headers=headers, open_timeout=15)
+    assert json.loads(conn.recv(timeout=15))["kind"] == "hello"
+    return conn
+
+
+def read_until(conn: ws_client.ClientConnection, marker: str, timeout: float = 20.0) -> list[str]:
+    """Every frame up to and including the first that mentions `marker`."""
+    frames: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not frames or marker not in frames[-1]:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"{marker} never arrived; got {frames}"
+        frames.append(str(conn.recv(timeout=remaining)))
+    return frames
+
+
+def create_model(portal: Portal, tenant: str, name: str) -> None:
+    status, body = portal.api("/api/v1/models/", portal.admin_token, "POST", {"tenant": tenant, "name": name})
+    assert status == 201, body
+
+
+def test_dashboard_socket_never_delivers_another_tenants_changes(dashboard_portal: Portal) -> None:
+    portal = dashboard_portal
+    tenants = {t["slug"]: t["id"] for t in portal.api("/api/v1/tenants/", portal.admin_token)[1]["results"]}
+    marker = secrets.token_hex(4)
+    with (
+        sign_in(portal, "iso-acme-admin") as acme_client,
+        sign_in(portal, "iso-globex-admin") as globex_client,
+        dashboard_socket(portal, acme_client) as acme,
+        dashboard_socket(portal, globex_client) as globex,
+    ):
+        # Each tenant's change is followed by the other's, so each socket has had its chance to leak before its
+        # own change arrives.
+        create_model(portal, "globex", f"theirs-{marker}")
+        create_model(portal, "acme", f"ours-{marker}")
+        create_model(portal, "globex", f"theirs-again-{marker}")
+        seen_by_acme = read_until(acme, f"ours-{marker}")
+        seen_by_globex = read_until(globex, f"theirs-again-{marker}")
+    assert any(f"theirs-{marker}" in frame for frame in seen_by_globex)
+    for frames, other in ((seen_by_acme, "globex"), (seen_by_globex, "acme")):
+        leaked = f"theirs-{marker}" if other == "globex" else f"ours-{marker}"
+        assert not any(leaked in frame for frame in frames), frames
+        for message in map(json.loads, frames):
+            # Nothing filed under the other tenant, whatever its kind (audit rows, job and link events).
+            assert message.get("tenant") != other and message.get("tenant_id") != tenants[other], message
+
+
+def test_dashboard_socket_refuses_members_and_anonymous_visitors(dashboard_portal: Portal) -> None:
+    portal = dashboard_portal
+    url = portal.url.replace("http://", "ws://") + "/ws/dashboard/"
+    with sign_in(portal, "iso-acme-member") as member:
+        headers = {"Origin": portal.url, "Cookie": f"sessionid={member.cookies['sessionid']}"}
+        for extra in (headers, {"Origin": portal.url}):
+            with pytest.raises(InvalidStatus) as refused:
+                ws_client.connect(url, additional_headers=extra, open_timeout=15)
+            assert refused.value.response.status_code == 403
+
+
+def closed_with(conn: ws_client.ClientConnection, timeout: float = 20.0) -> int | None:
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            conn.recv(timeout=max(0.1, deadline - time.monotonic()))
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+    except TimeoutError:
+        return None
+    return None
+
+
+def test_dashboard_socket_ends_with_the_membership_and_the_session(dashboard_portal: Portal) -> None:
+    portal = dashboard_portal
+    memberships = portal.api("/api/v1/memberships/?limit=200", portal.admin_token)[1]["results"]
+    leaver = next(m for m in memberships if m["username"] == "iso-acme-leaver")
+    with sign_in(portal, "iso-acme-leaver") as client, dashboard_socket(portal, client) as conn:
+        assert portal.api(f"/api/v1/memberships/{leaver['id']}/", portal.admin_token, "DELETE")[0] == 204
+        assert closed_with(conn) == 4403
+    with sign_in(portal, "iso-acme-admin") as client, dashboard_socket(portal, client) as conn:
+        csrf = client.cookies["csrftoken"]
+        response = client.post("/dashboard/logout/", data={"csrfmiddlewaretoken": csrf})
+        assert response.status_code == 302
+        assert closed_with(conn) == 4401
+
+
+def test_agent_socket_refuses_tenant_credentials(dashboard_portal: Portal) -> None:
+    portal = dashboard_portal
+    portal.set_mapping([{"claim": "groups", "value": "acme-ops", "tenant": "acme", "role": "tenant_admin"}])
+    url = portal.url.replace("http://", "ws://") + "/ws/agent/"
+    jwt_token = portal.provider.client_credentials_token("robot-acme")
+    assert portal.api("/api/v1/tenants/", jwt_token)[0] == 200  # a credential the REST API accepts
+    with sign_in(portal, "iso-acme-admin") as client:
+        session = {"Cookie": f"sessionid={client.cookies['sessionid']}", "Origin": portal.url}
+        for headers in (
+            {"Authorization": f"Bearer {portal.admin_token}"},  # even a platform admin's API token
+            {"Authorization": f"Bearer {jwt_token}"},
+            session,
+            {},
+        ):
+            with pytest.raises(InvalidStatus) as refused:
+                ws_client.connect(url, additional_headers=headers, open_timeout=15)
+            assert refused.value.response.status_code == 403, headers
+
+
+# -- the agents' gRPC -----------------------------------------------------------------------------------------------
+def test_tenant_credentials_grant_nothing_on_the_agents_grpc(mesh: Mesh, oidc_portal: Portal) -> None:
+    """A tenant holds no mesh certificate, and its bearer credentials are not operator JWTs."""
+    oidc_portal.set_mapping([{"claim": "groups", "value": "acme-ops", "tenant": "acme", "role": "tenant_admin"}])
+    tenant_jwt = oidc_portal.provider.client_credentials_token("robot-acme")
+    cordon = "/infermesh.v1.Control/Cordon"
+    body = control_pb2.NodeActionRequest(reason="tenant").SerializeToString()
+    for token in (oidc_portal.admin_token, tenant_jwt):
+        # Without a mesh certificate nothing is reachable, not even the store with the tenants' configuration.
+        for method in (cordon, "/infermesh.v1.Store/Get", "/infermesh.v1.StatePlane/ListTargets"):
+            assert mesh.call(None, method, token=token) == grpc.StatusCode.UNAVAILABLE, method
+        # With an admin certificate, the tenant's credential is no operator JWT.
+        assert mesh.call("admin", cordon, body, token=token) == grpc.StatusCode.PERMISSION_DENIED
+        assert f"{cordon} needs an operator's bearer JWT: " in mesh.last_details, mesh.last_details
+        # Nor does it lift a node certificate's role limits.
+        assert mesh.call("router", "/infermesh.v1.Store/Put", token=token) == grpc.StatusCode.PERMISSION_DENIED
