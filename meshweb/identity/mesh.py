@@ -216,15 +216,19 @@ def node_renew(*, certificate: Any, csr: Any, signature: Any, peer: str) -> dict
         if not all(isinstance(v, str) for v in (certificate, csr, signature)):
             raise EnrollmentRefused("certificate, csr and signature are required strings", 400)
         ca = portal_ca()
-        try:
+        try:  # what cannot be read is malformed input (400); what reads but does not verify is refused (403)
             current = load_certificate(certificate)
-            verify_issued_by(current, ca.cert)
             info = svid_info(current)
             load_csr(csr)
+            raw_signature = base64.b64decode(signature, validate=True)
             key = current.public_key()
             if not isinstance(key, ec.EllipticCurvePublicKey):
                 raise CaError("certificate: not an ECDSA key")
-            key.verify(base64.b64decode(signature, validate=True), csr.encode(), ec.ECDSA(hashes.SHA256()))
+        except (CaError, ValueError) as err:
+            raise EnrollmentRefused(f"renewal refused: {err}", 400) from None
+        try:
+            verify_issued_by(current, ca.cert)
+            key.verify(raw_signature, csr.encode(), ec.ECDSA(hashes.SHA256()))
         except (CaError, ValueError, InvalidSignature) as err:
             raise EnrollmentRefused(f"renewal refused: {str(err) or 'the signature does not verify'}") from None
         with transaction.atomic():

@@ -87,21 +87,23 @@ def test_renewal_refuses_bad_certificates_and_signatures_with_an_audit_entry(nod
     foreign = cert_pem(other_ca.issue(public_key=key.public_key(), node="gpu-1", roles=["gpu"])).decode()
     wrong_signature = base64.b64encode(b"\x30\x06\x02\x01\x01\x02\x01\x01").decode()  # a valid DER, not ours
     damaged = answer["certificate"].replace(answer["certificate"].splitlines()[5], "A" * 64)
+    # Malformed input is a 400; input that reads but does not verify is a 403.
     cases = [
-        ({"certificate": "not a certificate"}, "renewal refused: certificate: not a valid X.509 certificate"),
-        ({"certificate": damaged}, "renewal refused: certificate:"),
-        ({"certificate": foreign}, "renewal refused: certificate: not issued by the mesh CA"),
-        ({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"}, "renewal refused: certificate request:"),
-        ({"signature": "%%% not base64 %%%"}, "renewal refused: "),
-        ({"signature": wrong_signature}, "renewal refused: the signature does not verify"),
-        ({"certificate": None}, "certificate, csr and signature are required strings"),
+        ({"certificate": "not a certificate"}, "renewal refused: certificate: not a valid X.509 certificate", 400),
+        ({"certificate": damaged}, "renewal refused: certificate:", 400),
+        ({"certificate": foreign}, "renewal refused: certificate: not issued by the mesh CA", 403),
+        ({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"}, "renewal refused: certificate request:", 400),
+        ({"signature": "%%% not base64 %%%"}, "renewal refused: ", 400),
+        ({"signature": wrong_signature}, "renewal refused: the signature does not verify", 403),
+        ({"certificate": None}, "certificate, csr and signature are required strings", 400),
     ]
-    for change, message in cases:
+    for change, message, status in cases:
         body: dict[str, Any] = {"certificate": answer["certificate"], "csr": csr, "signature": good_signature, **change}
         before = len(renewal_refusals())
         with pytest.raises(mesh.EnrollmentRefused) as err:
             mesh.node_renew(peer="10.9.9.9", **body)
         assert message in str(err.value), (change, str(err.value))
+        assert err.value.status == status, (change, err.value.status)
         assert len(renewal_refusals()) == before + 1 and renewal_refusals()[-1] == str(err.value)
     assert AuditEntry.objects.filter(action="node.renew_refused", after__peer="10.9.9.9").count() == len(cases)
     # Nothing was issued by the refused renewals; the genuine one still works.
