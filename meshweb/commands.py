@@ -61,6 +61,12 @@ def portal_main(argv: Sequence[str]) -> int:
         shutil.rmtree(prom_dir, ignore_errors=True)
         prom_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
+    from meshweb.identity.mesh import portal_ca_problem
+
+    problem = portal_ca_problem()
+    if problem is not None:
+        print(f"infermesh portal: {problem}", file=sys.stderr)
+        return 2
     if settings.EMBEDDED and not args.no_migrate:
         call_command("migrate", interactive=False, verbosity=0)
     if args.demo:

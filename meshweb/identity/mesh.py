@@ -84,9 +84,30 @@ class CaUnavailable(exceptions.APIException):
     default_detail = "The mesh CA is unavailable; see the portal's log."
 
 
+def _ca_location() -> tuple[str, str]:
+    return (
+        os.environ.get("INFERMESH_CA_DIR") or str(settings.DATA_DIR / "ca"),
+        os.environ.get("INFERMESH_TRUST_DOMAIN", "infermesh.local"),
+    )
+
+
+def portal_ca_problem() -> str | None:
+    """Checked when the portal starts: why an existing CA cannot be loaded (a missing or wrong passphrase, damaged
+    files), so a misconfigured portal stops at once instead of answering 503 on the first enrollment."""
+    directory, trust_domain = _ca_location()
+    if not (Path(directory) / "ca.key").exists():
+        return None  # created on first use
+    try:
+        _ca(directory, trust_domain, ca_passphrase())
+    except CaPassphraseError as err:
+        return f"the mesh CA in {directory} cannot be loaded: {err} (set INFERMESH_CA_PASSPHRASE or _FILE)"
+    except (CaError, OSError) as err:
+        return f"the mesh CA in {directory} cannot be loaded: {err}"
+    return None
+
+
 def portal_ca() -> CertificateAuthority:
-    directory = os.environ.get("INFERMESH_CA_DIR") or str(settings.DATA_DIR / "ca")
-    trust_domain = os.environ.get("INFERMESH_TRUST_DOMAIN", "infermesh.local")
+    directory, trust_domain = _ca_location()
     try:
         return _ca(directory, trust_domain, ca_passphrase())
     except CaPassphraseError as err:

@@ -28,7 +28,7 @@ from meshweb.fleet.models import Node, Region, Zone
 from meshweb.identity import mesh
 from meshweb.identity.models import JoinToken
 from meshweb.tenancy.services import SYSTEM
-from tests.identity.conftest import ROOT
+from tests.identity.conftest import ROOT, free_port
 
 PASS = b"correct horse battery staple"
 ENCRYPTED = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
@@ -188,3 +188,20 @@ def test_portal_with_a_wrong_or_missing_passphrase_answers_503_and_spends_no_tok
     assert JoinToken.objects.get(pk=token.pk).used_at is None
     crl = client.get("/mesh/crl.pem")
     assert crl.status_code == 503 and b"CA is unavailable" in crl.content
+
+
+def test_portal_stops_at_start_when_its_ca_key_cannot_be_loaded(tmp_path: Path) -> None:
+    env = {"CA_PASS": PASS.decode()}
+    created = ca_cli("init", "--dir", str(tmp_path / "ca"), "--trust-domain", "portal.test", "--passphrase-env",
+                     "CA_PASS", env=env)  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    base = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "INFERMESH_CA_PASSPHRASE"}}
+    base |= {"INFERMESH_DATA_DIR": str(tmp_path / "data"), "INFERMESH_CA_DIR": str(tmp_path / "ca"),
+             "INFERMESH_TRUST_DOMAIN": "portal.test"}  # fmt: skip
+    for extra, words in (({}, "passphrase"), ({"INFERMESH_CA_PASSPHRASE": "wrong"}, "passphrase")):
+        done = subprocess.run(
+            [sys.executable, "-m", "meshweb.cli", "portal", "--bind", f"127.0.0.1:{free_port()}"],
+            cwd=ROOT, env=base | extra, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2, (extra, done.stdout, done.stderr)
+        assert "the mesh CA in" in done.stderr and words in done.stderr, done.stderr
