@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -147,6 +148,8 @@ class Handlers:
     def __init__(self, svc: RouterService) -> None:
         self.svc = svc
         self.cfg = svc.cfg
+        token = svc.cfg.listen.metrics_token()
+        self._metrics_token = token.encode() if token is not None else None
 
     # -- OpenAI -------------------------------------------------------------------------------------------------
     def openai(self, api: str) -> Callable[[web.Request], Any]:
@@ -393,6 +396,14 @@ class Handlers:
 
     # -- ops ----------------------------------------------------------------------------------------------------
     async def metrics(self, request: web.Request) -> web.Response:
+        if self._metrics_token is not None:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._metrics_token):
+                return web.json_response(
+                    {"error": "/metrics needs the metrics bearer token (listen.metrics_token_file)"},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         data, ctype = render()
         return web.Response(body=data, headers={"Content-Type": ctype})
 

@@ -41,6 +41,26 @@ class ListenConfig(_Strict):
         "first byte; costs a task per request. Off: a disconnect is noticed at the next write to the client",
     )
     max_inflight: int = Field(default=2048, ge=1, description="requests held at once per worker; beyond it 429 at once")
+    metrics_token_file: str | None = Field(
+        default=None,
+        description="a file holding the bearer token /metrics requires (Prometheus' bearer_token_file); the metrics "
+        "name tenants and models, so set it wherever tenants reach this port. Unset: /metrics is open",
+    )
+
+    @field_validator("metrics_token_file")
+    @classmethod
+    def _token_file(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                token = Path(v).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read {v!r}: {exc.strerror}") from None
+            if len(token) < 16:
+                raise ValueError(f"{v!r} must hold a token of at least 16 characters")
+        return v
+
+    def metrics_token(self) -> str | None:
+        return Path(self.metrics_token_file).read_text().strip() if self.metrics_token_file else None
 
 
 class AgentConfig(_Strict):
