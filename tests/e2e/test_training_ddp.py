@@ -117,7 +117,12 @@ async def test_ddp_job_runs_on_two_agents_and_reports_telemetry(cluster: list[Ag
     running = await wait_state(addr, "1", lambda s: s["status"] in ("running", "succeeded"), 90, "running")
     done = await wait_state(addr, "1", lambda s: s["status"] == "succeeded", 120, "success")
     kinds = [e["kind"] for e in done["events"]]
-    assert kinds[0] == "placed" and "status.running" in kinds and kinds[-1] == "status.succeeded", kinds
+    # On a loaded machine the job may wait for the second node's GPUs (queued) or lose a worker and be placed again;
+    # either way it is placed before it runs and ends succeeded.
+    assert "placed" in kinds and kinds.index("placed") < kinds.index("status.running"), done["events"]
+    assert kinds[-1] == "status.succeeded", done["events"]
+    if "worker_failed" in kinds:
+        assert "placed" in kinds[kinds.index("worker_failed") :], done["events"]
     assert running["status"] in ("running", "succeeded")
     tel = done["telemetry"]
     assert len(tel["nodes"]) == 2 and tel["strategy"] in ("ring", "tree", "hierarchical")
