@@ -174,6 +174,12 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         self._jwt_verify = jwt_verify
         self._peers = PeerCache()
         self._on_refusal = on_refusal
+        # Per-call work kept off the hot path: the wrapped handler of each method, and the decision for each
+        # (certificate, method) pair while the revoked set is the same object (Revocations replaces it on change).
+        # Admin methods are decided on every call, since their bearer JWT comes with the call.
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._decisions: dict[tuple[bytes, str], Decision] = {}
+        self._decided_for: frozenset[int] | None = None
 
     async def _check(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         auth = context.auth_context()
@@ -194,9 +200,18 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
                 return "this agent accepts no bearer tokens (tls.jwt is not configured)"
             return self._jwt_verify(token.strip())
 
-        decision = decide(
-            method, info, node=self.node, trust_domain=self.trust_domain, revoked=self._revoked(), jwt_check=jwt_check
-        )
+        revoked = self._revoked()
+        if revoked is not self._decided_for or len(self._decisions) >= 4096:
+            self._decisions.clear()
+            self._decided_for = revoked
+        key = (pems[0], method)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = decide(
+                method, info, node=self.node, trust_domain=self.trust_domain, revoked=revoked, jwt_check=jwt_check
+            )
+            if method not in ADMIN_METHODS:
+                self._decisions[key] = decision
         if not decision.allowed:
             await self._refuse(context, method, info.spiffe_id, decision.code, decision.reason)
 
@@ -219,7 +234,12 @@ class AuthzInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        return _wrap(handler, lambda context: self._check(method, context))
+        cached = self._handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap(handler, lambda context: self._check(method, context))
+        self._handlers[method] = (handler, wrapped)
+        return wrapped
 
 
 def _wrap(
