@@ -401,13 +401,47 @@ class CertificateAuthority:
         hosts: Sequence[str] = ("127.0.0.1", "localhost"),
         now: dt.datetime | None = None,
     ) -> x509.Certificate:
-        if not 60 <= ttl_s <= MAX_TTL_S:
-            raise CaError(f"ttl_s: must be between 60 and {MAX_TTL_S}, got {ttl_s}")
-        spiffe_id = spiffe_id_for(self.trust_domain, node)
+        """A node's SVID: `spiffe://<td>/node/<name>`, its roles as subject OUs, for both ends of mTLS."""
         role_list = check_roles(roles)
         subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "InferMesh")]
         subject += [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, r) for r in role_list]
         subject.append(x509.NameAttribute(NameOID.COMMON_NAME, node))
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        spiffe_id = spiffe_id_for(self.trust_domain, node)
+        return self._sign(public_key, subject, spiffe_id, hosts, usages, ttl_s, now)
+
+    def issue_service(
+        self,
+        *,
+        public_key: ec.EllipticCurvePublicKey,
+        service: str,
+        hosts: Sequence[str],
+        ttl_s: int = 3600,
+        now: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        """A server certificate for a mesh service that is not a node (the portal's mesh listener):
+        `spiffe://<td>/<service>`, server authentication only."""
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", service):
+            raise CaError(f"service {service!r}: lower-case letters, digits and '-', starting with a letter")
+        subject = [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "InferMesh"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"InferMesh {service}"),
+        ]
+        spiffe_id = f"spiffe://{self.trust_domain}/{service}"
+        return self._sign(public_key, subject, spiffe_id, hosts, [ExtendedKeyUsageOID.SERVER_AUTH], ttl_s, now)
+
+    def _sign(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        subject: list[x509.NameAttribute],
+        spiffe_id: str,
+        hosts: Sequence[str],
+        usages: list[x509.ObjectIdentifier],
+        ttl_s: int,
+        now: dt.datetime | None,
+    ) -> x509.Certificate:
+        if not 60 <= ttl_s <= MAX_TTL_S:
+            raise CaError(f"ttl_s: must be between 60 and {MAX_TTL_S}, got {ttl_s}")
         start = now or _now()
         return (
             x509.CertificateBuilder()
@@ -418,10 +452,7 @@ class CertificateAuthority:
             .not_valid_before(start - dt.timedelta(seconds=60))
             .not_valid_after(start + dt.timedelta(seconds=ttl_s))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.SubjectAlternativeName(_san_entries(spiffe_id, hosts)), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key()),  # type: ignore[arg-type]

@@ -314,44 +314,6 @@ def _write_private(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp.replace(path)
 
 
-def _portal_certificate(
-    ca: CertificateAuthority, key: ec.EllipticCurvePrivateKey, hosts: list[str], ttl_s: int
-) -> x509.Certificate:
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(f"spiffe://{ca.trust_domain}/{PORTAL_SERVICE}")]
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    now = timezone.now()
-    return (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "InferMesh"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, "InferMesh portal"),
-                ]
-            )
-        )
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(seconds=60))
-        .not_valid_after(now + timedelta(seconds=ttl_s))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.cert.public_key()),  # type: ignore[arg-type]
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-
-
 def _current_portal_certificate(path: Path, ca: CertificateAuthority, hosts: list[str], ttl_s: int) -> bool:
     """Whether the certificate in `path` may be served on: issued by this CA, for these hosts, with more than half
     of its lifetime left."""
@@ -393,7 +355,7 @@ def portal_server_certificate(*, directory: Path, hosts: list[str], ttl_s: int) 
     if _current_portal_certificate(cert_file, ca, hosts, ttl_s) and key_file.is_file():
         return cert_file, key_file, ca_file
     key = new_key()
-    cert = _portal_certificate(ca, key, hosts, ttl_s)
+    cert = ca.issue_service(public_key=key.public_key(), service=PORTAL_SERVICE, hosts=hosts, ttl_s=ttl_s)
     spiffe_id = f"spiffe://{ca.trust_domain}/{PORTAL_SERVICE}"
     with transaction.atomic():
         record = IssuedCertificate.objects.create(
