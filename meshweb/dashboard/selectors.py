@@ -23,10 +23,12 @@ from meshweb.fleet.models import Gpu, Node, NodeStatus
 from meshweb.tenancy.models import Tenant
 from meshweb.tenancy.rbac import Principal, restrict
 from meshweb.tenancy.roles import Role
-from meshweb.training.models import ACTIVE, JobEvent, TrainingJob
+from meshweb.training.models import ACTIVE, JobEvent, JobPlacement, JobTelemetry, TrainingJob
 
 FEED_LIMIT = 50
 HISTORY_LIMIT = 200
+JOB_EVENT_LIMIT = 50
+PLACEMENT_LIMIT = 1024
 
 
 def _model(app_label: str, name: str) -> type[models.Model] | None:
@@ -250,8 +252,21 @@ def job(principal: Principal, job_id: int, minimum: str = Role.VIEWER) -> Traini
     return restrict(TrainingJob.objects.select_related("tenant"), principal, minimum).filter(pk=job_id).first()
 
 
-def job_events(job: TrainingJob) -> models.QuerySet[JobEvent]:
-    return JobEvent.objects.filter(job=job).order_by("at", "id")
+def job_events(job: TrainingJob, limit: int = JOB_EVENT_LIMIT) -> list[JobEvent]:
+    """The job's latest events, oldest first (a long-running job may have thousands)."""
+    latest = list(JobEvent.objects.filter(job=job).order_by("-at", "-id")[:limit])
+    latest.reverse()
+    return latest
+
+
+def job_placements(job: TrainingJob) -> list[JobPlacement]:
+    """Where the job's workers run now, by rank, with their nodes."""
+    return list(JobPlacement.objects.filter(job=job).select_related("node").order_by("rank")[:PLACEMENT_LIMIT])
+
+
+def job_telemetry(job: TrainingJob) -> JobTelemetry | None:
+    """The job's latest telemetry roll-up, None until its scheduler first reports one."""
+    return JobTelemetry.objects.filter(job=job).first()
 
 
 # -- the event feed ---------------------------------------------------------------------------------------------------

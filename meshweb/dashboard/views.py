@@ -23,6 +23,7 @@ from meshweb.core.api.errors import _flatten
 from meshweb.dashboard import router_stats, selectors
 from meshweb.dashboard.access import may_steer_fleet, may_use_dashboard
 from meshweb.dashboard.forms import JobScaleForm, JobSubmitForm, ReasonForm, example_spec
+from meshweb.dashboard.job_telemetry import telemetry_view
 from meshweb.fleet.models import NodeStatus
 from meshweb.fleet.services import (
     node_quarantine_open,
@@ -300,9 +301,21 @@ def _job_context(principal: Principal, job_id: int) -> dict[str, Any]:
     job = selectors.job(principal, job_id)
     if job is None:
         raise Http404(f"No job {job_id}.")
+    placements = selectors.job_placements(job)
+    row = selectors.job_telemetry(job)
+    telemetry = telemetry_view(
+        job_id=job.pk,
+        at=row.at if row else None,
+        reports=row.reports if row else 0,
+        data=row.data if row else {},
+        placements=[(p.rank, p.node.name) for p in placements],
+    )
     return {
         "job": job,
-        "events": list(selectors.job_events(job)),
+        "events": selectors.job_events(job),
+        "event_limit": selectors.JOB_EVENT_LIMIT,
+        "placements": placements,
+        "telemetry": telemetry,
         "finished": job.status in TERMINAL,
         "can_act": principal.can(job.tenant_id, Role.MEMBER),
         "spec_json": json.dumps(job.spec, indent=2),
