@@ -22,8 +22,6 @@ def audit_record(
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
 ) -> AuditEntry:
-    # Every portal write passes here, so publishing here means no write that agents must know is missed.
-    publish_to_agents(obj=obj, action=action)
     entry = AuditEntry.objects.create(
         actor=actor,
         tenant_id=tenant_id,
@@ -34,6 +32,9 @@ def audit_record(
         after=after,
         correlation_id=correlation_id.get(),
     )
+    # Every portal write passes here, so publishing here means no write that agents must know is missed. It comes
+    # last because it locks the outbox counter, which every writer waits on, until the caller commits.
+    publish_to_agents(obj=obj, action=action)
     # After commit, live dashboards re-read the audit log (they read it themselves, restricted to the viewer).
     ring_dashboard("audit", id=entry.pk, tenant_id=tenant_id)
     return entry

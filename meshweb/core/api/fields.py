@@ -47,6 +47,10 @@ class CurrentTenantDefault:
         view = field.context.get("view")
         candidates = principal.tenants_with(write_role(view))
         if len(candidates) == 1 and not principal.platform_admin:
+            # An API token authenticated with its tenant already loaded: no second read of the same row.
+            loaded = getattr(getattr(request, "auth", None), "tenant", None)
+            if isinstance(loaded, Tenant) and loaded.pk == candidates[0]:
+                return loaded
             return Tenant.objects.get(pk=candidates[0])
         raise serializers.ValidationError("This field is required when your credentials cover several tenants.")
 

@@ -24,7 +24,7 @@ from meshweb.training.api.serializers import (
     JobSubmitSerializer,
     JobTelemetrySerializer,
 )
-from meshweb.training.models import JobEvent, JobTelemetry, TrainingJob
+from meshweb.training.models import JobEvent, JobPlacement, JobTelemetry, TrainingJob
 from meshweb.training.services import job_cancel, job_scale, job_submit, request_fingerprint
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -68,8 +68,13 @@ class JobViewSet(
             idempotency_key=key,
             fingerprint=request_fingerprint(request.data) if key else None,
         )
-        # A new job has no placements yet; a replayed one is read back as it is now.
-        job = self.base_queryset().get(pk=submission.job.pk) if submission.replayed else submission.job
+        # A new job has no placements yet (an empty prefetch spares the serializer a query); a replayed one is read
+        # back as it is now.
+        if submission.replayed:
+            job = self.base_queryset().get(pk=submission.job.pk)
+        else:
+            job = submission.job
+            job._prefetched_objects_cache = {"placements": JobPlacement.objects.none()}  # type: ignore[attr-defined]
         headers = {"Location": f"/api/v1/jobs/{job.pk}/"}
         if submission.replayed:
             headers["Idempotent-Replayed"] = "true"
