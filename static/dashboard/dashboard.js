@@ -66,6 +66,7 @@
   // Events of the portal's services come as {"kind", "data": {...}, "tenant_id"}; audit entries come flat.
   var QUIET = { "telemetry": true, "link": true, "node.status": true, "job.status": true };
   var telemetryTimer = null;
+  var jobTelemetryTimers = {};
 
   function describe(kind, d) {
     if (kind === "quarantine") {
@@ -89,6 +90,18 @@
           var box = document.getElementById("charts");
           if (box && window.imRefreshCharts) { window.imRefreshCharts(); }
         }, 3000);
+      }
+      return;
+    }
+    if (msg.kind === "job.telemetry") {
+      // About one a second per running job: no feed line and no page-wide refresh; only that job's page listens
+      // (hx-trigger "im-job-telemetry[detail.job==N] from:body"), at most once a second per job.
+      var jobId = d.job;
+      if (!jobTelemetryTimers[jobId]) {
+        jobTelemetryTimers[jobId] = setTimeout(function () {
+          delete jobTelemetryTimers[jobId];
+          document.body.dispatchEvent(new CustomEvent("im-job-telemetry", { detail: { job: jobId } }));
+        }, 1000);
       }
       return;
     }

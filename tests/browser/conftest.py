@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,15 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ADMIN_PASSWORD = "browser-admin-pw-1"
+
+
+def sign_in(page: Any, portal_url: str) -> None:
+    """Sign in as the seeded admin through the dashboard's login form, as a person would."""
+    page.goto(f"{portal_url}/dashboard/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", ADMIN_PASSWORD)
+    page.click("#login-submit")
+    page.wait_for_url(f"{portal_url}/dashboard/")
 
 
 def free_port() -> int:

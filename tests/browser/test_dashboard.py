@@ -16,7 +16,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.browser.conftest import ADMIN_PASSWORD, Portal
+from tests.browser.conftest import Portal, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -39,10 +39,7 @@ def admin(browser: Any, portal: Portal) -> Iterator[Any]:
     page = context.new_page()
     page.goto(f"{portal.url}/dashboard/")
     assert "/dashboard/login/" in page.url  # anonymous visitors are sent to the login page
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", ADMIN_PASSWORD)
-    page.click("#login-submit")
-    page.wait_for_url(f"{portal.url}/dashboard/")
+    sign_in(page, portal.url)
     page.close()
     try:
         yield context

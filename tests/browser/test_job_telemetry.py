@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import ADMIN_PASSWORD, Portal
+from tests.browser.conftest import Portal, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -60,7 +60,8 @@ SERIES_PIXELS = """metric => {
     return n;
 }"""
 
-# Which event made htmx re-fetch the job's state: the socket's doorbell dispatches "im-refresh"; the 15 s poll none.
+# Which event made htmx re-fetch the job's state: the socket's job.telemetry message dispatches "im-job-telemetry"
+# for that job only; the 15 s poll none.
 RECORD_TRIGGERS = """() => {
     window.__triggers = [];
     document.body.addEventListener("htmx:beforeRequest", ev => {
@@ -74,11 +75,7 @@ RECORD_TRIGGERS = """() => {
 def admin(browser: Any, portal: Portal) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
-    page.goto(f"{portal.url}/dashboard/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", ADMIN_PASSWORD)
-    page.click("#login-submit")
-    page.wait_for_url(f"{portal.url}/dashboard/")
+    sign_in(page, portal.url)
     page.close()
     try:
         yield context
@@ -114,7 +111,8 @@ def test_job_charts_draw_and_grow_live(admin: Any, portal: Portal, artifacts: Pa
     portal.run_python(REPORT.format(job=job, step=20))
     page.wait_for_function("document.getElementById('job-charts').dataset.steps === '2'", timeout=10_000)
     assert page.evaluate("window.__notReloaded") == "same page"
-    assert "im-refresh" in page.evaluate("window.__triggers")
+    assert "im-job-telemetry" in page.evaluate("window.__triggers")
+    assert "im-refresh" not in page.evaluate("window.__triggers")  # telemetry does not refresh every fragment
     assert charts.get_attribute("data-reports") == "2"
     assert "gpu-a1\t0\trunning\t20\t0.31\t" in page.inner_text("#job-telemetry-latest")
     assert page.evaluate(SERIES_PIXELS, "busbw_gbps") > 0
