@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import models
+from django.db.models import prefetch_related_objects
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -68,12 +69,12 @@ class JobViewSet(
             idempotency_key=key,
             fingerprint=request_fingerprint(request.data) if key else None,
         )
-        # A new job has no placements yet (an empty prefetch spares the serializer a query); a replayed one is read
-        # back as it is now.
+        # A replayed job comes as it is now, and its placements are read with it; a new one has none yet (an empty
+        # prefetch spares the serializer a query).
+        job = submission.job
         if submission.replayed:
-            job = self.base_queryset().get(pk=submission.job.pk)
+            prefetch_related_objects([job], "placements__node")
         else:
-            job = submission.job
             job._prefetched_objects_cache = {"placements": JobPlacement.objects.none()}  # type: ignore[attr-defined]
         headers = {"Location": f"/api/v1/jobs/{job.pk}/"}
         if submission.replayed:
