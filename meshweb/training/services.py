@@ -51,7 +51,7 @@ _IN_ACTIVE = f"status IN ({', '.join(['%s'] * len(ACTIVE))})"
 _USAGE_SQL = f"""
 SELECT COUNT(*) FILTER (WHERE {_IN_ACTIVE}),
        SUM(workers * gpus_per_worker) FILTER (WHERE {_IN_ACTIVE}),
-       SUM(workers * gpus_per_worker * max_runtime_s) FILTER (WHERE {_IN_ACTIVE}),
+       SUM(CAST(workers AS bigint) * gpus_per_worker * max_runtime_s) FILTER (WHERE {_IN_ACTIVE}),
        SUM(gpu_seconds_charged) FILTER (WHERE NOT {_IN_ACTIVE} AND created_at >= %s),
        (SELECT job_id FROM "{IdempotencyKey._meta.db_table}" WHERE tenant_id = %s AND "key" = %s),
        (SELECT request_hash FROM "{IdempotencyKey._meta.db_table}" WHERE tenant_id = %s AND "key" = %s)

@@ -101,6 +101,19 @@ def test_gpu_quota_counts_jobs_already_active(demo: Any) -> None:
     assert "holds 4 of 5" in third.json()["error"]["message"]
 
 
+def test_quota_sums_do_not_overflow_at_the_spec_limits(demo: Any) -> None:
+    # 1024 workers x 16 GPUs x 30 days = 4.2e10 GPU-seconds: more than a 32-bit integer holds.
+    tenant, client = demo
+    Quota.objects.filter(tenant=tenant).update(gpus_max=40_000, gpu_hours_per_period=1e9, concurrent_jobs_max=10)
+    big = copy.deepcopy(EXAMPLE_JOB)
+    big["spec"] |= {"workers": {"min": 1024, "max": 1024}, "gpus_per_worker": 16, "max_runtime_s": 30 * 24 * 3600}
+    assert client.post("/api/v1/jobs/", big, format="json").status_code == 201
+    second = client.post("/api/v1/jobs/", big, format="json")
+    assert second.status_code == 201, second.content
+    third = client.post("/api/v1/jobs/", big, format="json")
+    assert third.status_code == 422 and "holds 32768 of 40000" in third.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
