@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from opentelemetry.trace import SpanKind
 
 from router import kserve
@@ -21,6 +22,7 @@ from router.metrics import ERRORS, REQUESTS, render
 from router.obs import extract, inject, trace_id_hex, tracer
 from router.openai_api import APIS, ParsedRequest, error_body, parse_json_body, validate
 from router.service import Refusal, RouterService, Tenant, Ticket, new_corr_id, request_deadline
+from router.upstream import Response, UpstreamError
 from router.view import Target
 
 SVC = web.AppKey("svc", RouterService)
@@ -47,6 +49,8 @@ async def read_body(request: web.Request, cfg: RouterConfig) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise Refusal(413, "body_too_large", f"request body of {request.content_length} bytes exceeds {limit} bytes")
     try:
+        if request.content.is_eof():  # the whole body came with the headers: no timer needed
+            return await request.read()
         async with asyncio.timeout(cfg.listen.body_read_timeout_s):
             return await request.read()
     except TimeoutError:
@@ -73,17 +77,40 @@ def _count_events(chunk: bytes) -> int:
     return chunk.count(b"data: {") + chunk.count(b"data:{")
 
 
+def _copy_headers(up: Response, ticket: Ticket) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for k, v in up.headers:
+        if k.lower() not in HOP_BY_HOP:
+            headers.add(k, v)
+    headers["x-request-id"] = ticket.corr_id
+    return headers
+
+
+def _read_usage(ticket: Ticket, body: bytes, status: int) -> None:
+    """Token usage of a non-streamed answer, for quotas and metrics."""
+    if status == 200 and body:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            usage = json.loads(body).get("usage") or {}
+            ticket.prompt_tokens = usage.get("prompt_tokens")
+            ticket.completion_tokens = usage.get("completion_tokens")
+
+
 async def stream_back(request: web.Request, ticket: Ticket, w: Winner, sse: bool) -> web.StreamResponse:
     """Copy the runtime's answer to the client chunk by chunk as it arrives: byte-exact, never buffered whole."""
     up = w.resp
-    resp = web.StreamResponse(status=up.status)
-    for k, v in up.headers.items():
-        if k.lower() not in HOP_BY_HOP:
-            resp.headers.add(k, v)
-    resp.headers["x-request-id"] = ticket.corr_id
+    ticket.status = up.status
+    if not sse and up.complete and up.content_length == len(w.first):
+        # The whole answer came with the first read (a non-streamed one, usually): sent in one piece.
+        body = w.first
+        up.release()
+        ticket.bytes_out += len(body)
+        _read_usage(ticket, body, up.status)
+        if up.status >= 500:
+            ticket.cause = f"upstream_{up.status}"
+        return web.Response(status=up.status, body=body, headers=_copy_headers(up, ticket))
+    resp = web.StreamResponse(status=up.status, headers=_copy_headers(up, ticket))
     if up.content_length is not None:
         resp.content_length = up.content_length
-    ticket.status = up.status
     keep: list[bytes] | None = None if sse else []
     kept = 0
     events = 0
@@ -104,7 +131,7 @@ async def stream_back(request: web.Request, ticket: Ticket, w: Winner, sse: bool
                         keep.append(chunk)
                     else:
                         keep = None
-                chunk = await up.content.readany()
+                chunk = await up.readany()
         finished = True
     except TimeoutError:
         # The request's deadline passed mid-answer: stop both sides; the client sees a truncated answer.
@@ -112,7 +139,7 @@ async def stream_back(request: web.Request, ticket: Ticket, w: Winner, sse: bool
         if request.transport is not None:
             request.transport.close()
         return resp
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+    except UpstreamError as e:
         # The runtime broke after bytes reached the client: nothing can be retried. Drop the client connection
         # without a clean end so it sees a truncated answer instead of a silently short one.
         ticket.cause = "upstream_broken_midstream"
@@ -132,11 +159,8 @@ async def stream_back(request: web.Request, ticket: Ticket, w: Winner, sse: bool
             up.close()  # the runtime sees the disconnect and aborts the request
     if sse:
         ticket.completion_tokens = events
-    elif keep and up.status == 200:
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
-            usage = json.loads(b"".join(keep)).get("usage") or {}
-            ticket.prompt_tokens = usage.get("prompt_tokens")
-            ticket.completion_tokens = usage.get("completion_tokens")
+    elif keep:
+        _read_usage(ticket, b"".join(keep), up.status)
     if up.status >= 500:
         ticket.cause = f"upstream_{up.status}"
     with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -364,7 +388,7 @@ class Handlers:
             return
         ticket.status = w.resp.status
         if w.resp.status != 200:
-            raw = w.first + await w.resp.content.read()
+            raw = w.first + await w.resp.read()
             w.resp.release()
             await ws.send_json({"type": "error", "status": w.resp.status, "message": raw.decode(errors="replace")})
             return
@@ -386,7 +410,7 @@ class Handlers:
                     index += 1
             ticket.completion_tokens = index
             await ws.send_json({"type": "done", "id": ticket.corr_id, "tokens": index, "finish_reason": finish})
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
+        except UpstreamError as e:
             ticket.cause = "upstream_broken_midstream"
             await ws.send_json({"type": "error", "status": 502, "message": f"runtime broke the stream: {e}"})
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -427,7 +451,7 @@ async def _sse_events(w: Winner) -> AsyncIterator[bytes]:
             for line in block.split(b"\n"):
                 if line.startswith(b"data:"):
                     yield line[5:].strip()
-        chunk = await w.resp.content.readany()
+        chunk = await w.resp.readany()
         if not chunk:
             return
         buf += chunk
@@ -452,8 +476,8 @@ async def infer_v2(
         ticket.status, ticket.cause = e.status, e.cause
         return e.status, {"error": e.message, "code": e.cause}
     try:
-        data = w.first + await w.resp.content.read()
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
+        data = w.first + await w.resp.read()
+    except UpstreamError as e:
         ticket.status, ticket.cause = 502, "upstream_broken"
         return 502, {"error": f"runtime broke the response: {e}", "code": "upstream_broken"}
     finally:

@@ -12,13 +12,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from router.config import OutlierConfig, RoutingPolicy
 from router.core.hedging import HedgeBudget, HedgeParams, LatencyWindow, hedge_delay
 from router.core.outlier import OutlierDetector
 from router.core.retry import Outcome, RetryRules
 from router.metrics import EJECTIONS, HEDGE_SKIPPED, HEDGES, RETRIES, TTFT, child
+from router.upstream import BadResponse, ConnectFailed, Disconnected, Response, UpstreamPool
 from router.view import Target
 
 # Headers that describe one hop and must not be copied across the proxy.
@@ -61,7 +60,7 @@ class ForwardError(Exception):
 @dataclass(slots=True)
 class Winner:
     target: Target
-    resp: aiohttp.ClientResponse
+    resp: Response
     first: bytes
     ttft: float
     outcome: Outcome
@@ -81,22 +80,20 @@ class _Attempt:
 def _classify_exc(e: BaseException) -> AttemptFailed:
     if isinstance(e, AttemptFailed):
         return e
-    if isinstance(e, aiohttp.ClientSSLError):  # https runtime: its certificate, or ours, was refused
-        return AttemptFailed(Outcome.CONNECT_ERROR, f"TLS handshake failed: {e.os_error}")
-    if isinstance(e, aiohttp.ClientConnectorError):
-        return AttemptFailed(Outcome.CONNECT_ERROR, f"connect failed: {e.os_error}")
-    if isinstance(e, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionResetError):
-        return AttemptFailed(Outcome.RESET, f"connection reset: {e}")
-    if isinstance(e, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        return AttemptFailed(Outcome.BROKEN, f"malformed response: {e}")
-    if isinstance(e, TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(e, ConnectFailed):  # refused, unreachable, or (https) a certificate refused by either side
+        return AttemptFailed(Outcome.CONNECT_ERROR, str(e))
+    if isinstance(e, TimeoutError):
         return AttemptFailed(Outcome.TIMEOUT, "timed out")
+    if isinstance(e, Disconnected | ConnectionError | OSError):
+        return AttemptFailed(Outcome.RESET, f"connection reset: {e}")
+    if isinstance(e, BadResponse):
+        return AttemptFailed(Outcome.BROKEN, str(e))
     return AttemptFailed(Outcome.BROKEN, f"{type(e).__name__}: {e}")
 
 
 class Forwarder:
-    def __init__(self, session: aiohttp.ClientSession, outlier: OutlierConfig) -> None:
-        self.session = session
+    def __init__(self, pool: UpstreamPool, outlier: OutlierConfig) -> None:
+        self.pool = pool
         self.outlier = OutlierDetector(
             outlier.consecutive_failures, outlier.base_ejection_s, outlier.max_ejection_s, outlier.max_ejected_fraction
         )
@@ -158,15 +155,15 @@ class Forwarder:
         headers: Mapping[str, str],
         first_byte_timeout: float,
         rules: RetryRules,
-    ) -> tuple[aiohttp.ClientResponse, bytes, Outcome]:
-        resp: aiohttp.ClientResponse | None = None
+    ) -> tuple[Response, bytes, Outcome]:
+        resp: Response | None = None
         try:
             async with asyncio.timeout(first_byte_timeout):
-                resp = await self.session.post(target.url + path, data=body, headers=headers)
+                resp = await self.pool.post(target.url, path, body, headers)
                 outcome = rules.classify_status(resp.status)
                 if outcome is Outcome.BAD_STATUS:
                     raise AttemptFailed(outcome, f"runtime answered {resp.status}", resp.status)
-                first = await resp.content.readany()
+                first = await resp.readany()
                 return resp, first, outcome
         except BaseException as e:
             if resp is not None:
@@ -200,7 +197,7 @@ class Forwarder:
         deadline = start + fbt
         if not hedging:
             return await self._sequential(order, path, body_for, headers, fbt, model, rules, deadline)
-        tasks: dict[asyncio.Task[tuple[aiohttp.ClientResponse, bytes, Outcome]], _Attempt] = {}
+        tasks: dict[asyncio.Task[tuple[Response, bytes, Outcome]], _Attempt] = {}
         next_idx = 0
         attempts = 0
         failures: list[AttemptFailed] = []
@@ -233,7 +230,7 @@ class Forwarder:
                 wake = deadline
                 if hedge_at is not None:
                     wake = min(wake, hedge_at)
-                done: set[asyncio.Task[tuple[aiohttp.ClientResponse, bytes, Outcome]]] = set()
+                done: set[asyncio.Task[tuple[Response, bytes, Outcome]]] = set()
                 if tasks:
                     done, _ = await asyncio.wait(
                         tasks.keys(), timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED

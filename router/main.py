@@ -13,7 +13,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from agents.security.tls import ClientIdentity
@@ -25,26 +24,20 @@ async def serve(cfg: RouterConfig, stop: asyncio.Event | None = None) -> None:
     from router.grpc_server import start_grpc
     from router.obs import log_event, setup_tracing
     from router.service import RouterService
+    from router.upstream import UpstreamPool
 
     setup_tracing(cfg.tracing)
     # https:// runtimes see the router's SVID and are checked against the mesh CA; one live context, so a rotated
     # certificate reaches new connections while pooled ones stay.
     identity = ClientIdentity.of(cfg.runtime_tls())
-    connector = aiohttp.TCPConnector(
+    pool = UpstreamPool(
         limit=cfg.upstream_pool_size,
-        limit_per_host=0,
-        keepalive_timeout=30.0,
-        ttl_dns_cache=300,
-        ssl=identity.live_ssl_context() if identity is not None else True,
+        connect_timeout_s=cfg.upstream_connect_timeout_s,
+        ssl_context=identity.live_ssl_context() if identity is not None else None,
+        keepalive_s=30.0,
     )
     refresher = asyncio.create_task(identity.keep_current()) if identity is not None else None
-    session = aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.upstream_connect_timeout_s),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
-    )
-    svc = RouterService(cfg, session)
+    svc = RouterService(cfg, pool)
     app = build_app(svc)
     runner = web.AppRunner(
         app,
@@ -79,7 +72,7 @@ async def serve(cfg: RouterConfig, stop: asyncio.Event | None = None) -> None:
         if grpc_server is not None:
             await grpc_server.stop(grace=2.0)
         await runner.cleanup()
-        await session.close()
+        await pool.close()
         if refresher is not None:
             refresher.cancel()
 

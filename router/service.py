@@ -16,8 +16,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from router.agentlink import AgentLink, Outcome
 from router.config import RouterConfig, RoutingPolicy, TenantConfig
 from router.core.admission import AdmissionController, TargetLoad
@@ -27,6 +25,7 @@ from router.metrics import ADMISSION_REFUSED, ERRORS, HELD, INFLIGHT, LATENCY, R
 from router.obs import access_log
 from router.quota import Lease, QuotaManager
 from router.ranking import Ranker
+from router.upstream import UpstreamPool
 from router.view import Target, TargetView
 
 PRIORITIES = ("batch", "standard", "critical")
@@ -92,11 +91,11 @@ def _tenant_index(tenants: list[TenantConfig]) -> dict[str, Tenant]:
 
 
 class RouterService:
-    def __init__(self, cfg: RouterConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, cfg: RouterConfig, pool: UpstreamPool) -> None:
         self.cfg = cfg
         self.view = TargetView(cfg.targets)
         self.quotas = QuotaManager(cfg.tenants, cfg.redis)
-        self.forwarder = Forwarder(session, cfg.outlier)
+        self.forwarder = Forwarder(pool, cfg.outlier)
         self.ranker = Ranker(self.view, [cfg.default_policy, *cfg.policies.values()])
         self.agent = AgentLink(self.view, cfg.agent)
         self._tenants = _tenant_index(cfg.tenants)
@@ -246,7 +245,9 @@ class RouterService:
     async def _hold_for_slot(
         self, model: str, candidates: list[Target], priority: str, policy: RoutingPolicy, lease: Lease | None
     ) -> None:
-        queues = self._held.setdefault(model, {p: deque() for p in PRIORITIES})
+        queues = self._held.get(model)
+        if queues is None:
+            queues = self._held[model] = {p: deque() for p in PRIORITIES}
         held = sum(len(q) for q in queues.values())
         if not held and any(self._usable(t, model) for t in candidates):
             return
