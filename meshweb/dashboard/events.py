@@ -20,6 +20,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 
+from meshweb.core.layers import nobody_listens
+
 GROUP = "dashboard"
 MESSAGE_TYPE = "dashboard.event"
 _QUEUE_MAX = 1000
@@ -92,6 +94,8 @@ def _send_now(message: dict[str, Any]) -> None:
         return
     if isinstance(layer, InMemoryChannelLayer):
         # Only sockets of this very process can hear it; async_to_sync runs it on the server's own loop.
+        if nobody_listens(layer, GROUP):
+            return
         try:
             async_to_sync(layer.group_send)(GROUP, message)
         except Exception as exc:

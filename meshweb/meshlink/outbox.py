@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 from django.db import connection, models, transaction
 
 from meshweb.core.context import correlation_id
+from meshweb.core.layers import nobody_listens
 from meshweb.meshlink.changes import Put, changes_for, snapshot_entries
 from meshweb.meshlink.models import OutboxCounter, OutboxEntry
 
@@ -78,15 +79,10 @@ def _dashboard_data(obj: Any) -> dict[str, Any]:
     return {"job": obj.pk, "tenant": obj.tenant_id, "name": obj.name, "status": obj.status, "workers": obj.workers}
 
 
-def _nobody_listens(layer: Any, group: str) -> bool:
-    # An in-memory layer reaches only sockets of this process: with none in the group, skip the hop to the loop.
-    return isinstance(layer, InMemoryChannelLayer) and not layer.groups.get(group)
-
-
 def ring(version: int) -> None:
     """Tell connected agents' consumers that the outbox grew. Failure is logged only: they poll as well."""
     layer = get_channel_layer()
-    if layer is None or _nobody_listens(layer, AGENTS_GROUP):
+    if layer is None or nobody_listens(layer, AGENTS_GROUP):
         return
     try:
         async_to_sync(layer.group_send)(AGENTS_GROUP, {"type": "outbox.doorbell", "version": version})
@@ -98,7 +94,7 @@ def dashboard_notify(kind: str, data: dict[str, Any], *, tenant_id: int | None =
     """Live event for admin dashboards: {"type": "dashboard.event", "payload": {"kind", "data", "tenant_id"}}
     (tenant_id None: a platform-wide event). Best effort: dashboards also re-read what they show."""
     layer = get_channel_layer()
-    if layer is None or _nobody_listens(layer, DASHBOARD_GROUP):
+    if layer is None or nobody_listens(layer, DASHBOARD_GROUP):
         return
     try:
         async_to_sync(layer.group_send)(DASHBOARD_GROUP, dashboard_message(kind, data, tenant_id=tenant_id))
