@@ -158,13 +158,14 @@ class Forwarder:
     ) -> tuple[Response, bytes, Outcome]:
         resp: Response | None = None
         try:
-            async with asyncio.timeout(first_byte_timeout):
-                resp = await self.pool.post(target.url, path, body, headers)
-                outcome = rules.classify_status(resp.status)
-                if outcome is Outcome.BAD_STATUS:
-                    raise AttemptFailed(outcome, f"runtime answered {resp.status}", resp.status)
-                first = await resp.readany()
-                return resp, first, outcome
+            deadline = asyncio.get_running_loop().time() + first_byte_timeout
+            resp = await self.pool.post(target.url, path, body, headers, deadline)
+            outcome = rules.classify_status(resp.status)
+            if outcome is Outcome.BAD_STATUS:
+                raise AttemptFailed(outcome, f"runtime answered {resp.status}", resp.status)
+            first = await resp.readany()
+            resp.disarm()
+            return resp, first, outcome
         except BaseException as e:
             if resp is not None:
                 # close(), not release(): the runtime must see the connection drop to abort the request.

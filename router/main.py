@@ -22,7 +22,7 @@ from router.config import ConfigError, RouterConfig, load_config
 async def serve(cfg: RouterConfig, stop: asyncio.Event | None = None) -> None:
     from router.app import build_app
     from router.grpc_server import start_grpc
-    from router.obs import log_event, setup_tracing
+    from router.obs import flush_access_log, log_event, setup_tracing
     from router.service import RouterService
     from router.upstream import UpstreamPool
 
@@ -68,6 +68,7 @@ async def serve(cfg: RouterConfig, stop: asyncio.Event | None = None) -> None:
     try:
         await stop.wait()
     finally:
+        flush_access_log()
         log_event("router stopping", pid=os.getpid())
         if grpc_server is not None:
             await grpc_server.stop(grace=2.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -143,4 +144,23 @@ def access_log(**fields: Any) -> None:
             ACCESS.info("access", extra={"fields": fields})
         return
     line = {"ts": round(time.time(), 6), "level": "INFO", "logger": ACCESS.name, "msg": "access", **fields}
-    stream.write(json.dumps(line, separators=(",", ":"), default=str) + "\n")
+    text = json.dumps(line, separators=(",", ":"), default=str)
+    if not _pending:
+        try:
+            asyncio.get_running_loop().call_soon(flush_access_log)
+        except RuntimeError:  # no event loop: write at once
+            stream.write(text + "\n")
+            return
+    _pending.append(text)
+
+
+_pending: list[str] = []
+
+
+def flush_access_log() -> None:
+    """Lines of the requests that finished in one event-loop turn, in one write (one syscall, not one each)."""
+    stream = _access_stream
+    if _pending and stream is not None:
+        stream.write("\n".join(_pending) + "\n")
+        stream.flush()
+    _pending.clear()

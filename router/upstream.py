@@ -49,6 +49,7 @@ class Response:
         "_conn",
         "_exc",
         "_size",
+        "_timer",
         "_waiter",
         "complete",
         "content_length",
@@ -70,6 +71,7 @@ class Response:
         self._size = 0
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- fed by the connection ------------------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -123,8 +125,19 @@ class Response:
             parts.append(chunk)
         return b"".join(parts)
 
+    def _expire(self) -> None:
+        self._timer = None
+        self._fail(TimeoutError())
+
+    def disarm(self) -> None:
+        """The first byte is in: the deadline given to `post` no longer applies (the caller bounds the stream)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def release(self) -> None:
         """Done with the answer: a complete keep-alive one returns its connection to the pool, others close it."""
+        self.disarm()
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -273,8 +286,13 @@ class UpstreamPool:
             r = self._routes[(base, path)] = ((host, port, tls), line)
         return r
 
-    async def post(self, base: str, path: str, body: bytes, headers: Mapping[str, str]) -> Response:
-        """Send one POST and return once the status line and headers are in; the body follows via the Response."""
+    async def post(
+        self, base: str, path: str, body: bytes, headers: Mapping[str, str], deadline: float | None = None
+    ) -> Response:
+        """Send one POST and return once the status line and headers are in; the body follows via the Response.
+
+        `deadline` (event-loop time) bounds everything up to the first body byte: waiting for a pooled connection,
+        connecting, the head, and reads until `Response.disarm`; past it, TimeoutError."""
         key, line = self._route(base, path)
         parts = [line, b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
         for k, v in headers.items():
@@ -283,9 +301,11 @@ class UpstreamPool:
             parts.append(f"{k}: {v}\r\n".encode())
         parts.append(b"\r\n")
         parts.append(body)
-        conn = await self._acquire(key)
+        conn = await self._acquire(key, deadline)
         resp = Response(conn)
         conn.resp = resp
+        if deadline is not None:
+            resp._timer = asyncio.get_running_loop().call_at(deadline, resp._expire)
         try:
             if conn.transport is None:
                 raise Disconnected("runtime closed the connection")
@@ -296,13 +316,14 @@ class UpstreamPool:
                 resp._waiter = asyncio.get_running_loop().create_future()
                 await resp._waiter
         except BaseException:
+            resp.disarm()
             resp._conn = None
             conn.close()
             raise
         return resp
 
     # -- the pool -------------------------------------------------------------------------------------------------
-    async def _acquire(self, key: tuple[str, int, bool]) -> _Conn:
+    async def _acquire(self, key: tuple[str, int, bool], deadline: float | None) -> _Conn:
         if self._closed:
             raise ConnectFailed("the router is shutting down")
         if self._sweeper is None:
@@ -319,27 +340,34 @@ class UpstreamPool:
                 break
             if self._evict_one():
                 continue
-            fut = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
             self._waiters.append(fut)
+            timer = loop.call_at(deadline, _time_out, fut) if deadline is not None else None
             try:
                 await fut
             finally:
+                if timer is not None:
+                    timer.cancel()
                 if not fut.done():
                     fut.cancel()
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(fut)
         self._open += 1
-        return await self._connect(key)
+        return await self._connect(key, deadline)
 
-    async def _connect(self, key: tuple[str, int, bool]) -> _Conn:
+    async def _connect(self, key: tuple[str, int, bool], deadline: float | None) -> _Conn:
         host, port, tls = key
         loop = asyncio.get_running_loop()
         conn = _Conn(self, key)
         ctx: ssl.SSLContext | None = None
         if tls:
             ctx = self._ssl or _default_context()
+        limit = self.connect_timeout_s
+        if deadline is not None:
+            limit = min(limit, deadline - loop.time())
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
+            async with asyncio.timeout(limit):
                 await loop.create_connection(lambda: conn, host, port, ssl=ctx, server_hostname=host if tls else None)
         except BaseException as e:
             conn.close()
@@ -404,6 +432,11 @@ class UpstreamPool:
                 c.close()
         self._idle.clear()
         await asyncio.sleep(0)  # let the transports' close callbacks run
+
+
+def _time_out(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 _default_ctx: ssl.SSLContext | None = None
