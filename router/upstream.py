@@ -301,29 +301,40 @@ class UpstreamPool:
             parts.append(f"{k}: {v}\r\n".encode())
         parts.append(b"\r\n")
         parts.append(body)
-        conn = await self._acquire(key, deadline)
-        resp = Response(conn)
-        conn.resp = resp
-        if deadline is not None:
-            resp._timer = asyncio.get_running_loop().call_at(deadline, resp._expire)
-        try:
-            if conn.transport is None:
-                raise Disconnected("runtime closed the connection")
-            conn.transport.write(b"".join(parts))
-            while not resp.status:
-                if resp._exc is not None:
-                    raise resp._exc
-                resp._waiter = asyncio.get_running_loop().create_future()
-                await resp._waiter
-        except BaseException:
-            resp.disarm()
-            resp._conn = None
-            conn.close()
-            raise
-        return resp
+        request = b"".join(parts)
+        fresh = False
+        while True:
+            conn, reused = await self._acquire(key, deadline, fresh=fresh)
+            resp = Response(conn)
+            conn.resp = resp
+            if deadline is not None:
+                resp._timer = asyncio.get_running_loop().call_at(deadline, resp._expire)
+            try:
+                if conn.transport is None:
+                    raise Disconnected("runtime closed the connection")
+                conn.transport.write(request)
+                while not resp.status:
+                    if resp._exc is not None:
+                        raise resp._exc
+                    resp._waiter = asyncio.get_running_loop().create_future()
+                    await resp._waiter
+            except BaseException as exc:
+                resp.disarm()
+                resp._conn = None
+                conn.close()
+                if isinstance(exc, Disconnected) and reused and not fresh:
+                    # The runtime closed an idle connection just as it was reused (keep-alive timeouts race):
+                    # nothing was answered, so send once more on a new connection.
+                    fresh = True
+                    continue
+                raise
+            return resp
 
     # -- the pool -------------------------------------------------------------------------------------------------
-    async def _acquire(self, key: tuple[str, int, bool], deadline: float | None) -> _Conn:
+    async def _acquire(
+        self, key: tuple[str, int, bool], deadline: float | None, fresh: bool = False
+    ) -> tuple[_Conn, bool]:
+        """A connection to `key` and whether it was reused from the idle ones (never, with `fresh`)."""
         if self._closed:
             raise ConnectFailed("the router is shutting down")
         if self._sweeper is None:
@@ -331,10 +342,10 @@ class UpstreamPool:
         while True:
             idle = self._idle.get(key)
             now = time.monotonic()
-            while idle:
+            while idle and not fresh:
                 c = idle.pop()
                 if not c.closed and now - c.idle_since < self.keepalive_s:
-                    return c
+                    return c, True
                 c.close()
             if self._open < self.limit:
                 break
@@ -354,7 +365,7 @@ class UpstreamPool:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(fut)
         self._open += 1
-        return await self._connect(key, deadline)
+        return await self._connect(key, deadline), False
 
     async def _connect(self, key: tuple[str, int, bool], deadline: float | None) -> _Conn:
         host, port, tls = key
