@@ -51,11 +51,28 @@ class RotationSection(_Model):
     check_s: float = Field(default=5.0, gt=0)
 
 
-class TlsSection(_Model):
-    trust_domain: str
+class _SvidFiles(_Model):
+    """The three PEM files of an SVID holder, checked to exist and to hold certificates when the config loads."""
+
     ca: str  # PEM of the mesh CA
-    cert: str  # this node's SVID (PEM); replaced in place on rotation
+    cert: str  # this process's SVID (PEM); replaced in place on rotation
     key: str
+
+    @model_validator(mode="after")
+    def _files(self) -> _SvidFiles:
+        for name in ("ca", "cert", "key"):
+            if not Path(getattr(self, name)).is_file():
+                raise ValueError(f"{name}: no file {getattr(self, name)!r}")
+        try:
+            load_certificate(Path(self.ca).read_bytes())
+            load_certificate(Path(self.cert).read_bytes())
+        except CaError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+
+class TlsSection(_SvidFiles):
+    trust_domain: str
     crl: str = ""  # a CRL file (PEM), re-read when it changes
     crl_url: str = ""  # or fetched from the portal every crl_refresh_s
     crl_refresh_s: float = Field(default=10.0, gt=0)
@@ -69,18 +86,6 @@ class TlsSection(_Model):
             return check_trust_domain(value)
         except CaError as err:
             raise ValueError(str(err)) from None
-
-    @model_validator(mode="after")
-    def _files(self) -> TlsSection:
-        for name in ("ca", "cert", "key"):
-            if not Path(getattr(self, name)).is_file():
-                raise ValueError(f"{name}: no file {getattr(self, name)!r}")
-        try:
-            load_certificate(Path(self.ca).read_bytes())
-            load_certificate(Path(self.cert).read_bytes())
-        except CaError as err:
-            raise ValueError(str(err)) from None
-        return self
 
 
 class JwtVerifier:
@@ -287,26 +292,11 @@ class ServerSecurity:
         return grpc.dynamic_ssl_server_credentials(self._config(), fetch, require_client_authentication=True)
 
 
-class ClientTls(_Model):
+class ClientTls(_SvidFiles):
     """How a process dials mesh services with its SVID: the `tls:` section of the router, ctl flags, or an agent's
     own `tls:` section (which holds the same three files)."""
 
-    ca: str  # PEM of the mesh CA: the server must present a certificate it signed
-    cert: str  # this process's SVID (PEM); re-read when it rotates
-    key: str
     server_name: str = ""  # check the server certificate against this name instead of the dialled host
-
-    @model_validator(mode="after")
-    def _files(self) -> ClientTls:
-        for name in ("ca", "cert", "key"):
-            if not Path(getattr(self, name)).is_file():
-                raise ValueError(f"{name}: no file {getattr(self, name)!r}")
-        try:
-            load_certificate(Path(self.ca).read_bytes())
-            load_certificate(Path(self.cert).read_bytes())
-        except CaError as err:
-            raise ValueError(str(err)) from None
-        return self
 
 
 class ClientIdentity:
