@@ -13,24 +13,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml
 
 from agents.proto.infermesh.v1 import control_pb2, control_pb2_grpc
 from agents.security.ca import CertificateAuthority, cert_pem, key_pem, new_key
 from agents.security.tls import ClientIdentity, dial
+from bench.agentproc import AgentProc
 
 TD = "bench.mesh"
 
@@ -40,47 +35,16 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-class Agent:
-    def __init__(self, workdir: Path, tls: dict[str, str] | None) -> None:
-        cfg: dict[str, object] = {
-            "node": {"id": "bench-0", "roles": ["router"]},
-            "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
-            "shutdown": {"drain_s": 0, "grace_s": 1},
-            "log": {"level": "info", "json": True},
-        }
-        if tls is not None:
-            cfg["tls"] = tls
-        path = workdir / ("agent-tls.yaml" if tls else "agent.yaml")
-        path.write_text(yaml.safe_dump(cfg))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meshweb.cli", "agent", "--config", str(path)],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        self.lines: deque[str] = deque(maxlen=200)
-        threading.Thread(target=self._drain, daemon=True).start()
-        self.address = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not self.address:
-            for line in list(self.lines):
-                if m := re.search(r"serving grpc=(\S+)", line):
-                    self.address = m.group(1)
-            time.sleep(0.05)
-        if not self.address:
-            self.stop()
-            raise RuntimeError("agent did not start: " + "".join(self.lines))
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def agent(workdir: Path, tls: dict[str, str] | None) -> AgentProc:
+    cfg: dict[str, object] = {
+        "node": {"id": "bench-0", "roles": ["router"]},
+        "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
+        "shutdown": {"drain_s": 0, "grace_s": 1},
+        "log": {"level": "info", "json": True},
+    }
+    if tls is not None:
+        cfg["tls"] = tls
+    return AgentProc(cfg, workdir / ("agent-tls.yaml" if tls else "agent.yaml"))
 
 
 def pki(workdir: Path) -> tuple[dict[str, str], ClientIdentity]:
@@ -149,7 +113,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         section, client = pki(workdir)
-        plain, secure = Agent(workdir, None), Agent(workdir, section)
+        plain, secure = agent(workdir, None), agent(workdir, section)
         try:
             sides = {"plaintext": (plain.address, None), "mtls": (secure.address, client)}
             rows: dict[str, dict[str, float]] = {}

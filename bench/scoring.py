@@ -13,26 +13,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import random
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
-import yaml
 
 from agents.proto.infermesh.v1 import scoring_pb2, scoring_pb2_grpc, state_pb2, state_pb2_grpc
 from agents.strategies import RouteRequest, TargetView
 from agents.strategies.host import StrategyHost
+from bench.agentproc import AgentProc
 
 STRATEGIES = ("baseline_rr", "least_queue", "hybrid_mesh")
 MODEL = "demo-llm"
@@ -99,7 +94,9 @@ def bench_inprocess(n: int, decisions: int) -> dict[str, tuple[float, float]]:
     return out
 
 
-class AgentProc:
+class ScoringAgent(AgentProc):
+    """The agent whose ScoreTargets is measured: generous freshness and budget, so the strategies are what is timed."""
+
     def __init__(self) -> None:
         self.tmp = tempfile.TemporaryDirectory()
         cfg = {
@@ -110,42 +107,10 @@ class AgentProc:
             "shutdown": {"drain_s": 0, "grace_s": 1},
             "log": {"level": "warning", "json": True},
         }
-        path = Path(self.tmp.name) / "agent.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        cfg_level = {**os.environ, "MESHD__LOG__LEVEL": "info", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meshweb.cli", "agent", "--config", str(path)],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            env=cfg_level,
-        )
-        self.lines: deque[str] = deque(maxlen=200)
-        threading.Thread(target=self._drain, daemon=True).start()
-        deadline = time.monotonic() + 30
-        self.address = ""
-        while time.monotonic() < deadline and not self.address:
-            for line in list(self.lines):
-                m = re.search(r"serving grpc=(\S+)", line)
-                if m:
-                    self.address = m.group(1)
-            time.sleep(0.05)
-        if not self.address:
-            self.stop()
-            raise RuntimeError("agent did not start: " + "\n".join(self.lines))
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
+        super().__init__(cfg, Path(self.tmp.name) / "agent.yaml")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        super().stop()
         self.tmp.cleanup()
 
 
@@ -200,7 +165,7 @@ def main() -> int:
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
     inproc = {n: bench_inprocess(n, args.decisions) for n in sizes}
-    agent = AgentProc()
+    agent = ScoringAgent()
     try:
         over_grpc = {}
         pushed = 0
