@@ -144,3 +144,18 @@ def browser() -> Iterator[object]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def admin(browser: Any, portal: Portal) -> Iterator[Any]:
+    """A browser context with the demo admin signed in through the login form."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(f"{portal.url}/dashboard/")
+    assert "/dashboard/login/" in page.url  # anonymous visitors are sent to the login page
+    sign_in(page, portal.url)
+    page.close()
+    try:
+        yield context
+    finally:
+        context.close()

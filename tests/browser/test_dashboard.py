@@ -16,7 +16,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.browser.conftest import Portal, sign_in
+from tests.browser.conftest import Portal
 
 pytestmark = pytest.mark.browser
 
@@ -30,21 +30,6 @@ node_quarantine_open(
     evidence=[{"gpu": "GPU-gpu-b2-0", "xid": 79}],
 )
 """
-
-
-@pytest.fixture(scope="module")
-def admin(browser: Any, portal: Portal) -> Iterator[Any]:
-    """A browser context with the demo admin signed in through the login form."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.goto(f"{portal.url}/dashboard/")
-    assert "/dashboard/login/" in page.url  # anonymous visitors are sent to the login page
-    sign_in(page, portal.url)
-    page.close()
-    try:
-        yield context
-    finally:
-        context.close()
 
 
 def test_wrong_password_is_refused(browser: Any, portal: Portal) -> None:

@@ -4,13 +4,12 @@ channel layer (the sockets' poll is set far beyond the test's waits)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Portal, sign_in
+from tests.browser.conftest import Portal
 
 pytestmark = pytest.mark.browser
 
@@ -69,18 +68,6 @@ RECORD_TRIGGERS = """() => {
         window.__triggers.push(cfg.triggeringEvent ? cfg.triggeringEvent.type : "poll");
     });
 }"""
-
-
-@pytest.fixture(scope="module")
-def admin(browser: Any, portal: Portal) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    sign_in(page, portal.url)
-    page.close()
-    try:
-        yield context
-    finally:
-        context.close()
 
 
 def test_job_charts_draw_and_grow_live(admin: Any, portal: Portal, artifacts: Path) -> None:
