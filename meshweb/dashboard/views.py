@@ -221,26 +221,23 @@ def catalog(request: HttpRequest, principal: Principal) -> HttpResponse:
     return render(request, "dashboard/models.html", _base(principal, "models", models=selectors.catalog(principal)))
 
 
-@dashboard_page
-def quarantine(request: HttpRequest, principal: Principal) -> HttpResponse:
-    context = _base(
+def _quarantine_context(principal: Principal) -> dict[str, Any]:
+    return _base(
         principal,
         "quarantine",
         quarantines=selectors.quarantines(principal),
         history=selectors.node_status_history(principal),
     )
-    return render(request, "dashboard/quarantine.html", context)
+
+
+@dashboard_page
+def quarantine(request: HttpRequest, principal: Principal) -> HttpResponse:
+    return render(request, "dashboard/quarantine.html", _quarantine_context(principal))
 
 
 @dashboard_page
 def quarantine_fragment(request: HttpRequest, principal: Principal) -> HttpResponse:
-    context = _base(
-        principal,
-        "quarantine",
-        quarantines=selectors.quarantines(principal),
-        history=selectors.node_status_history(principal),
-    )
-    return render(request, "dashboard/_quarantine_tables.html", context)
+    return render(request, "dashboard/_quarantine_tables.html", _quarantine_context(principal))
 
 
 @dashboard_page
