@@ -144,41 +144,37 @@ class Cluster(ABC):
             await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.kind}: cluster of {n} did not converge in {timeout}s")
 
+    @abstractmethod
+    async def seen_at(self, observer: Node, member: str, event: str) -> float | None:
+        """Wall-clock time at which `observer` recorded `member` as "failed" or "joined"; None while it has not."""
+
+    async def _seen_everywhere(self, observers: list[Node], member: str, event: str) -> list[float]:
+        t0 = time.time()
+        while time.time() - t0 < 60:
+            times = await asyncio.gather(*(self.seen_at(o, member, event) for o in observers))
+            if all(t is not None for t in times):
+                return [t for t in times if t is not None]
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.kind}: {member} not {event} at every observer after 60s")
+
     async def measure_detection(self) -> float:
+        """From kill -9 until the last survivor records the node failed, by the survivors' own timestamps."""
         victim = self.live()[-1]
         survivors = [x for x in self.live() if x is not victim]
         assert victim.proc is not None
-        t0 = time.monotonic()
+        t0 = time.time()
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait()
-        pending = {s.name for s in survivors}
-        while pending and time.monotonic() - t0 < 60:
-            views = await asyncio.gather(*(self.view(s) for s in survivors))
-            for s, v in zip(survivors, views, strict=True):
-                if v.get(victim.name) == "failed":
-                    pending.discard(s.name)
-            await asyncio.sleep(0.01)
-        if pending:
-            raise RuntimeError(f"{self.kind}: {victim.name} not failed at {sorted(pending)} after 60s")
-        return time.monotonic() - t0
+        return max(await self._seen_everywhere(survivors, victim.name, "failed")) - t0
 
     async def measure_join(self) -> float:
+        """Dissemination of a join: from the first existing member that records the newcomer to the last."""
         existing = self.live()
         node = await self.new_node()
         await self.start_node(node, self.seeds())
         self.nodes.append(node)
-        first_seen: dict[str, float] = {}
-        t0 = time.monotonic()
-        while len(first_seen) < len(existing) and time.monotonic() - t0 < 60:
-            views = await asyncio.gather(*(self.view(x) for x in existing))
-            now = time.monotonic()
-            for x, v in zip(existing, views, strict=True):
-                if x.name not in first_seen and v.get(node.name) == "alive":
-                    first_seen[x.name] = now
-            await asyncio.sleep(0.005)
-        if len(first_seen) < len(existing):
-            raise RuntimeError(f"{self.kind}: join of {node.name} did not reach everyone in 60s")
-        return max(first_seen.values()) - min(first_seen.values())
+        seen = await self._seen_everywhere(existing, node.name, "joined")
+        return max(seen) - min(seen)
 
     async def count_false_positives(self, seconds: float) -> tuple[int, int]:
         """Transitions of a live member into failed, and into suspect, summed over observers, while loss runs."""
@@ -264,33 +260,8 @@ class InferMeshCluster(Cluster):
                 return now - m.state_age_s
         return None
 
-    async def measure_detection(self) -> float:
-        victim = self.live()[-1]
-        survivors = [x for x in self.live() if x is not victim]
-        assert victim.proc is not None
-        t0 = time.time()
-        victim.proc.send_signal(signal.SIGKILL)
-        victim.proc.wait()
-        while time.time() - t0 < 60:
-            times = await asyncio.gather(*(self.since(s, victim.name, DEAD) for s in survivors))
-            if all(t is not None for t in times):
-                return max(t for t in times if t is not None) - t0
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"infermesh: {victim.name} not dead everywhere after 60s")
-
-    async def measure_join(self) -> float:
-        existing = self.live()
-        node = await self.new_node()
-        await self.start_node(node, self.seeds())
-        self.nodes.append(node)
-        t0 = time.time()
-        while time.time() - t0 < 60:
-            times = await asyncio.gather(*(self.since(x, node.name, ALIVE) for x in existing))
-            if all(t is not None for t in times):
-                seen = [t for t in times if t is not None]
-                return max(seen) - min(seen)
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"infermesh: join of {node.name} did not reach everyone in 60s")
+    async def seen_at(self, observer: Node, member: str, event: str) -> float | None:
+        return await self.since(observer, member, DEAD if event == "failed" else ALIVE)
 
     def metric_sum(self, name: str) -> float:
         total = 0.0
@@ -328,33 +299,13 @@ class SerfCluster(Cluster):
                 out.append(float(parts[0]))
         return out
 
-    async def measure_detection(self) -> float:
-        victim = self.live()[-1]
-        survivors = [x for x in self.live() if x is not victim]
-        assert victim.proc is not None
-        t0 = time.time()
-        victim.proc.send_signal(signal.SIGKILL)
-        victim.proc.wait()
-        while time.time() - t0 < 60:
-            times = [self.events(s.name, "member-failed", victim.name) for s in survivors]
-            if all(times):
-                return max(t[-1] for t in times) - t0
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"serf: {victim.name} not failed everywhere after 60s")
-
-    async def measure_join(self) -> float:
-        existing = self.live()
-        node = await self.new_node()
-        await self.start_node(node, self.seeds())
-        self.nodes.append(node)
-        t0 = time.time()
-        while time.time() - t0 < 60:
-            times = [self.events(x.name, "member-join", node.name) for x in existing]
-            if all(times):
-                firsts = [t[0] for t in times]
-                return max(firsts) - min(firsts)
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"serf: join of {node.name} did not reach everyone in 60s")
+    async def seen_at(self, observer: Node, member: str, event: str) -> float | None:
+        # The last failure (a member may flap before it is declared failed for good), the first join.
+        if event == "failed":
+            failed = self.events(observer.name, "member-failed", member)
+            return failed[-1] if failed else None
+        joined = self.events(observer.name, "member-join", member)
+        return joined[0] if joined else None
 
     async def start_node(self, node: Node, seeds: list[str]) -> None:
         rpc = f"127.0.0.1:{free_port('127.0.0.1')}"
