@@ -17,7 +17,15 @@ WS_PATH = "/ws/agent/"
 MAX_FRAME_BYTES = 1 << 20  # agent -> portal frames
 MAX_PORTAL_FRAME_BYTES = 64 << 20  # portal -> agent frames (a snapshot of a large portal)
 # Store keys the portal owns: a snapshot replaces everything under them (keys missing from it are deleted).
-MANAGED_PREFIXES: tuple[str, ...] = ("kv/portal/", "quotas/", "routing/", "nodes/")
+MANAGED_PREFIXES: tuple[str, ...] = (
+    "kv/portal/",
+    "quotas/",
+    "routing/",
+    "nodes/",
+    "pinning/",
+    "placements/",
+    "slos/",
+)
 # The applied outbox version is kept in the store itself, beside the data it describes.
 VERSION_KEY = "kv/portal-version/applied"
 # Raft client session of portal changes: every agent proposes a version under the same (client, seq) numbering so

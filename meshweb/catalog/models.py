@@ -37,6 +37,8 @@ class Model(TimeStamped):
     tenant = models.ForeignKey("tenancy.Tenant", on_delete=models.CASCADE, related_name="models")
     name = models.CharField(max_length=128, validators=[model_name_validator])
     description = models.TextField(blank=True)
+    # other names a tenant may call the model by at the router (unique among the tenant's names)
+    aliases = models.JSONField(default=list, blank=True)
 
     TENANT_PATH = "tenant_id"
 

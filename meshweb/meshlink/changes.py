@@ -22,9 +22,11 @@ from meshweb.training.models import TrainingJob
 
 @dataclass(frozen=True, slots=True)
 class Put:
+    """A key the object writes; value None: the key must not exist (an optional key the object no longer has)."""
+
     kind: str
     key: str
-    value: dict[str, Any]
+    value: dict[str, Any] | None
 
 
 def _tenant(t: Tenant) -> Iterator[Put]:
@@ -59,7 +61,11 @@ def _quota(q: Quota) -> Iterator[Put]:
 
 
 def _model(m: Model) -> Iterator[Put]:
-    yield Put("model", f"kv/portal/models/{m.pk}", {"id": m.pk, "tenant": m.tenant_id, "name": m.name})
+    yield Put(
+        "model",
+        f"kv/portal/models/{m.pk}",
+        {"id": m.pk, "tenant": m.tenant_id, "name": m.name, "aliases": list(m.aliases or [])},
+    )
 
 
 def _revision(r: ModelRevision) -> Iterator[Put]:
@@ -78,6 +84,7 @@ def _revision(r: ModelRevision) -> Iterator[Put]:
 
 
 def _deployment(d: Deployment) -> Iterator[Put]:
+    zone = d.zone.name if d.zone_id is not None else ""
     yield Put(
         "deployment",
         f"kv/portal/deployments/{d.pk}",
@@ -85,11 +92,19 @@ def _deployment(d: Deployment) -> Iterator[Put]:
             "id": d.pk,
             "revision": d.revision_id,
             "zone": d.zone_id,
+            "zone_name": zone,
             "node_selector": d.node_selector,
             "gpu_type": d.gpu_type,
             "min_replicas": d.min_replicas,
             "max_replicas": d.max_replicas,
         },
+    )
+    # The typed placement the scheduler honours: the nodes of the deployment's zone are kept for the model.
+    nodes = sorted(Node.objects.filter(zone_id=d.zone_id).values_list("name", flat=True)) if zone else []
+    yield Put(
+        "placement",
+        f"placements/deployment-{d.pk}",
+        {"model": d.revision.model.name, "nodes": nodes, "replicas": d.min_replicas},
     )
 
 
@@ -117,6 +132,9 @@ def _slo(s: Slo) -> Iterator[Put]:
         f"kv/portal/slos/{s.pk}",
         {"tenant": s.tenant_id, "model": s.model_id, "ttft_p99_ms": s.ttft_p99_ms, "latency_p99_ms": s.latency_p99_ms},
     )
+    # The typed target routers read: per model of a tenant, or the tenant's default.
+    where = f"tenant-{s.tenant_id}" + (f"/model-{s.model_id}" if s.model_id is not None else "")
+    yield Put("slo", f"slos/{where}", {"ttft_ms_p99": float(s.ttft_p99_ms)})
 
 
 def _routing(p: RoutingPolicy) -> Iterator[Put]:
@@ -124,11 +142,16 @@ def _routing(p: RoutingPolicy) -> Iterator[Put]:
     params.update(
         tenant=p.tenant_id,
         model=p.model_id,
-        ab_strategy=p.ab_strategy,
-        ab_split=p.ab_split,
+        ab_split=dict(p.ab_split or {}),
         shadow_strategy=p.shadow_strategy,
+        hedging=p.hedging,
+        pin_nodes=list(p.pin_nodes or []),
+        pin_zones=list(p.pin_zones or []),
     )
     yield Put("routing", f"routing/policy-{p.pk}", {"strategy": p.strategy, "params": params})
+    # Nodes pinned to the model, for the scheduler (routers read the pins from the policy itself).
+    pins = list(p.pin_nodes or [])
+    yield Put("pinning", f"pinning/policy-{p.pk}", {"model": p.model.name, "nodes": pins} if pins else None)
 
 
 def _admission(a: AdmissionPolicy) -> Iterator[Put]:
@@ -208,10 +231,11 @@ def changes_for(obj: models.Model, *, deleted: bool) -> list[tuple[str, str, str
     if type(obj) not in BUILDERS:
         return []
     if not deleted:
-        return [(p.kind, p.key, "put", p.value) for p in puts_for(obj)]
+        return [(p.kind, p.key, "put" if p.value is not None else "delete", p.value) for p in puts_for(obj)]
     doomed = [*puts_for(obj)]
     for dep in _dependents(obj):
         doomed.extend(puts_for(dep))
+    doomed = [p for p in doomed if p.value is not None]  # an optional key the object did not have
     seen: set[str] = set()
     out: list[tuple[str, str, str, dict[str, Any] | None]] = []
     for p in doomed:
@@ -227,5 +251,5 @@ def snapshot_entries() -> list[Put]:
     for model_cls in BUILDERS:
         qs = model_cls.objects.all()  # type: ignore[attr-defined]
         for obj in qs.order_by("pk").iterator(chunk_size=500):
-            out.extend(BUILDERS[model_cls](obj))
+            out.extend(p for p in BUILDERS[model_cls](obj) if p.value is not None)
     return out

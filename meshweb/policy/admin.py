@@ -11,7 +11,7 @@ class SloAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(RoutingPolicy)
 class RoutingPolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["tenant", "model", "strategy", "ab_strategy", "ab_split", "shadow_strategy"]
+    list_display = ["tenant", "model", "strategy", "ab_split", "shadow_strategy", "hedging"]
     list_select_related = ["tenant", "model"]
 
 

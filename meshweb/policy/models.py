@@ -33,9 +33,13 @@ class RoutingPolicy(TimeStamped):
     model = models.ForeignKey("catalog.Model", on_delete=models.CASCADE, related_name="routing_policies")
     strategy = models.CharField(max_length=32, choices=Strategy.choices, default=Strategy.HYBRID_MESH)
     params = models.JSONField(default=dict, blank=True)
-    ab_strategy = models.CharField(max_length=32, choices=Strategy.choices, blank=True)
-    ab_split = models.FloatField(default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    # strategy -> percent of requests (summing to 100); empty: every request uses `strategy`
+    ab_split = models.JSONField(default=dict, blank=True)
     shadow_strategy = models.CharField(max_length=32, choices=Strategy.choices, blank=True)
+    hedging = models.BooleanField(default=False)
+    # names of fleet nodes / zones the model's requests are confined to; empty: anywhere
+    pin_nodes = models.JSONField(default=list, blank=True)
+    pin_zones = models.JSONField(default=list, blank=True)
 
     TENANT_PATH = "tenant_id"
 

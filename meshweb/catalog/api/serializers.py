@@ -7,7 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from meshweb.catalog.models import Deployment, Model, ModelRevision
+from meshweb.catalog.models import Deployment, Model, ModelRevision, model_name_validator
 from meshweb.core.api.fields import ScopedPrimaryKeyRelatedField, tenant_field
 from meshweb.core.api.serializers import StrictModelSerializer
 from meshweb.fleet.models import GpuType, Zone
@@ -25,11 +25,39 @@ class TenantImmutableMixin:
 
 class ModelSerializer(TenantImmutableMixin, StrictModelSerializer):
     tenant = tenant_field()
+    aliases = serializers.ListField(
+        child=serializers.CharField(max_length=128, validators=[model_name_validator]),
+        default=list,
+        max_length=32,
+        help_text="other names the tenant may use for this model at the router",
+    )
 
     class Meta:
         model = Model
-        fields = ["id", "tenant", "name", "description", "created_at", "updated_at"]
+        fields = ["id", "tenant", "name", "aliases", "description", "created_at", "updated_at"]
         read_only_fields = ["id", "created_at", "updated_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # A name resolves to one model per tenant: aliases may not repeat the model's names or another's.
+        tenant = attrs.get("tenant", getattr(self.instance, "tenant", None))
+        name = attrs.get("name", getattr(self.instance, "name", ""))
+        aliases = attrs.get("aliases", getattr(self.instance, "aliases", []))
+        if len(set(aliases)) != len(aliases) or name in aliases:
+            raise serializers.ValidationError({"aliases": ["Aliases must differ from each other and the name."]})
+        if tenant is not None:
+            others = Model.objects.filter(tenant=tenant)
+            if self.instance is not None:
+                others = others.exclude(pk=self.instance.pk)
+            taken: set[str] = set()
+            for other_name, other_aliases in others.values_list("name", "aliases"):
+                taken.add(other_name)
+                taken.update(other_aliases or [])
+            clash = sorted(taken & ({name} | set(aliases)) - {name}) if name not in taken else [name]
+            if clash:
+                raise serializers.ValidationError(
+                    {"aliases": [f"Already a name or alias of another model of this tenant: {', '.join(clash)}."]}
+                )
+        return attrs
 
 
 class ModelRevisionSerializer(StrictModelSerializer):

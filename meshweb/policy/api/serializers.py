@@ -10,7 +10,8 @@ from meshweb.catalog.api.serializers import TenantImmutableMixin
 from meshweb.catalog.models import Model
 from meshweb.core.api.fields import ScopedPrimaryKeyRelatedField, tenant_field
 from meshweb.core.api.serializers import StrictModelSerializer
-from meshweb.policy.models import AdmissionPolicy, RoutingPolicy, Slo
+from meshweb.policy.models import AdmissionPolicy, RoutingPolicy, Slo, Strategy
+from meshweb.policy.rules import check_routing_policy
 
 
 class _ModelOfTenantMixin(TenantImmutableMixin):
@@ -36,6 +37,12 @@ class RoutingPolicySerializer(_ModelOfTenantMixin, StrictModelSerializer):
     tenant = tenant_field()
     model = ScopedPrimaryKeyRelatedField(queryset=Model.objects.all())
     params = serializers.DictField(default=dict)
+    # Plain fields here: meshweb.policy.rules checks names and shares and says what it knows instead.
+    strategy = serializers.CharField(max_length=32, default=Strategy.HYBRID_MESH)
+    shadow_strategy = serializers.CharField(max_length=32, allow_blank=True, default="")
+    ab_split = serializers.DictField(default=dict, help_text="strategy -> percent of requests, adding up to 100")
+    pin_nodes = serializers.ListField(child=serializers.CharField(max_length=63), default=list)
+    pin_zones = serializers.ListField(child=serializers.CharField(max_length=63), default=list)
 
     class Meta:
         model = RoutingPolicy
@@ -45,9 +52,11 @@ class RoutingPolicySerializer(_ModelOfTenantMixin, StrictModelSerializer):
             "model",
             "strategy",
             "params",
-            "ab_strategy",
             "ab_split",
             "shadow_strategy",
+            "hedging",
+            "pin_nodes",
+            "pin_zones",
             "created_at",
             "updated_at",
         ]
@@ -55,10 +64,13 @@ class RoutingPolicySerializer(_ModelOfTenantMixin, StrictModelSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
-        split = attrs.get("ab_split", getattr(self.instance, "ab_split", 0.0))
-        ab = attrs.get("ab_strategy", getattr(self.instance, "ab_strategy", ""))
-        if split > 0 and not ab:
-            raise serializers.ValidationError({"ab_strategy": ["An A/B split needs an ab_strategy."]})
+        merged = {
+            f: attrs.get(f, getattr(self.instance, f, None))
+            for f in ("strategy", "shadow_strategy", "ab_split", "pin_nodes", "pin_zones")
+        }
+        problems = check_routing_policy(merged)
+        if problems:
+            raise serializers.ValidationError(problems)
         return attrs
 
 

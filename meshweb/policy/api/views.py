@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
+from rest_framework import exceptions
+from rest_framework.response import Response
 
 from meshweb.core.api.views import ScopedModelViewSet
 from meshweb.policy.api.serializers import AdmissionPolicySerializer, RoutingPolicySerializer, SloSerializer
@@ -22,6 +25,9 @@ class SloViewSet(ScopedModelViewSet):
 
 
 class RoutingPolicyViewSet(ScopedModelViewSet):
+    """Routing policies: a policy that cannot be applied (unknown model, strategy, node or zone, an A/B split not
+    adding up to 100) is refused whole with 422 naming each field."""
+
     serializer_class = RoutingPolicySerializer
     write_role = Role.OPERATOR
     filterset_fields = ["model", "strategy", "tenant__slug"]
@@ -30,6 +36,16 @@ class RoutingPolicyViewSet(ScopedModelViewSet):
 
     def base_queryset(self) -> models.QuerySet[RoutingPolicy]:
         return RoutingPolicy.objects.select_related("tenant")
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, DjangoValidationError):
+            exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+        response = super().handle_exception(exc)
+        if isinstance(exc, exceptions.ValidationError):
+            response.status_code = 422
+            if isinstance(response.data, dict) and isinstance(response.data.get("error"), dict):
+                response.data["error"]["status"] = 422
+        return response
 
 
 class AdmissionPolicyViewSet(ScopedModelViewSet):
