@@ -15,7 +15,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from opentelemetry.trace import SpanKind
 
-from router import kserve
+from router import kserve, v2codec
+from router import route_report
 from router.config import RouterConfig
 from router.forward import HOP_BY_HOP, ForwardError, Winner
 from router.metrics import ERRORS, REQUESTS, render
@@ -254,6 +255,15 @@ class Handlers:
         except Refusal as r:
             return _refusal_response(r, corr, "models")
         now = int(time.time())
+        if self.svc.portal.knows(tenant.name):
+            # The portal's catalog decides: the tenant's deployed models, each alias listed with its model as root.
+            data = [
+                {"id": name, "object": "model", "created": now, "owned_by": tenant.name, "root": m.name}
+                for m in self.svc.portal.listed(tenant.name)
+                if tenant.may_use(m.name)
+                for name in (m.name, *m.aliases)
+            ]
+            return web.json_response({"object": "list", "data": data}, headers={"x-request-id": corr})
         models = [m for m in self.svc.view.models() if tenant.may_use(m)]
         data = [{"id": m, "object": "model", "created": now, "owned_by": "infermesh"} for m in models]
         return web.json_response({"object": "list", "data": data}, headers={"x-request-id": corr})
@@ -267,7 +277,7 @@ class Handlers:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def v2_server(self, request: web.Request) -> web.Response:
-        return web.json_response({"name": "infermesh-router", "version": "1", "extensions": []})
+        return web.json_response({"name": "infermesh-router", "version": "1", "extensions": ["binary_tensor_data"]})
 
     def _visible_model(self, request: web.Request) -> str:
         """The {name} of a model-level KServe path, after the tenant's key and its right to see that model."""
@@ -306,7 +316,8 @@ class Handlers:
             try:
                 tenant = svc.authenticate(request.headers)
                 body = await read_body(request, self.cfg)
-                req = kserve.parse_v2(parse_json_body(body))
+                obj, blob = v2codec.split_body(body, request.headers.get(v2codec.HEADER))
+                req = kserve.parse_v2(obj, blob)
                 ticket = await svc.admit(
                     api="v2",
                     model=name,
@@ -320,8 +331,10 @@ class Handlers:
             except Refusal as r:
                 return _refusal_response(r, corr, "v2", v2=True)
             try:
-                status, out = await infer_v2(svc, ticket, req, body, upstream_headers(request, corr), name)
-                return _json(status, json.dumps(out).encode(), corr)
+                status, out = await infer_v2(svc, ticket, req, upstream_headers(request, corr), name)
+                if status != 200:
+                    return _json(status, json.dumps(out).encode(), corr)
+                return _v2_answer(out, req, corr)
             finally:
                 await svc.finish(ticket)
 
@@ -395,7 +408,7 @@ class Handlers:
         index = 0
         finish = None
         try:
-            async for event in _sse_events(w):
+            async for event in sse_events(w):
                 if event == b"[DONE]":
                     break
                 try:
@@ -439,7 +452,7 @@ class Handlers:
         )
 
 
-async def _sse_events(w: Winner) -> AsyncIterator[bytes]:
+async def sse_events(w: Winner) -> AsyncIterator[bytes]:
     """Yield the data of each SSE event (for the WebSocket bridge; the HTTP path never parses the stream)."""
     buf = w.first
     while True:
@@ -457,14 +470,29 @@ async def _sse_events(w: Winner) -> AsyncIterator[bytes]:
         buf += chunk
 
 
+def _v2_answer(out: dict[str, Any], req: kserve.V2Request, corr: str) -> web.Response:
+    """A v2 answer in the form the client asked for: JSON, or binary tensors after a JSON header."""
+    try:
+        tensors = kserve.tensors_of(out)
+    except ValueError as e:
+        return _json(502, json.dumps({"error": f"runtime answered an unreadable v2 response: {e}"}).encode(), corr)
+    head = {k: v for k, v in out.items() if k != "outputs"}
+    spec = req.outputs or v2codec.OutputSpec(None, {}, False)
+    body, header_len = v2codec.encode_http(head, tensors, spec)
+    if header_len is None:
+        return _json(200, body, corr)
+    headers = {"x-request-id": corr, v2codec.HEADER: str(header_len)}
+    return web.Response(status=200, body=body, content_type="application/octet-stream", headers=headers)
+
+
 async def infer_v2(
-    svc: RouterService, ticket: Ticket, req: kserve.V2Request, raw: bytes, headers: dict[str, str], name: str
+    svc: RouterService, ticket: Ticket, req: kserve.V2Request, headers: dict[str, str], name: str
 ) -> tuple[int, dict[str, Any]]:
     """Forward one KServe v2 inference (shared by HTTP and gRPC); returns (status, v2 response or error body)."""
 
     def body_for(t: Target) -> bytes:
         if t.api == "kserve":
-            return raw or kserve.to_v2_json(req)
+            return kserve.to_v2_json(req)
         return kserve.to_completion(req, t.upstream_model)
 
     # The path differs per target kind; pick it from the best-ranked one (targets of a model share their kind).
@@ -528,5 +556,6 @@ def build_app(svc: RouterService) -> web.Application:
     app.router.add_post("/v2/models/{name}/infer", h.v2_infer)
     app.router.add_get("/metrics", h.metrics)
     app.router.add_get("/healthz", h.healthz)
+    route_report.add_routes(app, svc)
     app.cleanup_ctx.append(_start_service)
     return app

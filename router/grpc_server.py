@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import struct
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from opentelemetry.trace import SpanKind
 
-from router import kserve
-from router.app import infer_v2, upstream_headers_from
+from router import kserve, v2codec
+from router.app import infer_v2, sse_events, upstream_headers_from
+from router.forward import ForwardError
 from router.obs import extract, trace_id_hex, tracer
 from router.proto import grpc_predict_v2_pb2 as pb
 from router.proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from router.service import Refusal, RouterService, new_corr_id
+from router.service import Refusal, RouterService, Tenant, new_corr_id
+from router.upstream import UpstreamError
+from router.view import Target
 
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -33,50 +39,75 @@ def _param(p: pb.InferParameter) -> Any:
     return getattr(p, kind) if kind else None
 
 
-def _raw_bytes(raw: bytes) -> list[bytes]:
-    """Decode a BYTES tensor in raw form: each element is a 4-byte little-endian length then the bytes."""
-    out, i = [], 0
-    while i < len(raw):
-        if i + 4 > len(raw):
-            raise Refusal(400, "invalid_input", "raw BYTES tensor is truncated")
-        (n,) = struct.unpack_from("<I", raw, i)
-        i += 4
-        if i + n > len(raw):
-            raise Refusal(400, "invalid_input", "raw BYTES tensor is truncated")
-        out.append(raw[i : i + n])
-        i += n
+# datatype -> the InferTensorContents field that holds it (FP16 and BF16 travel raw only)
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def tensors_of(req: pb.ModelInferRequest) -> list[v2codec.Tensor]:
+    """The request's input tensors, from `contents` or from `raw_input_contents` (what tritonclient sends)."""
+    raw = list(req.raw_input_contents)
+    if raw and len(raw) != len(req.inputs):
+        raise Refusal(400, "invalid_input", f"raw_input_contents holds {len(raw)} tensors for {len(req.inputs)} inputs")
+    out = []
+    for i, t in enumerate(req.inputs):
+        if t.datatype not in v2codec.DATATYPES:
+            raise Refusal(400, "invalid_input", f"tensor {t.name!r}: unknown datatype {t.datatype!r}")
+        shape = list(t.shape)
+        count = v2codec.element_count(shape)
+        if raw:
+            data = v2codec.decode_binary(t.name, t.datatype, raw[i], count)
+        else:
+            where = _CONTENTS.get(t.datatype)
+            if where is None:
+                raise Refusal(400, "invalid_input", f"tensor {t.name!r}: {t.datatype} travels in raw_input_contents")
+            data = list(getattr(t.contents, where))
+            if len(data) != count:
+                raise Refusal(
+                    400, "invalid_input", f"tensor {t.name!r}: holds {len(data)} elements, its shape says {count}"
+                )
+        out.append(v2codec.Tensor(t.name, t.datatype, shape, data))
     return out
 
 
 def to_v2(req: pb.ModelInferRequest) -> kserve.V2Request:
-    text: str | None = None
-    max_tokens: int | None = None
-    for i, t in enumerate(req.inputs):
-        if t.name == kserve.TEXT_IN:
-            if t.datatype not in ("BYTES", ""):
-                raise Refusal(400, "invalid_input", f"{kserve.TEXT_IN} must have datatype BYTES")
-            items = list(t.contents.bytes_contents)
-            if not items and i < len(req.raw_input_contents):
-                items = _raw_bytes(req.raw_input_contents[i])
-            if len(items) != 1:
-                raise Refusal(400, "invalid_input", f"{kserve.TEXT_IN} must hold exactly one element")
-            try:
-                text = items[0].decode()
-            except UnicodeDecodeError:
-                raise Refusal(400, "invalid_input", f"{kserve.TEXT_IN} is not UTF-8") from None
-        elif t.name == "max_tokens":
-            vals = list(t.contents.int_contents) or list(t.contents.int64_contents)
-            if not vals and i < len(req.raw_input_contents) and len(req.raw_input_contents[i]) >= 4:
-                vals = [struct.unpack_from("<i", req.raw_input_contents[i])[0]]
-            if len(vals) != 1 or vals[0] < 0:
-                raise Refusal(400, "invalid_input", "max_tokens must be one non-negative integer")
-            max_tokens = int(vals[0])
-    if text is None:
-        raise Refusal(400, "missing_text_input", f"missing input tensor {kserve.TEXT_IN!r} (BYTES, shape [1])")
-    params = {k: _param(v) for k, v in req.parameters.items()}
-    if max_tokens is None and isinstance(params.get("max_tokens"), int):
-        max_tokens = params["max_tokens"]
-    return kserve.V2Request(req.id, text, max_tokens, params)
+    params = {k: _param(v) for k, v in req.parameters.items() if not k.startswith("triton_")}
+    return kserve.from_tensors(req.id, tensors_of(req), params)
+
+
+def to_response(model: str, rid: str, out: dict[str, Any], raw: bool, names: list[str]) -> pb.ModelInferResponse:
+    """A v2 answer as gRPC: raw_output_contents when the request came raw (as Triton answers), else contents."""
+    tensors = kserve.tensors_of(out)
+    if names:
+        tensors = [t for n in names for t in tensors if t.name == n]
+    resp = pb.ModelInferResponse(model_name=model, id=rid)
+    for t in tensors:
+        o = resp.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        if raw or t.datatype not in _CONTENTS:
+            resp.raw_output_contents.append(v2codec.encode_binary(t.datatype, t.data))
+        else:
+            getattr(o.contents, _CONTENTS[t.datatype]).extend(t.data)
+    return resp
+
+
+def _requested(req: pb.ModelInferRequest) -> list[str]:
+    known = [n for n, _ in kserve.OUTPUTS]
+    for o in req.outputs:
+        if o.name not in known:
+            raise Refusal(400, "unknown_output", f"unknown output {o.name!r}; this model has {', '.join(known)}")
+    return [o.name for o in req.outputs]
 
 
 def _metadata(context: Any) -> dict[str, str]:
@@ -117,8 +148,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=request.name,
             versions=revs,
             platform="infermesh-router",
-            inputs=[tm(name=kserve.TEXT_IN, datatype="BYTES", shape=[1])],
-            outputs=[tm(name=kserve.TEXT_OUT, datatype="BYTES", shape=[1])],
+            inputs=[tm(name=n, datatype=d, shape=[1]) for n, d in kserve.INPUTS],
+            outputs=[tm(name=n, datatype=d, shape=[1]) for n, d in kserve.OUTPUTS],
         )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
@@ -132,6 +163,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if not request.model_name:
                     raise Refusal(400, "missing_model", "model_name is required")
                 req = to_v2(request)
+                names = _requested(request)
                 ticket = await svc.admit(
                     api="grpc",
                     model=request.model_name,
@@ -147,25 +179,170 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     context.set_trailing_metadata((("retry-after", r.retry_after),))
                 await context.abort(_CODES.get(r.status, grpc.StatusCode.INTERNAL), r.message)
             try:
-                status, out = await infer_v2(svc, ticket, req, b"", upstream_headers_from(corr), request.model_name)
+                status, out = await infer_v2(svc, ticket, req, upstream_headers_from(corr), request.model_name)
             finally:
                 await svc.finish(ticket)
             if status != 200:
                 await context.abort(_CODES.get(status, grpc.StatusCode.INTERNAL), str(out.get("error", "")))
-            o = out["outputs"][0]
-            text = o["data"][0]
-            return pb.ModelInferResponse(
-                model_name=request.model_name,
-                id=out.get("id", corr),
-                outputs=[
-                    pb.ModelInferResponse.InferOutputTensor(
-                        name=kserve.TEXT_OUT,
-                        datatype="BYTES",
-                        shape=[1],
-                        contents=pb.InferTensorContents(bytes_contents=[str(text).encode()]),
-                    )
-                ],
-            )
+            try:
+                return to_response(
+                    request.model_name, out.get("id") or corr, out, bool(request.raw_input_contents), names
+                )
+            except ValueError as e:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"runtime answered an unreadable v2 response: {e}")
+                raise  # abort raises; this keeps type checkers content
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Triton's decoupled streaming: each request of the stream is answered by one response per token piece
+        when its `stream` input is true (else by one response), the last flagged `triton_final_response`.
+        Requests run concurrently; an error for one request is an `error_message` and the stream goes on."""
+        md = _metadata(context)
+        try:
+            tenant = self.svc.authenticate(md)
+        except Refusal as r:
+            await context.abort(_CODES.get(r.status, grpc.StatusCode.INTERNAL), r.message)
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def read() -> None:
+            async for request in request_iterator:
+                task = asyncio.create_task(self._stream_one(request, tenant, md, out))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            while running:
+                await asyncio.wait(set(running))
+            await out.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+            await reader  # surfaces an error of the request stream itself
+        finally:
+            # The client went away (or the call ended): stop every request still running, which closes its
+            # upstream connection so the runtime aborts the sequence.
+            for task in (reader, *running):
+                task.cancel()
+            for task in (reader, *running):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _stream_one(
+        self,
+        request: pb.ModelInferRequest,
+        tenant: Tenant,
+        md: dict[str, str],
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None],
+    ) -> None:
+        svc = self.svc
+        with tracer().start_as_current_span("grpc ModelStreamInfer", context=extract(md), kind=SpanKind.SERVER) as span:
+            trace_id = trace_id_hex(span)
+            corr = new_corr_id({}, trace_id)
+            rid = request.id
+            try:
+                if not request.model_name:
+                    raise Refusal(400, "missing_model", "model_name is required")
+                req = to_v2(request)
+                names = _requested(request)
+                ticket = await svc.admit(
+                    api="grpc_stream",
+                    model=request.model_name,
+                    tenant=tenant,
+                    priority=svc.priority_for(tenant, md.get("x-infermesh-priority")),
+                    prompt_chars=len(req.text),
+                    max_tokens=req.max_tokens,
+                    corr_id=corr,
+                    trace_id=trace_id,
+                )
+            except Refusal as r:
+                await out.put(pb.ModelStreamInferResponse(error_message=f"{r.status} {r.code}: {r.message}"))
+                return
+            raw = bool(request.raw_input_contents)
+            model = request.model_name
+            try:
+                first = ticket.ranked[0] if ticket.ranked else None
+                if not req.stream or first is None or first.api == "kserve":
+                    status, res = await infer_v2(svc, ticket, req, upstream_headers_from(corr), model)
+                    if status != 200:
+                        await out.put(pb.ModelStreamInferResponse(error_message=f"{status}: {res.get('error', '')}"))
+                        return
+                    resp = to_response(model, rid, res, raw, names)
+                    resp.parameters["triton_final_response"].bool_param = True
+                    await out.put(pb.ModelStreamInferResponse(infer_response=resp))
+                    return
+                async for piece in stream_completion(svc, ticket, req, upstream_headers_from(corr)):
+                    if isinstance(piece, str):
+                        await out.put(pb.ModelStreamInferResponse(error_message=piece))
+                        return
+                    resp = to_response(model, rid, {"outputs": piece[0]}, raw, names)
+                    resp.parameters["triton_final_response"].bool_param = piece[1]
+                    await out.put(pb.ModelStreamInferResponse(infer_response=resp))
+            except ValueError as e:
+                await out.put(pb.ModelStreamInferResponse(error_message=f"502: unreadable runtime answer: {e}"))
+            finally:
+                await svc.finish(ticket)
+
+
+async def stream_completion(
+    svc: RouterService, ticket: Any, req: kserve.V2Request, headers: dict[str, str]
+) -> AsyncIterator[tuple[list[dict[str, Any]], bool] | str]:
+    """Token pieces of a streamed /v1/completions as v2 outputs (outputs, final?); a str is an error."""
+
+    def body_for(t: Target) -> bytes:
+        body = json.loads(kserve.to_completion(req, t.upstream_model))
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}  # metered from the runtime's own count
+        return json.dumps(body).encode()
+
+    try:
+        w = await svc.open(ticket, "/v1/completions", body_for, headers)
+    except ForwardError as e:
+        ticket.status, ticket.cause = e.status, e.cause
+        yield f"{e.status} {e.cause}: {e.message}"
+        return
+    ticket.status = w.resp.status
+    try:
+        if w.resp.status != 200:
+            raw = w.first + await w.resp.read()
+            yield f"{w.resp.status}: {raw.decode(errors='replace')[:2000]}"
+            return
+        pending: tuple[str, str | None] | None = None
+        pt = ct = None
+        n = 0
+        async for event in sse_events(w):
+            if event == b"[DONE]":
+                break
+            try:
+                obj = json.loads(event)
+            except ValueError:
+                continue
+            usage = obj.get("usage") if isinstance(obj, dict) else None
+            if isinstance(usage, dict):
+                pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            choices = obj.get("choices") if isinstance(obj, dict) else None
+            if not choices or not isinstance(choices[0], dict):
+                continue
+            text = choices[0].get("text") or ""
+            finish = choices[0].get("finish_reason")
+            # One piece behind, so that the last piece can carry the final flag and the usage.
+            if pending is not None:
+                yield kserve.outputs_of(pending[0], pending[1], None, n), False
+            n += 1
+            pending = (text, finish if isinstance(finish, str) else None)
+        ticket.prompt_tokens = pt if isinstance(pt, int) else None
+        ticket.completion_tokens = ct if isinstance(ct, int) else n
+        last = pending or ("", None)
+        yield kserve.outputs_of(last[0], last[1], ticket.prompt_tokens, ticket.completion_tokens), True
+    except UpstreamError as e:
+        ticket.cause = "upstream_broken_midstream"
+        yield f"502: runtime broke the stream: {e}"
+    except asyncio.CancelledError:
+        ticket.cancelled, ticket.cause = True, "client_disconnected"
+        raise
+    finally:
+        w.resp.close()
 
 
 async def start_grpc(svc: RouterService, host: str, port: int) -> grpc.aio.Server:
