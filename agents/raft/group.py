@@ -338,9 +338,13 @@ class RaftGroup:
         """Events under `prefix` from `start_revision` (0: from the next change), then live ones."""
         next_rev = start_revision if start_revision > 0 else self.sm.revision + 1
         while not self._closed:
+            upto = self.sm.revision
             for ev in self.sm.events_since(next_rev, prefix):
                 yield ev
                 next_rev = ev.revision + 1
+            # Revisions up to `upto` hold nothing more under `prefix`: without skipping them, a write elsewhere in
+            # the store would satisfy the wait below at once and this loop would spin, starving the event loop.
+            next_rev = max(next_rev, upto + 1)
             want = next_rev
             async with self._applied:
                 await self._applied.wait_for(lambda want=want: self.sm.revision >= want or self._closed)  # type: ignore[misc]

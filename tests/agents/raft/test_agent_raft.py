@@ -75,6 +75,20 @@ def test_typed_namespace_and_watch_from_revision(cluster: LocalCluster) -> None:
     assert r.returncode == 1 and "unknown namespace 'bogus'" in r.stderr
 
 
+def test_a_prefix_watch_idles_while_other_keys_change(cluster: LocalCluster) -> None:
+    """A watch whose prefix sees none of the later writes waits for them instead of spinning on the event loop."""
+    with grpc.insecure_channel(cluster.members[1].address) as ch:
+        stub = store_pb2_grpc.StoreStub(ch)
+        watch = stub.Watch(store_pb2.StoreWatchRequest(prefix="apikeys/"))
+        try:
+            assert ctl(cluster, 1, "store", "put", "kv/elsewhere", "1").returncode == 0
+            t0 = time.monotonic()
+            got = stub.Get(store_pb2.StoreGetRequest(key="kv/elsewhere", serializable=True), timeout=5)
+            assert got.kvs[0].value == "1" and time.monotonic() - t0 < 2
+        finally:
+            watch.cancel()
+
+
 def test_groups_are_independent(cluster: LocalCluster) -> None:
     assert ctl(cluster, 1, "store", "put", "kv/only-a", "1", "--group", "cell-a").returncode == 0
     assert ctl(cluster, 2, "store", "get", "kv/only-a", "--group", "cell-a").stdout.strip() == "1"
