@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agents.emulator.kvcache import BlockPool, SeqBlocks
 from agents.emulator.profiles import GpuProfile
 
 
@@ -38,13 +39,23 @@ class Sequence:
     arrival: float
     computed: int = 0  # tokens whose KV is in cache
     output_tokens: int = 0
-    blocks: int = 0
     first_scheduled: float | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
     finished_at: float | None = None
     finish_reason: str | None = None  # stop | length | abort
     preemptions: int = 0
+    token_ids: list[int] | None = None  # prompt ids: with them its full blocks are prefix-cached
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache when it was (last) admitted
+    kv: SeqBlocks = field(default_factory=lambda: SeqBlocks(None))
+
+    def __post_init__(self) -> None:
+        if self.token_ids is not None and self.kv.token_ids is None:
+            self.kv.token_ids = self.token_ids
+
+    @property
+    def blocks(self) -> int:
+        return len(self.kv.block_ids)
 
     @property
     def context(self) -> int:
@@ -83,6 +94,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 8192
     block_size: int = 16
     kv_tokens: int | None = None  # override of the profile's KV capacity
+    enable_prefix_caching: bool = True
 
     @property
     def num_blocks(self) -> int:
@@ -132,7 +144,7 @@ class EngineCore:
         self.observer: EngineObserver = observer or _NullObserver()
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.free_blocks = config.num_blocks
+        self.kv = BlockPool(config.num_blocks, config.block_size, config.enable_prefix_caching)
         self.counters = EngineCounters()
         self._by_id: dict[str, Sequence] = {}
 
@@ -173,8 +185,12 @@ class EngineCore:
         return True
 
     @property
+    def free_blocks(self) -> int:
+        return self.kv.num_free
+
+    @property
     def kv_usage(self) -> float:
-        return 1.0 - self.free_blocks / self.config.num_blocks
+        return self.kv.usage
 
     @property
     def has_work(self) -> bool:
@@ -204,9 +220,13 @@ class EngineCore:
         if not preempted:
             while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
                 seq = self.waiting[0]
-                n = min(seq.context - seq.computed, budget)
-                if not self._reserve(seq, n):
+                hit = self.kv.lookup(seq.kv, seq.prompt_tokens) if seq.computed == 0 else []
+                start = seq.computed + len(hit) * self.config.block_size
+                n = min(seq.context - start, budget)
+                if not self.kv.admit(seq.kv, hit, start + n, seq.prompt_tokens):
                     break  # head-of-line: FCFS keeps later requests behind it
+                seq.computed = start
+                seq.cached_tokens = len(hit) * self.config.block_size
                 self.waiting.popleft()
                 self.running.append(seq)
                 work.append((seq, n))
@@ -237,6 +257,7 @@ class EngineCore:
             if seq.context - seq.computed > 1:
                 self.counters.prompt_tokens += n
             seq.computed += n
+            self.kv.commit(seq.kv, seq.computed)
             if seq.computed < seq.context:
                 continue  # a prefill chunk; more chunks to go
             seq.output_tokens += 1
@@ -263,16 +284,14 @@ class EngineCore:
     # -- blocks ----------------------------------------------------------------------------------------------
     def _reserve(self, seq: Sequence, new_tokens: int) -> bool:
         need = math.ceil((seq.computed + new_tokens) / self.config.block_size) - seq.blocks
-        if need > self.free_blocks:
+        if need > self.kv.num_free:
             return False
         if need > 0:
-            self.free_blocks -= need
-            seq.blocks += need
+            self.kv.allocate(seq.kv, need)
         return True
 
     def _free(self, seq: Sequence) -> None:
-        self.free_blocks += seq.blocks
-        seq.blocks = 0
+        self.kv.release(seq.kv)
 
     def _preempt(self, seq: Sequence) -> None:
         self._free(seq)

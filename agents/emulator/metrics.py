@@ -289,11 +289,11 @@ class RuntimeMetrics:
                 "counter",
                 "Prefix cache queries, in terms of number of queried tokens.",
             )
-            self._py_sample(out, "vllm:prefix_cache_queries_total", m, self.prompt_tokens)
+            self._py_sample(out, "vllm:prefix_cache_queries_total", m, core.kv.stats.queries if core else 0)
             self._py_family(
                 out, "vllm:prefix_cache_hits", "counter", "Prefix cache hits, in terms of number of cached tokens."
             )
-            self._py_sample(out, "vllm:prefix_cache_hits_total", m, 0)
+            self._py_sample(out, "vllm:prefix_cache_hits_total", m, core.kv.stats.hits if core else 0)
         self._py_family(out, "vllm:num_preemptions", "counter", "Cumulative number of preemption from the engine.")
         self._py_sample(out, "vllm:num_preemptions_total", m, self.preemptions)
         self._py_family(out, "vllm:prompt_tokens", "counter", "Number of prefill tokens processed.")
@@ -351,7 +351,8 @@ class RuntimeMetrics:
         self._py_family(out, "sglang:token_usage", "gauge", "The token usage")
         self._py_sample(out, "sglang:token_usage", m, round(kv, 2))
         self._py_family(out, "sglang:cache_hit_rate", "gauge", "The cache hit rate")
-        self._py_sample(out, "sglang:cache_hit_rate", m, 0.0)
+        stats = core.kv.stats if core else None
+        self._py_sample(out, "sglang:cache_hit_rate", m, stats.hits / stats.queries if stats and stats.queries else 0.0)
         self._py_hist(
             out, "sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.", self.ttft, m
         )

@@ -27,8 +27,11 @@ from typing import Any
 
 from aiohttp import web
 
+from agents.emulator import tokenizer as tok
 from agents.emulator.engine import EngineConfig, EngineCore, TokenEvent
 from agents.emulator.engine import Sequence as Seq
+from agents.emulator.kvcache import AllBlocksCleared
+from agents.emulator.kvevents import KVEventPublisher
 from agents.emulator.metrics import FLAVORS, RuntimeMetrics
 from agents.emulator.profiles import GpuProfile, get_profile, profile_names
 
@@ -97,6 +100,11 @@ class EmulatorConfig:
     max_num_batched_tokens: int = 8192
     kv_tokens: int | None = None
     max_model_len: int = 32768
+    block_size: int = 0  # KV block size in tokens; 0: the runtime's own (vLLM 16, TensorRT-LLM 64)
+    enable_prefix_caching: bool = True
+    kv_events_endpoint: str = ""  # ZeroMQ endpoint of vLLM-format KV events ("" = off)
+    kv_events_replay_endpoint: str = ""
+    kv_events_topic: str = ""
     traceparent_history: int = 100
     tls_cert: str = ""  # serve HTTPS with this certificate (PEM) ...
     tls_key: str = ""  # ... and key
@@ -138,7 +146,7 @@ class Emulator:
         self.config = config
         self.profile: GpuProfile = get_profile(config.profile)
         # TensorRT-LLM pages its KV cache in 64-token blocks, vLLM in 16-token blocks
-        block_size = 64 if config.flavor == "triton" else 16
+        block_size = config.block_size or (64 if config.flavor == "triton" else 16)
         self.core = EngineCore(
             EngineConfig(
                 profile=self.profile,
@@ -146,8 +154,10 @@ class Emulator:
                 max_num_batched_tokens=config.max_num_batched_tokens,
                 block_size=block_size,
                 kv_tokens=config.kv_tokens,
+                enable_prefix_caching=config.enable_prefix_caching and config.flavor != "vllm-v0",
             )
         )
+        self.kv_events: KVEventPublisher | None = None
         self.max_model_len = min(config.max_model_len, self.core.max_model_len)
         self.metrics = RuntimeMetrics(
             config.flavor, config.model, self.profile, self.max_model_len, config.max_num_seqs
@@ -166,6 +176,12 @@ class Emulator:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.config.kv_events_endpoint:
+            c = self.config
+            self.kv_events = KVEventPublisher(c.kv_events_endpoint, c.kv_events_replay_endpoint, c.kv_events_topic)
+            self.kv_events.start()
+            # a fresh engine holds nothing: tells a subscriber that outlived an earlier process to forget it
+            self.kv_events.publish([AllBlocksCleared()])
         if not self.config.instant:
             self._driver = asyncio.get_running_loop().create_task(self._drive(), name="emulator-engine")
 
@@ -174,6 +190,8 @@ class Emulator:
             self._driver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._driver
+        if self.kv_events is not None:
+            await self.kv_events.close()
 
     async def _drive(self) -> None:
         loop = asyncio.get_running_loop()
@@ -198,6 +216,9 @@ class Emulator:
                 pending = self._pending.get(ev.seq.req_id)
                 if pending is not None:
                     pending.queue.put_nowait(ev)
+            events = self.core.kv.drain_events()
+            if self.kv_events is not None and events:
+                self.kv_events.publish(events)
             t = end
 
     # -- state -----------------------------------------------------------------------------------------------
@@ -208,6 +229,15 @@ class Emulator:
     @property
     def waiting(self) -> int:
         return 0 if self.config.instant else len(self.core.waiting)
+
+    def _kv_events_json(self) -> dict[str, Any] | None:
+        if self.kv_events is None:
+            return None
+        return {
+            "endpoint": self.kv_events.endpoint,
+            "replay": self.kv_events.replay_endpoint,
+            "seq": self.kv_events.seq,
+        }
 
     def stats_json(self) -> dict[str, Any]:
         c = self.core.counters
@@ -226,6 +256,9 @@ class Emulator:
             "prompt_tokens": self.metrics.prompt_tokens,
             "generation_tokens": self.metrics.generation_tokens,
             "iterations": c.iterations,
+            "prefix_cache": asdict(self.core.kv.stats),
+            "block_size": self.core.config.block_size,
+            "kv_events": self._kv_events_json(),
             "traceparents": list(self.stats.traceparents),
             "faults": asdict(self.faults),
             "model": self.config.model,
@@ -263,7 +296,8 @@ class Emulator:
     def token_text(self, req_seed: int, index: int) -> str:
         return " " + _WORDS[(req_seed + index * 7919) % len(_WORDS)]
 
-    async def generate(self, req_id: str, prompt_tokens: int, max_tokens: int, target: int):  # type: ignore[no-untyped-def]
+    async def generate(self, req_id: str, prompt_tokens: int, max_tokens: int, target: int,  # type: ignore[no-untyped-def]
+                       token_ids: list[int] | None = None):  # fmt: skip
         """Async iterator of (index, finished) for each generated token."""
         if self.config.instant:
             self._instant_running += 1
@@ -280,7 +314,7 @@ class Emulator:
             return
         loop = asyncio.get_running_loop()
         seq = Seq(req_id=req_id, prompt_tokens=prompt_tokens, max_tokens=max_tokens, target_tokens=target,
-                  arrival=loop.time())  # fmt: skip
+                  arrival=loop.time(), token_ids=token_ids)  # fmt: skip
         pending = _Pending(seq)
         self._pending[req_id] = pending
         try:
@@ -316,6 +350,22 @@ def _int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise BadRequest(f"{name} must be an integer >= {minimum}, got {v!r}", param=name)
     return v
+
+
+def prompt_of(body: dict[str, Any], chat: bool) -> tuple[int, list[int] | None]:
+    """Prompt length and token ids (the project's tokenizer; `prompt_token_ids` accepted). A `prompt_tokens`
+    extension field overrides the length; the ids then count only when they agree with it."""
+    explicit = _int_field(body, "prompt_tokens", 1)
+    length = prompt_tokens_of(body, chat)
+    try:
+        ids = tok.request_token_ids(body, chat)
+    except (ValueError, TypeError) as e:
+        raise BadRequest(str(e), param="prompt_token_ids" if "prompt_token_ids" in str(e) else "prompt") from None
+    if ids is None:
+        return length, None
+    if explicit is not None:
+        return explicit, ids if len(ids) == explicit else None
+    return len(ids), ids
 
 
 def prompt_tokens_of(body: dict[str, Any], chat: bool) -> int:
@@ -385,7 +435,7 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
         n = _int_field(body, "n", 1)
         if n not in (None, 1):
             raise BadRequest("only n=1 is supported", param="n")
-        prompt_tokens = prompt_tokens_of(body, chat)
+        prompt_tokens, token_ids = prompt_of(body, chat)
         max_tokens = _int_field(body, "max_completion_tokens", 1) if chat else None
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", 1)
@@ -406,7 +456,7 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
     req_seed = em.rng.randrange(1 << 30)
     created = int(time.time())
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens}
-    gen = em.generate(req_id, prompt_tokens, max_tokens, target)
+    gen = em.generate(req_id, prompt_tokens, max_tokens, target, token_ids)
     finish_reason = "length" if target >= max_tokens else "stop"
     try:
         if not stream:
@@ -526,6 +576,16 @@ async def tgi_info(request: web.Request) -> web.Response:
     )
 
 
+async def reset_prefix_cache(request: web.Request) -> web.Response:
+    """vLLM's POST /reset_prefix_cache: drops every cached block (AllBlocksCleared) when none is in use."""
+    em = request.app[EMULATOR_KEY]
+    if not em.core.kv.clear():
+        return _error(400, "the prefix cache has blocks in use by running requests; try again when idle")
+    if em.kv_events is not None:
+        em.kv_events.publish(em.core.kv.drain_events())
+    return web.Response(status=200)
+
+
 async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[EMULATOR_KEY].stats_json())
 
@@ -575,6 +635,7 @@ def build_app(config: EmulatorConfig) -> web.Application:
     app.router.add_get("/metrics", metrics)
     if config.flavor == "tgi":
         app.router.add_get("/info", tgi_info)
+    app.router.add_post("/reset_prefix_cache", reset_prefix_cache)
     app.router.add_get("/emulator/stats", get_stats)
     app.router.add_get("/emulator/faults", get_faults)
     app.router.add_post("/emulator/faults", post_faults)
@@ -627,6 +688,16 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
     p.add_argument("--kv-tokens", type=int, default=None, help="override the profile's KV-cache capacity")
     p.add_argument("--max-model-len", type=int, default=32768)
+    p.add_argument("--block-size", type=int, default=0, help="KV block size in tokens (default: the runtime's own)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="turn the prefix cache off")
+    p.add_argument(
+        "--kv-events-endpoint",
+        default="",
+        metavar="ZMQ",
+        help="publish vLLM-format KV events here (tcp://*:PORT binds, tcp://HOST:PORT connects)",
+    )
+    p.add_argument("--kv-events-replay-endpoint", default="", metavar="ZMQ", help="serve replays here (binds)")
+    p.add_argument("--kv-events-topic", default="", help="topic frame of each KV-event message")
     p.add_argument("--tls-cert", default="", metavar="PEM", help="serve HTTPS with this certificate")
     p.add_argument("--tls-key", default="", metavar="PEM", help="the certificate's private key")
     p.add_argument("--tls-client-ca", default="", metavar="PEM", help="require client certificates from this CA")
@@ -638,6 +709,14 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
     for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.block_size < 0 or a.block_size > 1024:
+        p.error("--block-size must be between 1 and 1024 (0: the runtime's own)")
+    if a.kv_events_replay_endpoint and not a.kv_events_endpoint:
+        p.error("--kv-events-replay-endpoint needs --kv-events-endpoint")
+    for flag in ("kv_events_endpoint", "kv_events_replay_endpoint"):
+        value = getattr(a, flag)
+        if value and not value.startswith(("tcp://", "ipc://", "inproc://")):
+            p.error(f"--{flag.replace('_', '-')}: {value!r} is not a ZeroMQ endpoint (tcp://HOST:PORT)")
     if a.kv_tokens is not None and a.kv_tokens < 16:
         p.error("--kv-tokens must be >= 16")
     if not 0 <= a.port <= 65535:
@@ -649,7 +728,9 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
     config = EmulatorConfig(
         host=a.host, port=a.port, profile=a.profile, flavor=a.flavor, model=a.model, instant=a.instant,
         seed=a.seed, max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
-        kv_tokens=a.kv_tokens, max_model_len=a.max_model_len,
+        kv_tokens=a.kv_tokens, max_model_len=a.max_model_len, block_size=a.block_size,
+        enable_prefix_caching=not a.no_prefix_caching, kv_events_endpoint=a.kv_events_endpoint,
+        kv_events_replay_endpoint=a.kv_events_replay_endpoint, kv_events_topic=a.kv_events_topic,
         tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
     )  # fmt: skip
     for flag in ("tls_cert", "tls_key", "tls_client_ca"):
