@@ -64,11 +64,17 @@ def cmd_gpus(args: argparse.Namespace) -> int:
                 _opt(g, "utilization_gpu"),
                 mem,
                 _opt(g, "temperature_c"),
+                _opt(g, "power_w"),
+                _opt(g, "sm_clock_mhz"),
+                ",".join(r for r in g.throttle_reasons if r != "gpu_idle"),
                 "ok" if fg.healthy else f"FAIL: {fg.health_reason}",
                 fg.freshness,
             ]
         )
-    print_table(["idx", "uuid", "name", "mig", "util%", "memory", "temp_c", "health", "fresh"], rows)
+    print_table(
+        ["idx", "uuid", "name", "mig", "util%", "memory", "temp_c", "power_w", "sm_mhz", "throttle", "health", "fresh"],
+        rows,
+    )
     return 0
 
 

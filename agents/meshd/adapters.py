@@ -133,6 +133,7 @@ class RuntimeLoop:
                 self.agent.events.emit("runtime.down", f"{url}: {reason}", severity=2, attrs={"endpoint": url})
             self.up = False
             fusion.mark_endpoint_down(url, reason)
+            self.drive_gpus(None)
             return
         m.scrape_seconds.labels(url).observe(time.perf_counter() - start)
         m.scrapes.labels(url, "ok").inc()
@@ -151,6 +152,32 @@ class RuntimeLoop:
             if result.accepted:
                 present.add(result.target_id)
         fusion.retain_endpoint(url, present)
+        self.drive_gpus(states)
+
+    def drive_gpus(self, states: list[Any] | None) -> None:
+        """An emulated GPU and the runtime on it are one device: hand the runtime's load (running and waiting
+        sequences, KV-cache use; None when it is down) to the GPUs it runs on. Real GPUs measure this themselves."""
+        poller = self.agent.gpu_poller
+        follow = getattr(poller.source, "follow", None) if poller is not None else None
+        if follow is None or not self.cfg.gpus:
+            return
+        running = sum(s.requests_running or 0.0 for s in states or [])
+        waiting = sum(s.requests_waiting or 0.0 for s in states or [])
+        kv = max((s.kv_cache_usage or 0.0 for s in states or []), default=0.0)
+        assert poller is not None
+        uuid_to_index = {u: i for i, u in poller.index_to_uuid.items()}
+        share = 1.0 / len(self.cfg.gpus)
+        for ref in self.cfg.gpus:
+            index = ref if isinstance(ref, int) else uuid_to_index.get(ref)
+            if index is None:
+                continue  # a MIG slice or a GPU the source does not list: nothing to drive
+            try:
+                if states is None:
+                    follow(index, running=0.0, waiting=0.0, kv_usage=0.0, share=0.0)
+                else:
+                    follow(index, running=running, waiting=waiting, kv_usage=kv, share=share)
+            except ValueError as exc:
+                self.limited.warning(f"follow.{index}", f"runtime {self.cfg.url}: GPU {index}: {exc}")
 
     async def run(self) -> None:
         interval = self.agent.config.scrape.interval_s

@@ -302,6 +302,7 @@ class Fusion:
             ("slowdown_temp_c", 200.0),
             ("power_w", None),
             ("power_limit_w", None),
+            ("sm_clock_mhz", 10_000.0),
         ):
             if clean.HasField(name):
                 problem = _bad_number(getattr(clean, name), upper)
@@ -766,6 +767,7 @@ def gpu_delta_from_state(
         "slowdown_temp_c",
         "power_w",
         "power_limit_w",
+        "sm_clock_mhz",
         "ecc_corrected_volatile",
         "ecc_uncorrected_volatile",
         "ecc_corrected_aggregate",

@@ -46,6 +46,7 @@ class GpuState:
     slowdown_temp_c: float | None = None
     power_w: float | None = None
     power_limit_w: float | None = None
+    sm_clock_mhz: float | None = None  # present SM clock (drops under thermal slowdown or a power cap)
     ecc_corrected_volatile: int | None = None
     ecc_uncorrected_volatile: int | None = None
     ecc_corrected_aggregate: int | None = None

@@ -18,7 +18,8 @@ KINDS = ("nvml", "dcgm", "emulated")
 def make_gpu_source(kind: str, **options: Any) -> GpuSource:
     """Build a source. nvml: xid_events (bool), nvml (a pynvml stand-in). dcgm: url, timeout_s.
     emulated: profiles (list such as ["h100", "a100-80gb", "l40s", "h100:mig-1g.10gb"]), seed, node, faults
-    (a list of "FAULT@INDEX" strings or {"index": i, "fault": "xid 79"} objects, injected at start)."""
+    (a list of "FAULT@INDEX" strings or {"index": i, "fault": "xid 79"} objects, injected at start), cooling
+    ("normal" or "hot") and thermal_tau_s (overrides the cooling's thermal time constant)."""
     if kind == "nvml":
         from agents.signals.gpu.nvml import NvmlGpuSource
 
@@ -32,7 +33,7 @@ def make_gpu_source(kind: str, **options: Any) -> GpuSource:
     if kind == "emulated":
         from agents.signals.gpu.emulated import EmulatedGpuSource
 
-        _only(kind, options, {"profiles", "seed", "node", "faults"})
+        _only(kind, options, {"profiles", "seed", "node", "faults", "cooling", "thermal_tau_s"})
         faults = options.pop("faults", None) or []
         source = EmulatedGpuSource(**options)
         for f in faults:

@@ -253,3 +253,61 @@ def test_real_h100_recording() -> None:
     assert source.field_status[(0, "retired_pages")] == "unsupported"
     assert source.field_status[(0, "nvlink_errors")] == "unsupported"
     source.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_emulated_gpu_follows_its_runtime_with_the_thermal_time_constant() -> None:
+    clock = _Clock()
+    src = EmulatedGpuSource(["h100", "h100"], seed=3, clock=clock, thermal_tau_s=10.0)
+    src.follow(0, running=0, kv_usage=0.0)
+    src.follow(1, running=0, kv_usage=0.0)
+    idle0, _ = src.read()
+    assert idle0.utilization_gpu == 0 and idle0.throttle_reasons == ["gpu_idle"]
+    # the weights of the model are resident while the runtime runs, even idle
+    assert idle0.memory_used_bytes is not None and idle0.memory_used_bytes > 16e9
+    src.follow(0, running=64, waiting=5, kv_usage=0.8)
+    clock.t = 10.0  # one time constant: 1 - 1/e of the way to the steady temperature
+    busy, still = src.read()
+    assert busy.utilization_gpu is not None and busy.utilization_gpu > 95
+    assert busy.memory_used_bytes is not None and busy.memory_used_bytes > idle0.memory_used_bytes + 40e9
+    assert busy.power_w is not None and busy.power_w > 600
+    assert busy.temperature_c is not None and idle0.temperature_c is not None
+    rise = busy.temperature_c - idle0.temperature_c
+    assert 0.55 * 43 < rise < 0.7 * 43  # 43 C from idle (32) to the normal full-load steady state (75)
+    clock.t = 100.0
+    settled, _ = src.read()
+    assert settled.temperature_c is not None and 73 < settled.temperature_c < 77
+    assert settled.thermal_margin_c is not None and settled.thermal_margin_c > 10  # well cooled: never throttles
+    assert settled.sm_clock_mhz == 1980
+    assert still.utilization_gpu == 0 and still.temperature_c is not None and still.temperature_c < 34
+
+
+def test_a_hot_board_under_load_throttles_by_itself_and_recovers_idle() -> None:
+    clock = _Clock()
+    src = make_gpu_source("emulated", profiles=["h100"], cooling="hot", thermal_tau_s=2.0)
+    src.clock = clock  # type: ignore[attr-defined]
+    src.follow(0, running=100, waiting=10, kv_usage=1.0)  # type: ignore[attr-defined]
+    readings = []
+    for i in range(1, 40):
+        clock.t = i * 0.5
+        readings.append(src.read()[0])
+    hot = readings[-10:]
+    assert all(g.thermal_margin_c is not None and g.thermal_margin_c < 0 for g in hot)
+    assert all("sw_thermal_slowdown" in g.throttle_reasons and g.sm_clock_mhz == 1683 for g in hot)
+    src.follow(0, running=0)  # type: ignore[attr-defined]
+    for i in range(40, 80):
+        clock.t = i * 0.5
+        cool = src.read()[0]
+    assert cool.thermal_margin_c is not None and cool.thermal_margin_c > 40 and cool.sm_clock_mhz == 1980
+    assert cool.throttle_reasons == ["gpu_idle"]
+    with pytest.raises(ValueError, match="unknown cooling 'lava'"):
+        make_gpu_source("emulated", cooling="lava")
+    with pytest.raises(ValueError, match="thermal_tau_s must be a positive"):
+        make_gpu_source("emulated", thermal_tau_s=0)

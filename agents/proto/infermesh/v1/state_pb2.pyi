@@ -65,7 +65,7 @@ class ModelStateDelta(_message.Message):
     def __init__(self, node: _Optional[str] = ..., endpoint: _Optional[str] = ..., runtime: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[str] = ..., quant: _Optional[str] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., mig_profile: _Optional[str] = ..., requests_waiting: _Optional[float] = ..., requests_running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., prompt_tokens_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., latency_p95_s: _Optional[float] = ..., max_concurrency: _Optional[int] = ..., loaded: _Optional[bool] = ..., warming: _Optional[bool] = ..., healthy: _Optional[bool] = ..., cost_per_mtok: _Optional[float] = ..., observed_unix_ms: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class GpuStateDelta(_message.Message):
-    __slots__ = ("node", "uuid", "index", "name", "mig_profile", "parent_uuid", "memory_total_bytes", "memory_used_bytes", "utilization_gpu", "utilization_memory", "temperature_c", "slowdown_temp_c", "power_w", "power_limit_w", "ecc_corrected_volatile", "ecc_uncorrected_volatile", "ecc_corrected_aggregate", "ecc_uncorrected_aggregate", "retired_pages", "remapped_rows_uncorrectable", "remapped_rows_pending", "pcie_replays", "nvlink_errors", "throttle_reasons", "xid_events", "observed_unix_ms", "source")
+    __slots__ = ("node", "uuid", "index", "name", "mig_profile", "parent_uuid", "memory_total_bytes", "memory_used_bytes", "utilization_gpu", "utilization_memory", "temperature_c", "slowdown_temp_c", "power_w", "power_limit_w", "ecc_corrected_volatile", "ecc_uncorrected_volatile", "ecc_corrected_aggregate", "ecc_uncorrected_aggregate", "retired_pages", "remapped_rows_uncorrectable", "remapped_rows_pending", "pcie_replays", "nvlink_errors", "throttle_reasons", "xid_events", "sm_clock_mhz", "observed_unix_ms", "source")
     NODE_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class GpuStateDelta(_message.Message):
     NVLINK_ERRORS_FIELD_NUMBER: _ClassVar[int]
     THROTTLE_REASONS_FIELD_NUMBER: _ClassVar[int]
     XID_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SM_CLOCK_MHZ_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     node: str
@@ -118,9 +119,10 @@ class GpuStateDelta(_message.Message):
     nvlink_errors: int
     throttle_reasons: _containers.RepeatedScalarFieldContainer[str]
     xid_events: _containers.RepeatedScalarFieldContainer[int]
+    sm_clock_mhz: float
     observed_unix_ms: int
     source: str
-    def __init__(self, node: _Optional[str] = ..., uuid: _Optional[str] = ..., index: _Optional[int] = ..., name: _Optional[str] = ..., mig_profile: _Optional[str] = ..., parent_uuid: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., utilization_gpu: _Optional[float] = ..., utilization_memory: _Optional[float] = ..., temperature_c: _Optional[float] = ..., slowdown_temp_c: _Optional[float] = ..., power_w: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., ecc_corrected_volatile: _Optional[int] = ..., ecc_uncorrected_volatile: _Optional[int] = ..., ecc_corrected_aggregate: _Optional[int] = ..., ecc_uncorrected_aggregate: _Optional[int] = ..., retired_pages: _Optional[int] = ..., remapped_rows_uncorrectable: _Optional[int] = ..., remapped_rows_pending: _Optional[bool] = ..., pcie_replays: _Optional[int] = ..., nvlink_errors: _Optional[int] = ..., throttle_reasons: _Optional[_Iterable[str]] = ..., xid_events: _Optional[_Iterable[int]] = ..., observed_unix_ms: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+    def __init__(self, node: _Optional[str] = ..., uuid: _Optional[str] = ..., index: _Optional[int] = ..., name: _Optional[str] = ..., mig_profile: _Optional[str] = ..., parent_uuid: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., utilization_gpu: _Optional[float] = ..., utilization_memory: _Optional[float] = ..., temperature_c: _Optional[float] = ..., slowdown_temp_c: _Optional[float] = ..., power_w: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., ecc_corrected_volatile: _Optional[int] = ..., ecc_uncorrected_volatile: _Optional[int] = ..., ecc_corrected_aggregate: _Optional[int] = ..., ecc_uncorrected_aggregate: _Optional[int] = ..., retired_pages: _Optional[int] = ..., remapped_rows_uncorrectable: _Optional[int] = ..., remapped_rows_pending: _Optional[bool] = ..., pcie_replays: _Optional[int] = ..., nvlink_errors: _Optional[int] = ..., throttle_reasons: _Optional[_Iterable[str]] = ..., xid_events: _Optional[_Iterable[int]] = ..., sm_clock_mhz: _Optional[float] = ..., observed_unix_ms: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class CommStatsDelta(_message.Message):
     __slots__ = ("node", "job_id", "rank", "collective", "bytes", "time_s", "n_ranks", "algorithm", "bucket_id", "step", "observed_unix_ms", "source")
