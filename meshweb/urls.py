@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from meshweb.core.metrics import metrics_view
 from meshweb.core.views import healthz
 
 urlpatterns = [
@@ -16,5 +17,5 @@ urlpatterns = [
     path("dashboard/", include("meshweb.dashboard.urls")),
     path("", include("meshweb.identity.urls")),
     path("", TemplateView.as_view(template_name="portal/home.html"), name="home"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics_view, name="prometheus-django-metrics"),
 ]

@@ -85,9 +85,24 @@ HELD = Gauge(
     multiprocess_mode="livesum",
 )
 INFLIGHT = Gauge("infermesh_router_inflight", "Requests in flight", multiprocess_mode="livesum")
+INFLIGHT_LIMIT = Gauge(
+    "infermesh_router_inflight_limit",
+    "Requests the router holds at once (listen.max_inflight)",
+    multiprocess_mode="livesum",
+)
 QUOTA_BACKEND = Counter(
     "infermesh_router_quota_backend_errors_total", "Shared-quota (Redis) calls that failed, served locally", []
 )
+ACCESS_RECORDS = Gauge(
+    "infermesh_router_access_records",
+    "Portal tenants and inference keys mirrored from the agent's store",
+    ["kind"],
+    multiprocess_mode="max",
+)
+ACCESS_UPDATES = Counter(
+    "infermesh_router_access_updates_total", "Access records applied from the agent's store", ["op"]
+)
+AUTH_REFUSED = Counter("infermesh_router_auth_refused_total", "Requests refused by authentication", ["reason"])
 AGENT_REPORTS = Counter("infermesh_router_outcome_reports_total", "Outcomes reported to the agent", ["result"])
 
 

@@ -129,6 +129,10 @@ class RaftComponent:
         # Peers are dialled lazily, once the groups start: give the transport the node's SVID first.
         self.host.transport.identity = ClientIdentity.of(getattr(ctx.config, "tls", None))
         await self.host.start()
+        if getattr(ctx, "registry", None) is not None:
+            from .metrics import RaftCollector
+
+            ctx.registry.register(RaftCollector(self.host))
         if getattr(ctx, "set_policy_store", None) is not None:
             from .policies import ReplicatedPolicyStore
 

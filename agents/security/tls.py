@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.security.authz import AuthzInterceptor, Refusal
@@ -215,6 +215,12 @@ class ServerSecurity:
         )
         self._svid = ClientIdentity(section.ca, section.cert, section.key)  # the same files serve both sides
         self._stamp = self._svid.stamp()
+        # Read at scrape time from the file on disk, so a rotation shows at once (alert: certificate expiry).
+        Gauge(
+            "meshd_tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which this node's SVID (tls.cert) stops being valid",
+            registry=registry,
+        ).set_function(self._not_after)
         self.interceptor = AuthzInterceptor(
             node=node,
             trust_domain=section.trust_domain,
@@ -222,6 +228,13 @@ class ServerSecurity:
             jwt_verify=self.jwt,
             on_refusal=self._refused,
         )
+
+    def _not_after(self) -> float:
+        try:
+            cert = load_certificate(Path(self.section.cert).read_bytes())
+        except (OSError, CaError):
+            return 0.0  # unreadable mid-rotation or gone: 0 reads as "expired" to the alert
+        return cert.not_valid_after_utc.timestamp()
 
     def on_refusal(self, listener: Callable[[Refusal], None]) -> None:
         """Call `listener` with every refused call (it must not block: it runs inside the call)."""
