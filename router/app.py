@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from opentelemetry.trace import SpanKind
 
-from router import kserve, v2codec
+from router import kserve, route_report, v2codec
 from router.config import RouterConfig
 from router.forward import HOP_BY_HOP, ForwardError, Winner
 from router.metrics import ERRORS, REQUESTS, render
@@ -254,6 +254,15 @@ class Handlers:
         except Refusal as r:
             return _refusal_response(r, corr, "models")
         now = int(time.time())
+        if self.svc.portal.knows(tenant.name):
+            # The portal's catalog decides: the tenant's deployed models, each alias listed with its model as root.
+            data = [
+                {"id": name, "object": "model", "created": now, "owned_by": tenant.name, "root": m.name}
+                for m in self.svc.portal.listed(tenant.name)
+                if tenant.may_use(m.name)
+                for name in (m.name, *m.aliases)
+            ]
+            return web.json_response({"object": "list", "data": data}, headers={"x-request-id": corr})
         models = [m for m in self.svc.view.models() if tenant.may_use(m)]
         data = [{"id": m, "object": "model", "created": now, "owned_by": "infermesh"} for m in models]
         return web.json_response({"object": "list", "data": data}, headers={"x-request-id": corr})
@@ -546,5 +555,6 @@ def build_app(svc: RouterService) -> web.Application:
     app.router.add_post("/v2/models/{name}/infer", h.v2_infer)
     app.router.add_get("/metrics", h.metrics)
     app.router.add_get("/healthz", h.healthz)
+    route_report.add_routes(app, svc)
     app.cleanup_ctx.append(_start_service)
     return app

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from agents.strategies import load_strategy
 from agents.strategies.base import HEALTHY, UNKNOWN, Decision, RouteRequest, Strategy, TargetView
-from agents.strategies.host import StrategyHost
+from agents.strategies.host import StrategyHost, StrategyStats
 from router.config import RoutingPolicy
 from router.metrics import ARM_TTFT, DECISION, SHADOW, STRATEGY_FALLBACKS, WIN_RATE, child
 from router.view import Target
@@ -72,6 +72,22 @@ class Ranker:
         self._synced = -1
         self._arms: dict[tuple[str, str], deque[float]] = {}
 
+    def ensure(self, names: Iterable[str]) -> list[str]:
+        """Load strategies a policy newly names (the portal's, at runtime); returns the names that cannot be loaded."""
+        bad: list[str] = []
+        for spec in sorted(set(names) - set(self.host.strategies)):
+            try:
+                s = load_strategy(spec)
+            except ValueError:
+                bad.append(spec)
+                continue
+            self.host.strategies[spec] = s
+            self.host.stats.setdefault(spec, StrategyStats())
+            for view in self.host.index:
+                s.on_upsert(view, None)
+            s.refresh(self.host.index)
+        return bad
+
     def _observe(self, d: Decision) -> None:
         child(DECISION, d.strategy).observe(d.decision_us / 1e6)
         if d.fallback:
@@ -129,12 +145,15 @@ class Ranker:
         name = self.pick_arm(policy, corr_id)
         req = RouteRequest(model=model, prompt_tokens=prompt_chars // 4, max_tokens=max_tokens or 0, request_id=corr_id)
         k = min(len(candidates), policy.retry.max_attempts + 1)
-        decision = self.host.decide(req, strategy=name, k=k)
+        # Candidates narrowed by the policy (pins, deployed revisions): ask for every target, keep the allowed.
+        allowed = {t.id for t in candidates}
+        narrowed = len(allowed) < len(self.view.all(model))
+        decision = self.host.decide(req, strategy=name, k=len(self.view.all(model)) if narrowed else k)
         ranked: list[Target] = []
         seen: set[str] = set()
         for s in decision.ranked:
             t = self._targets.get(s.target.target_id)
-            if t is not None and t.id not in seen:
+            if t is not None and t.id not in seen and t.id in allowed:
                 ranked.append(t)
                 seen.add(t.id)
         for t in candidates:
@@ -144,11 +163,31 @@ class Ranker:
         if ranked:
             # Counted until fresh state arrives, so a burst between two agent updates does not herd onto one target.
             self.host.note_assigned(ranked[0].id)
-        if policy.shadow_strategy:
+        if policy.shadow_strategy and policy.shadow_strategy in self.host.strategies:
             shadow = self.host.decide(req, strategy=policy.shadow_strategy, k=1)
             agree = shadow.best is not None and bool(ranked) and shadow.best.target_id == ranked[0].id
             SHADOW.labels(model, decision.strategy, policy.shadow_strategy, "yes" if agree else "no").inc()
         return ranked, decision.strategy
+
+    def explain(
+        self, model: str, strategy: str, candidates: list[Target]
+    ) -> list[tuple[Target, float, dict[str, float]]]:
+        """The strategy's current order of `candidates` with each score's terms, for operators (no side effects on
+        metrics or assignment counts)."""
+        self._sync()
+        s = self.host.strategies.get(strategy) or self.host.strategies[BASELINE]
+        req = RouteRequest(model=model, request_id="explain")
+        allowed = {t.id for t in candidates}
+        try:
+            scored = s.rank(self.host.index, req, len(self.view.all(model)) or 1, self.host.rng)
+        except Exception:
+            return []
+        out: list[tuple[Target, float, dict[str, float]]] = []
+        for sc in scored:
+            t = self._targets.get(sc.target.target_id)
+            if t is not None and t.id in allowed:
+                out.append((t, sc.score, s.explain(sc.target, req)))
+        return out
 
     def assigned(self, target_id: str) -> None:
         self.host.note_assigned(target_id)

@@ -1,0 +1,324 @@
+"""What the portal says about routing, mirrored from the agent's policy store: each tenant's models (names, aliases,
+deployed revisions and zones) and each model's routing policy (strategy, A/B split, shadow, hedging, pins, SLO).
+
+`PortalRouting` is sans-IO: `apply(key, value)` per store change, then lookups; `PortalWatcher` is the asyncio driver
+(one `Store.Get` per prefix, then one `Store.Watch` from the revision read, again from scratch after any break).
+A tenant the portal has no models for keeps the router config's behaviour (its `policies:` and every served model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
+from agents.security.tls import ClientIdentity, Dialer
+from router.config import AgentConfig, RoutingPolicy
+from router.obs import log_event
+from router.view import Target
+
+TENANTS = "kv/portal/tenants/"
+MODELS = "kv/portal/models/"
+REVISIONS = "kv/portal/revisions/"
+DEPLOYMENTS = "kv/portal/deployments/"
+ROUTING = "routing/"
+SLOS = "slos/"
+PREFIXES = (TENANTS, MODELS, REVISIONS, DEPLOYMENTS, ROUTING, SLOS)
+
+
+@dataclass(frozen=True, slots=True)
+class PortalPolicy:
+    """A model's routing policy as the portal set it (store key `routing/policy-<id>`)."""
+
+    key: str
+    strategy: str
+    ab_split: dict[str, float] = field(default_factory=dict)
+    shadow_strategy: str = ""
+    hedging: bool = False
+    pin_nodes: frozenset[str] = frozenset()
+    pin_zones: frozenset[str] = frozenset()
+    zone_nodes: frozenset[str] = frozenset()  # nodes of the pinned zones, for targets that do not say their zone
+
+    def allows(self, t: Target) -> bool:
+        if not self.pin_nodes and not self.pin_zones:
+            return True
+        if t.node in self.pin_nodes:
+            return True
+        return bool(self.pin_zones) and (t.zone in self.pin_zones or (not t.zone and t.node in self.zone_nodes))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "strategy": self.strategy,
+            "ab_split": self.ab_split,
+            "shadow_strategy": self.shadow_strategy,
+            "hedging": self.hedging,
+            "pin_nodes": sorted(self.pin_nodes),
+            "pin_zones": sorted(self.pin_zones),
+        }
+
+
+@dataclass(slots=True)
+class CatalogModel:
+    """One model of a tenant's catalog: what names reach it and which targets may serve it."""
+
+    id: int
+    name: str
+    aliases: tuple[str, ...] = ()
+    revisions: frozenset[str] = frozenset()  # deployed revisions; empty: no deployment (not listed)
+    zones: frozenset[str] = frozenset()  # zones of its deployments; empty: anywhere
+    policy: PortalPolicy | None = None
+    slo_ttft_ms: float | None = None
+    router_policy: RoutingPolicy | None = None  # built by PortalRouting.policy_for, cached until the next change
+
+    def serves(self, t: Target) -> bool:
+        if t.revision and self.revisions and t.revision not in self.revisions:
+            return False
+        if t.zone and self.zones and t.zone not in self.zones:
+            return False
+        return self.policy is None or self.policy.allows(t)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+class PortalRouting:
+    def __init__(self) -> None:
+        self._kv: dict[str, dict[str, Any]] = {}
+        self._tenants: dict[str, dict[str, CatalogModel]] = {}  # slug -> name or alias -> model
+        self._listed: dict[str, list[CatalogModel]] = {}  # slug -> models with a deployment
+        self.version = 0
+        self.revision = 0  # the store revision this mirror has seen
+
+    # -- changes ----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def relevant(key: str) -> bool:
+        return key.startswith(PREFIXES)
+
+    def apply(self, key: str, value: str | None) -> bool:
+        """One store change; True when it concerns routing (call `rebuild` after a batch)."""
+        if not self.relevant(key):
+            return False
+        if value is None:
+            return self._kv.pop(key, None) is not None
+        try:
+            obj = json.loads(value)
+        except ValueError:
+            return False
+        if not isinstance(obj, dict) or self._kv.get(key) == obj:
+            return False
+        self._kv[key] = obj
+        return True
+
+    def replace(self, items: Iterable[tuple[str, str]]) -> None:
+        self._kv = {}
+        for k, v in items:
+            self.apply(k, v)
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        kv = self._kv
+        slugs = {_num(v.get("id")): str(v.get("slug", "")) for k, v in kv.items() if k.startswith(TENANTS)}
+        revisions = {_num(v.get("id")): v for k, v in kv.items() if k.startswith(REVISIONS)}
+        models: dict[int, CatalogModel] = {}
+        owner: dict[int, str] = {}
+        for k, v in kv.items():
+            if not k.startswith(MODELS):
+                continue
+            mid, tid = _num(v.get("id")), _num(v.get("tenant"))
+            slug = slugs.get(tid)
+            if mid is None or not slug or not v.get("name"):
+                continue
+            aliases = tuple(str(a) for a in v.get("aliases") or [] if isinstance(a, str))
+            models[int(mid)] = CatalogModel(id=int(mid), name=str(v["name"]), aliases=aliases)
+            owner[int(mid)] = slug
+        deployed: dict[int, set[str]] = {}
+        zones: dict[int, set[str]] = {}
+        for k, v in kv.items():
+            if not k.startswith(DEPLOYMENTS):
+                continue
+            rev = revisions.get(_num(v.get("revision")))
+            if rev is None or _num(rev.get("model")) is None:
+                continue
+            mid = int(rev["model"])
+            deployed.setdefault(mid, set()).add(str(rev.get("revision", "")))
+            if v.get("zone_name"):
+                zones.setdefault(mid, set()).add(str(v["zone_name"]))
+            else:
+                zones.setdefault(mid, set()).add("*")
+        for mid, m in models.items():
+            m.revisions = frozenset(deployed.get(mid, ()))
+            zs = zones.get(mid, set())
+            m.zones = frozenset() if "*" in zs else frozenset(zs)
+        for k, v in kv.items():
+            if k.startswith(ROUTING):
+                params = v.get("params") or {}
+                pm = models.get(int(params["model"])) if _num(params.get("model")) is not None else None
+                if pm is None:
+                    continue
+                split = {str(n): float(w) for n, w in (params.get("ab_split") or {}).items() if _num(w) is not None}
+                pm.policy = PortalPolicy(
+                    key=k,
+                    strategy=str(v.get("strategy") or "hybrid_mesh"),
+                    ab_split={n: w for n, w in split.items() if w > 0},
+                    shadow_strategy=str(params.get("shadow_strategy") or ""),
+                    hedging=bool(params.get("hedging")),
+                    pin_nodes=frozenset(str(n) for n in params.get("pin_nodes") or []),
+                    pin_zones=frozenset(str(z) for z in params.get("pin_zones") or []),
+                    zone_nodes=frozenset(str(n) for n in params.get("zone_nodes") or []),
+                )
+            elif k.startswith(SLOS):
+                # slos/tenant-<tid>/model-<mid>: the model's TTFT target (a tenant-wide one applies below).
+                parts = k.split("/")
+                if len(parts) == 3 and parts[2].startswith("model-") and parts[2][6:].isdigit():
+                    sm = models.get(int(parts[2][6:]))
+                    if sm is not None:
+                        sm.slo_ttft_ms = _num(v.get("ttft_ms_p99"))
+        tenant_slo: dict[str, float] = {}
+        for k, v in kv.items():
+            parts = k.split("/")
+            if k.startswith(SLOS) and len(parts) == 2 and parts[1].startswith("tenant-") and parts[1][7:].isdigit():
+                slug = slugs.get(float(parts[1][7:]))
+                ttft = _num(v.get("ttft_ms_p99"))
+                if slug and ttft:
+                    tenant_slo[slug] = ttft
+        by_tenant: dict[str, dict[str, CatalogModel]] = {}
+        listed: dict[str, list[CatalogModel]] = {}
+        for mid, m in sorted(models.items()):
+            slug = owner[mid]
+            if m.slo_ttft_ms is None:
+                m.slo_ttft_ms = tenant_slo.get(slug)
+            names = by_tenant.setdefault(slug, {})
+            names.setdefault(m.name, m)
+            for a in m.aliases:
+                names.setdefault(a, m)
+            if m.revisions:
+                listed.setdefault(slug, []).append(m)
+        self._tenants = by_tenant
+        self._listed = listed
+        self.version += 1
+
+    # -- lookups ----------------------------------------------------------------------------------------------------
+    def knows(self, tenant: str) -> bool:
+        """Whether the portal governs this tenant's models (it has at least one)."""
+        return tenant in self._tenants
+
+    def resolve(self, tenant: str, name: str) -> CatalogModel | None:
+        """The catalog model a name (or alias) means for a tenant, if deployed."""
+        m = self._tenants.get(tenant, {}).get(name)
+        return m if m is not None and m.revisions else None
+
+    def listed(self, tenant: str) -> list[CatalogModel]:
+        return self._listed.get(tenant, [])
+
+    def models(self) -> list[tuple[str, CatalogModel]]:
+        return [(slug, m) for slug, names in sorted(self._tenants.items()) for n, m in names.items() if n == m.name]
+
+    def policy_for(self, m: CatalogModel, base: RoutingPolicy) -> RoutingPolicy:
+        """The router policy in force for a catalog model: the portal's choices over the router's own defaults."""
+        if m.router_policy is not None:
+            return m.router_policy
+        p = m.policy
+        if p is None and m.slo_ttft_ms is None:
+            m.router_policy = base
+            return base
+        update: dict[str, Any] = {}
+        hedging = base.hedging
+        if p is not None:
+            update.update(strategy=p.strategy, ab_split=dict(p.ab_split), shadow_strategy=p.shadow_strategy or None)
+            hedging = hedging.model_copy(update={"enabled": p.hedging})
+        if m.slo_ttft_ms:
+            # Hedge no later than half the TTFT target, so a hedge can still meet it.
+            cap = max(hedging.min_delay_ms, min(hedging.max_delay_ms, m.slo_ttft_ms / 2))
+            hedging = hedging.model_copy(update={"max_delay_ms": cap})
+        update["hedging"] = hedging
+        m.router_policy = base.model_copy(update=update)
+        return m.router_policy
+
+    def strategies(self) -> set[str]:
+        out: set[str] = set()
+        for names in self._tenants.values():
+            for m in names.values():
+                if m.policy is not None:
+                    out.add(m.policy.strategy)
+                    out.update(m.policy.ab_split)
+                    if m.policy.shadow_strategy:
+                        out.add(m.policy.shadow_strategy)
+        return out
+
+
+class PortalWatcher:
+    """Keeps a PortalRouting current from the agent's store; `on_change` runs after each batch of changes."""
+
+    def __init__(self, state: PortalRouting, cfg: AgentConfig, on_change: Callable[[], None]) -> None:
+        self.state = state
+        self.cfg = cfg
+        self.on_change = on_change
+        self.synced = asyncio.Event()
+        self._dialer: Dialer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._warned = False
+
+    def start(self) -> None:
+        if not self.cfg.address:
+            return
+        self._dialer = Dialer(self.cfg.address, ClientIdentity.of(self.cfg.tls), check_s=0.0)
+        self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self._dialer is not None:
+            await self._dialer.close()
+
+    async def _loop(self) -> None:
+        assert self._dialer is not None
+        backoff = self.cfg.reconnect_min_s
+        while True:
+            try:
+                stub = store_pb2_grpc.StoreStub(self._dialer.channel())
+                items: list[tuple[str, str]] = []
+                revision = 0
+                for prefix in PREFIXES:
+                    resp = await stub.Get(store_pb2.StoreGetRequest(key=prefix, prefix=True, serializable=True))
+                    items.extend((kv.key, kv.value) for kv in resp.kvs)
+                    revision = max(revision, resp.revision)
+                self.state.replace(items)
+                self.state.revision = revision
+                self.on_change()
+                self.synced.set()
+                if self._warned:
+                    log_event("portal routing state readable again", agent=self.cfg.address)
+                    self._warned = False
+                backoff = self.cfg.reconnect_min_s
+                call = stub.Watch(store_pb2.StoreWatchRequest(prefix="", start_revision=revision + 1))
+                async for ev in call:
+                    self.state.revision = max(self.state.revision, ev.revision)
+                    if self.state.apply(ev.key, ev.value if ev.type == "put" else None):
+                        self.state.rebuild()
+                        self.on_change()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
+                if not self._warned:
+                    self._warned = True
+                    log_event(
+                        "portal routing state unreadable: keeping the last one and the config's policies",
+                        logging.WARNING,
+                        agent=self.cfg.address,
+                        reason=reason,
+                    )
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(self.cfg.reconnect_max_s, backoff * 2)
