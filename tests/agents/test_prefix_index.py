@@ -1,0 +1,135 @@
+"""The per-target KV-block index: events (gaps, replays, restarts, bad frames) and the approximate kind."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import msgpack
+import pytest
+import zmq.asyncio
+
+from agents.emulator.testing import running_emulator
+from agents.emulator.tokenizer import block_hashes
+from agents.signals.prefixindex import APPROX, EVENTS, BlockSet, KVEventStream, PrefixIndex, Resync
+from agents.signals.runtime.kvevents import KVEventSubscriber
+
+
+def _msg(seq: int, *events: list) -> list[bytes]:
+    return [b"kv", seq.to_bytes(8, "big"), msgpack.packb([1.0, list(events)])]
+
+
+def _stored(*hashes: int) -> list:
+    return ["BlockStored", list(hashes), None, [1] * 16 * len(hashes), 16, None, "GPU"]
+
+
+def test_gap_asks_for_a_replay_that_fills_the_hole(caplog: pytest.LogCaptureFixture) -> None:
+    bs = BlockSet(EVENTS, 100)
+    s = KVEventStream("t1", bs)
+    assert s.on_message(_msg(0, _stored(1, 2))) is None
+    lost = _msg(1, ["BlockRemoved", [2], "GPU"], _stored(3))
+    assert s.on_message(_msg(2, _stored(4))) == Resync(1)  # seq 1 never arrived
+    assert set(bs.blocks) == {1, 2, 4}
+    s.on_replay(1, lost[2])
+    s.on_replay(2, _msg(2, _stored(4))[2])  # already applied live: not applied twice
+    s.on_replay(-1, b"")
+    assert set(bs.blocks) == {1, 3, 4} and s.last_seq == 2
+    assert (s.counters.gaps, s.counters.resyncs, s.counters.replayed) == (1, 1, 1)
+    assert s.on_message(_msg(3, _stored(5))) is None and s.last_seq == 3
+
+
+def test_restart_clears_and_bad_input_is_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    bs = BlockSet(EVENTS, 100)
+    s = KVEventStream("t1", bs)
+    for i in range(5):
+        s.on_message(_msg(i, _stored(10 + i)))
+    with caplog.at_level(logging.WARNING):
+        assert s.on_message(_msg(4, _stored(99))) is None  # repeated: ignored
+        assert s.on_message(_msg(4, _stored(98))) is None
+        s.on_message([b"kv", b"\x00"])  # two frames
+        s.on_message([b"kv", (5).to_bytes(8, "big"), b"\xc1not msgpack"])
+        s.on_message(_msg(6, ["Bogus", 1], "x", ["BlockStored", "nope"]))
+    assert s.counters.out_of_order == 2 and s.counters.malformed == 5 and 99 not in bs.blocks
+    assert sum("ignored" in r.message for r in caplog.records) == 1  # one line per kind of problem
+    assert s.on_message(_msg(0, ["AllBlocksCleared"])) is None  # a new process: sequence back at 0
+    assert s.counters.restarts == 1 and len(bs) == 0 and s.last_seq == 0
+    s.on_message(_msg(1, _stored(20)))
+    s.on_message(_msg(2, _stored(21)))
+    # a restart whose first messages were missed: forget everything, replay the new process from 0
+    assert s.on_message(_msg(1, _stored(30))) == Resync(0) and len(bs) == 0
+    s.on_replay(0, _msg(0, ["AllBlocksCleared"])[2])
+    s.on_replay(1, _msg(1, _stored(30))[2])
+    s.on_replay(-1, b"")
+    assert set(bs.blocks) == {30} and s.last_seq == 1 and s.counters.restarts == 2
+
+
+def test_bounded_sets_and_the_approximate_kind() -> None:
+    idx = PrefixIndex(max_blocks=4)
+    idx.note_routed("a", [1, 2, 3])
+    assert idx.kind("a") == APPROX and idx.match("a", [1, 2, 3, 9]) == 3 and idx.match("a", [9, 2]) == 0
+    idx.note_routed("a", [7, 8])  # 5 blocks > 4: the least recently routed block (1) goes
+    assert len(idx.targets["a"]) == 4 and idx.match("a", [1, 2]) == 0
+    idx.ensure("b", EVENTS)
+    idx.note_routed("b", [1])  # an event-fed target is never guessed at
+    assert idx.match("b", [1]) == 0 and idx.bytes_estimate == 4 * 100
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _until(cond, timeout: float = 10.0, info=lambda: "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"condition not reached: {info()}"
+        await asyncio.sleep(0.02)
+
+
+async def test_index_follows_a_real_emulator_through_a_lost_message_and_a_restart() -> None:
+    import httpx
+
+    pub, replay = _free_port(), _free_port()
+    args = ("--block-size", "16", "--kv-events-endpoint", f"tcp://*:{pub}",
+            "--kv-events-replay-endpoint", f"tcp://*:{replay}", "--host", "127.0.0.1")  # fmt: skip
+    idx = PrefixIndex()
+    ctx = zmq.asyncio.Context()
+    sub = KVEventSubscriber(idx, "t1", f"tcp://127.0.0.1:{pub}", f"tcp://127.0.0.1:{replay}", ctx=ctx)
+    real = sub.stream.on_message
+    seen = []
+
+    def lossy(frames):  # type: ignore[no-untyped-def]
+        seen.append(frames)
+        if len(seen) == 3:
+            return None  # this message is lost on the way
+        return real(frames)
+
+    sub.stream.on_message = lossy  # type: ignore[method-assign]
+    sub.start()
+    prompts = [[p * 1000 + i for i in range(40)] for p in range(1, 5)]
+    try:
+        with running_emulator(*args) as em:
+            await asyncio.sleep(0.3)  # the subscription reaches the publisher
+            async with httpx.AsyncClient(timeout=10) as c:
+                for ids in prompts:
+                    body = {"model": "demo-llm", "prompt": ids, "max_tokens": 1}
+                    assert (await c.post(f"{em.url}/v1/completions", json=body)).status_code == 200
+            want = {h for ids in prompts for h in block_hashes(ids, 16)}
+            # the third prompt's BlockStored was lost; the fourth shows the gap and the replay restores it
+            await _until(lambda: set(idx.targets["t1"].blocks) == want, info=lambda: sub.stream.counters)
+            assert sub.stream.counters.gaps == 1 and sub.stream.counters.replayed == 1
+            assert idx.match("t1", block_hashes(prompts[2], 16)) == 2
+        # the runtime restarts on the same ports: its AllBlocksCleared at sequence 0 empties the index
+        with running_emulator(*args) as em2:
+            await asyncio.sleep(0.3)
+            async with httpx.AsyncClient(timeout=10) as c:
+                body = {"model": "demo-llm", "prompt": prompts[0], "max_tokens": 1}
+                assert (await c.post(f"{em2.url}/v1/completions", json=body)).status_code == 200
+            await _until(lambda: set(idx.targets["t1"].blocks) == set(block_hashes(prompts[0], 16)))
+            assert sub.stream.counters.restarts == 1
+    finally:
+        await sub.close()
+        ctx.term()
