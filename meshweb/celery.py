@@ -80,7 +80,7 @@ def single_beat(settings: Any) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"another beat holds {path}; run exactly one beat") from None
+            raise RuntimeError(f"another beat holds {path}; run exactly one beat per INFERMESH_DATA_DIR") from None
         yield
     finally:
         handle.close()
@@ -98,7 +98,7 @@ def beat_main(argv: Sequence[str]) -> int:
     try:
         with single_beat(settings):
             app.Beat(loglevel=args.loglevel, schedule=str(schedule)).run()
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # the one-beat lock is taken: like a taken port, exit 2
         print(f"infermesh beat: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0

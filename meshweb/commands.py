@@ -50,6 +50,13 @@ def portal_main(argv: Sequence[str]) -> int:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     host, port = args.bind
+    # Addresses are checked before anything starts: a taken port is one line and exit 2, not uvicorn's error after
+    # the "serving on" line.
+    from agents.binding import BindError, fail, join_host_port, probe_reason
+
+    reason = probe_reason(host, port)
+    if reason is not None:
+        return fail("infermesh portal", BindError(join_host_port(host, port), reason, "--bind"))
 
     _setup_django()
     from django.conf import settings
@@ -85,6 +92,11 @@ def portal_main(argv: Sequence[str]) -> int:
             mesh_bind = parse_bind(settings.INFERMESH_MESH_BIND)
         except argparse.ArgumentTypeError as exc:
             parser.error(f"INFERMESH_MESH_BIND: {exc}")
+    if mesh_bind is not None:
+        reason = probe_reason(*mesh_bind)
+        if reason is not None:
+            change = "--mesh-bind or INFERMESH_MESH_BIND"
+            return fail("infermesh portal", BindError(join_host_port(*mesh_bind), reason, change))
     app = "meshweb.asgi:application"
     configs = [
         uvicorn.Config(

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from opentelemetry.trace import SpanKind
 
+from agents.binding import BindError, join_host_port, probe_reason
 from router import kserve, v2codec
 from router.app import infer_v2, sse_events, upstream_headers_from
 from router.forward import ForwardError
@@ -345,11 +346,19 @@ async def stream_completion(
         w.resp.close()
 
 
-async def start_grpc(svc: RouterService, host: str, port: int) -> grpc.aio.Server:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+async def start_grpc(svc: RouterService, host: str, port: int, reuse_port: bool = False) -> grpc.aio.Server:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(svc), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = join_host_port(host, port)
+    change = "--grpc-port or listen.grpc_port (INFERMESH_ROUTER__LISTEN__GRPC_PORT)"
+    reason = probe_reason(host, port, reuse_port)
+    if reason is not None:
+        raise BindError(address, reason, change)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpc raises it for a port it cannot bind and says no more
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot bind gRPC on {host}:{port}")
+        raise BindError(address, probe_reason(host, port, reuse_port) or "could not bind", change)
     await server.start()
     return server

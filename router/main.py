@@ -6,15 +6,18 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from agents.binding import EXIT_BIND, BindError, PortLock, fail, join_host_port, probe_reason, reason_of
 from agents.security.tls import ClientIdentity
 from router.config import ConfigError, RouterConfig, load_config
 
@@ -46,11 +49,22 @@ async def serve(cfg: RouterConfig, stop: asyncio.Event | None = None) -> None:
         keepalive_timeout=cfg.listen.keepalive_timeout_s,
     )
     await runner.setup()
-    site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port, reuse_port=True, backlog=2048)
-    await site.start()
+    # SO_REUSEPORT only between the workers of this router: main() holds the port lock that keeps other routers out.
+    shared = cfg.listen.workers > 1
+    site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port, reuse_port=shared, backlog=2048)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        address = join_host_port(cfg.listen.host, cfg.listen.port)
+        raise BindError(address, reason_of(exc), "--port or listen.port (INFERMESH_ROUTER__LISTEN__PORT)") from None
     grpc_server = None
     if cfg.listen.grpc_port is not None:
-        grpc_server = await start_grpc(svc, cfg.listen.host, cfg.listen.grpc_port)
+        try:
+            grpc_server = await start_grpc(svc, cfg.listen.host, cfg.listen.grpc_port, reuse_port=shared)
+        except BindError:
+            await runner.cleanup()
+            raise
     log_event(
         "router listening",
         host=cfg.listen.host,
@@ -89,8 +103,12 @@ def _worker(config_path: str | None) -> None:
         uvloop.install()
     except ImportError:  # uvloop is optional on platforms without it
         pass
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(cfg))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(cfg))
+    except BindError as exc:
+        fail("infermesh router", exc)
+        sys.exit(EXIT_BIND)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,8 +140,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         print("config ok")
         return 0
-    if cfg.listen.workers == 1:
-        _worker(args.config)
+    locks = []
+    for port, change in (
+        (cfg.listen.port, "--port or listen.port (INFERMESH_ROUTER__LISTEN__PORT)"),
+        (cfg.listen.grpc_port, "--grpc-port or listen.grpc_port (INFERMESH_ROUTER__LISTEN__GRPC_PORT)"),
+    ):
+        if not port:
+            continue
+        lock = PortLock(port)
+        holder = lock.acquire()
+        if holder is not None:
+            by = f" (pid {holder})" if holder else ""
+            reason = f"another router serves this port{by}; its workers alone may share it"
+            return fail("infermesh router", BindError(join_host_port(cfg.listen.host, port), reason, change))
+        locks.append(lock)
+        reason = probe_reason(cfg.listen.host, port)  # another program: found here, before any worker starts
+        if reason is not None:
+            for lock in locks:
+                lock.release()
+            return fail("infermesh router", BindError(join_host_port(cfg.listen.host, port), reason, change))
+    try:
+        return _run_workers(args.config, cfg.listen.workers)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_workers(config_path: str | None, workers: int) -> int:
+    if workers == 1:
+        _worker(config_path)
         return 0
     # Several workers: one shared multiprocess metrics dir so /metrics on any worker shows the whole router.
     own_dir = None
@@ -131,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         own_dir = tempfile.mkdtemp(prefix="infermesh-router-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(args.config,), daemon=False) for _ in range(cfg.listen.workers)]
+    procs = [ctx.Process(target=_worker, args=(config_path,), daemon=False) for _ in range(workers)]
     for p in procs:
         p.start()
 
@@ -143,10 +188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
+    # A worker that exits (a bind that failed, a crash) stops the others: a router runs whole or not at all.
     code = 0
-    for p in procs:
-        p.join()
-        code = code or (p.exitcode or 0)
+    alive: dict[object, Any] = {p.sentinel: p for p in procs}
+    while alive:
+        for sentinel in mp_connection.wait(list(alive)):  # type: ignore[arg-type]
+            p = alive.pop(sentinel)
+            p.join()
+            if p.exitcode and not code:
+                code = p.exitcode if p.exitcode > 0 else 1
+                _forward(signal.SIGTERM, None)
     if own_dir:
         import shutil
 

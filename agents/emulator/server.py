@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agents.binding import BindError, fail, join_host_port, reason_of
 from agents.emulator import tokenizer as tok
 from agents.emulator.engine import EngineConfig, EngineCore, TokenEvent
 from agents.emulator.engine import Sequence as Seq
@@ -649,7 +650,11 @@ async def serve(config: EmulatorConfig, ready: asyncio.Event | None = None) -> N
     await runner.setup()
     tls = config.ssl_context()
     site = web.TCPSite(runner, config.host, config.port, backlog=2048, ssl_context=tls)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise BindError(join_host_port(config.host, config.port), reason_of(exc), "--host/--port") from None
     port = runner.addresses[0][1]
     em = app[EMULATOR_KEY]
     scheme = "https" if tls is not None else "http"
@@ -757,7 +762,10 @@ def main(argv: Sequence[str]) -> int:
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        runner.run(serve(config))
+        try:
+            runner.run(serve(config))
+        except BindError as exc:
+            return fail("infermesh emulate-runtime", exc)
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agents.binding import BindError, reason_of
 from agents.gossip.driver import GossipNode, NodeMeta
 from agents.gossip.keyring import Keyring, parse_key
 from agents.gossip.messages import Addr
@@ -199,7 +200,10 @@ class GossipComponent:
             topology=topo,
             on_event=self._on_event,
         )
-        await self.node.start([parse_addr(x) for x in s.seeds])
+        try:
+            await self.node.start([parse_addr(x) for x in s.seeds])
+        except OSError as exc:
+            raise BindError(s.bind, reason_of(exc), "components.gossip.bind") from None
         self.status.running = True
         ctx.set_rtt_provider(topo.rtt)
         self._unsubscribe = ctx.fusion.subscribe(lambda changed, removed: self._dirty.set())

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents.binding import BindError, probe_reason, reason_of, split_host_port
 from agents.meshd.adapters import GpuPoller, RuntimeLoop, make_gpu_source
 from agents.meshd.component import AgentContext, Component, build_component
 from agents.meshd.config import AgentConfig
@@ -46,6 +47,10 @@ CORE_SERVICES = (
     scoring_pb2.DESCRIPTOR.services_by_name["Scoring"].full_name,
     control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
 )
+
+# What an operator changes when a listening address is taken.
+GRPC_CHANGE = "listen.grpc (MESHD__LISTEN__GRPC)"
+HTTP_CHANGE = "listen.http (MESHD__LISTEN__HTTP)"
 
 
 class Agent:
@@ -183,13 +188,18 @@ class Agent:
             self._services.extend(component.add_to_server(server))
         reflection.enable_server_reflection([*self._services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         host = cfg.listen.grpc.rpartition(":")[0]
-        if security is not None:
-            bound = server.add_secure_port(cfg.listen.grpc, security.credentials())
-            self._spawn(security.run())
-        else:
-            bound = server.add_insecure_port(cfg.listen.grpc)
+        try:
+            if security is not None:
+                bound = server.add_secure_port(cfg.listen.grpc, security.credentials())
+            else:
+                bound = server.add_insecure_port(cfg.listen.grpc)
+        except RuntimeError:  # grpc's word for a port it cannot bind
+            bound = 0
         if bound == 0:
-            raise OSError(f"listen.grpc: cannot bind {cfg.listen.grpc}")
+            gh, gp = split_host_port(cfg.listen.grpc)
+            raise BindError(cfg.listen.grpc, probe_reason(gh, gp) or "could not bind", GRPC_CHANGE)
+        if security is not None:
+            self._spawn(security.run())
         self.grpc_address = f"{host}:{bound}"
         await server.start()
         self._server = server
@@ -257,7 +267,11 @@ class Agent:
         await runner.setup()
         host, _, port = self.config.listen.http.rpartition(":")
         site = web.TCPSite(runner, host.strip("[]"), int(port))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise BindError(self.config.listen.http, reason_of(exc), HTTP_CHANGE) from None
         self._http = runner
         sockets = [s for srv in (site._server,) if srv is not None for s in getattr(srv, "sockets", [])]
         bound = sockets[0].getsockname()[1] if sockets else int(port)
@@ -288,8 +302,9 @@ class Agent:
         self.set_node_state(control_pb2.NODE_STATE_DRAINING, "shutting down")
         for name in ["", *self._services]:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        log.info("draining for %.1fs before stopping", self.config.shutdown.drain_s)
-        await asyncio.sleep(self.config.shutdown.drain_s)
+        if self.ctx is not None:  # nobody routes to an agent that never finished starting: no drain
+            log.info("draining for %.1fs before stopping", self.config.shutdown.drain_s)
+            await asyncio.sleep(self.config.shutdown.drain_s)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from agents.binding import BindError, fail, probe_reason, split_host_port
 from agents.meshd.adapters import AdapterUnavailableError
 from agents.meshd.component import ComponentConfigError
 from agents.meshd.config import ConfigError, load_config
@@ -37,6 +38,14 @@ def agent_main(argv: Sequence[str]) -> int:
     if args.check:
         print(f"meshd: config OK (node {config.node.id}, roles {','.join(config.node.roles)})")
         return 0
+    # A taken port is found before anything starts or logs: one line, exit 2.
+    from agents.meshd.agent import GRPC_CHANGE, HTTP_CHANGE
+
+    for address, change in ((config.listen.grpc, GRPC_CHANGE), (config.listen.http, HTTP_CHANGE)):
+        host, port = split_host_port(address)
+        reason = probe_reason(host, port)
+        if reason is not None:
+            return fail("meshd", BindError(address, reason, change))
     setup_logging(config.log.level, config.log.json_format, config.node.id)
     loop_factory = None
     try:
@@ -51,6 +60,8 @@ def agent_main(argv: Sequence[str]) -> int:
     except AdapterUnavailableError as exc:
         print(f"meshd: config error: {exc}", file=sys.stderr)
         return 2
+    except BindError as exc:
+        return fail("meshd", exc)
     except OSError as exc:
         print(f"meshd: cannot start: {exc}", file=sys.stderr)
         return 1
