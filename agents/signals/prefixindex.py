@@ -254,3 +254,11 @@ class PrefixIndex:
     @property
     def bytes_estimate(self) -> int:
         return self.blocks * BYTES_PER_BLOCK
+
+
+_DEFAULT_INDEX = PrefixIndex()
+
+
+def default_index() -> PrefixIndex:
+    """The process-wide index: a router's KV-event subscribers feed it and its cache-aware strategies read it."""
+    return _DEFAULT_INDEX

@@ -19,6 +19,10 @@ from agents.strategies.base import (
     TargetView,
 )
 from agents.strategies.builtins import BUILTINS, BaselineRR, HybridMesh, HybridWeights, LeastQueue, ZoneRtt
+from agents.strategies.cache import CacheAware, SessionAffinity
+
+BUILTINS.setdefault(CacheAware.name, CacheAware)
+BUILTINS.setdefault(SessionAffinity.name, SessionAffinity)
 
 
 def load_strategy(spec: str, **options: Any) -> Strategy:
@@ -52,6 +56,7 @@ def make_builtin_strategies(rtt: RttFn | None = None) -> dict[str, Strategy]:
 __all__ = [
     "BUILTINS",
     "BaselineRR",
+    "CacheAware",
     "Decision",
     "HybridMesh",
     "HybridWeights",
@@ -60,6 +65,7 @@ __all__ = [
     "RttFn",
     "SampleParams",
     "Scored",
+    "SessionAffinity",
     "Strategy",
     "TargetIndex",
     "TargetView",

@@ -118,6 +118,8 @@ class RouteRequest:
     mig_profile: str = ""  # required MIG slice profile, empty = any
     exclude: frozenset[str] = frozenset()  # target ids already tried
     request_id: str = ""
+    block_hashes: Sequence[int] = ()  # chained KV-block hashes of the prompt (agents.emulator.tokenizer), if known
+    session_key: str = ""  # session affinity key, if the request names one
 
     def admits(self, t: TargetView) -> bool:
         """Hard constraints every strategy applies: routable, right revision and MIG profile, not excluded."""

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agents.signals.prefixindex import PrefixIndex, default_index
 from agents.strategies.base import (
     RouteRequest,
     RttFn,
@@ -186,6 +187,8 @@ class HybridWeights:
     cost_weight_s_per_dollar: float = 200.0
     default_completion_tokens: int = 256
     mig_penalty_s: float = 1.0  # per 4k tokens of work, scaled by how small the slice is
+    cache_block_size: int = 16  # tokens per KV block of the request's block hashes
+    cache_prefill_tok_s: float = 12_000.0  # prefill a cached prompt token saves, on a whole GPU
 
 
 @dataclass(slots=True)
@@ -232,6 +235,7 @@ class HybridMesh(_EliteMixin, Strategy):
         # (client node, target node) -> RTT; emptied by `refresh` so topology changes land within a refresh period
         self._rtt_cache: dict[tuple[str, str], float] = {}
         self._init_elite(self.params.elite)
+        self.prefix_index: PrefixIndex | None = default_index()  # what is cached where (agents.signals.prefixindex)
 
     def set_rtt(self, rtt: RttFn | None) -> None:
         """Attach a topology service's RTT estimate (or go back to the zone default with None)."""
@@ -310,7 +314,20 @@ class HybridMesh(_EliteMixin, Strategy):
 
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
         elite = self._elite_views(index, request.model)
-        return rank_sampled(index, request, k, rng, self._scorer(request), self.params, elite)
+        score = self._scorer(request)
+        pi = self.prefix_index
+        if pi is None or not request.block_hashes:
+            return rank_sampled(index, request, k, rng, score, self.params, elite)
+        # the cache term: prefill time the target's cached prefix saves
+        hashes, bs, rate = request.block_hashes, self.weights.cache_block_size, self.weights.cache_prefill_tok_s
+
+        def with_cache(v: TargetView, req: RouteRequest) -> float:
+            return score(v, req) - pi.match(v.endpoint, hashes) * bs / (rate * mig_fraction(v.mig_profile))
+
+        ranked = rank_sampled(index, request, k, rng, with_cache, self.params, elite)
+        if ranked:
+            pi.note_routed(ranked[0].target.endpoint, hashes)
+        return ranked
 
     def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
         w = self.weights

@@ -1,0 +1,202 @@
+"""Cache-aware routing: prefix locality weighed against token-level load, and session affinity.
+
+`cache_aware` scores a target in seconds of expected delay, like `hybrid_mesh` (whose terms it keeps: queue, KV and
+VRAM pressure, health, errors, staleness, network, MIG fit), plus the request's own prefill: the prompt tokens the
+target does not hold in its prefix cache (its matched blocks come off) and the tokens this router already sent it
+and that are not finished, both over the target's prefill rate. So a long shared prefix pulls a request to the
+target that holds it exactly as far as that saves more time than the target's queue costs.
+
+Bounded load (as in consistent hashing with bounded loads): a target loaded beyond `(1 + epsilon) x` the mean of the
+model's targets (+1) loses its cache credit, so a hot prefix spills to the next target, which then caches it too,
+instead of the policy collapsing to least-load for everyone (locality is kept on every target under the bound).
+
+`session_affinity` homes a session key (a header or body field) on a consistent-hash ring of the model's targets
+with the same load bound; a target that fails or leaves is skipped and its sessions re-home on the next one of the
+ring, and come back when it returns. Requests without a key are ranked by `cache_aware`.
+
+What is cached where comes from a `PrefixIndex` (`agents.signals.prefixindex`): exact from vLLM KV events where a
+runtime publishes them, else approximate from the requests this strategy sent. Targets are keyed by endpoint URL.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agents.signals.prefixindex import PrefixIndex, default_index
+from agents.strategies.base import (
+    UNHEALTHY,
+    RouteRequest,
+    SampleParams,
+    Scored,
+    TargetIndex,
+    TargetView,
+    rank_sampled,
+)
+from agents.strategies.builtins import HybridMesh, HybridWeights, mig_fraction
+
+log = logging.getLogger("infermesh.strategies.cache")
+
+
+@dataclass(slots=True)
+class CacheWeights:
+    block_size: int = 16
+    prefill_tok_s: float = 12_000.0  # prefill rate of a whole GPU when the runtime does not say
+    decode_weight: float = 0.5  # prefill-token equivalents of one output token still to generate
+    epsilon: float = 0.5  # bounded load: a target over (1 + epsilon) x mean load (+1) loses its cache credit
+    learn_approx: bool = True  # record routed prefixes for targets without KV events
+
+
+class CacheAware(HybridMesh):
+    name = "cache_aware"
+
+    def __init__(
+        self,
+        weights: HybridWeights | None = None,
+        params: SampleParams | None = None,
+        cache: CacheWeights | None = None,
+        index: PrefixIndex | None = None,
+    ) -> None:
+        super().__init__(weights=weights, params=params or SampleParams(exact_below=64, sample=16))
+        self.cache = cache or CacheWeights()
+        self.cache_index: PrefixIndex = index if index is not None else default_index()
+        self.prefix_index = self.cache_index
+        self._work: dict[str, float] = {}  # endpoint -> EWMA of the prefill-token work of requests sent there
+
+    # -- per request ---------------------------------------------------------------------------------------------
+    def _load(self, v: TargetView) -> float:
+        return (v.requests_waiting or 0.0) + (v.requests_running or 0.0) + v.inflight
+
+    def _cache_scorer(self, request: RouteRequest, base: Callable[[TargetView, RouteRequest], float],
+                      bound: float) -> Callable[[TargetView, RouteRequest], float]:  # fmt: skip
+        c = self.cache
+        hashes = request.block_hashes
+        prompt = max(request.prompt_tokens, len(hashes) * c.block_size)
+        out_work = (request.max_tokens or self.weights.default_completion_tokens) * c.decode_weight
+        match = self.cache_index.match
+        work = self._work
+
+        def score(v: TargetView, req: RouteRequest) -> float:
+            rate = c.prefill_tok_s * mig_fraction(v.mig_profile)
+            load = self._load(v)
+            matched = match(v.endpoint, hashes) * c.block_size if hashes else 0
+            if load > bound:
+                matched = 0  # bounded load: no cache credit on an overloaded target
+            queued = v.inflight * work.get(v.endpoint, prompt + out_work)
+            return base(v, req) + (prompt - matched + queued) / rate
+
+        return score
+
+    def _bound(self, index: TargetIndex, model: str) -> float:
+        views = index.candidates(model)
+        if not views:
+            return 0.0
+        total = 0.0
+        n = 0
+        for v in views:
+            if v.routable and v.health != UNHEALTHY:
+                total += self._load(v)
+                n += 1
+        return (1.0 + self.cache.epsilon) * (total / max(n, 1)) + 1.0
+
+    def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
+        scorer = self._cache_scorer(request, self._scorer(request), self._bound(index, request.model))
+        ranked = rank_sampled(index, request, k, rng, scorer, self.params, self._elite_views(index, request.model))
+        if ranked:
+            self.chosen(ranked[0].target, request)
+        return ranked
+
+    def chosen(self, v: TargetView, request: RouteRequest) -> None:
+        """Book the request on its target: work estimate, and (approximate index) its prefix now lives there."""
+        c = self.cache
+        hashes = request.block_hashes
+        matched = self.cache_index.match(v.endpoint, hashes) * c.block_size if hashes else 0
+        prompt = max(request.prompt_tokens, len(hashes) * c.block_size)
+        w = prompt - matched + (request.max_tokens or self.weights.default_completion_tokens) * c.decode_weight
+        prev = self._work.get(v.endpoint)
+        self._work[v.endpoint] = w if prev is None else 0.8 * prev + 0.2 * w
+        if c.learn_approx and hashes:
+            self.cache_index.note_routed(v.endpoint, hashes)
+
+    def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
+        terms = super().explain(view, request)
+        c = self.cache
+        rate = c.prefill_tok_s * mig_fraction(view.mig_profile)
+        hashes = request.block_hashes
+        matched = self.cache_index.match(view.endpoint, hashes) * c.block_size if hashes else 0
+        prompt = max(request.prompt_tokens, len(hashes) * c.block_size)
+        terms["prefill"] = (prompt - matched) / rate
+        terms["queued_tokens"] = view.inflight * self._work.get(view.endpoint, 0.0) / rate
+        terms["cached_tokens"] = float(matched)
+        return terms
+
+
+class SessionAffinity(CacheAware):
+    """Consistent hashing of a session key with bounded loads; `cache_aware` for requests without one."""
+
+    name = "session_affinity"
+    VNODES = 64
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._rings: dict[str, tuple[list[int], list[str]]] = {}  # model -> (sorted points, target id per point)
+        self._dirty: set[str] = set()
+
+    def on_upsert(self, view: TargetView, previous: TargetView | None) -> None:
+        super().on_upsert(view, previous)
+        if previous is None or previous.model != view.model:
+            self._dirty.add(view.model)
+            if previous is not None:
+                self._dirty.add(previous.model)
+
+    def on_remove(self, view: TargetView) -> None:
+        super().on_remove(view)
+        self._dirty.add(view.model)
+
+    def _ring(self, index: TargetIndex, model: str) -> tuple[list[int], list[str]]:
+        ring = self._rings.get(model)
+        if ring is None or model in self._dirty:
+            points: list[tuple[int, str]] = []
+            for v in index.candidates(model):
+                for i in range(self.VNODES):
+                    points.append((_h64(f"{v.target_id}#{i}"), v.target_id))
+            points.sort()
+            ring = ([p for p, _ in points], [t for _, t in points])
+            self._rings[model] = ring
+            self._dirty.discard(model)
+        return ring
+
+    def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
+        if not request.session_key:
+            return super().rank(index, request, k, rng)
+        points, owners = self._ring(index, request.model)
+        if not points:
+            return []
+        bound = self._bound(index, request.model)
+        start = bisect.bisect(points, _h64(request.session_key)) % len(points)
+        within: list[TargetView] = []
+        over: list[TargetView] = []
+        seen: set[str] = set()
+        for i in range(len(points)):
+            tid = owners[(start + i) % len(points)]
+            if tid in seen:
+                continue
+            seen.add(tid)
+            v = index.get(tid)
+            if v is None or not request.admits(v) or v.health == UNHEALTHY:
+                continue  # a failed target: its sessions re-home on the next one of the ring
+            (within if self._load(v) <= bound else over).append(v)
+            if len(within) >= k:
+                break
+        ranked = [Scored(v, float(i)) for i, v in enumerate((within + over)[:k])]
+        if ranked:
+            self.chosen(ranked[0].target, request)
+        return ranked
+
+
+def _h64(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")

@@ -1,0 +1,95 @@
+"""cache_aware, session_affinity and hybrid_mesh's cache term, sans-IO."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from agents.signals.prefixindex import EVENTS, PrefixIndex
+from agents.strategies import load_strategy
+from agents.strategies.base import HEALTHY, RouteRequest, TargetIndex, TargetView
+from agents.strategies.builtins import HybridMesh
+from agents.strategies.cache import CacheAware, SessionAffinity
+
+
+def _fleet(n: int = 8) -> TargetIndex:
+    idx = TargetIndex()
+    for i in range(n):
+        idx.upsert(TargetView(target_id=f"t{i}", model="m", node=f"n{i}", endpoint=f"http://e{i}", health=HEALTHY,
+                              requests_waiting=0.0, requests_running=0.0))  # fmt: skip
+    return idx
+
+
+def test_registered_by_name() -> None:
+    assert isinstance(load_strategy("cache_aware"), CacheAware)
+    assert isinstance(load_strategy("session_affinity"), SessionAffinity)
+
+
+def test_prefers_the_target_holding_the_prefix_and_hybrid_has_the_term() -> None:
+    pi = PrefixIndex()
+    pi.ensure("http://e5", EVENTS).add(range(1, 61))  # 60 blocks: 960 cached tokens
+    idx = _fleet()
+    req = RouteRequest(model="m", prompt_tokens=1000, max_tokens=50, block_hashes=list(range(1, 61)))
+    s = CacheAware(index=pi)
+    assert s.rank(idx, req, 3, random.Random(1))[0].target.target_id == "t5"
+    assert s.explain(idx.get("t5"), req)["cached_tokens"] == 960  # type: ignore[arg-type]
+    h = HybridMesh()
+    h.prefix_index = pi
+    assert h.rank(idx, req, 3, random.Random(1))[0].target.target_id == "t5"
+    # without hashes hybrid_mesh is unchanged: any of the idle targets
+    assert h.rank(idx, RouteRequest(model="m"), 1, random.Random(1))
+
+
+def test_bounded_load_under_a_hot_prefix_spills_and_replicates() -> None:
+    pi = PrefixIndex()
+    idx = _fleet()
+    s = CacheAware(index=pi)
+    rng = random.Random(7)
+    hot = list(range(1000, 1060))
+    picks: Counter[str] = Counter()
+    for _ in range(80):  # 80 concurrent requests with one hot prefix (approximate index: learnt as routed)
+        req = RouteRequest(model="m", prompt_tokens=1000, max_tokens=50, block_hashes=hot)
+        best = s.rank(idx, req, 1, rng)[0].target
+        best.inflight += 1  # the host's note_assigned
+        picks[best.target_id] += 1
+    loads = [v.inflight for v in idx]
+    mean = sum(loads) / len(loads)
+    assert max(loads) <= (1 + s.cache.epsilon) * mean + 2  # no target beyond the bound (+ the one that crossed it)
+    home = picks.most_common(1)[0][0]
+    assert picks[home] > 80 / 8  # locality kept: the home takes more than a fair share ...
+    assert len(picks) >= 4  # ... and the hot prefix spilled (and is now cached) elsewhere
+    assert sum(1 for e in pi.targets if pi.match(e, hot) == 60) == len(picks)
+
+
+def test_session_affinity_rehomes_when_a_target_fails_and_returns() -> None:
+    idx = _fleet()
+    s = SessionAffinity(index=PrefixIndex())
+    for v in idx:
+        s.on_upsert(v, None)
+    rng = random.Random(0)
+    keys = [f"user-{i}" for i in range(200)]
+    home = {k: s.rank(idx, RouteRequest(model="m", session_key=k), 1, rng)[0].target.target_id for k in keys}
+    assert len(set(home.values())) == 8  # spread over the ring
+    again = {k: s.rank(idx, RouteRequest(model="m", session_key=k), 1, rng)[0].target.target_id for k in keys}
+    assert again == home
+    failed = idx.get("t3")
+    assert failed is not None
+    failed.routable = False
+    moved = {k: s.rank(idx, RouteRequest(model="m", session_key=k), 1, rng)[0].target.target_id for k in keys}
+    assert all(moved[k] != "t3" for k in keys)
+    assert all(moved[k] == home[k] for k in keys if home[k] != "t3")  # only the failed target's sessions move
+    failed.routable = True
+    back = {k: s.rank(idx, RouteRequest(model="m", session_key=k), 1, rng)[0].target.target_id for k in keys}
+    assert back == home
+
+
+def test_session_affinity_bounded_load_and_no_key() -> None:
+    idx = _fleet(4)
+    s = SessionAffinity(index=PrefixIndex())
+    rng = random.Random(0)
+    first = s.rank(idx, RouteRequest(model="m", session_key="hot"), 4, rng)
+    home = first[0].target
+    home.inflight = 50  # one hot session saturates its home
+    nxt = s.rank(idx, RouteRequest(model="m", session_key="hot"), 4, rng)
+    assert nxt[0].target is not home and nxt[-1].target is home
+    assert s.rank(idx, RouteRequest(model="m"), 2, rng)  # no key: ranked by cache_aware
