@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from opentelemetry.trace import SpanKind
 
-from router import kserve, route_report, v2codec
+from router import capabilities, kserve, route_report, usage, v2codec
 from router.config import RouterConfig
 from router.forward import HOP_BY_HOP, ForwardError, Winner
 from router.metrics import ERRORS, REQUESTS, render
@@ -87,18 +87,21 @@ def _copy_headers(up: Response, ticket: Ticket) -> CIMultiDict[str]:
 
 
 def _read_usage(ticket: Ticket, body: bytes, status: int) -> None:
-    """Token usage of a non-streamed answer, for quotas and metrics."""
+    """Token usage of a non-streamed answer (OpenAI, Responses or Anthropic naming), for quotas and metrics."""
     if status == 200 and body:
         with contextlib.suppress(ValueError, AttributeError, TypeError):
-            usage = json.loads(body).get("usage") or {}
-            ticket.prompt_tokens = usage.get("prompt_tokens")
-            ticket.completion_tokens = usage.get("completion_tokens")
+            ticket.prompt_tokens, ticket.completion_tokens = usage.counts(usage.usage_of(json.loads(body)))
 
 
-async def stream_back(request: web.Request, ticket: Ticket, w: Winner, sse: bool) -> web.StreamResponse:
-    """Copy the runtime's answer to the client chunk by chunk as it arrives: byte-exact, never buffered whole."""
+async def stream_back(
+    request: web.Request, ticket: Ticket, w: Winner, sse: bool, observe: Callable[[bytes], None] | None = None
+) -> web.StreamResponse:
+    """Copy the runtime's answer to the client chunk by chunk as it arrives: byte-exact, never buffered whole.
+    `observe` sees every chunk (the Responses API learns which target holds a response id from it)."""
     up = w.resp
     ticket.status = up.status
+    if observe is not None:
+        observe(w.first)
     if not sse and up.complete and up.content_length == len(w.first):
         # The whole answer came with the first read (a non-streamed one, usually): sent in one piece.
         body = w.first
@@ -114,6 +117,7 @@ async def stream_back(request: web.Request, ticket: Ticket, w: Winner, sse: bool
     keep: list[bytes] | None = None if sse else []
     kept = 0
     events = 0
+    scan = usage.UsageScan() if sse else None
     finished = False
     try:
         await resp.prepare(request)
@@ -123,8 +127,9 @@ async def stream_back(request: web.Request, ticket: Ticket, w: Winner, sse: bool
             while chunk:
                 await resp.write(chunk)
                 ticket.bytes_out += len(chunk)
-                if sse:
+                if scan is not None:
                     events += _count_events(chunk)
+                    scan.feed(chunk)
                 elif keep is not None:
                     kept += len(chunk)
                     if kept <= _USAGE_BUFFER:
@@ -132,6 +137,8 @@ async def stream_back(request: web.Request, ticket: Ticket, w: Winner, sse: bool
                     else:
                         keep = None
                 chunk = await up.readany()
+                if observe is not None and chunk:
+                    observe(chunk)
         finished = True
     except TimeoutError:
         # The request's deadline passed mid-answer: stop both sides; the client sees a truncated answer.
@@ -157,8 +164,10 @@ async def stream_back(request: web.Request, ticket: Ticket, w: Winner, sse: bool
             up.release()
         else:
             up.close()  # the runtime sees the disconnect and aborts the request
-    if sse:
-        ticket.completion_tokens = events
+    if scan is not None:
+        # The runtime's own figures when the stream carries them (include_usage, Responses, Anthropic), else events.
+        ticket.prompt_tokens = scan.prompt
+        ticket.completion_tokens = scan.completion if scan.completion is not None else events
     elif keep:
         _read_usage(ticket, b"".join(keep), up.status)
     if up.status >= 500:
@@ -195,6 +204,8 @@ class Handlers:
                 tenant = svc.authenticate(request.headers)
                 body = await read_body(request, self.cfg)
                 parsed = validate(api, parse_json_body(body))
+                if api not in capabilities.BASIC:  # embeddings: not every runtime serves them
+                    capabilities.check(svc.view.all(parsed.model), parsed.model, api)
                 priority = svc.priority_for(tenant, request.headers.get("x-infermesh-priority"))
                 ticket = await svc.admit(
                     api=api,
@@ -214,13 +225,22 @@ class Handlers:
                 return _refusal_response(r, corr, api)
             span.set_attribute("infermesh.tenant", tenant.name)
             span.set_attribute("infermesh.model", parsed.model)
+            if api not in capabilities.BASIC:
+                ticket.ranked = [t for t in ticket.ranked if capabilities.serves(t, api)] or ticket.ranked
             try:
                 return await self._forward(request, ticket, parsed, body, path, span)
             finally:
                 await svc.finish(ticket)
 
     async def _forward(
-        self, request: web.Request, ticket: Ticket, parsed: ParsedRequest, body: bytes, path: str, span: Any
+        self,
+        request: web.Request,
+        ticket: Ticket,
+        parsed: ParsedRequest,
+        body: bytes,
+        path: str,
+        span: Any,
+        observe: Callable[[bytes], None] | None = None,
     ) -> web.StreamResponse:
         headers = upstream_headers(request, ticket.corr_id)
 
@@ -241,7 +261,7 @@ class Handlers:
         span.set_attribute("infermesh.target", w.target.id)
         span.set_attribute("http.response.status_code", w.resp.status)
         try:
-            return await stream_back(request, ticket, w, parsed.stream)
+            return await stream_back(request, ticket, w, parsed.stream, observe)
         except asyncio.CancelledError:
             ticket.cancelled, ticket.cause = True, "client_disconnected"
             w.resp.close()
@@ -555,6 +575,9 @@ def build_app(svc: RouterService) -> web.Application:
     app.router.add_post("/v2/models/{name}/infer", h.v2_infer)
     app.router.add_get("/metrics", h.metrics)
     app.router.add_get("/healthz", h.healthz)
+    from router import apis  # it builds on this module's handlers
+
+    apis.add_routes(app, h)
     route_report.add_routes(app, svc)
     app.cleanup_ctx.append(_start_service)
     return app

@@ -261,14 +261,14 @@ class UpstreamPool:
         self._idle: dict[tuple[str, int, bool], list[_Conn]] = {}
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._routes: dict[tuple[str, str], tuple[tuple[str, int, bool], bytes]] = {}
+        self._routes: dict[tuple[str, str, str], tuple[tuple[str, int, bool], bytes]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
     # -- requests -----------------------------------------------------------------------------------------------
-    def _route(self, base: str, path: str) -> tuple[tuple[str, int, bool], bytes]:
+    def _route(self, base: str, path: str, method: str = "POST") -> tuple[tuple[str, int, bool], bytes]:
         """(pool key, request line and Host header) of base+path, memoised: the set of targets and paths is small."""
-        r = self._routes.get((base, path))
+        r = self._routes.get((base, path, method))
         if r is None:
             u = urlsplit(base + path)
             if u.scheme not in ("http", "https") or not u.hostname:
@@ -280,20 +280,27 @@ class UpstreamPool:
             host_hdr = f"[{host}]" if ":" in host else host
             if u.port is not None:
                 host_hdr += f":{u.port}"
-            line = f"POST {target} HTTP/1.1\r\nHost: {host_hdr}\r\n".encode()
+            line = f"{method} {target} HTTP/1.1\r\nHost: {host_hdr}\r\n".encode()
             if len(self._routes) > 4096:
                 self._routes.clear()
-            r = self._routes[(base, path)] = ((host, port, tls), line)
+            r = self._routes[(base, path, method)] = ((host, port, tls), line)
         return r
 
     async def post(
-        self, base: str, path: str, body: bytes, headers: Mapping[str, str], deadline: float | None = None
+        self,
+        base: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        deadline: float | None = None,
+        method: str = "POST",
     ) -> Response:
-        """Send one POST and return once the status line and headers are in; the body follows via the Response.
+        """Send one request (POST unless `method` says, e.g. GET for a follow-up) and return once the status line
+        and headers are in; the body follows via the Response.
 
         `deadline` (event-loop time) bounds everything up to the first body byte: waiting for a pooled connection,
         connecting, the head, and reads until `Response.disarm`; past it, TimeoutError."""
-        key, line = self._route(base, path)
+        key, line = self._route(base, path, method)
         parts = [line, b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
         for k, v in headers.items():
             if "\r" in v or "\n" in v:

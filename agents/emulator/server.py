@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from agents.binding import BindError, fail, join_host_port, reason_of
+from agents.emulator import apis
 from agents.emulator import tokenizer as tok
 from agents.emulator.engine import EngineConfig, EngineCore, TokenEvent
 from agents.emulator.engine import Sequence as Seq
@@ -433,9 +434,7 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
             em.stats.rejected += 1
             em.metrics.errors.add("validation")
             return _error(404, f"The model `{model}` does not exist.", param="model")
-        n = _int_field(body, "n", 1)
-        if n not in (None, 1):
-            raise BadRequest("only n=1 is supported", param="n")
+        _int_field(body, "n", 1)  # n > 1, logprobs, tools, response_format: agents/emulator/apis.py
         prompt_tokens, token_ids = prompt_of(body, chat)
         max_tokens = _int_field(body, "max_completion_tokens", 1) if chat else None
         if max_tokens is None:
@@ -452,6 +451,15 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
         em.stats.errors += 1
         em.metrics.errors.add("generation")
         return _error(500, "emulated engine failure (fault injection)")
+    if apis.wants_extended(body):
+        try:
+            return await apis.extended_completion(
+                request, apis.Runtime(em), body, chat, prompt_tokens, token_ids, max_tokens, target
+            )
+        except apis.ApiError as e:
+            em.stats.rejected += 1
+            em.metrics.errors.add("validation")
+            return _error(e.status, e.message, e.param)
 
     req_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     req_seed = em.rng.randrange(1 << 30)
@@ -634,6 +642,7 @@ def build_app(config: EmulatorConfig) -> web.Application:
     app.router.add_get("/v2/health/ready", health)  # Triton
     app.router.add_get("/v2/health/live", health)
     app.router.add_get("/metrics", metrics)
+    apis.add_routes(app, EMULATOR_KEY, config.flavor)  # the routes this flavour's release serves beyond these
     if config.flavor == "tgi":
         app.router.add_get("/info", tgi_info)
     app.router.add_post("/reset_prefix_cache", reset_prefix_cache)
