@@ -29,10 +29,14 @@ def cmd_members(args: argparse.Namespace) -> int:
     for m in resp.members:
         coord = f"err={m.coordinate.error:.2f}" if m.HasField("coordinate") else None
         rtt = f"{m.rtt_estimate_s * 1000:.2f}ms" if not m.local else None
+        measured = f"{m.measured_rtt_s * 1000:.2f}ms" if m.HasField("measured_rtt_s") else None
+        loss = f"{m.loss:.0%}" if m.HasField("loss") else None
         name = m.name + (" *" if m.local else "")
         rows.append([name, _status(m.status), m.incarnation, m.gossip_address, list(m.roles), m.zone, m.link_class,
-                     rtt, coord])  # fmt: skip
-    print_table(["member", "state", "inc", "gossip", "roles", "zone", "link", "rtt", "coordinate"], rows)
+                     rtt, measured, loss, coord])  # fmt: skip
+    print_table(
+        ["member", "state", "inc", "gossip", "roles", "zone", "link", "rtt", "probe_rtt", "loss", "coordinate"], rows
+    )
     mode = "DEGRADED (local-only)" if resp.degraded else "ok"
     print(f"\n{resp.reachable}/{resp.total} reachable, mesh {mode}, health score {resp.health_score}")
     return 0

@@ -14,7 +14,7 @@ import logging
 import socket
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +136,8 @@ class MeshStatus:
     degraded: bool = False
     reachable: int = 1
     total: int = 1
+    # measured by direct probes, per peer: (RTT in seconds, loss 0..1), None where not measured yet
+    links: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
 
 _STATUS = MeshStatus()
@@ -160,6 +162,7 @@ class GossipComponent:
         self.status = _STATUS
         self._ctx: AgentContext | None = None
         self._summary_task: asyncio.Task[None] | None = None
+        self._links_task: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()
         self._unsubscribe: Callable[[], None] | None = None
         self._keyring = section.keyring()
@@ -209,21 +212,24 @@ class GossipComponent:
         self._unsubscribe = ctx.fusion.subscribe(lambda changed, removed: self._dirty.set())
         self._dirty.set()
         self._summary_task = asyncio.create_task(self._publish_summaries())
+        self._links_task = asyncio.create_task(self._report_links())
         log.info("gossip: %s on %s:%s, seeds %s", ctx.node_id, *self.node.addr, s.seeds or "none")
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        if self._summary_task is not None:
-            self._summary_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._summary_task
+        for task in (self._summary_task, self._links_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._ctx is not None:
             self._ctx.set_rtt_provider(None)
         if self.node is not None:
             await self.node.stop(leave=self.section.leave_on_stop)
         self.status.running = False
         self.status.degraded = False
+        self.status.links = {}
 
     # ------------------------------------------------------------------ summaries
 
@@ -286,6 +292,31 @@ class GossipComponent:
                 except ValueError as exc:
                     log.warning("gossip: state summary not published: %s", exc)
             await asyncio.sleep(self.section.summary_interval_s)
+
+    async def _report_links(self) -> None:
+        """Loss and RTT to each peer, as this node's direct probes measure them, for the portal link's telemetry
+        (the network quarantine rule), `ListMembers` and the metrics."""
+        reported: set[str] = set()
+        while True:
+            await asyncio.sleep(self.section.probe_interval_s)
+            node = self.node
+            if node is None or node.core is None:
+                continue
+            links = node.core.peer_links()
+            self.status.links = links
+            metrics = node.metrics
+            if metrics is None:
+                continue
+            for peer in reported - set(links):
+                with contextlib.suppress(KeyError):
+                    metrics.peer_loss.remove(peer)
+                    metrics.peer_rtt.remove(peer)
+            for peer, (rtt, loss) in links.items():
+                if loss is not None:
+                    metrics.peer_loss.labels(peer).set(loss)
+                if rtt is not None:
+                    metrics.peer_rtt.labels(peer).set(rtt)
+            reported = set(links)
 
     # ------------------------------------------------------------------ events
 

@@ -41,6 +41,11 @@ class GossipMetrics:
         self.degraded = Gauge("infermesh_gossip_degraded",
                               "1 while this node has lost contact with most of the mesh (local-only mode)",
                               registry=registry)  # fmt: skip
+        self.peer_loss = Gauge("infermesh_gossip_peer_loss",
+                               "Share of the last direct probes to a peer left unanswered (1: declared dead)",
+                               ["peer"], registry=registry)  # fmt: skip
+        self.peer_rtt = Gauge("infermesh_gossip_peer_rtt_seconds", "Moving average of direct-probe RTTs to a peer",
+                              ["peer"], registry=registry)  # fmt: skip
         for reason in DROP_REASONS:
             self.dropped.labels(reason)
         for s in MemberState:

@@ -39,6 +39,7 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
             node=core.name, degraded=core.degraded, reachable=reachable, total=total, health_score=core.awareness
         )
         topo = self._topology
+        links = core.peer_links()
         for m in sorted(core.member_list(), key=lambda m: m.name):
             meta = NodeMeta.decode(m.meta)
             pm = resp.members.add(
@@ -57,6 +58,11 @@ class MembershipService(membership_pb2_grpc.MembershipServicer):
                 local=m.name == core.name,
             )
             pm.labels.update(meta.labels)
+            measured_rtt, loss = links.get(m.name, (None, None))
+            if measured_rtt is not None:
+                pm.measured_rtt_s = measured_rtt
+            if loss is not None:
+                pm.loss = loss
             coord = topo.coordinate_of(m.name)
             if coord is not None:
                 pm.coordinate.CopyFrom(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,8 +184,29 @@ class _Probe:
     target: str
     sent: float
     acked: bool = False
+    direct: bool = False  # answered by the target itself (not through a relay)
+    relayed: bool = False  # indirect probes went out: an ack may come through a relay from now on
     expected_nacks: int = 0
     nacks: int = 0
+
+
+LINK_WINDOW = 20  # direct probes per peer that loss is measured over
+LINK_RTT_ALPHA = 0.3
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """This node's measured link to one peer: the outcome of its last direct probes (answered directly before the
+    probe period ended, or not) and a moving average of their round-trip times."""
+
+    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=LINK_WINDOW))
+    rtt: float | None = None  # seconds, EWMA of direct acks
+
+    @property
+    def loss(self) -> float | None:
+        if not self.outcomes:
+            return None
+        return 1.0 - sum(self.outcomes) / len(self.outcomes)
 
 
 @dataclass(slots=True)
@@ -221,6 +243,7 @@ class Swim:
         self._seq = rng.randrange(U32)
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
+        self.links: dict[str, LinkStats] = {}  # measured by direct probes: loss and RTT per peer
         self._suspicions: dict[str, _Suspicion] = {}
         self._timers: list[tuple[float, int, str, Any]] = []
         self._timer_seq = 0
@@ -344,6 +367,19 @@ class Swim:
     def health_score(self) -> int:
         return self.awareness
 
+    def peer_links(self) -> dict[str, tuple[float | None, float | None]]:
+        """(RTT in seconds, loss 0..1) per peer from direct probes; a peer declared dead counts as lost entirely
+        (it is no longer probed), one that left is not listed."""
+        out: dict[str, tuple[float | None, float | None]] = {}
+        for name, m in self.members.items():
+            if name == self.name or m.state == MemberState.LEFT:
+                continue
+            link = self.links.get(name)
+            rtt = link.rtt if link is not None else None
+            loss = 1.0 if m.state == MemberState.DEAD else (link.loss if link is not None else None)
+            out[name] = (rtt, loss)
+        return out
+
     def reachable(self) -> tuple[int, int]:
         total = len(self.members) - self._counts[MemberState.LEFT]
         return total - self._counts[MemberState.DEAD], total
@@ -442,6 +478,7 @@ class Swim:
         peers = self._random_members(self.config.indirect_checks, exclude={p.target}, states=(MemberState.ALIVE,))
         want_nack = self.config.lifeguard
         p.expected_nacks = len(peers) if want_nack else 0
+        p.relayed = bool(peers)
         for peer in peers:
             self.stats.indirect_probes += 1
             self._send(peer.addr, IndirectPing(seq, p.target, target.addr, want_nack, self.name, self.addr))
@@ -451,6 +488,8 @@ class Swim:
         if p is None or p.seq != seq:
             return
         self._probe = None
+        if not p.direct:
+            self.links.setdefault(p.target, LinkStats()).outcomes.append(False)  # lost on the direct path
         if p.acked:
             return
         self.stats.probe_failures += 1
@@ -501,7 +540,7 @@ class Swim:
                 return  # a ping for a previous owner of this address
             self._send(m.source_addr, Ack(m.seq, self.ack_payload))
         elif isinstance(m, Ack):
-            self._on_ack(now, m)
+            self._on_ack(now, m, src)
         elif isinstance(m, IndirectPing):
             seq = self._next_seq()
             self._relays[seq] = _Relay(m.seq, m.source_addr, m.nack)
@@ -522,7 +561,7 @@ class Swim:
         elif isinstance(m, Summary):
             self._on_summary(now, m, src)
 
-    def _on_ack(self, now: float, ack: Ack) -> None:
+    def _on_ack(self, now: float, ack: Ack, src: Addr | None = None) -> None:
         relay = self._relays.get(ack.seq)
         if relay is not None:
             if not relay.done:
@@ -534,6 +573,13 @@ class Swim:
             return
         p.acked = True
         self._awareness(-1)
+        target = self.members.get(p.target)
+        if target is not None and (not p.relayed or src == target.addr):
+            p.direct = True
+            link = self.links.setdefault(p.target, LinkStats())
+            link.outcomes.append(True)
+            rtt = now - p.sent
+            link.rtt = rtt if link.rtt is None else link.rtt + LINK_RTT_ALPHA * (rtt - link.rtt)
         if ack.payload:
             # Only direct acks carry the responder's coordinate, so the RTT is a true one-hop sample.
             self._out.events.append(ProbeRtt(p.target, now - p.sent, ack.payload))
@@ -714,6 +760,7 @@ class Swim:
         self._counts[m.state] -= 1
         del self.members[node]
         self.summaries.pop(node, None)
+        self.links.pop(node, None)
         self._check_degraded()
 
     # ------------------------------------------------------------------ summaries

@@ -367,7 +367,7 @@ class PortalLinkComponent:
                         at_unix_ms=int(time.time() * 1000),
                         node=self.sampler.node(self._state_name()),
                         gpus=self.sampler.gpus(),
-                        peers=peers(self.node, others, self.rtt),
+                        peers=peers(self.node, others, self.rtt, _gossip_links()),
                     )
                 )
             await asyncio.sleep(min(self.cfg.sample_s, every_s))
@@ -404,3 +404,11 @@ class PortalLinkComponent:
 
 def make_component(section: Mapping[str, Any]) -> PortalLinkComponent:
     return PortalLinkComponent(PortalSection.model_validate(dict(section)))
+
+
+def _gossip_links() -> dict[str, tuple[float | None, float | None]]:
+    """Loss and RTT to each peer as this agent's gossip measures them (empty without gossip)."""
+    from agents.gossip.component import mesh_status
+
+    status = mesh_status()
+    return status.links if status.running else {}

@@ -4,7 +4,7 @@ since NVML reports an Xid once) and node totals."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agents.proto.portal_link import GpuRollup, NodeRollup, PeerLink
@@ -80,17 +80,28 @@ class TelemetrySampler:
         )
 
 
-def peers(node_id: str, others: list[str], rtt: Callable[[str, str], float] | None) -> list[PeerLink]:
-    """RTT to each known peer as the topology service (gossip) estimates it; nothing without one."""
-    if rtt is None:
+def peers(
+    node_id: str,
+    others: list[str],
+    rtt: Callable[[str, str], float] | None,
+    links: Mapping[str, tuple[float | None, float | None]] | None = None,
+) -> list[PeerLink]:
+    """RTT and loss to each known peer: measured by gossip's direct probes (`links`: RTT in seconds and loss per
+    peer) where it has, else the RTT the topology service estimates; nothing without gossip."""
+    links = links or {}
+    if rtt is None and not links:
         return []
     out = []
-    for other in others[:256]:
-        try:
-            value = rtt(node_id, other)
-        except Exception:  # a peer the estimator does not know yet
-            continue
-        ms = _num(value * 1000.0, 0.0)
-        if ms is not None:
-            out.append(PeerLink(node=other[:128], rtt_ms=ms))
+    for other in sorted({*others, *links})[:256]:
+        measured_rtt, loss = links.get(other, (None, None))
+        value = measured_rtt
+        if value is None and rtt is not None:
+            try:
+                value = rtt(node_id, other)
+            except Exception:  # a peer the estimator does not know yet
+                value = None
+        ms = _num(value * 1000.0, 0.0) if value is not None else None
+        loss = _num(loss, 0.0, 1.0) if loss is not None else None
+        if ms is not None or loss is not None:
+            out.append(PeerLink(node=other[:128], rtt_ms=ms, loss=loss))
     return out

@@ -109,3 +109,20 @@ def test_samples_from_stored_telemetry() -> None:
     )
     assert s.gpus[0].xids == (94,) and s.peers[0].rtt_ms == 3.0
     assert decide(ACTIVE, [s], 5.0, RULES).reason == "GPU GPU-0: fatal Xid 94"
+
+
+def test_gossip_measured_loss_reaches_the_network_rule_through_telemetry() -> None:
+    from agents.portal_link.telemetry import peers
+
+    # what gossip measured on a node that lost most of its links: loss per peer, RTT where probes came back
+    links = {"n2": (0.004, 0.1), "n3": (None, 1.0), "n4": (0.2, 0.5)}
+    reported = peers("n1", ["n2", "n3", "n4", "n5"], lambda a, b: 0.001, links)
+    by_node = {p.node: p for p in reported}
+    assert by_node["n2"].rtt_ms == 4.0 and by_node["n2"].loss == 0.1
+    assert by_node["n3"].rtt_ms == 1.0 and by_node["n3"].loss == 1.0  # no probe came back: the estimate's RTT
+    assert by_node["n5"].loss is None and by_node["n5"].rtt_ms == 1.0  # not measured yet
+    samples = [sample_from_telemetry(t, {"peers": [p.model_dump() for p in reported]}) for t in (100.0, 101.0, 102.0)]
+    d = decide(State("active"), samples, 103.0, RULES)
+    assert d.action == "quarantine" and d.findings[0].rule == "network"
+    assert {p["node"] for p in d.findings[0].evidence["peers"]} == {"n2", "n3", "n4"}  # n5 is fine
+    assert peers("n1", ["n2"], None, None) == []  # no gossip: nothing to report

@@ -184,7 +184,11 @@ async def test_members_pause_partition_and_kill(mesh: tuple[list[Agent], FaultPr
         assert all(isinstance(m["incarnation"], int) and m["state"] in ("alive", "suspect") for m in doc["members"])
         # A loaded machine may delay an ack into a brief suspicion; wait for a view where all are alive.
         alive = all(m["state"] == "alive" for m in doc["members"])
-        return alive and all(m["coordinate"] is not None and len(m["coordinate"]["vec"]) == 8 for m in doc["members"])
+        # loss and RTT to each peer, measured by this agent's direct probes (the network quarantine rule's data)
+        peers = [m for m in doc["members"] if not m["local"]]
+        measured = all("loss" in m and 0 <= m["loss"] <= 1 and 0 < m.get("measured_rtt_s", 0) < 1 for m in peers)
+        coordinates = all(m["coordinate"] is not None and len(m["coordinate"]["vec"]) == 8 for m in doc["members"])
+        return alive and measured and coordinates
 
     await wait_until(ctl_members_complete, 30, "ctl members shows a coordinate for every member")
 
@@ -244,6 +248,8 @@ async def test_members_pause_partition_and_kill(mesh: tuple[list[Agent], FaultPr
 
     await wait_until(both_sides_degraded, DEAD_BOUND_S + 15, "both sides of the partition in local-only mode")
     assert proxy.stats.partitioned > 0
+    cut = {m.name: m for m in (await members(left[0])).members}
+    assert all(cut[a.name].loss == 1.0 for a in right), cut  # the other side is lost entirely
     proxy.heal()
 
     async def converged() -> bool:

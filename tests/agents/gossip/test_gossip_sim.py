@@ -183,3 +183,23 @@ def test_suspect_refutes_via_buddy_system() -> None:
     assert all(sim.state_of(i, 0) == MemberState.ALIVE for i in range(1, 10))
     assert sim.nodes[0].stats.self_refutes >= 1
     assert "n0" not in sim.observed.dead_at
+
+
+def test_links_measure_loss_and_rtt_to_each_peer() -> None:
+    # 10% loss per packet: a direct probe needs the ping and the ack, so ~19% of probes go unanswered directly
+    sim = Simulation(5, 11, net=NetConfig(loss=0.10, delay_min=0.004, delay_max=0.006))
+    sim.run_until(60.0)
+    node = sim.nodes[0]
+    assert set(node.links) == {"n1", "n2", "n3", "n4"}
+    losses = [link.loss for link in node.links.values()]
+    assert all(x is not None for x in losses)
+    mean = sum(x for x in losses if x is not None) / len(losses)
+    assert 0.05 < mean < 0.4, losses
+    rtts = [link.rtt for link in node.links.values()]
+    assert all(r is not None and 0.008 <= r <= 0.012 for r in rtts), rtts  # two one-way delays of 4-6 ms
+    # a partitioned peer is lost entirely: every direct probe to it fails
+    sim.heal()
+    sim.partition([[0, 1, 2, 3], [4]])
+    sim.run_until(90.0)
+    links = sim.nodes[0].peer_links()
+    assert links["n4"][1] == 1.0 and (links["n1"][1] or 0) < 0.5, links

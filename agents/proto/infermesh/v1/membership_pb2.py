@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dinfermesh/v1/membership.proto\x12\x0cinfermesh.v1\"L\n\nCoordinate\x12\x0b\n\x03vec\x18\x01 \x03(\x01\x12\r\n\x05\x65rror\x18\x02 \x01(\x01\x12\x12\n\nadjustment\x18\x03 \x01(\x01\x12\x0e\n\x06height\x18\x04 \x01(\x01\"\xaa\x03\n\x06Member\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0egossip_address\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.infermesh.v1.MemberStatus\x12\x13\n\x0bincarnation\x18\x04 \x01(\r\x12,\n\ncoordinate\x18\x05 \x01(\x0b\x32\x18.infermesh.v1.Coordinate\x12\r\n\x05roles\x18\x06 \x03(\t\x12\x0c\n\x04zone\x18\x07 \x01(\t\x12\x0e\n\x06region\x18\x08 \x01(\t\x12\x14\n\x0cgrpc_address\x18\t \x01(\t\x12\x30\n\x06labels\x18\n \x03(\x0b\x32 .infermesh.v1.Member.LabelsEntry\x12\x16\n\x0ertt_estimate_s\x18\x0b \x01(\x01\x12\x12\n\nlink_class\x18\x0c \x01(\t\x12\x17\n\x0fsummary_version\x18\r \x01(\x04\x12\x13\n\x0bstate_age_s\x18\x0e \x01(\x01\x12\r\n\x05local\x18\x0f \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x12ListMembersRequest\"\x94\x01\n\x13ListMembersResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12%\n\x07members\x18\x02 \x03(\x0b\x32\x14.infermesh.v1.Member\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x11\n\treachable\x18\x04 \x01(\r\x12\r\n\x05total\x18\x05 \x01(\r\x12\x14\n\x0chealth_score\x18\x06 \x01(\r\"9\n\x07Summary\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"\x16\n\x14ListSummariesRequest\"A\n\x15ListSummariesResponse\x12(\n\tsummaries\x18\x01 \x03(\x0b\x32\x15.infermesh.v1.Summary\".\n\x12\x45stimateRttRequest\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\"R\n\x13\x45stimateRttResponse\x12\r\n\x05rtt_s\x18\x01 \x01(\x01\x12\x12\n\nlink_class\x18\x02 \x01(\t\x12\x18\n\x10\x66rom_coordinates\x18\x03 \x01(\x08*\x91\x01\n\x0cMemberStatus\x12\x1d\n\x19MEMBER_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13MEMBER_STATUS_ALIVE\x10\x01\x12\x19\n\x15MEMBER_STATUS_SUSPECT\x10\x02\x12\x16\n\x12MEMBER_STATUS_DEAD\x10\x03\x12\x16\n\x12MEMBER_STATUS_LEFT\x10\x04\x32\xba\x01\n\nMembership\x12R\n\x0bListMembers\x12 .infermesh.v1.ListMembersRequest\x1a!.infermesh.v1.ListMembersResponse\x12X\n\rListSummaries\x12\".infermesh.v1.ListSummariesRequest\x1a#.infermesh.v1.ListSummariesResponse2^\n\x08Topology\x12R\n\x0b\x45stimateRtt\x12 .infermesh.v1.EstimateRttRequest\x1a!.infermesh.v1.EstimateRttResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dinfermesh/v1/membership.proto\x12\x0cinfermesh.v1\"L\n\nCoordinate\x12\x0b\n\x03vec\x18\x01 \x03(\x01\x12\r\n\x05\x65rror\x18\x02 \x01(\x01\x12\x12\n\nadjustment\x18\x03 \x01(\x01\x12\x0e\n\x06height\x18\x04 \x01(\x01\"\xf6\x03\n\x06Member\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0egossip_address\x18\x02 \x01(\t\x12*\n\x06status\x18\x03 \x01(\x0e\x32\x1a.infermesh.v1.MemberStatus\x12\x13\n\x0bincarnation\x18\x04 \x01(\r\x12,\n\ncoordinate\x18\x05 \x01(\x0b\x32\x18.infermesh.v1.Coordinate\x12\r\n\x05roles\x18\x06 \x03(\t\x12\x0c\n\x04zone\x18\x07 \x01(\t\x12\x0e\n\x06region\x18\x08 \x01(\t\x12\x14\n\x0cgrpc_address\x18\t \x01(\t\x12\x30\n\x06labels\x18\n \x03(\x0b\x32 .infermesh.v1.Member.LabelsEntry\x12\x16\n\x0ertt_estimate_s\x18\x0b \x01(\x01\x12\x12\n\nlink_class\x18\x0c \x01(\t\x12\x17\n\x0fsummary_version\x18\r \x01(\x04\x12\x13\n\x0bstate_age_s\x18\x0e \x01(\x01\x12\r\n\x05local\x18\x0f \x01(\x08\x12\x1b\n\x0emeasured_rtt_s\x18\x10 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\x04loss\x18\x11 \x01(\x01H\x01\x88\x01\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x11\n\x0f_measured_rtt_sB\x07\n\x05_loss\"\x14\n\x12ListMembersRequest\"\x94\x01\n\x13ListMembersResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12%\n\x07members\x18\x02 \x03(\x0b\x32\x14.infermesh.v1.Member\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x11\n\treachable\x18\x04 \x01(\r\x12\r\n\x05total\x18\x05 \x01(\r\x12\x14\n\x0chealth_score\x18\x06 \x01(\r\"9\n\x07Summary\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"\x16\n\x14ListSummariesRequest\"A\n\x15ListSummariesResponse\x12(\n\tsummaries\x18\x01 \x03(\x0b\x32\x15.infermesh.v1.Summary\".\n\x12\x45stimateRttRequest\x12\x0b\n\x03src\x18\x01 \x01(\t\x12\x0b\n\x03\x64st\x18\x02 \x01(\t\"R\n\x13\x45stimateRttResponse\x12\r\n\x05rtt_s\x18\x01 \x01(\x01\x12\x12\n\nlink_class\x18\x02 \x01(\t\x12\x18\n\x10\x66rom_coordinates\x18\x03 \x01(\x08*\x91\x01\n\x0cMemberStatus\x12\x1d\n\x19MEMBER_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13MEMBER_STATUS_ALIVE\x10\x01\x12\x19\n\x15MEMBER_STATUS_SUSPECT\x10\x02\x12\x16\n\x12MEMBER_STATUS_DEAD\x10\x03\x12\x16\n\x12MEMBER_STATUS_LEFT\x10\x04\x32\xba\x01\n\nMembership\x12R\n\x0bListMembers\x12 .infermesh.v1.ListMembersRequest\x1a!.infermesh.v1.ListMembersResponse\x12X\n\rListSummaries\x12\".infermesh.v1.ListSummariesRequest\x1a#.infermesh.v1.ListSummariesResponse2^\n\x08Topology\x12R\n\x0b\x45stimateRtt\x12 .infermesh.v1.EstimateRttRequest\x1a!.infermesh.v1.EstimateRttResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,30 +33,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MEMBER_LABELSENTRY']._loaded_options = None
   _globals['_MEMBER_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_MEMBERSTATUS']._serialized_start=1010
-  _globals['_MEMBERSTATUS']._serialized_end=1155
+  _globals['_MEMBERSTATUS']._serialized_start=1086
+  _globals['_MEMBERSTATUS']._serialized_end=1231
   _globals['_COORDINATE']._serialized_start=47
   _globals['_COORDINATE']._serialized_end=123
   _globals['_MEMBER']._serialized_start=126
-  _globals['_MEMBER']._serialized_end=552
-  _globals['_MEMBER_LABELSENTRY']._serialized_start=507
-  _globals['_MEMBER_LABELSENTRY']._serialized_end=552
-  _globals['_LISTMEMBERSREQUEST']._serialized_start=554
-  _globals['_LISTMEMBERSREQUEST']._serialized_end=574
-  _globals['_LISTMEMBERSRESPONSE']._serialized_start=577
-  _globals['_LISTMEMBERSRESPONSE']._serialized_end=725
-  _globals['_SUMMARY']._serialized_start=727
-  _globals['_SUMMARY']._serialized_end=784
-  _globals['_LISTSUMMARIESREQUEST']._serialized_start=786
-  _globals['_LISTSUMMARIESREQUEST']._serialized_end=808
-  _globals['_LISTSUMMARIESRESPONSE']._serialized_start=810
-  _globals['_LISTSUMMARIESRESPONSE']._serialized_end=875
-  _globals['_ESTIMATERTTREQUEST']._serialized_start=877
-  _globals['_ESTIMATERTTREQUEST']._serialized_end=923
-  _globals['_ESTIMATERTTRESPONSE']._serialized_start=925
-  _globals['_ESTIMATERTTRESPONSE']._serialized_end=1007
-  _globals['_MEMBERSHIP']._serialized_start=1158
-  _globals['_MEMBERSHIP']._serialized_end=1344
-  _globals['_TOPOLOGY']._serialized_start=1346
-  _globals['_TOPOLOGY']._serialized_end=1440
+  _globals['_MEMBER']._serialized_end=628
+  _globals['_MEMBER_LABELSENTRY']._serialized_start=555
+  _globals['_MEMBER_LABELSENTRY']._serialized_end=600
+  _globals['_LISTMEMBERSREQUEST']._serialized_start=630
+  _globals['_LISTMEMBERSREQUEST']._serialized_end=650
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=653
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=801
+  _globals['_SUMMARY']._serialized_start=803
+  _globals['_SUMMARY']._serialized_end=860
+  _globals['_LISTSUMMARIESREQUEST']._serialized_start=862
+  _globals['_LISTSUMMARIESREQUEST']._serialized_end=884
+  _globals['_LISTSUMMARIESRESPONSE']._serialized_start=886
+  _globals['_LISTSUMMARIESRESPONSE']._serialized_end=951
+  _globals['_ESTIMATERTTREQUEST']._serialized_start=953
+  _globals['_ESTIMATERTTREQUEST']._serialized_end=999
+  _globals['_ESTIMATERTTRESPONSE']._serialized_start=1001
+  _globals['_ESTIMATERTTRESPONSE']._serialized_end=1083
+  _globals['_MEMBERSHIP']._serialized_start=1234
+  _globals['_MEMBERSHIP']._serialized_end=1420
+  _globals['_TOPOLOGY']._serialized_start=1422
+  _globals['_TOPOLOGY']._serialized_end=1516
 # @@protoc_insertion_point(module_scope)

@@ -33,7 +33,7 @@ class Coordinate(_message.Message):
     def __init__(self, vec: _Optional[_Iterable[float]] = ..., error: _Optional[float] = ..., adjustment: _Optional[float] = ..., height: _Optional[float] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("name", "gossip_address", "status", "incarnation", "coordinate", "roles", "zone", "region", "grpc_address", "labels", "rtt_estimate_s", "link_class", "summary_version", "state_age_s", "local")
+    __slots__ = ("name", "gossip_address", "status", "incarnation", "coordinate", "roles", "zone", "region", "grpc_address", "labels", "rtt_estimate_s", "link_class", "summary_version", "state_age_s", "local", "measured_rtt_s", "loss")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,8 @@ class Member(_message.Message):
     SUMMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_AGE_S_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_RTT_S_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
     name: str
     gossip_address: str
     status: MemberStatus
@@ -71,7 +73,9 @@ class Member(_message.Message):
     summary_version: int
     state_age_s: float
     local: bool
-    def __init__(self, name: _Optional[str] = ..., gossip_address: _Optional[str] = ..., status: _Optional[_Union[MemberStatus, str]] = ..., incarnation: _Optional[int] = ..., coordinate: _Optional[_Union[Coordinate, _Mapping]] = ..., roles: _Optional[_Iterable[str]] = ..., zone: _Optional[str] = ..., region: _Optional[str] = ..., grpc_address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., rtt_estimate_s: _Optional[float] = ..., link_class: _Optional[str] = ..., summary_version: _Optional[int] = ..., state_age_s: _Optional[float] = ..., local: _Optional[bool] = ...) -> None: ...
+    measured_rtt_s: float
+    loss: float
+    def __init__(self, name: _Optional[str] = ..., gossip_address: _Optional[str] = ..., status: _Optional[_Union[MemberStatus, str]] = ..., incarnation: _Optional[int] = ..., coordinate: _Optional[_Union[Coordinate, _Mapping]] = ..., roles: _Optional[_Iterable[str]] = ..., zone: _Optional[str] = ..., region: _Optional[str] = ..., grpc_address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., rtt_estimate_s: _Optional[float] = ..., link_class: _Optional[str] = ..., summary_version: _Optional[int] = ..., state_age_s: _Optional[float] = ..., local: _Optional[bool] = ..., measured_rtt_s: _Optional[float] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class ListMembersRequest(_message.Message):
     __slots__ = ()
