@@ -21,8 +21,9 @@ $(TRAIN_STAMP): $(STAMP)
 
 install: $(STAMP) $(TRAIN_STAMP)
 
+# Flags pass through: make demo ARGS="--portal-port 8100 --base-port 0"
 demo: $(STAMP)
-	env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL .venv/bin/infermesh demo
+	env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL .venv/bin/infermesh demo $(ARGS)
 
 test: $(STAMP) $(TRAIN_STAMP)
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -q

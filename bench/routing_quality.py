@@ -38,7 +38,7 @@ import router_overhead as ro
 
 from agents.emulator.profiles import get_profile
 
-TRACE = ro.ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023_conv.csv"
+TRACE = ro.ROOT / "meshweb" / "data" / "traces" / "azure_llm_2023_conv.csv"  # its first 5,000 requests
 FLEET = ["h100", "h100", "a100", "a100", "l40s", "l40s", "h100-mig-3g.40gb", "a100-mig-3g.40gb"]
 
 

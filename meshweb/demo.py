@@ -31,7 +31,8 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TRACE = ROOT.parent / "shared" / "data" / "traces" / "azure_llm_2023_conv.csv"
+# A slice of the Azure LLM trace shipped with the package (CC-BY 4.0; source and attribution in its README.md).
+DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "traces" / "azure_llm_2023_conv.csv"
 EMBEDDED_OVERRIDES = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
 API_KEY = "demo-key"
 MODEL = "demo-llm"
@@ -93,6 +94,63 @@ class Ports:
         return port
 
 
+def port_taken(host: str, port: int, udp: bool = False) -> str | None:
+    """Why `port` cannot be bound now (None when it can); gossip needs it for both TCP and UDP."""
+    from agents.binding import probe_reason, reason_of
+
+    reason = probe_reason(host, port)
+    if reason is not None or not udp:
+        return reason
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as u:
+        try:
+            u.bind((host, port))
+        except OSError as exc:
+            return f"UDP: {reason_of(exc)}"
+    return None
+
+
+def listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP `port` on this machine (Linux /proc/net/tcp, tcp6)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    return inodes
+
+
+def group_members(pgid: int) -> list[int]:
+    """Every live process of process group `pgid` (a child of the demo leads its own)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def group_listens_on(pgid: int, port: int) -> bool:
+    """Whether the listening socket of `port` belongs to a process of group `pgid`: the demo probes its own child,
+    not whatever else answers on the port."""
+    inodes = {f"socket:[{inode}]" for inode in listening_inodes(port)}
+    for pid in group_members(pgid):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return True
+    return False
+
+
 # -- processes ---------------------------------------------------------------------------------------------------------
 
 
@@ -111,6 +169,12 @@ class Service:
     log: Path
     ready: Callable[[], bool] | None = None
     proc: subprocess.Popen[bytes] | None = None
+    ports: tuple[int, ...] = ()  # TCP ports it listens on: ready only once its own process holds them
+
+    def holds_ports(self) -> bool:
+        if self.proc is None or not sys.platform.startswith("linux"):
+            return self.proc is not None
+        return all(group_listens_on(self.proc.pid, port) for port in self.ports)
 
     def start(self, env: dict[str, str]) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -164,12 +228,15 @@ class Fleet:
                         f"{service.name} exited with code {code}; its log ({service.log}):\n{service.tail()}"
                     )
                 assert service.ready is not None
-                if service.ready():
+                if service.ready() and service.holds_ports():
                     pending.remove(service)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(s.name for s in pending)
                 raise DemoError(f"not ready after {timeout_s:.0f}s: {names}; last log lines:\n{pending[0].tail()}")
             time.sleep(0.2)
+
+    def dead(self) -> Service | None:
+        return next((s for s in self.services if not s.alive()), None)
 
     def stop(self) -> None:
         """SIGTERM to every process group, a grace period, then SIGKILL to whatever is left."""
@@ -262,6 +329,34 @@ def plan(args: argparse.Namespace) -> Layout:
         runtime_agent=[a for a, _ in chosen],
         runtime_gpu=[g for _, g in chosen],
     )
+
+
+def taken_ports(layout: Layout, args: argparse.Namespace) -> list[str]:
+    """Every port of the plan that cannot be bound, as `host:port (service): reason; change FLAG`."""
+    internal = "--base-port (0 = any free ports)"
+    wanted: list[tuple[int, str, str, bool]] = [
+        (layout.portal_port, "portal", "--portal-port", False),
+        (layout.router_port, "router", "--router-port", False),
+        (layout.router_grpc_port, "router gRPC", internal, False),
+    ]
+    for i, (name, _, _) in enumerate(AGENTS):
+        wanted += [
+            (layout.agent_grpc[i], f"agent-{name} gRPC", internal, False),
+            (layout.agent_http[i], f"agent-{name} /metrics", internal, False),
+            (layout.agent_gossip[i], f"agent-{name} gossip", internal, True),
+        ]
+    wanted += [(port, f"runtime-{r + 1}", internal, False) for r, port in enumerate(layout.runtime_ports)]
+    problems = []
+    seen: dict[int, str] = {}
+    for port, service, change, udp in wanted:
+        if port in seen:
+            problems.append(f"{args.host}:{port} ({service}) is also planned for {seen[port]}; change {change}")
+            continue
+        seen[port] = service
+        reason = port_taken(args.host, port, udp)
+        if reason is not None:
+            problems.append(f"{args.host}:{port} ({service}): {reason}; change {change}")
+    return problems
 
 
 def agent_config(layout: Layout, i: int, data_dir: Path, credential_file: Path | None = None) -> dict[str, Any]:
@@ -510,6 +605,12 @@ def prepare_portal(data_dir: Path, env: dict[str, str]) -> tuple[list[str], dict
 
 def demo_main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
+    layout = plan(args)
+    # Every port is checked before anything starts: a port taken by something else is never mistaken for ours.
+    problems = taken_ports(layout, args)
+    if problems:
+        print("demo: cannot start, ports not free:\n  " + "\n  ".join(problems), file=sys.stderr, flush=True)
+        return 2
     data_dir = _data_dir(args)
     demo_dir = data_dir / "demo"
     logs = demo_dir / "logs"
@@ -532,7 +633,6 @@ def demo_main(argv: Sequence[str]) -> int:
     dropped = [name for name in EMBEDDED_OVERRIDES if os.environ.get(name)]
     if dropped:
         print(f"demo: runs on the embedded default; ignoring {', '.join(dropped)} from the environment", flush=True)
-    layout = plan(args)
     env = {k: v for k, v in os.environ.items() if k not in EMBEDDED_OVERRIDES}
     password = os.environ.get("INFERMESH_ADMIN_PASSWORD") or secrets.token_urlsafe(9)
     env.update(
@@ -568,6 +668,7 @@ def demo_main(argv: Sequence[str]) -> int:
                     argv,
                     logs / f"runtime-{r + 1}.log",
                     _probe(layout.url(port, "/health")),
+                    ports=(port,),
                 ),
                 env,
             )
@@ -577,6 +678,7 @@ def demo_main(argv: Sequence[str]) -> int:
                 infermesh("portal", "--bind", f"{args.host}:{args.portal_port}", "--no-migrate"),
                 logs / "portal.log",
                 lambda: http_ok(layout.url(layout.portal_port, "/healthz")),
+                ports=(layout.portal_port,),
             ),
             env,
         )
@@ -596,6 +698,7 @@ def demo_main(argv: Sequence[str]) -> int:
                     infermesh("agent", "--config", str(path)),
                     logs / f"agent-{name}.log",
                     _probe(layout.url(layout.agent_http[i], "/healthz")),
+                    ports=(layout.agent_grpc[i], layout.agent_http[i]),
                 ),
                 env,
             )
@@ -607,6 +710,7 @@ def demo_main(argv: Sequence[str]) -> int:
                 infermesh("router", "--config", str(router_path)),
                 logs / "router.log",
                 lambda: http_ok(layout.url(layout.router_port, "/healthz")),
+                ports=(layout.router_port, layout.router_grpc_port),
             ),
             env,
         )
@@ -644,16 +748,15 @@ def demo_main(argv: Sequence[str]) -> int:
                 f"demo: replaying {len(requests)} requests of {args.trace.name} at ~{args.replay_rate:g}/s", flush=True
             )
             url = layout.url(layout.router_port, "/v1/chat/completions")
-            asyncio.run(replay(url, requests, lambda: stopping, args.replay_max_tokens))
+            asyncio.run(replay(url, requests, lambda: stopping or fleet.dead() is not None, args.replay_max_tokens))
             if args.exit_after_replay:
                 stopping = True
-        while not stopping:
-            for service in fleet.services:
-                if not service.alive():
-                    print(f"demo: {service.name} exited unexpectedly; its log:\n{service.tail()}", flush=True)
-                    stopping = True
-                    break
+        while not stopping and fleet.dead() is None:
             time.sleep(0.5)
+        died = fleet.dead()
+        if died is not None and not stopping:
+            code = died.proc.returncode if died.proc else None
+            raise DemoError(f"{died.name} exited unexpectedly (code {code}); its log ({died.log}):\n{died.tail()}")
         return 0
     except KeyboardInterrupt:
         return 0

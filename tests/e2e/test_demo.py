@@ -150,3 +150,23 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     assert not [pid for pid in tree if running(pid)], "processes of the demo survived SIGINT"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{portal_port}/healthz", timeout=2)
+
+
+@pytest.mark.parametrize("which", ["--portal-port", "--router-port"])
+def test_demo_with_a_taken_port_exits_before_it_starts_anything(tmp_path: Path, which: str) -> None:
+    """Another program on the demo's port: the demo names the port and the flag, starts nothing, shows no banner."""
+    ports = {"--portal-port": free_port(), "--router-port": free_port()}
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", ports[which]))
+        other.listen()
+        r = subprocess.run(
+            [sys.executable, "-m", "meshweb.cli", "demo", "--portal-port", str(ports["--portal-port"]),
+             "--router-port", str(ports["--router-port"]), "--base-port", "0", "--data-dir", str(data)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"127.0.0.1:{ports[which]}" in r.stderr and f"change {which}" in r.stderr, r.stderr
+    assert "InferMesh demo is running" not in r.stdout
+    assert not (data / "demo" / "services.json").exists() and not (data / "demo" / "logs").exists()
