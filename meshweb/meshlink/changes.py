@@ -147,6 +147,10 @@ def _routing(p: RoutingPolicy) -> Iterator[Put]:
         hedging=p.hedging,
         pin_nodes=list(p.pin_nodes or []),
         pin_zones=list(p.pin_zones or []),
+        # Targets a router learns through gossip may not say their zone: the pinned zones' nodes stand in for it.
+        zone_nodes=sorted(Node.objects.filter(zone__name__in=p.pin_zones).values_list("name", flat=True))
+        if p.pin_zones
+        else [],
     )
     yield Put("routing", f"routing/policy-{p.pk}", {"strategy": p.strategy, "params": params})
     # Nodes pinned to the model, for the scheduler (routers read the pins from the policy itself).
