@@ -6,7 +6,13 @@ from meshweb.audit.api.views import AuditEntryViewSet
 from meshweb.catalog.api.views import DeploymentViewSet, ModelRevisionViewSet, ModelViewSet
 from meshweb.fleet.api.views import CellViewSet, GpuViewSet, NodeViewSet, RegionViewSet, ZoneViewSet
 from meshweb.policy.api.views import AdmissionPolicyViewSet, RoutingPolicyViewSet, SloViewSet
-from meshweb.tenancy.api.views import ApiTokenViewSet, MembershipViewSet, QuotaViewSet, TenantViewSet
+from meshweb.tenancy.api.views import (
+    ApiTokenViewSet,
+    InferenceKeyViewSet,
+    MembershipViewSet,
+    QuotaViewSet,
+    TenantViewSet,
+)
 from meshweb.training.api.views import JobViewSet
 
 router = DefaultRouter()
@@ -15,6 +21,7 @@ router.register("tenants", TenantViewSet, basename="tenant")
 router.register("quotas", QuotaViewSet, basename="quota")
 router.register("memberships", MembershipViewSet, basename="membership")
 router.register("tokens", ApiTokenViewSet, basename="token")
+router.register("inference-keys", InferenceKeyViewSet, basename="inferencekey")
 router.register("models", ModelViewSet, basename="model")
 router.register("revisions", ModelRevisionViewSet, basename="revision")
 router.register("deployments", DeploymentViewSet, basename="deployment")

@@ -123,6 +123,11 @@ class AgentLink:
         if self.cfg.report_outcomes:
             self._tasks.append(asyncio.create_task(self._report_loop()))
 
+    def channel(self) -> grpc.aio.Channel:
+        """The channel to the agent (a fresh one after the SVID files changed), for other readers of the agent."""
+        assert self._dialer is not None, "no agent configured"
+        return self._dialer.channel()
+
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()

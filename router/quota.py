@@ -13,18 +13,19 @@ import uuid
 from typing import Any
 
 from router.config import RedisConfig, TenantConfig
-from router.core.quota import QuotaDecision, TenantLimits, TenantQuota
+from router.core.quota import QuotaDecision, TenantLimits, TenantQuota, day_of
 from router.metrics import QUOTA_BACKEND
 from router.obs import log_event
 
-# KEYS: 1 request bucket, 2 token bucket, 3 lease zset.
-# ARGV: rps, burst, tpm, est_tokens, concurrent, lease_id, lease_ttl_ms. 0 means "no limit".
+# KEYS: 1 request bucket, 2 token bucket, 3 lease zset, 4 tokens of the current UTC day.
+# ARGV: rps, burst, tpm, est_tokens, concurrent, lease_id, lease_ttl_ms, tokens_per_day. 0 means "no limit".
 # Returns {allowed(0/1), reason, retry_after_ms}.
 _LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rps, burst, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local est, conc, lease, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local tpd = tonumber(ARGV[8])
 local function take(key, rate_per_ms, cap, amount)
   local b = redis.call('HMGET', key, 'tokens', 'stamp')
   local tokens = tonumber(b[1]) or cap
@@ -57,6 +58,16 @@ if tpm > 0 and est > 0 then
     return {0, 'tokens_per_min', w}
   end
 end
+if tpd > 0 and est > 0 then
+  local used = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if used + math.min(est, tpd) > tpd then
+    if rps > 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'tokens', 1) end
+    if tpm > 0 then redis.call('HINCRBYFLOAT', KEYS[2], 'tokens', est) end
+    return {0, 'tokens_per_day', 86400000 - now % 86400000}
+  end
+  redis.call('INCRBYFLOAT', KEYS[4], est)
+  redis.call('PEXPIRE', KEYS[4], 2 * 86400000)
+end
 if conc > 0 then
   redis.call('ZADD', KEYS[3], now + ttl, lease)
   redis.call('PEXPIRE', KEYS[3], ttl)
@@ -68,13 +79,14 @@ return {1, '', 0}
 class Lease:
     """What `release` needs to undo an admitted request."""
 
-    __slots__ = ("est_tokens", "lease_id", "local", "tenant")
+    __slots__ = ("day", "est_tokens", "lease_id", "local", "tenant")
 
-    def __init__(self, tenant: str, est_tokens: float, local: bool, lease_id: str = "") -> None:
+    def __init__(self, tenant: str, est_tokens: float, local: bool, lease_id: str = "", day: int = -1) -> None:
         self.tenant = tenant
         self.est_tokens = est_tokens
         self.local = local
         self.lease_id = lease_id
+        self.day = day  # UTC day the daily budget was charged on
 
 
 class QuotaManager:
@@ -83,9 +95,7 @@ class QuotaManager:
         self._local: dict[str, TenantQuota] = {}
         for t in tenants:
             q = t.quotas
-            lim = TenantLimits(q.requests_per_s, q.burst_requests, q.tokens_per_min, q.concurrent)
-            self._limits[t.name] = lim
-            self._local[t.name] = TenantQuota(lim)
+            self.set_limits(t.name, TenantLimits(q.requests_per_s, q.burst_requests, q.tokens_per_min, q.concurrent))
         self._cfg = redis_cfg
         self._redis: Any = None
         self._script: Any = None
@@ -104,20 +114,38 @@ class QuotaManager:
         if self._redis is not None:
             await self._redis.aclose()
 
-    def _unlimited(self, lim: TenantLimits) -> bool:
-        return lim.requests_per_s is None and lim.tokens_per_min is None and lim.concurrent is None
+    def set_limits(self, name: str, lim: TenantLimits | None) -> None:
+        """Install or change (None: drop) the limits of a tenant or key at runtime. Changed limits start from full
+        buckets; requests in flight keep counting against the concurrency limit."""
+        if lim is None:
+            self._limits.pop(name, None)
+            self._local.pop(name, None)
+            return
+        if self._limits.get(name) == lim:
+            return
+        old = self._local.get(name)
+        self._limits[name] = lim
+        quota = TenantQuota(lim)
+        if old is not None:
+            quota.inflight = old.inflight
+            quota.day, quota.day_used = old.day, old.day_used
+        self._local[name] = quota
+
+    def names(self) -> set[str]:
+        return set(self._limits)
 
     async def acquire(self, tenant: str, est_tokens: float) -> tuple[QuotaDecision, Lease | None]:
         lim = self._limits.get(tenant)
-        if lim is None or self._unlimited(lim):
+        if lim is None or lim.unlimited():
             return QuotaDecision(True), None
+        wall = time.time()
         if self._script is not None:
             lease_id = uuid.uuid4().hex
             try:
                 p = self._cfg.key_prefix + tenant
                 res = await asyncio.wait_for(
                     self._script(
-                        keys=[p + ":rps", p + ":tpm", p + ":conc"],
+                        keys=[p + ":rps", p + ":tpm", p + ":conc", f"{p}:tpd:{day_of(wall)}"],
                         args=[
                             lim.requests_per_s or 0,
                             lim.burst_requests or max(1.0, lim.requests_per_s or 0),
@@ -126,6 +154,7 @@ class QuotaManager:
                             lim.concurrent or 0,
                             lease_id,
                             self._lease_ttl_ms,
+                            lim.tokens_per_day or 0,
                         ],
                     ),
                     self._cfg.timeout_s,
@@ -137,7 +166,7 @@ class QuotaManager:
                 if isinstance(reason, bytes):
                     reason = reason.decode()
                 if allowed:
-                    return QuotaDecision(True), Lease(tenant, est_tokens, False, lease_id)
+                    return QuotaDecision(True), Lease(tenant, est_tokens, False, lease_id, day_of(wall))
                 return QuotaDecision(False, str(reason), wait_ms / 1000.0), None
             except Exception as e:
                 QUOTA_BACKEND.inc()
@@ -149,14 +178,17 @@ class QuotaManager:
                         url=self._cfg.url,
                         error=repr(e),
                     )
-        d = self._local[tenant].acquire(est_tokens, time.monotonic())
-        return d, (Lease(tenant, est_tokens, True) if d.allowed else None)
+        local = self._local[tenant]
+        d = local.acquire(est_tokens, time.monotonic(), wall)
+        return d, (Lease(tenant, est_tokens, True, day=local.day) if d.allowed else None)
 
     async def release(self, lease: Lease | None, used_tokens: float | None) -> None:
         if lease is None:
             return
         if lease.local:
-            self._local[lease.tenant].release(lease.est_tokens, used_tokens)
+            local = self._local.get(lease.tenant)  # gone when its limits were dropped meanwhile
+            if local is not None:
+                local.release(lease.est_tokens, used_tokens, lease.day)
             return
         if self._redis is None:
             return
@@ -166,6 +198,9 @@ class QuotaManager:
             pipe.zrem(p + ":conc", lease.lease_id)
             if used_tokens is not None and used_tokens < lease.est_tokens:
                 pipe.hincrbyfloat(p + ":tpm", "tokens", lease.est_tokens - used_tokens)
+                lim = self._limits.get(lease.tenant)
+                if lim is not None and lim.tokens_per_day:
+                    pipe.incrbyfloat(f"{p}:tpd:{lease.day}", used_tokens - lease.est_tokens)
             await asyncio.wait_for(pipe.execute(), 1.0)
         except Exception:
             QUOTA_BACKEND.inc()

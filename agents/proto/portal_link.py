@@ -22,6 +22,8 @@ MANAGED_PREFIXES: tuple[str, ...] = (
     "quotas/",
     "routing/",
     "nodes/",
+    "tenants/",
+    "apikeys/",
     "pinning/",
     "placements/",
     "slos/",

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agents.proto.access import ApiKeyRecord, TenantAccess
+
 
 class StoreInputError(ValueError):
     """A key or value that the policy store refuses, with a message naming the problem."""
@@ -70,6 +72,8 @@ NAMESPACES: dict[str, type[BaseModel] | None] = {
     "nodes": NodeStatus,
     "routing": RoutingPolicy,
     "policies": ControlPolicy,
+    "tenants": TenantAccess,  # inference access, written by the portal, read by routers (agents/proto/access.py)
+    "apikeys": ApiKeyRecord,
     "kv": None,
 }
 

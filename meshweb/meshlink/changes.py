@@ -12,11 +12,12 @@ from typing import Any
 
 from django.db import models
 
+from agents.proto.access import ApiKeyRecord, InferenceLimits, TenantAccess, api_key_key, tenant_key
 from agents.proto.portal_link import STORE_NODE_STATUS
 from meshweb.catalog.models import Deployment, Model, ModelRevision
 from meshweb.fleet.models import Node
 from meshweb.policy.models import AdmissionPolicy, RoutingPolicy, Slo
-from meshweb.tenancy.models import Quota, Tenant
+from meshweb.tenancy.models import InferenceKey, Quota, Tenant
 from meshweb.training.models import TrainingJob
 
 
@@ -58,6 +59,44 @@ def _quota(q: Quota) -> Iterator[Put]:
             "concurrent_jobs_max": q.concurrent_jobs_max,
         },
     )
+    yield from _access(q)
+
+
+def _limits(rps: float | None, tpm: int | None, conc: int | None, tpd: int | None) -> InferenceLimits:
+    # The portal's 0 (quotas) and null (keys) both mean "no limit of that kind".
+    return InferenceLimits(
+        requests_per_s=rps or None, tokens_per_min=tpm or None, concurrent=conc or None, tokens_per_day=tpd or None
+    )
+
+
+def _access(q: Quota) -> Iterator[Put]:
+    t = q.tenant
+    record = TenantAccess(
+        id=t.pk,
+        slug=t.slug,
+        active=t.is_active,
+        priority=q.priority,  # type: ignore[arg-type]
+        limits=_limits(q.requests_per_s, q.tokens_per_min, q.concurrent_requests_max, q.tokens_per_day),
+    )
+    yield Put("tenant_access", tenant_key(t.pk), record.model_dump(mode="json", exclude_none=True))
+
+
+def _inference_key(k: InferenceKey) -> Iterator[Put]:
+    record = ApiKeyRecord(
+        id=k.pk,
+        tenant=k.tenant_id,
+        prefix=k.prefix,
+        name=k.name,
+        models=list(k.model_names or []),
+        expires_at=k.expires_at.timestamp() if k.expires_at else None,
+        limits=_limits(k.requests_per_s, k.tokens_per_min, k.concurrent_requests_max, k.tokens_per_day),
+    )
+    yield Put("inference_key", api_key_key(k.key_hash), record.model_dump(mode="json", exclude_none=True))
+
+
+def _withdrawn(obj: models.Model) -> bool:
+    """Objects whose keys leave the store although their row stays (a revoked key is kept for the audit trail)."""
+    return isinstance(obj, InferenceKey) and obj.revoked_at is not None
 
 
 def _model(m: Model) -> Iterator[Put]:
@@ -194,6 +233,7 @@ BUILDERS: dict[type[models.Model], Callable[[Any], Iterator[Put]]] = {
     RoutingPolicy: _routing,
     AdmissionPolicy: _admission,
     Node: _node,
+    InferenceKey: _inference_key,
 }
 
 
@@ -201,6 +241,7 @@ def _dependents(obj: models.Model) -> Iterable[models.Model]:
     """Objects deleted with `obj` by cascade whose keys must go too."""
     if isinstance(obj, Tenant):
         yield from Quota.objects.filter(tenant=obj)
+        yield from InferenceKey.objects.filter(tenant=obj)
         for m in Model.objects.filter(tenant=obj):
             yield m
             yield from _dependents(m)
@@ -234,6 +275,7 @@ def changes_for(obj: models.Model, *, deleted: bool) -> list[tuple[str, str, str
     """(kind, key, op, value) for every store key that `obj`'s write touches."""
     if type(obj) not in BUILDERS:
         return []
+    deleted = deleted or _withdrawn(obj)
     if not deleted:
         return [(p.kind, p.key, "put" if p.value is not None else "delete", p.value) for p in puts_for(obj)]
     doomed = [*puts_for(obj)]
@@ -255,5 +297,6 @@ def snapshot_entries() -> list[Put]:
     for model_cls in BUILDERS:
         qs = model_cls.objects.all()  # type: ignore[attr-defined]
         for obj in qs.order_by("pk").iterator(chunk_size=500):
-            out.extend(p for p in BUILDERS[model_cls](obj) if p.value is not None)
+            if not _withdrawn(obj):
+                out.extend(p for p in BUILDERS[model_cls](obj) if p.value is not None)
     return out

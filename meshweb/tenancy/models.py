@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from agents.proto import access
 from meshweb.core.models import TimeStamped
 from meshweb.tenancy.roles import Role
 
@@ -47,9 +48,25 @@ class Quota(TimeStamped):
     gpu_hours_per_period = models.FloatField(default=2000.0, validators=[MinValueValidator(0.0)])
     period_days = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
     concurrent_jobs_max = models.PositiveIntegerField(default=20)
-    requests_per_s = models.FloatField(default=100.0, validators=[MinValueValidator(0.0)])
-    tokens_per_min = models.PositiveIntegerField(default=200_000)
-    concurrent_requests_max = models.PositiveIntegerField(default=256)
+    # Inference limits, enforced by every router (pushed as `tenants/tenant-<id>`); 0 means no limit of that kind.
+    requests_per_s = models.FloatField(
+        default=100.0, validators=[MinValueValidator(0.0), MaxValueValidator(access.MAX_REQUESTS_PER_S)]
+    )
+    tokens_per_min = models.PositiveIntegerField(
+        default=200_000, validators=[MaxValueValidator(min(access.MAX_TOKENS_PER_MIN, 2_147_483_647))]
+    )
+    concurrent_requests_max = models.PositiveIntegerField(
+        default=256, validators=[MaxValueValidator(access.MAX_CONCURRENT)]
+    )
+    tokens_per_day = models.PositiveBigIntegerField(
+        default=0, validators=[MaxValueValidator(access.MAX_TOKENS_PER_DAY)], help_text="0 = no daily limit."
+    )
+    priority = models.CharField(
+        max_length=10,
+        choices=[(p, p) for p in access.PRIORITIES],
+        default="standard",
+        help_text="SLO class of the tenant's inference requests: critical is refused last under overload.",
+    )
 
     TENANT_PATH = "tenant_id"
 
@@ -79,3 +96,39 @@ class ApiToken(TimeStamped):
 
     def __str__(self) -> str:
         return f"token {self.prefix} ({self.tenant}, {self.role})"
+
+
+class InferenceKey(TimeStamped):
+    """A key for the inference API (routers), `imk_<prefix>_<secret>`: only the SHA-256 of the whole key is kept and
+    pushed to agents, the plaintext is shown once. Scoped to models (empty = all), with an expiry and own limits."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="inference_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    model_names = models.JSONField(default=list, blank=True, help_text="Model names the key may use; empty = all.")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    # Per-key limits on top of the tenant's; null = only the tenant's.
+    requests_per_s = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.001), MaxValueValidator(access.MAX_REQUESTS_PER_S)],
+    )
+    tokens_per_min = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(2_147_483_647)]
+    )
+    concurrent_requests_max = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(access.MAX_CONCURRENT)]
+    )
+    tokens_per_day = models.PositiveBigIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(access.MAX_TOKENS_PER_DAY)]
+    )
+
+    TENANT_PATH = "tenant_id"
+
+    class Meta:
+        ordering = ["tenant_id", "id"]
+
+    def __str__(self) -> str:
+        return f"inference key {self.prefix} ({self.tenant})"

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import hashlib
+import secrets
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from agents.proto.access import KEY_PREFIX
 from meshweb.audit.services import audit_record
-from meshweb.tenancy.models import ApiToken, Membership, Quota, Tenant
+from meshweb.tenancy.models import ApiToken, InferenceKey, Membership, Quota, Tenant
 from meshweb.tenancy.rbac import Principal
 from meshweb.tenancy.roles import Role
 from meshweb.tenancy.tokens import new_token
@@ -78,3 +82,67 @@ def token_revoke(*, principal: Principal, token: ApiToken) -> ApiToken:
         token.save(update_fields=["revoked_at", "updated_at"])
         audit_record(actor=principal.name, action="token.revoke", obj=token, tenant_id=token.tenant_id)
     return token
+
+
+def _new_inference_key() -> tuple[str, str, str]:
+    """(plaintext, prefix, SHA-256 of the whole plaintext): routers hash what clients send and look it up."""
+    prefix = secrets.token_hex(6)
+    plaintext = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    return plaintext, prefix, hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+KEY_LIMITS = ("requests_per_s", "tokens_per_min", "concurrent_requests_max", "tokens_per_day")
+
+
+@transaction.atomic
+def inference_key_create(
+    *,
+    principal: Principal,
+    tenant: Tenant,
+    name: str = "",
+    model_names: list[str] | None = None,
+    expires_at: datetime | None = None,
+    limits: dict[str, Any] | None = None,
+) -> tuple[InferenceKey, str]:
+    """A new inference API key; the plaintext is returned once and never stored. Scoped models must be models of
+    the tenant's catalog; an expiry must lie in the future."""
+    from meshweb.catalog.models import Model  # catalog depends on tenancy, not the other way round
+
+    names = list(dict.fromkeys(model_names or []))
+    known = set(Model.objects.filter(tenant=tenant, name__in=names).values_list("name", flat=True))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValidationError(
+            {"models": [f"model {n!r} is not in the catalog of tenant {tenant.slug!r}" for n in unknown]}
+        )
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": ["must lie in the future"]})
+    extra = set(limits or {}) - set(KEY_LIMITS)
+    if extra:
+        raise ValidationError({"limits": [f"unknown limit {k!r}; known: {', '.join(KEY_LIMITS)}" for k in extra]})
+    plaintext, prefix, key_hash = _new_inference_key()
+    key = InferenceKey(
+        tenant=tenant,
+        name=name,
+        prefix=prefix,
+        key_hash=key_hash,
+        model_names=names,
+        expires_at=expires_at,
+        **(limits or {}),
+    )
+    key.full_clean()
+    key.save()
+    snapshot = key.snapshot()
+    snapshot.pop("key_hash", None)
+    audit_record(actor=principal.name, action="inference_key.create", obj=key, tenant_id=tenant.pk, after=snapshot)
+    return key, plaintext
+
+
+@transaction.atomic
+def inference_key_revoke(*, principal: Principal, key: InferenceKey) -> InferenceKey:
+    """Revoked keys stay listed (audit) but leave the agents' store, so every router refuses them."""
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at", "updated_at"])
+        audit_record(actor=principal.name, action="inference_key.revoke", obj=key, tenant_id=key.tenant_id)
+    return key

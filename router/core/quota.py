@@ -1,4 +1,5 @@
-"""Token-bucket quotas per tenant (requests/s, tokens/min, concurrent requests), decided without I/O.
+"""Token-bucket quotas per tenant or key (requests/s, tokens/min, concurrent requests, tokens per UTC day), decided
+without I/O.
 
 The Redis-shared variant (router.quota_redis) runs the same arithmetic inside a Lua script.
 """
@@ -44,7 +45,7 @@ class TokenBucket:
 @dataclass(slots=True)
 class QuotaDecision:
     allowed: bool
-    reason: str = ""  # requests_per_s | tokens_per_min | concurrent
+    reason: str = ""  # requests_per_s | tokens_per_min | concurrent | tokens_per_day
     retry_after_s: float = 0.0
 
     @property
@@ -58,16 +59,34 @@ class TenantLimits:
     burst_requests: float | None = None
     tokens_per_min: float | None = None
     concurrent: int | None = None
+    tokens_per_day: float | None = None
+
+    def unlimited(self) -> bool:
+        return (
+            self.requests_per_s is None
+            and self.tokens_per_min is None
+            and self.concurrent is None
+            and self.tokens_per_day is None
+        )
+
+
+DAY_S = 86400.0
+
+
+def day_of(wall: float) -> int:
+    return int(wall // DAY_S)
 
 
 @dataclass(slots=True)
 class TenantQuota:
-    """The three limits of one tenant on one router (local mode)."""
+    """The limits of one tenant (or key) on one router (local mode)."""
 
     limits: TenantLimits
     requests: TokenBucket | None = None
     tokens: TokenBucket | None = None
     inflight: int = 0
+    day: int = -1
+    day_used: float = 0.0
     _init: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -78,7 +97,8 @@ class TenantQuota:
         if lim.tokens_per_min:
             self.tokens = TokenBucket(rate=lim.tokens_per_min / 60.0, capacity=lim.tokens_per_min)
 
-    def acquire(self, est_tokens: float, now: float) -> QuotaDecision:
+    def acquire(self, est_tokens: float, now: float, wall: float = 0.0) -> QuotaDecision:
+        """`now` is a monotonic clock for the buckets, `wall` Unix time for the daily budget (UTC days)."""
         lim = self.limits
         if lim.concurrent is not None and self.inflight >= lim.concurrent:
             # No clock tells when a slot frees; one second is the honest lower bound to suggest.
@@ -93,11 +113,24 @@ class TenantQuota:
                 if self.requests is not None:
                     self.requests.give_back(1.0)
                 return QuotaDecision(False, "tokens_per_min", wait)
+        if lim.tokens_per_day and est_tokens > 0:
+            day = day_of(wall)
+            if day != self.day:
+                self.day, self.day_used = day, 0.0
+            if self.day_used + min(est_tokens, lim.tokens_per_day) > lim.tokens_per_day:
+                if self.requests is not None:
+                    self.requests.give_back(1.0)
+                if self.tokens is not None:
+                    self.tokens.give_back(est_tokens)
+                return QuotaDecision(False, "tokens_per_day", DAY_S - wall % DAY_S)
+            self.day_used += est_tokens
         self.inflight += 1
         return QuotaDecision(True)
 
-    def release(self, est_tokens: float, used_tokens: float | None) -> None:
+    def release(self, est_tokens: float, used_tokens: float | None, day: int = -1) -> None:
         self.inflight = max(0, self.inflight - 1)
+        if used_tokens is not None and used_tokens < est_tokens and day == self.day:
+            self.day_used = max(0.0, self.day_used - (est_tokens - used_tokens))
         # Charge what was really used once known: refund an over-estimate (never charge more after the fact).
         if self.tokens is not None and used_tokens is not None and used_tokens < est_tokens:
             self.tokens.give_back(est_tokens - used_tokens)

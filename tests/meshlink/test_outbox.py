@@ -38,10 +38,13 @@ def test_writes_append_versioned_changes(fleet: Fleet) -> None:
         f"kv/portal/tenants/{tenant.pk}",
         f"quotas/tenant-{tenant.pk}",
         f"kv/portal/quotas/{tenant.pk}",
+        f"tenants/tenant-{tenant.pk}",
     ]
     assert got[1][2] == {"requests_per_s": 100.0, "tokens_per_min": 200000, "gpus": 8, "max_concurrency": 256}
+    assert got[3][2] == {"id": tenant.pk, "slug": "globex", "active": True, "priority": "standard",
+                         "limits": {"requests_per_s": 100.0, "tokens_per_min": 200000, "concurrent": 256}}  # fmt: skip
     versions = list(OutboxEntry.objects.filter(version__gt=start).values_list("version", flat=True))
-    assert versions == [start + 1, start + 2, start + 3] and head().version == start + 3
+    assert versions == [start + 1, start + 2, start + 3, start + 4] and head().version == start + 4
 
     mark = head().version
     node_cordon(principal=SYSTEM, node=fleet.nodes[0], reason="maintenance")

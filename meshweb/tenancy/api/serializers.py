@@ -7,9 +7,10 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
+from agents.proto import access
 from meshweb.core.api.fields import tenant_field
 from meshweb.core.api.serializers import StrictModelSerializer, StrictSerializer
-from meshweb.tenancy.models import ApiToken, Membership, Quota, Tenant
+from meshweb.tenancy.models import ApiToken, InferenceKey, Membership, Quota, Tenant
 from meshweb.tenancy.roles import Role
 
 
@@ -35,6 +36,8 @@ class QuotaSerializer(StrictModelSerializer):
             "requests_per_s",
             "tokens_per_min",
             "concurrent_requests_max",
+            "tokens_per_day",
+            "priority",
             "updated_at",
         ]
         read_only_fields = ["id", "tenant", "updated_at"]
@@ -85,4 +88,56 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
 
     class Meta(ApiTokenSerializer.Meta):
         fields = [*ApiTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
+
+
+class InferenceKeySerializer(StrictModelSerializer):
+    tenant: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    models = serializers.ListField(source="model_names", child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = InferenceKey
+        fields = [
+            "id",
+            "tenant",
+            "name",
+            "prefix",
+            "models",
+            "expires_at",
+            "revoked_at",
+            "requests_per_s",
+            "tokens_per_min",
+            "concurrent_requests_max",
+            "tokens_per_day",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class InferenceKeyCreateSerializer(StrictSerializer):
+    """Bounds are checked here so that a bad request names its field and nothing is written."""
+
+    tenant = tenant_field()
+    name = serializers.CharField(max_length=100, allow_blank=True, default="")
+    models = serializers.ListField(
+        child=serializers.CharField(max_length=128), default=list, max_length=256, help_text="empty = every model"
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    requests_per_s = serializers.FloatField(
+        required=False, allow_null=True, min_value=0.001, max_value=access.MAX_REQUESTS_PER_S
+    )
+    tokens_per_min = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=2_147_483_647)
+    concurrent_requests_max = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=access.MAX_CONCURRENT
+    )
+    tokens_per_day = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=access.MAX_TOKENS_PER_DAY
+    )
+
+
+class InferenceKeyCreatedSerializer(InferenceKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The secret; shown only in this response.")
+
+    class Meta(InferenceKeySerializer.Meta):
+        fields = [*InferenceKeySerializer.Meta.fields, "key"]
         read_only_fields = fields

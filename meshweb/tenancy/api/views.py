@@ -16,13 +16,24 @@ from meshweb.tenancy.api.serializers import (
     ApiTokenCreatedSerializer,
     ApiTokenCreateSerializer,
     ApiTokenSerializer,
+    InferenceKeyCreatedSerializer,
+    InferenceKeyCreateSerializer,
+    InferenceKeySerializer,
     MembershipSerializer,
     QuotaSerializer,
     TenantSerializer,
 )
-from meshweb.tenancy.models import ApiToken, Membership, Quota, Tenant
+from meshweb.tenancy.models import ApiToken, InferenceKey, Membership, Quota, Tenant
 from meshweb.tenancy.roles import Role
-from meshweb.tenancy.services import membership_set, tenant_create, token_create, token_revoke
+from meshweb.tenancy.services import (
+    KEY_LIMITS,
+    inference_key_create,
+    inference_key_revoke,
+    membership_set,
+    tenant_create,
+    token_create,
+    token_revoke,
+)
 
 
 class TenantViewSet(ScopedModelViewSet):
@@ -101,3 +112,40 @@ class ApiTokenViewSet(ScopedModelViewSet):
     def perform_destroy(self, instance: models.Model) -> None:
         assert isinstance(instance, ApiToken)
         token_revoke(principal=self.principal, token=instance)
+
+
+class InferenceKeyViewSet(ScopedModelViewSet):
+    """Keys for the inference API at the routers. DELETE revokes (the row stays for the audit trail)."""
+
+    read_role = Role.MEMBER
+    write_role = Role.TENANT_ADMIN
+    http_method_names = ["get", "post", "delete", "head", "options"]
+    filterset_fields = ["tenant__slug"]
+    ordering_fields = ["id", "created_at", "expires_at"]
+    ordering = ["id"]
+
+    def base_queryset(self) -> models.QuerySet[InferenceKey]:
+        return InferenceKey.objects.select_related("tenant")
+
+    def get_serializer_class(self) -> type[Any]:
+        return InferenceKeyCreateSerializer if self.action == "create" else InferenceKeySerializer
+
+    @extend_schema(request=InferenceKeyCreateSerializer, responses={201: InferenceKeyCreatedSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = InferenceKeyCreateSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        key, plaintext = inference_key_create(
+            principal=self.principal,
+            tenant=data["tenant"],
+            name=data["name"],
+            model_names=data["models"],
+            expires_at=data.get("expires_at"),
+            limits={k: data[k] for k in KEY_LIMITS if data.get(k) is not None},
+        )
+        body = InferenceKeySerializer(key).data | {"key": plaintext}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance: models.Model) -> None:
+        assert isinstance(instance, InferenceKey)
+        inference_key_revoke(principal=self.principal, key=instance)
