@@ -32,6 +32,7 @@ from agents.scheduler.model import (
     TenantQuota,
 )
 from agents.scheduler.planner import Planner, PlannerConfig
+from agents.scheduler.reserved import PINNING, PLACEMENTS, reserved_nodes
 from agents.signals.types import CommStats
 
 log = logging.getLogger("meshd.scheduler")
@@ -130,6 +131,7 @@ class SchedulerComponent:
     async def run_pass(self, client: K.StoreClient, now: float) -> None:
         kv = await client.get_prefix("kv/")
         statuses = await client.get_prefix(K.NODE_STATUS)
+        reserved = reserved_nodes(await client.get_prefix(PINNING), await client.get_prefix(PLACEMENTS))
         section = {
             name: {k[len(name) :]: v for k, v in kv.items() if k.startswith(name)}
             for name in (K.PORTAL_JOBS, K.PORTAL_QUOTAS, K.INVENTORY, K.PLANS, K.JOBS, K.REPORTS)
@@ -151,6 +153,8 @@ class SchedulerComponent:
             if isinstance(st, dict) and st.get("status") in K.STORE_TO_NODE_STATUS:
                 node.status = K.STORE_TO_NODE_STATUS[st["status"]]
                 node.reason = str(st.get("reason", ""))
+            if node.status == "active" and node.name in reserved:
+                node.status, node.reason = "cordoned", f"kept for inference: {reserved[node.name]}"
             if now - float(inv.get("at", now)) > self.cfg.offline_after_s:
                 node.status, node.reason = "offline", "no trainer heartbeat"
             planner.upsert_node(node)
