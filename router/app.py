@@ -21,6 +21,7 @@ from router.forward import HOP_BY_HOP, ForwardError, Winner
 from router.metrics import ERRORS, REQUESTS, render
 from router.obs import extract, inject, trace_id_hex, tracer
 from router.openai_api import APIS, ParsedRequest, error_body, parse_json_body, validate
+from router.prefix import close_kv_events, request_prefix, start_kv_events
 from router.service import Refusal, RouterService, Tenant, Ticket, new_corr_id, request_deadline
 from router.upstream import Response, UpstreamError
 from router.view import Target
@@ -217,6 +218,7 @@ class Handlers:
                     corr_id=corr,
                     trace_id=trace_id,
                     deadline_s=request_deadline(request.headers),
+                    prefix=request_prefix(api, parsed.obj, request.headers, self.cfg.cache),
                 )
             except Refusal as r:
                 if r.status not in (404, 429):
@@ -553,7 +555,9 @@ async def infer_v2(
 async def _start_service(app: web.Application) -> AsyncIterator[None]:
     svc = app[SVC]
     await svc.start()
+    kv_events = start_kv_events(svc.cfg.cache)
     yield
+    await close_kv_events(kv_events)
     await svc.close()
 
 

@@ -220,6 +220,33 @@ class LoggingConfig(_Strict):
     access_log: bool = True
 
 
+class KVEventSource(_Strict):
+    url: str = Field(description="base URL of the runtime, as the router knows the target")
+    endpoint: str = Field(description="its KV-event PUB socket, e.g. tcp://127.0.0.1:5557")
+    replay: str = Field(default="", description="its replay ROUTER socket (empty: gaps are not filled)")
+    topic: str = ""
+
+    @field_validator("endpoint", "replay")
+    @classmethod
+    def _zmq(cls, v: str) -> str:
+        if v and not v.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"{v!r} is not a ZeroMQ endpoint (tcp://HOST:PORT)")
+        return v
+
+
+class CacheConfig(_Strict):
+    """What the router needs for cache-aware routing (strategies cache_aware, session_affinity, hybrid_mesh)."""
+
+    block_size: int = Field(default=16, ge=1, le=1024, description="KV block size of the runtimes, in tokens")
+    max_prompt_tokens: int = Field(
+        default=16384, ge=16, description="tokens of a prompt hashed per request (its prefix beyond is not matched)"
+    )
+    session_header: str = Field(default="x-session-id", description="header naming a session; else body session_id")
+    max_session_key_len: int = Field(default=256, ge=1, description="longer keys are ignored (counted, logged once)")
+    max_blocks_per_target: int = Field(default=200_000, ge=1, description="bound of each target's block index")
+    kv_events: list[KVEventSource] = Field(default_factory=list, description="runtimes publishing vLLM KV events")
+
+
 class RouterConfig(_Strict):
     listen: ListenConfig = Field(default_factory=ListenConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
@@ -233,6 +260,7 @@ class RouterConfig(_Strict):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     upstream_pool_size: int = Field(default=1024, ge=1)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     upstream_connect_timeout_s: float = Field(default=2.0, gt=0)
     upstream_tls: ClientTls | None = Field(
         default=None,

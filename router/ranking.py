@@ -15,6 +15,7 @@ from agents.strategies.base import HEALTHY, UNKNOWN, Decision, RouteRequest, Str
 from agents.strategies.host import StrategyHost, StrategyStats
 from router.config import RoutingPolicy
 from router.metrics import ARM_TTFT, DECISION, SHADOW, STRATEGY_FALLBACKS, WIN_RATE, child
+from router.prefix import RequestPrefix
 from router.view import Target
 from router.view import TargetView as RouterView
 
@@ -139,11 +140,15 @@ class Ranker:
         corr_id: str,
         prompt_chars: int = 0,
         max_tokens: int | None = None,
+        prefix: RequestPrefix | None = None,
     ) -> tuple[list[Target], str]:
         """Targets best first (all candidates, so retries and hedges have somewhere to go) and the deciding arm."""
         self._sync()
         name = self.pick_arm(policy, corr_id)
         req = RouteRequest(model=model, prompt_tokens=prompt_chars // 4, max_tokens=max_tokens or 0, request_id=corr_id)
+        if prefix is not None:
+            req.block_hashes, req.session_key = prefix.hashes, prefix.session_key
+            req.prompt_tokens = prefix.tokens or req.prompt_tokens
         k = min(len(candidates), policy.retry.max_attempts + 1)
         # Candidates narrowed by the policy (pins, deployed revisions): ask for every target, keep the allowed.
         allowed = {t.id for t in candidates}

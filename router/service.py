@@ -16,26 +16,15 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from agents.proto.access import InferenceLimits
-from router.access import AccessState, AccessWatcher
 from router.agentlink import AgentLink, Outcome
 from router.config import RouterConfig, RoutingPolicy, TenantConfig
 from router.core.admission import AdmissionController, TargetLoad
-from router.core.quota import TenantLimits, estimate_tokens
+from router.core.quota import estimate_tokens
 from router.forward import Forwarder, Winner
-from router.metrics import (
-    ADMISSION_REFUSED,
-    AUTH_REFUSED,
-    ERRORS,
-    HELD,
-    INFLIGHT,
-    LATENCY,
-    REQUESTS,
-    TOKENS,
-    child,
-)
+from router.metrics import ADMISSION_REFUSED, ERRORS, HELD, INFLIGHT, LATENCY, REQUESTS, TOKENS, child
 from router.obs import access_log
 from router.portal_routing import CatalogModel, PortalRouting, PortalWatcher
+from router.prefix import RequestPrefix
 from router.quota import Lease, QuotaManager
 from router.ranking import Ranker
 from router.route_report import RouteStats
@@ -64,8 +53,6 @@ class Tenant:
     name: str
     priority: str
     models: frozenset[str] = frozenset()  # empty = every model
-    key: str = ""  # quota name of the key's own limits ("key:<prefix>"), "" when it has none
-    scoped: bool = False  # a portal key scoped to `models`: other models are refused with 403, not hidden
 
     def may_use(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -83,7 +70,6 @@ class Ticket:
     policy: RoutingPolicy
     lease: Lease | None
     est_tokens: float
-    key_lease: Lease | None
     ranked: list[Target]
     strategy: str
     t0: float
@@ -107,17 +93,6 @@ def _tenant_index(tenants: list[TenantConfig]) -> dict[str, Tenant]:
     return out
 
 
-def _limits(lim: InferenceLimits) -> TenantLimits | None:
-    out = TenantLimits(
-        lim.requests_per_s,
-        None,
-        float(lim.tokens_per_min) if lim.tokens_per_min else None,
-        lim.concurrent,
-        float(lim.tokens_per_day) if lim.tokens_per_day else None,
-    )
-    return None if out.unlimited() else out
-
-
 class RouterService:
     def __init__(self, cfg: RouterConfig, pool: UpstreamPool) -> None:
         self.cfg = cfg
@@ -131,9 +106,6 @@ class RouterService:
         self._portal_watcher = PortalWatcher(self.portal, cfg.agent, self._portal_changed)
         self.route_stats = RouteStats()
         self._tenants = _tenant_index(cfg.tenants)
-        # Tenants, keys and quotas from the portal, mirrored from the agent's store (router/access.py).
-        self.access = AccessState()
-        self._access_watcher: AccessWatcher | None = None
         self._admission: dict[int, AdmissionController] = {}
         self._held: dict[str, dict[str, deque[asyncio.Future[None]]]] = {}
         self.forwarder.on_slot_free = self.slot_freed
@@ -143,45 +115,11 @@ class RouterService:
         await self.quotas.start()
         await self.agent.start()
         self._portal_watcher.start()
-        if self.cfg.agent.address:
-            self._access_watcher = AccessWatcher(
-                self.agent.channel,
-                self.access,
-                self.reindex_access,
-                reconnect_min_s=self.cfg.agent.reconnect_min_s,
-                reconnect_max_s=self.cfg.agent.reconnect_max_s,
-            )
-            self._access_watcher.start()
 
     async def close(self) -> None:
         await self._portal_watcher.close()
-        if self._access_watcher is not None:
-            await self._access_watcher.close()
         await self.agent.close()
         await self.quotas.close()
-
-    def reindex_access(self) -> None:
-        """After a change of the portal's records: the portal's tenants replace YAML tenants of the same name
-        (keys, quotas, priority); the quotas of every tenant and key are brought to what is in force now."""
-        portal = self.access.tenant_by_slug()
-        self._tenants = {h: t for h, t in _tenant_index(self.cfg.tenants).items() if t.name not in portal}
-        desired: dict[str, TenantLimits | None] = {}
-        for t in self.cfg.tenants:
-            if t.name not in portal:
-                q = t.quotas
-                desired[t.name] = TenantLimits(q.requests_per_s, q.burst_requests, q.tokens_per_min, q.concurrent)
-        for slug, ta in portal.items():
-            desired[slug] = _limits(ta.limits)
-        for rec in self.access.keys.values():
-            desired[f"key:{rec.prefix}"] = _limits(rec.limits)
-        for name in self.quotas.names() - desired.keys():
-            self.quotas.set_limits(name, None)
-        for name, lim in desired.items():
-            self.quotas.set_limits(name, lim)
-
-    def _refuse_auth(self, status: int, code: str, message: str) -> Refusal:
-        AUTH_REFUSED.labels(code).inc()
-        return Refusal(status, code, message)
 
     # -- the portal's models and policies -------------------------------------------------------------------------
     def _portal_changed(self) -> None:
@@ -232,32 +170,16 @@ class RouterService:
         if not key:
             if not self.cfg.auth_required:
                 return Tenant("anonymous", "standard")
-            raise self._refuse_auth(401, "missing_api_key", "missing API key: send 'Authorization: Bearer <api key>'")
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        rec = self.access.keys.get(digest)
-        if rec is not None:
-            ta = self.access.tenants.get(rec.tenant)
-            if ta is None:
-                raise self._refuse_auth(401, "invalid_api_key", "invalid API key (its tenant is unknown here)")
-            if not ta.active:
-                raise self._refuse_auth(403, "tenant_suspended", f"tenant {ta.slug!r} is suspended")
-            if rec.expires_at is not None and rec.expires_at <= time.time():
-                raise self._refuse_auth(401, "expired_api_key", f"API key {rec.prefix} has expired")
-            key_quota = f"key:{rec.prefix}" if _limits(rec.limits) is not None else ""
-            return Tenant(ta.slug, ta.priority, frozenset(rec.models), key=key_quota, scoped=bool(rec.models))
-        tenant = self._tenants.get(digest)
+            raise Refusal(401, "missing_api_key", "missing API key: send 'Authorization: Bearer <api key>'")
+        tenant = self._tenants.get(hashlib.sha256(key.encode()).hexdigest())
         if tenant is None:
-            raise self._refuse_auth(401, "invalid_api_key", "invalid API key")
+            raise Refusal(401, "invalid_api_key", "invalid API key")
         return tenant
 
     def require_model(self, tenant: Tenant, model: str) -> None:
         """The one check of which models a tenant may see, for inference, metadata and readiness alike: another
         tenant's model answers exactly like an unknown one, so its existence is not revealed."""
-        if not self.view.has_model(model):
-            raise Refusal(404, "model_not_found", f"model {model!r} is not served here", param="model")
-        if not tenant.may_use(model):
-            if tenant.scoped:  # the tenant's own key: say why, the model is the tenant's to know
-                raise Refusal(403, "model_not_allowed", f"this API key is not scoped to model {model!r}", param="model")
+        if not self.view.has_model(model) or not tenant.may_use(model):
             raise Refusal(404, "model_not_found", f"model {model!r} is not served here", param="model")
 
     @staticmethod
@@ -292,13 +214,14 @@ class RouterService:
         corr_id: str,
         trace_id: str = "",
         deadline_s: float | None = None,
+        prefix: RequestPrefix | None = None,
     ) -> Ticket:
         t0 = time.monotonic()
         try:
             model, entry = self.resolve_model(tenant, model)
             self.require_model(tenant, model)
-        except Refusal as r:
-            REQUESTS.labels(model="", tenant=tenant.name, api=api, code=str(r.status)).inc()
+        except Refusal:
+            REQUESTS.labels(model="", tenant=tenant.name, api=api, code="404").inc()
             raise
         policy = self.policy_for(model, entry)
         candidates = self.candidates_for(model, entry)
@@ -325,29 +248,16 @@ class RouterService:
                 f"tenant {tenant.name!r} is over its {q.reason} quota; retry after {q.retry_after_header}s",
                 retry_after=q.retry_after_header,
             )
-        key_lease = None
-        if tenant.key:
-            kq, key_lease = await self.quotas.acquire(tenant.key, est)
-            if not kq.allowed:
-                await self.quotas.release(lease, 0.0)
-                self._refused(model, tenant.name, api, "key_" + kq.reason)
-                raise Refusal(
-                    429,
-                    "quota_exceeded",
-                    f"this API key is over its {kq.reason} limit; retry after {kq.retry_after_header}s",
-                    retry_after=kq.retry_after_header,
-                )
         self.inflight += 1
         INFLIGHT.inc()
         try:
             if policy.hold_when_full:
                 await self._hold_for_slot(model, candidates, priority, policy, lease)
-            ranked, strategy = self.ranker.rank(model, candidates, policy, corr_id, prompt_chars, max_tokens)
+            ranked, strategy = self.ranker.rank(model, candidates, policy, corr_id, prompt_chars, max_tokens, prefix)
         except BaseException:
             self.inflight -= 1
             INFLIGHT.dec()
             await self.quotas.release(lease, None)
-            await self.quotas.release(key_lease, None)
             raise
         if policy.hold_when_full:
             # Targets that can start the request now go first, in the strategy's order.
@@ -362,7 +272,6 @@ class RouterService:
             policy=policy,
             lease=lease,
             est_tokens=est,
-            key_lease=key_lease,
             ranked=ranked,
             strategy=strategy,
             t0=t0,
@@ -472,7 +381,6 @@ class RouterService:
         if ticket.completion_tokens is not None:
             used = float(ticket.completion_tokens + (ticket.prompt_tokens or 0))
         await self.quotas.release(ticket.lease, used)
-        await self.quotas.release(ticket.key_lease, used)
         dur = now - ticket.t0
         status = ticket.status or (499 if ticket.cancelled else 502)
         child(REQUESTS, ticket.model, ticket.tenant, ticket.api, str(status)).inc()

@@ -157,6 +157,11 @@ class SessionAffinity(CacheAware):
         super().on_remove(view)
         self._dirty.add(view.model)
 
+    def refresh(self, index: TargetIndex) -> None:
+        super().refresh(index)
+        for model in list(self._dirty):  # rebuilt out of the request path
+            self._ring(index, model)
+
     def _ring(self, index: TargetIndex, model: str) -> tuple[list[int], list[str]]:
         ring = self._rings.get(model)
         if ring is None or model in self._dirty:
