@@ -257,6 +257,8 @@ PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 # Dashboard: a router's /metrics to show requests/s and p99 TTFT on the overview ("" = no router configured), and how
 # often a dashboard socket re-reads the audit log when no doorbell rang (seconds).
 DASHBOARD_ROUTER_METRICS_URL = os.environ.get("INFERMESH_ROUTER_METRICS_URL", "")
+# Where tenants send inference requests (shown with a new key on the dashboard's keys page).
+DASHBOARD_ROUTER_URL = os.environ.get("INFERMESH_ROUTER_URL", "http://127.0.0.1:8080")
 DASHBOARD_POLL_S = float(os.environ.get("INFERMESH_DASHBOARD_POLL_S", "3"))
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
