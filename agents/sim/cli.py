@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -10,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from agents.argparsing import Parser, examples
 from agents.sim.config import SimConfigError, load_config
 
 
@@ -46,12 +46,20 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="infermesh sim", description=__doc__)
+    parser = Parser(
+        prog="infermesh sim",
+        description=__doc__,
+        epilog=examples(
+            "infermesh sim --config docs/examples/sim/small.yaml",
+            "infermesh sim --config mesh.yaml --strategy hybrid_mesh --set topology.nodes=64",
+            "infermesh sim --config mesh.yaml --validate",
+        ),
+    )
     parser.add_argument("--config", required=True, help="simulation YAML (docs/examples/sim/*.yaml)")
     parser.add_argument("--out", default="", help="output folder (default: sim-out/<config name>)")
     parser.add_argument("--strategy", action="append", default=[], help="run only these (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line while it runs")
     parser.add_argument("--validate", action="store_true", help="check the config and exit")
     args = parser.parse_args(list(argv))
     try:

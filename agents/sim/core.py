@@ -334,12 +334,13 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self.events, (t, self._seq, kind, payload))
 
-    def _reschedule(self, node: Node) -> None:
+    def _reschedule(self, node: Node, changed: bool = True) -> None:
         node.gen += 1
         t = node.next_wake()
         if t != math.inf:
             self._at(t, WAKE, (node, node.gen))
-        self._changed(node)
+        if changed:
+            self._changed(node)
 
     def _changed(self, node: Node) -> None:
         """The node's state changed: publish it at most once per period."""
@@ -500,6 +501,7 @@ class Simulation:
     def _on_wake(self, node: Node, t: float) -> None:
         node.advance(t)
         alpha = self.cfg.signals.ewma_alpha
+        counts = (node.running, node.waiting_n)
         for kind, c in node.due(t):
             if kind == FIRST:
                 c.first_at = t
@@ -521,7 +523,8 @@ class Simulation:
                 else:
                     self._release(c)
         node.admit_waiting(t)
-        self._reschedule(node)
+        # a first token alone changes no count a strategy reads: its TTFT rides on the next publication
+        self._reschedule(node, (node.running, node.waiting_n) != counts)
 
     def _client_first(self, c: Copy, t: float) -> None:
         req: Req = c.req  # type: ignore[assignment]

@@ -113,7 +113,9 @@ def test_strategy_ranks_the_same_in_simulator_and_router() -> None:
     views = [sim._view(n) for n in sim.nodes]  # the state each node would publish now
     assert any(v.requests_running for v in views)
 
-    sim_host = StrategyHost({"hybrid_mesh": load_strategy("hybrid_mesh")}, default="hybrid_mesh", rng=random.Random(3))
+    sim_host = StrategyHost(
+        {"hybrid_mesh": load_strategy("hybrid_mesh")}, default="hybrid_mesh", rng=random.Random(3), budget_us=1e12
+    )
     for v in views:
         sim_host.upsert(copy.copy(v))
     sim_host.refresh()
@@ -144,6 +146,7 @@ def test_strategy_ranks_the_same_in_simulator_and_router() -> None:
         assert arm == "hybrid_mesh"
         req = RouteRequest(model=model, prompt_tokens=prompt_chars // 4, request_id=f"req-{i}")
         decision = sim_host.decide(req, k=k)
+        assert not decision.fallback
         assert [t.id for t in routed[:k]] == [s.target.target_id for s in decision.ranked]
         sim_host.note_assigned(decision.ranked[0].target.target_id)
 
