@@ -3,7 +3,6 @@ commands. The broker comes from settings: Redis in production, a file-system bro
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import os
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from celery import Celery
+
+from agents.argparsing import Parser, examples
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "meshweb.settings")
 
@@ -40,10 +41,14 @@ def _setup() -> Any:
 
 
 def worker_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="infermesh worker", description="Run a Celery worker of the portal.")
+    parser = Parser(
+        prog="infermesh worker",
+        description="Run a Celery worker of the portal.",
+        epilog=examples("infermesh worker", "infermesh worker --concurrency 4 --pool prefork"),
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="tasks run at once (default 2)")
-    parser.add_argument("--pool", choices=["threads", "prefork", "solo"], default="threads")
-    parser.add_argument("--loglevel", default="info")
+    parser.add_argument("--pool", choices=["threads", "prefork", "solo"], default="threads", help="Celery pool")
+    parser.add_argument("--loglevel", default="info", help="debug, info, warning or error")
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
@@ -87,10 +92,12 @@ def single_beat(settings: Any) -> Iterator[None]:
 
 
 def beat_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="infermesh beat", description="Run the one Celery beat (the static schedule in settings)."
+    parser = Parser(
+        prog="infermesh beat",
+        description="Run the one Celery beat (the static schedule in settings).",
+        epilog=examples("infermesh beat                                # exactly one per database"),
     )
-    parser.add_argument("--loglevel", default="info")
+    parser.add_argument("--loglevel", default="info", help="debug, info, warning or error")
     args = parser.parse_args(argv)
     settings = _setup()
     schedule = Path(settings.DATA_DIR) / "celerybeat-schedule"

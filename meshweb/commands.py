@@ -8,6 +8,9 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from agents.argparsing import Parser, examples
 
 
 def _setup_django() -> None:
@@ -25,7 +28,15 @@ def parse_bind(value: str) -> tuple[str, int]:
 
 
 def portal_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="infermesh portal", description="Serve the portal (HTTP + WebSocket).")
+    parser = Parser(
+        prog="infermesh portal",
+        description="Serve the portal (HTTP + WebSocket).",
+        epilog=examples(
+            "infermesh portal --demo                      # embedded database, demo tenant and admin",
+            "DATABASE_URL=postgres://... REDIS_URL=redis://... infermesh portal --bind 0.0.0.0:8000 --workers 4",
+            "infermesh portal --mesh-bind 0.0.0.0:8443 --mesh-host portal.example.com   # agents over mTLS",
+        ),
+    )
     parser.add_argument(
         "--bind", type=parse_bind, default=("127.0.0.1", 8000), help="HOST:PORT (default 127.0.0.1:8000)"
     )
@@ -135,17 +146,32 @@ def portal_main(argv: Sequence[str]) -> int:
 def token_main(argv: Sequence[str]) -> int:
     from meshweb.tenancy.roles import Role
 
-    parser = argparse.ArgumentParser(prog="infermesh token", description="Manage API tokens.")
+    parser = Parser(
+        prog="infermesh token",
+        description="Manage API tokens.",
+        epilog=examples(
+            "infermesh token create --tenant demo --role member",
+            "infermesh token list --tenant demo",
+            "infermesh token revoke 3f9a0c1b2d4e           # by the prefix that list shows, or the whole token",
+        ),
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
     create = sub.add_parser("create", help="create a token and print it (shown once)")
     create.add_argument("--tenant", required=True, help="tenant slug")
-    create.add_argument("--role", required=True, choices=Role.values)
-    create.add_argument("--name", default="")
+    create.add_argument("--role", required=True, choices=Role.values, help="what the token may do")
+    create.add_argument("--name", default="", help="a label for the token (default: none)")
     create.add_argument("--expires-days", type=int, default=90, help="0 = never expires")
     create.add_argument("--create-tenant", action="store_true", help="create the tenant if it does not exist")
+    listing = sub.add_parser("list", help="list tokens (never their secrets)")
+    listing.add_argument("--tenant", default="", help="only this tenant's (default: every tenant)")
+    listing.add_argument("--all", action="store_true", help="revoked and expired ones too")
+    revoke = sub.add_parser("revoke", help="revoke a token at once")
+    revoke.add_argument("token", help="its prefix (as `token list` shows it) or the whole token")
     args = parser.parse_args(argv)
-    if args.expires_days < 0:
+    if args.verb == "create" and args.expires_days < 0:
         parser.error("--expires-days must be 0 or more")
+    if args.verb != "create":
+        return _token_other(args)
 
     _setup_django()
     from datetime import timedelta
@@ -167,6 +193,51 @@ def token_main(argv: Sequence[str]) -> int:
     expires = timedelta(days=args.expires_days) if args.expires_days else None
     _, plaintext = token_create(principal=SYSTEM, tenant=tenant, role=args.role, name=args.name, expires_in=expires)
     print(plaintext)
+    return 0
+
+
+def _token_other(args: argparse.Namespace) -> int:
+    _setup_django()
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db.models import Q
+    from django.utils import timezone
+
+    from meshweb.tenancy.models import ApiToken
+    from meshweb.tenancy.services import SYSTEM, token_revoke
+    from meshweb.tenancy.tokens import split_token
+
+    if settings.EMBEDDED:
+        call_command("migrate", interactive=False, verbosity=0)
+    if args.verb == "revoke":
+        parts = split_token(args.token)
+        prefix = parts[0] if parts else args.token
+        token = ApiToken.objects.filter(prefix=prefix).select_related("tenant").first()
+        if token is None:
+            print(f"infermesh token: no token with prefix {prefix!r} (see infermesh token list)", file=sys.stderr)
+            return 1
+        token_revoke(principal=SYSTEM, token=token)
+        print(f"revoked {token.prefix} ({token.tenant.slug}, {token.role}{', ' + token.name if token.name else ''})")
+        return 0
+    now = timezone.now()
+    tokens = ApiToken.objects.select_related("tenant").order_by("tenant__slug", "created_at")
+    if args.tenant:
+        tokens = tokens.filter(tenant__slug=args.tenant)
+    if not args.all:
+        tokens = tokens.filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+    def when(value: Any) -> str:
+        return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+    rows = [
+        [t.prefix, t.tenant.slug, t.role, t.name or "-", when(t.created_at), when(t.expires_at), when(t.last_used_at),
+         "revoked" if t.revoked_at else ("expired" if t.expires_at and t.expires_at <= now else "active")]
+        for t in tokens
+    ]  # fmt: skip
+    headers = ["PREFIX", "TENANT", "ROLE", "NAME", "CREATED", "EXPIRES", "LAST USED", "STATE"]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

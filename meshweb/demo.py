@@ -534,8 +534,15 @@ def _base_port(value: str) -> int:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    from agents.argparsing import Parser, examples
+
+    parser = Parser(
         prog="infermesh demo",
+        epilog=examples(
+            "infermesh demo",
+            "infermesh demo --portal-port 8100 --router-port 8180 --base-port 0   # any free internal ports",
+            'make demo ARGS="--no-replay"',
+        ),
         description="Run the whole mesh on this machine on the embedded default (Ctrl-C stops everything).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address every service binds (default 127.0.0.1)")
@@ -555,7 +562,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--replay-requests", type=int, default=300, help="requests of the trace slice (default 300)")
     parser.add_argument("--replay-rate", type=float, default=4.0, help="mean requests/s of the replay (default 4)")
     parser.add_argument("--replay-max-tokens", type=int, default=128, help="cap on output tokens per request")
-    parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help="Azure LLM trace CSV")
+    parser.add_argument(
+        "--trace", type=Path, default=DEFAULT_TRACE, help="Azure LLM trace CSV (default: the shipped slice)"
+    )
     parser.add_argument("--exit-after-replay", action="store_true", help="stop everything once the replay is done")
     args = parser.parse_args(argv)
     if not 1 <= args.runtimes <= 32:

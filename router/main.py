@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import multiprocessing as mp
@@ -17,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agents.argparsing import Parser, examples
 from agents.binding import EXIT_BIND, BindError, PortLock, fail, join_host_port, probe_reason, reason_of
 from agents.security.tls import ClientIdentity
 from router.config import ConfigError, RouterConfig, load_config
@@ -112,7 +112,15 @@ def _worker(config_path: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="infermesh router", description="Run the InferMesh inference router.")
+    ap = Parser(
+        prog="infermesh router",
+        description="Run the InferMesh inference router.",
+        epilog=examples(
+            "infermesh router --config docs/examples/router.yaml",
+            "infermesh router --config router.yaml --port 8080 --workers 4",
+            "infermesh router --config router.yaml --check",
+        ),
+    )
     ap.add_argument("--config", help="YAML config file (env INFERMESH_ROUTER__SECTION__FIELD overrides it)")
     ap.add_argument("--port", type=int, help="HTTP port (overrides listen.port)")
     ap.add_argument("--grpc-port", type=int, help="KServe gRPC port (overrides listen.grpc_port)")

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from agents.ctl.common import VALUE_FLAGS, UsageError, tls_given
+from agents.argparsing import Parser, examples
+from agents.ctl.common import VALUE_FLAGS, UsageError, set_output, tls_given
 
 # Add one line per module that contributes verbs (gossip: members; raft: store, raft).
 VERB_MODULES: list[str] = [
@@ -26,8 +27,23 @@ VERB_MODULES: list[str] = [
 ]
 
 
+# The agent component that serves a verb, for "not enabled on this agent" instead of UNIMPLEMENTED.
+COMPONENT_OF = {"members": "gossip", "rtt": "gossip", "store": "raft", "raft": "raft"}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infermesh ctl", description=__doc__.splitlines()[0])
+    parser = Parser(
+        prog="infermesh ctl",
+        description=__doc__.splitlines()[0] + "\nThe agent: --agent, else INFERMESH_AGENT, else 127.0.0.1:7070.",
+        epilog=examples(
+            "export INFERMESH_AGENT=127.0.0.1:7070       # then no --agent on each call",
+            "infermesh ctl nodes -o wide",
+            "infermesh ctl targets --model demo-llm --routable -o json",
+            "infermesh ctl score --model demo-llm --prompt-tokens 512",
+            "infermesh ctl events --kind target. -o json    # one JSON object per line",
+            "infermesh ctl store get policies/ --prefix",
+        ),
+    )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name in VERB_MODULES:
         importlib.import_module(name).register(sub)
@@ -39,7 +55,7 @@ def _hoist_common(argv: list[str]) -> list[str]:
     move to the end, where the innermost verb's parser reads them)."""
     front: list[str] = []
     i = 0
-    while i < len(argv) and argv[i].startswith("--") and argv[i] not in ("--help",):
+    while i < len(argv) and argv[i].startswith("-") and argv[i] not in ("--help", "-h"):
         flag = argv[i]
         takes_value = flag in VALUE_FLAGS
         front += argv[i : i + (2 if takes_value else 1)]
@@ -52,6 +68,7 @@ def _hoist_common(argv: list[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_hoist_common(list(sys.argv[1:] if argv is None else argv)))
+    set_output(args)
     try:
         rc: int = args.func(args)
     except BrokenPipeError:  # the reader (e.g. `head`) left; nothing more to say
@@ -66,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code == grpc.StatusCode.UNAVAILABLE:
             hint = "" if tls_given(args) else " (if the agent has a `tls:` section, give --ca, --cert and --key)"
             print(f"ctl: cannot reach the agent at {args.agent}: {details}{hint}", file=sys.stderr)
+        elif code == grpc.StatusCode.UNIMPLEMENTED:
+            component = COMPONENT_OF.get(args.verb, "the component")
+            print(f"ctl: {args.verb}: {component} not enabled on the agent at {args.agent}", file=sys.stderr)
         else:
             name = code.name if code is not None else "ERROR"
             print(f"ctl: {args.verb}: {name}: {details}", file=sys.stderr)

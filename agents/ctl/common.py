@@ -23,7 +23,11 @@ DEFAULT_AGENT = "127.0.0.1:7070"
 # flag -> environment variable that gives its default
 TLS_ENV = {"ca": "INFERMESH_TLS_CA", "cert": "INFERMESH_TLS_CERT", "key": "INFERMESH_TLS_KEY"}
 TOKEN_ENV = "INFERMESH_TOKEN"
-VALUE_FLAGS = ("--agent", "--timeout", "--ca", "--cert", "--key", "--server-name", "--token")
+AGENT_ENV = "INFERMESH_AGENT"
+VALUE_FLAGS = ("--agent", "--timeout", "--ca", "--cert", "--key", "--server-name", "--token", "-o", "--output")
+OUTPUTS = ("table", "wide", "json", "yaml")
+# The output format of this invocation (set by main from -o/--json): print_json and print_table follow it.
+OUTPUT = {"format": "table", "headers": True}
 
 
 class UsageError(Exception):
@@ -31,8 +35,21 @@ class UsageError(Exception):
 
 
 def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--agent", default=DEFAULT_AGENT, metavar="HOST:PORT", help=f"agent (default {DEFAULT_AGENT})")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument(
+        "--agent",
+        default=os.environ.get(AGENT_ENV) or DEFAULT_AGENT,
+        metavar="HOST:PORT",
+        help=f"agent to ask (default: ${AGENT_ENV}, else {DEFAULT_AGENT})",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUTS,
+        default="table",
+        help="table, wide (every column), json or yaml; streams print one JSON object per line",
+    )
+    parser.add_argument("--json", action="store_true", help="the same as -o json")
+    parser.add_argument("--no-headers", action="store_true", help="tables without their header line")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="S", help="RPC deadline in seconds")
     tls = parser.add_argument_group("mTLS (agents with a `tls:` section)")
     # dest tls_*: verbs have positionals of their own named `key`
@@ -109,9 +126,34 @@ def to_dict(msg: Message) -> dict[str, Any]:
     return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
+def set_output(args: argparse.Namespace) -> None:
+    """Take -o / --json / --no-headers; afterwards `args.json` means "structured output" (json or yaml)."""
+    fmt_ = "json" if getattr(args, "json", False) else getattr(args, "output", "table")
+    OUTPUT["format"] = fmt_
+    OUTPUT["headers"] = not getattr(args, "no_headers", False)
+    args.json = fmt_ in ("json", "yaml")
+
+
 def print_json(doc: Any) -> None:
+    """A whole answer as JSON (indented) or YAML, by -o."""
+    if OUTPUT["format"] == "yaml":
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(doc, sort_keys=True, default_flow_style=False))
+        return
     json.dump(doc, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
+
+
+def print_item(doc: Any) -> None:
+    """One item of a stream: one JSON object per line (jq-friendly), or one YAML document."""
+    if OUTPUT["format"] == "yaml":
+        import yaml
+
+        sys.stdout.write("---\n" + yaml.safe_dump(doc, sort_keys=True, default_flow_style=False))
+    else:
+        sys.stdout.write(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
 
 
 def fmt(value: Any) -> str:
@@ -126,9 +168,15 @@ def fmt(value: Any) -> str:
     return str(value) if value != "" else "-"
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], wide: Sequence[str] = ()) -> None:
+    """A table; the columns named in `wide` only with -o wide."""
+    if OUTPUT["format"] != "wide" and wide:
+        keep = [i for i, h in enumerate(headers) if h not in wide]
+        headers = [headers[i] for i in keep]
+        rows = [[row[i] for i in keep] for row in rows]
     cells = [[fmt(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    if OUTPUT["headers"]:
+        print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
-from agents.ctl.common import add_common, channel, print_json, print_table, to_dict
+from agents.ctl.common import OUTPUT, add_common, channel, print_item, print_json, print_table, to_dict
 from agents.proto.infermesh.v1 import (
     control_pb2,
     control_pb2_grpc,
@@ -39,7 +40,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     for n in resp.nodes:
         name = n.node_id + (" *" if n.local else "")
         rows.append([name, _state(n.state), list(n.roles), n.zone, n.gpus, n.targets, n.grpc_address])
-    print_table(["node", "state", "roles", "zone", "gpus", "targets", "address"], rows)
+    print_table(["node", "state", "roles", "zone", "gpus", "targets", "address"], rows, wide=["address"])
     return 0
 
 
@@ -74,6 +75,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
     print_table(
         ["idx", "uuid", "name", "mig", "util%", "memory", "temp_c", "power_w", "sm_mhz", "throttle", "health", "fresh"],
         rows,
+        wide=["uuid", "mig", "sm_mhz", "throttle"],
     )
     return 0
 
@@ -105,6 +107,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
     print_table(
         ["target", "runtime", "health", "routable", "waiting", "running", "kv", "ttft_p95", "work_s", "fresh", "why"],
         rows,
+        wide=["runtime", "ttft_p95", "work_s"],
     )
     return 0
 
@@ -163,6 +166,12 @@ def _node_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def event_time(unix_ms: int) -> str:
+    """An event's time in UTC, to the millisecond (ISO 8601)."""
+    stamp = datetime.fromtimestamp(unix_ms / 1000, tz=UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{unix_ms % 1000:03d}Z"
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     req = control_pb2.SubscribeEventsRequest(kinds=args.kind, since_seq=args.since, live_only=args.live)
     seen = 0
@@ -170,12 +179,14 @@ def cmd_events(args: argparse.Namespace) -> int:
         stream = control_pb2_grpc.ControlStub(ch).SubscribeEvents(req, timeout=args.follow_s or None)
         try:
             for event in stream:
+                when = event_time(event.unix_ms)
                 if args.json:
-                    print_json(to_dict(event))
+                    print_item({**to_dict(event), "time": when})
                 else:
                     sev = control_pb2.Severity.Name(event.severity).removeprefix("SEVERITY_").lower()
                     target = f" {event.target_id}" if event.target_id else ""
-                    print(f"{event.seq:>6} {sev:<7} {event.kind}{target}: {event.message}")
+                    node = f" [{event.node}]" if event.node and OUTPUT["format"] == "wide" else ""
+                    print(f"{when} {event.seq:>6} {sev:<7} {event.kind}{target}{node}: {event.message}")
                 sys.stdout.flush()
                 seen += 1
                 if args.count and seen >= args.count:
@@ -199,15 +210,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_common(sub.add_parser("models", help="list served models"))
     p.set_defaults(func=cmd_models)
     p = add_common(sub.add_parser("score", help="rank targets for a request (ScoreTargets)"))
-    p.add_argument("--model", required=True)
-    p.add_argument("--revision", default="")
-    p.add_argument("--tenant", default="")
-    p.add_argument("--prompt-tokens", type=int, default=0)
-    p.add_argument("--max-tokens", type=int, default=0)
+    p.add_argument("--model", required=True, help="model to rank targets for")
+    p.add_argument("--revision", default="", help="model revision (default: any)")
+    p.add_argument("--tenant", default="", help="tenant the request is for (default: none)")
+    p.add_argument("--prompt-tokens", type=int, default=0, help="prompt length in tokens")
+    p.add_argument("--max-tokens", type=int, default=0, help="output tokens asked for")
     p.add_argument("--strategy", default="", help="baseline_rr | least_queue | hybrid_mesh | a plugin name")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--client-node", default="")
-    p.add_argument("--mig-profile", default="")
+    p.add_argument("--top-k", type=int, default=0, help="targets to return (0: the agent's scoring.top_k)")
+    p.add_argument("--client-node", default="", help="node the request comes from (network term; default: none)")
+    p.add_argument("--mig-profile", default="", help="only targets on this MIG profile (default: any)")
     p.set_defaults(func=cmd_score)
     for verb, help_ in (
         ("cordon", "stop new work on the node"),
@@ -216,7 +227,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ):
         p = add_common(sub.add_parser(verb, help=help_))
         p.add_argument("--node", default="", help="node id (default: the agent's own)")
-        p.add_argument("--reason", default="")
+        p.add_argument("--reason", default="", help="why, for the event log (default: none)")
         p.set_defaults(func=_node_action)
     p = add_common(sub.add_parser("events", help="stream the agent's events (SubscribeEvents)"))
     p.add_argument("--kind", action="append", default=[], help="event kind prefix, repeatable (e.g. target.)")

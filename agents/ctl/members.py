@@ -35,7 +35,9 @@ def cmd_members(args: argparse.Namespace) -> int:
         rows.append([name, _status(m.status), m.incarnation, m.gossip_address, list(m.roles), m.zone, m.link_class,
                      rtt, measured, loss, coord])  # fmt: skip
     print_table(
-        ["member", "state", "inc", "gossip", "roles", "zone", "link", "rtt", "probe_rtt", "loss", "coordinate"], rows
+        ["member", "state", "inc", "gossip", "roles", "zone", "link", "rtt", "probe_rtt", "loss", "coordinate"],
+        rows,
+        wide=["inc", "gossip", "probe_rtt", "coordinate"],
     )
     mode = "DEGRADED (local-only)" if resp.degraded else "ok"
     print(f"\n{resp.reachable}/{resp.total} reachable, mesh {mode}, health score {resp.health_score}")

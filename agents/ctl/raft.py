@@ -80,16 +80,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     common(verbs.add_parser("status", help="role, leader, term, commit index, members")).set_defaults(func=cmd_status)
     p = common(verbs.add_parser("transfer", help="move leadership to NODE"))
-    p.add_argument("node", type=int)
+    p.add_argument("node", type=int, help="raft node id of the new leader")
     p.set_defaults(func=cmd_transfer)
     common(verbs.add_parser("snapshot", help="snapshot the state machine and compact the log now")).set_defaults(
         func=cmd_snapshot
     )
     p = common(verbs.add_parser("add", help="add a member (send to the leader)"))
-    p.add_argument("node", type=int)
+    p.add_argument("node", type=int, help="raft node id of the new member")
     p.add_argument("address", help="HOST:PORT of the new member's agent")
     p.add_argument("--learner", action="store_true", help="add as a non-voting learner")
     p.set_defaults(func=cmd_member)
     p = common(verbs.add_parser("remove", help="remove a member (send to the leader)"))
-    p.add_argument("node", type=int)
+    p.add_argument("node", type=int, help="raft node id of the member")
     p.set_defaults(func=cmd_member)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agents.ctl.common import add_common, channel, print_json, print_table, to_dict
+from agents.ctl.common import add_common, channel, print_item, print_json, print_table, to_dict
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
 
 
@@ -72,7 +72,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         req = store_pb2.StoreWatchRequest(group=args.group, prefix=args.prefix, start_revision=args.rev)
         for ev in store_pb2_grpc.StoreStub(ch).Watch(req):
             if args.json:
-                print_json(to_dict(ev))
+                print_item(to_dict(ev))
             else:
                 print(f"{ev.revision} {ev.type} {ev.key} {ev.value}", flush=True)
             seen += 1
@@ -91,25 +91,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         return p
 
     p = common(verbs.add_parser("get", help="read a key (linearizable unless --serializable)"))
-    p.add_argument("key")
+    p.add_argument("key", help="the key (with --prefix: the prefix)")
     p.add_argument("--prefix", action="store_true", help="list every key under KEY")
     p.add_argument("--serializable", action="store_true", help="read local state without asking the leader")
     p.set_defaults(func=cmd_get)
     p = common(verbs.add_parser("put", help="write a key"))
-    p.add_argument("key")
-    p.add_argument("value")
+    p.add_argument("key", help="the key")
+    p.add_argument("value", help="the value (JSON for the policy families)")
     p.set_defaults(func=cmd_put)
     p = common(verbs.add_parser("cas", help="compare-and-set: write NEW only if the value is EXPECTED"))
-    p.add_argument("key")
-    p.add_argument("expected")
-    p.add_argument("new")
+    p.add_argument("key", help="the key")
+    p.add_argument("expected", help="the value it must have now")
+    p.add_argument("new", help="the value to write")
     p.add_argument("--absent", action="store_true", help="expect the key not to exist (EXPECTED is ignored)")
     p.set_defaults(func=cmd_cas)
     p = common(verbs.add_parser("delete", help="delete a key"))
-    p.add_argument("key")
+    p.add_argument("key", help="the key")
     p.set_defaults(func=cmd_delete)
     p = common(verbs.add_parser("watch", help="stream changes under a prefix"))
-    p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("prefix", nargs="?", default="", help="only keys under this prefix (default: all)")
     p.add_argument("--rev", type=int, default=0, help="start from this revision (default: next change)")
     p.add_argument("--count", type=int, default=0, help="stop after this many events")
     p.set_defaults(func=cmd_watch)

@@ -7,7 +7,6 @@ disconnect handling and trace-header recording live here.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -27,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agents.argparsing import Parser, examples
 from agents.binding import BindError, fail, join_host_port, reason_of
 from agents.emulator import apis
 from agents.emulator import tokenizer as tok
@@ -687,21 +687,27 @@ async def serve(config: EmulatorConfig, ready: asyncio.Event | None = None) -> N
 
 
 def parse_args(argv: Sequence[str]) -> EmulatorConfig:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="infermesh emulate-runtime",
+        epilog=examples(
+            "infermesh emulate-runtime --port 9001 --profile h100 --model demo-llm",
+            "infermesh emulate-runtime --port 0 --flavor sglang --instant   # any free port, no token timing",
+        ),
         description="Serve an emulated continuous-batching LLM runtime (OpenAI API, runtime-exact /metrics).",
     )
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=9000, help="0 picks a free port (printed on start)")
     p.add_argument("--profile", default="h100", help=f"GPU profile: {', '.join(profile_names())}")
     p.add_argument("--flavor", default="vllm", choices=FLAVORS, help="which runtime's /metrics format to serve")
     p.add_argument("--model", default="demo-llm", help="served model name")
     p.add_argument("--instant", action="store_true", help="no token timing: answer as fast as possible")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--seed", type=int, default=0, help="seed of the emulated timings and texts")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="sequences in the running batch at most")
+    p.add_argument(
+        "--max-num-batched-tokens", type=int, default=8192, help="tokens (prefill + decode) per engine step at most"
+    )
     p.add_argument("--kv-tokens", type=int, default=None, help="override the profile's KV-cache capacity")
-    p.add_argument("--max-model-len", type=int, default=32768)
+    p.add_argument("--max-model-len", type=int, default=32768, help="prompt + output tokens per request at most")
     p.add_argument("--block-size", type=int, default=0, help="KV block size in tokens (default: the runtime's own)")
     p.add_argument("--no-prefix-caching", action="store_true", help="turn the prefix cache off")
     p.add_argument(

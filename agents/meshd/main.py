@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
 
+from agents.argparsing import Parser, examples
 from agents.binding import BindError, fail, probe_reason, split_host_port
 from agents.meshd.adapters import AdapterUnavailableError
 from agents.meshd.component import ComponentConfigError
@@ -14,8 +14,13 @@ from agents.meshd.config import ConfigError, load_config
 
 
 def agent_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="infermesh agent",
+        epilog=examples(
+            "infermesh agent --config docs/examples/agent.yaml",
+            "MESHD__LISTEN__GRPC=0.0.0.0:7070 infermesh agent --config agent.yaml",
+            "infermesh agent --config agent.yaml --check    # validate and exit",
+        ),
         description="Run meshd, the node agent. Environment overrides: MESHD__SECTION__FIELD=value "
         "(e.g. MESHD__LISTEN__GRPC=0.0.0.0:7070).",
     )

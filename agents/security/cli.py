@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from agents.argparsing import Parser, examples
 from agents.security.ca import (
     ROLES,
     CaError,
@@ -49,33 +50,42 @@ def read_passphrase(env_var: str | None, file: str | None, flag: str = "--passph
 
 
 def ca_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="infermesh ca", description="The mesh certificate authority (offline root).")
+    parser = Parser(
+        prog="infermesh ca",
+        description="The mesh certificate authority (offline root).",
+        epilog=examples(
+            "infermesh ca init --dir ca --trust-domain mesh.example",
+            "infermesh ca issue --dir ca --node gpu-a1 --role agent --host 10.0.0.5 --out certs/gpu-a1",
+            "infermesh ca issue --dir ca --node alice --role operator --out certs/alice   # for ctl",
+            "infermesh ca revoke --dir ca --cert certs/gpu-a1/cert.pem --reason keyCompromise",
+        ),
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
     init = sub.add_parser("init", help="create a root CA in --dir (key encrypted when a passphrase is given)")
-    init.add_argument("--dir", required=True)
-    init.add_argument("--trust-domain", required=True)
-    init.add_argument("--days", type=int, default=3650)
+    init.add_argument("--dir", required=True, help="directory of the CA (created)")
+    init.add_argument("--trust-domain", required=True, help="SPIFFE trust domain, e.g. mesh.example")
+    init.add_argument("--days", type=int, default=3650, help="validity of the root certificate in days")
     _passphrase_options(init)
     issue = sub.add_parser("issue", help="issue an SVID (key + certificate) for a node")
-    issue.add_argument("--dir", required=True)
-    issue.add_argument("--node", required=True)
+    issue.add_argument("--dir", required=True, help="directory of the CA")
+    issue.add_argument("--node", required=True, help="node (or operator) name in the SPIFFE ID")
     issue.add_argument("--role", action="append", choices=ROLES, default=[], help="repeat for several roles")
-    issue.add_argument("--ttl-s", type=int, default=3600)
+    issue.add_argument("--ttl-s", type=int, default=3600, help="certificate lifetime in seconds")
     issue.add_argument("--host", action="append", default=[], help="IP or DNS name the node serves on (repeat)")
     issue.add_argument("--out", required=True, help="directory for cert.pem, key.pem, ca.pem")
     _passphrase_options(issue)
     revoke = sub.add_parser("revoke", help="revoke a certificate (by serial or file) and rewrite crl.pem")
-    revoke.add_argument("--dir", required=True)
+    revoke.add_argument("--dir", required=True, help="directory of the CA")
     group = revoke.add_mutually_exclusive_group(required=True)
     group.add_argument("--serial", help="hexadecimal serial")
     group.add_argument("--cert", help="the certificate file")
-    revoke.add_argument("--reason", default="")
+    revoke.add_argument("--reason", default="", help="RFC 5280 reason, e.g. keyCompromise (default: none)")
     _passphrase_options(revoke)
     crl = sub.add_parser("crl", help="print the current CRL (PEM)")
-    crl.add_argument("--dir", required=True)
+    crl.add_argument("--dir", required=True, help="directory of the CA")
     _passphrase_options(crl)
     rekey = sub.add_parser("passphrase", help="encrypt ca.key under a new passphrase (or change it)")
-    rekey.add_argument("--dir", required=True)
+    rekey.add_argument("--dir", required=True, help="directory of the CA")
     _passphrase_options(rekey, what="the CA key as it is now (omit for an unencrypted key)")
     _passphrase_options(rekey, "new-", "the CA key from now on")
     args = parser.parse_args(argv)
@@ -136,8 +146,12 @@ def ca_main(argv: Sequence[str]) -> int:
 def join_main(argv: Sequence[str]) -> int:
     from agents.security.enroll import EnrollError, join
 
-    j = argparse.ArgumentParser(
-        prog="infermesh join", description="Enroll this node with a one-time join token: writes its SVID and key."
+    j = Parser(
+        prog="infermesh join",
+        description="Enroll this node with a one-time join token: writes its SVID and key.",
+        epilog=examples(
+            "infermesh join --portal https://portal.example.com --token imj_... --node gpu-a1 --out /etc/infermesh/tls",
+        ),
     )
     j.add_argument("--portal", required=True, help="portal base URL, e.g. https://portal.example.com")
     j.add_argument("--token", required=True, help="imj_... from POST /api/v1/join-tokens/")

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 
+from agents.argparsing import Parser, examples
+
 
 def node_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="infermesh node", description="Enroll nodes of the mesh.")
+    parser = Parser(
+        prog="infermesh node",
+        description="Enroll, list and delete the nodes of the mesh.",
+        epilog=examples(
+            "infermesh node enroll gpu-a1 --create --zone zone-a --address 10.0.0.5:7070 > gpu-a1.credential",
+            "infermesh node list",
+            "infermesh node delete gpu-a1",
+        ),
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
     enroll = sub.add_parser("enroll", help="issue a node credential (printed once; earlier ones are revoked)")
     enroll.add_argument("name", help="node name, as in the agent's config (node.id)")
@@ -17,6 +26,9 @@ def node_main(argv: Sequence[str]) -> int:
     enroll.add_argument("--zone", default="zone-a", help="zone of a created node (created too if missing)")
     enroll.add_argument("--address", default="127.0.0.1:7070", help="agent gRPC address of a created node")
     enroll.add_argument("--roles", default="gpu", help="comma-separated roles of a created node")
+    sub.add_parser("list", help="list the portal's nodes with zone, status and last heartbeat")
+    delete = sub.add_parser("delete", help="delete a node and revoke its certificates")
+    delete.add_argument("name", help="node name")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "meshweb.settings")
@@ -34,6 +46,10 @@ def node_main(argv: Sequence[str]) -> int:
 
     if settings.EMBEDDED:
         call_command("migrate", interactive=False, verbosity=0)
+    if args.verb == "list":
+        return _node_list()
+    if args.verb == "delete":
+        return _node_delete(args.name)
     node = Node.objects.filter(name=args.name).first()
     if node is None:
         if not args.create:
@@ -57,4 +73,41 @@ def node_main(argv: Sequence[str]) -> int:
             return 1
     _, plaintext = node_enroll(principal=SYSTEM, node=node)
     print(plaintext)
+    return 0
+
+
+def _node_list() -> int:
+    from meshweb.fleet.models import Node
+
+    def when(value: object) -> str:
+        return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"  # type: ignore[attr-defined]
+
+    rows = [
+        [n.name, n.zone.name, n.status, ",".join(n.roles) or "-", n.address, when(n.last_heartbeat_at)]
+        for n in Node.objects.select_related("zone").order_by("name")
+    ]
+    headers = ["NAME", "ZONE", "STATUS", "ROLES", "ADDRESS", "LAST HEARTBEAT"]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _node_delete(name: str) -> int:
+    from django.db.models import ProtectedError
+
+    from meshweb.fleet.models import Node
+    from meshweb.identity.mesh import node_delete
+    from meshweb.tenancy.services import SYSTEM
+
+    node = Node.objects.filter(name=name).first()
+    if node is None:
+        print(f"infermesh node: no node {name!r} (see infermesh node list)", file=sys.stderr)
+        return 1
+    try:
+        node_delete(principal=SYSTEM, node=node)
+    except ProtectedError as exc:
+        print(f"infermesh node: {name} is still referenced ({exc.args[0]})", file=sys.stderr)
+        return 1
+    print(f"deleted node {name} and revoked its certificates")
     return 0
