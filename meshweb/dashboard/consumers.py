@@ -38,6 +38,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     principal: Principal
     last_id: int
     poller: asyncio.Task[None] | None = None
+    route_task: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         principal = await database_sync_to_async(principal_for_user)(self.scope.get("user"))
@@ -76,6 +77,8 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         return principal_for_user(user)
 
     async def disconnect(self, code: int) -> None:
+        if self.route_task is not None:
+            self.route_task.cancel()
         if self.poller is not None:
             self.poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -87,6 +90,31 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         # The socket is read-only: writes go through the forms and the REST API, where they are checked and audited.
         if isinstance(content, dict) and content.get("kind") == "ping":
             await self.send_json({"kind": "pong"})
+        elif isinstance(content, dict) and content.get("kind") == "route.watch":
+            await self._watch_route(content.get("model_id"))
+
+    async def _watch_route(self, model_id: Any) -> None:
+        """Stream the router's report of one model the viewer may see (the routing page), one at a time."""
+        from meshweb.dashboard.route_feed import INTERVAL_S, RouteRates, fetch
+        from meshweb.dashboard.route_views import visible_model
+
+        if not isinstance(model_id, int) or isinstance(model_id, bool):
+            return
+        model = await database_sync_to_async(visible_model)(self.principal, model_id)
+        if model is None:
+            await self.send_json({"kind": "route", "model_id": model_id, "data": {"error": "no such model"}})
+            return
+        if self.route_task is not None:
+            self.route_task.cancel()
+        rates = RouteRates()
+
+        async def stream() -> None:
+            while True:
+                report = rates.enrich(await asyncio.to_thread(fetch, model.name))
+                await self.send_json({"kind": "route", "model_id": model_id, "data": report})
+                await asyncio.sleep(INTERVAL_S)
+
+        self.route_task = asyncio.create_task(stream())
 
     async def dashboard_event(self, message: dict[str, Any]) -> None:
         payload = message.get("payload")

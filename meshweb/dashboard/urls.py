@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from meshweb.dashboard import keys, views
+from meshweb.dashboard import keys, route_views, views
 
 app_name = "dashboard"
 
@@ -21,6 +21,8 @@ urlpatterns = [
     path("nodes/<str:name>/status/", views.node_status, name="node-status"),
     path("tenants/", views.tenants, name="tenants"),
     path("models/", views.catalog, name="models"),
+    path("models/<int:model_id>/route/", route_views.model_route, name="model-route"),
+    path("models/<int:model_id>/route/policy/", route_views.model_policy_set, name="model-policy"),
     path("keys/", keys.keys, name="keys"),
     path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key-revoke"),
     path("jobs/", views.jobs, name="jobs"),

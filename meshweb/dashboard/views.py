@@ -87,6 +87,7 @@ def _overview_context(principal: Principal) -> dict[str, Any]:
 def overview(request: HttpRequest, principal: Principal) -> HttpResponse:
     context = _base(principal, "overview", feed=[selectors.feed_item(e) for e in selectors.recent_feed(principal, 15)])
     context.update(_overview_context(principal))
+    context["route_models"] = selectors.catalog(principal)  # each links to its routing page
     return render(request, "dashboard/overview.html", context)
 
 

@@ -123,7 +123,7 @@ def _revision(r: ModelRevision) -> Iterator[Put]:
 
 
 def _deployment(d: Deployment) -> Iterator[Put]:
-    zone = d.zone.name if d.zone_id is not None else ""
+    zone = d.zone.name if d.zone is not None else ""
     yield Put(
         "deployment",
         f"kv/portal/deployments/{d.pk}",
@@ -139,7 +139,7 @@ def _deployment(d: Deployment) -> Iterator[Put]:
         },
     )
     # The typed placement the scheduler honours: the nodes of the deployment's zone are kept for the model.
-    nodes = sorted(Node.objects.filter(zone_id=d.zone_id).values_list("name", flat=True)) if zone else []
+    nodes = sorted(Node.objects.filter(zone=d.zone).values_list("name", flat=True)) if d.zone is not None else []
     yield Put(
         "placement",
         f"placements/deployment-{d.pk}",

@@ -93,6 +93,11 @@
       }
       return;
     }
+    if (msg.kind === "route") {
+      // The routing page's live report (about once a second): only that page listens.
+      document.body.dispatchEvent(new CustomEvent("im-route", { detail: msg }));
+      return;
+    }
     if (msg.kind === "job.telemetry") {
       // About one a second per running job: no feed line and no page-wide refresh; only that job's page listens
       // (hx-trigger "im-job-telemetry[detail.job==N] from:body"), at most once a second per job.
@@ -124,7 +129,11 @@
   function connect() {
     var scheme = location.protocol === "https:" ? "wss://" : "ws://";
     var ws = new WebSocket(scheme + location.host + (document.body.dataset.wsPath || "/ws/dashboard/"));
-    ws.onopen = function () { backoff = 500; setState("live", "ws-on"); };
+    ws.onopen = function () {
+      backoff = 500;
+      setState("live", "ws-on");
+      document.body.dispatchEvent(new CustomEvent("im-socket-open", { detail: ws }));
+    };
     ws.onmessage = function (ev) {
       try { handle(JSON.parse(ev.data)); } catch (e) { console.error("dashboard: bad message", e); }
     };
