@@ -469,8 +469,9 @@ class Handlers:
         v = self.svc.view
         # Open to probes, so it names no model: which models exist is for a tenant's key (/v1/models).
         return web.json_response(
-            {"ok": True, "local_only": v.local_only, "targets": v.counts(), "inflight": self.svc.inflight}
-        )
+            {"ok": True, "local_only": v.local_only, "mesh_degraded": self.svc.ranker.mesh.degraded,
+             "targets": v.counts(), "inflight": self.svc.inflight}
+        )  # fmt: skip
 
 
 async def sse_events(w: Winner) -> AsyncIterator[bytes]:

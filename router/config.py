@@ -68,7 +68,15 @@ class AgentConfig(_Strict):
     reconnect_min_s: float = Field(default=0.2, gt=0)
     reconnect_max_s: float = Field(default=5.0, gt=0)
     report_outcomes: bool = True
-    node: str = Field(default="", description="this router's node name, sent with the watch")
+    node: str = Field(
+        default="",
+        description="the node this router runs on: the source of the network cost in every ranking (Vivaldi RTT "
+        "from this node, link class) and what local-only mode keeps; empty = the agent's node",
+    )
+    zone: str = Field(default="", description="this router's zone; empty = the zone gossip knows for its node")
+    mesh_refresh_s: float = Field(
+        default=2.0, gt=0, le=300, description="how often the RTT table and gossip's degraded flag are read"
+    )
     tls: ClientTls | None = Field(
         default=None,
         description="the router's SVID (role router) and the mesh CA, for an agent with a `tls:` section; "

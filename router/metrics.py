@@ -77,6 +77,11 @@ LOCAL_ONLY = Gauge(
     "1 while the agent is unreachable and the router serves from its last view and static targets",
     multiprocess_mode="max",
 )
+MESH_DEGRADED = Gauge(
+    "infermesh_router_mesh_degraded",
+    "1 while gossip reports most of the mesh unreachable and the router ranks only local targets",
+    multiprocess_mode="max",
+)
 TARGETS = Gauge("infermesh_router_targets", "Targets in the view", ["source"], multiprocess_mode="max")
 EJECTIONS = Counter("infermesh_router_ejections_total", "Outlier ejections", ["model", "runtime", "node"])
 HELD = Gauge(

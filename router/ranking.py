@@ -12,8 +12,10 @@ from collections.abc import Iterable
 
 from agents.strategies import load_strategy
 from agents.strategies.base import HEALTHY, UNKNOWN, Decision, RouteRequest, Strategy, TargetView
+from agents.strategies.builtins import ZoneRtt
 from agents.strategies.host import StrategyHost, StrategyStats
 from router.config import RoutingPolicy
+from router.meshview import MeshView
 from router.metrics import ARM_TTFT, DECISION, SHADOW, STRATEGY_FALLBACKS, WIN_RATE, child
 from router.prefix import RequestPrefix
 from router.view import Target
@@ -71,6 +73,9 @@ class Ranker:
         self.host = StrategyHost(strategies, default=BASELINE, budget_us=decision_budget_us, on_decision=self._observe)
         self._targets: dict[str, Target] = {}
         self._synced = -1
+        # this router's place in the mesh (router/meshview.py): network cost from its node, local-only mode
+        self.mesh = MeshView()
+        self._mesh_applied = (-1, -1)
         self._arms: dict[tuple[str, str], deque[float]] = {}
 
     def ensure(self, names: Iterable[str]) -> list[str]:
@@ -119,6 +124,31 @@ class Ranker:
             view.dirty.clear()
             self.host.refresh()
 
+    def _apply_mesh(self) -> None:
+        """Give every strategy with a network term the RTT from this router's node: gossip's table where it has
+        one, else the link-class default from the zones of the targets, the members and the router."""
+        key = (self.mesh.version, self._synced)
+        if key == self._mesh_applied:
+            return
+        self._mesh_applied = key
+        zones = ZoneRtt(zones={t.node: t.zone for t in self._targets.values() if t.node and t.zone})
+        rtt = self.mesh.rtt_fn(zones)
+        for s in self.host.strategies.values():
+            set_rtt = getattr(s, "set_rtt", None)
+            if set_rtt is not None:
+                set_rtt(rtt)
+
+    def local_only(self, candidates: list[Target]) -> list[Target]:
+        """While gossip reports the mesh degraded: the candidates on this router's node, else in its zone, else all
+        (nothing local to fall back on)."""
+        mesh = self.mesh
+        if not mesh.degraded or not mesh.node:
+            return candidates
+        local = [t for t in candidates if t.node == mesh.node]
+        if not local and mesh.zone:
+            local = [t for t in candidates if t.zone == mesh.zone]
+        return local or candidates
+
     def pick_arm(self, policy: RoutingPolicy, key: str) -> str:
         if not policy.ab_split:
             return policy.strategy
@@ -144,8 +174,11 @@ class Ranker:
     ) -> tuple[list[Target], str]:
         """Targets best first (all candidates, so retries and hedges have somewhere to go) and the deciding arm."""
         self._sync()
+        self._apply_mesh()
+        candidates = self.local_only(candidates)
         name = self.pick_arm(policy, corr_id)
         req = RouteRequest(model=model, prompt_tokens=prompt_chars // 4, max_tokens=max_tokens or 0, request_id=corr_id)
+        req.client_node = self.mesh.node  # where the request enters the mesh: the network term's source
         if prefix is not None:
             req.block_hashes, req.session_key = prefix.hashes, prefix.session_key
             req.prompt_tokens = prefix.tokens or req.prompt_tokens

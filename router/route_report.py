@@ -130,6 +130,8 @@ def report(svc: RouterService, model: str | None = None) -> dict[str, Any]:
         "portal_revision": svc.portal.revision,
         "portal_version": svc.portal.version,
         "local_only": svc.view.local_only,
+        # this router's place in the mesh: the network term's source, and gossip's degraded (local-only) mode
+        "mesh": {"node": svc.ranker.mesh.node, "zone": svc.ranker.mesh.zone, "degraded": svc.ranker.mesh.degraded},
         "models": [model_report(svc, n) for n in names],
     }
 

@@ -21,6 +21,7 @@ from router.config import RouterConfig, RoutingPolicy, TenantConfig
 from router.core.admission import AdmissionController, TargetLoad
 from router.core.quota import estimate_tokens
 from router.forward import Forwarder, Winner
+from router.meshview import MeshWatcher
 from router.metrics import ADMISSION_REFUSED, ERRORS, HELD, INFLIGHT, LATENCY, REQUESTS, TOKENS, child
 from router.obs import access_log
 from router.portal_routing import CatalogModel, PortalRouting, PortalWatcher
@@ -100,6 +101,8 @@ class RouterService:
         self.quotas = QuotaManager(cfg.tenants, cfg.redis)
         self.forwarder = Forwarder(pool, cfg.outlier)
         self.ranker = Ranker(self.view, [cfg.default_policy, *cfg.policies.values()])
+        self.ranker.mesh.node, self.ranker.mesh.zone = cfg.agent.node, cfg.agent.zone
+        self._mesh_watcher: MeshWatcher | None = None
         self.agent = AgentLink(self.view, cfg.agent)
         # Models and routing policies from the portal, mirrored from the agent's store (router/portal_routing.py).
         self.portal = PortalRouting()
@@ -114,9 +117,17 @@ class RouterService:
     async def start(self) -> None:
         await self.quotas.start()
         await self.agent.start()
+        if self.cfg.agent.address:
+            # the network cost from this router's node and gossip's degraded flag (router/meshview.py)
+            self._mesh_watcher = MeshWatcher(
+                self.agent.channel, self.ranker.mesh, lambda: None, refresh_s=self.cfg.agent.mesh_refresh_s
+            )
+            self._mesh_watcher.start()
         self._portal_watcher.start()
 
     async def close(self) -> None:
+        if self._mesh_watcher is not None:
+            await self._mesh_watcher.close()
         await self._portal_watcher.close()
         await self.agent.close()
         await self.quotas.close()

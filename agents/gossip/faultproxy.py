@@ -1,4 +1,5 @@
-"""Fault-injecting UDP + TCP proxy for loopback meshes (no `tc netem` here): per-route packet loss and partitions.
+"""Fault-injecting UDP + TCP proxy for loopback meshes (no `tc netem` here): packet loss, partitions and one-way
+delay of the UDP packets from or to a node (a far node, as Vivaldi should see it).
 
 Each node advertises a proxy address; the proxy forwards to the node's real address. Senders are told apart by
 source IP (give each node its own 127.0.0.x), so a partition drops UDP and refuses TCP between groups.
@@ -37,7 +38,15 @@ class _UdpRoute(asyncio.DatagramProtocol):
         if self.out is None or not self.proxy._allowed(addr[0], self.target[0], udp=True):
             return
         self.proxy.stats.forwarded += 1
-        self.out.sendto(data, self.target)
+        delay = self.proxy.delay_s.get(addr[0], 0.0) + self.proxy.delay_s.get(self.target[0], 0.0)
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._send_late, data)
+        else:
+            self.out.sendto(data, self.target)
+
+    def _send_late(self, data: bytes) -> None:
+        if self.out is not None and not self.out.is_closing():  # the proxy may have stopped meanwhile
+            self.out.sendto(data, self.target)
 
 
 @dataclass(slots=True)
@@ -58,6 +67,7 @@ class FaultProxy:
         self.stats = ProxyStats()
         self._routes = [_Route(listen, target) for listen, target in routes.items()]
         self._group: dict[str, int] = {}
+        self.delay_s: dict[str, float] = {}  # node IP -> one-way delay added to UDP packets from or to it
 
     def partition(self, groups: list[list[str]]) -> None:
         """Split by source/target IP: traffic flows only within a group."""

@@ -95,6 +95,8 @@ class SchedulerComponent:
         self.fabric = Fabric(default_uplink_gbps=cfg.uplink_gbps)
         self.restarts: dict[str, int] = {}
         self.passes = 0
+        self.local_only = False  # gossip reports the mesh degraded: plan only on nodes this side reaches
+        self._local_only_gauge: Any = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         return []
@@ -102,6 +104,13 @@ class SchedulerComponent:
     async def start(self, ctx: Any) -> None:
         self.ctx = ctx
         ctx.on_rtt_provider(self._set_rtt)
+        from prometheus_client import Gauge
+
+        self._local_only_gauge = Gauge(
+            "infermesh_scheduler_local_only",
+            "1 while gossip reports the mesh degraded and the scheduler places only on nodes it reaches",
+            registry=ctx.registry,
+        )
         self._client = K.StoreClient.of_agent(ctx, self.cfg.group)
         self._task = asyncio.create_task(self._loop(), name="scheduler")
 
@@ -128,7 +137,43 @@ class SchedulerComponent:
                 log.exception("scheduler pass failed")
             await asyncio.sleep(self.cfg.interval_s)
 
+    def unreachable_nodes(self) -> set[str]:
+        """While gossip reports the mesh degraded (local-only mode): the nodes gossip sees down, which this pass
+        treats as offline so no gang is placed across the cut. Entering and leaving the mode is said once (log,
+        event, `infermesh_scheduler_local_only`)."""
+        from agents.gossip.component import mesh_status
+
+        status = mesh_status()
+        on = status.running and status.degraded
+        ctx = getattr(self, "ctx", None)
+        down: set[str] = set()
+        if on and ctx is not None:
+            from agents.proto.infermesh.v1 import control_pb2
+
+            down = {n.node_id for n in ctx.nodes.all() if n.state == control_pb2.NODE_STATE_DOWN}
+        if on != self.local_only:
+            self.local_only = on
+            if self._local_only_gauge is not None:
+                self._local_only_gauge.set(1 if on else 0)
+            message = (
+                f"gossip degraded ({status.reachable}/{status.total} reachable): placing only on reachable nodes"
+                if on
+                else "gossip recovered: placing across the whole mesh again"
+            )
+            log.log(logging.WARNING if on else logging.INFO, "scheduler: %s", message)
+            if ctx is not None:
+                from agents.meshd.events import INFO, WARNING
+
+                ctx.events.emit(
+                    "scheduler.local_only" if on else "scheduler.mesh_wide",
+                    message,
+                    severity=WARNING if on else INFO,
+                    attrs={"unreachable": ",".join(sorted(down))},
+                )
+        return down
+
     async def run_pass(self, client: K.StoreClient, now: float) -> None:
+        unreachable = self.unreachable_nodes()
         kv = await client.get_prefix("kv/")
         statuses = await client.get_prefix(K.NODE_STATUS)
         reserved = reserved_nodes(await client.get_prefix(PINNING), await client.get_prefix(PLACEMENTS))
@@ -157,6 +202,8 @@ class SchedulerComponent:
                 node.status, node.reason = "cordoned", f"kept for inference: {reserved[node.name]}"
             if now - float(inv.get("at", now)) > self.cfg.offline_after_s:
                 node.status, node.reason = "offline", "no trainer heartbeat"
+            if node.name in unreachable:
+                node.status, node.reason = "offline", "unreachable over gossip (local-only mode)"
             planner.upsert_node(node)
         for tenant, q in section[K.PORTAL_QUOTAS].items():
             planner.set_quota(tenant, TenantQuota(q.get("gpus_max"), q.get("concurrent_jobs_max")))
