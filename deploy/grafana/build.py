@@ -217,8 +217,8 @@ MESH = dashboard(
                                               + RI + "])))", "p99"), unit="s"),
         ]),
         ("Agents", [
-            panel("Agent decisions p99", ("histogram_quantile(0.99, sum by (strategy, le) (rate("
-                                          "meshd_decision_seconds_bucket[" + RI + "])))", "{{strategy}}"), unit="s"),
+            panel("Gossip messages", ("sum by (instance, direction) (rate(infermesh_gossip_messages_total[" + RI
+                                      + "]))", "{{instance}} {{direction}}"), unit="ops"),
             panel("WatchTargets streams", ("sum by (instance) (meshd_target_watchers)", "{{instance}}")),
             panel("Outcomes reported by routers", ("sum by (result) (rate(meshd_outcomes_total[" + RI + "]))",
                                                    "{{result}}"), unit="ops"),
