@@ -54,7 +54,7 @@ def _traffic(router: RouterProc, stop: threading.Event) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("prom")
-    gossip = {}
+    gossip: dict[str, int] = {}
 
     def sections(agent: Agent) -> dict[str, Any]:
         port = gossip.setdefault(agent.name, free_port())
