@@ -1,0 +1,171 @@
+"""The routing page in Debian's chromium, over real processes: two emulated runtimes behind one agent, a router fed by
+it, and a portal whose dashboard reads that router. Load put on one runtime moves the ranking to the other, live over
+the dashboard socket (no reload), and back when the load moves; screenshots go to test-artifacts/browser/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agents.emulator.testing import EmulatorProcess, start_emulator
+from tests.browser.conftest import ADMIN_PASSWORD, ROOT, Portal, free_port, sign_in
+from tests.router.agentproc import AgentProc
+from tests.router.procs import RouterProc, router_config, running_router
+
+pytestmark = pytest.mark.browser
+
+CATALOG = """
+from meshweb.catalog.models import Model
+from meshweb.core.services import object_create
+from meshweb.tenancy.models import Tenant
+from meshweb.tenancy.services import SYSTEM
+model = Model.objects.filter(name="demo-llm").first() or object_create(
+    principal=SYSTEM, model=Model, data={"tenant": Tenant.objects.get(slug="demo"), "name": "demo-llm"})
+print(model.pk)
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[EmulatorProcess], RouterProc]]:
+    tmp = tmp_path_factory.mktemp("route-mesh")
+    # Few batch slots, so a handful of requests queue and the agent's fused state shows it.
+    args = ("--profile", "h100", "--flavor", "vllm", "--model", "demo-llm", "--max-num-seqs", "2")
+    ems = [start_emulator(*args, "--seed", "1"), start_emulator(*args, "--seed", "2")]
+    agent = AgentProc([e.url for e in ems], tmp).start()
+    try:
+        cfg = router_config([], agent={"address": agent.address}, default_policy={"strategy": "least_queue"})
+        with running_router(cfg, tmp) as router:
+            yield ems, router
+    finally:
+        agent.kill()
+        for em in ems:
+            em.stop()
+
+
+@pytest.fixture(scope="module")
+def route_portal(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, mesh: tuple[list[EmulatorProcess], RouterProc]
+) -> Iterator[Portal]:
+    """A portal of this module's own: its dashboard reads the router above (INFERMESH_ROUTER_METRICS_URL)."""
+    tmp = tmp_path_factory.mktemp("route-portal")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL"}}
+    env.update(
+        INFERMESH_DATA_DIR=str(tmp / "data"),
+        INFERMESH_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        REDIS_URL=redis_url,
+        INFERMESH_ROUTER_METRICS_URL=f"{mesh[1].url}/metrics",
+        DJANGO_SETTINGS_MODULE="meshweb.settings",
+        PYTHONUNBUFFERED="1",
+    )
+    log = tmp / "portal.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "meshweb.cli", "portal", "--demo", "--bind", f"127.0.0.1:{port}"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"portal did not start: {log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        yield Portal(url=url, port=port, env=env, log=log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _load(em: EmulatorProcess, n: int, stop: threading.Event) -> threading.Thread:
+    """Keep `n` long requests in flight at one runtime directly (not through the router) until `stop`."""
+
+    def one() -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                client.post(f"{em.url}/v1/completions", json={"model": "demo-llm", "prompt": "load", "max_tokens": 64})
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    joiner = threading.Thread(target=lambda: [t.join() for t in threads], daemon=True)
+    joiner.start()
+    return joiner
+
+
+def _best(page: Any) -> str:
+    return str(page.get_attribute("#route", "data-best") or "")
+
+
+def test_the_ranking_follows_the_load(
+    browser: Any, route_portal: Portal, mesh: tuple[list[EmulatorProcess], RouterProc], artifacts: Path
+) -> None:
+    ems, router = mesh
+    model_id = int(route_portal.run_python(CATALOG).strip().splitlines()[-1])
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    try:
+        sign_in(page, route_portal.url)
+        link = page.locator(f"#overview-routing a[href='/dashboard/models/{model_id}/route/']")
+        link.click()  # the overview links to the page
+        page.wait_for_function("() => parseInt(document.getElementById('route').dataset.updates || '0') >= 2")
+        assert page.locator("#route-targets tbody tr").count() == 2
+        assert "least_queue" in page.inner_text("#route-policy")
+        a, b = (em.url.removeprefix("http://") for em in ems)
+        for busy, idle, shot in ((0, b, "route-load-on-a.png"), (1, a, "route-load-on-b.png")):
+            stop = threading.Event()
+            joiner = _load(ems[busy], 8, stop)
+            try:
+                page.wait_for_function(
+                    "(idle) => (document.getElementById('route').dataset.best || '').includes(idle)",
+                    arg=idle,
+                    timeout=30_000,
+                )
+                row = f"#route-targets tr[data-target*='{ems[busy].url.removeprefix('http://')}']"
+                page.wait_for_function(
+                    "(sel) => { const r = document.querySelector(sel); return r && +r.children[3].textContent > 0; }",
+                    arg=row,
+                    timeout=15_000,
+                )  # the busy runtime's queue shows in its row
+                assert page.locator("#route-ranking tbody tr.best").get_attribute("data-target").find(idle) >= 0
+                page.screenshot(path=str(artifacts / shot), full_page=True)
+            finally:
+                stop.set()
+                joiner.join(60)
+        # Requests through the router show up per target on the page.
+        for i in range(6):
+            httpx.post(
+                f"{router.url}/v1/completions",
+                json={"model": "demo-llm", "prompt": f"hi {i}", "max_tokens": 4},
+                headers={"Authorization": "Bearer demo-key"},
+                timeout=30,
+            ).raise_for_status()
+        page.wait_for_function(
+            "() => Array.from(document.querySelectorAll('#route-targets tbody tr'))"
+            ".some(r => parseFloat(r.children[10].textContent) > 0)",
+            timeout=15_000,
+        )
+        page.wait_for_selector("#route-charts .chart", timeout=15_000)
+        page.screenshot(path=str(artifacts / "route-page.png"), full_page=True)
+    finally:
+        context.close()
