@@ -32,12 +32,16 @@ BYTES_PER_BLOCK = 100  # an OrderedDict entry holding a 64-bit int key, measured
 class BlockSet:
     """The block hashes one target holds, LRU-ordered and bounded."""
 
-    __slots__ = ("blocks", "kind", "max_blocks")
+    __slots__ = ("blocks", "kind", "max_blocks", "max_recent", "recent")
 
-    def __init__(self, kind: str, max_blocks: int) -> None:
+    def __init__(self, kind: str, max_blocks: int, max_recent: int = 4096) -> None:
         self.kind = kind
         self.max_blocks = max_blocks
         self.blocks: OrderedDict[int, None] = OrderedDict()
+        # Blocks of requests just routed here, before the runtime's events can say they are stored (an event-fed
+        # index lags by a prefill): without them a burst sharing a new prefix would scatter. Small and LRU.
+        self.max_recent = max_recent
+        self.recent: OrderedDict[int, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -58,13 +62,24 @@ class BlockSet:
 
     def clear(self) -> None:
         self.blocks.clear()
+        self.recent.clear()
+
+    def routed(self, hashes: Iterable[int]) -> None:
+        recent = self.recent
+        for h in hashes:
+            if h in recent:
+                recent.move_to_end(h)
+            else:
+                recent[h] = None
+        while len(recent) > self.max_recent:
+            recent.popitem(last=False)
 
     def match(self, hashes: Sequence[int]) -> int:
         """How many of `hashes` (a request's chained block hashes, in order) this target holds as a prefix."""
-        blocks = self.blocks
+        blocks, recent = self.blocks, self.recent
         n = 0
         for h in hashes:
-            if h not in blocks:
+            if h not in blocks and h not in recent:
                 break
             n += 1
         return n
@@ -246,10 +261,12 @@ class PrefixIndex:
             bs = self.ensure(target_id, APPROX)
         if bs.kind == APPROX and hashes:
             bs.add(hashes)
+        elif hashes:
+            bs.routed(hashes)
 
     @property
     def blocks(self) -> int:
-        return sum(len(b) for b in self.targets.values())
+        return sum(len(b) + len(b.recent) for b in self.targets.values())
 
     @property
     def bytes_estimate(self) -> int:

@@ -68,8 +68,15 @@ class CacheAware(HybridMesh):
         self._work: dict[str, float] = {}  # endpoint -> EWMA of the prefill-token work of requests sent there
 
     # -- per request ---------------------------------------------------------------------------------------------
+    def base_terms(self, v: TargetView) -> dict[str, float]:
+        terms = super().base_terms(v)
+        # the queue is counted in tokens per request (below), not in requests x a service time
+        terms["wait"] = terms["service"] = 0.0
+        return terms
+
     def _load(self, v: TargetView) -> float:
-        return (v.requests_waiting or 0.0) + (v.requests_running or 0.0) + v.inflight
+        # the runtime's own counts include this router's requests; inflight covers what it has not reported yet
+        return max((v.requests_waiting or 0.0) + (v.requests_running or 0.0), float(v.inflight))
 
     def _cache_scorer(self, request: RouteRequest, base: Callable[[TargetView, RouteRequest], float],
                       bound: float) -> Callable[[TargetView, RouteRequest], float]:  # fmt: skip
@@ -86,7 +93,7 @@ class CacheAware(HybridMesh):
             matched = match(v.endpoint, hashes) * c.block_size if hashes else 0
             if load > bound:
                 matched = 0  # bounded load: no cache credit on an overloaded target
-            queued = v.inflight * work.get(v.endpoint, prompt + out_work)
+            queued = load * work.get(v.endpoint, prompt + out_work)
             return base(v, req) + (prompt - matched + queued) / rate
 
         return score
@@ -130,7 +137,7 @@ class CacheAware(HybridMesh):
         matched = self.cache_index.match(view.endpoint, hashes) * c.block_size if hashes else 0
         prompt = max(request.prompt_tokens, len(hashes) * c.block_size)
         terms["prefill"] = (prompt - matched) / rate
-        terms["queued_tokens"] = view.inflight * self._work.get(view.endpoint, 0.0) / rate
+        terms["queued_tokens"] = self._load(view) * self._work.get(view.endpoint, 0.0) / rate
         terms["cached_tokens"] = float(matched)
         return terms
 
