@@ -1,0 +1,79 @@
+"""The router's mirror of the portal's routing state (sans-IO): the store keys the portal writes become each tenant's
+catalog (names, aliases, deployed revisions and zones) and each model's policy over the router's defaults."""
+
+from __future__ import annotations
+
+import json
+
+from router.config import RoutingPolicy
+from router.portal_routing import PortalRouting
+from router.view import Target
+
+
+def _state(**extra: dict[str, object]) -> PortalRouting:
+    kv = {
+        "kv/portal/tenants/1": {"id": 1, "slug": "acme", "name": "Acme", "active": True},
+        "kv/portal/tenants/2": {"id": 2, "slug": "globex", "name": "Globex", "active": True},
+        "kv/portal/models/10": {"id": 10, "tenant": 1, "name": "llm", "aliases": ["chat"]},
+        "kv/portal/models/11": {"id": 11, "tenant": 1, "name": "draft", "aliases": []},
+        "kv/portal/models/20": {"id": 20, "tenant": 2, "name": "llm", "aliases": []},
+        "kv/portal/revisions/100": {"id": 100, "model": 10, "revision": "v2"},
+        "kv/portal/revisions/200": {"id": 200, "model": 20, "revision": "v1"},
+        "kv/portal/deployments/1": {"id": 1, "revision": 100, "zone": 1, "zone_name": "zone-a"},
+        "kv/portal/deployments/2": {"id": 2, "revision": 200, "zone": None, "zone_name": ""},
+        "kv/training/jobs/1": {"status": "running"},  # not routing's business
+        **extra,
+    }
+    s = PortalRouting()
+    s.replace((k, json.dumps(v)) for k, v in kv.items())
+    return s
+
+
+def _t(node: str, zone: str = "", revision: str = "") -> Target:
+    return Target(id=f"llm@{revision}/{node}", model="llm", url=f"http://{node}:1", node=node, zone=zone,
+                  revision=revision)  # fmt: skip
+
+
+def test_catalog_names_aliases_and_deployed_revisions() -> None:
+    s = _state()
+    assert s.knows("acme") and s.knows("globex") and not s.knows("initech")
+    llm = s.resolve("acme", "chat")
+    assert llm is not None and llm.name == "llm" and s.resolve("acme", "llm") is llm
+    assert s.resolve("acme", "draft") is None  # not deployed: not served, not listed
+    assert [m.name for m in s.listed("acme")] == ["llm"]
+    assert s.resolve("globex", "chat") is None  # aliases are per tenant
+    assert llm.serves(_t("n1", "zone-a", "v2")) and llm.serves(_t("n1"))  # unknown revision / zone: allowed
+    assert not llm.serves(_t("n1", "zone-a", "v1")) and not llm.serves(_t("n1", "zone-b", "v2"))
+    globex = s.resolve("globex", "llm")
+    assert globex is not None and globex.serves(_t("n9", "zone-z", "v1"))  # deployed anywhere
+
+
+def test_policy_over_router_defaults_and_changes_apply() -> None:
+    policy = {"strategy": "least_queue", "params": {"tenant": 1, "model": 10, "ab_split": {"least_queue": 60,
+              "hybrid_mesh": 40}, "shadow_strategy": "baseline_rr", "hedging": True, "pin_nodes": ["n1"],
+              "pin_zones": ["zone-a"], "zone_nodes": ["n7"]}}  # fmt: skip
+    s = _state(**{"routing/policy-5": policy, "slos/tenant-1/model-10": {"ttft_ms_p99": 300.0}})
+    llm = s.resolve("acme", "llm")
+    assert llm is not None and llm.policy is not None
+    base = RoutingPolicy(strategy="hybrid_mesh")
+    p = s.policy_for(llm, base)
+    assert p.strategy == "least_queue" and p.ab_split == {"least_queue": 60.0, "hybrid_mesh": 40.0}
+    assert p.shadow_strategy == "baseline_rr" and p.hedging.enabled and p.hedging.max_delay_ms == 150.0
+    assert s.policy_for(llm, base) is p  # cached until the next change
+    # Pins: the node itself, a target in a pinned zone, or one of the zone's nodes when the target has no zone.
+    assert llm.serves(_t("n1")) and llm.serves(_t("n3", "zone-a")) and llm.serves(_t("n7"))
+    assert not llm.serves(_t("n2")) and not llm.serves(_t("n3", "zone-b"))
+    assert s.strategies() == {"least_queue", "hybrid_mesh", "baseline_rr"}
+    # A change: the pin goes; a delete of the policy leaves the router's defaults.
+    version = s.version
+    unpinned = {**policy, "params": {**policy["params"], "pin_nodes": [], "pin_zones": []}}  # type: ignore[dict-item]
+    assert s.apply("routing/policy-5", json.dumps(unpinned))
+    s.rebuild()
+    llm = s.resolve("acme", "llm")
+    assert s.version > version and llm is not None and llm.serves(_t("n2"))
+    assert s.apply("routing/policy-5", None)
+    s.rebuild()
+    llm = s.resolve("acme", "llm")
+    assert llm is not None and llm.policy is None
+    assert s.policy_for(llm, base).strategy == "hybrid_mesh"
+    assert not s.apply("kv/training/jobs/2", "{}")
