@@ -385,7 +385,7 @@ def agent_config(layout: Layout, i: int, data_dir: Path, credential_file: Path |
             "peers": {j + 1: f"{host}:{p}" for j, p in enumerate(layout.agent_grpc)},
             "data_dir": str(data_dir / "raft" / f"node-{i + 1}"),
         },
-        "log": {"level": "info", "json": True},
+        "logging": {"level": "info", "json": True},
     }
     if credential_file is not None:
         # The portal pushes tenants, models, jobs and node status here; the agent reports telemetry back.
@@ -412,7 +412,7 @@ def router_config(layout: Layout) -> dict[str, Any]:
             }
         ],
         "default_policy": {"strategy": "hybrid_mesh"},
-        "logging": {"level": "INFO", "access_log": False},
+        "logging": {"level": "info", "access_log": False},
     }
 
 

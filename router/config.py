@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agents import configload
 from agents.security.tls import ClientTls
 
 ENV_PREFIX = "INFERMESH_ROUTER__"
@@ -224,8 +224,17 @@ class TracingConfig(_Strict):
 
 
 class LoggingConfig(_Strict):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    access_log: bool = True
+    """`logging:`, the same section name and levels as the agent's."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="debug, info, warning or error (any case)"
+    )
+    access_log: bool = Field(default=True, description="one JSON line per request, refusals included (at info)")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
 
 class KVEventSource(_Strict):
@@ -300,67 +309,43 @@ class RouterConfig(_Strict):
         return self.policies.get(model, self.default_policy)
 
 
-class ConfigError(ValueError):
-    """A config that cannot start the router; the message names the field."""
-
-
-def _coerce(raw: str) -> Any:
-    # Environment values are YAML scalars/flow collections so that lists and numbers need no special syntax.
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
+# The agent's loader and error format: each error names the field and the variable or file its value came from.
+ConfigError = configload.ConfigError
 
 
 def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """Overlay `INFERMESH_ROUTER__LISTEN__PORT=9000`-style variables (double underscore = nesting)."""
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
-        if not path:
-            continue
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[path[-1]] = _coerce(raw)
-    return data
-
-
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid router config {source}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
+    return configload.merge(data, configload.env_overrides(env, ENV_PREFIX).data)
 
 
 def parse_config(data: Any, *, source: str = "", env: Mapping[str, str] | None = None) -> RouterConfig:
+    return parse_config_with_origin(data, source=source, env=env)[0]
+
+
+def parse_config_with_origin(
+    data: Any, *, source: str = "", env: Mapping[str, str] | None = None
+) -> tuple[RouterConfig, dict[str, str]]:
+    """The config and, per dotted field, the environment variable that set it."""
+    source = source or "config"
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"invalid router config {source}: top level must be a mapping, got {type(data).__name__}")
-    data = apply_env(data, os.environ if env is None else env)
+        raise ConfigError(f"{source}: the top level must be a mapping, not {type(data).__name__}")
+    over = configload.env_overrides(os.environ if env is None else env, ENV_PREFIX)
+    data = configload.merge(data, over.data)
     try:
-        return RouterConfig.model_validate(data)
+        return RouterConfig.model_validate(data), over.origin
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(configload.format_errors(err, RouterConfig, source, over.origin)) from None
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> RouterConfig:
+    return load_config_with_origin(path, env)[0]
+
+
+def load_config_with_origin(
+    path: str | Path | None, env: Mapping[str, str] | None = None
+) -> tuple[RouterConfig, dict[str, str]]:
     if path is None:
-        return parse_config({}, source="(defaults)", env=env)
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read router config {p}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"router config {p} is not valid YAML: {e}") from None
-    return parse_config(data, source=str(p), env=env)
+        return parse_config_with_origin({}, source="defaults", env=env)
+    return parse_config_with_origin(configload.read_yaml(path), source=str(path), env=env)

@@ -18,8 +18,9 @@ from aiohttp import web
 
 from agents.argparsing import Parser, examples
 from agents.binding import EXIT_BIND, BindError, PortLock, fail, join_host_port, probe_reason, reason_of
+from agents.configload import resolved
 from agents.security.tls import ClientIdentity
-from router.config import ConfigError, RouterConfig, load_config
+from router.config import ConfigError, RouterConfig, load_config, load_config_with_origin
 
 
 async def serve(cfg: RouterConfig, stop: asyncio.Event | None = None) -> None:
@@ -96,7 +97,7 @@ def _worker(config_path: str | None) -> None:
     from router.obs import setup_logging
 
     cfg = load_config(config_path)
-    setup_logging(cfg.logging.level)
+    setup_logging(cfg.logging.level.upper())
     try:
         import uvloop
 
@@ -126,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--grpc-port", type=int, help="KServe gRPC port (overrides listen.grpc_port)")
     ap.add_argument("--workers", type=int, help="worker processes sharing the port (overrides listen.workers)")
     ap.add_argument("--check", action="store_true", help="validate the config and exit")
+    ap.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (values from the environment marked)"
+    )
     args = ap.parse_args(list(argv) if argv is not None else None)
     # CLI flags become env overrides so that spawned workers read exactly the same config.
     if args.port is not None:
@@ -138,10 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"infermesh router: config file {args.config} does not exist", file=sys.stderr)
         return 2
     try:
-        cfg = load_config(args.config)
+        cfg, origin = load_config_with_origin(args.config)
     except ConfigError as e:
-        print(f"infermesh router: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"infermesh router: config error: {line}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(resolved(cfg, origin, args.config or "defaults"), end="")
+        return 0
     if cfg.listen.workers > 1 and cfg.listen.port == 0:
         print("infermesh router: listen.port: workers > 1 need a fixed port (got 0)", file=sys.stderr)
         return 2
@@ -159,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         holder = lock.acquire()
         if holder is not None:
             by = f" (pid {holder})" if holder else ""
-            reason = f"another router serves this port{by}; its workers alone may share it"
-            return fail("infermesh router", BindError(join_host_port(cfg.listen.host, port), reason, change))
+            taken = f"another router serves this port{by}; its workers alone may share it"
+            return fail("infermesh router", BindError(join_host_port(cfg.listen.host, port), taken, change))
         locks.append(lock)
         reason = probe_reason(cfg.listen.host, port)  # another program: found here, before any worker starts
         if reason is not None:

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agents import configload
 from agents.meshd.component import COMPONENT_FACTORIES
 from agents.security.tls import TlsSection
 
@@ -24,8 +24,7 @@ Role = Literal["router", "trainer", "coordinator", "gpu", "edge"]
 Flavor = Literal["vllm", "tgi", "triton", "sglang", "torchserve", "tfserving", "ovms"]
 
 
-class ConfigError(ValueError):
-    """The config is wrong; the message names each offending field."""
+ConfigError = configload.ConfigError  # the message names each offending field and where its value came from
 
 
 class _Model(BaseModel):
@@ -123,8 +122,17 @@ class ScrapeConfig(_Model):
 
 
 class LogConfig(_Model):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    json_format: bool = Field(default=True, alias="json")
+    """`logging:`, the same section name and levels as the router's."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="debug, info, warning or error (any case)"
+    )
+    json_format: bool = Field(default=True, alias="json", description="one JSON object per line (else plain text)")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
 
 class AgentConfig(_Model):
@@ -136,7 +144,8 @@ class AgentConfig(_Model):
     gpu: GpuSourceConfig | None = None
     runtimes: list[RuntimeConfig] = Field(default_factory=list)
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
+    # `log:` is the former name, still read
+    logging: LogConfig = Field(default_factory=LogConfig, validation_alias=AliasChoices("logging", "log"))
     tls: TlsSection | None = None  # mTLS with the mesh CA on every gRPC service (agents/security)
     components: dict[str, dict[str, Any]] = Field(default_factory=dict)  # filled from the component sections
 
@@ -151,75 +160,38 @@ class AgentConfig(_Model):
         return self
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """MESHD__LISTEN__GRPC=0.0.0.0:7070 -> {"listen": {"grpc": "0.0.0.0:7070"}}; values are YAML scalars."""
-    out: dict[str, Any] = {}
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
-        if not all(path):
-            raise ConfigError(f"{key}: empty path segment")
-        cursor = out
-        for part in path[:-1]:
-            nxt = cursor.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"{key}: {part} is both a value and a section")
-            cursor = nxt
-        try:
-            cursor[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{key}: not a YAML value ({exc})") from exc
-    return out
+def parse_config(
+    raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None, *, source: str = "config"
+) -> AgentConfig:
+    return parse_config_with_origin(raw, env, source=source)[0]
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def _format(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        lines.append(f"{loc}: {msg}")
-    return "; ".join(lines)
-
-
-def parse_config(raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> AgentConfig:
+def parse_config_with_origin(
+    raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None, *, source: str = "config"
+) -> tuple[AgentConfig, dict[str, str]]:
+    """The config and, per dotted field, the environment variable that set it."""
     data: dict[str, Any] = dict(raw or {})
-    if env is not None:
-        data = _merge(data, _env_overrides(env))
+    over = configload.env_overrides(env, ENV_PREFIX) if env is not None else configload.Overrides()
+    data = configload.merge(data, over.data)
     components = {name: data.pop(name) or {} for name in list(data) if name in COMPONENT_FACTORIES}
     for name, section in components.items():
         if not isinstance(section, dict):
-            raise ConfigError(f"{name}: must be a mapping")
+            raise ConfigError(f"{over.origin.get(name, source)}: {name}: must be a mapping")
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format(exc)) from exc
+        raise ConfigError(configload.format_errors(exc, AgentConfig, source, over.origin)) from None
     config.components = components
-    return config
+    return config, over.origin
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> AgentConfig:
     """Read a YAML file (None = defaults only) and apply overrides from `env` (default: os.environ)."""
-    raw: Any = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"{p}: cannot read ({exc.strerror})") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping")
-    return parse_config(raw, os.environ if env is None else env)
+    return load_config_with_origin(path, env)[0]
+
+
+def load_config_with_origin(
+    path: str | Path | None, env: Mapping[str, str] | None = None
+) -> tuple[AgentConfig, dict[str, str]]:
+    raw = configload.read_yaml(path) if path is not None else {}
+    return parse_config_with_origin(raw, os.environ if env is None else env, source=str(path or "defaults"))

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 from agents.argparsing import Parser, examples
 from agents.binding import BindError, fail, probe_reason, split_host_port
+from agents.configload import resolved
 from agents.meshd.adapters import AdapterUnavailableError
 from agents.meshd.component import ComponentConfigError
-from agents.meshd.config import ConfigError, load_config
+from agents.meshd.config import ConfigError, load_config_with_origin
 
 
 def agent_main(argv: Sequence[str]) -> int:
@@ -26,12 +27,18 @@ def agent_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (values from the environment marked)"
+    )
     args = parser.parse_args(list(argv))
     try:
-        config = load_config(args.config)
+        config, origin = load_config_with_origin(args.config)
     except ConfigError as exc:
-        print(f"meshd: config error: {exc}", file=sys.stderr)
+        print(f"meshd: config error: {exc}".replace("\n", "\nmeshd: config error: "), file=sys.stderr)
         return 2
+    if args.print_config:
+        print(resolved(config, origin, args.config or "defaults"), end="")
+        return 0
     from agents.meshd.agent import Agent
     from agents.meshd.logs import setup_logging
 
@@ -51,7 +58,7 @@ def agent_main(argv: Sequence[str]) -> int:
         reason = probe_reason(host, port)
         if reason is not None:
             return fail("meshd", BindError(address, reason, change))
-    setup_logging(config.log.level, config.log.json_format, config.node.id)
+    setup_logging(config.logging.level, config.logging.json_format, config.node.id)
     loop_factory = None
     try:
         import uvloop
