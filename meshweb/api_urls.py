@@ -1,5 +1,6 @@
 """The REST API, version 1."""
 
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from meshweb.audit.api.views import AuditEntryViewSet
@@ -14,6 +15,7 @@ from meshweb.tenancy.api.views import (
     TenantViewSet,
 )
 from meshweb.training.api.views import JobViewSet
+from meshweb.usage.api import UsageReportView, UsageView
 
 router = DefaultRouter()
 router.include_root_view = False
@@ -36,4 +38,8 @@ router.register("routing-policies", RoutingPolicyViewSet, basename="routingpolic
 router.register("admission-policies", AdmissionPolicyViewSet, basename="admissionpolicy")
 router.register("audit", AuditEntryViewSet, basename="audit")
 
-urlpatterns = router.urls
+urlpatterns = [
+    *router.urls,
+    path("usage/", UsageView.as_view(), name="usage"),
+    path("usage/reports/", UsageReportView.as_view(), name="usage-reports"),
+]

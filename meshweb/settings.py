@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "meshweb.audit",
     "meshweb.identity",
     "meshweb.meshlink",
+    "meshweb.usage",
     "meshweb.dashboard",
 ]
 

@@ -264,11 +264,39 @@ class CacheConfig(_Strict):
     kv_events: list[KVEventSource] = Field(default_factory=list, description="runtimes publishing vLLM KV events")
 
 
+class UsageConfig(_Strict):
+    """Where the router reports usage (the portal), authenticated with a node credential (`infermesh node enroll`)."""
+
+    portal_url: str | None = Field(default=None, description="http(s)://portal; null = usage is not reported")
+    credential: str | None = Field(default=None, description="node credential imn_...; prefer credential_file")
+    credential_file: str | None = None
+    flush_s: float = Field(default=2.0, gt=0, le=300, description="a batch is sent this often")
+    max_pending: int = Field(default=1000, ge=1, description="batches kept while the portal is unreachable")
+
+    @model_validator(mode="after")
+    def _credential(self) -> UsageConfig:
+        if self.portal_url and not (self.credential or self.credential_file):
+            raise ValueError("usage.portal_url needs usage.credential or usage.credential_file")
+        if self.portal_url and not self.portal_url.startswith(("http://", "https://")):
+            raise ValueError("usage.portal_url must start with http:// or https://")
+        return self
+
+    def token(self) -> str:
+        if self.credential_file:
+            return Path(self.credential_file).read_text().strip()
+        return self.credential or ""
+
+
 class RouterConfig(_Strict):
     listen: ListenConfig = Field(default_factory=ListenConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     targets: list[StaticTarget] = Field(default_factory=list)
-    tenants: list[TenantConfig] = Field(default_factory=list)
+    tenants: list[TenantConfig] = Field(
+        default_factory=list,
+        description="standalone tenants; a tenant the portal also knows (same name as its slug) is taken from the "
+        "portal, through the agent's store",
+    )
+    usage: UsageConfig = Field(default_factory=UsageConfig)
     auth_required: bool = True
     default_policy: RoutingPolicy = Field(default_factory=RoutingPolicy)
     policies: dict[str, RoutingPolicy] = Field(default_factory=dict, description="model name -> routing policy")

@@ -107,6 +107,7 @@ ACCESS_RECORDS = Gauge(
 ACCESS_UPDATES = Counter(
     "infermesh_router_access_updates_total", "Access records applied from the agent's store", ["op"]
 )
+USAGE_BATCHES = Counter("infermesh_router_usage_batches_total", "Usage batches sent to the portal", ["result"])
 AUTH_REFUSED = Counter("infermesh_router_auth_refused_total", "Requests refused by authentication", ["reason"])
 AGENT_REPORTS = Counter("infermesh_router_outcome_reports_total", "Outcomes reported to the agent", ["result"])
 

@@ -16,13 +16,26 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from agents.proto.access import InferenceLimits
+from router.access import AccessState, AccessWatcher
 from router.agentlink import AgentLink, Outcome
 from router.config import RouterConfig, RoutingPolicy, TenantConfig
 from router.core.admission import AdmissionController, TargetLoad
-from router.core.quota import estimate_tokens
+from router.core.quota import TenantLimits, estimate_tokens
 from router.forward import Forwarder, Winner
 from router.meshview import MeshWatcher
-from router.metrics import ADMISSION_REFUSED, ERRORS, HELD, INFLIGHT, LATENCY, REQUESTS, TOKENS, child
+from router.metering import UsageReporter
+from router.metrics import (
+    ADMISSION_REFUSED,
+    AUTH_REFUSED,
+    ERRORS,
+    HELD,
+    INFLIGHT,
+    LATENCY,
+    REQUESTS,
+    TOKENS,
+    child,
+)
 from router.obs import access_log
 from router.portal_routing import CatalogModel, PortalRouting, PortalWatcher
 from router.prefix import RequestPrefix
@@ -54,6 +67,10 @@ class Tenant:
     name: str
     priority: str
     models: frozenset[str] = frozenset()  # empty = every model
+    key: str = ""  # quota name of the key's own limits ("key:<prefix>"), "" when it has none
+    scoped: bool = False  # a portal key scoped to `models`: other models are refused with 403, not hidden
+    key_prefix: str = ""  # the portal key's prefix, for usage reports
+    exhausted_until: float = 0.0  # the portal saw the tenant's daily tokens spent, across routers, until then
 
     def may_use(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -71,10 +88,12 @@ class Ticket:
     policy: RoutingPolicy
     lease: Lease | None
     est_tokens: float
+    key_lease: Lease | None
     ranked: list[Target]
     strategy: str
     t0: float
     trace_id: str = ""
+    key: str = ""  # prefix of the portal key used, for usage reports
     deadline: float = float("inf")  # monotonic time by which the whole answer must be through
     winner: Winner | None = None
     status: int = 0
@@ -94,6 +113,17 @@ def _tenant_index(tenants: list[TenantConfig]) -> dict[str, Tenant]:
     return out
 
 
+def _limits(lim: InferenceLimits) -> TenantLimits | None:
+    out = TenantLimits(
+        lim.requests_per_s,
+        None,
+        float(lim.tokens_per_min) if lim.tokens_per_min else None,
+        lim.concurrent,
+        float(lim.tokens_per_day) if lim.tokens_per_day else None,
+    )
+    return None if out.unlimited() else out
+
+
 class RouterService:
     def __init__(self, cfg: RouterConfig, pool: UpstreamPool) -> None:
         self.cfg = cfg
@@ -109,6 +139,10 @@ class RouterService:
         self._portal_watcher = PortalWatcher(self.portal, cfg.agent, self._portal_changed)
         self.route_stats = RouteStats()
         self._tenants = _tenant_index(cfg.tenants)
+        # Tenants, keys and quotas from the portal, mirrored from the agent's store (router/access.py).
+        self.access = AccessState()
+        self._access_watcher: AccessWatcher | None = None
+        self.usage = UsageReporter(cfg.usage, cfg.agent.node)
         self._admission: dict[int, AdmissionController] = {}
         self._held: dict[str, dict[str, deque[asyncio.Future[None]]]] = {}
         self.forwarder.on_slot_free = self.slot_freed
@@ -124,13 +158,49 @@ class RouterService:
             )
             self._mesh_watcher.start()
         self._portal_watcher.start()
+        if self.cfg.agent.address:
+            self._access_watcher = AccessWatcher(
+                self.agent.channel,
+                self.access,
+                self.reindex_access,
+                reconnect_min_s=self.cfg.agent.reconnect_min_s,
+                reconnect_max_s=self.cfg.agent.reconnect_max_s,
+            )
+            self._access_watcher.start()
+        self.usage.start()
 
     async def close(self) -> None:
         if self._mesh_watcher is not None:
             await self._mesh_watcher.close()
         await self._portal_watcher.close()
+        if self._access_watcher is not None:
+            await self._access_watcher.close()
+        await self.usage.close()
         await self.agent.close()
         await self.quotas.close()
+
+    def reindex_access(self) -> None:
+        """After a change of the portal's records: the portal's tenants replace YAML tenants of the same name
+        (keys, quotas, priority); the quotas of every tenant and key are brought to what is in force now."""
+        portal = self.access.tenant_by_slug()
+        self._tenants = {h: t for h, t in _tenant_index(self.cfg.tenants).items() if t.name not in portal}
+        desired: dict[str, TenantLimits | None] = {}
+        for t in self.cfg.tenants:
+            if t.name not in portal:
+                q = t.quotas
+                desired[t.name] = TenantLimits(q.requests_per_s, q.burst_requests, q.tokens_per_min, q.concurrent)
+        for slug, ta in portal.items():
+            desired[slug] = _limits(ta.limits)
+        for rec in self.access.keys.values():
+            desired[f"key:{rec.prefix}"] = _limits(rec.limits)
+        for name in self.quotas.names() - desired.keys():
+            self.quotas.set_limits(name, None)
+        for name, lim in desired.items():
+            self.quotas.set_limits(name, lim)
+
+    def _refuse_auth(self, status: int, code: str, message: str) -> Refusal:
+        AUTH_REFUSED.labels(code).inc()
+        return Refusal(status, code, message)
 
     # -- the portal's models and policies -------------------------------------------------------------------------
     def _portal_changed(self) -> None:
@@ -181,16 +251,40 @@ class RouterService:
         if not key:
             if not self.cfg.auth_required:
                 return Tenant("anonymous", "standard")
-            raise Refusal(401, "missing_api_key", "missing API key: send 'Authorization: Bearer <api key>'")
-        tenant = self._tenants.get(hashlib.sha256(key.encode()).hexdigest())
+            raise self._refuse_auth(401, "missing_api_key", "missing API key: send 'Authorization: Bearer <api key>'")
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        rec = self.access.keys.get(digest)
+        if rec is not None:
+            ta = self.access.tenants.get(rec.tenant)
+            if ta is None:
+                raise self._refuse_auth(401, "invalid_api_key", "invalid API key (its tenant is unknown here)")
+            if not ta.active:
+                raise self._refuse_auth(403, "tenant_suspended", f"tenant {ta.slug!r} is suspended")
+            if rec.expires_at is not None and rec.expires_at <= time.time():
+                raise self._refuse_auth(401, "expired_api_key", f"API key {rec.prefix} has expired")
+            key_quota = f"key:{rec.prefix}" if _limits(rec.limits) is not None else ""
+            return Tenant(
+                ta.slug,
+                ta.priority,
+                frozenset(rec.models),
+                key=key_quota,
+                scoped=bool(rec.models),
+                key_prefix=rec.prefix,
+                exhausted_until=ta.exhausted_until or 0.0,
+            )
+        tenant = self._tenants.get(digest)
         if tenant is None:
-            raise Refusal(401, "invalid_api_key", "invalid API key")
+            raise self._refuse_auth(401, "invalid_api_key", "invalid API key")
         return tenant
 
     def require_model(self, tenant: Tenant, model: str) -> None:
         """The one check of which models a tenant may see, for inference, metadata and readiness alike: another
         tenant's model answers exactly like an unknown one, so its existence is not revealed."""
-        if not self.view.has_model(model) or not tenant.may_use(model):
+        if not self.view.has_model(model):
+            raise Refusal(404, "model_not_found", f"model {model!r} is not served here", param="model")
+        if not tenant.may_use(model):
+            if tenant.scoped:  # the tenant's own key: say why, the model is the tenant's to know
+                raise Refusal(403, "model_not_allowed", f"this API key is not scoped to model {model!r}", param="model")
             raise Refusal(404, "model_not_found", f"model {model!r} is not served here", param="model")
 
     @staticmethod
@@ -231,8 +325,8 @@ class RouterService:
         try:
             model, entry = self.resolve_model(tenant, model)
             self.require_model(tenant, model)
-        except Refusal:
-            REQUESTS.labels(model="", tenant=tenant.name, api=api, code="404").inc()
+        except Refusal as r:
+            REQUESTS.labels(model="", tenant=tenant.name, api=api, code=str(r.status)).inc()
             raise
         policy = self.policy_for(model, entry)
         candidates = self.candidates_for(model, entry)
@@ -242,23 +336,44 @@ class RouterService:
             self.inflight,
         )
         if not decision.admitted:
-            self._refused(model, tenant.name, api, decision.reason)
+            self._refused(model, tenant.name, api, decision.reason, tenant.key_prefix)
             raise Refusal(
                 429,
                 "overloaded",
                 f"model {model!r} is overloaded ({decision.reason}); retry after {decision.retry_after_s}s",
                 retry_after=str(decision.retry_after_s),
             )
+        if tenant.exhausted_until > time.time():
+            self._refused(model, tenant.name, api, "tokens_per_day", tenant.key_prefix)
+            wait = str(max(1, int(tenant.exhausted_until - time.time()) + 1))
+            raise Refusal(
+                429,
+                "quota_exceeded",
+                f"tenant {tenant.name!r} has used its tokens for the day (counted across routers); retry after {wait}s",
+                retry_after=wait,
+            )
         est = estimate_tokens(prompt_chars, max_tokens)
         q, lease = await self.quotas.acquire(tenant.name, est)
         if not q.allowed:
-            self._refused(model, tenant.name, api, q.reason)
+            self._refused(model, tenant.name, api, q.reason, tenant.key_prefix)
             raise Refusal(
                 429,
                 "quota_exceeded",
                 f"tenant {tenant.name!r} is over its {q.reason} quota; retry after {q.retry_after_header}s",
                 retry_after=q.retry_after_header,
             )
+        key_lease = None
+        if tenant.key:
+            kq, key_lease = await self.quotas.acquire(tenant.key, est)
+            if not kq.allowed:
+                await self.quotas.release(lease, 0.0)
+                self._refused(model, tenant.name, api, "key_" + kq.reason, tenant.key_prefix)
+                raise Refusal(
+                    429,
+                    "quota_exceeded",
+                    f"this API key is over its {kq.reason} limit; retry after {kq.retry_after_header}s",
+                    retry_after=kq.retry_after_header,
+                )
         self.inflight += 1
         INFLIGHT.inc()
         try:
@@ -269,6 +384,7 @@ class RouterService:
             self.inflight -= 1
             INFLIGHT.dec()
             await self.quotas.release(lease, None)
+            await self.quotas.release(key_lease, None)
             raise
         if policy.hold_when_full:
             # Targets that can start the request now go first, in the strategy's order.
@@ -283,6 +399,8 @@ class RouterService:
             policy=policy,
             lease=lease,
             est_tokens=est,
+            key_lease=key_lease,
+            key=tenant.key_prefix,
             ranked=ranked,
             strategy=strategy,
             t0=t0,
@@ -354,9 +472,11 @@ class RouterService:
                     fut.set_result(None)
                     return
 
-    def _refused(self, model: str, tenant: str, api: str, reason: str) -> None:
+    def _refused(self, model: str, tenant: str, api: str, reason: str, key: str = "") -> None:
         ADMISSION_REFUSED.labels(model, tenant, reason).inc()
         REQUESTS.labels(model=model, tenant=tenant, api=api, code="429").inc()
+        if self.usage.enabled:
+            self.usage.meter.record(wall=time.time(), tenant=tenant, key=key, model=model, status=429)
 
     async def open(
         self,
@@ -392,12 +512,25 @@ class RouterService:
         if ticket.completion_tokens is not None:
             used = float(ticket.completion_tokens + (ticket.prompt_tokens or 0))
         await self.quotas.release(ticket.lease, used)
+        await self.quotas.release(ticket.key_lease, used)
         dur = now - ticket.t0
         status = ticket.status or (499 if ticket.cancelled else 502)
         child(REQUESTS, ticket.model, ticket.tenant, ticket.api, str(status)).inc()
         child(LATENCY, ticket.model, ticket.tenant).observe(dur)
         if ticket.cause:
             ERRORS.labels(ticket.model, ticket.tenant, ticket.cause).inc()
+        if self.usage.enabled:
+            self.usage.meter.record(
+                wall=time.time(),
+                tenant=ticket.tenant,
+                key=ticket.key,
+                model=ticket.model,
+                status=status,
+                prompt_tokens=ticket.prompt_tokens or 0,
+                completion_tokens=ticket.completion_tokens or 0,
+                ttft_s=w.ttft if w is not None else None,
+                latency_s=dur,
+            )
         if ticket.completion_tokens:
             child(TOKENS, ticket.model, ticket.tenant, "completion").inc(ticket.completion_tokens)
         if ticket.prompt_tokens:

@@ -53,6 +53,9 @@ class TenantAccess(_Strict):
     active: bool = True
     priority: Priority = "standard"
     limits: InferenceLimits = Field(default_factory=InferenceLimits)
+    exhausted_until: float | None = Field(
+        default=None, description="Unix time until which the daily tokens are spent (the portal's metering)"
+    )
 
 
 class ApiKeyRecord(_Strict):

@@ -77,6 +77,7 @@ def _access(q: Quota) -> Iterator[Put]:
         active=t.is_active,
         priority=q.priority,  # type: ignore[arg-type]
         limits=_limits(q.requests_per_s, q.tokens_per_min, q.concurrent_requests_max, q.tokens_per_day),
+        exhausted_until=q.tokens_exhausted_until.timestamp() if q.tokens_exhausted_until else None,
     )
     yield Put("tenant_access", tenant_key(t.pk), record.model_dump(mode="json", exclude_none=True))
 

@@ -67,6 +67,9 @@ class Quota(TimeStamped):
         default="standard",
         help_text="SLO class of the tenant's inference requests: critical is refused last under overload.",
     )
+    tokens_exhausted_until = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Set by the metering when today's tokens reach the limit."
+    )
 
     TENANT_PATH = "tenant_id"
 

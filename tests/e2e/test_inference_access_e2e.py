@@ -48,18 +48,27 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         m.close()
 
 
-def _router_cfg(agent: str) -> dict[str, Any]:
+def _router_cfg(mesh: Mesh, node: str) -> dict[str, Any]:
     return {
         "listen": {"host": "127.0.0.1", "port": 0, "grpc_port": None},
-        "agent": {"address": agent, "reconnect_max_s": 1.0},
+        "agent": {"address": mesh.agents[node].address, "reconnect_max_s": 1.0, "node": node},
         "default_policy": {"strategy": "least_queue"},
+        # Usage goes to the portal with the node credential of the router's node.
+        "usage": {"portal_url": mesh.base, "credential": mesh.credentials[node], "flush_s": 0.5},
     }
 
 
 def _stream(router: RouterProc, key: str) -> str:
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key=key, max_retries=0, timeout=10)
     text = ""
-    for chunk in client.chat.completions.create(model=MODEL, messages=PROMPT, stream=True, max_tokens=8):  # type: ignore[arg-type]
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=PROMPT,  # type: ignore[arg-type]
+        stream=True,
+        max_tokens=8,
+        stream_options={"include_usage": True},  # the runtime's own token counts, metered by the router
+    )
+    for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             text += chunk.choices[0].delta.content
     return text
@@ -85,8 +94,8 @@ def test_keys_quotas_and_revocation_from_the_portal_reach_every_router(mesh: Mes
     # The runtime's target reached every agent's view by gossip before the routers start.
     wait_for("the runtime's target on node-1", lambda: any(t.model == MODEL for t in mesh.targets("node-1")), 30)
     routers = {
-        "a": start_router(_router_cfg(mesh.agents["node-1"].address), tmp_path, "router-a"),
-        "b": start_router(_router_cfg(mesh.agents["node-2"].address), tmp_path, "router-b"),
+        "a": start_router(_router_cfg(mesh, "node-1"), tmp_path, "router-a"),
+        "b": start_router(_router_cfg(mesh, "node-2"), tmp_path, "router-b"),
     }
     try:
         _scenario(mesh, routers, tmp_path)
@@ -154,7 +163,7 @@ def _scenario(mesh: Mesh, routers: dict[str, RouterProc], tmp_path: Path) -> Non
     _within("the revoked key refused at router a", 5.0, lambda: _post(routers["a"], key).status_code == 401)
     assert time.monotonic() - revoked < 5.0
     assert _post(routers["a"], other).status_code == 200
-    routers["b"] = start_router(_router_cfg(mesh.agents["node-2"].address), tmp_path, "router-b2")
+    routers["b"] = start_router(_router_cfg(mesh, "node-2"), tmp_path, "router-b2")
     # It rebuilt the portal's state from its agent: the other key works, the revoked one is refused.
     _within("the surviving key at restarted router b", 5.0, lambda: _post(routers["b"], other).status_code == 200)
     answer = _post(routers["b"], key)
@@ -165,3 +174,31 @@ def _scenario(mesh: Mesh, routers: dict[str, RouterProc], tmp_path: Path) -> Non
     for name, router in routers.items():
         _within(f"the suspension at router {name}", 5.0, lambda r=router: _post(r, other).status_code == 403)
     assert _post(routers["a"], other).json()["error"]["code"] == "tenant_suspended"
+
+    # -- usage: what the routers metered equals what the runtime served, token for token -------------------------
+    for r in routers.values():
+        r.stop()  # a stopping router sends what it counted since its last batch
+    served = _runtime_tokens(mesh)
+    assert served["prompt"] > 0 and served["completion"] > 0
+
+    def metered() -> dict[str, Any] | None:
+        usage = mesh.api("GET", "usage/?tenant=acme&granularity=day")
+        totals = usage["totals"]
+        return usage if (totals["prompt_tokens"], totals["completion_tokens"]) == tuple(served.values()) else None
+
+    usage = wait_for(f"usage equal to the runtime's {served}", metered, timeout=10)
+    rows = usage["results"]
+    assert {r["model"] for r in rows} == {MODEL} and sum(r["throttled"] for r in rows) >= 2  # a 429 at each router
+    assert {r["key"] for r in rows} == {created["prefix"], other.split("_")[1]}
+    assert sum(sum(r["ttft"]) for r in rows) == sum(r["requests"] - r["throttled"] - r["errors"] for r in rows)
+
+
+def _runtime_tokens(mesh: Mesh) -> dict[str, int]:
+    text = httpx.get(f"http://127.0.0.1:{mesh.runtime_port}/metrics", timeout=5).text
+    out = {"prompt": 0, "completion": 0}
+    for line in text.splitlines():
+        if line.startswith("vllm:prompt_tokens_total"):
+            out["prompt"] += int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("vllm:generation_tokens_total"):
+            out["completion"] += int(float(line.rsplit(" ", 1)[1]))
+    return out

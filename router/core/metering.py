@@ -1,0 +1,79 @@
+"""Usage counted per (UTC minute, tenant, key, model), drained into batches with unique ids; no I/O."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from agents.proto.usage import BOUNDS_S, UsageBatch, UsageRow, bucket_of
+
+_N = len(BOUNDS_S) + 1
+
+
+@dataclass(slots=True)
+class _Cell:
+    requests: int = 0
+    errors: int = 0
+    throttled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft: list[int] = field(default_factory=lambda: [0] * _N)
+    latency: list[int] = field(default_factory=lambda: [0] * _N)
+
+
+class Meter:
+    def __init__(self, router: str = "") -> None:
+        self.router = router
+        self._cells: dict[tuple[int, str, str, str], _Cell] = {}
+
+    def record(
+        self,
+        *,
+        wall: float,
+        tenant: str,
+        key: str,
+        model: str,
+        status: int,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        ttft_s: float | None = None,
+        latency_s: float | None = None,
+    ) -> None:
+        k = (int(wall // 60), tenant, key, model)
+        c = self._cells.get(k)
+        if c is None:
+            c = self._cells[k] = _Cell()
+        c.requests += 1
+        if status == 429:
+            c.throttled += 1
+        elif status >= 400:
+            c.errors += 1
+        c.prompt_tokens += prompt_tokens
+        c.completion_tokens += completion_tokens
+        if ttft_s is not None:
+            c.ttft[bucket_of(ttft_s)] += 1
+        if latency_s is not None:
+            c.latency[bucket_of(latency_s)] += 1
+
+    def drain(self) -> UsageBatch | None:
+        """Everything counted since the last drain, as one batch with a fresh id (None when nothing was)."""
+        if not self._cells:
+            return None
+        cells, self._cells = self._cells, {}
+        rows = [
+            UsageRow(
+                minute=minute,
+                tenant=tenant,
+                key=key,
+                model=model,
+                requests=c.requests,
+                errors=c.errors,
+                throttled=c.throttled,
+                prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens,
+                ttft=c.ttft,
+                latency=c.latency,
+            )
+            for (minute, tenant, key, model), c in cells.items()
+        ]
+        return UsageBatch(batch=uuid.uuid4().hex, router=self.router, rows=rows)
