@@ -19,7 +19,7 @@ from router import capabilities, kserve, route_report, usage, v2codec
 from router.config import RouterConfig
 from router.forward import HOP_BY_HOP, ForwardError, Winner
 from router.metrics import ERRORS, REQUESTS, render
-from router.obs import extract, inject, trace_id_hex, tracer
+from router.obs import access_log, extract, inject, trace_id_hex, tracer
 from router.openai_api import APIS, ParsedRequest, error_body, parse_json_body, validate
 from router.prefix import close_kv_events, request_prefix, start_kv_events
 from router.service import Refusal, RouterService, Tenant, Ticket, new_corr_id, request_deadline
@@ -42,7 +42,36 @@ def _refusal_response(r: Refusal, corr: str, api: str, v2: bool = False) -> web.
         body = json.dumps({"error": r.message, "code": r.code}).encode()
     else:
         body = error_body(r.message, r.code, r.status, r.param)
-    return _json(r.status, body, corr, r.retry_after)
+    resp = _json(r.status, body, corr, r.retry_after)
+    resp[REFUSAL] = (r, api)  # for the access log of refused requests (refusal_access_log)
+    return resp
+
+
+REFUSAL = "infermesh.refusal"
+
+
+@web.middleware
+async def refusal_access_log(request: web.Request, handler: Any) -> web.StreamResponse:
+    """An access-log line for each request refused before it was admitted (401, 403, 404, 400, 413, 429...): the
+    status, the reason and who asked, never the credential (admitted requests are logged when they finish)."""
+    try:
+        resp: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:  # no such route or method
+        if exc.status >= 400 and request.app[SVC].cfg.logging.access_log:
+            access_log(
+                corr_id=request.headers.get("x-request-id") or None, method=request.method, path=request.path,
+                status=exc.status, cause="no_route" if exc.status in (404, 405) else exc.reason,
+                reason=exc.reason, remote=request.remote,
+            )  # fmt: skip
+        raise
+    refusal = resp.get(REFUSAL)
+    if refusal is not None and request.app[SVC].cfg.logging.access_log:
+        r, api = refusal
+        access_log(
+            corr_id=resp.headers.get("x-request-id"), api=api, method=request.method, path=request.path,
+            status=r.status, cause=r.code, reason=r.message, remote=request.remote,
+        )  # fmt: skip
+    return resp
 
 
 async def read_body(request: web.Request, cfg: RouterConfig) -> bytes:
@@ -564,7 +593,7 @@ async def _start_service(app: web.Application) -> AsyncIterator[None]:
 
 def build_app(svc: RouterService) -> web.Application:
     cfg = svc.cfg
-    app = web.Application(client_max_size=cfg.listen.max_body_bytes)
+    app = web.Application(client_max_size=cfg.listen.max_body_bytes, middlewares=[refusal_access_log])
     app[SVC] = svc
     h = Handlers(svc)
     app.router.add_post("/v1/chat/completions", h.openai("chat"))
