@@ -2,7 +2,7 @@
 the small configuration, and the simulator against real processes on the same fleet and trace.
 
     .venv/bin/python bench/sim_scale.py [--scale-strategy hybrid_mesh] [--mid-duration 600] [--large-duration 1800]
-        [--skip-real] [--real-duration 30]
+        [--parts compare,scale,real] [--real-duration 30]
 
 Every simulation runs in its own process (peak memory is that process's maximum RSS; CPU seconds are its own, so
 they do not depend on what else loads the machine, while wall seconds do). Parts:
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ def worker(config: str, strategy: str, overrides: dict[str, Any]) -> None:
     built_cpu = time.process_time() - cpu0
     result = sim.run()
     s = summarize(result)
+    rec = result.rec
     s.update(
+        makespan_s=max((a + b for a, b in zip(rec.t0, rec.e2e, strict=True)), default=0.0),
         cpu_s=time.process_time() - cpu0,
         build_cpu_s=built_cpu,
         wall_total_s=time.perf_counter() - wall0,
@@ -167,7 +170,7 @@ def sim_vs_real(duration: float, load: float, max_num_seqs: int) -> dict[str, fl
         cfg_path = Path(tmp) / "sim.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg_data))
         sim = run_sim(cfg_path, "hybrid_mesh")
-    sim_tp = sim["completed"] / span
+    sim_tp = sim["completed"] / sim["makespan_s"]  # as the real side: answers / (first arrival .. last answer)
     out = {f"real_{k}": v for k, v in real.items()}
     out.update(
         sim_ttft_p50_ms=sim["ttft_p50_ms"],
@@ -190,48 +193,63 @@ def main() -> int:
     ap.add_argument("--small-duration", type=float, default=300.0)
     ap.add_argument("--mid-duration", type=float, default=600.0)
     ap.add_argument("--large-duration", type=float, default=1800.0)
+    ap.add_argument("--parts", default="compare,scale,real", help="parts to run; a partial run prints nan for the rest")
     ap.add_argument("--skip-large", action="store_true")
-    ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1, help="simulations run side by side (the real part runs alone)")
     ap.add_argument("--real-duration", type=float, default=30.0, help="seconds of compressed trace (sim vs real)")
     ap.add_argument("--real-load", type=float, default=0.7, help="fraction of the measured fleet capacity")
     args = ap.parse_args()
     print(f"# load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min) on {os.cpu_count()} CPUs", flush=True)
 
-    # 1. strategy comparison on the small configuration
+    parts = set(args.parts.split(","))
+    nan = float("nan")
+    # every simulation is its own process; --jobs of them at a time (CPU seconds are per process)
     small = EXAMPLES / "small.yaml"
-    comp = []
-    for s in args.strategies.split(","):
-        r = run_sim(small, s, {"duration_s": args.small_duration, "output.plots": False})
-        comp.append(r)
-        print(f"# small {s}: cpu {r['cpu_s']:.1f}s wall {r['wall_total_s']:.1f}s", flush=True)
+    jobs: dict[str, tuple[Path, str, dict[str, Any]]] = {}
+    if "compare" in parts:
+        for s in args.strategies.split(","):
+            jobs[f"small:{s}"] = (small, s, {"duration_s": args.small_duration, "output.plots": False})
+    if "scale" in parts:
+        if f"small:{args.scale_strategy}" not in jobs:
+            jobs[f"small:{args.scale_strategy}"] = (small, args.scale_strategy, {"duration_s": args.small_duration})
+        mid = {"topology.cells": 32, "duration_s": args.mid_duration, "output.plots": False}
+        jobs["mid"] = (EXAMPLES / "medium.yaml", args.scale_strategy, mid)
+        if not args.skip_large:
+            over = {"duration_s": args.large_duration, "output.plots": False}
+            jobs["large"] = (EXAMPLES / "large.yaml", args.scale_strategy, over)
+    done: dict[str, dict[str, Any]] = {}
+    order = sorted(jobs, key=lambda k: k != "large")  # the longest first
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(run_sim, *jobs[k]): k for k in order}
+        for fut in as_completed(futures):
+            k = futures[fut]
+            done[k] = fut.result()
+            print(f"# {k}: cpu {done[k]['cpu_s']:.1f}s wall {done[k]['wall_total_s']:.1f}s", flush=True)
+
+    # 1. strategy comparison on the small configuration
+    comp = [done[f"small:{s}"] for s in args.strategies.split(",")] if "compare" in parts else []
     cols = ["strategy", "completed", "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
             "throughput_rps", "cross_cell_frac", "hedge_rate", "cost_per_1k_requests", "cpu_s", "wall_total_s",
             "peak_mb"]  # fmt: skip
-    print(f"\n## strategy comparison: small (512 nodes, 800 req/s, {args.small_duration:g}s)")
-    print(table(comp, cols))
     by = {r["strategy"]: r for r in comp}
     rr, hy = by.get("baseline_rr"), by.get("hybrid_mesh")
-    ratio = hy["ttft_p99_ms"] / rr["ttft_p99_ms"] if rr and hy else float("nan")
-    e2e_ratio = hy["e2e_p99_ms"] / rr["e2e_p99_ms"] if rr and hy else float("nan")
-    print(f"hybrid_mesh / baseline_rr: p99 TTFT {ratio:.3f}x, p99 end-to-end {e2e_ratio:.3f}x")
+    ratio = hy["ttft_p99_ms"] / rr["ttft_p99_ms"] if rr and hy else nan
+    e2e_ratio = hy["e2e_p99_ms"] / rr["e2e_p99_ms"] if rr and hy else nan
+    if comp:
+        print(f"\n## strategy comparison: small (512 nodes, 800 req/s, {args.small_duration:g}s)")
+        print(table(comp, cols))
+        print(f"hybrid_mesh / baseline_rr: p99 TTFT {ratio:.3f}x, p99 end-to-end {e2e_ratio:.3f}x")
 
     # 2. scale
-    scale = [by.get(args.scale_strategy) or run_sim(small, args.scale_strategy, {"duration_s": args.small_duration})]
-    mid = {"topology.cells": 32, "duration_s": args.mid_duration, "output.plots": False}
-    scale.append(run_sim(EXAMPLES / "medium.yaml", args.scale_strategy, mid))
-    print(f"# 8,192 nodes: cpu {scale[-1]['cpu_s']:.1f}s", flush=True)
-    if not args.skip_large:
-        large = run_sim(
-            EXAMPLES / "large.yaml", args.scale_strategy, {"duration_s": args.large_duration, "output.plots": False}
-        )
-        scale.append(large)
-    print(f"\n## scale ({args.scale_strategy})")
-    print(table(scale, ["nodes", "routers", "view", "tracked_per_router", "duration_s", "completed", "events",
-                        "build_cpu_s", "cpu_s", "wall_total_s", "peak_mb", "ttft_p99_ms"]))  # fmt: skip
+    scale = [done[k] for k in (f"small:{args.scale_strategy}", "mid", "large") if k in done and "scale" in parts]
+    if scale:
+        print(f"\n## scale ({args.scale_strategy})")
+        print(table(scale, ["nodes", "routers", "view", "tracked_per_router", "duration_s", "completed", "events",
+                            "build_cpu_s", "cpu_s", "wall_total_s", "peak_mb", "ttft_p99_ms"]))  # fmt: skip
 
     # 3. sim vs real
     real: dict[str, float] = {}
-    if not args.skip_real:
+    if "real" in parts:
         real = sim_vs_real(args.real_duration, args.real_load, 4)
         print("\n## sim vs real (8 emulated runtimes, agent, router hybrid_mesh; same Azure trace slice)")
         sides = [
@@ -243,17 +261,17 @@ def main() -> int:
         print(f"errors: p50 TTFT {real['p50_error']:.1%}, p99 TTFT {real['p99_error']:.1%}, "
               f"throughput {real['throughput_error']:.1%}")  # fmt: skip
 
-    large_row = scale[2] if len(scale) > 2 else {}
-    nan = float("nan")
-    small_run = hy["cpu_s"] if hy else float("nan")
+    large_row = done.get("large", {})
+    mid_row = done.get("mid", {})
+    small_run = hy["cpu_s"] if hy else nan
     print(
         f"summary: small_hybrid_p99_ratio_vs_rr={ratio:.3f} small_run_s={small_run:.1f} "
         f"large_run_s={large_row.get('cpu_s', nan):.1f} large_peak_mb={large_row.get('peak_mb', nan):.0f} "
         f"sim_vs_real_p99_error={real.get('p99_error', nan):.3f} "
         f"sim_vs_real_p50_error={real.get('p50_error', nan):.3f} "
         f"sim_vs_real_throughput_error={real.get('throughput_error', nan):.3f} "
-        f"small_hybrid_e2e_p99_ratio_vs_rr={e2e_ratio:.3f} mid_run_s={scale[1]['cpu_s']:.1f} "
-        f"mid_peak_mb={scale[1]['peak_mb']:.0f} large_wall_s={large_row.get('wall_total_s', nan):.1f}"
+        f"small_hybrid_e2e_p99_ratio_vs_rr={e2e_ratio:.3f} mid_run_s={mid_row.get('cpu_s', nan):.1f} "
+        f"mid_peak_mb={mid_row.get('peak_mb', nan):.0f} large_wall_s={large_row.get('wall_total_s', nan):.1f}"
     )
     return 0
 

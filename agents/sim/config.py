@@ -236,7 +236,7 @@ class Routing(_Model):
     strategies: list[str] = Field(min_length=1)  # built-in names or "package.module:Class"
     view: Literal["auto", "full", "cell"] = "auto"
     remote_sample: int = Field(default=256, ge=0)  # other cells' targets a router tracks in the "cell" view
-    full_view_limit: int = Field(default=300_000, ge=1)  # "auto": full view while routers x targets stay below
+    full_view_limit: int = Field(default=20_000, ge=1)  # "auto": full view while routers x targets stay below
     refresh_ms: float = Field(default=200.0, gt=0)
     k: int = Field(default=2, ge=1)
     retries: int = Field(default=2, ge=0)
