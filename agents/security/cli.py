@@ -58,6 +58,7 @@ def ca_main(argv: Sequence[str]) -> int:
             "infermesh ca issue --dir ca --node gpu-a1 --role agent --host 10.0.0.5 --out certs/gpu-a1",
             "infermesh ca issue --dir ca --node alice --role operator --out certs/alice   # for ctl",
             "infermesh ca revoke --dir ca --cert certs/gpu-a1/cert.pem --reason keyCompromise",
+            "export INFERMESH_TOKEN=$(infermesh ca operator-token --dir ca --subject alice --value mesh-operators)",
         ),
     )
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -88,7 +89,31 @@ def ca_main(argv: Sequence[str]) -> int:
     rekey.add_argument("--dir", required=True, help="directory of the CA")
     _passphrase_options(rekey, what="the CA key as it is now (omit for an unencrypted key)")
     _passphrase_options(rekey, "new-", "the CA key from now on")
+    token = sub.add_parser(
+        "operator-token",
+        help="print an operator's bearer JWT for ctl's admin calls, signed by a key kept in --dir (its JWKS, "
+        "jwks.json, is what an agent's tls.jwt.jwks_file names)",
+    )
+    token.add_argument("--dir", required=True, help="directory of the signing key and jwks.json (the CA's)")
+    token.add_argument("--subject", required=True, help="who the token speaks for (sub)")
+    token.add_argument("--claim", default="groups", help="the claim agents read (tls.jwt.claim)")
+    token.add_argument(
+        "--value", action="append", required=True, help="its value, one of tls.jwt.operator_values (repeatable)"
+    )
+    token.add_argument("--issuer", default="infermesh-ca", help="iss, as the agent's tls.jwt.issuer")
+    token.add_argument("--audience", default="infermesh-mesh", help="aud, as the agent's tls.jwt.audience")
+    token.add_argument("--ttl-s", type=int, default=3600, help="lifetime in seconds")
     args = parser.parse_args(argv)
+    if args.verb == "operator-token":
+        from agents.security.devjwt import operator_token
+
+        print(
+            operator_token(
+                args.dir, subject=args.subject, claim=args.claim, values=args.value, issuer=args.issuer,
+                audience=args.audience, ttl_s=args.ttl_s,
+            )
+        )  # fmt: skip
+        return 0
     try:
         passphrase = read_passphrase(args.passphrase_env, args.passphrase_file)
         if args.verb == "init":

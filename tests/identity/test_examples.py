@@ -14,6 +14,7 @@ from agents.ctl import build_parser
 from agents.ctl.common import identity
 from agents.emulator.server import parse_args as emulator_args
 from agents.meshd.config import parse_config
+from agents.security.tls import JwtVerifier
 from meshweb.identity.mapping import parse_mapping, roles_for
 from router.config import parse_config as parse_router_config
 from tests.identity.conftest import ROOT
@@ -38,10 +39,17 @@ def commands(text: str, prefix: str) -> list[list[str]]:
     return out
 
 
-def run_infermesh(argv: list[str]) -> None:
+def run_infermesh(argv: list[str]) -> str:
+    """Run a documented `infermesh ...` line (a trailing `> FILE` writes its output there); its output."""
     assert argv[0] == "infermesh"
+    out = None
+    if ">" in argv:
+        argv, out = argv[: argv.index(">")], argv[argv.index(">") + 1]
     result = subprocess.run([sys.executable, "-m", "meshweb.cli", *argv[1:]], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    if out is not None:
+        Path(out).write_text(result.stdout)
+    return result.stdout
 
 
 def example(name: str, tmp_path: Path) -> str:
@@ -51,23 +59,24 @@ def example(name: str, tmp_path: Path) -> str:
 def test_secure_agent_example_as_documented(tmp_path: Path) -> None:
     text = example("agent.yaml", tmp_path)
     issued = commands(text, "infermesh ca ")
-    assert len(issued) == 3
+    assert len(issued) == 4
     for argv in issued:
         run_infermesh(argv)
     (ctl,) = commands(text, "infermesh ctl ")
     args = build_parser().parse_args(ctl[2:])
     assert args.agent == "127.0.0.1:7443" and identity(args) is not None
-    raw = yaml.safe_load(text)
-    raw["tls"]["jwt"]["jwks_url"] = ""
-    raw["tls"]["jwt"]["jwks_file"] = str(tmp_path / "jwks.json")
-    config = parse_config(raw, env={})
-    assert config.tls is not None and config.tls.trust_domain == "mesh.example"
+    config = parse_config(yaml.safe_load(text), env={})
+    assert config.tls is not None and config.tls.trust_domain == "mesh.example" and config.tls.jwt is not None
+    # The operator token the example writes is one this agent's tls.jwt accepts for admin calls.
+    token = (tmp_path / "admin" / "token").read_text().strip()
+    assert JwtVerifier(config.tls.jwt)(token) is None
+    assert JwtVerifier(config.tls.jwt)(token[:-4] + "AAAA") == "token signature does not verify"
 
 
 def test_secure_router_example_as_documented(tmp_path: Path) -> None:
     agent_text, router_text = example("agent.yaml", tmp_path), example("router.yaml", tmp_path)
     issued = commands(agent_text, "infermesh ca ") + commands(router_text, "infermesh ca ")
-    assert len(issued) == 5
+    assert len(issued) == 6
     for argv in issued:
         run_infermesh(argv)
     config = parse_router_config(yaml.safe_load(router_text), env={})
