@@ -33,6 +33,9 @@ class UsageReportView(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [permissions.AllowAny]
 
+    def get_authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="node credential"'  # a refused credential answers 401, not 403
+
     def post(self, request: Request) -> Response:
         scheme, _, raw = (request.headers.get("Authorization") or "").partition(" ")
         node, why = node_authenticate(raw.strip() if scheme.lower() == "bearer" else "")
