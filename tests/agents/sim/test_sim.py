@@ -245,6 +245,15 @@ def test_cli_refuses_a_bad_config_and_an_unknown_strategy(tmp_path: Path, capsys
     ok.write_text(yaml.safe_dump(tiny(duration_s=1, drain_s=1)))
     assert sim_main(["--config", str(ok), "--strategy", "no_such_strategy", "--no-progress"]) == 2
     assert "no_such_strategy" in capsys.readouterr().err
+    from meshweb.cli import main as infermesh
+
+    assert infermesh(["sim", "--config", str(ok), "--validate"]) == 0
+    assert infermesh(["sim", "--config", str(bad), "--validate"]) == 2
+
+
+def test_a_plugin_strategy_runs_in_the_simulator() -> None:
+    r = run(tiny(duration_s=5, drain_s=5), "tests.agents.sim.plugin_strategy:FlatServiceHybrid")
+    assert r.strategy == "flat_service_hybrid" and r.completed > 50
 
 
 def test_example_configs_are_valid() -> None:
