@@ -22,6 +22,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # A slice of the Azure LLM trace shipped with the package (CC-BY 4.0; source and attribution in its README.md).
 DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "traces" / "azure_llm_2023_conv.csv"
 EMBEDDED_OVERRIDES = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
-API_KEY = "demo-key"
+KEY_NAME = "demo-replay"  # the inference key the demo creates in the portal on start (and uses for its replay)
 MODEL = "demo-llm"
 TENANT = "demo"
 # The three agents: portal node name (from meshweb/demo_data.py), zone, emulated GPU profiles.
@@ -396,20 +398,17 @@ def agent_config(layout: Layout, i: int, data_dir: Path, credential_file: Path |
     return config
 
 
-def router_config(layout: Layout) -> dict[str, Any]:
+def router_config(layout: Layout, usage_credential: Path | None = None) -> dict[str, Any]:
+    usage: dict[str, Any] = {}
+    if usage_credential is not None:  # usage goes to the portal under the router's node (the first agent's)
+        usage = {"portal_url": layout.url(layout.portal_port), "credential_file": str(usage_credential)}
     return {
         "listen": {"host": layout.host, "port": layout.router_port, "grpc_port": layout.router_grpc_port},
-        "agent": {"address": f"{layout.host}:{layout.agent_grpc[0]}"},
+        "agent": {"address": f"{layout.host}:{layout.agent_grpc[0]}", "node": AGENTS[0][0]},
+        "usage": usage,
         "targets": [
             {"model": MODEL, "url": layout.url(port), "runtime": "vllm", "node": AGENTS[layout.runtime_agent[r]][0]}
             for r, port in enumerate(layout.runtime_ports)
-        ],
-        "tenants": [
-            {
-                "name": TENANT,
-                "api_keys": [API_KEY],
-                "quotas": {"requests_per_s": 100, "burst_requests": 200, "tokens_per_min": 5_000_000},
-            }
         ],
         "default_policy": {"strategy": "hybrid_mesh"},
         "logging": {"level": "info", "access_log": False},
@@ -459,7 +458,7 @@ class ReplayStats:
 
 
 async def replay(
-    url: str, requests: list[tuple[float, int, int]], stopping: Callable[[], bool], max_tokens: int
+    url: str, requests: list[tuple[float, int, int]], stopping: Callable[[], bool], max_tokens: int, api_key: str
 ) -> ReplayStats:
     import aiohttp
 
@@ -484,7 +483,7 @@ async def replay(
         }
         started = time.monotonic()
         try:
-            async with session.post(url, json=body, headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+            async with session.post(url, json=body, headers={"Authorization": f"Bearer {api_key}"}) as response:
                 await response.read()
                 if response.status == 200:
                     stats.ok += 1
@@ -585,10 +584,12 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(env).expanduser().resolve() if env else (Path.home() / ".local" / "share" / "infermesh").resolve()
 
 
-def prepare_portal(data_dir: Path, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+def prepare_portal(data_dir: Path, env: dict[str, str]) -> tuple[list[str], dict[str, str], str]:
     """Migrate, seed and enroll the agents' nodes in this process (Django on the children's embedded settings).
 
-    Returns the seed's lines and a fresh credential per agent node (earlier ones are revoked).
+    Returns the seed's lines, a fresh credential per agent node (earlier ones are revoked) and a fresh inference key
+    of the demo tenant, created through the portal's own service like a key made in the dashboard (earlier demo keys
+    are revoked). The routers learn it from their agents.
     """
     os.environ.update({k: v for k, v in env.items() if k in {"INFERMESH_DATA_DIR", "INFERMESH_ADMIN_PASSWORD"}})
     for name in EMBEDDED_OVERRIDES:
@@ -601,15 +602,23 @@ def prepare_portal(data_dir: Path, env: dict[str, str]) -> tuple[list[str], dict
     from django.db import connections
 
     call_command("migrate", interactive=False, verbosity=0)
+    from meshweb.core.services import object_update
     from meshweb.demo_data import seed_demo
     from meshweb.fleet.models import Node
     from meshweb.meshlink.services import node_enroll
-    from meshweb.tenancy.services import SYSTEM
+    from meshweb.tenancy.models import InferenceKey, Tenant
+    from meshweb.tenancy.services import SYSTEM, inference_key_create, inference_key_revoke
 
     lines = seed_demo()
     credentials = {name: node_enroll(principal=SYSTEM, node=Node.objects.get(name=name))[1] for name, _, _ in AGENTS}
+    tenant = Tenant.objects.get(slug=TENANT)
+    # Room for the replay's bursts; the limits are the portal's, every router enforces them.
+    object_update(principal=SYSTEM, obj=tenant.quota, data={"requests_per_s": 200.0, "tokens_per_min": 5_000_000})
+    for old in InferenceKey.objects.filter(tenant=tenant, name=KEY_NAME, revoked_at__isnull=True):
+        inference_key_revoke(principal=SYSTEM, key=old)
+    _, api_key = inference_key_create(principal=SYSTEM, tenant=tenant, name=KEY_NAME)
     connections.close_all()
-    return lines, credentials
+    return lines, credentials, api_key
 
 
 def demo_main(argv: Sequence[str]) -> int:
@@ -656,7 +665,7 @@ def demo_main(argv: Sequence[str]) -> int:
 
     print(f"demo: data in {data_dir}, logs in {logs}", flush=True)
     try:
-        seed_lines, credentials = prepare_portal(data_dir, env)
+        seed_lines, credentials, api_key = prepare_portal(data_dir, env)
     except Exception as exc:
         print(f"demo: the portal database could not be prepared: {exc}", file=sys.stderr)
         return 1
@@ -712,7 +721,9 @@ def demo_main(argv: Sequence[str]) -> int:
                 env,
             )
         router_path = configs / "router.yaml"
-        router_path.write_text(yaml.safe_dump(router_config(layout), sort_keys=False))
+        router_path.write_text(
+            yaml.safe_dump(router_config(layout, configs / f"agent-{AGENTS[0][0]}.credential"), sort_keys=False)
+        )
         fleet.add(
             Service(
                 "router",
@@ -747,9 +758,12 @@ def demo_main(argv: Sequence[str]) -> int:
             "runtimes": [layout.url(p) for p in layout.runtime_ports],
             "processes": {s.name: s.proc.pid for s in fleet.services if s.proc is not None},
             "admin": login,
+            "api_key": api_key,  # the demo tenant's inference key, made in the portal on start
+            "api_key_name": KEY_NAME,
         }
         (demo_dir / "services.json").write_text(json.dumps(manifest, indent=2))
-        print_banner(manifest, args, logs)
+        wait_for_key(layout.url(layout.router_port, "/v1/models"), api_key, lambda: stopping)
+        print_banner(manifest, args, logs, api_key)
 
         if not args.no_replay:
             requests = load_trace_slice(args.trace, args.replay_requests, args.replay_rate)
@@ -757,7 +771,9 @@ def demo_main(argv: Sequence[str]) -> int:
                 f"demo: replaying {len(requests)} requests of {args.trace.name} at ~{args.replay_rate:g}/s", flush=True
             )
             url = layout.url(layout.router_port, "/v1/chat/completions")
-            asyncio.run(replay(url, requests, lambda: stopping or fleet.dead() is not None, args.replay_max_tokens))
+            asyncio.run(
+                replay(url, requests, lambda: stopping or fleet.dead() is not None, args.replay_max_tokens, api_key)
+            )
             if args.exit_after_replay:
                 stopping = True
         while not stopping and fleet.dead() is None:
@@ -780,7 +796,20 @@ def demo_main(argv: Sequence[str]) -> int:
         )
 
 
-def print_banner(manifest: dict[str, Any], args: argparse.Namespace, logs: Path) -> None:
+def wait_for_key(url: str, api_key: str, stopping: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    """The key was made in the portal: wait until the router, through its agent, knows it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stopping():
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    raise DemoError(f"the router did not learn the demo's inference key from its agent within {timeout_s:g}s")
+
+
+def print_banner(manifest: dict[str, Any], args: argparse.Namespace, logs: Path, api_key: str) -> None:
     agents = ", ".join(a["grpc"] for a in manifest["agents"])
     lines = [
         "",
@@ -789,14 +818,16 @@ def print_banner(manifest: dict[str, Any], args: argparse.Namespace, logs: Path)
         f"  REST API        {manifest['api']}   (docs {manifest['portal']}/api/docs/; a token: "
         f"infermesh token create --tenant {TENANT} --role member)",
         f"  portal metrics  {manifest['portal_metrics']}",
-        f"  router          {manifest['router']}/v1/chat/completions   API key {API_KEY}, model {MODEL}",
+        f"  router          {manifest['router']}/v1/chat/completions   API key {api_key}, model {MODEL}",
+        f"  another key     {manifest['dashboard']}keys/ (Create key; it works at the router within seconds), or "
+        f"POST {manifest['api']}inference-keys/",
         f"  router metrics  {manifest['router_metrics']}",
         f"  agents (gRPC)   {agents}   e.g. infermesh ctl --agent {manifest['agents'][0]['grpc']} members",
         f"  agent metrics   {', '.join(a['http'] + '/metrics' for a in manifest['agents'])}",
         f"  runtimes        {', '.join(manifest['runtimes'])}",
         f"  logs            {logs}",
         "",
-        f"  curl -s {manifest['router']}/v1/chat/completions -H 'Authorization: Bearer {API_KEY}' "
+        f"  curl -s {manifest['router']}/v1/chat/completions -H 'Authorization: Bearer {api_key}' "
         f'-H \'Content-Type: application/json\' -d \'{{"model": "{MODEL}", "messages": '
         '[{"role": "user", "content": "hello"}]}\'',
         "",

@@ -85,7 +85,7 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             assert client.get(f"{manifest['router']}/healthz").status_code == 200
             answer = client.post(
                 f"{manifest['router']}/v1/chat/completions",
-                headers={"Authorization": "Bearer demo-key"},
+                headers={"Authorization": f"Bearer {manifest['api_key']}"},  # made in the portal on start
                 json={"model": "demo-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
             )
             assert answer.status_code == 200, answer.text
