@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from meshweb.dashboard import keys, route_views, views
+from meshweb.dashboard import keys, route_views, usage_page, views
 
 app_name = "dashboard"
 
@@ -24,6 +24,7 @@ urlpatterns = [
     path("models/<int:model_id>/route/", route_views.model_route, name="model-route"),
     path("models/<int:model_id>/route/policy/", route_views.model_policy_set, name="model-policy"),
     path("keys/", keys.keys, name="keys"),
+    path("usage/", usage_page.usage, name="usage"),
     path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key-revoke"),
     path("jobs/", views.jobs, name="jobs"),
     path("jobs/<int:job_id>/", views.job_detail, name="job"),

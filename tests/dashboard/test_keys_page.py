@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -61,3 +62,19 @@ def test_other_tenants_keys_are_hidden_and_cannot_be_revoked(login: Login, world
 def test_the_navigation_links_the_keys_page(login: Login, world: World) -> None:
     admin: Any = login(tenant=world.own.tenant, role="tenant_admin")
     assert 'href="/dashboard/keys/"' in admin.get("/dashboard/").content.decode()
+
+
+def test_the_usage_page_shows_what_routers_metered(login: Login, world: World) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from meshweb.usage.models import UsageRollup
+
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
+    UsageRollup.objects.create(tenant=world.own.tenant, model="acme-llm", minute=minute, requests=3, throttled=1,
+                               prompt_tokens=11, completion_tokens=22, ttft=[0, 2, 0], latency=[])  # fmt: skip
+    UsageRollup.objects.create(tenant=world.other.tenant, model="globex-llm", minute=minute, requests=9)
+    body = login(tenant=world.own.tenant, role="tenant_admin").get("/dashboard/usage/").content.decode()
+    assert 'data-tenant="acme"' in body and "globex" not in body
+    assert "<td>11</td><td>22</td><td>1</td>" in body and "≤ 0.1 s" in body
+    chart = json.loads(body.split('<script id="usage-data" type="application/json">')[1].split("</script>")[0])
+    assert sum(chart["series"]["acme"]) == 33 and len(chart["x"]) == 61
