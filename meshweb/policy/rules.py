@@ -61,6 +61,8 @@ def check_routing_policy(attrs: Mapping[str, Any]) -> dict[str, list[str]]:
         if len(names) > MAX_PINS:
             refuse(field, f"At most {MAX_PINS} {what}s.")
             continue
+        if not names:
+            continue
         known = set(model.objects.filter(name__in=names).values_list("name", flat=True))
         unknown = sorted(set(names) - known)
         if unknown:

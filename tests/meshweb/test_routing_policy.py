@@ -106,3 +106,18 @@ def test_aliases_are_published_and_may_not_clash(world: World, operator: Any) ->
     assert second.status_code == 400 and "chat" in " ".join(second.json()["error"]["fields"]["aliases"])
     same = operator.post("/api/v1/models/", {"tenant": "acme", "name": "chat"}, format="json")
     assert same.status_code == 400
+
+
+def test_deployments_and_slos_reach_the_store_typed(world: World, operator: Any) -> None:
+    mark = OutboxEntry.objects.order_by("-version").values_list("version", flat=True).first() or 0
+    deployment, slo = world.own.objects["deployment"], world.own.objects["slo"]
+    assert (
+        operator.patch(f"/api/v1/deployments/{deployment.pk}/", {"min_replicas": 2}, format="json").status_code == 200
+    )
+    assert operator.patch(f"/api/v1/slos/{slo.pk}/", {"ttft_p99_ms": 250}, format="json").status_code == 200
+    rows = {r.key: r.value for r in OutboxEntry.objects.filter(version__gt=mark)}
+    placement = rows[f"placements/deployment-{deployment.pk}"]
+    assert placement == {"model": "acme-llm", "nodes": ["node-1", "node-acme", "node-globex"], "replicas": 2}
+    assert rows[f"slos/tenant-{world.own.tenant.pk}/model-{slo.model_id}"] == {"ttft_ms_p99": 250.0}
+    for key, value in rows.items():
+        check_value(key, json.dumps(value))
