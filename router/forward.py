@@ -103,6 +103,12 @@ class Forwarder:
         self._params: dict[int, HedgeParams] = {}
         self._rules: dict[int, RetryRules] = {}
 
+    def policies_changed(self) -> None:
+        """Forget what was derived per policy object: policies replaced at runtime (the portal's) are new objects,
+        and a freed one's id may be reused."""
+        self._params.clear()
+        self._rules.clear()
+
     def budget(self, model: str, policy: RoutingPolicy) -> HedgeBudget:
         b = self._budgets.get(model)
         if b is None:

@@ -208,6 +208,7 @@ class RouterService:
         if bad:  # the portal checks names against its own list; a router of another version may lack one
             self.log_error("portal policy names strategies this router cannot load", strategies=bad)
         self._admission.clear()
+        self.forwarder.policies_changed()
 
     def resolve_model(self, tenant: Tenant, name: str) -> tuple[str, CatalogModel | None]:
         """The model a requested name means for this tenant: its catalog model (by name or alias) when the portal
