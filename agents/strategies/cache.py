@@ -47,8 +47,10 @@ class CacheWeights:
     block_size: int = 16
     prefill_tok_s: float = 12_000.0  # prefill rate of a whole GPU when the runtime does not say
     decode_weight: float = 0.5  # prefill-token equivalents of one output token still to generate
-    epsilon: float = 0.5  # bounded load: a target over (1 + epsilon) x mean load (+1) loses its cache credit
+    epsilon: float = 0.5  # bounded load: a target over (1 + epsilon) x mean load + slack loses its cache credit
+    slack: float = 2.0  # requests of headroom above the relative bound (a batch absorbs a few more at little cost)
     learn_approx: bool = True  # record routed prefixes for targets without KV events
+    spread: float = 0.5  # a missed prefix costs up to this much more prefill on the target whose cache holds most
 
 
 class CacheAware(HybridMesh):
@@ -79,13 +81,17 @@ class CacheAware(HybridMesh):
         return max((v.requests_waiting or 0.0) + (v.requests_running or 0.0), float(v.inflight))
 
     def _cache_scorer(self, request: RouteRequest, base: Callable[[TargetView, RouteRequest], float],
-                      bound: float) -> Callable[[TargetView, RouteRequest], float]:  # fmt: skip
+                      bound: float, rng: random.Random) -> Callable[[TargetView, RouteRequest], float]:  # fmt: skip
         c = self.cache
         hashes = request.block_hashes
         prompt = max(request.prompt_tokens, len(hashes) * c.block_size)
         out_work = (request.max_tokens or self.weights.default_completion_tokens) * c.decode_weight
         match = self.cache_index.match
         work = self._work
+        targets = self.cache_index.targets
+        held = {e: len(b) + len(b.recent) for e, b in targets.items()}
+        most = max(held.values(), default=0) or 1
+        jitter = rng.random
 
         def score(v: TargetView, req: RouteRequest) -> float:
             rate = c.prefill_tok_s * mig_fraction(v.mig_profile)
@@ -94,7 +100,10 @@ class CacheAware(HybridMesh):
             if load > bound:
                 matched = 0  # bounded load: no cache credit on an overloaded target
             queued = load * work.get(v.endpoint, prompt + out_work)
-            return base(v, req) + (prompt - matched + queued) / rate
+            # A prefix no one holds goes where the cache holds least: prefixes spread evenly over the caches
+            # instead of piling up (and evicting each other) on whichever target looked idle first.
+            spread = (1.0 - matched / prompt) * held.get(v.endpoint, 0) / most * c.spread * prompt if prompt else 0.0
+            return base(v, req) + (prompt - matched + queued + spread) / rate + jitter() * 1e-6
 
         return score
 
@@ -108,10 +117,10 @@ class CacheAware(HybridMesh):
             if v.routable and v.health != UNHEALTHY:
                 total += self._load(v)
                 n += 1
-        return (1.0 + self.cache.epsilon) * (total / max(n, 1)) + 1.0
+        return (1.0 + self.cache.epsilon) * (total / max(n, 1)) + self.cache.slack
 
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
-        scorer = self._cache_scorer(request, self._scorer(request), self._bound(index, request.model))
+        scorer = self._cache_scorer(request, self._scorer(request), self._bound(index, request.model), rng)
         ranked = rank_sampled(index, request, k, rng, scorer, self.params, self._elite_views(index, request.model))
         if ranked:
             self.chosen(ranked[0].target, request)

@@ -54,7 +54,7 @@ def test_bounded_load_under_a_hot_prefix_spills_and_replicates() -> None:
         picks[best.target_id] += 1
     loads = [v.inflight for v in idx]
     mean = sum(loads) / len(loads)
-    assert max(loads) <= (1 + s.cache.epsilon) * mean + 2  # no target beyond the bound (+ the one that crossed it)
+    assert max(loads) <= (1 + s.cache.epsilon) * mean + s.cache.slack + 1  # none beyond the bound (+ the crossing one)
     home = picks.most_common(1)[0][0]
     assert picks[home] > 80 / 8  # locality kept: the home takes more than a fair share ...
     assert len(picks) >= 4  # ... and the hot prefix spilled (and is now cached) elsewhere
