@@ -219,8 +219,23 @@ class RedisConfig(_Strict):
 
 class TracingConfig(_Strict):
     enabled: bool = True
-    exporter: Literal["none", "console"] = "none"
+    exporter: Literal["none", "console", "otlp"] = Field(
+        default="none", description="none: traceparent propagated, nothing recorded; otlp: spans to a collector"
+    )
     service_name: str = "infermesh-router"
+    endpoint: str = Field(
+        default="", description="OTLP collector: host:port for grpc, a URL (…/v1/traces) for http/protobuf"
+    )
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    sample_ratio: float = Field(
+        default=1.0, ge=0, le=1, description="share of new traces recorded; a caller's sampled flag is followed"
+    )
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> TracingConfig:
+        if self.exporter == "otlp" and not self.endpoint:
+            raise ValueError("tracing.endpoint is required with exporter: otlp")
+        return self
 
 
 class LoggingConfig(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import random
@@ -76,6 +77,11 @@ def setup_tracing(cfg: TracingConfig) -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": cfg.service_name}))
     if cfg.exporter == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    elif cfg.exporter == "otlp":
+        from agents.tracing import otlp_provider
+
+        provider = otlp_provider(cfg.service_name, cfg.endpoint, protocol=cfg.protocol, sample_ratio=cfg.sample_ratio)
+        atexit.register(provider.shutdown)  # flush the last batch on a clean stop
     _tracer = provider.get_tracer("infermesh.router")
 
 

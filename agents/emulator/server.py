@@ -111,6 +111,7 @@ class EmulatorConfig:
     tls_cert: str = ""  # serve HTTPS with this certificate (PEM) ...
     tls_key: str = ""  # ... and key
     tls_client_ca: str = ""  # and require client certificates signed by this CA (mTLS)
+    otlp_endpoint: str = ""  # OTLP/gRPC collector (host:port): one span per request, child of its traceparent
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls_cert:
@@ -622,8 +623,36 @@ async def post_faults(request: web.Request) -> web.Response:
     return web.json_response(asdict(em.faults))
 
 
+def _tracing_middleware(endpoint: str) -> Any:
+    """The runtime's hop of a trace: a SERVER span per request under the caller's `traceparent`, sent over OTLP."""
+    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from agents.tracing import otlp_provider
+
+    provider = otlp_provider("infermesh-runtime-emulator", endpoint)
+    tracer = provider.get_tracer("infermesh.emulator")
+    propagator = TraceContextTextMapPropagator()
+
+    @web.middleware
+    async def trace_request(request: web.Request, handler: Any) -> web.StreamResponse:
+        parent = propagator.extract(carrier=dict(request.headers))
+        with tracer.start_as_current_span(f"{request.method} {request.path}", context=parent, kind=SpanKind.SERVER):
+            resp: web.StreamResponse = await handler(request)
+            return resp
+
+    async def flush(app: web.Application) -> None:
+        provider.shutdown()
+
+    return trace_request, flush
+
+
 def build_app(config: EmulatorConfig) -> web.Application:
     app = web.Application(client_max_size=64 * 1024**2)
+    if config.otlp_endpoint:
+        middleware, flush = _tracing_middleware(config.otlp_endpoint)
+        app.middlewares.append(middleware)
+        app.on_cleanup.append(flush)
     em = Emulator(config)
     app[EMULATOR_KEY] = em
 
@@ -702,6 +731,7 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
     p.add_argument("--model", default="demo-llm", help="served model name")
     p.add_argument("--instant", action="store_true", help="no token timing: answer as fast as possible")
     p.add_argument("--seed", type=int, default=0, help="seed of the emulated timings and texts")
+    p.add_argument("--otlp-endpoint", default="", help="send a span per request to this OTLP/gRPC collector")
     p.add_argument("--max-num-seqs", type=int, default=256, help="sequences in the running batch at most")
     p.add_argument(
         "--max-num-batched-tokens", type=int, default=8192, help="tokens (prefill + decode) per engine step at most"
@@ -751,7 +781,7 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
         kv_tokens=a.kv_tokens, max_model_len=a.max_model_len, block_size=a.block_size,
         enable_prefix_caching=not a.no_prefix_caching, kv_events_endpoint=a.kv_events_endpoint,
         kv_events_replay_endpoint=a.kv_events_replay_endpoint, kv_events_topic=a.kv_events_topic,
-        tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
+        tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca, otlp_endpoint=a.otlp_endpoint,
     )  # fmt: skip
     for flag in ("tls_cert", "tls_key", "tls_client_ca"):
         path = getattr(a, flag)

@@ -1,0 +1,89 @@
+"""Traces end to end over OTLP/gRPC into a real receiver (opentelemetry-proto's TraceService): a streamed chat
+completion sent with the client's `traceparent` arrives as one connected trace, client span -> router's SERVER span ->
+the runtime's SERVER span. With tracing's exporter off the router never loads the exporter."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agents.emulator.testing import start_emulator
+from tests.deploy.otlp import ReceivedSpan, Receiver
+from tests.e2e.mesh import wait_for
+from tests.router.procs import router_config, running_router
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+SERVER = 2  # SpanKind.SERVER in OTLP's enum
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")  # export each batch within 0.1 s (the SDK's own setting)
+    with Receiver() as r:
+        yield r
+
+
+def test_a_streamed_chat_completion_is_one_connected_trace(receiver: Receiver, tmp_path: Path) -> None:
+    em = start_emulator("--profile", "h100", "--flavor", "vllm", "--model", "demo-llm", "--instant",
+                        "--otlp-endpoint", receiver.endpoint)  # fmt: skip
+    try:
+        cfg = router_config([em.url], tracing={"exporter": "otlp", "endpoint": receiver.endpoint})
+        with running_router(cfg, tmp_path) as rp:
+            trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
+            body = {"model": "demo-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+                    "stream": True}  # fmt: skip
+            headers = {"Authorization": "Bearer demo-key", "traceparent": f"00-{trace_id}-{client_span}-01"}
+            with httpx.stream("POST", rp.url + "/v1/chat/completions", json=body, headers=headers, timeout=30) as r:
+                assert r.status_code == 200
+                chunks = b"".join(r.iter_bytes())
+            assert chunks.rstrip().endswith(b"data: [DONE]")
+
+            def both() -> list[ReceivedSpan] | None:
+                spans = receiver.trace(trace_id)
+                services = {s.service for s in spans}
+                return spans if services >= {"infermesh-router", "infermesh-runtime-emulator"} else None
+
+            spans = wait_for("spans of the router and the runtime", both, timeout=20)
+    finally:
+        em.stop()
+    (router,) = [s for s in spans if s.service == "infermesh-router"]
+    (runtime,) = [s for s in spans if s.service == "infermesh-runtime-emulator"]
+    assert router.name == "POST /v1/chat/completions" and router.kind == SERVER
+    assert router.parent_span_id == client_span  # the client's traceparent is the router span's parent
+    assert runtime.kind == SERVER and runtime.name == "POST /v1/chat/completions"
+    assert runtime.parent_span_id == router.span_id  # the router's span travelled to the runtime
+    assert router.span_id != client_span
+
+
+def test_no_exporter_is_loaded_when_tracing_exports_nothing() -> None:
+    code = (
+        "import sys\n"
+        "from router.config import TracingConfig\n"
+        "from router.obs import setup_tracing, tracer\n"
+        "for cfg in (TracingConfig(), TracingConfig(enabled=False)):\n"
+        "    setup_tracing(cfg)\n"
+        "    assert not tracer().start_span('x').is_recording()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.exporter')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2], env=os.environ.copy())  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_otlp_without_an_endpoint_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from router.config import TracingConfig
+
+    with pytest.raises(ValidationError, match=r"tracing\.endpoint is required"):
+        TracingConfig(exporter="otlp")
+    with pytest.raises(ValidationError):
+        TracingConfig(exporter="otlp", endpoint="127.0.0.1:4317", sample_ratio=1.5)
