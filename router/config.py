@@ -167,6 +167,12 @@ class AdmissionConfig(_Strict):
         description="threshold multiplier per SLO class: batch is refused first, critical last",
     )
     max_retry_after_s: int = Field(default=30, ge=1)
+    queue_ttl_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="a request held this long at the router for a batch slot is refused with 429 (null: it waits "
+        "until first_byte_timeout_s, then 504)",
+    )
 
 
 def _check_strategy(name: str) -> None:

@@ -134,6 +134,9 @@ class QuotaManager:
     def names(self) -> set[str]:
         return set(self._limits)
 
+    def limits_of(self, name: str) -> TenantLimits | None:
+        return self._limits.get(name)
+
     async def acquire(self, tenant: str, est_tokens: float) -> tuple[QuotaDecision, Lease | None]:
         lim = self._limits.get(tenant)
         if lim is None or lim.unlimited():

@@ -7,12 +7,10 @@ routing policy. open: forward with retries and hedging. finish: release quota, m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +19,7 @@ from router.access import AccessState, AccessWatcher
 from router.agentlink import AgentLink, Outcome
 from router.config import RouterConfig, RoutingPolicy, TenantConfig
 from router.core.admission import AdmissionController, TargetLoad
+from router.core.fairshare import FairQueue
 from router.core.quota import TenantLimits, estimate_tokens
 from router.forward import Forwarder, Winner
 from router.meshview import MeshWatcher
@@ -144,7 +143,8 @@ class RouterService:
         self._access_watcher: AccessWatcher | None = None
         self.usage = UsageReporter(cfg.usage, cfg.agent.node)
         self._admission: dict[int, AdmissionController] = {}
-        self._held: dict[str, dict[str, deque[asyncio.Future[None]]]] = {}
+        # Requests held for a batch slot, per model and SLO class, shared among tenants by weighted DRR.
+        self._held: dict[str, dict[str, FairQueue[asyncio.Future[None]]]] = {}
         self.forwarder.on_slot_free = self.slot_freed
         self.inflight = 0
 
@@ -379,7 +379,7 @@ class RouterService:
         INFLIGHT.inc()
         try:
             if policy.hold_when_full:
-                await self._hold_for_slot(model, candidates, priority, policy, lease)
+                await self._hold_for_slot(model, candidates, priority, policy, tenant.name)
             ranked, strategy = self.ranker.rank(model, candidates, policy, corr_id, prompt_chars, max_tokens, prefix)
         except BaseException:
             self.inflight -= 1
@@ -418,31 +418,53 @@ class RouterService:
         t.slow_skips += 1
         return t.slow_skips % 20 == 0
 
+    def _fair_weight(self, tenant: str) -> float | None:
+        """A tenant's share of freed slots: its requests/s quota (None: as much as the heaviest waiting)."""
+        lim = self.quotas.limits_of(tenant)
+        return lim.requests_per_s if lim is not None else None
+
     async def _hold_for_slot(
-        self, model: str, candidates: list[Target], priority: str, policy: RoutingPolicy, lease: Lease | None
+        self, model: str, candidates: list[Target], priority: str, policy: RoutingPolicy, tenant: str
     ) -> None:
         queues = self._held.get(model)
         if queues is None:
-            queues = self._held[model] = {p: deque() for p in PRIORITIES}
+            queues = self._held[model] = {p: FairQueue() for p in PRIORITIES}
         held = sum(len(q) for q in queues.values())
         if not held and any(self._usable(t, model) for t in candidates):
             return
         limit = policy.admission.max_queue_per_target * max(1, len(candidates))
         limit *= policy.admission.priority_factor.get(priority, 1.0)
+        fq = queues[priority]
         if held >= limit:
-            raise Refusal(429, "overloaded", f"model {model!r} is overloaded (router queue {held})", retry_after="1")
+            # Full: the tenant holding the most of this class's queue gives way, not whoever comes next.
+            victim = fq.victim(tenant)
+            evicted = fq.pop_newest(victim) if victim is not None and victim != tenant else None
+            if evicted is None:
+                raise Refusal(
+                    429, "overloaded", f"model {model!r} is overloaded (router queue {held})", retry_after="1"
+                )
+            if not evicted.done():
+                evicted.set_exception(
+                    Refusal(429, "overloaded", f"model {model!r} is overloaded (fair share)", retry_after="1")
+                )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + policy.first_byte_timeout_s
+        ttl = policy.admission.queue_ttl_s
+        wait_s = min(policy.first_byte_timeout_s, ttl) if ttl else policy.first_byte_timeout_s
+        deadline = loop.time() + wait_s
+        weight = self._fair_weight(tenant)
         first = True
         while True:
             fut: asyncio.Future[None] = loop.create_future()
-            # A request woken for a slot it should not take waits again at the head, keeping its turn.
-            (queues[priority].append if first else queues[priority].appendleft)(fut)
+            # A request woken for a slot it should not take waits again at its tenant's head, keeping its turn.
+            fq.push(tenant, fut, weight, front=not first)
             first = False
             HELD.inc()
             try:
                 await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
             except TimeoutError:
+                if ttl and ttl < policy.first_byte_timeout_s:
+                    msg = f"held {ttl:g}s for model {model!r} without a free batch slot"
+                    raise Refusal(429, "queue_ttl", msg, retry_after="1") from None
                 raise Refusal(
                     504,
                     "queue_timeout",
@@ -452,8 +474,7 @@ class RouterService:
                 HELD.dec()
                 if not fut.done():
                     fut.cancel()
-                with contextlib.suppress(ValueError):
-                    queues[priority].remove(fut)
+                fq.remove(tenant, fut)
             if any(self._usable(t, model) for t in candidates):
                 return
             # Only a slow target (a throttled GPU) freed a slot: wait for a good one, unless all of them are slow.
@@ -465,10 +486,9 @@ class RouterService:
         queues = self._held.get(model)
         if not queues:
             return
-        for p in reversed(PRIORITIES):  # critical first
+        for p in reversed(PRIORITIES):  # critical first; within a class, tenants by weighted DRR
             q = queues[p]
-            while q:
-                fut = q.popleft()
+            while (fut := q.pop()) is not None:
                 if not fut.done():
                     fut.set_result(None)
                     return
