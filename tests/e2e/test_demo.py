@@ -170,3 +170,33 @@ def test_demo_with_a_taken_port_exits_before_it_starts_anything(tmp_path: Path, 
     assert f"127.0.0.1:{ports[which]}" in r.stderr and f"change {which}" in r.stderr, r.stderr
     assert "InferMesh demo is running" not in r.stdout
     assert not (data / "demo" / "services.json").exists() and not (data / "demo" / "logs").exists()
+
+
+def test_the_demo_probes_its_own_children_not_whatever_answers(tmp_path: Path) -> None:
+    """A child counts as ready only on a port its own process group listens on; a listener of another program on
+    the next port does not make a child ready, and a child that exits is named by the fleet."""
+    from meshweb.demo import Fleet, Service
+
+    own, foreign = free_port(), free_port()
+    fleet = Fleet()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = [sys.executable, "-m", "http.server", str(own), "--bind", "127.0.0.1"]
+    child = fleet.add(Service("child", server, tmp_path / "child.log", ports=(own,)), env)
+    impostor = fleet.add(Service("impostor", [sys.executable, "-c", "import time; time.sleep(60)"],
+                                 tmp_path / "impostor.log", ports=(foreign,)), env)  # fmt: skip
+    try:
+        with socket.socket() as other:
+            other.bind(("127.0.0.1", foreign))
+            other.listen()
+            deadline = time.monotonic() + 30
+            while not child.holds_ports():
+                assert time.monotonic() < deadline, child.tail()
+                time.sleep(0.2)
+            assert not impostor.holds_ports()  # something answers on its port, but not its own process
+        assert fleet.dead() is None
+        child.signal_group(signal.SIGKILL)
+        assert child.proc is not None
+        child.proc.wait(timeout=10)
+        assert fleet.dead() is child
+    finally:
+        fleet.stop()
