@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 
-from router.config import RoutingPolicy
+from router.config import RoutingPolicy, StaticTarget
 from router.portal_routing import PortalRouting
-from router.view import Target
+from router.ranking import Ranker
+from router.view import Target, TargetView
 
 
 def _state(**extra: dict[str, object]) -> PortalRouting:
@@ -77,3 +78,17 @@ def test_policy_over_router_defaults_and_changes_apply() -> None:
     assert llm is not None and llm.policy is None
     assert s.policy_for(llm, base).strategy == "hybrid_mesh"
     assert not s.apply("kv/training/jobs/2", "{}")
+
+
+def test_ranker_loads_named_strategies_at_runtime_and_keeps_to_the_allowed_targets() -> None:
+    view = TargetView([StaticTarget(model="llm", url=f"http://127.0.0.1:{9100 + i}", node=f"n{i}") for i in range(4)])
+    r = Ranker(view, [RoutingPolicy(strategy="baseline_rr")])
+    assert "least_queue" not in r.host.strategies
+    assert r.ensure({"least_queue", "no.such:Strategy"}) == ["no.such:Strategy"]
+    policy = RoutingPolicy(strategy="least_queue")
+    allowed = [t for t in view.all("llm") if t.node in {"n1", "n3"}]
+    for i in range(12):  # every decision, whatever the strategy prefers, stays on the pinned targets
+        ranked, used = r.rank("llm", allowed, policy, f"req-{i}")
+        assert used == "least_queue" and {t.node for t in ranked} == {"n1", "n3"}
+    explained = r.explain("llm", "least_queue", allowed)
+    assert {t.node for t, _, _ in explained} == {"n1", "n3"} and all(terms for _, _, terms in explained)
