@@ -24,7 +24,7 @@ app.autodiscover_tasks()
 BEAT_LOCK_KEY = 0x6D657368626561  # pg_advisory_lock key: "meshbea"
 
 
-def _setup() -> Any:
+def _setup(migrate: bool = True) -> Any:
     import django
 
     django.setup()
@@ -33,11 +33,16 @@ def _setup() -> Any:
     if settings.CELERY_BROKER_URL.startswith("filesystem://"):
         for key in ("data_folder_in", "data_folder_out", "processed_folder"):
             Path(str(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key])).mkdir(parents=True, exist_ok=True)
+    if migrate:
+        _migrate(settings)
+    return settings
+
+
+def _migrate(settings: Any) -> None:
     if settings.EMBEDDED:
         from django.core.management import call_command
 
         call_command("migrate", interactive=False, verbosity=0)
-    return settings
 
 
 def worker_main(argv: Sequence[str]) -> int:
@@ -99,13 +104,15 @@ def beat_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--loglevel", default="info", help="debug, info, warning or error")
     args = parser.parse_args(argv)
-    settings = _setup()
+    settings = _setup(migrate=False)  # the lock first: a second beat is refused at once
     schedule = Path(settings.DATA_DIR) / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with single_beat(settings):
-            app.Beat(loglevel=args.loglevel, schedule=str(schedule)).run()
-    except RuntimeError as exc:  # the one-beat lock is taken: like a taken port, exit 2
-        print(f"infermesh beat: {exc}", file=sys.stderr)
-        return 2
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(single_beat(settings))
+        except RuntimeError as exc:  # the one-beat lock is taken: like a taken port, exit 2
+            print(f"infermesh beat: {exc}", file=sys.stderr)
+            return 2
+        _migrate(settings)
+        app.Beat(loglevel=args.loglevel, schedule=str(schedule)).run()
     return 0
