@@ -111,10 +111,13 @@ def build_component(section: str, raw: Mapping[str, Any] | None) -> Component:
     try:
         component = factory(dict(raw or {}))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join([section, *(str(p) for p in err['loc'])])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ComponentConfigError(problems) from exc
+        from agents.configload import format_errors
+
+        # The same lines as the rest of the agent's config ("unknown field; did you mean ..."), under the section.
+        model = getattr(importlib.import_module(module_name), exc.title, None)
+        lines = format_errors(exc, model, "", {}) if isinstance(model, type) else str(exc)
+        problems = "; ".join(f"{section}.{line.removeprefix(': ')}" for line in lines.splitlines())
+        raise ComponentConfigError(problems.replace("did you mean '", f"did you mean '{section}.")) from exc
     except ValueError as exc:
         raise ComponentConfigError(f"{section}: {exc}") from exc
     if not isinstance(component, Component):
