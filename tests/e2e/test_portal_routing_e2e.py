@@ -1,11 +1,12 @@
 """The portal governs routing, end to end with real processes: the portal on PostgreSQL, three agents in a Raft group
-linked to it, two emulated runtimes (on node-1 and node-2) and a router fed by node-1's agent. The catalog decides what
-a tenant's /v1/models lists and which names (aliases) reach a model; a routing policy set over REST changes the
-router's strategy, A/B split and node pinning within 5 s, without a restart; a policy that cannot be applied is
-refused whole and changes nothing at the router."""
+linked to it, two emulated runtimes (on node-1 and node-2) and two routers fed by node-1's and node-3's agents. The
+catalog decides what a tenant's /v1/models lists and which names (aliases) reach a model; a routing policy set over
+REST changes every router's strategy, A/B split and node pinning within 5 s, without a restart; a policy that cannot
+be applied is refused whole and changes nothing at the routers."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from agents.emulator.testing import EmulatorProcess, start_emulator
+from agents.emulator.testing import start_emulator
 from tests.e2e.mesh import Agent, Mesh, free_port, wait_for
 from tests.router.procs import RouterProc, running_router
 
@@ -23,7 +24,7 @@ APPLY_S = 5.0
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, RouterProc, list[EmulatorProcess]]]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, RouterProc, RouterProc]]:
     tmp = tmp_path_factory.mktemp("portal-routing")
     ems = [
         start_emulator("--profile", "h100", "--flavor", "vllm", "--model", "demo-llm", "--instant", "--seed", "1"),
@@ -49,18 +50,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, Rout
     mesh = Mesh(tmp, agents=3, runtime=False, celery=False, agent_sections=sections)
     try:
         mesh.start()
-        cfg = {
-            "listen": {"host": "127.0.0.1", "port": 0, "grpc_port": None},
-            "agent": {"address": mesh.agents["node-1"].address, "node": "node-1"},
-            "tenants": [],
-            "default_policy": {"strategy": "hybrid_mesh"},
-        }
-        with running_router(cfg, tmp) as router:
-            wait_for("both targets at the router", lambda: len(_report(router, "demo-llm")["targets"]) == 2)
-            # The tenant's inference key, made in the portal (the router learns it from its agent).
-            router.key = mesh.api("POST", "inference-keys/", {"tenant": "ops", "name": "routing"})["key"]  # type: ignore[attr-defined]
-            wait_for("the portal's key at the router", lambda: _models(router) is not None)
-            yield mesh, router, ems
+        with contextlib.ExitStack() as stack:
+            routers = []
+            for node in ("node-1", "node-3"):
+                cfg = {
+                    "listen": {"host": "127.0.0.1", "port": 0, "grpc_port": None},
+                    "agent": {"address": mesh.agents[node].address, "node": node},
+                    "tenants": [],
+                    "default_policy": {"strategy": "hybrid_mesh"},
+                }
+                routers.append(stack.enter_context(running_router(cfg, tmp, name=f"router-{node}")))
+            # The tenant's inference key, made in the portal (routers learn it from their agents).
+            key = mesh.api("POST", "inference-keys/", {"tenant": "ops", "name": "routing"})["key"]
+            for router in routers:
+                router.key = key  # type: ignore[attr-defined]
+                wait_for("both targets at the router", lambda r=router: len(_report(r, "demo-llm")["targets"]) == 2)
+                wait_for("the portal's key at the router", lambda r=router: _models(r) is not None)
+            yield mesh, routers[0], routers[1]
     finally:
         mesh.close()
         for em in ems:
@@ -98,9 +104,9 @@ def _send(router: RouterProc, n: int, model: str = "demo-llm") -> None:
 
 
 def test_catalog_policy_and_pins_reach_the_router_at_runtime(
-    world: tuple[Mesh, RouterProc, list[EmulatorProcess]],
+    world: tuple[Mesh, RouterProc, RouterProc],
 ) -> None:
-    mesh, router, _ = world
+    mesh, router, other = world
     # Before the portal knows any model of the tenant, the router's own view decides.
     assert _models(router) == {"demo-llm"}
     assert _report(router, "demo-llm")["policy"]["source"] == "config"
@@ -110,8 +116,9 @@ def test_catalog_policy_and_pins_reach_the_router_at_runtime(
     rev = mesh.api("POST", "revisions/", {"model": model["id"], "revision": "v1", "artifact_uri": "hf://demo/llm"})
     mesh.api("POST", "models/", {"tenant": "ops", "name": "draft-llm"})
     mesh.api("POST", "deployments/", {"revision": rev["id"], "zone": "zone-a", "min_replicas": 1, "max_replicas": 2})
-    took = _applied("/v1/models to follow the catalog", lambda: _models(router) == {"demo-llm", "chat"})
-    print(f"catalog applied in {took:.2f}s")
+    for r in (router, other):
+        took = _applied("/v1/models to follow the catalog", lambda r=r: _models(r) == {"demo-llm", "chat"})
+        print(f"catalog applied at {r.port} in {took:.2f}s")
     _send(router, 2, model="chat")  # the alias reaches the model's targets
 
     # A policy: least_queue, pinned to node-2.
@@ -121,12 +128,13 @@ def test_catalog_policy_and_pins_reach_the_router_at_runtime(
                                       "pin_nodes": ["node-2"]},
     )  # fmt: skip
 
-    def pinned() -> bool:
-        p = _report(router, "demo-llm")["policy"]
+    def pinned(r: RouterProc) -> bool:
+        p = _report(r, "demo-llm")["policy"]
         return p["source"] == "portal" and p["strategy"] == "least_queue" and p["pin_nodes"] == ["node-2"]
 
-    took = _applied("the pinned policy at the router", pinned)
-    print(f"policy applied in {took:.2f}s")
+    for r in (router, other):
+        took = _applied("the pinned policy at the router", lambda r=r: pinned(r))
+        print(f"policy applied at {r.port} in {took:.2f}s")
     _send(router, 8)
     after = _counts(router)
     assert after["node-2"] - before.get("node-2", 0) == 8 and after["node-1"] == before.get("node-1", 0), after
@@ -148,12 +156,13 @@ def test_catalog_policy_and_pins_reach_the_router_at_runtime(
         {"ab_split": {"hybrid_mesh": 50, "least_queue": 50}, "pin_nodes": []},
     )  # fmt: skip
 
-    def split() -> bool:
-        p = _report(router, "demo-llm")["policy"]
+    def split(r: RouterProc) -> bool:
+        p = _report(r, "demo-llm")["policy"]
         return p["ab_split"] == {"hybrid_mesh": 50.0, "least_queue": 50.0} and p["pin_nodes"] == []
 
-    took = _applied("the A/B split at the router", split)
-    print(f"split applied in {took:.2f}s")
+    for r in (router, other):
+        took = _applied("the A/B split at the router", lambda r=r: split(r))
+        print(f"split applied at {r.port} in {took:.2f}s")
     assert _report(router, "demo-llm")["policy"]["strategy"] == "least_queue"  # the refused change left no trace
     decisions_before = _decisions(router)
     _send(router, 30)
@@ -164,7 +173,8 @@ def test_catalog_policy_and_pins_reach_the_router_at_runtime(
     deployments = mesh.api("GET", f"deployments/?revision={rev['id']}")["results"]
     for d in deployments:
         mesh.api("DELETE", f"deployments/{d['id']}/")
-    _applied("the undeployed model to leave /v1/models", lambda: _models(router) == set())
+    for r in (router, other):
+        _applied("the undeployed model to leave /v1/models", lambda r=r: _models(r) == set())
 
 
 def _decisions(router: RouterProc) -> dict[str, float]:
