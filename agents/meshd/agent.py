@@ -23,6 +23,7 @@ from agents.meshd.adapters import GpuPoller, RuntimeLoop, make_gpu_source
 from agents.meshd.component import AgentContext, Component, build_component
 from agents.meshd.config import AgentConfig
 from agents.meshd.events import ERROR, INFO, WARNING, EventBus
+from agents.meshd.kvindex import AgentPrefixIndex
 from agents.meshd.metrics import AgentMetrics
 from agents.meshd.nodes import NodeDirectory
 from agents.meshd.policies import LocalPolicyStore, PolicyStore
@@ -172,6 +173,8 @@ class Agent:
         if identity is not None:
             self._spawn(identity.keep_current())
         scrapers = [RuntimeLoop(self, rt, self._session) for rt in cfg.runtimes]
+        self.prefix_index = AgentPrefixIndex(cfg.runtimes)
+        self.metrics.registry.register(self.prefix_index)
 
         security = (
             ServerSecurity(cfg.tls, node=self.node_id, registry=self.metrics.registry) if cfg.tls is not None else None
@@ -231,6 +234,7 @@ class Agent:
             self._spawn(self.gpu_poller.run())
         for scraper in scrapers:
             self._spawn(scraper.run())
+        self.prefix_index.start()
         self._spawn(self._tick_loop())
         self._spawn(self._refresh_loop())
         for name in ["", *self._services]:
@@ -325,6 +329,8 @@ class Agent:
             await self._session.close()
         if self.gpu_poller is not None:
             self.gpu_poller.close()
+        if getattr(self, "prefix_index", None) is not None:
+            await self.prefix_index.close()
         self.scoring.close()
         log.info("meshd %s stopped", self.node_id)
 

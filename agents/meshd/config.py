@@ -107,6 +107,9 @@ class RuntimeConfig(_Model):
     gpus: list[int | str] = Field(default_factory=list)  # indexes or UUIDs of the GPUs it runs on
     mig_profile: str = ""
     cost_per_mtok: float | None = Field(default=None, ge=0)
+    kv_events: str = ""  # ZeroMQ endpoint of its vLLM-format KV events (tcp://HOST:PORT), "" = none
+    kv_events_replay: str = ""  # its replay socket, for gaps
+    kv_events_topic: str = ""
 
     @field_validator("url")
     @classmethod
@@ -114,6 +117,13 @@ class RuntimeConfig(_Model):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"{v!r} must start with http:// or https://")
         return v.rstrip("/")
+
+    @field_validator("kv_events", "kv_events_replay")
+    @classmethod
+    def _zmq(cls, v: str) -> str:
+        if v and not v.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"{v!r} is not a ZeroMQ endpoint (tcp://HOST:PORT)")
+        return v
 
 
 class ScrapeConfig(_Model):

@@ -133,3 +133,45 @@ async def test_index_follows_a_real_emulator_through_a_lost_message_and_a_restar
     finally:
         await sub.close()
         ctx.term()
+
+
+def test_the_agent_subscribes_and_reports_its_index(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from tests.agents.harness import start_agent
+
+    pub, replay = _free_port(), _free_port()
+    with running_emulator("--block-size", "16", "--kv-events-endpoint", f"tcp://*:{pub}",
+                          "--kv-events-replay-endpoint", f"tcp://*:{replay}") as em:  # fmt: skip
+        quiet = start_emulator_plain()
+        try:
+            agent = start_agent({
+                "node": {"id": "n-kv", "roles": ["router", "gpu"]},
+                "runtimes": [{"url": em.url, "kv_events": f"tcp://127.0.0.1:{pub}",
+                              "kv_events_replay": f"tcp://127.0.0.1:{replay}"}, {"url": quiet.url}],
+            }, tmp_path)  # fmt: skip
+            try:
+                time.sleep(0.5)
+                ids = list(range(5000, 5040))
+                body = {"model": "demo-llm", "prompt": ids, "max_tokens": 1}
+                assert httpx.post(f"{em.url}/v1/completions", json=body, timeout=10).status_code == 200
+                want = f'meshd_prefix_index_blocks{{endpoint="{em.url}",kind="events"}} 2.0'
+                deadline = time.monotonic() + 10
+                text = ""
+                while time.monotonic() < deadline and want not in text:
+                    text = httpx.get(f"http://{agent.http}/metrics", timeout=5).text
+                    time.sleep(0.1)
+                assert want in text
+                assert f'meshd_prefix_index_blocks{{endpoint="{quiet.url}",kind="none"}} 0.0' in text
+                assert "meshd_prefix_index_bytes 200.0" in text
+                assert f'meshd_kv_events_total{{endpoint="{em.url}",kind="malformed"}} 0.0' in text
+            finally:
+                agent.stop()
+        finally:
+            quiet.stop()
+
+
+def start_emulator_plain():  # type: ignore[no-untyped-def]
+    from agents.emulator.testing import start_emulator
+
+    return start_emulator("--seed", "3")
