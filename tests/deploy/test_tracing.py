@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from agents.emulator.testing import start_emulator
-from tests.deploy.otlp import ReceivedSpan, Receiver
+from tests.deploy.otlp import HttpReceiver, ReceivedSpan, Receiver
 from tests.e2e.mesh import wait_for
 from tests.router.procs import router_config, running_router
 
@@ -60,6 +60,23 @@ def test_a_streamed_chat_completion_is_one_connected_trace(receiver: Receiver, t
     assert runtime.kind == SERVER and runtime.name == "POST /v1/chat/completions"
     assert runtime.parent_span_id == router.span_id  # the router's span travelled to the runtime
     assert router.span_id != client_span
+
+
+def test_otlp_over_http_protobuf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    em = start_emulator("--profile", "h100", "--flavor", "vllm", "--model", "demo-llm", "--instant")
+    try:
+        with HttpReceiver() as receiver:
+            tracing = {"exporter": "otlp", "protocol": "http/protobuf", "endpoint": receiver.endpoint}
+            with running_router(router_config([em.url], tracing=tracing), tmp_path) as rp:
+                trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
+                headers = {"Authorization": "Bearer demo-key", "traceparent": f"00-{trace_id}-{client_span}-01"}
+                body = {"model": "demo-llm", "prompt": "hi", "max_tokens": 2}
+                assert httpx.post(rp.url + "/v1/completions", json=body, headers=headers, timeout=30).status_code == 200
+                (span,) = wait_for("the router's span over HTTP", lambda: receiver.sink.trace(trace_id), timeout=20)
+    finally:
+        em.stop()
+    assert span.service == "infermesh-router" and span.parent_span_id == client_span
 
 
 def test_no_exporter_is_loaded_when_tracing_exports_nothing() -> None:
