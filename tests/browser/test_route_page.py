@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from agents.emulator.testing import EmulatorProcess, start_emulator
 from tests.browser.conftest import ADMIN_PASSWORD, ROOT, Portal, free_port, sign_in
@@ -41,7 +42,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[Emulat
     # Few batch slots, so a handful of requests queue and the agent's fused state shows it.
     args = ("--profile", "h100", "--flavor", "vllm", "--model", "demo-llm", "--max-num-seqs", "2")
     ems = [start_emulator(*args, "--seed", "1"), start_emulator(*args, "--seed", "2")]
-    agent = AgentProc([e.url for e in ems], tmp).start()
+    agent = AgentProc([e.url for e in ems], tmp)
+    # Two emulated GPUs, one under each runtime, so the page has GPU figures per target.
+    agent.cfg["gpu"] = {"source": "emulated", "options": {"profiles": ["h100", "h100"], "node": "node-a"},
+                        "poll_interval_s": 0.3}  # fmt: skip
+    for i, runtime in enumerate(agent.cfg["runtimes"]):
+        runtime["gpus"] = [i]
+    agent.path.write_text(yaml.safe_dump(agent.cfg))
+    agent.start()
     try:
         cfg = router_config([], agent={"address": agent.address}, default_policy={"strategy": "least_queue"})
         with running_router(cfg, tmp) as router:
@@ -130,6 +138,11 @@ def test_the_ranking_follows_the_load(
         link.click()  # the overview links to the page
         page.wait_for_function("() => parseInt(document.getElementById('route').dataset.updates || '0') >= 2")
         assert page.locator("#route-targets tbody tr").count() == 2
+        page.wait_for_function(  # the GPU under each target reports (utilization, memory)
+            "() => Array.from(document.querySelectorAll('#route-targets tbody tr'))"
+            ".every(r => r.children[6].textContent.endsWith('%') && r.children[7].textContent.endsWith('%'))",
+            timeout=15_000,
+        )
         assert "least_queue" in page.inner_text("#route-policy")
         a, b = (em.url.removeprefix("http://") for em in ems)
         for busy, idle, shot in ((0, b, "route-load-on-a.png"), (1, a, "route-load-on-b.png")):
