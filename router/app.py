@@ -42,12 +42,19 @@ def _refusal_response(r: Refusal, corr: str, api: str, v2: bool = False) -> web.
         body = json.dumps({"error": r.message, "code": r.code}).encode()
     else:
         body = error_body(r.message, r.code, r.status, r.param)
-    resp = _json(r.status, body, corr, r.retry_after)
-    resp[REFUSAL] = (r, api)  # for the access log of refused requests (refusal_access_log)
+    headers = {"x-request-id": corr}
+    if r.retry_after is not None:
+        headers["Retry-After"] = r.retry_after
+    resp = RefusalResponse(status=r.status, body=body, content_type="application/json", headers=headers)
+    resp.refusal = (r, api)
     return resp
 
 
-REFUSAL = "infermesh.refusal"
+class RefusalResponse(web.Response):
+    """An error answer that carries its refusal for the access log (refusal_access_log): a type test is all the
+    admitted requests pay."""
+
+    refusal: tuple[Refusal, str]
 
 
 @web.middleware
@@ -64,9 +71,8 @@ async def refusal_access_log(request: web.Request, handler: Any) -> web.StreamRe
                 reason=exc.reason, remote=request.remote,
             )  # fmt: skip
         raise
-    refusal = resp.get(REFUSAL)
-    if refusal is not None and request.app[SVC].cfg.logging.access_log:
-        r, api = refusal
+    if type(resp) is RefusalResponse and request.app[SVC].cfg.logging.access_log:
+        r, api = resp.refusal
         access_log(
             corr_id=resp.headers.get("x-request-id"), api=api, method=request.method, path=request.path,
             status=r.status, cause=r.code, reason=r.message, remote=request.remote,
