@@ -15,7 +15,7 @@ from agents.binding import BindError, join_host_port, probe_reason
 from router import kserve, v2codec
 from router.app import infer_v2, sse_events, upstream_headers_from
 from router.forward import ForwardError
-from router.obs import extract, trace_id_hex, tracer
+from router.obs import access_log, extract, trace_id_hex, tracer
 from router.proto import grpc_predict_v2_pb2 as pb
 from router.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from router.service import Refusal, RouterService, Tenant, new_corr_id
@@ -115,6 +115,13 @@ def _metadata(context: Any) -> dict[str, str]:
     return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
+def log_refusal(svc: RouterService, r: Refusal, api: str, method: str, context: Any) -> None:
+    """The access-log line of a gRPC call refused before admission, as for HTTP (never the credential)."""
+    if svc.cfg.logging.access_log:
+        remote = context.peer() if context is not None else None
+        access_log(api=api, method=method, status=r.status, cause=r.code, reason=r.message, remote=remote)
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, svc: RouterService) -> None:
         self.svc = svc
@@ -132,6 +139,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             self.svc.require_model(self.svc.authenticate(_metadata(context)), name)
         except Refusal as r:
+            log_refusal(self.svc, r, "grpc", "model", context)
             await context.abort(_CODES.get(r.status, grpc.StatusCode.INTERNAL), r.message)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
@@ -176,6 +184,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     trace_id=trace_id,
                 )
             except Refusal as r:
+                log_refusal(svc, r, "grpc", "ModelInfer", context)
                 if r.retry_after:
                     context.set_trailing_metadata((("retry-after", r.retry_after),))
                 await context.abort(_CODES.get(r.status, grpc.StatusCode.INTERNAL), r.message)
@@ -203,6 +212,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             tenant = self.svc.authenticate(md)
         except Refusal as r:
+            log_refusal(self.svc, r, "grpc_stream", "ModelStreamInfer", context)
             await context.abort(_CODES.get(r.status, grpc.StatusCode.INTERNAL), r.message)
         out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
@@ -258,6 +268,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     trace_id=trace_id,
                 )
             except Refusal as r:
+                log_refusal(svc, r, "grpc_stream", "ModelStreamInfer", None)  # one request of an open stream
                 await out.put(pb.ModelStreamInferResponse(error_message=f"{r.status} {r.code}: {r.message}"))
                 return
             raw = bool(request.raw_input_contents)

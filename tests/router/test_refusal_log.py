@@ -6,8 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import grpc
 import httpx
+import pytest
 
+from router.proto import grpc_predict_v2_pb2 as pb
+from router.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.router.procs import router_config, running_router
 
 SECRET = "sk-wrong-but-secret-0123456789"
@@ -40,4 +44,21 @@ def test_refusals_are_logged_without_the_credential(tmp_path: Path) -> None:
     ]
     assert all(e["reason"] and e["path"] and e["remote"] for e in lines)
     assert lines[0]["corr_id"] == sent[0].headers["x-request-id"]
+    assert SECRET not in router.log_path.read_text()
+
+
+def test_grpc_refusals_are_logged_without_the_credential(tmp_path: Path) -> None:
+    cfg = router_config(["http://127.0.0.1:9"], listen={"grpc_port": 0})
+    with running_router(cfg, tmp_path) as router, grpc.insecure_channel(f"127.0.0.1:{router.grpc_port}") as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(
+                pb.ModelInferRequest(model_name="demo-llm"), metadata=[("authorization", f"Bearer {SECRET}")]
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        deadline = time.monotonic() + 10
+        while not [e for e in router.logs() if e.get("msg") == "access"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (line,) = [e for e in router.logs() if e.get("msg") == "access"]
+    assert (line["api"], line["status"], line["cause"]) == ("grpc", 401, "invalid_api_key") and line["remote"]
     assert SECRET not in router.log_path.read_text()
