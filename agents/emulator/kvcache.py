@@ -27,10 +27,11 @@ class BlockStored:
     lora_id: int | None = None
     medium: str | None = "GPU"
 
-    def wire(self) -> list[Any]:
-        # msgspec tagged array layout of vllm.distributed.kv_events.BlockStored
-        return ["BlockStored", self.block_hashes, self.parent_block_hash, self.token_ids, self.block_size,
-                self.lora_id, self.medium]  # fmt: skip
+    def wire(self) -> dict[str, Any]:
+        # vllm.distributed.kv_events.BlockStored as msgspec encodes it: a map, the tag first, fields in order
+        return {"type": "BlockStored", "block_hashes": self.block_hashes, "parent_block_hash": self.parent_block_hash,
+                "token_ids": self.token_ids, "block_size": self.block_size, "lora_id": self.lora_id,
+                "medium": self.medium, "lora_name": None}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -38,14 +39,14 @@ class BlockRemoved:
     block_hashes: list[int]
     medium: str | None = "GPU"
 
-    def wire(self) -> list[Any]:
-        return ["BlockRemoved", self.block_hashes, self.medium]
+    def wire(self) -> dict[str, Any]:
+        return {"type": "BlockRemoved", "block_hashes": self.block_hashes, "medium": self.medium}
 
 
 @dataclass(slots=True)
 class AllBlocksCleared:
-    def wire(self) -> list[Any]:
-        return ["AllBlocksCleared"]
+    def wire(self) -> dict[str, Any]:
+        return {"type": "AllBlocksCleared"}
 
 
 KVEvent = BlockStored | BlockRemoved | AllBlocksCleared

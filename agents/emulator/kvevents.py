@@ -2,10 +2,11 @@
 
 A ZeroMQ PUB socket sends one multipart message per engine step that changed the cache: `[topic, seq, payload]`,
 where `seq` is a 64-bit big-endian counter starting at 0 and `payload` is msgpack of the `EventBatch` array
-`[ts, [event, ...]]`, each event a tagged array (`["BlockStored", block_hashes, parent_block_hash, token_ids,
-block_size, lora_id, medium]`, `["BlockRemoved", block_hashes, medium]`, `["AllBlocksCleared"]`). A ROUTER replay
-socket answers a request holding a start sequence number (8 bytes, big-endian) with every buffered message from
-there on, `[identity, b"", seq, payload]` each, then the end marker `[identity, b"", seq=-1, b""]`.
+`[ts, [event, ...]]`, each event a map tagged by `type`, fields in vLLM's order (vLLM 0.3x: `{"type":
+"BlockStored", "block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id", "medium", "lora_name"}`,
+`{"type": "BlockRemoved", "block_hashes", "medium"}`, `{"type": "AllBlocksCleared"}`). A ROUTER replay socket
+answers a request `[identity, b"", start seq (8 bytes)]` with every buffered message from there on,
+`[identity, b"", topic, seq, payload]` each, then the end marker `[identity, b"", b"", seq=-1, b""]`.
 
 As in vLLM, an endpoint with a wildcard host (`tcp://*:5557`) or an ipc/inproc address binds, and an explicit
 address connects (the subscriber binds). The replay endpoint always binds.
@@ -93,8 +94,8 @@ class KVEventPublisher:
             start = int.from_bytes(start_bytes, "big")
             for seq, payload in list(self.buffer):
                 if seq >= start:
-                    await self.replay.send_multipart([client, b"", seq.to_bytes(8, "big"), payload])
-            await self.replay.send_multipart([client, b"", END_SEQ, b""])
+                    await self.replay.send_multipart([client, b"", self.topic, seq.to_bytes(8, "big"), payload])
+            await self.replay.send_multipart([client, b"", b"", END_SEQ, b""])
 
     async def close(self) -> None:
         if self._task is not None:

@@ -202,15 +202,20 @@ class KVEventStream:
             self._event(ev)
 
     def _event(self, ev: Any) -> None:
-        if not isinstance(ev, list) or not ev or not isinstance(ev[0], str):
+        # vLLM 0.3x sends maps tagged by "type"; earlier versions tagged arrays ([tag, field, ...])
+        hashes: Any
+        if isinstance(ev, dict) and isinstance(ev.get("type"), str):
+            kind, hashes = ev["type"], ev.get("block_hashes")
+        elif isinstance(ev, list) and ev and isinstance(ev[0], str):
+            kind, hashes = ev[0], ev[1] if len(ev) >= 2 else None
+        else:
             self.counters.malformed += 1
-            self._warn_once("event", "an event is not a tagged array")
+            self._warn_once("event", "an event is neither a tagged map nor a tagged array")
             return
-        kind = ev[0]
-        if kind == "BlockStored" and len(ev) >= 2 and _hashes(ev[1]):
-            self.blocks.add(_ints(ev[1]))
-        elif kind == "BlockRemoved" and len(ev) >= 2 and _hashes(ev[1]):
-            self.blocks.remove(_ints(ev[1]))
+        if kind == "BlockStored" and _hashes(hashes):
+            self.blocks.add(_ints(hashes))
+        elif kind == "BlockRemoved" and _hashes(hashes):
+            self.blocks.remove(_ints(hashes))
         elif kind == "AllBlocksCleared":
             self.counters.cleared += 1
             self.blocks.clear()

@@ -21,15 +21,24 @@ def _msg(seq: int, *events: list) -> list[bytes]:
     return [b"kv", seq.to_bytes(8, "big"), msgpack.packb([1.0, list(events)])]
 
 
-def _stored(*hashes: int) -> list:
-    return ["BlockStored", list(hashes), None, [1] * 16 * len(hashes), 16, None, "GPU"]
+def _stored(*hashes: int) -> dict:
+    return {
+        "type": "BlockStored",
+        "block_hashes": list(hashes),
+        "parent_block_hash": None,
+        "token_ids": [1] * 16 * len(hashes),
+        "block_size": 16,
+        "lora_id": None,
+        "medium": "GPU",
+        "lora_name": None,
+    }
 
 
 def test_gap_asks_for_a_replay_that_fills_the_hole(caplog: pytest.LogCaptureFixture) -> None:
     bs = BlockSet(EVENTS, 100)
     s = KVEventStream("t1", bs)
     assert s.on_message(_msg(0, _stored(1, 2))) is None
-    lost = _msg(1, ["BlockRemoved", [2], "GPU"], _stored(3))
+    lost = _msg(1, ["BlockRemoved", [2], "GPU"], _stored(3))  # the older tagged-array form is read too
     assert s.on_message(_msg(2, _stored(4))) == Resync(1)  # seq 1 never arrived
     assert set(bs.blocks) == {1, 2, 4}
     s.on_replay(1, lost[2])
@@ -53,7 +62,7 @@ def test_restart_clears_and_bad_input_is_counted_and_logged_once(caplog: pytest.
         s.on_message(_msg(6, ["Bogus", 1], "x", ["BlockStored", "nope"]))
     assert s.counters.out_of_order == 2 and s.counters.malformed == 5 and 99 not in bs.blocks
     assert sum("ignored" in r.message for r in caplog.records) == 1  # one line per kind of problem
-    assert s.on_message(_msg(0, ["AllBlocksCleared"])) is None  # a new process: sequence back at 0
+    assert s.on_message(_msg(0, {"type": "AllBlocksCleared"})) is None  # a new process: sequence back at 0
     assert s.counters.restarts == 1 and len(bs) == 0 and s.last_seq == 0
     s.on_message(_msg(1, _stored(20)))
     s.on_message(_msg(2, _stored(21)))

@@ -80,10 +80,13 @@ class KVEventSubscriber:
                     self.stream.resync_failed()
                     return
                 frames = await dealer.recv_multipart()
-                if len(frames) != 3:
+                if len(frames) == 4:  # vLLM 0.3x: [b"", topic, seq, payload]
+                    _, _, seq_bytes, payload = frames
+                elif len(frames) == 3:  # earlier vLLM: [b"", seq, payload]
+                    _, seq_bytes, payload = frames
+                else:
                     self.stream.counters.malformed += 1
                     continue
-                _, seq_bytes, payload = frames
                 seq = int.from_bytes(seq_bytes, "big", signed=True)
                 self.stream.on_replay(seq, payload)
                 if seq < 0 or not payload:

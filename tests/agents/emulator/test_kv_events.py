@@ -34,7 +34,10 @@ def unpack(buf: bytes) -> Any:
             n = b & 0x1F
             return buf[i : i + n].decode(), i + n
         if 0x80 <= b <= 0x8F:
-            raise AssertionError("maps do not occur in KV events")
+            return mapping(i, b & 0x0F)
+        if b in (0xDE, 0xDF):
+            size = 2 if b == 0xDE else 4
+            return mapping(i + size, int.from_bytes(buf[i : i + size], "big"))
         if b == 0xC0:
             return None, i
         if b in (0xC2, 0xC3):
@@ -55,6 +58,14 @@ def unpack(buf: bytes) -> Any:
             size = 2 if b == 0xDC else 4
             return seq(i + size, int.from_bytes(buf[i : i + size], "big"))
         raise AssertionError(f"unexpected msgpack byte {b:#x}")
+
+    def mapping(i: int, n: int) -> tuple[dict[Any, Any], int]:
+        out = {}
+        for _ in range(n):
+            k, i = read(i)
+            v, i = read(i)
+            out[k] = v
+        return out, i
 
     def seq(i: int, n: int) -> tuple[list[Any], int]:
         out = []
@@ -120,10 +131,16 @@ def test_prefix_reuse_metrics_and_vllm_format_events(em: tuple[EmulatorProcess, 
         ts, events = batch1
         assert isinstance(ts, float)
         ha = block_hashes(a, 16)
-        assert events == [["BlockStored", ha, None, shared, 16, None, "GPU"]]
+        # vLLM 0.3x's layout: a map per event, the "type" tag first, then the fields in vLLM's order
+        assert events == [{"type": "BlockStored", "block_hashes": ha, "parent_block_hash": None, "token_ids": shared,
+                           "block_size": 16, "lora_id": None, "medium": "GPU", "lora_name": None}]  # fmt: skip
+        assert list(events[0]) == ["type", "block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id",
+                                   "medium", "lora_name"]  # fmt: skip
         hb = block_hashes(b, 16)
         assert hb[:2] == ha
-        assert batch2[1] == [["BlockStored", [hb[2]], ha[1], list(range(500, 516)), 16, None, "GPU"]]
+        assert batch2[1] == [{"type": "BlockStored", "block_hashes": [hb[2]], "parent_block_hash": ha[1],
+                              "token_ids": list(range(500, 516)), "block_size": 16, "lora_id": None, "medium": "GPU",
+                              "lora_name": None}]  # fmt: skip
 
         fams = {
             s.name: s.value
@@ -141,13 +158,13 @@ def test_prefix_reuse_metrics_and_vllm_format_events(em: tuple[EmulatorProcess, 
         got = []
         while True:
             assert req.poll(5000)
-            empty, seq_bytes, payload = req.recv_multipart()
-            assert empty == b""
+            empty, topic, seq_bytes, payload = req.recv_multipart()  # vLLM 0.3x's replay frames carry the topic
+            assert empty == b"" and topic in (b"kv-events", b"")
             if not payload:
                 assert int.from_bytes(seq_bytes, "big", signed=True) == -1
                 break
             got.append((int.from_bytes(seq_bytes, "big"), unpack(payload)[1]))
-        assert got[0] == (0, [["AllBlocksCleared"]])
+        assert got[0] == (0, [{"type": "AllBlocksCleared"}])
         assert got[-2:] == [(s1, events), (s2, batch2[1])]
         req.close(0)
     finally:
