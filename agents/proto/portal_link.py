@@ -19,7 +19,6 @@ MAX_PORTAL_FRAME_BYTES = 64 << 20  # portal -> agent frames (a snapshot of a lar
 # Store keys the portal owns: a snapshot replaces everything under them (keys missing from it are deleted).
 MANAGED_PREFIXES: tuple[str, ...] = (
     "kv/portal/",
-    "quotas/",
     "routing/",
     "nodes/",
     "tenants/",

@@ -25,13 +25,6 @@ class Placement(_Strict):
     replicas: int = Field(default=1, ge=0)
 
 
-class Quota(_Strict):
-    requests_per_s: float | None = Field(default=None, ge=0)
-    tokens_per_min: int | None = Field(default=None, ge=0)
-    gpus: int | None = Field(default=None, ge=0)
-    max_concurrency: int | None = Field(default=None, ge=0)
-
-
 class Slo(_Strict):
     ttft_ms_p99: float | None = Field(default=None, gt=0)
     tpot_ms_p99: float | None = Field(default=None, gt=0)
@@ -66,7 +59,6 @@ class ControlPolicy(_Strict):
 # namespace -> value model; None means free-form text (operators' own keys, tests, benchmarks)
 NAMESPACES: dict[str, type[BaseModel] | None] = {
     "placements": Placement,
-    "quotas": Quota,
     "slos": Slo,
     "pinning": Pinning,
     "nodes": NodeStatus,

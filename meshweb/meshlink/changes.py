@@ -37,17 +37,7 @@ def _tenant(t: Tenant) -> Iterator[Put]:
 
 
 def _quota(q: Quota) -> Iterator[Put]:
-    # The typed store namespace carries what routers enforce; the training limits ride along under kv/.
-    yield Put(
-        "quota",
-        f"quotas/tenant-{q.tenant_id}",
-        {
-            "requests_per_s": q.requests_per_s,
-            "tokens_per_min": q.tokens_per_min,
-            "gpus": q.gpus_max,
-            "max_concurrency": q.concurrent_requests_max,
-        },
-    )
+    # What routers enforce goes in the tenant's access record (`_access`); the scheduler's limits under kv/.
     yield Put(
         "quota",
         f"kv/portal/quotas/{q.tenant_id}",

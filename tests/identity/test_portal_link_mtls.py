@@ -91,8 +91,8 @@ def test_rest_changes_reach_an_agent_linked_over_mtls(portal: TlsPortal, tmp_pat
         assert portal.api("PATCH", f"/api/v1/quotas/{quota['id']}/", {"requests_per_s": 42.0})[0] == 200
 
         def quota_applied() -> bool:
-            value = store_value(agent, svid, f"quotas/tenant-{tenant['id']}")
-            return value is not None and value["requests_per_s"] == 42.0
+            value = store_value(agent, svid, f"tenants/tenant-{tenant['id']}")
+            return value is not None and value["limits"]["requests_per_s"] == 42.0
 
         wait_for("the REST change in the agent's store", quota_applied, timeout=30)
         links = portal.get("/api/v1/nodes/?name=node-a")[1]["results"]

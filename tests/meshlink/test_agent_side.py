@@ -21,32 +21,32 @@ async def test_file_store_applies_each_version_once_across_restarts(tmp_path: Pa
     path = tmp_path / "portal" / "node-1.json"
     store = FileApplier(path)
     assert await store.applied_version() == 0
-    batch = [change(1, "quotas/tenant-1", {"gpus": 4}), change(2, "nodes/node-1", {"status": "active"})]
+    batch = [change(1, "slos/model-1", {"gpus": 4}), change(2, "nodes/node-1", {"status": "active"})]
     assert await store.apply_changes(batch) == 2
     assert await store.apply_changes(batch) == 2  # replayed after a reconnect: nothing applied twice
-    assert await store.apply_changes([*batch, change(3, "quotas/tenant-1", {"gpus": 8})]) == 3
+    assert await store.apply_changes([*batch, change(3, "slos/model-1", {"gpus": 8})]) == 3
 
     again = FileApplier(path)  # the agent restarts
     assert await again.applied_version() == 3
-    assert await again.get("quotas/tenant-1") == {"gpus": 8}
+    assert await again.get("slos/model-1") == {"gpus": 8}
     state = json.loads(path.read_text())
-    assert state["data"]["quotas/tenant-1"]["version"] == 2 and state["data"]["nodes/node-1"]["version"] == 1
-    assert await again.apply_changes([change(4, "quotas/tenant-1")]) == 4
-    assert await again.get("quotas/tenant-1") is None
+    assert state["data"]["slos/model-1"]["version"] == 2 and state["data"]["nodes/node-1"]["version"] == 1
+    assert await again.apply_changes([change(4, "slos/model-1")]) == 4
+    assert await again.get("slos/model-1") is None
 
 
 async def test_a_snapshot_replaces_the_portal_keys_and_keeps_the_others(tmp_path: Path) -> None:
     store = FileApplier(tmp_path / "state.json")
-    await store.apply_changes([change(1, "quotas/tenant-1", {"gpus": 4}), change(2, "kv/operator/note", {"x": 1}),
+    await store.apply_changes([change(1, "slos/model-1", {"gpus": 4}), change(2, "kv/operator/note", {"x": 1}),
                                change(3, "nodes/gone", {"status": "active"})])  # fmt: skip
     snap = Snapshot.model_validate(
-        {"version": 9, "entries": [{"key": "quotas/tenant-1", "value": {"gpus": 4}},
+        {"version": 9, "entries": [{"key": "slos/model-1", "value": {"gpus": 4}},
                                    {"key": "nodes/node-1", "value": {"status": "quarantine"}}]}
     )  # fmt: skip
     assert await store.apply_snapshot(snap) == 9
     assert await store.get("nodes/gone") is None  # deleted in the portal while this node was away
     assert await store.get("kv/operator/note") == {"x": 1}  # not a portal key
-    assert store.state["data"]["quotas/tenant-1"]["version"] == 1  # unchanged value: not rewritten
+    assert store.state["data"]["slos/model-1"]["version"] == 1  # unchanged value: not rewritten
     assert await store.get("nodes/node-1") == {"status": "quarantine"}
 
 

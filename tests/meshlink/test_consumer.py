@@ -59,14 +59,14 @@ async def test_snapshot_then_live_changes_then_acks(fleet: Fleet) -> None:
     snap = await recv(comm)
     assert snap["type"] == "snapshot" and snap["version"] == welcome["head"]
     keys = {e["key"] for e in snap["entries"]}
-    assert {"nodes/node-1", "nodes/node-2", f"quotas/tenant-{fleet.tenant.pk}"} <= keys
+    assert {"nodes/node-1", "nodes/node-2", f"tenants/tenant-{fleet.tenant.pk}"} <= keys
     await comm.send_to(json.dumps({"type": "ack", "seq": 2, "version": snap["version"]}))
 
     tenant = await sync_to_async(tenant_create)(principal=SYSTEM, slug="globex")
     frame = await recv(comm)
     assert frame["type"] == "changes"
     assert [c["key"] for c in frame["changes"]] == [
-        f"kv/portal/tenants/{tenant.pk}", f"quotas/tenant-{tenant.pk}", f"kv/portal/quotas/{tenant.pk}"
+        f"kv/portal/tenants/{tenant.pk}", f"kv/portal/quotas/{tenant.pk}", f"tenants/tenant-{tenant.pk}"
     ]  # fmt: skip
     assert [c["version"] for c in frame["changes"]] == [snap["version"] + 1, snap["version"] + 2, snap["version"] + 3]
     await comm.send_to(json.dumps({"type": "ack", "seq": 3, "version": frame["changes"][-1]["version"]}))

@@ -36,15 +36,14 @@ def test_writes_append_versioned_changes(fleet: Fleet) -> None:
     got = entries(start)
     assert [k for k, _, _ in got] == [
         f"kv/portal/tenants/{tenant.pk}",
-        f"quotas/tenant-{tenant.pk}",
         f"kv/portal/quotas/{tenant.pk}",
         f"tenants/tenant-{tenant.pk}",
     ]
-    assert got[1][2] == {"requests_per_s": 100.0, "tokens_per_min": 200000, "gpus": 8, "max_concurrency": 256}
-    assert got[3][2] == {"id": tenant.pk, "slug": "globex", "active": True, "priority": "standard",
+    assert got[1][2]["gpus_max"] == 8
+    assert got[2][2] == {"id": tenant.pk, "slug": "globex", "active": True, "priority": "standard",
                          "limits": {"requests_per_s": 100.0, "tokens_per_min": 200000, "concurrent": 256}}  # fmt: skip
     versions = list(OutboxEntry.objects.filter(version__gt=start).values_list("version", flat=True))
-    assert versions == [start + 1, start + 2, start + 3, start + 4] and head().version == start + 4
+    assert versions == [start + 1, start + 2, start + 3] and head().version == start + 3
 
     mark = head().version
     node_cordon(principal=SYSTEM, node=fleet.nodes[0], reason="maintenance")
@@ -120,7 +119,7 @@ def test_hello_plans_replay_snapshot_or_current(fleet: Fleet) -> None:
     version, puts = snapshot()
     assert version == h.version
     keys = {p.key for p in puts}
-    assert {"nodes/node-1", "nodes/node-2", "nodes/node-3", f"quotas/tenant-{fleet.tenant.pk}"} <= keys
+    assert {"nodes/node-1", "nodes/node-2", "nodes/node-3", f"tenants/tenant-{fleet.tenant.pk}"} <= keys
 
     object_update(principal=SYSTEM, obj=fleet.nodes[1], data={"labels": {"rack": "r1"}})
     assert prune(keep=1) > 0
