@@ -1,7 +1,7 @@
-"""`GET /infermesh/routing[?model=NAME]`: how this router routes each model right now, for operators and the
-dashboard's routing page. Per model: the policy in force and where it comes from (portal or config), every target
-with its fused state, the strategy's current ranking with each term's contribution, and this router's own counts
-per target (requests, errors, TTFT). Guarded like /metrics (listen.metrics_token_file) since it names tenants.
+"""`GET /infermesh/routing[?model=NAME][&tenant=SLUG]`: how this router routes each model right now, for operators
+and the dashboard's routing page. Per model: the policy in force and where it comes from (portal or config), every
+target with its fused state, the strategy's current ranking with each term's contribution, and this router's own
+counts per target (requests, errors, TTFT). Guarded like /metrics (listen.metrics_token_file) since it names tenants.
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ def _target(t: Target, counts: TargetCounts | None) -> dict[str, Any]:
     return out
 
 
-def model_report(svc: RouterService, model: str) -> dict[str, Any]:
-    entries = [(slug, m) for slug, m in svc.portal.models() if m.name == model]
+def model_report(svc: RouterService, model: str, tenant: str | None = None) -> dict[str, Any]:
+    """One model as one tenant sees it (`tenant`: its slug; else the first tenant the portal has it for)."""
+    entries = [(slug, m) for slug, m in svc.portal.models() if m.name == model and tenant in (None, slug)]
     slug, entry = entries[0] if entries else ("", None)
     policy = svc.policy_for(model, entry)
     targets = svc.view.all(model)
@@ -123,7 +124,7 @@ def model_report(svc: RouterService, model: str) -> dict[str, Any]:
     }
 
 
-def report(svc: RouterService, model: str | None = None) -> dict[str, Any]:
+def report(svc: RouterService, model: str | None = None, tenant: str | None = None) -> dict[str, Any]:
     names = [model] if model else sorted(set(svc.view.models()) | {m.name for _, m in svc.portal.models()})
     return {
         "at": time.time(),
@@ -132,7 +133,7 @@ def report(svc: RouterService, model: str | None = None) -> dict[str, Any]:
         "local_only": svc.view.local_only,
         # this router's place in the mesh: the network term's source, and gossip's degraded (local-only) mode
         "mesh": {"node": svc.ranker.mesh.node, "zone": svc.ranker.mesh.zone, "degraded": svc.ranker.mesh.degraded},
-        "models": [model_report(svc, n) for n in names],
+        "models": [model_report(svc, n, tenant) for n in names],
     }
 
 
@@ -149,6 +150,6 @@ def add_routes(app: web.Application, svc: RouterService) -> None:
                     status=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-        return web.json_response(report(svc, request.query.get("model") or None))
+        return web.json_response(report(svc, request.query.get("model") or None, request.query.get("tenant") or None))
 
     app.router.add_get("/infermesh/routing", routing)

@@ -110,7 +110,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
         async def stream() -> None:
             while True:
-                report = rates.enrich(await asyncio.to_thread(fetch, model.name))
+                report = rates.enrich(await asyncio.to_thread(fetch, model.name, model.tenant.slug))
                 await self.send_json({"kind": "route", "model_id": model_id, "data": report})
                 await asyncio.sleep(INTERVAL_S)
 

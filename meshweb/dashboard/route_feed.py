@@ -25,13 +25,14 @@ def routing_url() -> str | None:
     return f"{base}/infermesh/routing"
 
 
-def fetch(model: str, timeout_s: float = 2.0) -> dict[str, Any]:
-    """The router's report of `model`, or {"error": why}."""
+def fetch(model: str, tenant: str = "", timeout_s: float = 2.0) -> dict[str, Any]:
+    """The router's report of `model` as `tenant` (slug) sees it, or {"error": why}."""
     url = routing_url()
     if url is None:
         return {"error": "no router configured (INFERMESH_ROUTER_METRICS_URL)"}
     try:
-        resp = httpx.get(url, params={"model": model}, timeout=timeout_s)
+        params = {"model": model, **({"tenant": tenant} if tenant else {})}
+        resp = httpx.get(url, params=params, timeout=timeout_s)
     except httpx.HTTPError as exc:
         return {"error": f"router unreachable: {exc.__class__.__name__}"}
     if resp.status_code != 200:
