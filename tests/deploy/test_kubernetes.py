@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -182,3 +183,57 @@ def test_the_base_puts_agents_on_gpu_nodes_with_nvml_and_the_host_network() -> N
     cms = [c for c in render("base") if c["kind"] == "ConfigMap"]
     (cfg,) = [c for c in cms if c["metadata"]["name"].startswith("infermesh-agent")]
     assert yaml.safe_load(cfg["data"]["agent.yaml"])["gpu"]["source"] == "nvml"
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_rendered_configs_load_through_the_real_config_models(tree: str, tmp_path: Path) -> None:
+    """Each ConfigMap'd agent and router config, with the environment its pod sets, validates as the process would
+    at start (files that exist only in the pod, such as credentials, stand in as temporary files)."""
+    from agents.gossip.component import GossipSection
+    from agents.meshd.config import parse_config as parse_agent
+    from agents.portal_link.component import PortalSection
+    from agents.raft.component import RaftSection
+    from router.config import parse_config as parse_router
+
+    objs = render(tree)
+    cms = {c["metadata"]["name"]: c for c in objs if c["kind"] == "ConfigMap"}
+    stand_in = tmp_path / "secret"
+    stand_in.write_text("imn_0123456789abcdef.0123456789abcdef0123456789abcdef\n")
+    checked = set()
+    for w in (o for o in objs if o["kind"] in WORKLOADS):
+        spec = pod_spec(w)
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec["containers"]:
+            args = " ".join(c.get("command", []) + c.get("args", []))
+            for mount in c.get("volumeMounts", []):
+                cm = volumes.get(mount["name"], {}).get("configMap")
+                if cm is None:
+                    continue
+                for fname, text in cms[cm["name"]]["data"].items():
+                    if f"{mount['mountPath']}/{fname}" not in args:
+                        continue
+                    raw = yaml.safe_load(text)
+                    where = f"{tree}: {name(w)} {fname}"
+                    if " router " in f" {args} ":
+                        listen = raw.get("listen", {})
+                        if listen.get("metrics_token_file"):
+                            listen["metrics_token_file"] = str(stand_in)
+                        cfg = parse_router(raw, source=where, env={})
+                        assert cfg.listen.port in {p["containerPort"] for p in c["ports"]}, where
+                    else:
+                        env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+                        env = {k: v for k, v in env.items() if k.startswith("MESHD__")}
+                        env["MESHD__PORTAL__CREDENTIAL_FILE"] = str(stand_in)
+                        env["MESHD__GOSSIP__ADVERTISE"] = "10.0.0.1:7946"  # the pod/host IP, set by Kubernetes
+                        env["MESHD__NODE__ID"] = "node-1"
+                        if "raft" in raw:
+                            env["MESHD__RAFT__NODE_ID"] = "1"  # the pod ordinal + 1, set by the command
+                        cfg_a = parse_agent(raw, env, source=where)
+                        GossipSection.model_validate(cfg_a.components["gossip"])
+                        PortalSection.model_validate(cfg_a.components["portal"])
+                        if "raft" in cfg_a.components:
+                            RaftSection.model_validate(cfg_a.components["raft"])
+                        ports = {p["containerPort"] for p in c["ports"]}
+                        assert {int(cfg_a.listen.grpc.rsplit(":", 1)[1]), 9464} <= ports, where
+                    checked.add(name(w))
+    assert checked >= {"Deployment/infermesh-router", "DaemonSet/infermesh-agent", "StatefulSet/infermesh-coordinator"}
