@@ -38,6 +38,7 @@ class PromServer:
         self.config = workdir / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(cfg))
         self.log = workdir / "prometheus.log"
+        self.http = httpx.Client(timeout=10)  # one kept-alive connection for the many queries
 
     @property
     def url(self) -> str:
@@ -60,6 +61,7 @@ class PromServer:
         wait_for("prometheus", ready, timeout=30)
 
     def stop(self) -> None:
+        self.http.close()
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -69,7 +71,7 @@ class PromServer:
                 self.proc.wait(5)
 
     def api(self, path: str, **params: Any) -> Any:
-        resp = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
+        resp = self.http.get(f"{self.url}/api/v1/{path}", params=params)
         body = resp.json()
         if body.get("status") != "success":
             raise AssertionError(f"{path} {params}: {body.get('errorType')}: {body.get('error')}")
