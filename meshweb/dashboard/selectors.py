@@ -20,6 +20,7 @@ from meshweb.audit.models import AuditEntry
 from meshweb.catalog.models import Deployment, Model
 from meshweb.dashboard.access import visible_tenant_ids
 from meshweb.fleet.models import Gpu, Node, NodeStatus
+from meshweb.fleet.quarantine import BAD_THROTTLE
 from meshweb.tenancy.models import Tenant
 from meshweb.tenancy.rbac import Principal, restrict
 from meshweb.tenancy.roles import Role
@@ -81,6 +82,37 @@ def fleet_gpu_utilization(principal: Principal, fresh_s: float = 120.0) -> float
         if r.get("utilization") is not None and r["at"] >= since
     ]
     return round(sum(values) / len(values), 1) if values else None
+
+
+def node_gpu_summary(principal: Principal, fresh_s: float = 120.0) -> list[dict[str, Any]]:
+    """Per node, over its GPUs with a fresh reading: mean utilization and memory use (percent), the hottest GPU's
+    temperature and whether any is throttled, for the overview (they move with the load the node serves)."""
+    since = timezone.now() - timedelta(seconds=fresh_s)
+    by_node: dict[str, list[dict[str, Any]]] = {}
+    for r in latest_gpu_readings(principal):
+        if r["at"] >= since:
+            by_node.setdefault(r["node"], []).append(r)
+
+    def mean(values: list[Any]) -> float | None:
+        known = [float(v) for v in values if v is not None]
+        return round(sum(known) / len(known), 1) if known else None
+
+    out = []
+    for node, gpus in sorted(by_node.items()):
+        temps = [float(g["temperature_c"]) for g in gpus if g.get("temperature_c") is not None]
+        out.append(
+            {
+                "node": node,
+                "gpus": len(gpus),
+                "utilization": mean([g.get("utilization") for g in gpus]),
+                "memory_pct": mean([_pct(g.get("memory_used_frac")) for g in gpus]),
+                "temperature_c": round(max(temps), 1) if temps else None,
+                "throttled": any(
+                    r in BAD_THROTTLE for g in gpus for r in (g.get("throttle_reasons") or []) if isinstance(r, str)
+                ),
+            }
+        )
+    return out
 
 
 @dataclass

@@ -77,6 +77,7 @@ def _overview_context(principal: Principal) -> dict[str, Any]:
     return {
         "by_status": selectors.nodes_by_status(principal),
         "gpu_utilization": selectors.fleet_gpu_utilization(principal),
+        "node_gpus": selectors.node_gpu_summary(principal),
         "router": router_stats.scrape(url) if url else None,
         "active_jobs": list(selectors.jobs(principal, "active")[:20]),
         "active_count": selectors.jobs(principal, "active").count(),
