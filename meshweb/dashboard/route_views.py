@@ -9,17 +9,19 @@ import json
 from typing import Any
 
 from django.contrib import messages
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
 from meshweb.catalog.models import Model
+from meshweb.core.services import object_create, object_update
 from meshweb.dashboard.route_feed import routing_url
 from meshweb.dashboard.views import _base, _error_lines, dashboard_page
 from meshweb.fleet.models import Node, Zone
-from meshweb.policy.models import RoutingPolicy, Strategy
-from meshweb.policy.services import routing_policy_set
+from meshweb.policy.models import RoutingPolicy, Slo, Strategy
+from meshweb.policy.services import PolicyRefused, routing_policy_set
 from meshweb.tenancy.rbac import Principal, restrict
 from meshweb.tenancy.roles import Role
 
@@ -40,6 +42,7 @@ def model_route(request: HttpRequest, principal: Principal, model_id: int) -> Ht
         model=model,
         policy=policy,
         split_text=json.dumps(policy.ab_split) if policy and policy.ab_split else "",
+        slo=Slo.objects.filter(tenant_id=model.tenant_id, model=model).first(),
         strategies=Strategy.values,
         nodes=list(Node.objects.order_by("name").values_list("name", flat=True)),
         zones=list(Zone.objects.order_by("name").values_list("name", flat=True)),
@@ -71,6 +74,24 @@ def _split(text: str) -> Any:
     return out
 
 
+def _slo_set(principal: Principal, model: Model, text: str) -> None:
+    try:
+        ttft = int(text)
+    except ValueError:
+        raise PolicyRefused({"slo_ttft_ms": ["Give the TTFT target in whole milliseconds."]}) from None
+    if not 1 <= ttft <= 3_600_000:
+        raise PolicyRefused({"slo_ttft_ms": ["The TTFT target must be 1..3600000 ms."]})
+    slo = Slo.objects.filter(tenant_id=model.tenant_id, model=model).first()
+    if slo is None:
+        object_create(
+            principal=principal,
+            model=Slo,
+            data={"tenant_id": model.tenant_id, "model": model, "ttft_p99_ms": ttft, "latency_p99_ms": ttft * 10},
+        )
+    elif slo.ttft_p99_ms != ttft:
+        object_update(principal=principal, obj=slo, data={"ttft_p99_ms": ttft})
+
+
 @require_POST
 @dashboard_page
 def model_policy_set(request: HttpRequest, principal: Principal, model_id: int) -> HttpResponse:
@@ -86,8 +107,12 @@ def model_policy_set(request: HttpRequest, principal: Principal, model_id: int) 
         "pin_nodes": post.getlist("pin_nodes"),
         "pin_zones": post.getlist("pin_zones"),
     }
+    slo_text = post.get("slo_ttft_ms", "").strip()
     try:
-        routing_policy_set(principal=principal, model=model, data=data)
+        with transaction.atomic():  # the policy and the SLO together, or neither
+            routing_policy_set(principal=principal, model=model, data=data)
+            if slo_text:
+                _slo_set(principal, model, slo_text)
     except APIException as exc:
         for line in _error_lines(exc):
             messages.error(request, f"Policy refused, nothing changed. {line}")

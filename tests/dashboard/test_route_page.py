@@ -11,7 +11,7 @@ from django.test import Client
 
 from meshweb.dashboard.route_feed import RouteRates
 from meshweb.meshlink.models import OutboxEntry
-from meshweb.policy.models import RoutingPolicy
+from meshweb.policy.models import RoutingPolicy, Slo
 from tests.dashboard.conftest import World
 
 pytestmark = pytest.mark.django_db
@@ -43,6 +43,16 @@ def test_route_page_links_and_policy_form(world: World, login: Callable[..., Cli
         follow=True,
     )  # fmt: skip
     assert b"saved" in saved.content
+    # A bad SLO refuses the whole form: the policy's change above is kept, this one's is not.
+    bad_slo = operator.post(f"{url}policy/", {"strategy": "least_queue", "slo_ttft_ms": "-5"}, follow=True)
+    assert b"slo_ttft_ms" in bad_slo.content
+    assert RoutingPolicy.objects.get(model=model).strategy == "hybrid_mesh"
+    operator.post(
+        f"{url}policy/",
+        {"strategy": "hybrid_mesh", "ab_split": "hybrid_mesh=70, least_queue=30", "pin_nodes": ["node-1"],
+         "hedging": "on", "slo_ttft_ms": "400"},
+    )  # fmt: skip
+    assert Slo.objects.get(tenant=world.own.tenant, model=model).ttft_p99_ms == 400
     policy.refresh_from_db()
     assert (policy.strategy, policy.ab_split, policy.pin_nodes, policy.hedging) == (
         "hybrid_mesh", {"hybrid_mesh": 70.0, "least_queue": 30.0}, ["node-1"], True,
