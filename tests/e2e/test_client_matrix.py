@@ -18,7 +18,8 @@ import tritonclient.http as httpclient
 from agents.emulator.testing import start_emulator
 from tests.router.procs import router_config, start_router
 
-pytestmark = pytest.mark.e2e
+# The first test to use the session's real vLLM waits for it to start (minutes on two busy cores).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 KEY = "demo-key"
 
 
@@ -46,7 +47,18 @@ def emulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
         e.stop()
 
 
-@pytest.fixture(params=["emulated"])
+@pytest.fixture(scope="module")
+def real(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    srv = request.getfixturevalue("real_vllm")  # one server for the whole session (tests/conftest.py)
+    cfg = router_config([], listen={"grpc_port": 0})
+    cfg["targets"] = [{"model": srv.model, "url": srv.url, "runtime": "vllm", "node": "cpu0"}]
+    rp = start_router(cfg, tmp_path_factory.mktemp("r"))
+    assert rp.grpc_port
+    yield Backend("real vLLM", rp.url, rp.grpc_port, srv.model, REAL_VLLM)
+    rp.stop()
+
+
+@pytest.fixture(params=["emulated", "real"])
 def backend(request: pytest.FixtureRequest) -> Backend:
     return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
 
