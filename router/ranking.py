@@ -97,7 +97,7 @@ class Ranker:
     def _observe(self, d: Decision) -> None:
         child(DECISION, d.strategy).observe(d.decision_us / 1e6)
         if d.fallback:
-            STRATEGY_FALLBACKS.labels(d.fallback_reason.split(":")[0]).inc()
+            STRATEGY_FALLBACKS.labels(d.fallback_reason.rsplit(": ", 1)[0]).inc()
 
     def _sync(self) -> None:
         view = self.view

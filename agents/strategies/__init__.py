@@ -29,6 +29,10 @@ def load_strategy(spec: str, **options: Any) -> Strategy:
     """A built-in by name, or a plugin given as "package.module:Class" (constructed with `options`)."""
     if spec in BUILTINS:
         return BUILTINS[spec](**options)
+    if spec.startswith("wasm:"):
+        from agents.strategies.wasm import WasmStrategy  # wasmtime is loaded only where a policy names a module
+
+        return WasmStrategy(spec, **options)
     if ":" not in spec:
         raise ValueError(f"unknown strategy {spec!r}: use one of {sorted(BUILTINS)} or 'package.module:Class'")
     module_name, _, attr = spec.partition(":")

@@ -136,7 +136,9 @@ class StrategyHost:
             except Exception as exc:  # a plugin's bug must never fail the request
                 log.warning("strategy %s raised %r; falling back to %s", name, exc, FALLBACK)
                 self._failure(stats, start)
-                decision = self._fallback(request, k, name, "error", start)
+                # sandboxed strategies say why (fuel, memory, trap, malformed, deadline); anything else is "error"
+                reason = str(getattr(exc, "fallback_reason", "error"))
+                decision = self._fallback(request, k, name, reason, start)
             else:
                 elapsed_us = (self.clock() - start) * 1e6
                 if elapsed_us > self.budget_us and name != FALLBACK:
