@@ -225,3 +225,15 @@ def test_the_walk_sees_through_optional_lists_and_dicts() -> None:
         c: dict[str, Inner] = {}
 
     assert [f for _, f in walk(Outer)] == ["a", "x", "b", "c"]
+
+
+def test_the_portal_and_the_agents_share_one_vocabulary_of_gpu_types_and_job_states() -> None:
+    import pytest
+
+    from agents.proto import vocab
+    from agents.scheduler.model import GPU_TYPES
+
+    assert set(GPU_TYPES) == set(vocab.GPU_TYPES)
+    vocab.check_choices("JobStatus", vocab.JOB_STATUSES, vocab.JOB_STATUSES)
+    with pytest.raises(ValueError, match=r"GpuType differs from agents/proto/vocab.py: only here \['B200'\]"):
+        vocab.check_choices("GpuType", [*vocab.GPU_TYPES, "B200"], vocab.GPU_TYPES)

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from agents.proto.vocab import JobStatusName
+
 PROTOCOL = 1
 WS_PATH = "/ws/agent/"
 MAX_FRAME_BYTES = 1 << 20  # agent -> portal frames
@@ -173,7 +175,7 @@ class Telemetry(_AgentFrame):
 class JobStatus(_AgentFrame):
     type: Literal["job_status"] = "job_status"
     job_id: int = Field(gt=0)
-    status: Literal["pending", "queued", "placing", "running", "succeeded", "failed", "cancelled", "preempted"]
+    status: JobStatusName
     reason: str = Field(default="", max_length=500)
 
 

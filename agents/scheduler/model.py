@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from agents.proto import vocab
+
 ACTIVE = "active"
 CORDONED = "cordoned"
 DRAINING = "draining"
@@ -16,7 +18,7 @@ NODE_STATUSES = frozenset({ACTIVE, CORDONED, DRAINING, QUARANTINED, OFFLINE})
 # Running workers on these nodes must move: the node is unhealthy, gone, or being emptied.
 EVICTING = frozenset({DRAINING, QUARANTINED, OFFLINE})
 
-GPU_TYPES = frozenset({"H200", "H100", "A100", "L40S", "L40", "L4", "A10G", "T4"})
+GPU_TYPES = frozenset(vocab.GPU_TYPES)  # shared with the portal
 TOPOLOGIES = frozenset({"auto", "ring", "tree", "hierarchical"})
 
 _PRODUCT_TYPES = (("H200", "H200"), ("H100", "H100"), ("A100", "A100"), ("L40S", "L40S"), ("L40", "L40"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.validators import RegexValidator
 from django.db import models
 
+from agents.proto.vocab import GPU_TYPES, check_choices
 from meshweb.core.models import TimeStamped
 
 name_validator = RegexValidator(
@@ -23,6 +24,9 @@ class GpuType(models.TextChoices):
     L4 = "L4"
     A10G = "A10G"
     T4 = "T4"
+
+
+check_choices("GpuType", GpuType.values, GPU_TYPES)
 
 
 class NodeRole(models.TextChoices):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import models
 
+from agents.proto.vocab import JOB_STATUSES, check_choices
 from meshweb.core.models import TimeStamped
 
 
@@ -17,6 +18,8 @@ class JobStatus(models.TextChoices):
     CANCELLED = "cancelled"
     PREEMPTED = "preempted"
 
+
+check_choices("JobStatus", JobStatus.values, JOB_STATUSES)
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 # Jobs in these states hold (or are about to hold) GPUs and count against concurrency quotas.
