@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from opentelemetry.trace import SpanKind
 
-from router import capabilities
+from router import capabilities, usage
 from router.app import _refusal_response, read_body, upstream_headers, upstream_headers_from
 from router.forward import ForwardError
-from router.metrics import REQUESTS
+from router.metrics import REQUESTS, TOKENS, child
 from router.obs import extract, trace_id_hex, tracer
 from router.openai_api import ParsedRequest, parse_json_body
 from router.service import Refusal, Tenant, Ticket, new_corr_id, request_deadline
@@ -42,6 +42,7 @@ class Holder:
     target_id: str
     model: str
     tenant: str
+    metered: bool = False  # a background response's tokens, counted once when it is first seen finished
 
 
 class ResponseHolders:
@@ -51,13 +52,13 @@ class ResponseHolders:
     def __init__(self) -> None:
         self.items: OrderedDict[str, Holder] = OrderedDict()
 
-    def put(self, rid: str, target: Target, tenant: str) -> None:
-        self.items[rid] = Holder(target.id, target.model, tenant)
+    def put(self, rid: str, target: Target, tenant: str, metered: bool = True) -> None:
+        self.items[rid] = Holder(target.id, target.model, tenant, metered)
         self.items.move_to_end(rid)
         while len(self.items) > _HOLDERS_MAX:
             self.items.popitem(last=False)
 
-    def observer(self, ticket: Ticket, tenant: str) -> Callable[[bytes], None]:
+    def observer(self, ticket: Ticket, tenant: str, background: bool) -> Callable[[bytes], None]:
         """Learns the response id from the answer as it passes (the first `"id": "resp_…"` is the response's)."""
         seen = False
 
@@ -68,7 +69,7 @@ class ResponseHolders:
             m = _RESPONSE_ID.search(chunk)
             if m is not None:
                 seen = True
-                self.put(m.group(1).decode(), ticket.winner.target, tenant)
+                self.put(m.group(1).decode(), ticket.winner.target, tenant, metered=not background)
 
         return observe
 
@@ -181,6 +182,8 @@ class Apis:
             span.set_attribute("infermesh.model", parsed.model)
             # A follow-up goes to the target that holds its response; otherwise the policy's order, serving targets.
             ticket.ranked = [pinned] if pinned is not None else capabilities.only_serving_or_all(ticket.ranked, api)
+            if parsed.obj.get("background") is True:
+                ticket.extra["background"] = True  # its tokens are counted when it is seen finished
             try:
                 obs = observe(ticket, tenant) if observe is not None else None
                 return await self.h._forward(request, ticket, parsed, body, path, span, obs)
@@ -263,7 +266,9 @@ class Apis:
             "/v1/responses",
             self._validate_responses,
             pin=pin,
-            observe=lambda ticket, tenant: self.holders.observer(ticket, tenant.name),
+            observe=lambda ticket, tenant: self.holders.observer(
+                ticket, tenant.name, ticket.extra.get("background") is True
+            ),
         )
 
     async def response_followup(self, request: web.Request) -> web.Response:
@@ -281,7 +286,28 @@ class Apis:
                 raise Refusal(502, "upstream_unreachable", f"the target holding {rid!r} did not answer: {e}") from None
         except Refusal as r:
             return _refusal_response(r, corr, "responses")
+        if status == 200:
+            self._meter_background(rid, data)
         return web.Response(status=status, body=data, content_type="application/json", headers={"x-request-id": corr})
+
+    def _meter_background(self, rid: str, data: bytes) -> None:
+        """A background response was admitted with no usage yet: its tokens count once it is seen finished."""
+        h = self.holders.items.get(rid)
+        if h is None or h.metered:
+            return
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(obj, dict) or obj.get("status") not in ("completed", "incomplete"):
+            return
+        prompt, completion = usage.counts(usage.usage_of(obj))
+        if completion is None:
+            return
+        h.metered = True
+        child(TOKENS, h.model, h.tenant, "completion").inc(completion)
+        if prompt:
+            child(TOKENS, h.model, h.tenant, "prompt").inc(prompt)
 
     # -- /v1/messages (Anthropic) ---------------------------------------------------------------------------------
     @staticmethod

@@ -81,6 +81,7 @@ def test_responses_streamed_and_metered_from_usage(fleet: tuple[RouterProc, list
 
 def test_background_response_and_follow_ups_reach_the_holder(fleet: tuple[RouterProc, list[EmulatorProcess]]) -> None:
     rp, ems = fleet
+    before_tokens = _tokens(rp)
     r = _post(rp, "/v1/responses", {"model": "demo-llm", "input": "work", "max_output_tokens": 3, "background": True})
     assert r.status_code == 200 and r.json()["status"] == "queued"
     rid = r.json()["id"]
@@ -92,6 +93,10 @@ def test_background_response_and_follow_ups_reach_the_holder(fleet: tuple[Router
             break
         time.sleep(0.1)
     assert g.json()["output"][0]["content"][0]["text"]
+    httpx.get(f"{rp.url}/v1/responses/{rid}", headers=AUTH, timeout=10)  # seen finished again: counted once
+    tokens = _tokens(rp)
+    assert tokens["completion"] - before_tokens.get("completion", 0) == g.json()["usage"]["output_tokens"] == 3
+    assert tokens["prompt"] - before_tokens.get("prompt", 0) == g.json()["usage"]["input_tokens"]
     # Round robin would alternate; follow-ups must all land on the one emulator that holds the response.
     holder = [em for em in ems[:2] if httpx.get(f"{em.url}/v1/responses/{rid}").status_code == 200]
     assert len(holder) == 1
