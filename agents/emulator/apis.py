@@ -763,6 +763,19 @@ def _completion_logprobs(entries: Sequence[dict[str, Any] | None], top: int) -> 
     }
 
 
+# -- /version, /load ----------------------------------------------------------------------------------------------
+VLLM_VERSION = "0.32.0"  # the release whose routes the vllm flavour follows
+
+
+async def version(request: web.Request, rt: Runtime) -> web.Response:
+    return web.json_response({"version": VLLM_VERSION})
+
+
+async def load(request: web.Request, rt: Runtime) -> web.Response:
+    """vLLM's GET /load: the requests the server holds (running and waiting)."""
+    return web.json_response({"server_load": int(rt.em.running + rt.em.waiting)})
+
+
 # -- wiring -------------------------------------------------------------------------------------------------------
 def add_routes(app: web.Application, key: web.AppKey[Any], flavor: str) -> None:
     """Register the routes `flavor` serves (FLAVOR_APIS); errors in the API's own shape."""
@@ -793,3 +806,6 @@ def add_routes(app: web.Application, key: web.AppKey[Any], flavor: str) -> None:
         app.router.add_post("/v1/responses/{response_id}/cancel", wrap(cancel_response, with_store=True))
     if "messages" in served:
         app.router.add_post("/v1/messages", wrap(messages, anthropic=True))
+    if flavor == "vllm":
+        app.router.add_get("/version", wrap(version))
+        app.router.add_get("/load", wrap(load))

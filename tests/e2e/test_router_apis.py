@@ -246,7 +246,10 @@ def test_chat_tools_logprobs_n_format_usage(fleet: tuple[RouterProc, list[Emulat
     assert e.status_code == 200 and len(e.json()["data"]) == 2 and e.json()["usage"]["prompt_tokens"] == 2
 
 
-def test_emulator_flavours_serve_what_their_release_serves() -> None:
+def test_emulator_flavours_serve_what_their_release_serves(fleet: tuple[RouterProc, list[EmulatorProcess]]) -> None:
+    vllm = fleet[1][0]
+    assert httpx.get(vllm.url + "/version").json() == {"version": "0.32.0"}
+    assert httpx.get(vllm.url + "/load").json()["server_load"] >= 0
     em = start_emulator("--flavor", "sglang", "--model", "m", "--instant")
     try:
         assert httpx.post(em.url + "/v1/responses", json={"model": "m", "input": "x"}).status_code == 404
