@@ -6,6 +6,8 @@ import json
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from router import kserve, v2codec
 from router.service import Refusal
@@ -99,3 +101,26 @@ def test_unknown_output_is_refused() -> None:
     with pytest.raises(Refusal) as e:
         v2codec.parse_outputs({"outputs": [{"name": "logits"}]}, ["text_output"])
     assert "logits" in e.value.message and "text_output" in e.value.message
+
+
+_dtype = st.sampled_from(sorted(VALUES)) | st.text(max_size=4)
+_tensor = st.fixed_dictionaries(
+    {"name": st.sampled_from(["text_input", "max_tokens", "stream", "x"]), "datatype": _dtype},
+    optional={
+        "shape": st.lists(st.integers(-1, 3), max_size=3),
+        "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-2, 40) | st.booleans()}),
+        "data": st.lists(st.integers(-5, 5) | st.text(max_size=3) | st.booleans(), max_size=3),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs=st.lists(_tensor, max_size=3), blob=st.binary(max_size=48), cut=st.integers(-3, 3))
+def test_any_binary_request_parses_or_is_a_400(inputs: list[dict], blob: bytes, cut: int) -> None:
+    head = json.dumps({"inputs": inputs}).encode()
+    body = head + blob
+    try:
+        obj, rest = v2codec.split_body(body, str(len(head) + cut))
+        kserve.parse_v2(obj, rest)
+    except Refusal as e:
+        assert e.status == 400 and e.message
