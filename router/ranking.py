@@ -14,6 +14,7 @@ from agents.strategies import load_strategy
 from agents.strategies.base import HEALTHY, UNKNOWN, Decision, RouteRequest, Strategy, TargetView
 from agents.strategies.builtins import ZoneRtt
 from agents.strategies.host import StrategyHost, StrategyStats
+from agents.strategies.plugins import isolate
 from router.config import RoutingPolicy
 from router.meshview import MeshView
 from router.metrics import ARM_TTFT, DECISION, SHADOW, STRATEGY_FALLBACKS, WIN_RATE, child
@@ -68,7 +69,7 @@ class Ranker:
         strategies: dict[str, Strategy] = {}
         # Only the strategies a policy names (plus the fallback): every strategy held is updated on every request.
         for spec in sorted(strategy_names(policies) | {BASELINE}):
-            s = load_strategy(spec)  # raises ValueError naming the strategy; checked at start
+            s = isolate(load_strategy(spec))  # raises ValueError naming the strategy; checked at start
             strategies[spec] = s
         self.host = StrategyHost(strategies, default=BASELINE, budget_us=decision_budget_us, on_decision=self._observe)
         self._targets: dict[str, Target] = {}
@@ -83,7 +84,7 @@ class Ranker:
         bad: list[str] = []
         for spec in sorted(set(names) - set(self.host.strategies)):
             try:
-                s = load_strategy(spec)
+                s = isolate(load_strategy(spec))
             except ValueError:
                 bad.append(spec)
                 continue

@@ -34,7 +34,15 @@ def load_strategy(spec: str, **options: Any) -> Strategy:
 
         return WasmStrategy(spec, **options)
     if ":" not in spec:
-        raise ValueError(f"unknown strategy {spec!r}: use one of {sorted(BUILTINS)} or 'package.module:Class'")
+        from agents.strategies.plugins import load_plugin  # a package's entry point in `infermesh.strategies`
+
+        plugin = load_plugin(spec, **options)
+        if plugin is not None:
+            return plugin
+        raise ValueError(
+            f"unknown strategy {spec!r}: use one of {sorted(BUILTINS)}, an installed package's strategy, "
+            "'wasm:PATH#sha256=HEX' or 'package.module:Class'"
+        )
     module_name, _, attr = spec.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
@@ -42,6 +50,10 @@ def load_strategy(spec: str, **options: Any) -> Strategy:
         raise ValueError(f"strategy plugin {spec!r} cannot be loaded: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise ValueError(f"strategy plugin {spec!r} is not a subclass of agents.strategies.Strategy")
+    if hasattr(cls, "api_version"):
+        from agents.strategies.plugins import check_api_version
+
+        check_api_version(spec, cls.api_version)
     strategy = cls(**options)
     if not strategy.name:
         raise ValueError(f"strategy plugin {spec!r} has no name")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from agents.strategies.base import Decision, RouteRequest, Scored, Strategy, TargetIndex, TargetView
 from agents.strategies.builtins import BaselineRR
+from agents.strategies.plugins import Isolated
 
 if TYPE_CHECKING:
     from agents.scheduler.costmodel import Fabric
@@ -131,6 +132,8 @@ class StrategyHost:
         if name != FALLBACK and stats.tripped_until > start:
             decision = self._fallback(request, k, name, "tripped", start)
         else:
+            if isinstance(chosen, Isolated):  # a packaged Python strategy: abandoned at the budget, not after it
+                chosen.deadline_s = self.budget_us / 1e6
             try:
                 ranked = chosen.rank(self.index, request, k, self.rng)
             except Exception as exc:  # a plugin's bug must never fail the request
