@@ -5,8 +5,11 @@ names a module routes real requests through it."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -78,6 +81,22 @@ def test_example_least_queue_ranks_like_the_builtin(tmp_path: Path) -> None:
     # admission is the host's: excluded targets never reach the guest
     req2 = RouteRequest("m", exclude=frozenset({"t0", "t7"}))
     assert [s.target.target_id for s in wasm.rank(idx, req2, 1, random.Random(1))] == ["t14"]
+
+
+def test_rust_example_builds_and_ranks_like_the_builtin(tmp_path: Path) -> None:
+    """The Rust example built by its script with Debian's rustc (CI installs it: .ci/run ensure_rust_wasm)."""
+    script = ROOT / "examples/strategies/wasm/rust/build.sh"
+    out = subprocess.run(
+        [str(script)], env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    spec = out.stdout.strip().splitlines()[-1]
+    assert spec.startswith(f"wasm:{tmp_path}/least_queue_rs.wasm#sha256=")
+    wasm = load_strategy(spec)
+    idx = _index(20)
+    got = wasm.rank(idx, RouteRequest("m"), 3, random.Random(1))
+    assert [s.score for s in got] == [0.25, 0.25, 0.25]
+    assert {s.target.target_id for s in got} == {"t0", "t7", "t14"}
 
 
 @pytest.mark.parametrize("reason", sorted(BAD_RANK))
