@@ -82,7 +82,8 @@ def _gpus(agent: AgentProcess, *, ctl: bool = False) -> dict[int, dict[str, Any]
 
 
 def _flood(url: str, stop: threading.Event) -> None:
-    body = {"model": "demo-llm", "prompt": "hello " * 200, "max_tokens": 3000, "stream": True}
+    # long prompts: four of them fill most of the 8192-token KV cache at once
+    body = {"model": "demo-llm", "prompt": "hello " * 1200, "max_tokens": 3000, "stream": True}
     with httpx.Client(timeout=60) as client:
         while not stop.is_set():
             try:
