@@ -206,6 +206,8 @@ class WasmStrategy(Strategy):
         self._mem_ref = ctypes.byref(memory._memory)
         self._rank_ref = ctypes.byref(self._rank_fn._func)
         self._args = (ffi.wasmtime_val_raw_t * 2)()
+        self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
+        self._trap_ref = ctypes.byref(self._trap)
         self._in_ptr = 0
         self._in_cap = 0
         self._mem_key = (0, -1)
@@ -254,7 +256,8 @@ class WasmStrategy(Strategy):
         base = ctypes.addressof(ffi.wasmtime_memory_data(self._ctx, self._mem_ref).contents)
         if self._mem_key != (base, limit):
             self._mem_key = (base, limit)
-            self._mem = (ctypes.c_char * limit).from_address(base)
+            # a flat byte memoryview: struct packs into it far faster than into the ctypes array itself
+            self._mem = memoryview((ctypes.c_char * limit).from_address(base)).cast("B")
         return self._mem
 
     def rank_views(self, views: list[TargetView], request: RouteRequest, k: int) -> list[Scored]:
@@ -264,7 +267,9 @@ class WasmStrategy(Strategy):
         size = HEADER.size + n * RECORD.size
         store = self.store
         try:
-            store.set_fuel(self.fuel)
+            err = ffi.wasmtime_context_set_fuel(self._ctx, self.fuel)
+            if err:
+                raise wasmtime.WasmtimeError._from_ptr(err)
             if self._in_cap < size:
                 cap = max(size, 4096)
                 self._in_ptr = self._alloc_fn(store, cap)
@@ -296,16 +301,22 @@ class WasmStrategy(Strategy):
             raise self._fault(exc) from exc
         except wasmtime.WasmtimeError as exc:
             raise WasmFault("trap", str(exc)) from exc
-        return self._decode(out, views, k)
+        # `rank` may have grown (and so moved) memory: re-read the view only then
+        return self._decode(out, views, k, mem if self._mem_before == self._size() else self._view())
+
+    def _size(self) -> int:
+        return int(ffi.wasmtime_memory_data_size(self._ctx, self._mem_ref))
 
     def _call_rank(self, ptr: int, size: int) -> int:
         """`rank(ptr, size)` through the unchecked raw call (its type was checked at load)."""
         args = self._args
         args[0].i32 = ptr
         args[1].i32 = size
-        trap = ctypes.POINTER(ffi.wasm_trap_t)()
-        error = ffi.wasmtime_func_call_unchecked(self._ctx, self._rank_ref, args, 2, ctypes.byref(trap))
+        trap = self._trap
+        error = ffi.wasmtime_func_call_unchecked(self._ctx, self._rank_ref, args, 2, self._trap_ref)
         if trap:
+            self._trap = ctypes.POINTER(ffi.wasm_trap_t)()  # the Trap object owns the old pointer now
+            self._trap_ref = ctypes.byref(self._trap)
             raise wasmtime.Trap._from_ptr(trap)
         if error:
             raise wasmtime.WasmtimeError._from_ptr(error)
@@ -327,8 +338,7 @@ class WasmStrategy(Strategy):
             self._instantiate()
         return fault
 
-    def _decode(self, out: int, views: list[TargetView], k: int) -> list[Scored]:
-        mem = self._view()
+    def _decode(self, out: int, views: list[TargetView], k: int, mem: Any) -> list[Scored]:
         limit = len(mem)
         n = len(views)
         if out <= 0 or out + ANSWER_HEAD.size > limit:
