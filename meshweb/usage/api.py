@@ -8,6 +8,8 @@ from typing import Any
 from django.db.models import Sum
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from pydantic import ValidationError as PydanticError
 from rest_framework import exceptions, permissions
 from rest_framework.request import Request
@@ -36,10 +38,21 @@ class UsageReportView(APIView):
     def get_authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="node credential"'  # a refused credential answers 401, not 403
 
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT},
+        auth=[],
+        operation_id="usage_report",
+        description="A router's usage batch (agents/proto/usage.py), with `Authorization: Bearer imn_...` (the "
+        "node credential of the router's node). Applied once per batch id.",
+    )
     def post(self, request: Request) -> Response:
         scheme, _, raw = (request.headers.get("Authorization") or "").partition(" ")
-        node, why = node_authenticate(raw.strip() if scheme.lower() == "bearer" else "")
+        raw = raw.strip() if scheme.lower() == "bearer" else ""
+        node, why = node_authenticate(raw)
         if node is None:
+            if raw.startswith("im_"):  # a portal API token: a credential, but not one that may report usage
+                raise exceptions.PermissionDenied("usage reports take a node credential (imn_...), not an API token")
             raise exceptions.AuthenticationFailed(why)
         try:
             batch = WireBatch.model_validate(request.data)
@@ -70,6 +83,8 @@ def _time(request: Request, name: str) -> datetime | None:
     value = parse_datetime(raw)
     if value is None:
         raise exceptions.ValidationError({name: ["must be an ISO 8601 date-time, e.g. 2026-01-31T00:00:00Z"]})
+    if not 1970 <= value.year <= 9000:
+        raise exceptions.ValidationError({name: ["must lie between the years 1970 and 9000"]})
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -77,6 +92,18 @@ class UsageView(APIView):
     """Usage roll-ups the requester may see: `tenant`, `model`, `key`, `start`, `end` (ISO), `granularity`
     (minute | hour | day, default hour). Histogram quantiles are bucket upper bounds."""
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("tenant", str, description="tenant slug"),
+            OpenApiParameter("model", str),
+            OpenApiParameter("key", str, description="inference key prefix"),
+            OpenApiParameter("start", OpenApiTypes.DATETIME, description="default: end - 1 day"),
+            OpenApiParameter("end", OpenApiTypes.DATETIME, description="default: now"),
+            OpenApiParameter("granularity", str, enum=list(GRANULARITY), description="default: hour"),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+        operation_id="usage_list",
+    )
     def get(self, request: Request) -> Response:
         principal = principal_of(request)
         gran = request.query_params.get("granularity", "hour")
@@ -90,6 +117,8 @@ class UsageView(APIView):
             raise exceptions.ValidationError({"start": [f"the range may span at most {MAX_RANGE.days} days"]})
         qs = restrict(UsageRollup.objects.all(), principal, Role.VIEWER).filter(minute__gte=start, minute__lt=end)
         for param, field in (("tenant", "tenant__slug"), ("model", "model"), ("key", "key_prefix")):
+            if "\x00" in request.query_params.get(param, ""):
+                raise exceptions.ValidationError({param: ["must not contain NUL characters"]})
             if request.query_params.get(param):
                 qs = qs.filter(**{field: request.query_params[param]})
         rows: dict[tuple[Any, ...], dict[str, Any]] = {}

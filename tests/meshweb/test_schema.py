@@ -62,6 +62,7 @@ def test_schema_documents_every_scheme_on_every_authenticated_operation(tmp_path
     assert set(spec["components"]["securitySchemes"]) == {"apiToken", "cookieAuth", "oidcBearer"}
     assert spec["components"]["securitySchemes"]["oidcBearer"]["bearerFormat"] == "JWT"
     public = {("post", "/api/v1/enroll/"), ("post", "/api/v1/enroll/renew/")}  # a join token or a certificate
+    public.add(("post", "/api/v1/usage/reports/"))  # a router's node credential
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             schemes = {name for requirement in operation.get("security", []) for name in requirement}

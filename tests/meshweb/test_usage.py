@@ -72,6 +72,7 @@ def test_a_batch_is_applied_once_and_rolled_up(world: World, credential: str, to
         ({}, 401),
         ({"HTTP_AUTHORIZATION": "Bearer imn_000000000000_nope"}, 401),
         ({"HTTP_AUTHORIZATION": "Basic x"}, 401),
+        ({"HTTP_AUTHORIZATION": "Bearer im_000000000000_an-api-token"}, 403),  # a credential, of the wrong kind
     ],
 )
 def test_reports_need_a_node_credential(world: World, headers: dict[str, str], status: int) -> None:
@@ -93,7 +94,13 @@ def test_malformed_batches_are_refused_and_nothing_applied(world: World, credent
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("granularity=week", "granularity"), ("start=yesterday", "start"), ("start=2030-01-01T00:00:00Z", "start")],
+    [
+        ("granularity=week", "granularity"),
+        ("start=yesterday", "start"),
+        ("start=2030-01-01T00:00:00Z", "start"),
+        ("end=0001-01-01T00:00:00Z", "end"),  # found by the schema fuzz run: a 500 before
+        ("key=%00", "key"),
+    ],
 )
 def test_bad_usage_queries_name_the_parameter(world: World, token_for: Any, query: str, field: str) -> None:
     resp = make_client(token_for(world.own.tenant, "viewer")).get(f"/api/v1/usage/?{query}")
