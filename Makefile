@@ -19,13 +19,18 @@ $(TRAIN_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,train]'
 	touch $(TRAIN_STAMP)
 
+# The tests run a real vLLM (CPU build) from a venv of its own; tests/realvllm pins it and builds its tiny model.
+VLLM_STAMP := .venv-vllm/.installed
+$(VLLM_STAMP): $(STAMP) tests/realvllm/__init__.py tests/realvllm/build_model.py
+	$(PY) -m tests.realvllm install
+
 install: $(STAMP) $(TRAIN_STAMP)
 
 # Flags pass through: make demo ARGS="--portal-port 8100 --base-port 0"
 demo: $(STAMP)
 	env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL .venv/bin/infermesh demo $(ARGS)
 
-test: $(STAMP) $(TRAIN_STAMP)
+test: $(STAMP) $(TRAIN_STAMP) $(VLLM_STAMP)
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -q
 
 lint: $(STAMP)

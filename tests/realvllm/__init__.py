@@ -31,12 +31,12 @@ def python() -> Path:
 
 
 def _stamp() -> Path:
-    return VENV / f".installed-{PIN}"
+    return VENV / ".installed"  # holds the pin it was made for (the Makefile's stamp too)
 
 
 def install(log: Path | None = None) -> Path:
     """Create .venv-vllm with the pinned vLLM CPU build once; later calls return at once."""
-    if _stamp().exists():
+    if _stamp().exists() and _stamp().read_text().strip() == PIN:
         return python()
     out = open(log, "ab") if log else None  # noqa: SIM115 - closed below
     try:
@@ -147,6 +147,7 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
     install()
     build_model()
+    os.utime(_stamp())  # newer than the files it was made from: make sees it current
     print(f"vLLM CPU ({PIN}) in {VENV}, model in {MODEL_DIR}: {time.monotonic() - t0:.0f}s")
     return 0
 
