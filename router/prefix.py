@@ -109,10 +109,43 @@ def session_key_of(obj: Mapping[str, Any], headers: Mapping[str, str], cfg: Cach
     return key
 
 
+_HEAD_CACHE_MAX = 1024
+_heads: OrderedDict[tuple[Any, ...], list[int]] = OrderedDict()  # (block size, earlier messages) -> block hashes
+
+
+def _hashes(api: str, obj: Mapping[str, Any], ids: list[int], bs: int) -> list[int]:
+    """Block hashes of `ids`; a chat's blocks that lie within its earlier messages (a group's system prompt, a
+    conversation's history) are remembered by those messages, so only the blocks after them are hashed."""
+    messages = obj.get("messages") if api == "chat" and "prompt_token_ids" not in obj else None
+    if not isinstance(messages, list) or len(messages) < 2:
+        return tok.block_hashes(ids, bs)
+    try:
+        key = (bs, *((str(m.get("role")), tok.message_text(m.get("content"))) for m in messages[:-1]))
+    except (AttributeError, TypeError):
+        return tok.block_hashes(ids, bs)
+    head = _heads.get(key)
+    if head is None:
+        # the earlier messages end where the last message's role marker starts
+        n_head = len(_chat_ids(messages[:-1], len(ids) + 1)) - 1
+        head = tok.block_hashes(ids[:n_head], bs)
+        _heads[key] = head
+        if len(_heads) > _HEAD_CACHE_MAX:
+            _heads.popitem(last=False)
+    else:
+        _heads.move_to_end(key)
+    out = list(head)
+    parent = out[-1] if out else tok.ROOT_HASH
+    for b in range(len(out), len(ids) // bs):
+        parent = tok.hash_block(parent, ids[b * bs : (b + 1) * bs])
+        out.append(parent)
+    return out
+
+
 def request_prefix(api: str, obj: Mapping[str, Any], headers: Mapping[str, str], cfg: CacheConfig) -> RequestPrefix:
     """Block hashes (empty when the request has no prompt the tokenizer reads) and session key of a request."""
     ids = _token_ids(api, obj, cfg.max_prompt_tokens) if api in ("chat", "completions") else []
-    return RequestPrefix(tok.block_hashes(ids, cfg.block_size), len(ids), session_key_of(obj, headers, cfg))
+    hashes = _hashes(api, obj, ids, cfg.block_size) if ids else []
+    return RequestPrefix(hashes, len(ids), session_key_of(obj, headers, cfg))
 
 
 def start_kv_events(cfg: CacheConfig) -> list[KVEventSubscriber]:

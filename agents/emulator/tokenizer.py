@@ -45,10 +45,17 @@ def _piece_id(piece: str) -> int:
 def encode(text: str) -> list[int]:
     """Token ids of `text` (no special tokens). Deterministic across processes and runs."""
     get = _ids.get
-    out = []
+    crc = zlib.crc32
+    span = VOCAB_SIZE - NUM_SPECIAL
+    out: list[int] = []
+    append = out.append
     for piece in _PIECE.findall(text):
         i = get(piece)
-        out.append(i if i is not None else _piece_id(piece))
+        if i is None:  # inlined `_piece_id` (the hot path of a router hashing every prompt)
+            i = NUM_SPECIAL + crc(piece.encode("utf-8", "surrogatepass")) % span
+            if len(_ids) < _CACHE_MAX:
+                _ids[piece] = i
+        append(i)
     return out
 
 

@@ -57,3 +57,20 @@ def test_request_token_ids_forms() -> None:
             assert "prompt_token_ids" in str(e)
         else:
             raise AssertionError(f"{bad!r} accepted")
+
+
+def test_the_router_hashes_a_chat_like_the_runtime_with_its_head_cache() -> None:
+    from router.config import CacheConfig
+    from router.prefix import request_prefix
+
+    cfg = CacheConfig()
+    msgs = [{"role": "system", "content": "abc " * 37}, {"role": "user", "content": "q1 " * 11},
+            {"role": "assistant", "content": "a1 " * 9}, {"role": "user", "content": "q2 " * 30}]  # fmt: skip
+    for _ in range(2):  # the second pass reads the remembered heads
+        for k in range(1, 5):
+            p = request_prefix("chat", {"messages": msgs[:k]}, {}, cfg)
+            ids = tok.encode_chat(msgs[:k])
+            assert p.hashes == tok.block_hashes(ids, 16) and p.tokens == len(ids)
+    assert request_prefix("completions", {"prompt": "abc " * 40}, {}, cfg).hashes == tok.block_hashes(
+        tok.encode("abc " * 40), 16
+    )
