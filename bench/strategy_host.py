@@ -16,6 +16,7 @@ import argparse
 import importlib
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,10 +39,12 @@ SIZES = (100, 1000, 10_000)
 def build_sides(tmp: Path) -> dict[str, Callable[[], Strategy]]:
     """A factory per side: every host gets fresh instances (strategies keep per-host state)."""
     site = tmp / "site"
+    src = tmp / "template"
+    shutil.copytree(ROOT / "examples/strategies/python", src, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
-         str(ROOT / "examples/strategies/python")],
-        check=True, cwd=tmp,
+         str(src)],
+        check=True, cwd=src,
     )  # fmt: skip
     sys.path.insert(0, str(site))
     importlib.invalidate_caches()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import itertools
+import shutil
 import subprocess
 import sys
 import time
@@ -33,11 +34,12 @@ def _metric(text: str, prefix: str) -> float:
 def installed_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The template package installed the way a user would, into its own directory put on the path."""
     target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("src")
+    src = tmp_path_factory.mktemp("src") / "template"
+    shutil.copytree(TEMPLATE, src, ignore=shutil.ignore_patterns("build", "*.egg-info"))  # setuptools builds in-tree
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
-         str(TEMPLATE)],
-        check=True, cwd=build,
+         str(src)],
+        check=True, cwd=src,
     )  # fmt: skip
     return target
 
