@@ -54,6 +54,11 @@ def test_template_package_is_discovered_and_chosen_by_a_router_policy(
     assert isinstance(strategy, Isolated) and strategy.name == "example_least_queue"
 
     monkeypatch.setenv("PYTHONPATH", str(installed_template))
+    # the template's own tests, as a user runs them after installing it
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TEMPLATE / "tests")],
+        check=True, cwd=TEMPLATE, capture_output=True,
+    )  # fmt: skip
     with scripted_upstream() as up_a, scripted_upstream() as up_b:
         cfg = router_config([up_a, up_b], default_policy={"strategy": "example_least_queue"})
         with running_router(cfg, tmp_path) as r:
