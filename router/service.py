@@ -30,6 +30,7 @@ from router.metrics import (
     ERRORS,
     HELD,
     INFLIGHT,
+    INFLIGHT_LIMIT,
     LATENCY,
     REQUESTS,
     TOKENS,
@@ -147,6 +148,7 @@ class RouterService:
         self._held: dict[str, dict[str, FairQueue[asyncio.Future[None]]]] = {}
         self.forwarder.on_slot_free = self.slot_freed
         self.inflight = 0
+        INFLIGHT_LIMIT.set(cfg.listen.max_inflight)  # per worker; summed over live workers like INFLIGHT
 
     async def start(self) -> None:
         await self.quotas.start()

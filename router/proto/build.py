@@ -31,7 +31,21 @@ def generate(out_dir: Path) -> dict[str, str]:
     if rc != 0:
         raise RuntimeError(f"protoc exited with {rc} for {rel}")
     folder = out_dir / rel.parent
-    return {name: (folder / name).read_text() for name in GENERATED}
+    texts = {name: (folder / name).read_text() for name in GENERATED}
+    texts["grpc_predict_v2_pb2.py"] = private_pool(texts["grpc_predict_v2_pb2.py"])
+    return texts
+
+
+# KServe v2 requires the package `inference`, which NVIDIA's tritonclient also registers in protobuf's default pool
+# (from its own grpc_service.proto): the two cannot share that pool in one process, so ours gets a pool of its own.
+DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+OWN_POOL = "_POOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = _POOL.AddSerializedFile("
+
+
+def private_pool(text: str) -> str:
+    if DEFAULT_POOL not in text:
+        raise RuntimeError("protoc's output no longer adds the file to the default pool; update private_pool")
+    return text.replace(DEFAULT_POOL, OWN_POOL)
 
 
 def stale() -> list[str]:
