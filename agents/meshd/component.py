@@ -96,6 +96,14 @@ class ComponentConfigError(ValueError):
     """A component's config section is wrong; the message names the section and field."""
 
 
+def _under(section: str, line: str) -> str:
+    """One error line of a section's model, named under the section (a model-wide error names the section)."""
+    line = line.removeprefix(": ")
+    if line.startswith("(top level): "):
+        return f"{section}: {line.removeprefix('(top level): ')}"
+    return f"{section}.{line}"
+
+
 def build_component(section: str, raw: Mapping[str, Any] | None) -> Component:
     """Import the section's factory and build the component, turning validation errors into one clear message."""
     from pydantic import ValidationError
@@ -116,7 +124,7 @@ def build_component(section: str, raw: Mapping[str, Any] | None) -> Component:
         # The same lines as the rest of the agent's config ("unknown field; did you mean ..."), under the section.
         model = getattr(importlib.import_module(module_name), exc.title, None)
         lines = format_errors(exc, model, "", {}) if isinstance(model, type) else str(exc)
-        problems = "; ".join(f"{section}.{line.removeprefix(': ')}" for line in lines.splitlines())
+        problems = "; ".join(_under(section, line) for line in lines.splitlines())
         raise ComponentConfigError(problems.replace("did you mean '", f"did you mean '{section}.")) from exc
     except ValueError as exc:
         raise ComponentConfigError(f"{section}: {exc}") from exc

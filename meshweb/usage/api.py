@@ -14,6 +14,7 @@ from pydantic import ValidationError as PydanticError
 from rest_framework import exceptions, permissions
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from agents.proto.usage import BOUNDS_S
@@ -27,6 +28,17 @@ from meshweb.usage.services import usage_ingest
 
 GRANULARITY = {"minute": TruncMinute, "hour": TruncHour, "day": TruncDay}
 MAX_RANGE = timedelta(days=93)
+
+
+def _is_user_credential(request: Request) -> bool:
+    """Whether the request carries a valid portal credential (API token, session or OIDC bearer) of a user."""
+    for authenticator in api_settings.DEFAULT_AUTHENTICATION_CLASSES:
+        try:
+            if authenticator().authenticate(request) is not None:
+                return True
+        except exceptions.AuthenticationFailed:
+            continue
+    return False
 
 
 class UsageReportView(APIView):
@@ -51,8 +63,8 @@ class UsageReportView(APIView):
         raw = raw.strip() if scheme.lower() == "bearer" else ""
         node, why = node_authenticate(raw)
         if node is None:
-            if raw.startswith("im_"):  # a portal API token: a credential, but not one that may report usage
-                raise exceptions.PermissionDenied("usage reports take a node credential (imn_...), not an API token")
+            if _is_user_credential(request):  # a valid credential, but not one that may report usage
+                raise exceptions.PermissionDenied("usage reports take a node credential (imn_...), not a user's")
             raise exceptions.AuthenticationFailed(why)
         try:
             batch = WireBatch.model_validate(request.data)

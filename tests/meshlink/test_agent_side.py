@@ -62,7 +62,7 @@ def test_a_corrupt_state_file_stops_the_agent_with_its_name(tmp_path: Path) -> N
     [
         (
             {"url": "http://portal/ws/agent/", "credential": "imn_x"},
-            "portal.url: Value error, 'http://portal/ws/agent/'",
+            "portal.url: 'http://portal/ws/agent/' must start with ws:// or wss://",
         ),
         ({"url": "ws://portal/ws/agent/"}, "give exactly one of credential or credential_file"),
         ({"url": "ws://p/ws/agent/", "credential": "a", "credential_file": "/x"}, "exactly one of credential"),

@@ -72,12 +72,19 @@ def test_a_batch_is_applied_once_and_rolled_up(world: World, credential: str, to
         ({}, 401),
         ({"HTTP_AUTHORIZATION": "Bearer imn_000000000000_nope"}, 401),
         ({"HTTP_AUTHORIZATION": "Basic x"}, 401),
-        ({"HTTP_AUTHORIZATION": "Bearer im_000000000000_an-api-token"}, 403),  # a credential, of the wrong kind
+        ({"HTTP_AUTHORIZATION": "Bearer im_000000000000_not-a-token"}, 401),
     ],
 )
 def test_reports_need_a_node_credential(world: World, headers: dict[str, str], status: int) -> None:
     resp = make_client().post("/api/v1/usage/reports/", {"batch": "batch-x001", "rows": []}, format="json", **headers)
     assert resp.status_code == status
+    assert not UsageRollup.objects.exists()
+
+
+def test_a_users_valid_credential_may_not_report_usage(world: World, token_for: Any) -> None:
+    client = make_client(token_for(world.own.tenant, "platform_admin"))  # a credential, of the wrong kind
+    resp = client.post("/api/v1/usage/reports/", {"batch": "batch-x002", "rows": []}, format="json")
+    assert resp.status_code == 403 and "node credential" in resp.json()["error"]["message"]
     assert not UsageRollup.objects.exists()
 
 
