@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.db.models import Sum
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute
@@ -12,6 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from pydantic import ValidationError as PydanticError
 from rest_framework import exceptions, permissions
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -32,7 +33,8 @@ MAX_RANGE = timedelta(days=93)
 
 def _is_user_credential(request: Request) -> bool:
     """Whether the request carries a valid portal credential (API token, session or OIDC bearer) of a user."""
-    for authenticator in api_settings.DEFAULT_AUTHENTICATION_CLASSES:
+    authenticators = cast(list[type[BaseAuthentication]], api_settings.DEFAULT_AUTHENTICATION_CLASSES)
+    for authenticator in authenticators:
         try:
             if authenticator().authenticate(request) is not None:
                 return True
