@@ -4,7 +4,6 @@ examples, `--version`, `help CMD`, "did you mean", and completion scripts that a
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +73,6 @@ def test_help_cmd_and_did_you_mean() -> None:
     assert flag.returncode == 2 and "did you mean '--agent'?" in flag.stderr, flag.stderr
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_bash_sources_the_completion_and_completes(tmp_path: Path) -> None:
     script = tmp_path / "infermesh.bash"
     out = subprocess.run([sys.executable, "-m", "meshweb.cli", "completion", "bash"], capture_output=True, text=True,
