@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,23 +79,9 @@ def redis_url() -> str:
     return f"{root}/{random.randint(2, 15)}"
 
 
-@pytest.fixture(scope="package")
-def portal(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Portal]:
-    tmp = tmp_path_factory.mktemp("portal")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL"}}
-    env.update(
-        {
-            "INFERMESH_DATA_DIR": str(tmp / "data"),
-            "INFERMESH_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "REDIS_URL": redis_url,
-            # Without a doorbell the page would only learn of changes at this poll: far beyond the test's waits, so
-            # a live update proves the Redis channel layer carried it.
-            "INFERMESH_DASHBOARD_POLL_S": "600",
-            "DJANGO_SETTINGS_MODULE": "meshweb.settings",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+@contextmanager
+def served_portal(tmp: Path, port: int, env: dict[str, str]) -> Iterator[Portal]:
+    """`infermesh portal --demo` on `port` with `env`, until it answers /healthz; stopped on exit."""
     log = tmp / "portal.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -125,6 +112,27 @@ def portal(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="package")
+def portal(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Portal]:
+    tmp = tmp_path_factory.mktemp("portal")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "CELERY_BROKER_URL"}}
+    env.update(
+        {
+            "INFERMESH_DATA_DIR": str(tmp / "data"),
+            "INFERMESH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "REDIS_URL": redis_url,
+            # Without a doorbell the page would only learn of changes at this poll: far beyond the test's waits, so
+            # a live update proves the Redis channel layer carried it.
+            "INFERMESH_DASHBOARD_POLL_S": "600",
+            "DJANGO_SETTINGS_MODULE": "meshweb.settings",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    with served_portal(tmp, port, env) as served:
+        yield served
 
 
 @pytest.fixture(scope="package")

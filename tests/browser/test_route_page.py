@@ -5,11 +5,7 @@ the dashboard socket (no reload), and back when the load moves; screenshots go t
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +15,7 @@ import pytest
 import yaml
 
 from agents.emulator.testing import EmulatorProcess, start_emulator
-from tests.browser.conftest import ADMIN_PASSWORD, ROOT, Portal, free_port, sign_in
+from tests.browser.conftest import ADMIN_PASSWORD, Portal, free_port, served_portal, sign_in
 from tests.router.agentproc import AgentProc
 from tests.router.procs import RouterProc, router_config, running_router
 
@@ -76,33 +72,8 @@ def route_portal(
         DJANGO_SETTINGS_MODULE="meshweb.settings",
         PYTHONUNBUFFERED="1",
     )
-    log = tmp / "portal.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "meshweb.cli", "portal", "--demo", "--bind", f"127.0.0.1:{port}"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"portal did not start: {log.read_text()[-3000:]}"
-            time.sleep(0.2)
-        yield Portal(url=url, port=port, env=env, log=log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with served_portal(tmp, port, env) as served:
+        yield served
 
 
 def _load(em: EmulatorProcess, n: int, stop: threading.Event) -> threading.Thread:
