@@ -6,6 +6,7 @@ enforces the decision budget and falls back to `baseline_rr` when a strategy ove
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections import deque
 from collections.abc import Iterable
@@ -21,6 +22,8 @@ from router.metrics import ARM_TTFT, DECISION, SHADOW, STRATEGY_FALLBACKS, WIN_R
 from router.prefix import RequestPrefix
 from router.view import Target
 from router.view import TargetView as RouterView
+
+log = logging.getLogger("router.ranking")
 
 BASELINE = "baseline_rr"
 
@@ -219,7 +222,8 @@ class Ranker:
         allowed = {t.id for t in candidates}
         try:
             scored = s.rank(self.host.index, req, len(self.view.all(model)) or 1, self.host.rng)
-        except Exception:
+        except Exception:  # a strategy's fault must not break the operators' report; it is logged, not hidden
+            log.warning("strategy %s failed to rank %s for the routing report", strategy, model, exc_info=True)
             return []
         out: list[tuple[Target, float, dict[str, float]]] = []
         for sc in scored:
