@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -22,7 +22,8 @@ from agents.proto.infermesh.v1 import scoring_pb2, scoring_pb2_grpc, state_pb2, 
 from agents.security.tls import ClientIdentity, Dialer
 from router.config import AgentConfig
 from router.metrics import AGENT_REPORTS, LOCAL_ONLY, TARGETS
-from router.obs import log_event
+from router.obs import agent_call_interceptors, log_event
+from router.storewatch import reconnecting
 from router.view import Target, TargetView
 
 
@@ -117,7 +118,9 @@ class AgentLink:
             self._set_local_only(True, "no agent configured")
             return
         # check_s=0: the watch loop asks for the channel only when it (re)connects, and then always looks at the files.
-        self._dialer = Dialer(self.cfg.address, ClientIdentity.of(self.cfg.tls), check_s=0.0)
+        self._dialer = Dialer(
+            self.cfg.address, ClientIdentity.of(self.cfg.tls), check_s=0.0, interceptors=agent_call_interceptors()
+        )
         self._channel = self._dialer.channel()
         self._tasks.append(asyncio.create_task(self._watch_loop()))
         if self.cfg.report_outcomes:
@@ -150,38 +153,32 @@ class AgentLink:
             TARGETS.labels(src).set(n)
 
     async def _watch_loop(self) -> None:
+        await reconnecting(
+            self._watch, min_s=self.cfg.reconnect_min_s, max_s=self.cfg.reconnect_max_s, on_break=self._broken
+        )
+
+    async def _watch(self, healthy: Callable[[], None]) -> None:
         assert self._dialer is not None
-        backoff = self.cfg.reconnect_min_s
-        while True:
-            reason = ""
-            try:
-                self._channel = self._dialer.channel()
-                stub = state_pb2_grpc.StatePlaneStub(self._channel)
-                call = stub.WatchTargets(state_pb2.WatchTargetsRequest())
-                async for ev in call:
-                    if ev.kind == state_pb2.TargetEvent.SNAPSHOT:
-                        self.view.replace_agent(target_from_state(s) for s in ev.targets)
-                        self._set_local_only(False)
-                        self.connected.set()
-                        backoff = self.cfg.reconnect_min_s
-                    elif ev.kind == state_pb2.TargetEvent.UPSERT:
-                        for s in ev.targets:
-                            self.view.upsert_agent(target_from_state(s))
-                    elif ev.kind == state_pb2.TargetEvent.REMOVE:
-                        for tid in ev.removed_ids:
-                            self.view.remove_agent(tid)
-                    self._update_gauges()
-                reason = "watch stream ended"
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as e:
-                reason = f"{e.code().name}: {e.details()}"
-            except Exception as e:
-                reason = repr(e)
-            self.connected.clear()
-            self._set_local_only(True, reason)
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(self.cfg.reconnect_max_s, backoff * 2)
+        self._channel = self._dialer.channel()
+        stub = state_pb2_grpc.StatePlaneStub(self._channel)
+        call = stub.WatchTargets(state_pb2.WatchTargetsRequest())
+        async for ev in call:
+            if ev.kind == state_pb2.TargetEvent.SNAPSHOT:
+                self.view.replace_agent(target_from_state(s) for s in ev.targets)
+                self._set_local_only(False)
+                self.connected.set()
+                healthy()
+            elif ev.kind == state_pb2.TargetEvent.UPSERT:
+                for s in ev.targets:
+                    self.view.upsert_agent(target_from_state(s))
+            elif ev.kind == state_pb2.TargetEvent.REMOVE:
+                for tid in ev.removed_ids:
+                    self.view.remove_agent(tid)
+            self._update_gauges()
+
+    def _broken(self, reason: str) -> None:
+        self.connected.clear()
+        self._set_local_only(True, reason)
 
     async def _report_loop(self) -> None:
         while True:

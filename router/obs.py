@@ -89,6 +89,16 @@ def tracer() -> trace.Tracer:
     return _tracer
 
 
+def agent_call_interceptors() -> list[Any]:
+    """gRPC client interceptors for the router's calls to its agent: a CLIENT span per unary or client-streaming
+    call, its context sent to the agent (whose server continues the trace). None unless spans are exported."""
+    if not isinstance(_tracer, trace.NoOpTracer | PropagatingTracer):
+        from agents.tracing import ClientTracing
+
+        return [ClientTracing(_tracer)]
+    return []
+
+
 def extract(headers: Mapping[str, str]) -> Any:
     return PROPAGATOR.extract(carrier=headers)
 

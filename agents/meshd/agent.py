@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents import tracing
 from agents.binding import BindError, probe_reason, reason_of, split_host_port
 from agents.meshd.adapters import GpuPoller, RuntimeLoop, make_gpu_source
 from agents.meshd.component import AgentContext, Component, build_component
@@ -180,9 +181,10 @@ class Agent:
             ServerSecurity(cfg.tls, node=self.node_id, registry=self.metrics.registry) if cfg.tls is not None else None
         )
         self.security = security
-        server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0)], interceptors=[security.interceptor] if security else None
-        )
+        interceptors = [security.interceptor] if security else []
+        if tracing.configured():  # a SERVER span per traced call (authorisation runs first)
+            interceptors.append(tracing.ServerTracing())
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors or None)
         state_pb2_grpc.add_StatePlaneServicer_to_server(self._state_service, server)
         scoring_pb2_grpc.add_ScoringServicer_to_server(ScoringServicer(self), server)
         control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(self), server)

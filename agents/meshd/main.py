@@ -59,6 +59,13 @@ def agent_main(argv: Sequence[str]) -> int:
         if reason is not None:
             return fail("meshd", BindError(address, reason, change))
     setup_logging(config.logging.level, config.logging.json_format, config.node.id)
+    from agents.tracing import setup_from_env
+
+    try:
+        setup_from_env("infermesh-agent", instance=config.node.id)  # OTEL_EXPORTER_OTLP_* (off when unset)
+    except ValueError as exc:
+        print(f"meshd: tracing: {exc}", file=sys.stderr)
+        return 2
     loop_factory = None
     try:
         import uvloop

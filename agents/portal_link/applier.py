@@ -4,20 +4,42 @@ own Store service) or, on a node without Raft, a local applied-state file."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+from opentelemetry.trace import SpanKind
 
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
 from agents.proto.portal_link import RAFT_CLIENT_ID, SEQ_SPAN, VERSION_KEY, Change, Snapshot, encode_value
 from agents.scheduler.storekeys import StoreClient
+from agents.tracing import context_of, grpc_metadata, tracer
 
 log = logging.getLogger("meshd.portal")
+_TRACER = tracer("infermesh.portal_link")
+
+
+@contextlib.contextmanager
+def apply_span(change: Change, applier: str) -> Iterator[None]:
+    """The agent's hop of a portal write's trace: a CONSUMER span under the change's `traceparent` (none for changes
+    that carry no trace context, and a no-op when tracing is off)."""
+    parent = context_of(change.traceparent)
+    if parent is None:
+        yield
+        return
+    attributes: dict[str, str | int] = {
+        "outbox.version": change.version,
+        "store.key": change.key,
+        "store.op": change.op,
+        "applier": applier,
+    }
+    with _TRACER.start_as_current_span("portal.apply", context=parent, kind=SpanKind.CONSUMER, attributes=attributes):
+        yield
 
 
 class StoreUnavailable(Exception):
@@ -83,12 +105,12 @@ class RaftApplier:
         try:
             if op == "delete":
                 req_d = store_pb2.StoreDeleteRequest(group=self.group, key=key, client_id=RAFT_CLIENT_ID, seq=seq)
-                await self.stub.Delete(req_d, timeout=self.timeout_s)
+                await self.stub.Delete(req_d, timeout=self.timeout_s, metadata=grpc_metadata())
             else:
                 req_p = store_pb2.StorePutRequest(
                     group=self.group, key=key, value=value or "", client_id=RAFT_CLIENT_ID, seq=seq
                 )
-                await self.stub.Put(req_p, timeout=self.timeout_s)
+                await self.stub.Put(req_p, timeout=self.timeout_s, metadata=grpc_metadata())
             return True
         except grpc.aio.AioRpcError as exc:
             code, details = exc.code(), exc.details() or ""
@@ -105,7 +127,8 @@ class RaftApplier:
         todo = [c for c in changes if c.version > applied]
         for c in todo:
             value = encode_value(c.value) if c.op == "put" and c.value is not None else None
-            await self._write("delete" if c.op == "delete" else "put", c.key, value, c.version * SEQ_SPAN)
+            with apply_span(c, self.kind):
+                await self._write("delete" if c.op == "delete" else "put", c.key, value, c.version * SEQ_SPAN)
         if todo:
             last = todo[-1].version
             await self._write("put", VERSION_KEY, encode_value({"version": last}), last * SEQ_SPAN + SEQ_SPAN - 1)
@@ -177,10 +200,11 @@ class FileApplier:
     async def apply_changes(self, changes: Sequence[Change]) -> int:
         todo = [c for c in changes if c.version > self.state["version"]]
         for c in todo:
-            if c.op == "delete":
-                self.state["data"].pop(c.key, None)
-            else:
-                self._put(c.key, encode_value(c.value or {}))
+            with apply_span(c, self.kind):
+                if c.op == "delete":
+                    self.state["data"].pop(c.key, None)
+                else:
+                    self._put(c.key, encode_value(c.value or {}))
             self.state["version"] = c.version
         if todo:
             await asyncio.to_thread(self._save)

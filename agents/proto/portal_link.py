@@ -67,6 +67,8 @@ class Change(_Strict):
     op: Literal["put", "delete"]
     value: dict[str, Any] | None = None
     kind: str = Field(default="", max_length=64)
+    # W3C trace context of the portal write that made the change: the agent's apply and Raft's commit join its trace.
+    traceparent: str = Field(default="", pattern=r"^([0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2})?$")
 
 
 class Entry(_Strict):

@@ -13,12 +13,14 @@ from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
 from agents.security.tls import ClientIdentity
 from agents.store.machine import Compacted
 from agents.store.schema import StoreInputError, check_key, check_prefix, check_value
+from agents.tracing import tracer
 
 from .group import GroupOptions, NoQuorum, RaftGroup, RequestTimeout
 from .transport import RaftServicer, RaftTransport
 from .types import ConfChangeType, MalformedMessage, Message
 
 DEFAULT_GROUP = "default"
+_TRACER = tracer("infermesh.raft")
 
 
 class RaftHost:
@@ -178,7 +180,15 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
             check_key(key)
             if kw.get("value") is not None:
                 kw["value"] = check_value(key, str(kw["value"]))
-            res = await g.propose_command(op, key, **kw)  # type: ignore[arg-type]
+            # The span of the write's commit (proposed, replicated to a quorum, applied); it joins the caller's trace
+            # through the server's tracing interceptor, a no-op when tracing is off.
+            with _TRACER.start_as_current_span(
+                "raft.commit", attributes={"raft.group": group, "raft.op": op, "store.key": key}
+            ) as span:
+                res = await g.propose_command(op, key, **kw)  # type: ignore[arg-type]
+                if span.is_recording():
+                    span.set_attribute("raft.ok", bool(res.get("ok", False)))
+                    span.set_attribute("store.revision", int(res.get("rev") or 0))
         except (NoQuorum, RequestTimeout, StoreInputError, ValueError) as exc:
             await _write_error(exc, context)
             raise

@@ -397,11 +397,18 @@ class ClientIdentity:
             self.refresh()
 
 
-def dial(address: str, identity: ClientIdentity | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+def dial(
+    address: str,
+    identity: ClientIdentity | None,
+    options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
     """The one way mesh processes open an asyncio gRPC channel: mTLS with the SVID when they have one."""
+    icpt = list(interceptors) or None
     if identity is None:
-        return grpc.aio.insecure_channel(address, options=list(options))
-    return grpc.aio.secure_channel(address, identity.grpc_credentials(), options=[*options, *identity.grpc_options()])
+        return grpc.aio.insecure_channel(address, options=list(options), interceptors=icpt)
+    creds, opts = identity.grpc_credentials(), [*options, *identity.grpc_options()]
+    return grpc.aio.secure_channel(address, creds, options=opts, interceptors=icpt)
 
 
 def dial_sync(address: str, identity: ClientIdentity | None, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
@@ -425,10 +432,12 @@ class Dialer:
         *,
         check_s: float = 1.0,
         grace_s: float = 30.0,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         self.address = address
         self.identity = identity
         self.options = list(options)
+        self.interceptors = list(interceptors)
         self.check_s = check_s
         self.grace_s = grace_s
         self._channel: grpc.aio.Channel | None = None
@@ -439,7 +448,7 @@ class Dialer:
     def _open(self) -> grpc.aio.Channel:
         if self.identity is not None:
             self._stamp = self.identity.stamp()
-        self._channel = dial(self.address, self.identity, self.options)
+        self._channel = dial(self.address, self.identity, self.options, self.interceptors)
         return self._channel
 
     def channel(self) -> grpc.aio.Channel:

@@ -1,6 +1,8 @@
 """A small PyTorch DDP training worker (CPU, gloo) launched by torchrun: records each gradient bucket's all-reduce
 with the comm-hook recorder, writes step times and CommStats as JSON lines for its trainer agent, and checkpoints so
-that a re-placed job resumes where it stopped.
+that a re-placed job resumes where it stopped. With OpenTelemetry's exporter variables set (they reach it through
+its agent's environment) each rank's run is a trace: a `train.step` span per step with an `allreduce.bucket` span per
+gradient bucket inside it.
 
     python -m torch.distributed.run ... -m agents.trainer.worker --steps 40 --hidden 512
 """
@@ -20,6 +22,53 @@ def _checkpoint_path() -> Path | None:
     if uri.startswith("file://"):
         return Path(uri[len("file://") :]) / f"job-{os.environ.get('INFERMESH_JOB_ID', 'local')}.pt"
     return None
+
+
+class _Spans:
+    """Spans of one rank's run; all no-ops without an exporter configured."""
+
+    def __init__(self, job: str, rank: int, world: int) -> None:
+        from opentelemetry import trace
+
+        from agents.tracing import setup_from_env, tracer
+
+        self.trace = trace
+        self.provider = setup_from_env("infermesh-trainer", instance=f"job-{job}/rank-{rank}")
+        self.on = self.provider is not None
+        self.tracer = tracer("infermesh.trainer")
+        self.attrs: dict[str, str | int] = {"job_id": job, "rank": rank, "world_size": world}
+        self.run = self.tracer.start_span("train.run", attributes=self.attrs)
+        self.step: Any = None
+        self.step_ctx: Any = trace.set_span_in_context(self.run)
+
+    def begin_step(self, step: int) -> None:
+        self.step = self.tracer.start_span("train.step", context=self.trace.set_span_in_context(self.run),
+                                           attributes={**self.attrs, "step": step})  # fmt: skip
+        self.step_ctx = self.trace.set_span_in_context(self.step)
+
+    def end_step(self, loss: float) -> None:
+        if self.step is not None:
+            self.step.set_attribute("loss", loss)
+            self.step.end()
+            self.step = None
+
+    def bucket(self, c: Any) -> None:
+        """A bucket's all-reduce, from its completion (on the communication thread): timed by the recorder."""
+        end = time.time_ns()
+        span = self.tracer.start_span(
+            "allreduce.bucket",
+            context=self.step_ctx,
+            start_time=end - int(c.time_s * 1e9),
+            attributes={**self.attrs, "step": c.step, "bucket_id": c.bucket_id if c.bucket_id is not None else -1,
+                        "bytes": c.bytes, "collective": c.collective},
+        )  # fmt: skip
+        span.end(end_time=end)
+
+    def close(self) -> None:
+        self.end_step(float("nan"))
+        self.run.end()
+        if self.provider is not None:
+            self.provider.force_flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         start = int(state["step"])
     ddp = DistributedDataParallel(model)
     job = os.environ.get("INFERMESH_JOB_ID", "local")
-    recorder = CommHookRecorder(job, rank, world, algorithm=os.environ.get("INFERMESH_COLLECTIVE", ""))
+    spans = _Spans(job, rank, world)
+    recorder = CommHookRecorder(
+        job, rank, world, algorithm=os.environ.get("INFERMESH_COLLECTIVE", ""), sink=spans.bucket if spans.on else None
+    )
     register_comm_hook(ddp, recorder)
     out_dir = Path(os.environ.get("INFERMESH_REPORT_DIR", "."))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
         emit({"type": "start", "rank": rank, "world": world, "params": params, "resume_step": start})
         for step in range(start, args.steps):
+            spans.begin_step(step)
             t0 = time.perf_counter()
             recorder.set_step(step)
             x = torch.randn(args.batch, h, generator=gen)
@@ -81,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                       "time_s": c.time_s, "n_ranks": c.n_ranks, "bucket_id": c.bucket_id, "step": c.step,
                       "algorithm": c.algorithm})  # fmt: skip
             emit({"type": "step", "rank": rank, "step": step, "step_s": step_s, "loss": float(loss.detach())})
+            spans.end_step(float(loss.detach()))
             if ckpt is not None and rank == 0 and (step + 1) % args.checkpoint_every == 0:
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 tmp = ckpt.with_suffix(".tmp")
@@ -89,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.step_sleep:
                 time.sleep(args.step_sleep)
         emit({"type": "done", "rank": rank, "steps": args.steps})
+    spans.close()
     dist.destroy_process_group()
     return 0
 

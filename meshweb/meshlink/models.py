@@ -23,6 +23,8 @@ class OutboxEntry(models.Model):
     value = models.JSONField(null=True, blank=True)
     action = models.CharField(max_length=100, blank=True)
     correlation_id = models.CharField(max_length=64, blank=True)
+    # W3C trace context of the write: agents apply the change as part of its trace.
+    traceparent = models.CharField(max_length=55, blank=True, default="")
 
     class Meta:
         ordering = ["version"]

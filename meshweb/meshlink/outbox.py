@@ -19,6 +19,7 @@ from meshweb.core.context import correlation_id
 from meshweb.core.layers import nobody_listens
 from meshweb.meshlink.changes import Put, changes_for, snapshot_entries
 from meshweb.meshlink.models import OutboxCounter, OutboxEntry
+from meshweb.meshlink.tracing import publish_span
 
 log = logging.getLogger("meshweb.meshlink")
 
@@ -54,16 +55,17 @@ def publish(*, obj: models.Model, action: str) -> int:
     if not changes:
         return 0
     cid = (correlation_id.get() or "")[:64]
-    entries = [
-        OutboxEntry(kind=kind, key=key, op=op, value=value, action=action[:100], correlation_id=cid)
-        for kind, key, op, value in changes
-    ]
-    # The row lock serialises appends until commit: versions then follow commit order, which is what lets a
-    # consumer that has sent version N skip everything below N for good.
-    version = _advance_counter(len(entries))
-    for i, entry in enumerate(entries):
-        entry.version = version - len(entries) + 1 + i
-    OutboxEntry.objects.bulk_create(entries)
+    with publish_span(action, [kind for kind, *_ in changes]) as tp:
+        entries = [
+            OutboxEntry(kind=kind, key=key, op=op, value=value, action=action[:100], correlation_id=cid, traceparent=tp)
+            for kind, key, op, value in changes
+        ]
+        # The row lock serialises appends until commit: versions then follow commit order, which is what lets a
+        # consumer that has sent version N skip everything below N for good.
+        version = _advance_counter(len(entries))
+        for i, entry in enumerate(entries):
+            entry.version = version - len(entries) + 1 + i
+        OutboxEntry.objects.bulk_create(entries)
     transaction.on_commit(lambda: ring(version), robust=True)
     if type(obj).__name__ in {"Node", "TrainingJob"}:
         kind = "node.status" if type(obj).__name__ == "Node" else "job.status"

@@ -228,6 +228,7 @@ def heartbeat_record(*, node: Node) -> None:
 def changes_after(version: int, limit: int = 500) -> list[dict[str, Any]]:
     return [
         {"version": e.version, "key": e.key, "op": e.op, "value": e.value, "kind": e.kind}
+        | ({"traceparent": e.traceparent} if e.traceparent else {})
         for e in entries_after(version, limit)
     ]
 

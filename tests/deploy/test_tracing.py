@@ -1,6 +1,8 @@
 """Traces end to end over OTLP/gRPC into a real receiver (opentelemetry-proto's TraceService): a streamed chat
 completion sent with the client's `traceparent` arrives as one connected trace, client span -> router's SERVER span ->
-the runtime's SERVER span. With tracing's exporter off the router never loads the exporter."""
+the runtime's SERVER span; a config change made over the portal's REST API arrives as one connected trace, portal
+REST -> outbox -> the agent's apply -> the Store call -> Raft's commit. With tracing's exporter off the router never
+loads the exporter."""
 
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ import pytest
 
 from agents.emulator.testing import start_emulator
 from tests.deploy.otlp import HttpReceiver, ReceivedSpan, Receiver
-from tests.e2e.mesh import wait_for
+from tests.e2e.mesh import Mesh, wait_for
 from tests.router.procs import router_config, running_router
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-SERVER = 2  # SpanKind.SERVER in OTLP's enum
+SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # SpanKind in OTLP's enum
 
 
 @pytest.fixture
@@ -60,6 +62,46 @@ def test_a_streamed_chat_completion_is_one_connected_trace(receiver: Receiver, t
     assert runtime.kind == SERVER and runtime.name == "POST /v1/chat/completions"
     assert runtime.parent_span_id == router.span_id  # the router's span travelled to the runtime
     assert router.span_id != client_span
+
+
+def test_a_config_change_is_one_connected_trace(receiver: Receiver, tmp_path: Path) -> None:
+    """Portal and agent export over OTLP from OpenTelemetry's own environment variables; the trace context travels
+    in the outbox entry and the portal link's `changes` frame, then in the Store call's gRPC metadata."""
+    mesh = Mesh(tmp_path / "mesh", agents=1, runtime=False, celery=False,
+                env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint})  # fmt: skip
+    try:
+        mesh.start()
+        mesh.api("POST", "tenants/", {"slug": "traced", "name": "Traced"})
+        quota = mesh.api("GET", "quotas/?tenant__slug=traced")["results"][0]
+        trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
+        mesh.api("PATCH", f"quotas/{quota['id']}/", {"requests_per_s": 17.0},
+                 headers={"traceparent": f"00-{trace_id}-{client_span}-01"})  # fmt: skip
+
+        def committed() -> list[ReceivedSpan] | None:
+            spans = receiver.trace(trace_id)
+            return spans if any(s.name == "raft.commit" for s in spans) else None
+
+        spans = wait_for("the agent's Raft commit in the change's trace", committed, timeout=30)
+    finally:
+        mesh.close()
+    by_id = {s.span_id: s for s in spans}
+    (rest,) = [s for s in spans if s.service == "infermesh-portal" and s.kind == SERVER]
+    assert rest.name == "PATCH /api/v1/quotas/<pk>/" and rest.parent_span_id == client_span
+    publishes = [s for s in spans if s.name == "outbox.publish"]
+    assert publishes and all(p.kind == PRODUCER and p.parent_span_id == rest.span_id for p in publishes)
+    applies = [s for s in spans if s.name == "portal.apply"]
+    assert applies, [s.name for s in spans]
+    for apply in applies:  # each change the write made, applied by the agent under the write's span
+        assert apply.service == "infermesh-agent" and apply.kind == CONSUMER
+        assert by_id[apply.parent_span_id].name == "outbox.publish"
+    commits = [s for s in spans if s.name == "raft.commit"]
+    for commit in commits:  # Raft's commit under the Store call the agent's applier made to its own Store service
+        store = by_id[commit.parent_span_id]
+        assert store.name == "infermesh.v1.Store/Put" and store.kind == SERVER
+        assert by_id[store.parent_span_id].name == "portal.apply"
+    assert len(commits) == len(applies)
+    # One connected trace: every span's parent is in it, except the portal's (the client's span).
+    assert all(s.parent_span_id in by_id for s in spans if s is not rest)
 
 
 def test_otlp_over_http_protobuf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
