@@ -144,6 +144,19 @@ class HedgingConfig(_Strict):
         default=0.05, ge=0, le=1, description="hedges per request at most (0.05 = 5% extra load)"
     )
     budget_burst: float = Field(default=5.0, ge=0)
+    predicted_factor: float = Field(
+        default=1.5,
+        gt=0,
+        description="hedge once the first byte is this many times later than the strategy predicted (where it "
+        "predicts TTFT), when that comes before the quantile rule's delay",
+    )
+    min_win_rate: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="once 20 hedges from one target were judged, stop hedging from it while fewer than this share "
+        "won (every 10th still goes, so that a change is noticed)",
+    )
 
 
 class RetryConfig(_Strict):
@@ -192,6 +205,12 @@ class RoutingPolicy(_Strict):
         "and dispatch each to the first target that frees a slot, instead of queueing blind at one runtime",
     )
     first_byte_timeout_s: float = Field(default=60.0, gt=0)
+    slo_ttft_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="TTFT objective: a request that no target is predicted to start within it is refused with 429 "
+        "(slo_unmeetable), where the strategy predicts TTFT (hybrid_mesh, once it has learned); null admits all",
+    )
     hedging: HedgingConfig = Field(default_factory=HedgingConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)

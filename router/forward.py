@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from router.config import OutlierConfig, RoutingPolicy
-from router.core.hedging import HedgeBudget, HedgeParams, LatencyWindow, hedge_delay
+from router.core.hedging import HedgeBudget, HedgeParams, HedgeWins, LatencyWindow, hedge_delay, predicted_delay
 from router.core.outlier import OutlierDetector
 from router.core.retry import Outcome, RetryRules
 from router.metrics import EJECTIONS, HEDGE_SKIPPED, HEDGES, RETRIES, TTFT, child
@@ -98,6 +98,7 @@ class Forwarder:
             outlier.consecutive_failures, outlier.base_ejection_s, outlier.max_ejection_s, outlier.max_ejected_fraction
         )
         self._budgets: dict[str, HedgeBudget] = {}
+        self.hedge_wins: dict[str, HedgeWins] = {}  # model -> whether hedges from each target ever win
         self._model_ttft: dict[str, LatencyWindow] = {}
         self.on_slot_free: Callable[[str], None] = lambda model: None
         self._params: dict[int, HedgeParams] = {}
@@ -230,6 +231,12 @@ class Forwarder:
         model_window = self._model_ttft.get(model)
         if model_window is not None and len(model_window) >= params.min_samples:
             delay = min(delay, hedge_delay(model_window, params))
+        if order[0].pred_ttft_s > 0:  # the strategy predicted this target's TTFT: hedge when it is overrun
+            delay = min(delay, predicted_delay(order[0].pred_ttft_s, policy.hedging.predicted_factor, params))
+        wins = self.hedge_wins.get(model)
+        if wins is None:
+            wins = self.hedge_wins[model] = HedgeWins(policy.hedging.min_win_rate)
+        primary = order[0]
         hedge_at: float | None = start + delay
         try:
             while True:
@@ -249,15 +256,9 @@ class Forwarder:
                         if next_idx < len(order) and not hedged:
                             # A copy only helps on a target that would start it sooner than the primary: one
                             # queued as deep or deeper would add load and win nothing.
-                            primary_wait = order[0].est_waiting()
-                            pick = next(
-                                (
-                                    j
-                                    for j in range(next_idx, len(order))
-                                    if order[j].est_waiting() < max(1.0, primary_wait)
-                                ),
-                                None,
-                            )
+                            pick = _hedge_pick(order, next_idx)
+                            if pick is not None and not wins.worth(primary.id):
+                                pick = None  # hedges from this target never win: they would only add load
                             if pick is not None and budget.try_spend():
                                 order[next_idx], order[pick] = order[pick], order[next_idx]
                                 hedged = True
@@ -304,6 +305,7 @@ class Forwarder:
                     self._won(winner, model)
                     if hedged:
                         HEDGES.labels(model, "won" if winner.hedge_won else "wasted").inc()
+                        wins.record(primary.id, winner.hedge_won)
                     return winner
                 if not tasks:
                     if next_idx < len(order) and attempts < rules.max_attempts:
@@ -396,3 +398,20 @@ class Forwarder:
     def _failure(self, target: Target, model: str, now: float) -> None:
         if self.outlier.on_failure(target.id, now):
             EJECTIONS.labels(model, target.runtime, target.node).inc()
+
+
+def _hedge_pick(order: list[Target], start: int) -> int | None:
+    """Where a hedge goes: among the later-ranked targets that would start it sooner than the primary (one queued
+    as deep or deeper adds load and wins nothing), the first on another node, else on another GPU (a throttled
+    device slows everything on it), else the first at all."""
+    primary = order[0]
+    limit = max(1.0, primary.est_waiting())
+    usable = [j for j in range(start, len(order)) if order[j].est_waiting() < limit]
+    for other in (
+        lambda t: bool(t.node) and t.node != primary.node,
+        lambda t: (t.gpu_uuid, t.mig_profile) != (primary.gpu_uuid, primary.mig_profile),
+    ):
+        j = next((j for j in usable if other(order[j])), None)
+        if j is not None:
+            return j
+    return usable[0] if usable else None

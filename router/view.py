@@ -54,6 +54,7 @@ class Target:
     rate_window_start: float = field(default_factory=time.monotonic)
     rate_window_done: int = 0
     service_rate: float | None = None
+    pred_ttft_s: float = 0.0  # the strategy's predicted TTFT here at its last decision (0 = none): hedge patience
 
     @property
     def labels(self) -> tuple[str, str, str, str, str, str, str]:

@@ -230,6 +230,8 @@ class Hedging(_Model):
     default_delay_ms: float = Field(default=200.0, gt=0)
     budget_ratio: float = Field(default=0.1, ge=0, le=1)  # hedges per request, at most
     budget_burst: float = Field(default=10.0, ge=1)
+    predicted_factor: float = Field(default=1.5, gt=0)  # hedge when the strategy's predicted TTFT is overrun so
+    min_win_rate: float = Field(default=0.1, ge=0, le=1)  # stop hedging from a GPU type whose hedges never win
 
 
 class Routing(_Model):

@@ -29,7 +29,7 @@ from agents.strategies import load_strategy
 from agents.strategies.base import HEALTHY, UNHEALTHY, RouteRequest, Strategy, TargetView
 from agents.strategies.builtins import BaselineRR
 from agents.strategies.host import StrategyHost
-from router.core.hedging import HedgeBudget, HedgeParams, LatencyWindow, hedge_delay
+from router.core.hedging import HedgeBudget, HedgeParams, HedgeWins, LatencyWindow, hedge_delay, predicted_delay
 
 # event kinds, most frequent first (the loop tests them in this order)
 WAKE, NODE_ARRIVE, DELIVER, PUBLISH, ARRIVAL, CLIENT_FIRST, HEDGE, ABORT, FAIL_NOTICE, REFRESH, FAULT = range(11)
@@ -90,6 +90,12 @@ class Router:
         self.hedge_params = hedging
         self.budget = budget
         self.window = LatencyWindow(128)
+        self.wins = HedgeWins()
+        chosen = host.strategies[strategy]
+        # the strategy learns from outcomes and predicts TTFT (hybrid_mesh), or not (None)
+        self.learn: Callable[..., None] | None = getattr(chosen, "observe_outcome", None)
+        self.predict: Callable[[TargetView, RouteRequest], float] | None = getattr(chosen, "predicted_ttft", None)
+        self.trusted: Callable[[], bool] | None = getattr(chosen, "prediction_trusted", None)
         self.seen: dict[int, int] = {}  # node index -> newest state version applied (gossip drops older ones)
 
 
@@ -266,6 +272,7 @@ class Simulation:
                 clock=self._clock,
             )
             router = Router(c, c, host, strat.name, hp, HedgeBudget(h.budget_ratio, h.budget_burst))
+            router.wins.min_win_rate = h.min_win_rate
             self.routers.append(router)
             tracked: Sequence[int]
             if self.view_mode == "full":
@@ -459,8 +466,10 @@ class Simulation:
             model=self.model,
             tenant=str(req.tenant),
             prompt_tokens=req.prompt,
+            max_tokens=req.out,
             client_node=router.node_id,
             exclude=frozenset(req.tried),
+            request_id=str(req.rid),
         )
         decision = router.host.decide(request, strategy=router.strategy, k=self.cfg.routing.k)
         if not decision.ranked:
@@ -469,7 +478,15 @@ class Simulation:
         req.ranked = [s.target.target_id for s in decision.ranked]
         self._send(req, req.ranked[0], t + self.cfg.routing.decision_us / 1e6)
         if self.hedging and len(req.ranked) > 1 and not req.hedged:
-            self._at(t + hedge_delay(router.window, router.hedge_params), HEDGE, req)
+            delay = hedge_delay(router.window, router.hedge_params)
+            if router.predict is not None and router.trusted is not None and router.trusted():
+                # hedge when the strategy's own predicted TTFT is overrun (plus the way there and back)
+                best = decision.ranked[0].target
+                rtt = self._rtt_estimate(router.node_id, best.node)
+                pred = router.predict(best, request) + rtt
+                factor = self.cfg.routing.hedging.predicted_factor
+                delay = min(delay, predicted_delay(pred, factor, router.hedge_params))
+            self._at(t + delay, HEDGE, req)
 
     def _send(self, req: Req, target_id: str, t: float) -> None:
         node = self.node_by_id[target_id]
@@ -547,6 +564,7 @@ class Simulation:
         req: Req = c.req  # type: ignore[assignment]
         if req.first_at < 0 and req.hedged:
             first_copy = req.copies[0]
+            req.router.wins.record(self.node_by_id[req.ranked[0]].cls.name, c is not first_copy)
             if c is not first_copy:
                 self.hedge_wins += 1
         self._client_first(c, t)
@@ -558,6 +576,9 @@ class Simulation:
         self._live.pop(req.rid, None)
         rec = self.rec
         node = c.node
+        learn = req.router.learn
+        if learn is not None:
+            learn(str(req.rid), node.node_id, req.first_at - req.t0, t - req.t0, req.out)
         rec.t0.append(req.t0)
         rec.ttft.append(req.first_at - req.t0)
         rec.e2e.append(t - req.t0)
@@ -583,14 +604,19 @@ class Simulation:
                 req.hedged = True
                 self.hedges += 1
             return
+        primary = self.node_by_id[req.ranked[0]].cls.name
+        if not req.router.wins.worth(primary):
+            return  # hedges from this GPU type never win here: they would only add load
         if not req.router.budget.try_spend():
             return
-        for tid in req.ranked[1:]:
-            if tid not in req.tried:
-                req.hedged = True
-                self.hedges += 1
-                self._send(req, tid, t)
-                return
+        # to other hardware first (a throttled or slower GPU type slows every copy on it), else the next ranked
+        rest = [tid for tid in req.ranked[1:] if tid not in req.tried]
+        other = [tid for tid in rest if self.node_by_id[tid].cls.name != primary]
+        for tid in other or rest:
+            req.hedged = True
+            self.hedges += 1
+            self._send(req, tid, t)
+            return
 
     def _on_fail_notice(self, c: Copy, t: float) -> None:
         self._release(c)

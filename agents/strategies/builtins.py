@@ -24,6 +24,7 @@ from agents.strategies.base import (
     TargetView,
     rank_sampled,
 )
+from agents.strategies.predict import LatencyPredictor, PredictorParams
 
 
 class BaselineRR(Strategy):
@@ -178,7 +179,10 @@ class HybridWeights:
     kv_penalty_s: float = 4.0
     vram_knee: float = 0.92
     vram_penalty_s: float = 2.0
-    latency_weight: float = 0.5  # weight of recent TTFT p95
+    latency_weight: float = 0.1  # weight of recent TTFT p95 (history: the predicted TTFT carries the present)
+    decode_weight: float = 0.1  # weight of a default completion's predicted decode time
+    trust_after: int = 20  # outcomes before predictions refuse requests or time hedges
+    refit_every: int = 64  # fleet outcomes between re-scorings of every target by `refresh`
     warming_penalty_s: float = 10.0
     cold_penalty_s: float = 60.0
     stale_penalty_s: float = 2.0  # applied as (1 - freshness) x this
@@ -186,7 +190,7 @@ class HybridWeights:
     network_weight: float = 2.0  # RTT counts for request and response
     cost_weight_s_per_dollar: float = 200.0
     default_completion_tokens: int = 256
-    mig_penalty_s: float = 1.0  # per 4k tokens of work, scaled by how small the slice is
+    mig_penalty_s: float = 1.0  # unused: a slice's slower prefill is the predictor's (kept for configs naming it)
     cache_block_size: int = 16  # tokens per KV block of the request's block hashes
     cache_prefill_tok_s: float = 12_000.0  # prefill a cached prompt token saves, on a whole GPU
 
@@ -211,11 +215,12 @@ class ZoneRtt:
 
 
 class HybridMesh(_EliteMixin, Strategy):
-    """Expected-delay score: work left / queue, KV and VRAM pressure, recent latency, MIG fit, network cost,
-    warm/cold state, staleness, errors and cost per token.
+    """Expected-delay score: predicted TTFT (queued prefill tokens, sequences decoding, batch slots, each target's
+    learned rates, this router's assignments since the last update), the request's own prefill at the target's rate,
+    KV and VRAM pressure, network cost, warm/cold state, staleness, errors and cost per token.
 
-    The request-independent part is precomputed per target on every update (O(1)); a decision adds the network,
-    cost and MIG terms for a sampled candidate set.
+    The request-independent part is precomputed per target on every update (O(1)); a decision adds the prefill,
+    network and cost terms for a sampled candidate set. Outcomes (`observe_outcome`) teach the predictor.
     """
 
     name = "hybrid_mesh"
@@ -225,6 +230,7 @@ class HybridMesh(_EliteMixin, Strategy):
         weights: HybridWeights | None = None,
         params: SampleParams | None = None,
         rtt: RttFn | None = None,
+        predictor: PredictorParams | None = None,
     ) -> None:
         self.weights = weights or HybridWeights()
         self.params = params or SampleParams()
@@ -236,6 +242,9 @@ class HybridMesh(_EliteMixin, Strategy):
         self._rtt_cache: dict[tuple[str, str], float] = {}
         self._init_elite(self.params.elite)
         self.prefix_index: PrefixIndex | None = default_index()  # what is cached where (agents.signals.prefixindex)
+        self.predictor = LatencyPredictor(predictor)
+        self._views: dict[str, TargetView] = {}
+        self._fleet_stamp = 0
 
     def set_rtt(self, rtt: RttFn | None) -> None:
         """Attach a topology service's RTT estimate (or go back to the zone default with None)."""
@@ -244,16 +253,18 @@ class HybridMesh(_EliteMixin, Strategy):
 
     # -- precomputed, request-independent part -------------------------------------------------------------------
     def base_terms(self, v: TargetView) -> dict[str, float]:
+        """The request-independent terms, in seconds.
+
+        `wait` is the predicted TTFT of an empty prompt (`agents.strategies.predict`): prefill tokens queued ahead,
+        sequences decoding, the wait for a batch slot when the batch is full, each with the target's own learned
+        rate; what this router sent since the target's last published state is counted, in tokens, so decisions
+        between two updates do not pile onto one target. `service` is the decode time of a default completion at the
+        target's predicted inter-token latency (a slow GPU or a full batch costs its share; weighted low)."""
         w = self.weights
-        service_s = v.ewma_latency_s or v.latency_p95_s or w.prior_latency_s
-        cap = v.max_concurrency or w.default_concurrency
-        if v.work_left_s > 0:
-            wait_s = v.work_left_s
-        else:
-            wait_s = ((v.requests_waiting or 0.0) + (v.requests_running or 0.0)) / cap * service_s
+        wait, itl = self.predictor.predict_base(v)
         terms = {
-            "wait": wait_s + v.inflight / cap * service_s,
-            "service": service_s,
+            "wait": wait,
+            "service": w.decode_weight * w.default_completion_tokens * itl,
             "kv": _knee(v.kv_cache_usage, w.kv_knee) * w.kv_penalty_s,
             "vram": _knee(v.vram_used_frac, w.vram_knee) * w.vram_penalty_s,
             "latency": w.latency_weight * (v.ttft_p95_s or v.ewma_ttft_s or 0.0),
@@ -271,11 +282,14 @@ class HybridMesh(_EliteMixin, Strategy):
         return pre[0] if pre is not None else self._base_score(view)
 
     def _precompute(self, view: TargetView) -> tuple[float, float]:
-        pre = (self._base_score(view), 1.0 - mig_fraction(view.mig_profile))
+        # (request-independent score, seconds of prefill per 1,000 prompt tokens at this target)
+        pre = (self._base_score(view), self.predictor.prefill_s(view, 1000.0))
         self._pre[view.target_id] = pre
         return pre
 
     def on_upsert(self, view: TargetView, previous: TargetView | None) -> None:
+        self.predictor.on_view(view, previous is view)
+        self._views[view.target_id] = view
         self._precompute(view)
         if view.zone and self._zone_rtt.zones.get(view.node) != view.zone:
             self._zone_rtt.zones[view.node] = view.zone
@@ -284,11 +298,38 @@ class HybridMesh(_EliteMixin, Strategy):
 
     def on_remove(self, view: TargetView) -> None:
         self._pre.pop(view.target_id, None)
+        self._views.pop(view.target_id, None)
+        self.predictor.forget(view.target_id)
         self._elite_drop(view)
 
     def refresh(self, index: TargetIndex) -> None:
+        stamp = self.predictor.fleet_outcomes
+        # targets still on the fleet's fit (and the slot times) move with it; every few dozen outcomes is enough
+        if stamp - self._fleet_stamp >= self.weights.refit_every or (stamp and not self._fleet_stamp):
+            self._fleet_stamp = stamp
+            for view in self._views.values():
+                self._precompute(view)
+            self._dirty.update(self._elite)
         self._elite_refresh(index)
         self._rtt_cache.clear()
+
+    # -- outcomes --------------------------------------------------------------------------------------------------
+    def observe_outcome(
+        self, request_id: str, target_id: str, ttft_s: float, e2e_s: float = 0.0, completion_tokens: int = 0
+    ) -> None:
+        """A request this strategy ranked was answered by `target_id`: learn the target's latency curve."""
+        if self.predictor.observe(request_id, target_id, ttft_s, e2e_s, completion_tokens):
+            view = self._views.get(target_id)
+            if view is not None:
+                self._precompute(view)
+
+    def prediction_trusted(self) -> bool:
+        """Whether the predictor has learned from enough outcomes to act on (refuse, time hedges)."""
+        return self.predictor.fleet_outcomes >= self.weights.trust_after
+
+    def predicted_ttft(self, view: TargetView, request: RouteRequest) -> float:
+        """Seconds to the first token of `request` at `view`, as the predictor sees it now (network excluded)."""
+        return self.predictor.predict_ttft(view, float(request.prompt_tokens))
 
     # -- per request ---------------------------------------------------------------------------------------------
     def _scorer(self, request: RouteRequest) -> Callable[[TargetView, RouteRequest], float]:
@@ -299,7 +340,10 @@ class HybridMesh(_EliteMixin, Strategy):
         client = request.client_node
         tokens = request.max_tokens or w.default_completion_tokens
         cost_factor = tokens / 1e6 * w.cost_weight_s_per_dollar
-        work_k = (request.prompt_tokens + tokens) / 4096.0 * w.mig_penalty_s
+        # the request's own prefill at the target's learned rate; a subclass ranking its own way (cache_aware charges
+        # the uncached part of the prompt itself) gets the rest of the score without it
+        own = type(self).rank is HybridMesh.rank
+        prompt_k = (request.prompt_tokens or self.predictor.mean_prompt) / 1000.0 if own else 0.0
         net_w = w.network_weight
 
         def score(v: TargetView, _req: RouteRequest) -> float:
@@ -308,16 +352,27 @@ class HybridMesh(_EliteMixin, Strategy):
             r = rtt_cache.get(key)
             if r is None:
                 r = rtt_cache[key] = rtt(client, v.node)
-            return pre[0] + net_w * r + v.cost_per_mtok * cost_factor + pre[1] * work_k
+            return pre[0] + net_w * r + v.cost_per_mtok * cost_factor + pre[1] * prompt_k
 
         return score
+
+    def _decided(self, ranked: list[Scored], request: RouteRequest) -> list[Scored]:
+        """Remember the candidates' features for learning, and the first choice's prompt for the pending work."""
+        if ranked:
+            pred = self.predictor
+            pred.note_choice(ranked[0].target.target_id, request)
+            if request.request_id:
+                prompt = float(request.prompt_tokens or pred.mean_prompt)
+                for s in ranked:
+                    pred.remember(request.request_id, s.target, prompt)
+        return ranked
 
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
         elite = self._elite_views(index, request.model)
         score = self._scorer(request)
         pi = self.prefix_index
         if pi is None or not request.block_hashes:
-            return rank_sampled(index, request, k, rng, score, self.params, elite)
+            return self._decided(rank_sampled(index, request, k, rng, score, self.params, elite), request)
         # the cache term: prefill time the target's cached prefix saves
         hashes, bs, rate = request.block_hashes, self.weights.cache_block_size, self.weights.cache_prefill_tok_s
 
@@ -327,7 +382,7 @@ class HybridMesh(_EliteMixin, Strategy):
         ranked = rank_sampled(index, request, k, rng, with_cache, self.params, elite)
         if ranked:
             pi.note_routed(ranked[0].target.endpoint, hashes)
-        return ranked
+        return self._decided(ranked, request)
 
     def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
         w = self.weights
@@ -335,8 +390,7 @@ class HybridMesh(_EliteMixin, Strategy):
         tokens = request.max_tokens or w.default_completion_tokens
         terms["network"] = w.network_weight * self.rtt(request.client_node, view.node)
         terms["cost"] = view.cost_per_mtok * tokens / 1e6 * w.cost_weight_s_per_dollar
-        work_k = (request.prompt_tokens + tokens) / 4096.0 * w.mig_penalty_s
-        terms["mig"] = (1.0 - mig_fraction(view.mig_profile)) * work_k if view.mig_profile else 0.0
+        terms["prefill"] = self.predictor.prefill_s(view, float(request.prompt_tokens or self.predictor.mean_prompt))
         return terms
 
 

@@ -80,3 +80,49 @@ class HedgeBudget:
     @property
     def extra_load(self) -> float:
         return self.hedges / self.requests if self.requests else 0.0
+
+
+def predicted_delay(predicted_s: float, factor: float, p: HedgeParams) -> float:
+    """Hedge once the first byte is `factor` x later than the strategy predicted: an overrun the prediction did not
+    see coming (a throttled GPU, a preempted batch), not a target that was known to be busy."""
+    return min(p.max_delay_s, max(p.min_delay_s, predicted_s * factor))
+
+
+class HedgeWins:
+    """Whether hedges from a target ever win. After `min_samples` judged hedges from one target, hedging from it stops
+    while fewer than `min_win_rate` of the last ones won; every `probe_every`-th hedge still goes, so that a change
+    is noticed. The win rate is an EWMA over hedges (weight `alpha`)."""
+
+    __slots__ = ("alpha", "min_samples", "min_win_rate", "probe_every", "skipped", "stats")
+
+    def __init__(self, min_win_rate: float = 0.1, min_samples: int = 20, probe_every: int = 10, alpha: float = 0.05):
+        self.min_win_rate = min_win_rate
+        self.min_samples = min_samples
+        self.probe_every = probe_every
+        self.alpha = alpha
+        self.stats: dict[str, list[float]] = {}  # key -> [hedges judged, EWMA of won]
+        self.skipped: dict[str, int] = {}
+
+    def record(self, key: str, won: bool) -> None:
+        s = self.stats.get(key)
+        x = 1.0 if won else 0.0
+        if s is None:
+            self.stats[key] = [1.0, x]
+            return
+        s[0] += 1
+        s[1] += self.alpha * (x - s[1]) if s[0] > 1 / self.alpha else (x - s[1]) / s[0]
+
+    def win_rate(self, key: str) -> float | None:
+        s = self.stats.get(key)
+        return s[1] if s is not None else None
+
+    def worth(self, key: str) -> bool:
+        s = self.stats.get(key)
+        if s is None or s[0] < self.min_samples or s[1] >= self.min_win_rate:
+            return True
+        n = self.skipped.get(key, 0) + 1
+        if n >= self.probe_every:
+            self.skipped[key] = 0
+            return True
+        self.skipped[key] = n
+        return False
