@@ -240,6 +240,7 @@ class PortalRouting:
             # Hedge no later than half the TTFT target, so a hedge can still meet it.
             cap = max(hedging.min_delay_ms, min(hedging.max_delay_ms, m.slo_ttft_ms / 2))
             hedging = hedging.model_copy(update={"max_delay_ms": cap})
+            update["slo_ttft_ms"] = m.slo_ttft_ms
         update["hedging"] = hedging
         m.router_policy = base.model_copy(update=update)
         return m.router_policy

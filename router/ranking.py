@@ -202,6 +202,7 @@ class Ranker:
             if t.id not in seen:
                 ranked.append(t)
                 seen.add(t.id)
+        self._predict(decision, req, policy, model)
         if ranked:
             # Counted until fresh state arrives, so a burst between two agent updates does not herd onto one target.
             self.host.note_assigned(ranked[0].id)
@@ -210,6 +211,47 @@ class Ranker:
             agree = shadow.best is not None and bool(ranked) and shadow.best.target_id == ranked[0].id
             SHADOW.labels(model, decision.strategy, policy.shadow_strategy, "yes" if agree else "no").inc()
         return ranked, decision.strategy
+
+    def _predict(self, decision: Decision, req: RouteRequest, policy: RoutingPolicy, model: str) -> None:
+        """Predicted TTFT of the ranked targets (the hedge's patience), and SLO admission: a request whose TTFT
+        objective no target is predicted to meet is refused with 429 instead of being queued to fail."""
+        strategy = self.host.strategies.get(decision.strategy)
+        predict = getattr(strategy, "predicted_ttft", None)
+        trusted = getattr(strategy, "prediction_trusted", None)
+        # a predictor still on its priors decides nothing: no hedge timing, no refusal
+        if predict is None or trusted is None or not trusted() or not decision.ranked:
+            return
+        best: tuple[float, str] | None = None
+        for sc in decision.ranked:
+            t = self._targets.get(sc.target.target_id)
+            if t is None:
+                continue
+            p = float(predict(sc.target, req))
+            t.pred_ttft_s = p
+            if best is None or p < best[0]:
+                best = (p, t.id)
+        slo_ms = policy.slo_ttft_ms
+        if slo_ms and best is not None and best[0] * 1000.0 > slo_ms:
+            from router.metrics import ADMISSION_REFUSED
+            from router.service import Refusal  # the service imports this module
+
+            ADMISSION_REFUSED.labels(model, "", "slo").inc()
+            wait = max(1, int(best[0] - slo_ms / 1000.0) + 1)
+            raise Refusal(
+                429,
+                "slo_unmeetable",
+                f"model {model!r}: no target is predicted to meet the TTFT objective of {slo_ms:g} ms (best "
+                f"{best[0] * 1000:.0f} ms, at {best[1]}); retry after {wait}s",
+                retry_after=str(wait),
+            )
+
+    def learn(self, corr_id: str, target_id: str, ttft_s: float, e2e_s: float = 0.0, tokens: int = 0) -> None:
+        """Teach every strategy that learns from outcomes (hybrid_mesh's latency predictor) what the request it
+        ranked took at the target that answered."""
+        for s in self.host.strategies.values():
+            observe = getattr(s, "observe_outcome", None)
+            if observe is not None:
+                observe(corr_id, target_id, ttft_s, e2e_s, tokens)
 
     def explain(
         self, model: str, strategy: str, candidates: list[Target]

@@ -530,6 +530,8 @@ class RouterService:
             w.target.on_done(now)
             self.slot_freed(ticket.model)
             self.route_stats.record(w.target.id, 200 <= (ticket.status or 502) < 400, w.ttft)
+            if ticket.status == 200:  # the latency predictor learns from what the request took
+                self.ranker.learn(ticket.corr_id, w.target.id, w.ttft, now - ticket.t0, ticket.completion_tokens or 0)
 
         used = None
         if ticket.completion_tokens is not None:
