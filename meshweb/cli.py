@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("agents.meshd.main:agent_main", "run meshd, the node agent (gRPC state plane, scoring, control)"),
     "ctl": ("agents.ctl:main", "query and steer a node agent (nodes, gpus, targets, score, ...)"),
     "router": ("router.main:main", "run the inference router (OpenAI, KServe v2 HTTP/gRPC, WebSocket)"),
+    "strategy": ("agents.strategies.cli:main", "test a routing strategy offline against a target snapshot"),
     "sim": ("agents.sim.cli:main", "simulate the mesh at scale with the router's strategies (--config FILE)"),
     "emulate-runtime": ("agents.emulator.server:main", "serve an emulated LLM runtime (OpenAI API, runtime /metrics)"),
     "ca": ("agents.security.cli:ca_main", "the mesh certificate authority: init, issue, revoke, crl (offline root)"),

@@ -68,9 +68,15 @@ SHADOW = Counter(
 )
 WIN_RATE = Gauge(
     "infermesh_router_strategy_win_rate",
-    "Share of recent requests where the arm's TTFT beat the baseline arm's recent median",
-    ["model", "strategy"],
+    "Probability that a challenger's outcome (A/B arm, or a shadow's pick where it differs) beats the live "
+    "strategy's, from real outcomes; 0.5 = no better, no worse (metric: overall, ttft, latency, errors)",
+    ["model", "strategy", "mode", "metric"],
     multiprocess_mode="mostrecent",
+)
+STRATEGY_NOT_LOADED = Counter(
+    "infermesh_router_strategy_not_loaded_total",
+    "Decisions a policy asked of a strategy that is not loaded (refused at load): the model's previous one decided",
+    ["strategy"],
 )
 LOCAL_ONLY = Gauge(
     "infermesh_router_local_only",

@@ -2,23 +2,31 @@
 
 The router keeps a `StrategyHost` whose index mirrors its view and decides in-process (no RPC per request). The host
 enforces the decision budget and falls back to `baseline_rr` when a strategy overruns or raises.
+
+Each decision leaves a `Trial` (the live strategy, the deciding arm, the shadow's pick); the request's outcome goes
+to the `OutcomeBook`, which keeps every challenger's win rate against the live strategy (agents/strategies/outcomes).
+A policy may name a strategy that is not loaded (yet, or ever: a new module version refused at load); the model
+keeps the strategy that last decided for it until then, so that no request fails for it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 from agents.strategies import load_strategy
 from agents.strategies.base import HEALTHY, UNKNOWN, Decision, RouteRequest, Strategy, TargetView
 from agents.strategies.builtins import ZoneRtt
 from agents.strategies.host import StrategyHost, StrategyStats
+from agents.strategies.outcomes import Outcome, OutcomeBook, Trial
 from agents.strategies.plugins import isolate
 from router.config import RoutingPolicy
 from router.meshview import MeshView
-from router.metrics import ARM_TTFT, DECISION, SHADOW, STRATEGY_FALLBACKS, WIN_RATE, child
+from router.metrics import ARM_TTFT, DECISION, SHADOW, STRATEGY_FALLBACKS, STRATEGY_NOT_LOADED, WIN_RATE, child
 from router.prefix import RequestPrefix
 from router.view import Target
 from router.view import TargetView as RouterView
@@ -80,26 +88,49 @@ class Ranker:
         # this router's place in the mesh (router/meshview.py): network cost from its node, local-only mode
         self.mesh = MeshView()
         self._mesh_applied = (-1, -1)
-        self._arms: dict[tuple[str, str], deque[float]] = {}
+        self.book = OutcomeBook()
+        self.trial: Trial | None = None  # the last decision's, for its request's ticket
+        self._config_names = set(strategies)
+        self._last_good: dict[str, str] = {}  # model -> the strategy that last decided for it
+        self._decision_us: dict[str, deque[float]] = {}
+        self.loaded_at: dict[str, float] = {}
+        self.load_errors: dict[str, str] = {}
 
     def ensure(self, names: Iterable[str]) -> list[str]:
         """Load strategies a policy newly names (the portal's, at runtime); returns the names that cannot be loaded."""
+        wanted = set(names)
         bad: list[str] = []
-        for spec in sorted(set(names) - set(self.host.strategies)):
+        for spec in sorted(wanted - set(self.host.strategies)):
             try:
                 s = isolate(load_strategy(spec))
-            except ValueError:
+            except ValueError as exc:
                 bad.append(spec)
+                if self.load_errors.get(spec) != str(exc):
+                    log.warning("strategy %s refused at load, the previous one is kept: %s", spec, exc)
+                self.load_errors[spec] = str(exc)
                 continue
-            self.host.strategies[spec] = s
-            self.host.stats.setdefault(spec, StrategyStats())
+            # primed with every target before it is swapped in: its first decision sees the whole index
             for view in self.host.index:
                 s.on_upsert(view, None)
             s.refresh(self.host.index)
+            self.host.strategies[spec] = s
+            self.host.stats.setdefault(spec, StrategyStats())
+            self.loaded_at[spec] = time.time()
+            self.load_errors.pop(spec, None)
+        # Strategies no policy names any more are let go (each one held is updated on every target change), except
+        # those some model still decides with while its new strategy cannot be loaded.
+        keep = wanted | self._config_names | {BASELINE} | set(self._last_good.values())
+        for spec in [n for n in self.host.strategies if n not in keep]:
+            del self.host.strategies[spec]
+            self.loaded_at.pop(spec, None)
         return bad
 
     def _observe(self, d: Decision) -> None:
         child(DECISION, d.strategy).observe(d.decision_us / 1e6)
+        times = self._decision_us.get(d.strategy)
+        if times is None:
+            times = self._decision_us[d.strategy] = deque(maxlen=512)
+        times.append(d.decision_us)
         if d.fallback:
             STRATEGY_FALLBACKS.labels(d.fallback_reason.rsplit(": ", 1)[0]).inc()
 
@@ -181,6 +212,15 @@ class Ranker:
         self._apply_mesh()
         candidates = self.local_only(candidates)
         name = self.pick_arm(policy, corr_id)
+        live = live_strategy(policy)
+        if name not in self.host.strategies:
+            # named but not loaded (refused at load): the model keeps what decided for it last
+            STRATEGY_NOT_LOADED.labels(name).inc()
+            name = self._last_good.get(model, BASELINE)
+            if name not in self.host.strategies:
+                name = BASELINE
+        else:
+            self._last_good[model] = name
         req = RouteRequest(model=model, prompt_tokens=prompt_chars // 4, max_tokens=max_tokens or 0, request_id=corr_id)
         req.client_node = self.mesh.node  # where the request enters the mesh: the network term's source
         if prefix is not None:
@@ -206,10 +246,16 @@ class Ranker:
         if ranked:
             # Counted until fresh state arrives, so a burst between two agent updates does not herd onto one target.
             self.host.note_assigned(ranked[0].id)
+        trial = Trial(model, live, name, ranked[0].id if ranked else "")
         if policy.shadow_strategy and policy.shadow_strategy in self.host.strategies:
-            shadow = self.host.decide(req, strategy=policy.shadow_strategy, k=1)
-            agree = shadow.best is not None and bool(ranked) and shadow.best.target_id == ranked[0].id
+            shadow = self.host.decide(
+                req, strategy=policy.shadow_strategy, k=len(self.view.all(model)) if narrowed else 1
+            )
+            pick = next((s.target.target_id for s in shadow.ranked if s.target.target_id in allowed), None)
+            agree = pick is not None and bool(ranked) and pick == ranked[0].id
             SHADOW.labels(model, decision.strategy, policy.shadow_strategy, "yes" if agree else "no").inc()
+            trial.shadow, trial.shadow_pick = policy.shadow_strategy, pick
+        self.trial = trial
         return ranked, decision.strategy
 
     def _predict(self, decision: Decision, req: RouteRequest, policy: RoutingPolicy, model: str) -> None:
@@ -281,12 +327,68 @@ class Ranker:
         self.host.note_finished(target_id)
 
     def observe(self, model: str, strategy: str, ttft: float) -> None:
-        """Per-arm TTFT, and the arm's win rate against the baseline arm's recent median."""
+        """Per-arm TTFT (the win rates come with the whole outcome: `outcome`)."""
         child(ARM_TTFT, model, strategy).observe(ttft)
-        arm = self._arms.setdefault((model, strategy), deque(maxlen=256))
-        arm.append(ttft)
-        base = self._arms.get((model, BASELINE))
-        if base is None or strategy == BASELINE or len(base) < 16 or len(arm) % 16:
+
+    def outcome(self, trial: Trial | None, ok: bool, ttft_s: float | None, latency_s: float, target: str = "") -> None:
+        """A finished request of a decision: into the win rates of the model's challengers (and their gauges)."""
+        if trial is None:
             return
-        median = sorted(base)[len(base) // 2]
-        WIN_RATE.labels(model, strategy).set(sum(1 for x in arm if x < median) / len(arm))
+        for ch in self.book.record(trial, Outcome(ok, ttft_s, latency_s), target):
+            for metric, rate in ch.rates.items():
+                value = rate.value()
+                if value is not None:
+                    WIN_RATE.labels(ch.model, ch.strategy, ch.mode, metric).set(value)
+
+    def report(self, models: Iterable[tuple[str, RoutingPolicy]] = ()) -> dict[str, Any]:
+        """The strategies held (kind, decisions, fallbacks by reason, decision times) and, per model, the live
+        strategy, its arms and shadow, and each challenger's win rates (`infermesh ctl strategies`)."""
+        strategies = []
+        for name in sorted(set(self.host.strategies) | set(self.load_errors)):
+            s = self.host.strategies.get(name)
+            st = self.host.stats.get(name)
+            times = sorted(self._decision_us.get(name, ()))
+            strategies.append(
+                {
+                    "name": name,
+                    "kind": _kind(name, s),
+                    "loaded": s is not None,
+                    "loaded_at": self.loaded_at.get(name),
+                    "error": self.load_errors.get(name, ""),
+                    "decisions": st.decisions if st else 0,
+                    "fallbacks": dict(st.fallbacks) if st else {},
+                    "decision_us_p50": round(times[len(times) // 2], 1) if times else None,
+                    "decision_us_p99": round(times[min(len(times) - 1, int(len(times) * 0.99))], 1) if times else None,
+                }
+            )
+        out_models = []
+        for model, policy in models:
+            out_models.append(
+                {
+                    "model": model,
+                    "live": live_strategy(policy),
+                    "deciding": self._last_good.get(model),
+                    "ab_split": dict(policy.ab_split),
+                    "shadow_strategy": policy.shadow_strategy or "",
+                    "challengers": self.book.describe(model),
+                }
+            )
+        return {"strategies": strategies, "models": out_models}
+
+
+def live_strategy(policy: RoutingPolicy) -> str:
+    """The strategy a policy's challengers are judged against: its `strategy` when it is an A/B arm (or there is no
+    split), else its biggest arm."""
+    split = policy.ab_split
+    if not split or policy.strategy in split:
+        return policy.strategy
+    return max(split, key=lambda n: split[n])
+
+
+def _kind(name: str, s: Strategy | None) -> str:
+    if name.startswith("wasm:"):
+        return "wasm"
+    if s is None:
+        return "unknown"
+    inner = getattr(s, "inner", s)
+    return "builtin" if type(inner).__module__.startswith("agents.strategies") else "python"

@@ -120,6 +120,8 @@ def model_report(svc: RouterService, model: str, tenant: str | None = None) -> d
         },
         "ranked_by": main,
         "ranking": ranking,
+        # each A/B arm's and shadow's win rate against the live strategy, from this router's outcomes
+        "strategies": svc.ranker.book.describe(model),
         "targets": [{**_target(t, svc.route_stats.by_target.get(t.id)), "allowed": t in allowed} for t in targets],
     }
 
@@ -137,6 +139,16 @@ def report(svc: RouterService, model: str | None = None, tenant: str | None = No
     }
 
 
+def strategies_report(svc: RouterService, model: str | None = None) -> dict[str, Any]:
+    """`GET /infermesh/strategies`: the strategies this router holds and each model's challengers' win rates."""
+    names = [model] if model else sorted(set(svc.view.models()) | {m.name for _, m in svc.portal.models()})
+    policies = []
+    for name in names:
+        entries = [m for _, m in svc.portal.models() if m.name == name]
+        policies.append((name, svc.policy_for(name, entries[0] if entries else None)))
+    return {"at": time.time(), "node": svc.ranker.mesh.node, **svc.ranker.report(policies)}
+
+
 def add_routes(app: web.Application, svc: RouterService) -> None:
     token = svc.cfg.listen.metrics_token()
     secret = token.encode() if token is not None else None
@@ -146,10 +158,13 @@ def add_routes(app: web.Application, svc: RouterService) -> None:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), secret):
                 return web.json_response(
-                    {"error": "/infermesh/routing needs the metrics bearer token (listen.metrics_token_file)"},
+                    {"error": f"{request.path} needs the metrics bearer token (listen.metrics_token_file)"},
                     status=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+        if request.path == "/infermesh/strategies":
+            return web.json_response(strategies_report(svc, request.query.get("model") or None))
         return web.json_response(report(svc, request.query.get("model") or None, request.query.get("tenant") or None))
 
     app.router.add_get("/infermesh/routing", routing)
+    app.router.add_get("/infermesh/strategies", routing)

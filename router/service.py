@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from agents.proto.access import InferenceLimits
+from agents.strategies.outcomes import Trial
 from router.access import AccessState, AccessWatcher
 from router.agentlink import AgentLink, Outcome
 from router.config import RouterConfig, RoutingPolicy, TenantConfig
@@ -103,6 +104,7 @@ class Ticket:
     completion_tokens: int | None = None
     cancelled: bool = False
     extra: dict[str, object] = field(default_factory=dict)
+    trial: Trial | None = None  # the decision, for the strategies' win rates (router/ranking.py)
 
 
 def _tenant_index(tenants: list[TenantConfig]) -> dict[str, Tenant]:
@@ -406,6 +408,7 @@ class RouterService:
             key=tenant.key_prefix,
             ranked=ranked,
             strategy=strategy,
+            trial=self.ranker.trial,
             t0=t0,
             trace_id=trace_id,
             deadline=t0 + min(policy.deadline_s, deadline_s if deadline_s is not None else policy.deadline_s),
@@ -540,6 +543,9 @@ class RouterService:
         await self.quotas.release(ticket.key_lease, used)
         dur = now - ticket.t0
         status = ticket.status or (499 if ticket.cancelled else 502)
+        if not ticket.cancelled and status != 499:  # a client that left says nothing about the strategy
+            served = w.target.id if w is not None else ""
+            self.ranker.outcome(ticket.trial, 200 <= status < 400, w.ttft if w is not None else None, dur, served)
         child(REQUESTS, ticket.model, ticket.tenant, ticket.api, str(status)).inc()
         child(LATENCY, ticket.model, ticket.tenant).observe(dur)
         if ticket.cause:

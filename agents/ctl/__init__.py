@@ -24,6 +24,7 @@ VERB_MODULES: list[str] = [
     "agents.ctl.members",
     "agents.ctl.store",
     "agents.ctl.raft",
+    "agents.ctl.strategies",
 ]
 
 
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
             "infermesh ctl score --model demo-llm --prompt-tokens 512",
             "infermesh ctl events --kind target. -o json    # one JSON object per line",
             "infermesh ctl store get policies/ --prefix",
+            "infermesh ctl strategies --router http://127.0.0.1:8080 --json",
+            "infermesh ctl snapshot --out targets.json   # then: infermesh strategy test S --snapshot targets.json",
         ),
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
