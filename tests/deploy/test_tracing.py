@@ -82,8 +82,25 @@ def test_a_config_change_is_one_connected_trace(receiver: Receiver, tmp_path: Pa
             return spans if any(s.name == "raft.commit" for s in spans) else None
 
         spans = wait_for("the agent's Raft commit in the change's trace", committed, timeout=30)
+
+        # The router's calls to its agent (here the mirror of the portal's tenants and keys reading the store):
+        # a CLIENT span each, continued by a SERVER span in the agent.
+        cfg = router_config(["http://127.0.0.1:9"], agent={"address": mesh.agents["node-1"].address},
+                            tracing={"exporter": "otlp", "endpoint": receiver.endpoint})  # fmt: skip
+        with running_router(cfg, tmp_path):
+
+            def agent_call() -> tuple[ReceivedSpan, ReceivedSpan] | None:
+                with receiver._lock:
+                    got = list(receiver.spans)
+                calls = {s.span_id: s for s in got if s.service == "infermesh-router" and s.kind == CLIENT}
+                served = [s for s in got if s.service == "infermesh-agent" and s.parent_span_id in calls]
+                return (calls[served[0].parent_span_id], served[0]) if served else None
+
+            call, served = wait_for("a router -> agent call in one trace", agent_call, timeout=30)
     finally:
         mesh.close()
+    assert call.name == served.name == "infermesh.v1.Store/Get" and served.kind == SERVER
+    assert call.trace_id == served.trace_id
     by_id = {s.span_id: s for s in spans}
     (rest,) = [s for s in spans if s.service == "infermesh-portal" and s.kind == SERVER]
     assert rest.name == "PATCH /api/v1/quotas/<pk>/" and rest.parent_span_id == client_span
@@ -146,3 +163,25 @@ def test_otlp_without_an_endpoint_is_refused() -> None:
         TracingConfig(exporter="otlp")
     with pytest.raises(ValidationError):
         TracingConfig(exporter="otlp", endpoint="127.0.0.1:4317", sample_ratio=1.5)
+
+
+def test_training_steps_and_all_reduce_buckets_are_spans(receiver: Receiver, tmp_path: Path) -> None:
+    """Two DDP ranks (CPU, gloo, real torchrun) with OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set, as a trainer agent's
+    environment passes it on: each rank's run is a trace of `train.step` spans holding its buckets' all-reduces."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = os.environ | {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint, "INFERMESH_JOB_ID": "7",
+                        "INFERMESH_REPORT_DIR": str(tmp_path), "PYTHONPATH": root}  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "agents.trainer.worker", "--steps", "3", "--hidden", "64", "--checkpoint-every", "100"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with receiver._lock:  # the workers flushed before they exited
+        spans = list(receiver.spans)
+    runs = [s for s in spans if s.name == "train.run"]
+    assert len(runs) == 2 and {s.service for s in spans} == {"infermesh-trainer"}
+    for run in runs:
+        steps = [s for s in spans if s.name == "train.step" and s.parent_span_id == run.span_id]
+        assert len(steps) == 3 and all(s.trace_id == run.trace_id for s in steps)
+        for step in steps:
+            buckets = [s for s in spans if s.name == "allreduce.bucket" and s.parent_span_id == step.span_id]
+            assert buckets, f"no all-reduce bucket under step span {step.span_id}"
