@@ -14,21 +14,20 @@ from the store entirely (keys, quotas, priority); YAML tenants of other names ke
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import json
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from pydantic import ValidationError
 
 from agents.proto.access import KEYS_PREFIX, TENANTS_PREFIX, ApiKeyRecord, TenantAccess
-from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
 from router.metrics import ACCESS_RECORDS, ACCESS_UPDATES
 from router.obs import log_event
+from router.storewatch import StoreMirror
 
 
 @dataclass(slots=True)
@@ -84,64 +83,58 @@ class AccessWatcher:
         reconnect_min_s: float = 0.2,
         reconnect_max_s: float = 2.0,
     ) -> None:
-        self._channel = channel
         self.state = state
         self._on_change = on_change
-        self._min = reconnect_min_s
-        self._max = min(reconnect_max_s, 2.0)  # a revocation must arrive within seconds of the agent's return
-        self._tasks: list[asyncio.Task[None]] = []
         self._failing: dict[str, str] = {}
+        # a revocation must arrive within seconds of the agent's return: the backoff stays under 2 s
+        self._mirrors = [
+            StoreMirror(
+                channel,
+                [prefix],
+                on_snapshot=functools.partial(self._snapshot, prefix),
+                on_event=functools.partial(self._event, prefix),
+                on_break=functools.partial(self._broken, prefix),
+                min_s=reconnect_min_s,
+                max_s=min(reconnect_max_s, 2.0),
+                get_timeout_s=5.0,
+            )
+            for prefix in (TENANTS_PREFIX, KEYS_PREFIX)
+        ]
 
     def start(self) -> None:
-        for prefix in (TENANTS_PREFIX, KEYS_PREFIX):
-            self._tasks.append(asyncio.create_task(self._mirror(prefix)))
+        for m in self._mirrors:
+            m.start()
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        for m in self._mirrors:
+            await m.close()
 
     def _counts(self) -> None:
         ACCESS_RECORDS.labels("tenants").set(len(self.state.tenants))
         ACCESS_RECORDS.labels("keys").set(len(self.state.keys))
 
-    async def _mirror(self, prefix: str) -> None:
-        backoff = self._min
-        while True:
-            try:
-                stub = store_pb2_grpc.StoreStub(self._channel())
-                got = await stub.Get(store_pb2.StoreGetRequest(key=prefix, prefix=True, serializable=True), timeout=5)
-                self.state.replace(prefix, [(kv.key, kv.value) for kv in got.kvs])
-                ACCESS_UPDATES.labels("snapshot").inc()
-                self._counts()
-                self._on_change()
-                if prefix in self._failing:
-                    log_event("portal access records mirrored again", prefix=prefix, records=len(got.kvs))
-                    del self._failing[prefix]
-                backoff = self._min
-                call = stub.Watch(store_pb2.StoreWatchRequest(prefix=prefix, start_revision=got.revision + 1))
-                async for ev in call:
-                    self.state.apply(prefix, ev.key, ev.value if ev.type == "put" else None)
-                    ACCESS_UPDATES.labels(ev.type).inc()
-                    self._counts()
-                    self._on_change()
-                reason = "watch stream ended"
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as e:
-                reason = f"{e.code().name}: {e.details()}"
-            except Exception as e:
-                reason = repr(e)
-            if prefix not in self._failing:
-                # Said once per outage: the last mirrored records stay in force meanwhile.
-                self._failing[prefix] = reason
-                log_event(
-                    "portal access records unavailable from the agent, keeping the last ones",
-                    logging.WARNING,
-                    prefix=prefix,
-                    reason=reason,
-                )
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(self._max, backoff * 2)
+    def _snapshot(self, prefix: str, items: list[tuple[str, str]], revision: int) -> None:
+        self.state.replace(prefix, items)
+        ACCESS_UPDATES.labels("snapshot").inc()
+        self._counts()
+        self._on_change()
+        if prefix in self._failing:
+            log_event("portal access records mirrored again", prefix=prefix, records=len(items))
+            del self._failing[prefix]
+
+    def _event(self, prefix: str, ev: Any) -> None:
+        self.state.apply(prefix, ev.key, ev.value if ev.type == "put" else None)
+        ACCESS_UPDATES.labels(ev.type).inc()
+        self._counts()
+        self._on_change()
+
+    def _broken(self, prefix: str, reason: str) -> None:
+        if prefix not in self._failing:
+            # Said once per outage: the last mirrored records stay in force meanwhile.
+            self._failing[prefix] = reason
+            log_event(
+                "portal access records unavailable from the agent, keeping the last ones",
+                logging.WARNING,
+                prefix=prefix,
+                reason=reason,
+            )

@@ -9,20 +9,16 @@ A tenant the portal has no models for keeps the router config's behaviour (its `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-
-from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
 from agents.security.tls import ClientIdentity, Dialer
 from router.config import AgentConfig, RoutingPolicy
 from router.obs import log_event
+from router.storewatch import StoreMirror
 from router.view import Target
 
 TENANTS = "kv/portal/tenants/"
@@ -266,60 +262,52 @@ class PortalWatcher:
         self.on_change = on_change
         self.synced = asyncio.Event()
         self._dialer: Dialer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._mirror: StoreMirror | None = None
         self._warned = False
 
     def start(self) -> None:
         if not self.cfg.address:
             return
         self._dialer = Dialer(self.cfg.address, ClientIdentity.of(self.cfg.tls), check_s=0.0)
-        self._task = asyncio.create_task(self._loop())
+        self._mirror = StoreMirror(
+            self._dialer.channel,
+            PREFIXES,
+            watch_prefix="",
+            on_snapshot=self._snapshot,
+            on_event=self._event,
+            on_break=self._broken,
+            min_s=self.cfg.reconnect_min_s,
+            max_s=self.cfg.reconnect_max_s,
+        )
+        self._mirror.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        if self._mirror is not None:
+            await self._mirror.close()
         if self._dialer is not None:
             await self._dialer.close()
 
-    async def _loop(self) -> None:
-        assert self._dialer is not None
-        backoff = self.cfg.reconnect_min_s
-        while True:
-            try:
-                stub = store_pb2_grpc.StoreStub(self._dialer.channel())
-                items: list[tuple[str, str]] = []
-                revision = 0
-                for prefix in PREFIXES:
-                    resp = await stub.Get(store_pb2.StoreGetRequest(key=prefix, prefix=True, serializable=True))
-                    items.extend((kv.key, kv.value) for kv in resp.kvs)
-                    revision = max(revision, resp.revision)
-                self.state.replace(items)
-                self.state.revision = revision
-                self.on_change()
-                self.synced.set()
-                if self._warned:
-                    log_event("portal routing state readable again", agent=self.cfg.address)
-                    self._warned = False
-                backoff = self.cfg.reconnect_min_s
-                call = stub.Watch(store_pb2.StoreWatchRequest(prefix="", start_revision=revision + 1))
-                async for ev in call:
-                    self.state.revision = max(self.state.revision, ev.revision)
-                    if self.state.apply(ev.key, ev.value if ev.type == "put" else None):
-                        self.state.rebuild()
-                        self.on_change()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                reason = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
-                if not self._warned:
-                    self._warned = True
-                    log_event(
-                        "portal routing state unreadable: keeping the last one and the config's policies",
-                        logging.WARNING,
-                        agent=self.cfg.address,
-                        reason=reason,
-                    )
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(self.cfg.reconnect_max_s, backoff * 2)
+    def _snapshot(self, items: list[tuple[str, str]], revision: int) -> None:
+        self.state.replace(items)
+        self.state.revision = revision
+        self.on_change()
+        self.synced.set()
+        if self._warned:
+            log_event("portal routing state readable again", agent=self.cfg.address)
+            self._warned = False
+
+    def _event(self, ev: Any) -> None:
+        self.state.revision = max(self.state.revision, ev.revision)
+        if self.state.apply(ev.key, ev.value if ev.type == "put" else None):
+            self.state.rebuild()
+            self.on_change()
+
+    def _broken(self, reason: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log_event(
+                "portal routing state unreadable: keeping the last one and the config's policies",
+                logging.WARNING,
+                agent=self.cfg.address,
+                reason=reason,
+            )
