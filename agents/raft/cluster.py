@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,11 @@ class Member:
     config: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
 
 
 class LocalCluster:
@@ -60,16 +62,23 @@ class LocalCluster:
         extra: dict[str, Any] | None = None,
         tls: dict[int, dict[str, Any]] | None = None,
         client: ClientIdentity | None = None,
+        hosts: dict[int, str] | None = None,
+        prefix: Callable[[int], list[str]] | None = None,
+        sections: Callable[[Member], dict[str, Any]] | None = None,
     ) -> None:
         """`tls`: node id -> that member's top-level `tls:` section (mTLS between members and with clients);
-        `client`: the identity this harness dials the members with."""
+        `client`: the identity this harness dials the members with; `hosts`: node id -> the address it serves on
+        (default loopback); `prefix`: node id -> argv prefix that starts it (e.g. in a network namespace);
+        `sections`: more top-level config sections per member (e.g. gossip)."""
         self.workdir = workdir
         self.client = client
+        self.prefix = prefix
         workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = workdir / "data"
         self.members: dict[int, Member] = {}
         for i in range(1, n + 1):
             self.members[i] = Member(i, free_port(), free_port(), workdir / f"node{i}.yaml", workdir / f"node{i}.log")
+            self.members[i].host = (hosts or {}).get(i, "127.0.0.1")
         peers = {i: m.address for i, m in self.members.items()}
         for i, m in self.members.items():
             cfg = {
@@ -90,6 +99,8 @@ class LocalCluster:
             }
             if tls is not None:
                 cfg["tls"] = tls[i]
+            if sections is not None:
+                cfg.update(sections(m))
             m.config.write_text(yaml.safe_dump(cfg))
 
     def start(self, node: int | None = None, wait: bool = True) -> None:
@@ -98,6 +109,7 @@ class LocalCluster:
             with open(m.log, "ab") as log:
                 m.proc = subprocess.Popen(
                     [
+                        *(self.prefix(m.node_id) if self.prefix else []),
                         sys.executable,
                         "-c",
                         "import sys; from meshweb.cli import main; sys.exit(main())",

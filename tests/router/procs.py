@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,11 @@ class RouterProc:
     port: int
     grpc_port: int | None
     log_path: Path
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def logs(self) -> list[dict[str, Any]]:
         out = []
@@ -74,7 +75,10 @@ def router_config(targets: list[str], **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-def start_router(cfg: dict[str, Any], tmp: Path, name: str = "router", timeout: float = 30.0) -> RouterProc:
+def start_router(
+    cfg: dict[str, Any], tmp: Path, name: str = "router", timeout: float = 30.0, prefix: Sequence[str] = ()
+) -> RouterProc:
+    """`prefix`: argv that starts the router elsewhere (e.g. `ip netns exec NS`); it serves on `listen.host`."""
     cfg = json.loads(json.dumps(cfg))
     listen = cfg.setdefault("listen", {})
     if not listen.get("port"):
@@ -88,9 +92,9 @@ def start_router(cfg: dict[str, Any], tmp: Path, name: str = "router", timeout: 
     env["PYTHONUNBUFFERED"] = "1"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "--config", str(path)], stdout=log, stderr=log, cwd=ROOT, env=env
+            [*prefix, sys.executable, "-m", "router", "--config", str(path)], stdout=log, stderr=log, cwd=ROOT, env=env
         )
-    rp = RouterProc(proc, listen["port"], listen.get("grpc_port"), log_path)
+    rp = RouterProc(proc, listen["port"], listen.get("grpc_port"), log_path, listen.get("host", "127.0.0.1"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
