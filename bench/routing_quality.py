@@ -1,19 +1,27 @@
-"""Routing quality: replay the Azure LLM conversation trace against a mixed fleet of emulated runtimes through our
-router (baseline_rr, least_queue, hybrid_mesh, hybrid_mesh + hedging; fed by a real agent) and through the Rust
-`vllm-router` (round_robin, power_of_two), at 70% and 90% of the fleet's capacity.
+"""Routing quality: replay Azure LLM traces (conversation, code) against a mixed fleet of emulated runtimes through
+our router (baseline_rr, least_queue, hybrid_mesh, hybrid_mesh + hedging; fed by a real agent) and through the Rust
+`vllm-router` (round_robin, power_of_two), at several loads, over several seeds (slices of the trace).
 
-    .venv/bin/python bench/routing_quality.py [--duration 12] [--loads 0.7,0.9] [--max-num-seqs 4] [--straggler 4]
+    .venv/bin/python bench/routing_quality.py [--duration 40] [--loads 0.7,0.9,1.0] [--seeds 3] [--traces conv,code]
+        [--max-num-seqs 4] [--straggler 4] [--straggler-load 0.9]
         [--configs baseline_rr,least_queue,hybrid_mesh,hybrid_mesh+hedging,vllm:round_robin,vllm:power_of_two]
 
-The default run takes about 10 minutes on a 2-core machine; p99 over a 12 s slice (~120 requests) is the
-second-worst request, so use --duration 30 or more (and fewer --configs) for steadier tails.
-
 Arrival times are the trace's real ones, time-compressed to the target load; prompt and output token counts are the
-trace's (sent as the emulator's `prompt_tokens` extension and `max_tokens`). Each configuration replays the same
-slice. Streams SSE and measures TTFT (first byte) and end-to-end latency per request. A last pass slows one H100
-down (--straggler, a throttled GPU) and replays the highest load through hybrid_mesh with and without hedging (and
-vllm-router power_of_two): the hedge figures of the summary come from it.
-Trace: Azure LLM inference trace 2023 (Azure/AzurePublicDataset), Patel et al., ISCA 2024 "Splitwise", CC-BY 4.0.
+trace's (sent as the emulator's `prompt_tokens` extension and `max_tokens`). Seed i replays the slice starting at
+request i x 1,000 of the trace, the same slice for every configuration, with the configurations interleaved so that
+a change in the machine's load touches them alike. Streams SSE and measures TTFT (first byte) and end-to-end latency
+per request. A last pass slows one H100 down (--straggler, a throttled GPU) and replays --straggler-load through
+hybrid_mesh with and without hedging, on every seed of the first trace: the hedge figures of the summary come from it.
+
+p99 over n requests rests on its n/100 worst ones: `--duration 110` at 90% of a fleet of ~6 req/s gives ~600 requests
+per p99, and the full matrix (2 traces x 3 loads x 3 seeds x 6 configurations + the straggler pass) then takes hours;
+pick --loads, --traces and --configs to fit. Each table row gives the mean over seeds with the seeds' min-max.
+
+Summary (first trace, at 90% load, or the load nearest it): p99_ttft_ratio_vs_best_peer_90 = hybrid_mesh's p99 TTFT
+over the best vllm-router policy's, and p99_ttft_ratio_vs_least_queue_90 over least_queue's, each the WORST seed (the
+aims hold on every seed); hedge_p99_ttft_ratio_straggler = p99 TTFT with hedging over without, straggler in the fleet
+(mean over seeds); hedge_extra_load = hedges fired per request there.
+Traces: Azure LLM inference trace 2023 (Azure/AzurePublicDataset), Patel et al., ISCA 2024 "Splitwise", CC-BY 4.0.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import argparse
 import asyncio
 import csv
 import json
+import os
 import signal
 import sys
 import time
@@ -38,7 +47,10 @@ import router_overhead as ro
 
 from agents.emulator.profiles import get_profile
 
-TRACE = ro.ROOT / "meshweb" / "data" / "traces" / "azure_llm_2023_conv.csv"  # its first 5,000 requests
+TRACES = {
+    name: ro.ROOT / "meshweb" / "data" / "traces" / f"azure_llm_2023_{name}.csv"  # their first 5,000 requests
+    for name in ("conv", "code")
+}
 FLEET = ["h100", "h100", "a100", "a100", "l40s", "l40s", "h100-mig-3g.40gb", "a100-mig-3g.40gb"]
 
 
@@ -96,10 +108,14 @@ async def measure_capacity(emus: list[str], batch: int, ctx: int, gen: int, seco
     return (done + partial) / seconds
 
 
-def schedule(rows: list[tuple[float, int, int]], rate: float, duration: float, max_len: int) -> list[Req]:
-    """The first slice of the trace whose compressed arrivals fill `duration` at `rate` requests/s on average."""
+def schedule(
+    rows: list[tuple[float, int, int]], rate: float, duration: float, max_len: int, seed: int = 0
+) -> list[Req]:
+    """The slice of the trace from request `seed` x 1,000 whose compressed arrivals fill `duration` at `rate`
+    requests/s on average (wrapping to the start when the trace is too short)."""
     n = max(10, int(rate * duration))
-    sl = rows[: n + 1]
+    first = (seed * 1000) % max(1, len(rows) - n - 1)
+    sl = rows[first : first + n + 1]
     span = sl[-1][0] - sl[0][0]
     scale = (n / rate) / span if span > 0 else 1.0
     t0 = sl[0][0]
@@ -207,17 +223,33 @@ def _exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def spread(xs: list[float]) -> str:
+    xs = [x for x in xs if x == x]
+    if not xs:
+        return "nan"
+    mean = sum(xs) / len(xs)
+    return f"{mean:.3f}" if len(xs) == 1 else f"{mean:.3f} [{min(xs):.3f}-{max(xs):.3f}]"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=12.0, help="seconds of compressed trace per run")
-    ap.add_argument("--loads", default="0.7,0.9", help="fractions of fleet capacity")
+    ap.add_argument("--duration", type=float, default=40.0, help="seconds of compressed trace per run")
+    ap.add_argument("--loads", default="0.7,0.9,1.0", help="fractions of the measured fleet capacity")
+    ap.add_argument("--seeds", type=int, default=3, help="trace slices per (trace, load, configuration)")
+    ap.add_argument("--traces", default="conv", help="comma list of: " + ", ".join(TRACES))
     ap.add_argument("--max-num-seqs", type=int, default=4, help="batch slots per emulated runtime")
     ap.add_argument(
         "--straggler",
         type=float,
         default=4.0,
-        help="after the healthy runs, slow one h100 down by this factor (a throttled GPU) and replay the highest "
-        "load through hybrid_mesh with and without hedging; 0 skips that pass",
+        help="after the healthy runs, slow one h100 down by this factor (a throttled GPU) and replay --straggler-load "
+        "through hybrid_mesh with and without hedging on every seed of the first trace; 0 skips that pass",
+    )
+    ap.add_argument("--straggler-load", type=float, default=0.9)
+    ap.add_argument(
+        "--hedging-straggler-only",
+        action="store_true",
+        help="run the +hedging configurations in the straggler pass only (hedging is judged there)",
     )
     ap.add_argument("--calibrate-s", type=float, default=15.0, help="seconds of the capacity measurement")
     ap.add_argument("--configs", default="baseline_rr,least_queue,hybrid_mesh,hybrid_mesh+hedging,vllm:round_robin,"
@@ -227,15 +259,18 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _exit)
     loads = [float(x) for x in args.loads.split(",")]
     configs = args.configs.split(",")
+    traces = args.traces.split(",")
+    unknown = [t for t in traces if t not in TRACES]
+    if unknown:
+        ap.error(f"--traces: unknown trace {unknown[0]!r} (known: {', '.join(TRACES)})")
+    if args.seeds < 1:
+        ap.error("--seeds must be at least 1")
     if any(c.startswith("vllm:") for c in configs):
         ro.ensure_vllm_router()
-    rows = load_trace(TRACE)
-    mean_ctx = sum(r[1] for r in rows) / len(rows)
-    mean_gen = sum(r[2] for r in rows) / len(rows)
-    model_cap = sum(capacity_rps(p, args.max_num_seqs, mean_ctx, mean_gen) for p in FLEET)
-    print(f"# fleet {', '.join(FLEET)}; max_num_seqs {args.max_num_seqs}; timing-model capacity {model_cap:.2f} req/s")
-    print(f"# trace {TRACE.name}: {len(rows)} requests, mean context {mean_ctx:.0f}, mean output {mean_gen:.0f} tokens")
-    table: dict[tuple[str, float], dict[str, float]] = {}
+    t_start = time.perf_counter()
+    print(f"# load average at start: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    # (trace, config + label, load) -> one row per seed
+    table: dict[tuple[str, str, float], list[dict[str, float]]] = {}
     with ro.procs() as ps:
         emus = [
             ro.start_emulator(
@@ -246,10 +281,6 @@ def main() -> int:
         ]  # fmt: skip
         import uvloop
 
-        fleet_cap = uvloop.run(
-            measure_capacity(emus, args.max_num_seqs, int(mean_ctx), int(mean_gen), args.calibrate_s)
-        )
-        print(f"# measured fleet capacity on this machine: {fleet_cap:.2f} req/s (mean-sized requests)", flush=True)
         agent = start_agent(ps, emus)
         routers: dict[str, str] = {}
         for c in configs:
@@ -271,8 +302,10 @@ def main() -> int:
                     break
                 time.sleep(0.2)
 
-        def run(c: str, url: str, load: float, label: str) -> None:
-            reqs = schedule(rows, load * fleet_cap, args.duration, 16384)
+        def run(trace: str, rows: list[tuple[float, int, int]], cap: float, c: str, load: float, seed: int,
+                label: str) -> None:  # fmt: skip
+            url = routers[c]
+            reqs = schedule(rows, load * cap, args.duration, 16384, seed)
             wait_idle(emus)
             h0 = metric_sum(url, "infermesh_router_hedges_total", result="fired") if "vllm" not in c else 0.0
             results, wall = uvloop.run(replay(url, reqs, "demo-llm"))
@@ -288,39 +321,76 @@ def main() -> int:
                 "tput": len(ok) / wall,
                 "hedge": hedges / max(1, len(results)),
             }
-            table[(c + label, load)] = row
-            print(f"{c + label} @ {load:.0%}: {json.dumps({k: round(v, 3) for k, v in row.items()})}", flush=True)
+            table.setdefault((trace, c + label, load), []).append(row)
+            shown = json.dumps({k: round(v, 3) for k, v in row.items()})
+            print(f"{trace} seed {seed} {c + label} @ {load:.0%}: {shown} load avg {os.getloadavg()[0]:.1f}",
+                  flush=True)  # fmt: skip
 
-        for load in loads:
-            for c, url in routers.items():
-                run(c, url, load, "")
-        names = ("hybrid_mesh", "hybrid_mesh+hedging", "vllm:power_of_two")
+        caps: dict[str, float] = {}
+        for trace in traces:
+            rows = load_trace(TRACES[trace])
+            mean_ctx = sum(r[1] for r in rows) / len(rows)
+            mean_gen = sum(r[2] for r in rows) / len(rows)
+            model_cap = sum(capacity_rps(p, args.max_num_seqs, mean_ctx, mean_gen) for p in FLEET)
+            caps[trace] = uvloop.run(
+                measure_capacity(emus, args.max_num_seqs, int(mean_ctx), int(mean_gen), args.calibrate_s)
+            )
+            print(f"# trace {trace}: {len(rows)} requests, mean context {mean_ctx:.0f}, output {mean_gen:.0f} tokens; "
+                  f"timing-model capacity {model_cap:.2f} req/s, measured here {caps[trace]:.2f} req/s",
+                  flush=True)  # fmt: skip
+            for seed in range(args.seeds):
+                for load in loads:
+                    for c in configs:
+                        if not (args.hedging_straggler_only and c.endswith("+hedging")):
+                            run(trace, rows, caps[trace], c, load, seed, "")
+        names = ("hybrid_mesh", "hybrid_mesh+hedging")
         straggler = [c for c in names if c in routers] if args.straggler > 0 else []
         if straggler:
+            trace = traces[0]
+            rows = load_trace(TRACES[trace])
             httpx.post(emus[0] + "/emulator/faults", json={"slowdown": args.straggler}, timeout=10).raise_for_status()
             print(f"# straggler pass: {FLEET[0]} at {emus[0]} slowed down {args.straggler:g}x", flush=True)
-            for c in straggler:
-                run(c, routers[c], max(loads), " [straggler]")
+            for seed in range(args.seeds):
+                for c in straggler:
+                    run(trace, rows, caps[trace], c, args.straggler_load, seed, " [straggler]")
     print()
-    print(f"{'config':<26} {'load':>5} {'ok/n':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'e2e p50':>8} {'e2e p99':>8} "
-          f"{'req/s':>6} {'hedge%':>7}")  # fmt: skip
-    for (c, load), r in table.items():
+    print(f"{'trace':<5} {'config':<26} {'load':>5} {'ok/n':>11} {'TTFT p50':>22} {'TTFT p99':>22} "
+          f"{'e2e p99':>22} {'req/s':>6} {'hedge%':>6}")  # fmt: skip
+    for (trace, c, load), rs in table.items():
+        ok, n = sum(int(r["ok"]) for r in rs), sum(int(r["n"]) for r in rs)
         print(
-            f"{c:<26} {load:>5.0%} {int(r['ok']):>4}/{int(r['n']):<4} {r['ttft_p50']:>9.3f} {r['ttft_p99']:>9.3f} "
-            f"{r['e2e_p50']:>8.2f} {r['e2e_p99']:>8.2f} {r['tput']:>6.2f} {100 * r['hedge']:>6.1f}%"
+            f"{trace:<5} {c:<26} {load:>5.0%} {ok:>5}/{n:<5} {spread([r['ttft_p50'] for r in rs]):>22} "
+            f"{spread([r['ttft_p99'] for r in rs]):>22} {spread([r['e2e_p99'] for r in rs]):>22} "
+            f"{sum(r['tput'] for r in rs) / len(rs):>6.2f} {100 * sum(r['hedge'] for r in rs) / len(rs):>5.1f}%"
         )
-    hi = max(loads)
-    peers = [table[(c, hi)]["ttft_p99"] for c in configs if c.startswith("vllm:") and (c, hi) in table]
-    ours = table.get(("hybrid_mesh", hi))
-    ratio = ours["ttft_p99"] / min(peers) if ours and peers else float("nan")
-    # Hedging is judged where it matters, with a straggler in the fleet (else on the healthy runs).
-    tag = " [straggler]" if ("hybrid_mesh [straggler]", hi) in table else ""
-    ours = table.get(("hybrid_mesh" + tag, hi))
-    hedged = table.get(("hybrid_mesh+hedging" + tag, hi))
-    hedge_ratio = hedged["e2e_p99"] / ours["e2e_p99"] if ours and hedged else float("nan")
-    extra = hedged["hedge"] if hedged else float("nan")
-    print(f"summary: p99_ttft_ratio_vs_best_peer_90={ratio:.2f} hedge_p99_e2e_ratio={hedge_ratio:.2f} "
-          f"hedge_extra_load={extra:.3f}")  # fmt: skip
+    per_p99 = [int(r["ok"]) for rs in table.values() for r in rs]
+    first = traces[0]
+    hi = min(loads, key=lambda x: abs(x - 0.9))
+
+    def p99s(c: str, load: float, label: str = "") -> list[float]:
+        return [r["ttft_p99"] for r in table.get((first, c + label, load), [])]
+
+    ours = p99s("hybrid_mesh", hi)
+    peers = [p99s(c, hi) for c in configs if c.startswith("vllm:")]
+    best_peer = [min(xs) for xs in zip(*peers, strict=False)] if peers else []
+    lq = p99s("least_queue", hi)
+    vs_peer = max((o / b for o, b in zip(ours, best_peer, strict=False)), default=float("nan"))
+    vs_lq = max((o / b for o, b in zip(ours, lq, strict=False)), default=float("nan"))
+    plain = p99s("hybrid_mesh", args.straggler_load, " [straggler]")
+    hedged = p99s("hybrid_mesh+hedging", args.straggler_load, " [straggler]")
+    ratios = [h / p for h, p in zip(hedged, plain, strict=False)]
+    hedge_ratio = sum(ratios) / len(ratios) if ratios else float("nan")
+    hrows = table.get((first, "hybrid_mesh+hedging [straggler]", args.straggler_load), [])
+    extra = sum(r["hedge"] for r in hrows) / len(hrows) if hrows else float("nan")
+    seed_peer = [round(o / b, 2) for o, b in zip(ours, best_peer, strict=False)]
+    seed_lq = [round(o / b, 2) for o, b in zip(ours, lq, strict=False)]
+    print(f"# per-seed p99 TTFT ratios at {hi:.0%}: vs best peer {seed_peer}, vs least_queue {seed_lq}; "
+          f"hedged/plain with straggler {[round(x, 2) for x in ratios]}")  # fmt: skip
+    print(f"# requests per p99: {min(per_p99, default=0)}-{max(per_p99, default=0)}; wall "
+          f"{time.perf_counter() - t_start:.0f} s; load average at end: {os.getloadavg()[0]:.2f}")  # fmt: skip
+    print(f"summary: p99_ttft_ratio_vs_best_peer_90={vs_peer:.2f} p99_ttft_ratio_vs_least_queue_90={vs_lq:.2f} "
+          f"hedge_p99_ttft_ratio_straggler={hedge_ratio:.2f} hedge_extra_load={extra:.3f} "
+          f"seeds={args.seeds}")  # fmt: skip
     return 0
 
 
