@@ -109,6 +109,30 @@
     });
   }
 
+  function drawWinRates(r) {
+    var tbody = document.querySelector("#route-winrates tbody");
+    if (!tbody) { return; }
+    tbody.innerHTML = "";
+    var rows = r.strategies || [];
+    if (!rows.length) {
+      var row = el("tr"); var td = el("td", "no A/B arm or shadow in this policy", "muted"); td.colSpan = 9; row.appendChild(td); tbody.appendChild(row);
+      return;
+    }
+    rows.forEach(function (c) {
+      var w = c.win_rates || {};
+      var tr = el("tr");
+      tr.dataset.strategy = c.strategy;
+      tr.dataset.mode = c.mode;
+      tr.dataset.winRate = c.win_rate === null || c.win_rate === undefined ? "" : String(c.win_rate);
+      [short(c.strategy), c.mode === "ab" ? "A/B arm" : "shadow", c.live, c.compared, pct(w.overall), pct(w.ttft),
+       pct(w.latency), pct(w.errors), c.mode === "shadow" ? pct(c.agree_rate) : "–"].forEach(function (v) {
+        tr.appendChild(el("td", v));
+      });
+      if (w.overall !== null && w.overall !== undefined) { tr.className = w.overall > 0.55 ? "best" : (w.overall < 0.45 ? "muted" : ""); }
+      tbody.appendChild(tr);
+    });
+  }
+
   function remember(r) {
     var now = Date.now() / 1000;
     history.t.push(now);
@@ -163,6 +187,7 @@
     drawPolicy(r);
     drawRanking(r);
     drawTargets(r);
+    drawWinRates(r);
     remember(r);
     root.dataset.updates = String(parseInt(root.dataset.updates || "0", 10) + 1);
     var best = r.ranking && r.ranking.length ? r.ranking[0].target : "";

@@ -8,13 +8,21 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+import yaml
+from django.test import override_settings
 
+from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
+from meshweb.dashboard import route_feed
+from tests.router.agentproc import AgentProc
 from tests.router.procs import ROOT, free_port, router_config, running_router
 
 EXAMPLE = ROOT / "examples/strategies/wasm/least_queue.wat"
@@ -104,12 +112,13 @@ def test_ab_arm_and_shadow_win_rates_from_real_outcomes(tmp_path: Path) -> None:
         )
         cfg["targets"] = targets
         with running_router(cfg, tmp_path) as r:
-            jobs = [(m, i) for i in range(48) for m in ("ab-llm", "shadow-llm")]
+            jobs = [(m, i) for i in range(32) for m in ("ab-llm", "shadow-llm")]
             with ThreadPoolExecutor(6) as pool:
                 codes = list(pool.map(lambda job: _chat(r.url, *job), jobs))
             assert codes == [200] * len(jobs)
             doc = httpx.get(r.url + "/infermesh/strategies").json()
-            routing = httpx.get(r.url + "/infermesh/routing", params={"model": "ab-llm"}).json()
+            with override_settings(DASHBOARD_ROUTER_METRICS_URL=r.url + "/metrics"):
+                routing = route_feed.fetch("ab-llm")  # what the dashboard's routing page of the model draws
             metrics = httpx.get(r.url + "/metrics").text
             ctl = subprocess.run(
                 [sys.executable, "-m", "meshweb.cli", "ctl", "strategies", "--router", r.url, "--json"],
@@ -133,7 +142,7 @@ def test_ab_arm_and_shadow_win_rates_from_real_outcomes(tmp_path: Path) -> None:
     held = {s["name"]: s for s in doc["strategies"]}
     assert held[pin]["kind"] == "wasm" and held[pin]["decisions"] > 0 and held[pin]["decision_us_p50"] is not None
     # the same figures: in the routing report the dashboard shows, as metrics, and through ctl
-    assert routing["models"][0]["strategies"][0]["strategy"] == pin
+    assert [(c["strategy"], c["mode"]) for c in routing["strategies"]] == [(pin, "ab")]
     line = next(
         ln
         for ln in metrics.splitlines()
@@ -156,3 +165,116 @@ def test_ctl_strategies_names_an_unreachable_router() -> None:
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert r.returncode == 1 and f"router {url} unreachable" in r.stdout + r.stderr
+
+
+def _portal_keys(strategy: str) -> dict[str, dict[str, object]]:
+    """What the portal writes for tenant `demo` with one deployed model whose policy names `strategy`."""
+    return {
+        "kv/portal/tenants/1": {"id": 1, "slug": "demo", "name": "Demo", "active": True},
+        "kv/portal/models/10": {"id": 10, "tenant": 1, "name": "demo-llm", "aliases": []},
+        "kv/portal/revisions/100": {"id": 100, "model": 10, "revision": "v1"},
+        "kv/portal/deployments/1": {"id": 1, "revision": 100, "zone": None, "zone_name": ""},
+        "routing/policy-1": {"strategy": strategy, "params": {"tenant": 1, "model": 10}},
+    }
+
+
+@contextlib.contextmanager
+def store_agent(tmp: Path) -> Iterator[AgentProc]:
+    """A real agent with a one-member policy store (what the portal writes into, what routers watch)."""
+    agent = AgentProc([], tmp)
+    agent.cfg["raft"] = {"node_id": 1, "cluster_id": "strategies", "peers": {1: agent.address}, "tick_ms": 50,
+                         "data_dir": str(tmp / "raft")}  # fmt: skip
+    agent.path.write_text(yaml.safe_dump(agent.cfg))
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.kill()
+
+
+def _put(agent: AgentProc, items: dict[str, dict[str, object]]) -> None:
+    with grpc.insecure_channel(agent.address) as ch:
+        stub = store_pb2_grpc.StoreStub(ch)
+        for key, value in items.items():
+            for _ in range(100):  # the one-member group elects itself first
+                try:
+                    stub.Put(store_pb2.StorePutRequest(key=key, value=json.dumps(value)), timeout=5)
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    time.sleep(0.1)
+            else:
+                raise AssertionError(f"the store took no write of {key}")
+
+
+def _deciding(url: str) -> tuple[str | None, dict[str, dict[str, object]]]:
+    doc = httpx.get(url + "/infermesh/strategies", params={"model": "demo-llm"}).json()
+    return doc["models"][0]["deciding"], {s["name"]: s for s in doc["strategies"]}
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.e2e
+def test_new_module_version_pushed_by_policy_swaps_in_without_failing_a_request(tmp_path: Path) -> None:
+    """The portal's policy for a model names a WebAssembly module; a new version (another checksum) swaps in under
+    load without a failed request; a version refused at load (checksum mismatch) leaves the previous one deciding."""
+    import wasmtime
+
+    from agents.strategies.wasm import wasm_spec_name
+
+    one = tmp_path / "least_queue.wasm"
+    one.write_bytes(wasmtime.wat2wasm(EXAMPLE.read_text()))
+    v1 = wasm_spec_name(one)
+    v2 = capacity_module(tmp_path)
+    broken = f"wasm:{one}#sha256={'0' * 64}"
+    with store_agent(tmp_path) as agent, delayed_upstream(0.0) as a, delayed_upstream(0.0) as b:
+        _put(agent, _portal_keys(v1))
+        cfg = router_config([], agent={"address": agent.address})
+        cfg["targets"] = [
+            {"model": "demo-llm", "url": u, "runtime": "vllm", "node": f"n{i}", "max_concurrency": 8 * (i + 1)}
+            for i, u in enumerate((a, b))
+        ]
+        with running_router(cfg, tmp_path) as r:
+            _wait("the portal's policy at the router", lambda: _deciding(r.url)[1].get(v1, {}).get("loaded") is True)
+            stop = threading.Event()
+            codes: list[int] = []
+
+            def load(worker: int) -> None:
+                i = 0
+                while not stop.is_set():
+                    codes.append(_chat(r.url, "demo-llm", worker * 100_000 + i))
+                    i += 1
+
+            threads = [threading.Thread(target=load, args=(w,)) for w in range(4)]
+            for t in threads:
+                t.start()
+            try:
+                _wait("traffic under v1", lambda: len(codes) >= 10 and _deciding(r.url)[0] == v1)
+                _put(agent, _portal_keys(v2))  # a new version of the module
+                _wait("v2 deciding", lambda: _deciding(r.url)[0] == v2)
+                at_swap = len(codes)
+                _wait("traffic under v2", lambda: len(codes) >= at_swap + 10)
+                _put(agent, _portal_keys(broken))  # refused at load: v2 keeps deciding
+                _wait("the refusal", lambda: _deciding(r.url)[1].get(broken, {}).get("loaded") is False)
+                at_refusal = len(codes)
+                _wait("traffic after the refusal", lambda: len(codes) >= at_refusal + 10)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(30)
+            deciding, held = _deciding(r.url)
+            metrics = httpx.get(r.url + "/metrics").text
+    assert codes and set(codes) == {200}, sorted(set(codes))
+    assert deciding == v2 and held[v2]["decisions"] >= 10
+    assert v1 not in held  # let go once no policy names it
+    assert "checksum mismatch" in str(held[broken]["error"])
+    assert any(
+        ln.startswith("infermesh_router_strategy_not_loaded_total{") and float(ln.rsplit(" ", 1)[1]) > 0
+        for ln in metrics.splitlines()
+    )

@@ -47,7 +47,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[Emulat
     agent.path.write_text(yaml.safe_dump(agent.cfg))
     agent.start()
     try:
-        cfg = router_config([], agent={"address": agent.address}, default_policy={"strategy": "least_queue"})
+        policy = {"strategy": "least_queue", "shadow_strategy": "baseline_rr"}  # a shadow: the win-rate panel
+        cfg = router_config([], agent={"address": agent.address}, default_policy=policy)
         with running_router(cfg, tmp) as router:
             yield ems, router
     finally:
@@ -150,6 +151,10 @@ def test_the_ranking_follows_the_load(
             timeout=15_000,
         )
         page.wait_for_selector("#route-charts .chart", timeout=15_000)
+        # the shadow's row in the win-rate panel, with the requests it was judged on (agreed, compared or unscored)
+        shadow_row = "#route-winrates tbody tr[data-mode='shadow'][data-strategy='baseline_rr']"
+        page.wait_for_selector(shadow_row, timeout=15_000)
+        assert page.locator(shadow_row).locator("td").nth(2).inner_text() == "least_queue"
         page.screenshot(path=str(artifacts / "route-page.png"), full_page=True)
     finally:
         context.close()
