@@ -12,20 +12,18 @@ import asyncio
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from opentelemetry.trace import SpanKind
 
 from router import capabilities, usage
 from router.app import _refusal_response, read_body, upstream_headers, upstream_headers_from
 from router.forward import ForwardError
-from router.metrics import REQUESTS, TOKENS, child
-from router.obs import extract, trace_id_hex, tracer
+from router.metrics import TOKENS, child
 from router.openai_api import ParsedRequest, parse_json_body
-from router.service import Refusal, Tenant, Ticket, new_corr_id, request_deadline
+from router.service import Refusal, Tenant, Ticket, new_corr_id
 from router.upstream import UpstreamError
 from router.view import Target
 
@@ -91,6 +89,10 @@ def _anthropic_error(status: int, message: str, corr: str, retry_after: str | No
     return web.json_response(body, status=status, headers=headers)
 
 
+def _anthropic_refusal(r: Refusal, corr: str) -> web.Response:
+    return _anthropic_error(r.status, r.message, corr, r.retry_after)
+
+
 def _chars(v: Any) -> int:
     if isinstance(v, str):
         return len(v)
@@ -143,52 +145,12 @@ class Apis:
         validate: Callable[[dict[str, Any]], ParsedRequest],
         *,
         anthropic: bool = False,
-        pin: Callable[[Tenant, ParsedRequest], Any] | None = None,
+        pin: Callable[[Tenant, ParsedRequest], Awaitable[Target | None]] | None = None,
         observe: Callable[[Ticket, Tenant], Callable[[bytes], None]] | None = None,
     ) -> web.StreamResponse:
-        """Authenticate, validate, admit, rank (only targets whose runtime serves `api`) and stream the runtime's
-        answer back byte for byte."""
-        svc = self.svc
-        with tracer().start_as_current_span(
-            f"POST {path}", context=extract(request.headers), kind=SpanKind.SERVER
-        ) as span:
-            trace_id = trace_id_hex(span)
-            corr = new_corr_id(request.headers, trace_id)
-            try:
-                tenant = svc.authenticate(request.headers)
-                body = await read_body(request, self.h.cfg)
-                parsed = validate(parse_json_body(body))
-                capabilities.check(svc.view.all(parsed.model), parsed.model, api)
-                pinned = await pin(tenant, parsed) if pin is not None else None
-                ticket = await svc.admit(
-                    api=api,
-                    model=parsed.model,
-                    tenant=tenant,
-                    priority=svc.priority_for(tenant, request.headers.get("x-infermesh-priority")),
-                    prompt_chars=parsed.prompt_chars,
-                    max_tokens=parsed.max_tokens,
-                    corr_id=corr,
-                    trace_id=trace_id,
-                    deadline_s=request_deadline(request.headers),
-                )
-            except Refusal as r:
-                if r.status not in (404, 429):
-                    REQUESTS.labels(model="", tenant="", api=api, code=str(r.status)).inc()
-                span.set_attribute("http.response.status_code", r.status)
-                if anthropic:
-                    return _anthropic_error(r.status, r.message, corr, r.retry_after)
-                return _refusal_response(r, corr, api)
-            span.set_attribute("infermesh.tenant", tenant.name)
-            span.set_attribute("infermesh.model", parsed.model)
-            # A follow-up goes to the target that holds its response; otherwise the policy's order, serving targets.
-            ticket.ranked = [pinned] if pinned is not None else capabilities.only_serving_or_all(ticket.ranked, api)
-            if parsed.obj.get("background") is True:
-                ticket.extra["background"] = True  # its tokens are counted when it is seen finished
-            try:
-                obs = observe(ticket, tenant) if observe is not None else None
-                return await self.h._forward(request, ticket, parsed, body, path, span, obs)
-            finally:
-                await svc.finish(ticket)
+        """The chat completion's pipeline (router/app.py), with Anthropic's error shape where `anthropic`."""
+        refuse = _anthropic_refusal if anthropic else None
+        return await self.h.pipeline(request, api, path, validate, refuse=refuse, pin=pin, observe=observe)
 
     async def _get_from(
         self, target: Target, path: str, corr: str, method: str = "GET", body: bytes = b""

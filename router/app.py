@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, get_current_span
 
 from router import capabilities, kserve, route_report, usage, v2codec
 from router.config import RouterConfig
 from router.forward import HOP_BY_HOP, ForwardError, Winner
 from router.metrics import ERRORS, REQUESTS, render
-from router.obs import access_log, extract, inject, trace_id_hex, tracer
+from router.obs import access_log, extract, trace_id_hex, tracer
 from router.openai_api import APIS, ParsedRequest, error_body, parse_json_body, validate
 from router.prefix import close_kv_events, request_prefix, start_kv_events
 from router.service import Refusal, RouterService, Tenant, Ticket, new_corr_id, request_deadline
@@ -81,27 +83,46 @@ async def refusal_access_log(request: web.Request, handler: Any) -> web.StreamRe
 
 
 async def read_body(request: web.Request, cfg: RouterConfig) -> bytes:
+    """The request body as the bytes that arrived: a body that came with the head is taken without an await (and,
+    in one piece, without a copy); a longer one is gathered chunk by chunk and joined once (aiohttp's own `read`
+    copies twice, into a bytearray and out of it)."""
     limit = cfg.listen.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise Refusal(413, "body_too_large", f"request body of {request.content_length} bytes exceeds {limit} bytes")
+    size = request.content_length
+    if size is not None and size > limit:
+        raise Refusal(413, "body_too_large", f"request body of {size} bytes exceeds {limit} bytes")
+    content = request.content
+    if content.is_eof():  # the whole body came with the headers: no timer, no await
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise Refusal(413, "body_too_large", f"request body exceeds {limit} bytes")
+        return body
+    chunks: list[bytes] = []
+    got = 0
     try:
-        if request.content.is_eof():  # the whole body came with the headers: no timer needed
-            return await request.read()
         async with asyncio.timeout(cfg.listen.body_read_timeout_s):
-            return await request.read()
+            while chunk := await content.readany():
+                got += len(chunk)
+                if got > limit:
+                    raise Refusal(413, "body_too_large", f"request body exceeds {limit} bytes")
+                chunks.append(chunk)
     except TimeoutError:
         raise Refusal(
             408, "body_timeout", f"request body not received within {cfg.listen.body_read_timeout_s:g}s"
         ) from None
-    except web.HTTPRequestEntityTooLarge:
-        raise Refusal(413, "body_too_large", f"request body exceeds {limit} bytes") from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def upstream_headers_from(corr: str, accept: str | None = None) -> dict[str, str]:
     h = {"Content-Type": "application/json", "x-request-id": corr}
     if accept:
         h["Accept"] = accept
-    inject(h)  # traceparent of the router's span (or the caller's, when tracing is off)
+    # traceparent of the router's span (or the caller's, when tracing is off), formatted here: the propagator's
+    # inject costs more than the rest of the headers together
+    ctx = get_current_span().get_span_context()
+    if ctx.is_valid:
+        h["traceparent"] = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+        if ctx.trace_state:
+            h["tracestate"] = ctx.trace_state.to_header()
     return h
 
 
@@ -122,11 +143,29 @@ def _copy_headers(up: Response, ticket: Ticket) -> CIMultiDict[str]:
     return headers
 
 
+_USAGE_KEY = re.compile(rb'(?<!\\)"usage"\s*:\s*')
+_DECODER = json.JSONDecoder()
+
+
 def _read_usage(ticket: Ticket, body: bytes, status: int) -> None:
-    """Token usage of a non-streamed answer (OpenAI, Responses or Anthropic naming), for quotas and metrics."""
-    if status == 200 and body:
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
-            ticket.prompt_tokens, ticket.completion_tokens = usage.counts(usage.usage_of(json.loads(body)))
+    """Token usage of a non-streamed answer (OpenAI, Responses or Anthropic naming), for quotas and metrics.
+
+    Only the usage object is parsed: the last `"usage":` of the body (where the runtimes put it) is decoded as far
+    as its object goes; the whole answer is parsed only when that finds no counts."""
+    if status != 200 or not body:
+        return
+    i = body.rfind(b'"usage"')
+    if i >= 0:
+        m = _USAGE_KEY.match(body, i)
+        if m is not None:
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                obj, _ = _DECODER.raw_decode(body[m.end() :].decode())
+                p, c = usage.counts(obj)
+                if p is not None or c is not None:
+                    ticket.prompt_tokens, ticket.completion_tokens = p, c
+                    return
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        ticket.prompt_tokens, ticket.completion_tokens = usage.counts(usage.usage_of(json.loads(body)))
 
 
 async def stream_back(
@@ -230,18 +269,36 @@ class Handlers:
         return handler
 
     async def _openai(self, request: web.Request, api: str, path: str) -> web.StreamResponse:
+        return await self.pipeline(request, api, path, functools.partial(validate, api))
+
+    async def pipeline(
+        self,
+        request: web.Request,
+        api: str,
+        path: str,
+        check: Callable[[dict[str, Any]], ParsedRequest],
+        *,
+        refuse: Callable[[Refusal, str], web.StreamResponse] | None = None,
+        pin: Callable[[Tenant, ParsedRequest], Awaitable[Target | None]] | None = None,
+        observe: Callable[[Ticket, Tenant], Callable[[bytes], None]] | None = None,
+    ) -> web.StreamResponse:
+        """The pipeline of every JSON inference API (OpenAI, Responses, Anthropic, tokenize): authenticate, read and
+        check the body, admit, rank (only targets whose runtime serves `api`, or the one `pin` names) and stream the
+        runtime's answer back byte for byte. `refuse` shapes the API's own error body (OpenAI's by default)."""
         svc = self.svc
-        with tracer().start_as_current_span(
-            f"POST {path}", context=extract(request.headers), kind=SpanKind.SERVER
-        ) as span:
+        headers = request.headers
+        # no traceparent: nothing to extract (the propagator would build an empty context for it)
+        parent = extract(headers) if "traceparent" in headers else None
+        with tracer().start_as_current_span(f"POST {path}", context=parent, kind=SpanKind.SERVER) as span:
             trace_id = trace_id_hex(span)
-            corr = new_corr_id(request.headers, trace_id)
+            corr = new_corr_id(headers, trace_id)
             try:
-                tenant = svc.authenticate(request.headers)
+                tenant = svc.authenticate(headers)
                 body = await read_body(request, self.cfg)
-                parsed = validate(api, parse_json_body(body))
-                if api not in capabilities.BASIC:  # embeddings: not every runtime serves them
+                parsed = check(parse_json_body(body))
+                if api not in capabilities.BASIC:  # embeddings and the rest: not every runtime serves them
                     capabilities.check(svc.view.all(parsed.model), parsed.model, api)
+                pinned = await pin(tenant, parsed) if pin is not None else None
                 priority = svc.priority_for(tenant, request.headers.get("x-infermesh-priority"))
                 ticket = await svc.admit(
                     api=api,
@@ -253,19 +310,25 @@ class Handlers:
                     corr_id=corr,
                     trace_id=trace_id,
                     deadline_s=request_deadline(request.headers),
-                    prefix=request_prefix(api, parsed.obj, request.headers, self.cfg.cache),
+                    prefix=request_prefix(api, parsed.obj, request.headers, self.cfg.cache) if api in APIS else None,
                 )
             except Refusal as r:
                 if r.status not in (404, 429):
                     REQUESTS.labels(model="", tenant="", api=api, code=str(r.status)).inc()
                 span.set_attribute("http.response.status_code", r.status)
-                return _refusal_response(r, corr, api)
+                return refuse(r, corr) if refuse is not None else _refusal_response(r, corr, api)
             span.set_attribute("infermesh.tenant", tenant.name)
             span.set_attribute("infermesh.model", parsed.model)
-            if api not in capabilities.BASIC:
-                ticket.ranked = [t for t in ticket.ranked if capabilities.serves(t, api)] or ticket.ranked
+            # A follow-up goes to the target that holds its response; otherwise the policy's order, serving targets.
+            if pinned is not None:
+                ticket.ranked = [pinned]
+            elif api not in capabilities.BASIC:
+                ticket.ranked = capabilities.only_serving_or_all(ticket.ranked, api)
+            if api == "responses" and parsed.obj.get("background") is True:
+                ticket.extra["background"] = True  # its tokens are counted when it is seen finished
             try:
-                return await self._forward(request, ticket, parsed, body, path, span)
+                obs = observe(ticket, tenant) if observe is not None else None
+                return await self._forward(request, ticket, parsed, body, path, span, obs)
             finally:
                 await svc.finish(ticket)
 

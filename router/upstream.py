@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 import httptools
 
 _MAX_BUFFER = 1 << 20  # unread body bytes held before reading from the runtime pauses
+_JOIN_MAX = 16 << 10  # request bodies up to this size are copied behind the head and sent in one write
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%?"
 
 
@@ -307,8 +308,14 @@ class UpstreamPool:
                 raise ValueError(f"header {k!r} has a line break")
             parts.append(f"{k}: {v}\r\n".encode())
         parts.append(b"\r\n")
-        parts.append(body)
-        request = b"".join(parts)
+        # A large body is written after the head as it is (no copy into one buffer); a small one joins the head so
+        # that the request leaves in one write.
+        request: tuple[bytes, ...]
+        if len(body) > _JOIN_MAX:
+            request = (b"".join(parts), body)
+        else:
+            parts.append(body)
+            request = (b"".join(parts),)
         fresh = False
         while True:
             conn, reused = await self._acquire(key, deadline, fresh=fresh)
@@ -319,7 +326,10 @@ class UpstreamPool:
             try:
                 if conn.transport is None:
                     raise Disconnected("runtime closed the connection")
-                conn.transport.write(request)
+                if len(request) == 1:
+                    conn.transport.write(request[0])
+                else:
+                    conn.transport.writelines(request)
                 while not resp.status:
                     if resp._exc is not None:
                         raise resp._exc
