@@ -312,6 +312,13 @@ class UsageConfig(_Strict):
     credential_file: str | None = None
     flush_s: float = Field(default=2.0, gt=0, le=300, description="a batch is sent this often")
     max_pending: int = Field(default=1000, ge=1, description="batches kept while the portal is unreachable")
+    spool_dir: str | None = Field(
+        default=None,
+        description="directory where usage is kept on disk until the portal has it (every spool_s, and each batch "
+        "before it is sent): a router killed and restarted sends it then, each batch once; null = memory only",
+    )
+    spool_s: float = Field(default=0.25, gt=0, le=60, description="how often the counts since the last batch are "
+                           "written to spool_dir: a kill -9 loses at most this much")  # fmt: skip
 
     @model_validator(mode="after")
     def _credential(self) -> UsageConfig:
@@ -319,6 +326,8 @@ class UsageConfig(_Strict):
             raise ValueError("usage.portal_url needs usage.credential or usage.credential_file")
         if self.portal_url and not self.portal_url.startswith(("http://", "https://")):
             raise ValueError("usage.portal_url must start with http:// or https://")
+        if self.spool_dir and Path(self.spool_dir).exists() and not Path(self.spool_dir).is_dir():
+            raise ValueError(f"usage.spool_dir {self.spool_dir} exists and is not a directory")
         return self
 
     def token(self) -> str:

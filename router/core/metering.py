@@ -25,6 +25,7 @@ class Meter:
     def __init__(self, router: str = "") -> None:
         self.router = router
         self._cells: dict[tuple[int, str, str, str], _Cell] = {}
+        self.recorded = 0  # requests recorded since start: tells a spool whether anything changed
 
     def record(
         self,
@@ -44,6 +45,7 @@ class Meter:
         if c is None:
             c = self._cells[k] = _Cell()
         c.requests += 1
+        self.recorded += 1
         if status == 429:
             c.throttled += 1
         elif status >= 400:
@@ -55,11 +57,19 @@ class Meter:
         if latency_s is not None:
             c.latency[bucket_of(latency_s)] += 1
 
-    def drain(self) -> UsageBatch | None:
-        """Everything counted since the last drain, as one batch with a fresh id (None when nothing was)."""
+    def drain(self, batch_id: str | None = None) -> UsageBatch | None:
+        """Everything counted since the last drain, as one batch with `batch_id` or a fresh id (None when nothing
+        was)."""
         if not self._cells:
             return None
         cells, self._cells = self._cells, {}
+        return self._batch(cells, batch_id or uuid.uuid4().hex)
+
+    def peek(self, batch_id: str) -> UsageBatch | None:
+        """What the next drain would return under `batch_id`, leaving the counts in place."""
+        return self._batch(self._cells, batch_id) if self._cells else None
+
+    def _batch(self, cells: dict[tuple[int, str, str, str], _Cell], batch_id: str) -> UsageBatch:
         rows = [
             UsageRow(
                 minute=minute,
@@ -71,9 +81,9 @@ class Meter:
                 throttled=c.throttled,
                 prompt_tokens=c.prompt_tokens,
                 completion_tokens=c.completion_tokens,
-                ttft=c.ttft,
-                latency=c.latency,
+                ttft=list(c.ttft),
+                latency=list(c.latency),
             )
             for (minute, tenant, key, model), c in cells.items()
         ]
-        return UsageBatch(batch=uuid.uuid4().hex, router=self.router, rows=rows)
+        return UsageBatch(batch=batch_id, router=self.router, rows=rows)
