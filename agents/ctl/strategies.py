@@ -119,7 +119,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             state_pb2.ListTargetsRequest(model=args.model), timeout=args.timeout
         )
     if not resp.targets:
-        print(f"ctl: the agent at {args.agent} knows no target{f' of model {args.model!r}' if args.model else ''}")
+        what = f" of model {args.model!r}" if args.model else ""
+        print(f"ctl: the agent at {args.agent} knows no target{what}", file=sys.stderr)
         return 3
     doc = snapshot_doc(list(resp.targets), args.agent)
     tmp = out.with_name(out.name + ".tmp")

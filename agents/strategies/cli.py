@@ -126,7 +126,7 @@ def _pct(sorted_values: list[float], q: float) -> float:
 
 def run_test(args: argparse.Namespace) -> int:
     from agents.strategies.base import RouteRequest
-    from agents.strategies.host import StrategyHost
+    from agents.strategies.host import StrategyHost, StrategyStats
 
     snap = Path(args.snapshot)
     views = load_snapshot(snap)
@@ -154,6 +154,9 @@ def run_test(args: argparse.Namespace) -> int:
             known = ", ".join(f"{m} ({n})" for m, n in sorted(models.items())) or "none"
             print(f"strategy test: the snapshot has no target of model {model!r}; it has: {known}", file=sys.stderr)
             return 3
+        # one untimed decision first: a module's first call pays for page faults and lazy set-up
+        host.decide(RouteRequest(model=model, request_id="warm-up"), k=args.top)
+        host.stats[name] = StrategyStats()
         times: list[float] = []
         first = None
         for i in range(args.runs):

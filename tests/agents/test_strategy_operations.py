@@ -278,3 +278,83 @@ def test_new_module_version_pushed_by_policy_swaps_in_without_failing_a_request(
         ln.startswith("infermesh_router_strategy_not_loaded_total{") and float(ln.rsplit(" ", 1)[1]) > 0
         for ln in metrics.splitlines()
     )
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshweb.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+@pytest.mark.e2e
+def test_snapshot_recorded_from_an_agent_and_a_strategy_tested_offline(tmp_path: Path) -> None:
+    from agents.emulator.testing import start_emulator
+
+    snap = tmp_path / "targets.json"
+    ems = [
+        start_emulator("--profile", "h100", "--flavor", "vllm", "--model", "demo-llm", "--seed", str(i)) for i in (1, 2)
+    ]
+    agent = AgentProc([e.url for e in ems], tmp_path)
+    try:
+        agent.start()
+        _wait("the agent's targets", lambda: _cli("ctl", "targets", "--agent", agent.address, "--json").stdout.count(
+            '"target_id"') == 2)  # fmt: skip
+        rec = _cli("ctl", "snapshot", "--agent", agent.address, "--out", str(snap))
+        empty = _cli("ctl", "snapshot", "--agent", agent.address, "--model", "nope", "--out", str(tmp_path / "x"))
+    finally:
+        agent.kill()
+        for e in ems:
+            e.stop()
+    assert rec.returncode == 0 and "2 targets of 1 model(s) (demo-llm)" in rec.stdout, rec.stderr
+    assert empty.returncode == 3 and "knows no target of model 'nope'" in empty.stderr
+    doc = json.loads(snap.read_text())
+    assert doc["format"] == "infermesh-targets" and len(doc["targets"]) == 2
+    # the WebAssembly example, its text compiled on the fly, and the built-in it mirrors rank the same
+    # (a generous budget: this is about the ranking; a loaded box may stall a decision past the router's 1 ms)
+    wat = _cli(
+        "strategy", "test", str(EXAMPLE), "--snapshot", str(snap), "--runs", "300", "--budget-us", "1e6", "--json"
+    )
+    assert wat.returncode == 0, wat.stderr
+    got = json.loads(wat.stdout)
+    builtin = json.loads(_cli("strategy", "test", "least_queue", "--snapshot", str(snap), "--json").stdout)
+    assert got["model"] == "demo-llm" and got["targets"] == 2 and got["decided_by"] == str(EXAMPLE)
+    assert [r["target"] for r in got["ranking"]] == [r["target"] for r in builtin["ranking"]]
+    assert got["decisions"] == 300 and 0 < got["decision_us"]["p50"] <= got["decision_us"]["p99"]
+    assert got["fallbacks"] == {}
+    text = _cli("strategy", "test", str(EXAMPLE), "--snapshot", str(snap), "--runs", "50")
+    assert text.returncode == 0 and "decision time over 50 decisions: p50" in text.stdout
+    assert str(doc["targets"][0]["target_id"]) in text.stdout
+
+
+def test_strategy_test_refuses_bad_input_by_name(tmp_path: Path) -> None:
+    snap = tmp_path / "snap.json"
+    snap.write_text(json.dumps({"format": "infermesh-targets", "version": 1, "targets": [
+        {"target_id": "a", "model": "m", "node": "n1", "endpoint": "http://a", "routable": True, "requests_waiting": 3},
+        {"target_id": "b", "model": "m", "node": "n2", "endpoint": "http://b", "routable": True, "requests_waiting": 1},
+    ]}))  # fmt: skip
+    ok = _cli("strategy", "test", "least_queue", "--snapshot", str(snap), "--runs", "10", "--json")
+    assert ok.returncode == 0 and [r["target"] for r in json.loads(ok.stdout)["ranking"]] == ["b", "a"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"format": "infermesh-targets", "version": 9, "targets": []}))
+    no_exports = tmp_path / "empty.wat"
+    no_exports.write_text('(module (memory (export "memory") 1))')
+    two = tmp_path / "two.py"
+    two.write_text(
+        "from agents.strategies.builtins import LeastQueue\n"
+        "class A(LeastQueue):\n    name = 'a'\n"
+        "class B(LeastQueue):\n    name = 'b'\n"
+    )
+    cases = {
+        (2, "cannot read it"): ("least_queue", str(tmp_path / "missing.json")),
+        (2, "snapshot version 9; this build reads version 1"): ("least_queue", str(old)),
+        (2, "no such file"): (str(tmp_path / "nope.wasm"), str(snap)),
+        (1, "lacks the export(s) infermesh_abi_version, alloc, rank"): (str(no_exports), str(snap)),
+        (2, "defines 2 (A, B) Strategy subclasses; name one with --class"): (str(two), str(snap)),
+    }
+    for (rc, message), (strategy, snapshot) in cases.items():
+        r = _cli("strategy", "test", strategy, "--snapshot", snapshot)
+        assert r.returncode == rc and message in r.stderr, (message, r.returncode, r.stderr)
+    picked = _cli("strategy", "test", str(two), "--class", "B", "--snapshot", str(snap), "--json")
+    assert picked.returncode == 0 and json.loads(picked.stdout)["strategy"] == "b"
+    absent = _cli("strategy", "test", "least_queue", "--snapshot", str(snap), "--model", "other")
+    assert absent.returncode == 3 and "no target of model 'other'; it has: m (2)" in absent.stderr
