@@ -325,14 +325,20 @@ class RaftNode:
                 self._bcast_append()
         hs = self.hard_state()
         ss = SoftState(self.lead, self.role)
+        prev = self.prev_hs  # what the previous Ready persisted (Readies are handled one at a time)
+        same_vote = hs.term == prev.term and hs.vote == prev.vote
+        entries = list(self.log.unstable_entries())
+        snapshot = self.log.pending_snapshot
         rd = Ready(
             soft_state=ss if ss != self.prev_ss else None,
-            hard_state=hs if hs != self.prev_hs else None,
-            snapshot=self.log.pending_snapshot,
-            entries=list(self.log.unstable_entries()),
+            hard_state=hs if hs != prev else None,
+            snapshot=snapshot,
+            entries=entries,
             committed_entries=self.log.next_committed(),
             messages=self.msgs,
             read_states=self.read_states,
+            must_sync=bool(entries) or snapshot is not None or not same_vote,
+            send_first=self.role == Role.LEADER and same_vote and snapshot is None,
         )
         self.msgs = []
         self.read_states = []

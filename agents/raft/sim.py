@@ -40,13 +40,18 @@ class InvariantViolation(AssertionError):
 
 @dataclass
 class Disk:
-    """What survives a crash: only writes whose Ready finished persisting."""
+    """What survives a crash: only writes whose Ready finished persisting. A Ready that need not be synced (a new
+    commit index alone) is written to the page cache: a crash keeps it or loses it, and the next synced write makes
+    it durable."""
 
     hs: HardState = field(default_factory=HardState)
     snapshot: Snapshot | None = None
     entries: list[Entry] = field(default_factory=list)
+    unsynced_hs: HardState | None = None
 
     def save(self, rd: Ready, offset_after: int) -> None:
+        if self.unsynced_hs is not None:  # an fsync flushes the earlier unsynced write too
+            self.hs, self.unsynced_hs = self.unsynced_hs, None
         if rd.snapshot is not None:
             self.snapshot = rd.snapshot
             self.entries = []
@@ -55,6 +60,15 @@ class Disk:
             self.entries = [e for e in self.entries if e.index < first] + list(rd.entries)
         if rd.hard_state is not None:
             self.hs = rd.hard_state
+
+    def write_unsynced(self, rd: Ready) -> None:
+        if rd.hard_state is not None:
+            self.unsynced_hs = rd.hard_state
+
+    def crash(self, keep_unsynced: bool) -> None:
+        if self.unsynced_hs is not None and keep_unsynced:
+            self.hs = self.unsynced_hs
+        self.unsynced_hs = None
 
 
 @dataclass
@@ -67,6 +81,7 @@ class Faults:
     slow_disk: bool = False
     membership: bool = False
     transfers: bool = False
+    batching: bool = False  # many clients and a disk that always takes time: proposals and acks pile up per Ready
 
 
 @dataclass
@@ -124,6 +139,8 @@ class Simulation:
             self.nodes[spare] = SimNode(self, spare, ())
         self.cut: set[tuple[int, int]] = set()
         self.leaders: dict[int, int] = {}  # term -> leader (election safety)
+        self.max_batch = 0  # most entries persisted by one Ready (group commit)
+        self.sent_first = 0  # leader messages sent while their Ready was still being persisted
         self.entry_ids: dict[tuple[int, int], tuple[int, bytes]] = {}  # (index, term) -> (prev term, data)
         self.applied: dict[int, tuple[int, bytes]] = {}  # index -> (term, data) applied anywhere
         self.history: list[Op] = []
@@ -136,6 +153,8 @@ class Simulation:
         self.events_log: list[str] = []
         for nid in self.nodes:
             self.at(self.rng.randrange(10), "tick", nid)
+            if self.faults.batching:
+                self.nodes[nid].disk_delay = 3 + self.rng.randrange(8)
         for c in range(1, clients + 1):
             self.at(50 + self.rng.randrange(100), "client", c)
         self.at(200 + self.rng.randrange(200), "chaos", None)
@@ -168,10 +187,17 @@ class Simulation:
 
     # ------------------------------------------------------------------ node plumbing
     def pump(self, node: SimNode) -> None:
+        """The driver's loop (agents/raft/group.py): a leader's messages go out while its Ready is persisted
+        (`send_first`); a Ready with only a new commit index is written without waiting for the disk."""
         while node.up and node.in_flight is None and node.core.has_ready():
             rd = node.core.ready()
             node.in_flight = rd
-            delay = node.disk_delay if (rd.entries or rd.hard_state or rd.snapshot) else 0
+            self.max_batch = max(self.max_batch, len(rd.entries))
+            if rd.send_first:
+                for m in rd.messages:
+                    self.send(node.id, m)
+                self.sent_first += len(rd.messages)
+            delay = node.disk_delay if rd.must_sync and (rd.entries or rd.hard_state or rd.snapshot) else 0
             if delay:
                 self.at(delay, "persisted", (node.id, node.incarnation, rd))
                 return
@@ -185,11 +211,15 @@ class Simulation:
             self.pump(node)
 
     def finish_ready(self, node: SimNode, rd: Ready) -> None:
-        node.disk.save(rd, node.core.log.offset)
+        if rd.must_sync:
+            node.disk.save(rd, node.core.log.offset)
+        else:
+            node.disk.write_unsynced(rd)
         if rd.snapshot is not None:
             node.sm.restore(rd.snapshot.data)
-        for m in rd.messages:
-            self.send(node.id, m)
+        if not rd.send_first:
+            for m in rd.messages:
+                self.send(node.id, m)
         for e in rd.committed_entries:
             self.apply(node, e)
         node.in_flight = None
@@ -398,6 +428,7 @@ class Simulation:
             return
         node = self.rng.choice(up)
         node.up = False  # the in-flight Ready (unsynced writes) is lost
+        node.disk.crash(keep_unsynced=self.rng.random() < 0.5)
         self.events_log.append(f"{self.now}: crash {node.id}")
         self.at(50 + self.rng.randrange(300), "restart", node.id)
 
@@ -539,11 +570,12 @@ def faults_for_seed(seed: int) -> tuple[Faults, int]:
         transfers=r.random() < 0.3,
     )
     n = r.choice([3, 3, 5])
+    f.batching = r.random() < 0.3
     return f, n
 
 
 def run_seed(seed: int, duration: int = 2500) -> Simulation:
     faults, n = faults_for_seed(seed)
-    sim = Simulation(seed, faults, n=n, duration=duration)
+    sim = Simulation(seed, faults, n=n, duration=duration, clients=8 if faults.batching else 3)
     sim.run()
     return sim

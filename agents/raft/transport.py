@@ -1,5 +1,6 @@
-"""gRPC transport between Raft members: per-peer ordered senders that batch messages into AppendEntries /
-RequestVote / Forward calls, InstallSnapshot as a client stream, and the servicer that checks cluster, group and
+"""gRPC transport between Raft members: per-peer ordered senders that batch messages onto one long-lived `Stream`
+call per peer (the unary AppendEntries / RequestVote / Forward calls are still served), InstallSnapshot as a client
+stream, and the servicer that checks cluster, group and
 message shape before stepping the core. With the agent's `tls:` section each peer channel presents the node's SVID
 (and is opened again once it rotates)."""
 
@@ -27,7 +28,8 @@ _VOTE = frozenset({MsgType.VOTE, MsgType.VOTE_RESP, MsgType.PRE_VOTE, MsgType.PR
 _FORWARD = frozenset(
     {MsgType.PROP, MsgType.READ_INDEX, MsgType.READ_INDEX_RESP, MsgType.TRANSFER_LEADER, MsgType.TIMEOUT_NOW}
 )
-_REMOTE = _APPEND | _VOTE | _FORWARD | {MsgType.SNAP}
+_STREAM = _APPEND | _VOTE | _FORWARD
+_REMOTE = _STREAM | {MsgType.SNAP}
 
 
 def to_pb(m: Message) -> raft_pb2.RaftMessage:
@@ -122,6 +124,14 @@ class RaftServicer(raft_pb2_grpc.RaftServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed raft message: {exc}")
         return raft_pb2.RaftAck()
 
+    async def Stream(
+        self, request_iterator: AsyncIterator[raft_pb2.RaftBatch], context: grpc.aio.ServicerContext
+    ) -> raft_pb2.RaftAck:
+        """A peer's batches in order; the same checks as the unary calls, any message type but snapshots."""
+        async for req in request_iterator:
+            await self._batch(req, context, _STREAM)
+        return raft_pb2.RaftAck()
+
     async def AppendEntries(self, request: raft_pb2.RaftBatch, context: grpc.aio.ServicerContext) -> raft_pb2.RaftAck:
         return await self._batch(request, context, _APPEND)
 
@@ -167,7 +177,8 @@ class RaftServicer(raft_pb2_grpc.RaftServicer):
 
 
 class PeerSender:
-    """Sends one peer its messages in order; batches what queued up while the previous call was in flight."""
+    """Sends one peer its messages in order over one long-lived `Stream` call; batches what queued up while the
+    previous write was in flight. Snapshots go by `InstallSnapshot`."""
 
     def __init__(self, transport: RaftTransport, peer: int, address: str) -> None:
         self.transport = transport
@@ -179,6 +190,7 @@ class PeerSender:
         self.dialer = Dialer(address, transport.identity, opts)
         self.channel: grpc.aio.Channel | None = None
         self.stub: raft_pb2_grpc.RaftStub | None = None
+        self.call: grpc.aio.StreamUnaryCall | None = None
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -189,7 +201,13 @@ class PeerSender:
         if self.stub is None or channel is not self.channel:
             self.channel = channel
             self.stub = raft_pb2_grpc.RaftStub(channel)
+            self._drop_call()
         return self.stub
+
+    def _drop_call(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+            self.call = None
 
     def enqueue(self, group: str, m: Message) -> None:
         if len(self.queue) >= self.transport.max_queue:
@@ -208,27 +226,49 @@ class PeerSender:
 
     async def _send_batch(self, batch: list[tuple[str, Message]]) -> None:
         stub = self._connect()
-        t = self.transport
-        groups: dict[tuple[str, str], list[Message]] = {}
+        groups: dict[str, list[Message]] = {}
         for group, m in batch:
             if m.type == MsgType.SNAP:
+                await self._flush(stub, groups)
+                groups = {}
                 await self._send_snapshot(stub, group, m)
                 continue
-            rpc = "AppendEntries" if m.type in _APPEND else "RequestVote" if m.type in _VOTE else "Forward"
-            groups.setdefault((rpc, group), []).append(m)
-        for (rpc, group), msgs in groups.items():
+            groups.setdefault(group, []).append(m)
+        await self._flush(stub, groups)
+
+    async def _flush(self, stub: raft_pb2_grpc.RaftStub, groups: dict[str, list[Message]]) -> None:
+        t = self.transport
+        for group, msgs in groups.items():
             req = raft_pb2.RaftBatch(
                 cluster_id=t.cluster_id, group=group, messages=[to_pb(m) for m in msgs], **{"from": t.node_id}
             )
+            if self.call is None or self.call.done():
+                self.call = stub.Stream()
+            call = self.call
             try:
-                await getattr(stub, rpc)(req, timeout=t.rpc_timeout_s)
-            except grpc.aio.AioRpcError as exc:
-                self._failed(group, exc)
+                async with asyncio.timeout(t.rpc_timeout_s):  # a stopped peer's window fills: give up on the write
+                    await call.write(req)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError, TimeoutError) as exc:
+                if self.call is call:
+                    self.call = None
+                call.cancel()
+                await self._stream_failed(group, call, exc)
+
+    async def _stream_failed(self, group: str, call: grpc.aio.StreamUnaryCall, exc: BaseException) -> None:
+        code, details = grpc.StatusCode.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, grpc.aio.AioRpcError):
+            code, details = exc.code(), exc.details() or ""
+        elif call.done() and not call.cancelled():
+            with contextlib.suppress(Exception):
+                code, details = await call.code(), await call.details()
+        self._report(group, code, details)
 
     def _failed(self, group: str, exc: grpc.aio.AioRpcError) -> None:
-        code = exc.code()
+        self._report(group, exc.code(), exc.details() or "")
+
+    def _report(self, group: str, code: grpc.StatusCode, details: str) -> None:
         if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
-            log.error("raft peer %d (%s) refused our messages: %s", self.peer, self.address, exc.details())
+            log.error("raft peer %d (%s) refused our messages: %s", self.peer, self.address, details)
         else:
             log.debug("raft peer %d (%s) unreachable: %s", self.peer, self.address, code)
         self.transport.on_unreachable(group, self.peer)
@@ -275,6 +315,7 @@ class PeerSender:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+        self._drop_call()
         await self.dialer.close()
 
 

@@ -113,7 +113,14 @@ class SoftState:
 
 @dataclass(slots=True)
 class Ready:
-    """What the driver must do, in order: persist snapshot/entries/hard state, send messages, apply, then advance."""
+    """What the driver must do, in order: persist snapshot/entries/hard state, send messages, apply, then advance.
+
+    `must_sync`: the write must be durable (fsync) before messages go out or the Ready is advanced; False when only
+    the commit index changed (etcd's MustSync: a lost commit index is learnt again from the leader).
+    `send_first`: the messages may go out while the write is in progress (a leader's appends, Raft thesis 10.2.1);
+    the leader counts its own entries toward a quorum only once `advance` says they are durable. Never set when the
+    Ready carries a new term or vote: those must be durable before anyone hears of them.
+    """
 
     soft_state: SoftState | None
     hard_state: HardState | None
@@ -122,6 +129,8 @@ class Ready:
     committed_entries: list[Entry]
     messages: list[Message]
     read_states: list[ReadState]
+    must_sync: bool = True
+    send_first: bool = False
 
 
 @dataclass(slots=True)
