@@ -50,6 +50,8 @@ import router_overhead as ro
 import routing_quality as rq
 from workloads.prefix import Conversation, Request, multi_turn, shared_prefix, words
 
+from agents.emulator.profiles import get_profile
+
 TRACE = ro.ROOT / "meshweb" / "data" / "traces" / "azure_llm_2023_conv.csv"
 FLEET = ["h100", "h100", "a100", "a100", "l40s", "l40s", "h100-mig-3g.40gb", "a100-mig-3g.40gb"]
 OURS = ("baseline_rr", "least_queue", "cache_aware", "hybrid_mesh", "cache_aware_x2")
@@ -202,6 +204,18 @@ def hist_pct(before: dict[float, float], after: dict[float, float], q: float) ->
     return lo
 
 
+def fallbacks(urls: list[str]) -> float:
+    """Decisions our routers handed to the fallback (a strategy over its decision budget or failing), so far."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for u in urls:
+        for fam in text_string_to_metric_families(httpx.get(u + "/metrics", timeout=10).text):
+            if fam.name == "infermesh_router_strategy_fallbacks":
+                total += sum(smp.value for smp in fam.samples if smp.name.endswith("_total"))
+    return total
+
+
 def reset_caches(emus: list[str]) -> None:
     rq.wait_idle(emus)
     for u in emus:
@@ -273,7 +287,9 @@ def main() -> int:
             policy: dict[str, object] = {"first_byte_timeout_s": 300, "deadline_s": 600,
                                          "hold_when_full": strategy not in ("cache_aware", "hybrid_mesh")}  # fmt: skip
             cfg = ro.router_cfg(emus, strategy, **policy)
-            cfg["targets"] = [{"model": "demo-llm", "url": u, "node": f"n{i}", "max_concurrency": args.max_num_seqs}
+            # what an operator's static config says of each runtime: its node, batch slots and MIG slice
+            cfg["targets"] = [{"model": "demo-llm", "url": u, "node": f"n{i}", "max_concurrency": args.max_num_seqs,
+                               "mig_profile": get_profile(FLEET[i]).mig_profile}
                               for i, u in enumerate(emus)]  # fmt: skip
             cfg["cache"] = {"kv_events": sources}
             cfg["logging"] = {"level": "WARNING", "access_log": False}
@@ -308,10 +324,11 @@ def main() -> int:
                     ap.error(f"unknown workload {wl!r}")
                 for c, urls in routers.items():
                     reset_caches(emus)
-                    s0, h0 = emu_stats(emus), runtime_ttft(emus)
+                    ours = c in OURS
+                    s0, h0, f0 = emu_stats(emus), runtime_ttft(emus), fallbacks(urls) if ours else 0.0
                     results, wall = uvloop.run(replay(urls, reqs, convs))
                     rq.wait_idle(emus)
-                    s1, h1 = emu_stats(emus), runtime_ttft(emus)
+                    s1, h1, f1 = emu_stats(emus), runtime_ttft(emus), fallbacks(urls) if ours else 0.0
                     ok = [r for r in results if r.ok]
                     pairs = list(zip(s0, s1, strict=True))
                     q = sum(b["prefix_cache"]["queries"] - a["prefix_cache"]["queries"] for a, b in pairs)
@@ -325,18 +342,20 @@ def main() -> int:
                         "ttft_p99": rq.pct(ttfts, 0.99), "e2e_p99": rq.pct([r.e2e for r in ok], 0.99),
                         "tput": len(ok) / wall, "hit": h / q if q else 0.0,
                         "imbalance": max(per) / mean if mean else float("nan"), "wall": wall,
-                        "rt_p50": hist_pct(h0, h1, 0.5), "rt_p90": hist_pct(h0, h1, 0.9),
+                        "rt_p50": hist_pct(h0, h1, 0.5), "rt_p90": hist_pct(h0, h1, 0.9), "fallbacks": f1 - f0,
                     }  # fmt: skip
                     table[(wl, c, load)] = row
                     print(f"{wl} {c} @ {load:.0%}: {json.dumps({k: round(v, 3) for k, v in row.items()})}",
                           flush=True)  # fmt: skip
     print()
     print(f"{'workload':<14} {'config':<20} {'load':>4} {'ok/n':>9} {'TTFT p50':>8} {'p90':>7} {'p99':>7} "
-          f"{'e2e p99':>7} {'req/s':>6} {'hit%':>5} {'imbal':>5} {'rt p50':>6} {'rt p90':>6}")  # fmt: skip
+          f"{'e2e p99':>7} {'req/s':>6} {'hit%':>5} {'imbal':>5} {'rt p50':>6} {'rt p90':>6} {'fb':>4}")  # fmt: skip
     for (wl, c, load), r in table.items():
         print(f"{wl:<14} {c:<20} {load:>4.0%} {int(r['ok']):>4}/{int(r['n']):<4} {r['ttft_p50']:>8.3f} "
               f"{r['ttft_p90']:>7.3f} {r['ttft_p99']:>7.3f} {r['e2e_p99']:>7.2f} {r['tput']:>6.2f} "
-              f"{100 * r['hit']:>5.1f} {r['imbalance']:>5.2f} {r['rt_p50']:>6.3f} {r['rt_p90']:>6.3f}")  # fmt: skip
+              f"{100 * r['hit']:>5.1f} {r['imbalance']:>5.2f} {r['rt_p50']:>6.3f} {r['rt_p90']:>6.3f} "
+              f"{int(r['fallbacks']):>4}")  # fmt: skip
+    print("# fb: our routers' decisions handed to baseline_rr (strategy over its 1 ms decision budget on this box)")
     n99 = [int(r["ok"]) for r in table.values()]
     if n99:
         print(

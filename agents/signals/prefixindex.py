@@ -10,13 +10,20 @@ Two kinds of target:
 
 Each target's set is bounded (`max_blocks`, oldest first out), so memory is at most about 100 bytes per block held
 (`bytes_estimate`). A request's prefix match is the count of its leading block hashes a target holds.
+
+An event-fed target also tells how far behind it is, in tokens: the blocks routed there that its events have not yet
+reported stored are prefill still to do (`pending_tokens`), and the time from routing a request to the event that
+stores its last block is a prefill observed, from which the target's prefill rate is learnt (`prefill_tok_s`:
+tokens over the time beyond the target's fixed per-request delay, itself learnt from requests with little to
+prefill). Times come from the index's `clock`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +36,23 @@ APPROX = "approx"
 BYTES_PER_BLOCK = 100  # an OrderedDict entry holding a 64-bit int key, measured with tracemalloc
 
 
+MIN_RATE_SAMPLE_TOKENS = 512  # a prefill shorter than this teaches the fixed delay, not the rate
+MAX_WATCHED = 256  # requests per target whose prefill is being timed
+
+
+def _monotonic() -> float:
+    return time.monotonic()
+
+
 class BlockSet:
     """The block hashes one target holds, LRU-ordered and bounded."""
 
-    __slots__ = ("blocks", "kind", "max_blocks", "max_recent", "recent")
+    __slots__ = ("blocks", "capacity", "clock", "fixed_s", "kind", "max_blocks", "max_recent", "pending",
+                 "prefill_tok_s", "rate_samples", "recent", "watched")  # fmt: skip
 
-    def __init__(self, kind: str, max_blocks: int, max_recent: int = 4096) -> None:
+    def __init__(
+        self, kind: str, max_blocks: int, max_recent: int = 4096, clock: Callable[[], float] = _monotonic
+    ) -> None:
         self.kind = kind
         self.max_blocks = max_blocks
         self.blocks: OrderedDict[int, None] = OrderedDict()
@@ -42,29 +60,63 @@ class BlockSet:
         # index lags by a prefill): without them a burst sharing a new prefix would scatter. Small and LRU.
         self.max_recent = max_recent
         self.recent: OrderedDict[int, None] = OrderedDict()
+        # Routed blocks not yet reported stored: the target's prefill backlog (event-fed targets only).
+        self.pending: OrderedDict[int, None] = OrderedDict()
+        # last block of a routed request -> (routed at, tokens it had to prefill, backlog ahead of it in tokens)
+        self.watched: OrderedDict[int, tuple[float, int, int]] = OrderedDict()
+        self.clock = clock
+        self.prefill_tok_s: float | None = None  # learnt prefill rate; None until a long prefill was timed
+        self.fixed_s: float | None = None  # learnt delay of a request with almost nothing to prefill
+        self.rate_samples = 0
+        # blocks held when the runtime last had to evict: about what its cache holds (0 = never seen it evict)
+        self.capacity = 0
 
     def __len__(self) -> int:
         return len(self.blocks)
 
     def add(self, hashes: Iterable[int]) -> None:
         blocks = self.blocks
+        pending, watched = self.pending, self.watched
         for h in hashes:
             if h in blocks:
                 blocks.move_to_end(h)
             else:
                 blocks[h] = None
+            if pending:
+                pending.pop(h, None)
+            if watched:
+                w = watched.pop(h, None)
+                if w is not None:
+                    self._timed(*w)
         while len(blocks) > self.max_blocks:
             blocks.popitem(last=False)
 
+    def _timed(self, at: float, tokens: int, ahead: int) -> None:
+        """A routed request's last block was stored: its prefill (and the backlog ahead of it) took this long."""
+        took = self.clock() - at
+        if took <= 0:
+            return
+        work = tokens + ahead
+        if work < MIN_RATE_SAMPLE_TOKENS:
+            self.fixed_s = took if self.fixed_s is None else 0.8 * self.fixed_s + 0.2 * took
+            return
+        rate = work / max(took - (self.fixed_s or 0.0), 0.25 * took)
+        self.prefill_tok_s = rate if self.prefill_tok_s is None else 0.7 * self.prefill_tok_s + 0.3 * rate
+        self.rate_samples += 1
+
     def remove(self, hashes: Iterable[int]) -> None:
+        blocks = self.blocks
+        self.capacity = max(self.capacity, len(blocks))  # the runtime evicts only when its cache is full
         for h in hashes:
-            self.blocks.pop(h, None)
+            blocks.pop(h, None)
 
     def clear(self) -> None:
         self.blocks.clear()
         self.recent.clear()
+        self.pending.clear()
+        self.watched.clear()
 
-    def routed(self, hashes: Iterable[int]) -> None:
+    def routed(self, hashes: Sequence[int], uncached_tokens: int = 0, block_size: int = 16) -> None:
         recent = self.recent
         for h in hashes:
             if h in recent:
@@ -73,6 +125,32 @@ class BlockSet:
                 recent[h] = None
         while len(recent) > self.max_recent:
             recent.popitem(last=False)
+        if self.kind != EVENTS or not hashes:
+            return
+        # what this request adds to the target's backlog: its blocks the target does not hold and that are not
+        # already on their way there
+        ahead = len(self.pending) * block_size
+        pending, blocks = self.pending, self.blocks
+        for h in hashes:
+            if h not in blocks and h not in pending:
+                pending[h] = None
+        while len(pending) > self.max_recent:
+            pending.popitem(last=False)
+        last = hashes[-1]
+        if last not in blocks and uncached_tokens > 0 and ahead == 0:
+            # timed only with nothing pending ahead: a backlog partly done already would make the target look faster
+            self.watched[last] = (self.clock(), uncached_tokens, ahead)
+            while len(self.watched) > MAX_WATCHED:
+                self.watched.popitem(last=False)
+
+    def settle(self) -> None:
+        """Nothing is in flight there any more: whatever is still pending was never stored (an aborted, preempted
+        or too-short request, or a lost event); forget it, so the backlog does not grow stale."""
+        self.pending.clear()
+        self.watched.clear()
+
+    def backlog_tokens(self, block_size: int) -> int:
+        return len(self.pending) * block_size
 
     def match(self, hashes: Sequence[int]) -> int:
         """How many of `hashes` (a request's chained block hashes, in order) this target holds as a prefix."""
@@ -241,11 +319,12 @@ class PrefixIndex:
 
     max_blocks: int = 200_000
     targets: dict[str, BlockSet] = field(default_factory=dict)
+    clock: Callable[[], float] = _monotonic  # times the event-fed targets' prefills (a simulator passes its own)
 
     def ensure(self, target_id: str, kind: str, max_blocks: int | None = None) -> BlockSet:
         bs = self.targets.get(target_id)
         if bs is None or bs.kind != kind:
-            bs = self.targets[target_id] = BlockSet(kind, max_blocks or self.max_blocks)
+            bs = self.targets[target_id] = BlockSet(kind, max_blocks or self.max_blocks, clock=self.clock)
         return bs
 
     def drop(self, target_id: str) -> None:
@@ -259,19 +338,22 @@ class PrefixIndex:
         bs = self.targets.get(target_id)
         return bs.match(hashes) if bs is not None and hashes else 0
 
-    def note_routed(self, target_id: str, hashes: Sequence[int]) -> None:
-        """A request went to `target_id`: an approximate target is assumed to hold its blocks from now on."""
+    def note_routed(
+        self, target_id: str, hashes: Sequence[int], uncached_tokens: int = 0, block_size: int = 16
+    ) -> None:
+        """A request went to `target_id`: an approximate target is assumed to hold its blocks from now on; an
+        event-fed one counts them pending until its events report them stored (and times that prefill)."""
         bs = self.targets.get(target_id)
         if bs is None:
             bs = self.ensure(target_id, APPROX)
         if bs.kind == APPROX and hashes:
             bs.add(hashes)
         elif hashes:
-            bs.routed(hashes)
+            bs.routed(hashes, uncached_tokens, block_size)
 
     @property
     def blocks(self) -> int:
-        return sum(len(b) + len(b.recent) for b in self.targets.values())
+        return sum(len(b) + len(b.recent) + len(b.pending) for b in self.targets.values())
 
     @property
     def bytes_estimate(self) -> int:

@@ -1,14 +1,27 @@
 """Cache-aware routing: prefix locality weighed against token-level load, and session affinity.
 
-`cache_aware` scores a target in seconds of expected delay, like `hybrid_mesh` (whose terms it keeps: queue, KV and
-VRAM pressure, health, errors, staleness, network, MIG fit), plus the request's own prefill: the prompt tokens the
-target does not hold in its prefix cache (its matched blocks come off) and the tokens this router already sent it
-and that are not finished, both over the target's prefill rate. So a long shared prefix pulls a request to the
-target that holds it exactly as far as that saves more time than the target's queue costs.
+`cache_aware` scores a target in seconds of expected delay to the request's first token, like `hybrid_mesh` (whose
+terms it keeps: KV and VRAM pressure, health, errors, staleness, network, MIG fit), with the queue counted in tokens:
 
-Bounded load (as in consistent hashing with bounded loads): a target loaded beyond `(1 + epsilon) x` the mean of the
-model's targets (+1) loses its cache credit, so a hot prefix spills to the next target, which then caches it too,
-instead of the policy collapsing to least-load for everyone (locality is kept on every target under the bound).
+- the request's own prefill: the prompt tokens the target does not hold in its prefix cache;
+- the prefill backlog ahead of it: for a target with KV events, the blocks routed there that its events have not
+  reported stored yet (exact, and it drains as the target works); otherwise its waiting requests x the mean uncached
+  work sent there;
+- both over the target's prefill rate, learnt from its KV events (the time from routing a request to the event that
+  stores its last block), the MIG slice's share of a GPU's prior until then: a miss costs less on a fast GPU;
+- a full batch: the wait for a slot to free (requests beyond the batch x the decode time of a request per slot);
+- a small cost per request in flight (batch interference);
+- placement of a prefix no one holds: it goes where the caches hold least (`spread`), and a target whose cache was
+  seen full (it evicts) pays for what the miss would evict there (`evict`), so prefixes spread over the caches
+  instead of thrashing the fastest target's.
+
+So a long shared prefix keeps a request on the target that holds it as long as its batch has room and its backlog
+is shorter than the prefill saved; requests that run in flight there do not count as queue, which is what made a
+request-count rule spill (and miss) early.
+
+Bounded load (as in consistent hashing with bounded loads): a target loaded beyond its batch and `(1 + epsilon) x`
+the mean of the model's targets (+ `slack`) loses its cache credit, so a hot prefix spills to the next target,
+which then caches it too, instead of the policy collapsing to least-load for everyone.
 
 `session_affinity` homes a session key (a header or body field) on a consistent-hash ring of the model's targets
 with the same load bound; a target that fails or leaves is skipped and its sessions re-home on the next one of the
@@ -27,7 +40,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agents.signals.prefixindex import PrefixIndex, default_index
+from agents.signals.prefixindex import EVENTS, BlockSet, PrefixIndex, default_index
 from agents.strategies.base import (
     UNHEALTHY,
     RouteRequest,
@@ -45,12 +58,14 @@ log = logging.getLogger("infermesh.strategies.cache")
 @dataclass(slots=True)
 class CacheWeights:
     block_size: int = 16
-    prefill_tok_s: float = 12_000.0  # prefill rate of a whole GPU when the runtime does not say
-    decode_weight: float = 0.5  # prefill-token equivalents of one output token still to generate
+    prefill_tok_s: float = 12_000.0  # prefill rate of a whole GPU until the target's own is learnt from its events
+    itl_s: float = 0.02  # seconds a batch slot stays busy per output token, for the wait when the batch is full
+    load_s: float = 0.005  # expected delay per request in flight there: batch interference, risk of a full batch
     epsilon: float = 0.5  # bounded load: a target over (1 + epsilon) x mean load + slack loses its cache credit
     slack: float = 2.0  # requests of headroom above the relative bound (a batch absorbs a few more at little cost)
     learn_approx: bool = True  # record routed prefixes for targets without KV events
-    spread: float = 0.5  # a missed prefix costs up to this much more prefill on the target whose cache holds most
+    spread: float = 1.0  # a missed prefix costs up to this much more prefill on the target whose cache holds most
+    evict: float = 0.5  # share of the blocks a miss evicts from a full cache that will be prefilled again
 
 
 class CacheAware(HybridMesh):
@@ -67,7 +82,8 @@ class CacheAware(HybridMesh):
         self.cache = cache or CacheWeights()
         self.cache_index: PrefixIndex = index if index is not None else default_index()
         self.prefix_index = self.cache_index
-        self._work: dict[str, float] = {}  # endpoint -> EWMA of the prefill-token work of requests sent there
+        # endpoint -> EWMA of the prefill work of requests sent there (the backlog of targets without KV events)
+        self._work: dict[str, float] = {}
 
     # -- per request ---------------------------------------------------------------------------------------------
     def base_terms(self, v: TargetView) -> dict[str, float]:
@@ -80,30 +96,50 @@ class CacheAware(HybridMesh):
         # the runtime's own counts include this router's requests; inflight covers what it has not reported yet
         return max((v.requests_waiting or 0.0) + (v.requests_running or 0.0), float(v.inflight))
 
+    def _rate(self, v: TargetView, bs: BlockSet | None) -> float:
+        if bs is not None and bs.prefill_tok_s:
+            return bs.prefill_tok_s
+        return self.cache.prefill_tok_s * mig_fraction(v.mig_profile)
+
+    def _backlog(self, v: TargetView, bs: BlockSet | None, load: float, slots: int, prompt: float) -> float:
+        """Prefill tokens ahead of a new request on `v`."""
+        if bs is not None and bs.kind == EVENTS:
+            if load <= 0 and bs.pending:
+                bs.settle()  # nothing in flight: what is still pending will never be stored
+            return float(len(bs.pending) * self.cache.block_size)
+        waiting = v.requests_waiting if v.requests_waiting is not None else max(0.0, load - slots)
+        return waiting * self._work.get(v.endpoint, prompt)
+
     def _cache_scorer(self, request: RouteRequest, base: Callable[[TargetView, RouteRequest], float],
                       bound: float, rng: random.Random) -> Callable[[TargetView, RouteRequest], float]:  # fmt: skip
         c = self.cache
         hashes = request.block_hashes
         prompt = max(request.prompt_tokens, len(hashes) * c.block_size)
-        out_work = (request.max_tokens or self.weights.default_completion_tokens) * c.decode_weight
+        out = request.max_tokens or self.weights.default_completion_tokens
         match = self.cache_index.match
-        work = self._work
         targets = self.cache_index.targets
         held = {e: len(b) + len(b.recent) for e, b in targets.items()}
         most = max(held.values(), default=0) or 1
         jitter = rng.random
+        default_slots = self.weights.default_concurrency
 
         def score(v: TargetView, req: RouteRequest) -> float:
-            rate = c.prefill_tok_s * mig_fraction(v.mig_profile)
+            bs = targets.get(v.endpoint)
             load = self._load(v)
+            slots = v.max_concurrency or default_slots
             matched = match(v.endpoint, hashes) * c.block_size if hashes else 0
-            if load > bound:
+            if load > max(bound, slots):
                 matched = 0  # bounded load: no cache credit on an overloaded target
-            queued = load * work.get(v.endpoint, prompt + out_work)
+            miss = prompt - matched
             # A prefix no one holds goes where the cache holds least: prefixes spread evenly over the caches
             # instead of piling up (and evicting each other) on whichever target looked idle first.
-            spread = (1.0 - matched / prompt) * held.get(v.endpoint, 0) / most * c.spread * prompt if prompt else 0.0
-            return base(v, req) + (prompt - matched + queued + spread) / rate + jitter() * 1e-6
+            spread = miss / prompt * held.get(v.endpoint, 0) / most * c.spread * prompt if prompt else 0.0
+            if bs is not None and bs.capacity and miss > 0:
+                # a full cache evicts as much as the miss brings in: what was cached there is prefilled again later
+                spread += c.evict * max(0.0, len(bs) + miss / c.block_size - bs.capacity) * c.block_size
+            prefill = (miss + spread + self._backlog(v, bs, load, slots, prompt)) / self._rate(v, bs)
+            full = max(0.0, load + 1 - slots) * out * c.itl_s / slots  # waiting for a batch slot to free
+            return base(v, req) + prefill + full + load * c.load_s + jitter() * 1e-6
 
         return score
 
@@ -127,27 +163,32 @@ class CacheAware(HybridMesh):
         return ranked
 
     def chosen(self, v: TargetView, request: RouteRequest) -> None:
-        """Book the request on its target: work estimate, and (approximate index) its prefix now lives there."""
+        """Book the request on its target: its prefill joins the target's backlog (and, approximate index, its
+        prefix now lives there)."""
         c = self.cache
         hashes = request.block_hashes
         matched = self.cache_index.match(v.endpoint, hashes) * c.block_size if hashes else 0
         prompt = max(request.prompt_tokens, len(hashes) * c.block_size)
-        w = prompt - matched + (request.max_tokens or self.weights.default_completion_tokens) * c.decode_weight
+        w = prompt - matched
         prev = self._work.get(v.endpoint)
         self._work[v.endpoint] = w if prev is None else 0.8 * prev + 0.2 * w
         if c.learn_approx and hashes:
-            self.cache_index.note_routed(v.endpoint, hashes)
+            self.cache_index.note_routed(v.endpoint, hashes, w, c.block_size)
 
     def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
         terms = super().explain(view, request)
         c = self.cache
-        rate = c.prefill_tok_s * mig_fraction(view.mig_profile)
+        bs = self.cache_index.targets.get(view.endpoint)
+        rate = self._rate(view, bs)
         hashes = request.block_hashes
         matched = self.cache_index.match(view.endpoint, hashes) * c.block_size if hashes else 0
         prompt = max(request.prompt_tokens, len(hashes) * c.block_size)
+        load = self._load(view)
+        slots = view.max_concurrency or self.weights.default_concurrency
         terms["prefill"] = (prompt - matched) / rate
-        terms["queued_tokens"] = self._load(view) * self._work.get(view.endpoint, 0.0) / rate
+        terms["queued_tokens"] = self._backlog(view, bs, load, slots, prompt) / rate
         terms["cached_tokens"] = float(matched)
+        terms["prefill_tok_s"] = rate
         return terms
 
 

@@ -82,7 +82,38 @@ def test_bounded_sets_and_the_approximate_kind() -> None:
     assert len(idx.targets["a"]) == 4 and idx.match("a", [1, 2]) == 0
     idx.ensure("b", EVENTS)
     idx.note_routed("b", [1])  # event-fed: held apart as just routed (its events lag by a prefill), not as stored
-    assert idx.match("b", [1]) == 1 and len(idx.targets["b"]) == 0 and idx.bytes_estimate == (4 + 1) * 100
+    assert idx.match("b", [1]) == 1 and len(idx.targets["b"]) == 0
+    assert idx.bytes_estimate == (4 + 1 + 1) * 100  # a, b's just-routed block and b's pending one
+
+
+def test_event_fed_backlog_learnt_prefill_rate_and_capacity() -> None:
+    now = [0.0]
+    idx = PrefixIndex(clock=lambda: now[0])
+    bs = idx.ensure("e", EVENTS)
+    s = KVEventStream("e", bs)
+    miss = list(range(1, 126))  # 125 blocks, 2000 tokens, nothing cached: the target's backlog grows by them
+    idx.note_routed("e", miss, 2000, 16)
+    assert bs.backlog_tokens(16) == 2000
+    idx.note_routed("e", [*miss, 126], 16, 16)  # the same prefix right behind it: one more block, not timed
+    assert bs.backlog_tokens(16) == 2016 and len(bs.watched) == 1
+    now[0] = 0.1
+    s.on_message(_msg(0, _stored(*miss)))  # the first one's prefill is done: 2000 tokens in 0.1 s
+    assert bs.backlog_tokens(16) == 16 and bs.prefill_tok_s == pytest.approx(20_000)
+    s.on_message(_msg(1, _stored(126)))
+    idx.note_routed("e", [500], 16, 16)  # almost nothing to prefill: times the fixed delay instead
+    now[0] = 0.12
+    s.on_message(_msg(2, _stored(500)))
+    assert bs.fixed_s == pytest.approx(0.02) and bs.prefill_tok_s == pytest.approx(20_000)
+    idx.note_routed("e", list(range(1000, 1064)), 1024, 16)
+    now[0] = 0.12 + 0.02 + 1024 / 10_000
+    s.on_message(_msg(3, _stored(*range(1000, 1064))))  # 1024 tokens beyond the fixed delay at 10,000 tok/s
+    assert bs.prefill_tok_s == pytest.approx(0.7 * 20_000 + 0.3 * 10_000)
+    idx.note_routed("e", [900, 901], 32, 16)
+    bs.settle()  # nothing in flight there any more: a backlog never stored is forgotten
+    assert bs.backlog_tokens(16) == 0 and not bs.watched
+    held = len(bs)
+    s.on_message(_msg(4, ["BlockRemoved", [1], "GPU"]))  # it evicts: its cache is full at about what it held
+    assert bs.capacity == held and len(bs) == held - 1
 
 
 def _free_port() -> int:
