@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.scheduler.costmodel import REGION, WAN, Calibration, Fabric, RankSlot, default_links
+from agents.collective.costmodel import REGION, WAN, Calibration, Fabric, RankSlot, default_links
 from agents.scheduler.jobmodel import JobModel
 from agents.scheduler.model import (
     GpuInfo,

@@ -1,2 +1,3 @@
-"""Training scheduler: the sans-IO planner (`planner`), the collective cost model (`costmodel`), the mock job model
-(`jobmodel`), and the asyncio driver that runs on the Raft leader (`component`)."""
+"""Training scheduler: the sans-IO planner (`planner`) and job lifecycle (`lifecycle`), the mock job model
+(`jobmodel`), and the asyncio driver that runs on the Raft leader (`component`). The collective cost model lives
+in `agents.collective`, below both this package and the placement strategies."""

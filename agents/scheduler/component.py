@@ -18,28 +18,25 @@ from typing import Any
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.collective.costmodel import Calibration, Fabric, RankSlot, RttFn
 from agents.scheduler import storekeys as K
-from agents.scheduler.costmodel import Calibration, Fabric, RankSlot, RttFn
-from agents.scheduler.model import (
-    JobRequest,
-    NodeState,
-    Placed,
-    Plan,
-    Preempted,
-    Queued,
-    Replanned,
-    SpecError,
-    TenantQuota,
+from agents.scheduler.lifecycle import (
+    MAX_EVENTS,
+    PORTAL_TERMINAL,
+    SNAPSHOT_PREFIXES,
+    TELEMETRY_FIELDS,
+    LifecycleConfig,
+    Snapshot,
+    job_from_portal,
+    reconcile,
+    rollup,
 )
-from agents.scheduler.planner import Planner, PlannerConfig
-from agents.scheduler.reserved import PINNING, PLACEMENTS, reserved_nodes
+from agents.scheduler.model import Plan
 from agents.signals.types import CommStats
 
 log = logging.getLogger("meshd.scheduler")
-PORTAL_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-MAX_EVENTS = 50
-TELEMETRY_FIELDS = ("status", "step", "step_s", "mean_step_s", "allreduce_count", "allreduce_s", "allreduce_bytes",
-                    "busbw_gbps", "ranks")  # fmt: skip
+__all__ = ["MAX_EVENTS", "PORTAL_TERMINAL", "TELEMETRY_FIELDS", "SchedulerComponent", "SchedulerSection",
+           "job_from_portal", "make_component", "rollup"]  # fmt: skip
 
 
 class SchedulerSection(BaseModel):
@@ -56,33 +53,6 @@ class SchedulerSection(BaseModel):
     uplink_gbps: float | None = Field(default=None, gt=0)  # inter-zone uplink per zone, when oversubscribed
 
 
-def job_from_portal(value: Mapping[str, Any]) -> JobRequest:
-    """A portal job record (kv/portal/jobs/<id>) as a scheduler request; SpecError names a bad field."""
-    spec = value.get("spec") or {}
-    workers = spec.get("workers") or {}
-    try:
-        job = JobRequest(
-            job_id=str(value["id"]),
-            tenant=str(value.get("tenant", "")),
-            priority=int(value.get("priority", 50)),
-            workers_min=int(workers.get("min", 1)),
-            workers_max=int(workers.get("max", 1)),
-            workers=int(value.get("workers") or workers.get("min", 1)),
-            gpus_per_worker=int(spec.get("gpus_per_worker", value.get("gpus_per_worker", 1))),
-            gpu_types=tuple(spec.get("gpu_types") or ()),
-            topology=str(spec.get("topology", "auto")),
-            submitted_at=float(value["id"]),
-            checkpoint_uri=str(spec.get("checkpoint_uri", "")),
-            entrypoint=list(spec.get("entrypoint") or []),
-            args=list(spec.get("args") or []),
-            env=dict(spec.get("env") or {}),
-            max_runtime_s=int(spec.get("max_runtime_s", value.get("max_runtime_s", 86400))),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SpecError(f"job record is malformed: {exc}") from exc
-    return job.validate()
-
-
 class SchedulerComponent:
     name = "scheduler"
 
@@ -93,7 +63,6 @@ class SchedulerComponent:
         self._rtt: RttFn | None = None
         self.calibration = Calibration()
         self.fabric = Fabric(default_uplink_gbps=cfg.uplink_gbps)
-        self.restarts: dict[str, int] = {}
         self.passes = 0
         self.local_only = False  # gossip reports the mesh degraded: plan only on nodes this side reaches
         self._local_only_gauge: Any = None
@@ -172,147 +141,28 @@ class SchedulerComponent:
                 )
         return down
 
-    async def run_pass(self, client: K.StoreClient, now: float) -> None:
-        unreachable = self.unreachable_nodes()
-        kv = await client.get_prefix("kv/")
-        statuses = await client.get_prefix(K.NODE_STATUS)
-        reserved = reserved_nodes(await client.get_prefix(PINNING), await client.get_prefix(PLACEMENTS))
-        section = {
-            name: {k[len(name) :]: v for k, v in kv.items() if k.startswith(name)}
-            for name in (K.PORTAL_JOBS, K.PORTAL_QUOTAS, K.INVENTORY, K.PLANS, K.JOBS, K.REPORTS)
-        }
-        planner = Planner(
+    def lifecycle_config(self) -> LifecycleConfig:
+        c = self.cfg
+        return LifecycleConfig(
+            preemption=c.preemption, preempt_min_gap=c.preempt_min_gap, rdzv_port_base=c.rdzv_port_base,
+            rdzv_port_span=c.rdzv_port_span, max_restarts=c.max_restarts, offline_after_s=c.offline_after_s,
             fabric=self.fabric,
-            config=PlannerConfig(
-                preemption=self.cfg.preemption, preempt_min_gap=self.cfg.preempt_min_gap,
-                rdzv_port_base=self.cfg.rdzv_port_base, rdzv_port_span=self.cfg.rdzv_port_span,
-            ),
         )  # fmt: skip
-        for name, inv in section[K.INVENTORY].items():
-            try:
-                node = NodeState.from_dict(inv)
-            except (SpecError, TypeError) as exc:
-                log.warning("inventory of %s ignored: %s", name, exc)
-                continue
-            st = statuses.get(f"{K.NODE_STATUS}{node.name}")
-            if isinstance(st, dict) and st.get("status") in K.STORE_TO_NODE_STATUS:
-                node.status = K.STORE_TO_NODE_STATUS[st["status"]]
-                node.reason = str(st.get("reason", ""))
-            if node.status == "active" and node.name in reserved:
-                node.status, node.reason = "cordoned", f"kept for inference: {reserved[node.name]}"
-            if now - float(inv.get("at", now)) > self.cfg.offline_after_s:
-                node.status, node.reason = "offline", "no trainer heartbeat"
-            if node.name in unreachable:
-                node.status, node.reason = "offline", "unreachable over gossip (local-only mode)"
-            planner.upsert_node(node)
-        for tenant, q in section[K.PORTAL_QUOTAS].items():
-            planner.set_quota(tenant, TenantQuota(q.get("gpus_max"), q.get("concurrent_jobs_max")))
 
-        states: dict[str, dict[str, Any]] = {jid: dict(v) for jid, v in section[K.JOBS].items()}
-        writes: dict[str, Any] = {}
-        deletes: list[str] = []
-
-        def event(jid: str, kind: str, message: str, **data: Any) -> None:
-            st = states.setdefault(jid, {"status": "pending", "events": []})
-            events = [*st.get("events", []), {"at": now, "kind": kind, "message": message, "data": data}]
-            st["events"] = events[-MAX_EVENTS:]
-
-        def set_status(jid: str, status: str, reason: str) -> None:
-            st = states.setdefault(jid, {"status": "pending", "events": []})
-            if st.get("status") != status or st.get("reason") != reason:
-                st["status"], st["reason"] = status, reason
-                event(jid, f"status.{status}", reason)
-
-        for jid, value in section[K.PORTAL_JOBS].items():
-            st = states.get(jid, {})
-            if value.get("status") in PORTAL_TERMINAL or st.get("status") in ("succeeded", "failed"):
-                continue
-            try:
-                planner.submit(job_from_portal(value))
-            except SpecError as exc:
-                set_status(jid, "failed", f"invalid job: {exc}")
-                continue
-            if st.get("status") == "queued":
-                planner.reasons[jid] = str(st.get("reason", ""))
-        for jid, value in section[K.PLANS].items():
-            if jid in planner.jobs:
-                plan = Plan.from_dict(value)
-                planner.adopt(plan)
-                self.restarts.setdefault(jid, int(states.get(jid, {}).get("restarts", 0)))
-            else:
-                deletes.append(f"{K.PLANS}{jid}")  # cancelled or finished: trainers stop its workers
-                if states.get(jid, {}).get("status") not in ("succeeded", "failed"):
-                    set_status(jid, "cancelled", "job cancelled")
-
-        reports = self._reports(section[K.REPORTS])
-        # worker failures of the current generation: re-place from checkpoint, up to max_restarts
-        for jid, plan in list(planner.plans.items()):
-            rep = reports.get(jid, {})
-            failed = [
-                n for n, r in rep.items() if r.get("generation") == plan.generation and r.get("status") == "failed"
-            ]
-            if failed:
-                used = self.restarts.get(jid, 0)
-                if used >= self.cfg.max_restarts:
-                    planner.finish(jid)
-                    deletes.append(f"{K.PLANS}{jid}")
-                    set_status(jid, "failed", f"workers failed on {', '.join(failed)} after {used} restarts")
-                    continue
-                self.restarts[jid] = used + 1
-                states.setdefault(jid, {})["restarts"] = used + 1
-                event(jid, "worker_failed", f"workers failed on {', '.join(failed)}; restarting from checkpoint")
-                del planner.plans[jid]
-
-        for action in planner.schedule():
-            if isinstance(action, (Placed, Replanned)):
-                plan = action.plan
-                writes[f"{K.PLANS}{plan.job_id}"] = plan.to_dict()
-                kind = "placed" if isinstance(action, Placed) else "replanned"
-                event(
-                    plan.job_id, kind, plan.reason, generation=plan.generation, nodes=plan.nodes,
-                    strategy=plan.strategy, nccl_algo=plan.nccl_algo, predicted_step_s=plan.predicted_step_s,
-                    workers=[{"rank": w.rank, "node": w.node, "gpu_uuids": w.gpu_uuids} for w in plan.workers],
-                )  # fmt: skip
-                set_status(plan.job_id, "placing", plan.reason)
-            elif isinstance(action, Preempted):
-                deletes.append(f"{K.PLANS}{action.job_id}")
-                set_status(action.job_id, "preempted", action.reason)
-            elif isinstance(action, Queued):
-                set_status(action.job_id, "queued", action.reason)
-                states[action.job_id]["never_fits"] = action.never_fits
-
-        # progress: all workers of the plan running / succeeded for its generation
-        for jid, plan in planner.plans.items():
-            rep = {n: r for n, r in reports.get(jid, {}).items() if r.get("generation") == plan.generation}
-            nodes = set(plan.nodes)
-            st = states.setdefault(jid, {"status": "pending", "events": []})
-            if rep:
-                st["telemetry"] = rollup(plan, rep)
-                self._calibrate(plan, rep)
-            if nodes and nodes <= set(rep) and all(r.get("status") == "succeeded" for r in rep.values()):
-                set_status(jid, "succeeded", f"all {len(plan.workers)} workers finished")
-                deletes.append(f"{K.PLANS}{jid}")
-            elif nodes and nodes <= set(rep) and all(r.get("status") in ("running", "succeeded") for r in rep.values()):
-                set_status(jid, "running", f"{len(plan.workers)} workers running on {', '.join(plan.nodes)}")
-
-        for jid, st in states.items():
-            if st != section[K.JOBS].get(jid):
-                writes[f"{K.JOBS}{jid}"] = st
-        for key, value in writes.items():
-            if key not in deletes:
-                await client.put(key, value)
-        for key in dict.fromkeys(deletes):
+    async def run_pass(self, client: K.StoreClient, now: float) -> None:
+        """Read the store, reconcile (agents/scheduler/lifecycle.py), learn from the reports, commit the result."""
+        unreachable = frozenset(self.unreachable_nodes())
+        kv: dict[str, Any] = {}
+        for prefix in SNAPSHOT_PREFIXES:
+            kv |= await client.get_prefix(prefix)
+        out = reconcile(Snapshot.from_store(kv, unreachable), now, self.lifecycle_config())
+        for plan, rep in out.observations:
+            self._calibrate(plan, rep)
+        for key, value in out.writes.items():
+            await client.put(key, value)
+        for key in out.deletes:
             await client.delete(key)
         self.passes += 1
-
-    @staticmethod
-    def _reports(raw: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-        out: dict[str, dict[str, dict[str, Any]]] = {}
-        for key, value in raw.items():
-            jid, _, node = key.partition("/")
-            if node and isinstance(value, dict):
-                out.setdefault(jid, {})[node] = value
-        return out
 
     def _calibrate(self, plan: Plan, rep: Mapping[str, Mapping[str, Any]]) -> None:
         ranks = [RankSlot(w.node, w.zone, w.region, "", w.gpu_type or "CPU", len(w.gpu_uuids)) for w in plan.workers]
@@ -334,21 +184,6 @@ def plan_obj(plan: Plan) -> dict[str, Any]:
 
     obj: dict[str, Any] = json.loads(plan.to_json())
     return obj
-
-
-def rollup(plan: Plan, rep: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Per-job telemetry for the portal: steps, step time and all-reduce figures per node, and the prediction."""
-    per_node = {}
-    for node, r in sorted(rep.items()):
-        per_node[node] = {k: r.get(k) for k in TELEMETRY_FIELDS}
-    return {
-        "generation": plan.generation,
-        "strategy": plan.strategy,
-        "nccl_algo": plan.nccl_algo,
-        "predicted_step_s": plan.predicted_step_s,
-        "predicted_busbw_gbps": plan.predicted_busbw_gbps,
-        "nodes": per_node,
-    }
 
 
 def make_component(section: Mapping[str, Any]) -> SchedulerComponent:

@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agents.scheduler.costmodel import ALGORITHMS, Fabric, RankSlot, worker_speed
+from agents.collective.costmodel import ALGORITHMS, Fabric, RankSlot, worker_speed
 from agents.signals.types import CommStats
 
 DDP_BUCKET_BYTES = 25 << 20  # PyTorch DDP's default bucket_cap_mb

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from agents.scheduler.costmodel import Fabric, RankSlot
+from agents.collective.costmodel import Fabric, RankSlot
 from agents.scheduler.model import (
     EVICTING,
     Action,

@@ -20,7 +20,7 @@ from agents.strategies.builtins import BaselineRR
 from agents.strategies.plugins import Isolated
 
 if TYPE_CHECKING:
-    from agents.scheduler.costmodel import Fabric
+    from agents.collective.costmodel import Fabric
     from agents.strategies.placement import PlacementCandidate, PlacementDecision, PlacementStrategy
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from agents.scheduler.costmodel import Fabric, RankSlot, StepCost, step_time
+from agents.collective.costmodel import Fabric, RankSlot, StepCost, step_time
 
 # What each algorithm asks of NCCL (NCCL_ALGO); hierarchical is NCCL's tree inside nodes plus ring-ordered ranks.
 NCCL_ALGO = {"ring": "Ring", "tree": "Tree", "hierarchical": "Tree,Ring"}

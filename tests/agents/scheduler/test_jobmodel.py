@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from agents.scheduler.costmodel import Fabric, RankSlot, ring_allreduce
+from agents.collective.costmodel import Fabric, RankSlot, ring_allreduce
 from agents.scheduler.jobmodel import DDP_BUCKET_BYTES, JobModel
 
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from agents.scheduler.costmodel import Fabric
+from agents.collective.costmodel import Fabric
 from agents.scheduler.model import (
     GpuInfo,
     JobRequest,

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from agents.scheduler.costmodel import (
+from agents.collective.costmodel import (
     REGION,
     ZONE,
     Calibration,
