@@ -5,6 +5,7 @@ computed from what the agents, the routers and the clients recorded."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -173,6 +174,7 @@ def test_lossy_links(zoned: ZonedMesh, loss: float) -> None:
                 outcomes[what] = outcomes.get(what, 0) + 1
 
     with Sampler(zoned, every=0.5) as sampler:
+        before = bed.stats()
         bed.degrade(loss=loss)
         client = threading.Thread(target=requests, daemon=True)
         client.start()
@@ -188,15 +190,22 @@ def test_lossy_links(zoned: ZonedMesh, loss: float) -> None:
         asyncio.run(work.final_reads())
         recover_s = zoned.wait_converged(60)
     res = check_history(work.history)
-    assert res.ok, f"not linearizable on keys {res.bad_keys}"
+    if not res.ok:
+        dump = zoned.workdir / f"history-{loss}.json"
+        dump.write_text(
+            json.dumps([dataclasses.asdict(o) for o in work.history if o.key in res.bad_keys], default=str, indent=0)
+        )
+        raise AssertionError(f"not linearizable on keys {res.bad_keys}; their histories are in {dump}")
     assert not sampler.leaders.violations(), sampler.leaders.violations()
     lost = {k: v for k, v in outcomes.items() if k.startswith(("lost", "unclear"))}
     assert not lost, f"requests lost or answered without a clear error: {outcomes}"
     assert outcomes.get("200", 0) > 0, outcomes
     agents = [h for h in bed.hosts if h != "observer"]
-    sent = sum(r["forwarded"] + r["dropped"] for k, r in stats.items() if k.split(">")[0] in agents)
-    dropped = sum(r["dropped"] for k, r in stats.items() if k.split(">")[0] in agents)
-    assert sent and abs(dropped / sent - loss) < 0.05, (dropped, sent)
+    between = [k for k in stats if all(h in agents for h in k.split(">"))]
+    zero = {"forwarded": 0, "dropped": 0}
+    sent = sum(stats[k]["forwarded"] + stats[k]["dropped"] - sum(before.get(k, zero)[c] for c in zero) for k in between)
+    dropped = sum(stats[k]["dropped"] - before.get(k, zero)["dropped"] for k in between)
+    assert sent and abs(dropped / sent - loss) < 0.03, (dropped, sent)
     false_dead = {name for _, name in sampler.dead_seen}
     if loss <= 0.1:
         assert not false_dead, f"declared dead at {loss:.0%} loss: {sorted(sampler.dead_seen)}"
