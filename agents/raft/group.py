@@ -19,7 +19,7 @@ from typing import Any
 from agents.store.machine import Event, PolicyStore, encode_command
 
 from .core import RaftConfig, RaftNode, decode_conf_change
-from .storage import DiskStorage
+from .storage import DiskStorage, LogWriteError
 from .types import NONE, ConfChangeType, EntryType, MalformedMessage, Message, RaftError, Ready, Role
 
 log = logging.getLogger("infermesh.raft")
@@ -98,6 +98,7 @@ class RaftGroup:
         self._snapshot_req: list[asyncio.Future[tuple[int, int, int]]] = []
         self._last_snap_index = self.core.log.offset
         self.leader_changes = 0
+        self.disk_error: str | None = None  # set while the log cannot be written (a full disk)
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -158,8 +159,7 @@ class RaftGroup:
 
     async def _handle_ready(self, rd: Ready) -> None:
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            # fsync off the event loop: proposals arriving meanwhile batch into the next Ready
-            await asyncio.to_thread(self.storage.save_ready, rd)
+            await self._save(rd)
         for m in rd.messages:
             self._send(self.group, m)
         if rd.snapshot is not None:
@@ -192,6 +192,24 @@ class RaftGroup:
         if self.core.has_ready():
             self._wake.set()
 
+    async def _save(self, rd: Ready) -> None:
+        """Persist a Ready; while the disk refuses (full), retry it and refuse new writes with the reason, so that
+        nothing is acknowledged or applied before it is durable."""
+        while True:
+            try:
+                # fsync off the event loop: proposals arriving meanwhile batch into the next Ready
+                await asyncio.to_thread(self.storage.save_ready, rd)
+            except LogWriteError as exc:
+                if self.disk_error is None:
+                    log.error("raft %s: %s; refusing writes and retrying until space returns", self.group, exc)
+                self.disk_error = str(exc)
+                await asyncio.sleep(self.opts.tick_s * 5)
+                continue
+            if self.disk_error is not None:
+                log.warning("raft %s: the log is writable again", self.group)
+                self.disk_error = None
+            return
+
     def _apply_conf(self, data: bytes) -> None:
         kind, node = decode_conf_change(data)
         address = json.loads(data).get("address", "")
@@ -211,7 +229,12 @@ class RaftGroup:
         data = self.sm.snapshot()
         snap = core.compact(applied, data, keep=self.opts.keep_entries)
         stable = [e for e in core.log.entries if e.index <= core.log.stable]
-        await asyncio.to_thread(self.storage.compact, snap, core.hard_state(), stable)
+        try:
+            await asyncio.to_thread(self.storage.compact, snap, core.hard_state(), stable)
+        except LogWriteError as exc:  # the old snapshot and log stay; compaction is tried again later
+            log.error("raft %s: compaction failed: %s", self.group, exc)
+            self._last_snap_index = applied
+            return
         self._last_snap_index = applied
         reqs, self._snapshot_req = self._snapshot_req, []
         for f in reqs:
@@ -220,6 +243,11 @@ class RaftGroup:
 
     # ------------------------------------------------------------------ writes
     def _check_writable(self) -> None:
+        if self.disk_error is not None:
+            raise NoQuorum(
+                f"write refused by raft group {self.group!r} on node {self.node_id}: {self.disk_error}; "
+                "writes are refused until the log can be written again"
+            )
         if self.core.lead == NONE:
             raise NoQuorum(
                 f"no quorum: raft group {self.group!r} has no leader reachable from node {self.node_id}; "

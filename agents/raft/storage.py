@@ -5,6 +5,8 @@ and refuses, with a clear error, anything else that does not check out.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -28,6 +30,10 @@ MAX_FRAME = 1 << 30
 
 class CorruptStorageError(RuntimeError, ValueError):
     """The on-disk log or snapshot is damaged in a way that is not a torn tail; refusing to guess."""
+
+
+class LogWriteError(OSError):
+    """The log or snapshot could not be written (typically a full disk); nothing half-written is left behind."""
 
 
 class StorageIdentityError(RuntimeError, ValueError):
@@ -135,11 +141,15 @@ class DiskStorage:
 
     def _atomic_write(self, path: Path, blob: bytes) -> None:
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(blob)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # the old file stays as it was
+            raise LogWriteError(f"raft storage {path}: cannot write ({exc.strerror or exc})") from exc
         os.replace(tmp, path)
         if self.fsync:
             _fsync_dir(self.dir)
@@ -228,7 +238,17 @@ class DiskStorage:
         if not rd.entries and rd.hard_state is None:
             return
         fd = self._log_fd()
-        os.write(fd, encode_frame(rd.entries, rd.hard_state))
+        frame = encode_frame(rd.entries, rd.hard_state)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            if os.write(fd, frame) != len(frame):
+                raise OSError(errno.ENOSPC, "No space left on device (short write)")
+        except OSError as exc:
+            # a full disk (or a failing one): cut the partial frame back off, so the next write does not follow a
+            # torn frame (which the loader would take for corruption), and say what failed
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+            raise LogWriteError(f"raft log {self.log_path}: cannot append ({exc.strerror or exc})") from exc
         if self.fsync:
             os.fdatasync(fd)
 
