@@ -6,6 +6,7 @@ The same `Swim` core as in production runs here; only the network is simulated. 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,17 @@ class Simulation:
 
     def crash(self, i: int) -> None:
         self.crashed.add(i)
+
+    def restart(self, i: int, seeds: list[int]) -> None:
+        """Bring a crashed node back as a fresh process (incarnation 0, empty view) joining through `seeds`."""
+        self.crashed.discard(i)
+        cfg = SwimConfig(**{k: getattr(self.config, k) for k in self.config.__slots__})
+        self.nodes[i] = Swim(
+            self.names[i], self.addrs[i], config=cfg, rng=random.Random(self.rng.random()), now=self.now
+        )
+        self._wake[i] = float("inf")
+        self._apply(i, self.nodes[i].start(self.now))
+        self._apply(i, self.nodes[i].join(self.now, [self.addrs[s] for s in seeds]))
 
     def partition(self, groups: list[list[int]]) -> None:
         for gid, members in enumerate(groups):
@@ -187,3 +199,136 @@ class Simulation:
 
     def push_pull_of(self, i: int) -> PushPull:
         return self.nodes[i]._local_state(join=False)
+
+
+# ---------------------------------------------------------------------- randomized fault schedules
+
+
+@dataclass(slots=True)
+class ChaosReport:
+    seed: int
+    n: int
+    steps: int
+    crashes: int = 0
+    restarts: int = 0
+    partitions: int = 0
+    loss_changes: int = 0
+    violations: list[str] = field(default_factory=list)
+
+
+def detection_bound(cfg: SwimConfig, n: int, awareness: int = 0) -> float:
+    """How long a crashed node may stay undeclared at a live observer: the observer's own round-robin reaches it
+    within n probe intervals, then the maximum suspicion timeout, plus dissemination. Lifeguard stretches an
+    observer's probe interval by its local health score (`awareness`, raised by its own missed acks and nacks, e.g.
+    while it is cut off), so the bound stretches with the highest score the observer had meanwhile."""
+    t_min = cfg.suspicion_mult * max(1.0, math.log10(n)) * cfg.probe_interval
+    return (n * (awareness + 1) * cfg.probe_interval + cfg.suspicion_max_timeout_mult * t_min
+            + 4 * cfg.probe_interval + 2.0)  # fmt: skip
+
+
+def chaos(seed: int, *, steps: int = 40, step_s: float = 1.0, quiet_steps: int = 20) -> ChaosReport:
+    """One seeded run: `steps` steps of random crashes, restarts, partitions, heals and loss changes (up to 10%),
+    then `quiet_steps` without faults. After every step the invariants are checked:
+
+    - every live node sees itself alive;
+    - no observer's view of a member goes back to an older incarnation (a restarted observer starts afresh);
+    - completeness: a node crashed for longer than `detection_bound` is dead (or gone) at every live observer;
+    - accuracy: once the mesh has been whole (healed, no loss, everyone up) for `detection_bound`, every live node
+      is alive at every live observer, and nobody is degraded.
+    """
+    rng = random.Random(seed)
+    n = rng.choice([4, 5, 6, 8])
+    cfg = SwimConfig(probe_interval=0.5, probe_timeout=0.25, push_pull_interval=10.0, reconnect_interval=2.0)
+    sim = Simulation(n, seed, config=cfg, net=NetConfig(loss=0.0, delay_min=0.001, delay_max=0.02))
+    report = ChaosReport(seed, n, steps + quiet_steps)
+    bound = detection_bound(cfg, n)
+    crashed_at: dict[int, float] = {}
+    started_at = [0.0] * n
+    views: dict[tuple[int, str], int] = {}
+    whole_since = 0.0
+    awareness: list[list[tuple[float, int]]] = [[] for _ in range(n)]  # per node: (time, local health score)
+
+    def watch(i: int, ev: object) -> None:
+        if isinstance(ev, MemberEvent):
+            key = (i, ev.member.name)
+            if ev.member.incarnation < views.get(key, 0):
+                report.violations.append(
+                    f"t={sim.now:.1f}: {sim.names[i]} saw {ev.member.name} go back to incarnation "
+                    f"{ev.member.incarnation} from {views[key]}"
+                )
+            views[key] = ev.member.incarnation
+
+    sim.on_event = watch
+    for step in range(report.steps):
+        faulty = step < steps
+        if faulty and rng.random() < 0.5:
+            live, down = sim.live(), sorted(sim.crashed)
+            r = rng.random()
+            if r < 0.25 and len(live) > n // 2 + 1:
+                victim = rng.choice(live)
+                sim.crash(victim)
+                crashed_at[victim] = sim.now
+                report.crashes += 1
+            elif r < 0.5 and down:
+                back = rng.choice(down)
+                sim.restart(back, [rng.choice(sim.live())])
+                crashed_at.pop(back, None)
+                started_at[back] = sim.now
+                for key in [k for k in views if k[0] == back or k[1] == sim.names[back]]:
+                    del views[key]  # a fresh process: its own view and its incarnation start over
+                report.restarts += 1
+            elif r < 0.7:
+                members = list(range(n))
+                rng.shuffle(members)
+                cut = rng.randrange(1, n)
+                sim.partition([members[:cut], members[cut:]])
+                report.partitions += 1
+            elif r < 0.85:
+                sim.heal()
+            else:
+                sim.net.loss = rng.choice([0.0, 0.02, 0.05, 0.1])
+                report.loss_changes += 1
+        if not faulty and step == steps:
+            sim.heal()
+            sim.net.loss = 0.0
+            for back in sorted(sim.crashed):
+                sim.restart(back, [rng.choice(sim.live())])
+                crashed_at.pop(back, None)
+                started_at[back] = sim.now
+                for key in [k for k in views if k[0] == back or k[1] == sim.names[back]]:
+                    del views[key]
+                report.restarts += 1
+            whole_since = sim.now
+        sim.run_until(sim.now + step_s)
+        live = sim.live()
+        for i in live:
+            me = sim.nodes[i].members[sim.names[i]]
+            if me.state != MemberState.ALIVE:
+                report.violations.append(f"t={sim.now:.1f}: {sim.names[i]} does not see itself alive")
+        for i in live:
+            awareness[i].append((sim.now, sim.nodes[i].awareness))
+        for c, t in crashed_at.items():
+            for i in live:
+                since = max(t, started_at[i])
+                peak = max((a for when, a in awareness[i] if when >= since), default=0)
+                if sim.now - since <= detection_bound(cfg, n, peak):
+                    continue
+                state = sim.state_of(i, c)
+                if state is not None and state not in (MemberState.DEAD, MemberState.LEFT):
+                    report.violations.append(
+                        f"t={sim.now:.1f}: {sim.names[c]} crashed at {t:.1f} is still {state.name} at {sim.names[i]}"
+                    )
+        if not faulty and sim.now - whole_since > bound:
+            for i in live:
+                if sim.nodes[i].degraded:
+                    report.violations.append(f"t={sim.now:.1f}: {sim.names[i]} still degraded after healing")
+                for j in live:
+                    state = sim.state_of(i, j)
+                    if state != MemberState.ALIVE:
+                        report.violations.append(
+                            f"t={sim.now:.1f}: {sim.names[j]} is {state.name if state else 'unknown'} at "
+                            f"{sim.names[i]} {sim.now - whole_since:.0f}s after the mesh became whole"
+                        )
+        if report.violations:
+            break
+    return report
