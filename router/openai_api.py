@@ -51,6 +51,22 @@ def _chars(value: Any) -> int:
     return 0
 
 
+def _message_chars(messages: Any) -> int | None:
+    """Characters of a chat's messages (their content and text), in one pass that also checks the list: None when
+    it is not a non-empty list of objects. A long chat is hundreds of messages: no call per plain-text one."""
+    if not isinstance(messages, list) or not messages:
+        return None
+    n = 0
+    for m in messages:
+        if not isinstance(m, dict):
+            return None
+        c = m.get("content", "")
+        n += len(c) if type(c) is str else _chars(c)
+        if "text" in m:
+            n += _chars(m["text"])
+    return n
+
+
 def validate(api: str, obj: dict[str, Any]) -> ParsedRequest:
     _, required = APIS[api]
     model = obj.get("model")
@@ -70,14 +86,20 @@ def validate(api: str, obj: dict[str, Any]) -> ParsedRequest:
     if required not in obj:
         raise Refusal(400, f"missing_{required}", f"missing required field {required!r}", param=required)
     value = obj[required]
-    if api == "chat" and (not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value)):
-        raise Refusal(400, "invalid_messages", "'messages' must be a non-empty list of message objects", param=required)
-    if api != "chat" and not isinstance(value, str | list):
+    if api == "chat":
+        chars = _message_chars(value)
+        if chars is None:
+            raise Refusal(
+                400, "invalid_messages", "'messages' must be a non-empty list of message objects", param=required
+            )
+    elif not isinstance(value, str | list):
         raise Refusal(400, f"invalid_{required}", f"{required!r} must be a string or a list", param=required)
+    else:
+        chars = _chars(value)
     max_tokens = obj.get("max_completion_tokens", obj.get("max_tokens"))
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0):
         raise Refusal(400, "invalid_max_tokens", "'max_tokens' must be a non-negative integer", param="max_tokens")
-    return ParsedRequest(obj, model, stream, max_tokens, _chars(value))
+    return ParsedRequest(obj, model, stream, max_tokens, chars)
 
 
 def error_body(message: str, code: str, status: int, param: str | None = None) -> bytes:

@@ -52,30 +52,40 @@ def _encode_cached(text: str) -> list[int]:
 
 
 def _chat_ids(messages: list[Any], limit: int) -> list[int]:
+    return _chat_ids_used(messages, limit)[0]
+
+
+def _chat_ids_used(messages: list[Any], limit: int) -> tuple[list[int], int]:
+    """The chat's token ids (at most `limit`) and how many messages they reach into."""
     out = [tok.BOS]
-    for m in messages:
+    for i, m in enumerate(messages):
         if not isinstance(m, dict):
             continue
         out.append(tok.ROLE_IDS.get(str(m.get("role")), 8))
         try:
             out.extend(_encode_cached(tok.message_text(m.get("content"))))
         except TypeError:
-            return []
+            return [], 0
         out.append(tok.END_OF_TURN)
         if len(out) >= limit:
-            return out[:limit]
+            return out[:limit], i + 1
     out.append(tok.ROLE_IDS["assistant"])
-    return out
+    return out, len(messages)
 
 
-def _token_ids(api: str, obj: Mapping[str, Any], limit: int) -> list[int]:
+def _token_ids(api: str, obj: Mapping[str, Any], limit: int) -> tuple[list[int], int]:
+    """The prompt's token ids (at most `limit`) and, for a chat, how many of its messages they reach into."""
     ids = obj.get("prompt_token_ids")
     if isinstance(ids, list):
         ok = all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 1 << 32 for t in ids[:limit])
-        return ids[:limit] if ok else []
+        return (ids[:limit] if ok else []), 0
     if api == "chat":
         messages = obj.get("messages")
-        return _chat_ids(messages, limit) if isinstance(messages, list) else []
+        return _chat_ids_used(messages, limit) if isinstance(messages, list) else ([], 0)
+    return _prompt_ids(api, obj, limit), 0
+
+
+def _prompt_ids(api: str, obj: Mapping[str, Any], limit: int) -> list[int]:
     if api == "completions":
         prompt = obj.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -113,20 +123,24 @@ _HEAD_CACHE_MAX = 1024
 _heads: OrderedDict[tuple[Any, ...], list[int]] = OrderedDict()  # (block size, earlier messages) -> block hashes
 
 
-def _hashes(api: str, obj: Mapping[str, Any], ids: list[int], bs: int) -> list[int]:
+def _hashes(api: str, obj: Mapping[str, Any], ids: list[int], bs: int, used: int = 0) -> list[int]:
     """Block hashes of `ids`; a chat's blocks that lie within its earlier messages (a group's system prompt, a
-    conversation's history) are remembered by those messages, so only the blocks after them are hashed."""
+    conversation's history) are remembered by those messages, so only the blocks after them are hashed. `used`: how
+    many messages the ids reach into; a chat cut before its last message is remembered by those alone (the rest of
+    a long conversation is not even looked at)."""
     messages = obj.get("messages") if api == "chat" and "prompt_token_ids" not in obj else None
     if not isinstance(messages, list) or len(messages) < 2:
         return tok.block_hashes(ids, bs)
+    earlier = messages[:-1] if not 0 < used < len(messages) else messages[:used]
     try:
-        key = (bs, *((str(m.get("role")), tok.message_text(m.get("content"))) for m in messages[:-1]))
+        pairs = ((str(m.get("role")), tok.message_text(m.get("content"))) for m in earlier)
+        key = (bs, *pairs) if len(earlier) == len(messages) - 1 else (bs, "cut", len(ids), *pairs)
     except (AttributeError, TypeError):
         return tok.block_hashes(ids, bs)
     head = _heads.get(key)
     if head is None:
         # the earlier messages end where the last message's role marker starts
-        n_head = len(_chat_ids(messages[:-1], len(ids) + 1)) - 1
+        n_head = len(_chat_ids(earlier, len(ids) + 1)) - 1
         head = tok.block_hashes(ids[:n_head], bs)
         _heads[key] = head
         if len(_heads) > _HEAD_CACHE_MAX:
@@ -143,8 +157,8 @@ def _hashes(api: str, obj: Mapping[str, Any], ids: list[int], bs: int) -> list[i
 
 def request_prefix(api: str, obj: Mapping[str, Any], headers: Mapping[str, str], cfg: CacheConfig) -> RequestPrefix:
     """Block hashes (empty when the request has no prompt the tokenizer reads) and session key of a request."""
-    ids = _token_ids(api, obj, cfg.max_prompt_tokens) if api in ("chat", "completions") else []
-    hashes = _hashes(api, obj, ids, cfg.block_size) if ids else []
+    ids, used = _token_ids(api, obj, cfg.max_prompt_tokens) if api in ("chat", "completions") else ([], 0)
+    hashes = _hashes(api, obj, ids, cfg.block_size, used) if ids else []
     return RequestPrefix(hashes, len(ids), session_key_of(obj, headers, cfg))
 
 

@@ -62,3 +62,35 @@ def test_traceparent_is_the_propagators() -> None:
     # no span: no traceparent at all
     with trace.use_span(trace.INVALID_SPAN):
         assert "traceparent" not in upstream_headers_from("corr")
+
+
+def test_a_long_chat_hashes_as_its_tokens_do_whatever_its_history() -> None:
+    from agents.emulator import tokenizer as tok
+    from router.config import CacheConfig
+    from router.prefix import _chat_ids, request_prefix
+
+    cfg = CacheConfig(max_prompt_tokens=256, block_size=16)
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 40} for i in range(30)]
+    for n in (3, 12, 30):  # within the limit, cut in the middle, cut long before the last message
+        chat = turns[:n]
+        expected = tok.block_hashes(_chat_ids(chat, 256), 16)
+        for _ in range(2):  # computed, then from the remembered history
+            got = request_prefix("chat", {"messages": chat}, {}, cfg)
+            assert got.hashes == expected
+        # the same history with another ending: the blocks the new part reaches are its own
+        other = [*chat[:-1], {"role": "user", "content": "something else entirely " * 30}]
+        assert request_prefix("chat", {"messages": other}, {}, cfg).hashes == tok.block_hashes(
+            _chat_ids(other, 256), 16
+        )
+
+
+def test_message_characters_as_before() -> None:
+    from router.openai_api import _chars, validate
+
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "image_url"}]},
+        {"role": "assistant", "content": None, "text": "legacy"},
+        {"role": "user", "content": "ok"},
+    ]
+    assert validate("chat", {"model": "m", "messages": messages}).prompt_chars == _chars(messages) == 21
