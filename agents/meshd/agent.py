@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import aiohttp
@@ -56,7 +56,8 @@ HTTP_CHANGE = "listen.http (MESHD__LISTEN__HTTP)"
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, origin: Mapping[str, str] | None = None) -> None:
+        """`origin`: the environment variable that set each dotted config field, named in config errors."""
         self.config = config
         self.node_id = config.node.id
         fc = config.fusion
@@ -92,7 +93,7 @@ class Agent:
             retry_after_s=sc.admission.retry_after_s,
         )
         # Components are built now so that a bad section stops the agent before it binds any port.
-        self.components: list[Component] = [build_component(n, raw) for n, raw in config.components.items()]
+        self.components: list[Component] = [build_component(n, raw, origin) for n, raw in config.components.items()]
         self.gpu_poller: GpuPoller | None = None
         self.draining = False
         self.grpc_address = ""

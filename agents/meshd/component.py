@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from agents.meshd.events import EventBus
     from agents.meshd.nodes import NodeDirectory
     from agents.meshd.policies import PolicyStore
-    from agents.security.tls import ServerSecurity
+    from agents.security.tls import ServerSecurity, TlsSection
     from agents.signals.fusion import Fusion
     from agents.strategies.base import RttFn
     from agents.strategies.host import StrategyHost
@@ -72,7 +72,7 @@ class AgentContext:
     nodes: NodeDirectory
     policies: PolicyStore
     registry: CollectorRegistry
-    config: Any  # the agent's validated AgentConfig
+    config: Any  # the agent's validated AgentConfig (untyped here: config.py imports this module); read `tls`
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("meshd"))
     # Set the local node's state (control_pb2.NodeState, reason) as the portal or an operator decides it.
     set_node_state: Callable[[int, str], None] | None = None
@@ -91,21 +91,35 @@ class AgentContext:
     def on_rtt_provider(self, listener: Callable[[RttFn | None], None]) -> None:
         self._rtt_listeners.append(listener)
 
+    @property
+    def tls(self) -> TlsSection | None:
+        """The agent's top-level `tls:` section (None: plaintext): what components dial their peers and the
+        agent with."""
+        return getattr(self.config, "tls", None)
+
+    @property
+    def sections(self) -> frozenset[str]:
+        """The component sections in the agent's config (e.g. {"raft", "scheduler"})."""
+        return frozenset(getattr(self.config, "components", {}) or ())
+
 
 class ComponentConfigError(ValueError):
     """A component's config section is wrong; the message names the section and field."""
 
 
 def _under(section: str, line: str) -> str:
-    """One error line of a section's model, named under the section (a model-wide error names the section)."""
-    line = line.removeprefix(": ")
-    if line.startswith("(top level): "):
-        return f"{section}: {line.removeprefix('(top level): ')}"
-    return f"{section}.{line}"
+    """One error line of a section's model, named under the section (a model-wide error names the section), led by
+    the environment variable that set the value when one did (`MESHD__RAFT__TICK_S: raft.tick_s: ...`)."""
+    where, _, rest = line.partition(": ")
+    lead = f"{where}: " if where else ""
+    if rest.startswith("(top level): "):
+        return f"{lead}{section}: {rest.removeprefix('(top level): ')}"
+    return f"{lead}{section}.{rest}"
 
 
-def build_component(section: str, raw: Mapping[str, Any] | None) -> Component:
-    """Import the section's factory and build the component, turning validation errors into one clear message."""
+def build_component(section: str, raw: Mapping[str, Any] | None, origin: Mapping[str, str] | None = None) -> Component:
+    """Import the section's factory and build the component, turning validation errors into one clear message.
+    `origin` maps the agent config's dotted fields to the environment variables that set them."""
     from pydantic import ValidationError
 
     target = COMPONENT_FACTORIES.get(section)
@@ -123,7 +137,8 @@ def build_component(section: str, raw: Mapping[str, Any] | None) -> Component:
 
         # The same lines as the rest of the agent's config ("unknown field; did you mean ..."), under the section.
         model = getattr(importlib.import_module(module_name), exc.title, None)
-        lines = format_errors(exc, model, "", {}) if isinstance(model, type) else str(exc)
+        inner = {k.removeprefix(f"{section}."): v for k, v in (origin or {}).items() if k.startswith(f"{section}.")}
+        lines = format_errors(exc, model, "", inner) if isinstance(model, type) else str(exc)
         problems = "; ".join(_under(section, line) for line in lines.splitlines())
         raise ComponentConfigError(problems.replace("did you mean '", f"did you mean '{section}.")) from exc
     except ValueError as exc:

@@ -43,7 +43,7 @@ def agent_main(argv: Sequence[str]) -> int:
     from agents.meshd.logs import setup_logging
 
     try:
-        agent = Agent(config)
+        agent = Agent(config, origin)
     except (ComponentConfigError, ValueError) as exc:
         print(f"meshd: config error: {exc}", file=sys.stderr)
         return 2
