@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from agents.signals.types import CommStats
+from .records import CommStats
 
 # RTT in seconds between two nodes (a Vivaldi estimate from the topology service); None = use class defaults.
 RttFn = Callable[[str, str], float]

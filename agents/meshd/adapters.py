@@ -19,7 +19,7 @@ from agents.meshd.logs import RateLimitedLog
 from agents.signals.fusion import IngestResult
 
 if TYPE_CHECKING:
-    from agents.meshd.agent import Agent
+    from agents.meshd.host import AgentHost
 
 log = logging.getLogger("meshd.adapters")
 
@@ -51,7 +51,7 @@ def make_gpu_source(cfg: GpuSourceConfig) -> Any:
 class GpuPoller:
     """Reads the GPU source every `poll_interval_s` (in a thread: NVML calls block) and folds the readings in."""
 
-    def __init__(self, agent: Agent, cfg: GpuSourceConfig, source: Any) -> None:
+    def __init__(self, agent: AgentHost, cfg: GpuSourceConfig, source: Any) -> None:
         self.agent = agent
         self.cfg = cfg
         self.source = source
@@ -90,7 +90,7 @@ class GpuPoller:
 class RuntimeLoop:
     """Scrapes one runtime's /metrics each interval. A failed scrape marks its targets down at once."""
 
-    def __init__(self, agent: Agent, cfg: RuntimeConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, agent: AgentHost, cfg: RuntimeConfig, session: aiohttp.ClientSession) -> None:
         self.agent = agent
         self.cfg = cfg
         self.session = session

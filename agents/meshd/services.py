@@ -25,7 +25,7 @@ from agents.signals.fusion import IngestResult
 from agents.strategies.host import UnknownStrategyError
 
 if TYPE_CHECKING:
-    from agents.meshd.agent import Agent
+    from agents.meshd.host import AgentHost
 
 log = logging.getLogger("meshd.api")
 _MAX_ACK_ERRORS = 10
@@ -40,7 +40,7 @@ def _trace(context: grpc.aio.ServicerContext) -> None:
 class _Recorder:
     """Counts and logs what fusion accepted or refused, shared by the three delta streams and outcomes."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentHost) -> None:
         self.agent = agent
         self.limited = RateLimitedLog(log)
 
@@ -65,7 +65,7 @@ class _Recorder:
 
 
 class StatePlaneService(state_pb2_grpc.StatePlaneServicer):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentHost) -> None:
         self.agent = agent
         self.recorder = _Recorder(agent)
         self._closing = asyncio.Event()
@@ -194,7 +194,7 @@ class StatePlaneService(state_pb2_grpc.StatePlaneServicer):
 
 
 class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentHost) -> None:
         self.agent = agent
         self.recorder = _Recorder(agent)
 
@@ -255,7 +255,7 @@ async def _policy_abort(context: grpc.aio.ServicerContext, exc: Exception) -> No
 
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentHost) -> None:
         self.agent = agent
 
     async def ListNodes(

@@ -7,7 +7,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,6 +17,9 @@ from agents.security.tls import ClientIdentity
 
 from .group import GroupOptions
 from .host import DEFAULT_GROUP, RaftHost
+
+if TYPE_CHECKING:
+    from agents.meshd.component import AgentContext
 
 _ADDR = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
@@ -125,18 +128,19 @@ class RaftComponent:
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         return self.host.add_to_server(server)
 
-    async def start(self, ctx: Any) -> None:
+    async def start(self, ctx: AgentContext) -> None:
         # Peers are dialled lazily, once the groups start: give the transport the node's SVID first.
-        self.host.transport.identity = ClientIdentity.of(getattr(ctx.config, "tls", None))
+        self.host.transport.identity = ClientIdentity.of(ctx.tls)
         await self.host.start()
         if getattr(ctx, "registry", None) is not None:
             from .metrics import RaftCollector
 
             ctx.registry.register(RaftCollector(self.host))
-        if getattr(ctx, "set_policy_store", None) is not None:
+        set_policy_store = getattr(ctx, "set_policy_store", None)
+        if set_policy_store is not None:
             from .policies import ReplicatedPolicyStore
 
-            ctx.set_policy_store(ReplicatedPolicyStore(self.host.groups[self.cfg.groups[0]]))
+            set_policy_store(ReplicatedPolicyStore(self.host.groups[self.cfg.groups[0]]))
 
     async def stop(self) -> None:
         await self.host.stop()

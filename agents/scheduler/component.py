@@ -13,12 +13,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.collective.costmodel import Calibration, Fabric, RankSlot, RttFn
+from agents.collective.records import CommStats
 from agents.scheduler import storekeys as K
 from agents.scheduler.lifecycle import (
     MAX_EVENTS,
@@ -32,7 +33,9 @@ from agents.scheduler.lifecycle import (
     rollup,
 )
 from agents.scheduler.model import Plan
-from agents.signals.types import CommStats
+
+if TYPE_CHECKING:
+    from agents.meshd.component import AgentContext
 
 log = logging.getLogger("meshd.scheduler")
 __all__ = ["MAX_EVENTS", "PORTAL_TERMINAL", "TELEMETRY_FIELDS", "SchedulerComponent", "SchedulerSection",
@@ -70,7 +73,7 @@ class SchedulerComponent:
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         return []
 
-    async def start(self, ctx: Any) -> None:
+    async def start(self, ctx: AgentContext) -> None:
         self.ctx = ctx
         ctx.on_rtt_provider(self._set_rtt)
         from prometheus_client import Gauge

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agents.collective.costmodel import ALGORITHMS, Fabric, RankSlot, worker_speed
-from agents.signals.types import CommStats
+from agents.collective.records import CommStats
 
 DDP_BUCKET_BYTES = 25 << 20  # PyTorch DDP's default bucket_cap_mb
 

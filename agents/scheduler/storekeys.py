@@ -9,10 +9,13 @@ trainers publish their inventory under `kv/training/inventory/<node>` and worker
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
 from agents.security.tls import ClientIdentity, Dialer
+
+if TYPE_CHECKING:
+    from agents.meshd.component import AgentContext
 
 PORTAL_JOBS = "kv/portal/jobs/"
 PORTAL_QUOTAS = "kv/portal/quotas/"
@@ -56,12 +59,12 @@ class StoreClient:
         return self._store, self._admin
 
     @classmethod
-    def of_agent(cls, ctx: Any, group: str = "") -> StoreClient:
+    def of_agent(cls, ctx: AgentContext, group: str = "") -> StoreClient:
         """The client a component uses to reach its own agent (`ctx`: the AgentContext), with the agent's SVID when
         its config has `tls:`. A wildcard listen address is dialled on loopback, which the certificate names."""
         host, _, port = str(ctx.grpc_address).rpartition(":")
         host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "::": "[::1]"}.get(host, host)
-        return cls(f"{host}:{port}", group, identity=ClientIdentity.of(getattr(ctx.config, "tls", None)))
+        return cls(f"{host}:{port}", group, identity=ClientIdentity.of(ctx.tls))
 
     @property
     def store(self) -> store_pb2_grpc.StoreStub:

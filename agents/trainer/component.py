@@ -17,14 +17,17 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.collective.records import CommStats
 from agents.scheduler import storekeys as K
 from agents.scheduler.model import GpuInfo, NodeState, Plan, gpu_type_of
-from agents.signals.types import CommStats
+
+if TYPE_CHECKING:
+    from agents.meshd.component import AgentContext
 
 log = logging.getLogger("meshd.trainer")
 
@@ -98,7 +101,7 @@ class TrainerComponent:
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         return []
 
-    async def start(self, ctx: Any) -> None:
+    async def start(self, ctx: AgentContext) -> None:
         self.ctx = ctx
         self.node = str(ctx.node_id)
         base = os.environ.get("INFERMESH_DATA_DIR") or str(Path.home() / ".local" / "share" / "infermesh")

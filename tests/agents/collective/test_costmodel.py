@@ -20,7 +20,7 @@ from agents.collective.costmodel import (
     step_time,
     tree_allreduce,
 )
-from agents.signals.types import CommStats
+from agents.collective.records import CommStats
 from agents.strategies.host import StrategyHost, UnknownStrategyError
 from agents.strategies.placement import PlacementCandidate, PlacementScore, PlacementStrategy, topology_order
 
