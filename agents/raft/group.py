@@ -98,6 +98,8 @@ class RaftGroup:
         self._snapshot_req: list[asyncio.Future[tuple[int, int, int]]] = []
         self._last_snap_index = self.core.log.offset
         self.leader_changes = 0
+        self.log_syncs = 0  # fsyncs of the log (group commit: each may carry many entries)
+        self.log_entries = 0  # entries written to the log
         self.disk_error: str | None = None  # set while the log cannot be written (a full disk)
         self._closed = False
 
@@ -150,6 +152,8 @@ class RaftGroup:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            # let the callbacks already due (incoming batches, proposals) step the core first: they share this Ready
+            await asyncio.sleep(0)
             self._wake.clear()
             while self.core.has_ready():
                 rd = self.core.ready()
@@ -158,10 +162,16 @@ class RaftGroup:
                 await self._compact()
 
     async def _handle_ready(self, rd: Ready) -> None:
+        if rd.send_first:  # a leader's appends go out while its own write is in progress
+            for m in rd.messages:
+                self._send(self.group, m)
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             await self._save(rd)
-        for m in rd.messages:
-            self._send(self.group, m)
+            self.log_entries += len(rd.entries)
+            self.log_syncs += rd.must_sync
+        if not rd.send_first:
+            for m in rd.messages:
+                self._send(self.group, m)
         if rd.snapshot is not None:
             self.sm.restore(rd.snapshot.data)
             self._last_snap_index = rd.snapshot.index
@@ -197,8 +207,11 @@ class RaftGroup:
         nothing is acknowledged or applied before it is durable."""
         while True:
             try:
-                # fsync off the event loop: proposals arriving meanwhile batch into the next Ready
-                await asyncio.to_thread(self.storage.save_ready, rd)
+                if rd.must_sync and self.storage.fsync:
+                    # group commit: fsync off the event loop; proposals and acks arriving meanwhile share the next Ready
+                    await asyncio.to_thread(self.storage.save_ready, rd)
+                else:  # a commit index alone (or fsync off): a write to the page cache, no thread hop
+                    self.storage.save_ready(rd)
             except LogWriteError as exc:
                 if self.disk_error is None:
                     log.error("raft %s: %s; refusing writes and retrying until space returns", self.group, exc)
@@ -353,7 +366,8 @@ class RaftGroup:
             self._issue_read()  # reads arriving while a round is in flight share the next round
         try:
             index = await asyncio.wait_for(fut, self.opts.read_timeout_s)
-            await self.wait_applied(index, self.opts.read_timeout_s)
+            if self.core.log.applied < index:
+                await self.wait_applied(index, self.opts.read_timeout_s)
         except TimeoutError:
             return ReadResult(True, f"could not confirm leadership with a quorum within {self.opts.read_timeout_s}s")
         return ReadResult(False)

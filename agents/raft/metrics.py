@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -35,7 +35,13 @@ class RaftCollector(Collector):
                 ("voters", "Voting members in the configuration"),
             )
         }
+        syncs = CounterMetricFamily(
+            "infermesh_raft_log_syncs", "Log writes waited for with fsync (each may carry many entries)", labels=_LABELS
+        )
+        entries = CounterMetricFamily("infermesh_raft_log_entries", "Entries written to the log", labels=_LABELS)
         for name, g in list(self.host.groups.items()):
+            syncs.add_metric([self.host.cluster_id, name], float(g.log_syncs))
+            entries.add_metric([self.host.cluster_id, name], float(g.log_entries))
             st = g.core
             labels = [self.host.cluster_id, name]
             fams["leader"].add_metric(labels, 1.0 if st.role.name == "LEADER" else 0.0)
@@ -45,3 +51,5 @@ class RaftCollector(Collector):
             fams["applied_index"].add_metric(labels, float(st.log.applied))
             fams["voters"].add_metric(labels, float(len(st.voters)))
         yield from fams.values()
+        yield syncs
+        yield entries

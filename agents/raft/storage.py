@@ -231,7 +231,7 @@ class DiskStorage:
         return self._fd
 
     def save_ready(self, rd: Ready) -> None:
-        """Persist what a Ready asks for; returns once it is durable."""
+        """Persist what a Ready asks for; returns once it is durable (when `rd.must_sync`)."""
         if rd.snapshot is not None:
             self.install_snapshot(rd.snapshot, rd.hard_state or HardState(), rd.entries)
             return
@@ -249,7 +249,7 @@ class DiskStorage:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, end)
             raise LogWriteError(f"raft log {self.log_path}: cannot append ({exc.strerror or exc})") from exc
-        if self.fsync:
+        if self.fsync and rd.must_sync:  # a commit index alone is written, not waited for (see Ready.must_sync)
             os.fdatasync(fd)
 
     def install_snapshot(self, snap: Snapshot, hs: HardState, retained: list[Entry]) -> None:
