@@ -9,12 +9,13 @@ passed in; the asyncio driver in `server.py` sleeps for the durations this core 
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from agents.emulator.kvcache import BlockPool, SeqBlocks
 from agents.emulator.profiles import GpuProfile
+from agents.emulator.tokenizer import root_hash
 
 
 class EngineObserver(Protocol):
@@ -48,10 +49,15 @@ class Sequence:
     token_ids: list[int] | None = None  # prompt ids: with them its full blocks are prefix-cached
     cached_tokens: int = 0  # prompt tokens found in the prefix cache when it was (last) admitted
     kv: SeqBlocks = field(default_factory=lambda: SeqBlocks(None))
+    lora: str | None = None  # LoRA adapter name; its KV blocks chain from the adapter's own root hash
+    lora_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.token_ids is not None and self.kv.token_ids is None:
             self.kv.token_ids = self.token_ids
+        if self.lora is not None:
+            self.kv.root = root_hash(self.lora)
+            self.kv.lora_id = self.lora_id
 
     @property
     def blocks(self) -> int:
@@ -95,6 +101,8 @@ class EngineConfig:
     block_size: int = 16
     kv_tokens: int | None = None  # override of the profile's KV capacity
     enable_prefix_caching: bool = True
+    max_loras: int = 0  # LoRA adapters resident on the GPU at once (0: LoRA off); a batch uses at most this many
+    lora_load_s: float | None = None  # time to load an adapter into a slot (None: the profile's)
 
     @property
     def num_blocks(self) -> int:
@@ -112,6 +120,8 @@ class EngineCounters:
     generation_tokens: int = 0
     iterations: int = 0
     busy_s: float = 0.0
+    lora_loads: int = 0  # adapters loaded into a GPU slot
+    lora_evictions: int = 0  # adapters evicted from a slot to make room for another
 
 
 class _NullObserver:
@@ -147,6 +157,9 @@ class EngineCore:
         self.kv = BlockPool(config.num_blocks, config.block_size, config.enable_prefix_caching)
         self.counters = EngineCounters()
         self._by_id: dict[str, Sequence] = {}
+        # adapters resident in the GPU's LoRA slots, least recently used first
+        self.loras: OrderedDict[str, None] = OrderedDict()
+        self.lora_load_s = config.lora_load_s if config.lora_load_s is not None else config.profile.lora_load_s
 
     # -- requests --------------------------------------------------------------------------------------------
     @property
@@ -158,6 +171,8 @@ class EngineCore:
             raise ValueError(f"duplicate request id {seq.req_id!r}")
         if seq.prompt_tokens < 1 or seq.target_tokens < 1:
             raise ValueError("a request needs at least one prompt token and one output token")
+        if seq.lora is not None and self.config.max_loras < 1:
+            raise ValueError(f"LoRA adapter {seq.lora!r} requested but LoRA is not enabled on this engine")
         if seq.prompt_tokens + seq.target_tokens > self.max_model_len:
             raise ValueError(
                 f"prompt ({seq.prompt_tokens}) + output ({seq.target_tokens}) tokens exceed the KV capacity "
@@ -217,20 +232,30 @@ class EngineCore:
             work.append((seq, n))
             budget -= n
             i += 1
+        lora_load_s = 0.0
         if not preempted:
+            skipped: list[Sequence] = []  # waiting for a LoRA slot: later requests may go ahead of them
             while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
                 seq = self.waiting[0]
+                load = self._lora_slot(seq) if seq.lora is not None else 0.0
+                if load is None:
+                    skipped.append(self.waiting.popleft())  # every slot serves a running adapter
+                    continue
                 hit = self.kv.lookup(seq.kv, seq.prompt_tokens) if seq.computed == 0 else []
                 start = seq.computed + len(hit) * self.config.block_size
                 n = min(seq.context - start, budget)
                 if not self.kv.admit(seq.kv, hit, start + n, seq.prompt_tokens):
+                    if load:
+                        self._lora_unload(seq.lora)  # not admitted after all
                     break  # head-of-line: FCFS keeps later requests behind it
+                lora_load_s += load
                 seq.computed = start
                 seq.cached_tokens = len(hit) * self.config.block_size
                 self.waiting.popleft()
                 self.running.append(seq)
                 work.append((seq, n))
                 budget -= n
+            self.waiting.extendleft(reversed(skipped))
         if not work:
             return None
         prefill = sum(n for s, n in work if s.context - s.computed > 1)
@@ -242,6 +267,7 @@ class EngineCore:
             duration += profile.decode_step_s(decodes, context)
         else:
             duration += profile.ttft_fixed_s
+        duration += lora_load_s
         return Step(work=work, duration_s=duration, prefill_tokens=prefill, decode_seqs=decodes)
 
     def complete(self, step: Step, now: float) -> list[TokenEvent]:
@@ -280,6 +306,36 @@ class EngineCore:
             events.append(TokenEvent(seq=seq, index=seq.output_tokens - 1, finished=finished))
         self.observer.on_iteration(step)
         return events
+
+    # -- LoRA slots ------------------------------------------------------------------------------------------
+    def _lora_slot(self, seq: Sequence) -> float | None:
+        """Make `seq`'s adapter resident: 0.0 when it already is, the load time when it is loaded now (evicting the
+        least recently used adapter no running sequence uses), None when every slot serves a running sequence."""
+        name = seq.lora
+        assert name is not None
+        if name in self.loras:
+            self.loras.move_to_end(name)
+            return 0.0
+        if len(self.loras) >= self.config.max_loras:
+            busy = {s.lora for s in self.running}
+            victim = next((a for a in self.loras if a not in busy), None)
+            if victim is None:
+                return None
+            del self.loras[victim]
+            self.counters.lora_evictions += 1
+        self.loras[name] = None
+        self.counters.lora_loads += 1
+        return self.lora_load_s
+
+    def _lora_unload(self, name: str | None) -> None:
+        if name is not None:
+            self.loras.pop(name, None)
+
+    def lora_adapters(self) -> tuple[list[str], list[str]]:
+        """(adapters of running sequences, adapters of waiting ones), each sorted: vllm:lora_requests_info."""
+        running = sorted({s.lora for s in self.running if s.lora is not None})
+        waiting = sorted({s.lora for s in self.waiting if s.lora is not None})
+        return running, waiting
 
     # -- blocks ----------------------------------------------------------------------------------------------
     def _reserve(self, seq: Sequence, new_tokens: int) -> bool:

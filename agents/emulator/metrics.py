@@ -273,6 +273,13 @@ class RuntimeMetrics:
         self._py_sample(out, "vllm:num_requests_running", m, running)
         self._py_family(out, "vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.")
         self._py_sample(out, "vllm:num_requests_waiting", m, waiting)
+        if core is not None and core.config.max_loras > 0:
+            # as vLLM: one sample whose labels name the adapters in use and whose value is the time it was taken
+            run_l, wait_l = core.lora_adapters()
+            self._py_family(out, "vllm:lora_requests_info", "gauge", "Running stats on lora requests.")
+            lora = {"max_lora": str(core.config.max_loras), "running_lora_adapters": ",".join(run_l),
+                    "waiting_lora_adapters": ",".join(wait_l)}  # fmt: skip
+            self._py_sample(out, "vllm:lora_requests_info", lora, time.time())
         if legacy:
             self._py_family(out, "vllm:num_requests_swapped", "gauge", "Number of requests swapped to CPU.")
             self._py_sample(out, "vllm:num_requests_swapped", m, 0)

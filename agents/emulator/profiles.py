@@ -28,6 +28,7 @@ class GpuProfile:
     kv_tokens: int
     power_limit_w: float
     mig_profile: str = ""
+    lora_load_s: float = 0.025  # load of a rank-16 LoRA adapter of an 8B model from host memory into a GPU slot
 
     def decode_step_s(self, batch: int, context_tokens: int) -> float:
         """Time of one decode iteration for `batch` sequences holding `context_tokens` KV tokens in total.

@@ -38,6 +38,14 @@ from agents.emulator.metrics import FLAVORS, RuntimeMetrics
 from agents.emulator.profiles import GpuProfile, get_profile, profile_names
 
 log = logging.getLogger("infermesh.emulator")
+_warned: set[str] = set()
+
+
+def _warn_once(kind: str, message: str) -> None:
+    if kind not in _warned:
+        _warned.add(kind)
+        log.warning("%s", message)
+
 
 # A small vocabulary: the text is filler, only the token count and timing matter.
 _WORDS = (  # noqa: SIM905
@@ -112,6 +120,10 @@ class EmulatorConfig:
     tls_key: str = ""  # ... and key
     tls_client_ca: str = ""  # and require client certificates signed by this CA (mTLS)
     otlp_endpoint: str = ""  # OTLP/gRPC collector (host:port): one span per request, child of its traceparent
+    enable_lora: bool = False  # serve LoRA adapters (vLLM's --enable-lora)
+    lora_modules: dict[str, str] = field(default_factory=dict)  # adapter name -> path, served from the start
+    max_loras: int = 1  # adapters resident on the GPU at once (vLLM's --max-loras)
+    lora_load_s: float | None = None  # time to load an adapter into a slot (None: the profile's)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls_cert:
@@ -158,8 +170,15 @@ class Emulator:
                 block_size=block_size,
                 kv_tokens=config.kv_tokens,
                 enable_prefix_caching=config.enable_prefix_caching and config.flavor != "vllm-v0",
+                max_loras=config.max_loras if config.enable_lora else 0,
+                lora_load_s=config.lora_load_s,
             )
         )
+        # adapter name -> (vLLM's lora_int_id, path); ids are never reused, as vLLM's
+        self.loras: dict[str, tuple[int, str]] = {}
+        self._next_lora_id = 1
+        for name, path in config.lora_modules.items():
+            self.add_lora(name, path)
         self.kv_events: KVEventPublisher | None = None
         self.max_model_len = min(config.max_model_len, self.core.max_model_len)
         self.metrics = RuntimeMetrics(
@@ -224,6 +243,23 @@ class Emulator:
                 self.kv_events.publish(events)
             t = end
 
+    # -- LoRA adapters -------------------------------------------------------------------------------------
+    def add_lora(self, name: str, path: str) -> None:
+        if not self.config.enable_lora:
+            raise BadRequest("LoRA is not enabled on this runtime (start it with --enable-lora)")
+        if not name or name == self.config.model:
+            raise BadRequest(f"a LoRA adapter cannot be named {name!r}", param="lora_name")
+        if name in self.loras:
+            raise BadRequest(f"The lora adapter '{name}' has already been loaded.", param="lora_name")
+        self.loras[name] = (self._next_lora_id, path)
+        self._next_lora_id += 1
+
+    def remove_lora(self, name: str) -> None:
+        if name not in self.loras:
+            raise BadRequest(f"The lora adapter '{name}' cannot be found.", param="lora_name")
+        del self.loras[name]
+        self.core.loras.pop(name, None)  # a running request keeps its weights until it ends, as in vLLM
+
     # -- state -----------------------------------------------------------------------------------------------
     @property
     def running(self) -> int:
@@ -270,6 +306,14 @@ class Emulator:
             "instant": self.config.instant,
             "max_model_len": self.max_model_len,
             "max_num_seqs": self.config.max_num_seqs,
+            "lora": {
+                "enabled": self.config.enable_lora,
+                "max_loras": self.config.max_loras,
+                "adapters": sorted(self.loras),
+                "resident": list(self.core.loras),
+                "loads": c.lora_loads,
+                "evictions": c.lora_evictions,
+            },
         }
 
     # -- generation ------------------------------------------------------------------------------------------
@@ -300,7 +344,7 @@ class Emulator:
         return " " + _WORDS[(req_seed + index * 7919) % len(_WORDS)]
 
     async def generate(self, req_id: str, prompt_tokens: int, max_tokens: int, target: int,  # type: ignore[no-untyped-def]
-                       token_ids: list[int] | None = None):  # fmt: skip
+                       token_ids: list[int] | None = None, lora: str | None = None):  # fmt: skip
         """Async iterator of (index, finished) for each generated token."""
         if self.config.instant:
             self._instant_running += 1
@@ -316,8 +360,9 @@ class Emulator:
                 self._instant_running -= 1
             return
         loop = asyncio.get_running_loop()
+        lora_id = self.loras[lora][0] if lora is not None and lora in self.loras else None
         seq = Seq(req_id=req_id, prompt_tokens=prompt_tokens, max_tokens=max_tokens, target_tokens=target,
-                  arrival=loop.time(), token_ids=token_ids)  # fmt: skip
+                  arrival=loop.time(), token_ids=token_ids, lora=lora, lora_id=lora_id)  # fmt: skip
         pending = _Pending(seq)
         self._pending[req_id] = pending
         try:
@@ -431,9 +476,12 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         model = body.get("model")
-        if model != em.config.model:
+        lora = model if isinstance(model, str) and model in em.loras else None
+        if model != em.config.model and lora is None:
             em.stats.rejected += 1
             em.metrics.errors.add("validation")
+            _warn_once(f"model-{em.config.model}", f"a request named model {str(model)[:64]!r}, which this runtime "
+                       "does not serve (answered 404; further ones are counted, not logged)")  # fmt: skip
             return _error(404, f"The model `{model}` does not exist.", param="model")
         _int_field(body, "n", 1)  # n > 1, logprobs, tools, response_format: agents/emulator/apis.py
         prompt_tokens, token_ids = prompt_of(body, chat)
@@ -452,7 +500,7 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
         em.stats.errors += 1
         em.metrics.errors.add("generation")
         return _error(500, "emulated engine failure (fault injection)")
-    if apis.wants_extended(body):
+    if apis.wants_extended(body) and lora is None:
         try:
             return await apis.extended_completion(
                 request, apis.Runtime(em), body, chat, prompt_tokens, token_ids, max_tokens, target
@@ -466,7 +514,7 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
     req_seed = em.rng.randrange(1 << 30)
     created = int(time.time())
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens}
-    gen = em.generate(req_id, prompt_tokens, max_tokens, target, token_ids)
+    gen = em.generate(req_id, prompt_tokens, max_tokens, target, token_ids, lora)
     finish_reason = "length" if target >= max_tokens else "stop"
     try:
         if not stream:
@@ -491,7 +539,7 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
                     "id": req_id,
                     "object": "chat.completion" if chat else "text_completion",
                     "created": created,
-                    "model": em.config.model,
+                    "model": lora or em.config.model,
                     "choices": [choice],
                     "usage": usage,
                 }
@@ -501,7 +549,7 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
         )
         await resp.prepare(request)
         obj = "chat.completion.chunk" if chat else "text_completion"
-        head = {"id": req_id, "object": obj, "created": created, "model": em.config.model}
+        head = {"id": req_id, "object": obj, "created": created, "model": lora or em.config.model}
         count = 0
         async for i, finished in gen:
             piece = em.token_text(req_seed, i)
@@ -555,7 +603,43 @@ async def models(request: web.Request) -> web.Response:
         "parent": None,
         "max_model_len": em.max_model_len,
     }
-    return web.json_response({"object": "list", "data": [card]})
+    cards = [card]
+    for name, (_, path) in em.loras.items():
+        cards.append({**card, "id": name, "root": path, "parent": em.config.model})
+    return web.json_response({"object": "list", "data": cards})
+
+
+async def load_lora_adapter(request: web.Request) -> web.Response:
+    """vLLM's runtime adapter loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING): {"lora_name", "lora_path"}."""
+    em = request.app[EMULATOR_KEY]
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not isinstance(name, str) or not isinstance(path, str) or not name or not path:
+            raise BadRequest("Both 'lora_name' and 'lora_path' must be provided.")
+        em.add_lora(name, path)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "the request body is not valid JSON")
+    except BadRequest as e:
+        return _error(400, str(e), e.param)
+    return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+
+async def unload_lora_adapter(request: web.Request) -> web.Response:
+    em = request.app[EMULATOR_KEY]
+    try:
+        body = await request.json()
+        name = body.get("lora_name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadRequest("'lora_name' must be provided.")
+        em.remove_lora(name)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "the request body is not valid JSON")
+    except BadRequest as e:
+        return _error(404 if "cannot be found" in str(e) else 400, str(e), e.param)
+    return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -667,6 +751,9 @@ def build_app(config: EmulatorConfig) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
+    if config.enable_lora:
+        app.router.add_post("/v1/load_lora_adapter", load_lora_adapter)
+        app.router.add_post("/v1/unload_lora_adapter", unload_lora_adapter)
     app.router.add_get("/health", health)
     app.router.add_get("/v2/health/ready", health)  # Triton
     app.router.add_get("/v2/health/live", health)
@@ -748,6 +835,12 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
     )
     p.add_argument("--kv-events-replay-endpoint", default="", metavar="ZMQ", help="serve replays here (binds)")
     p.add_argument("--kv-events-topic", default="", help="topic frame of each KV-event message")
+    p.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters (named as the request's model)")
+    p.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH",
+                   help="adapters served from the start (implies --enable-lora)")  # fmt: skip
+    p.add_argument("--max-loras", type=int, default=1, help="LoRA adapters resident on the GPU at once")
+    p.add_argument("--lora-load-s", type=float, default=None,
+                   help="seconds to load an adapter into a GPU slot (default: the profile's)")  # fmt: skip
     p.add_argument("--tls-cert", default="", metavar="PEM", help="serve HTTPS with this certificate")
     p.add_argument("--tls-key", default="", metavar="PEM", help="the certificate's private key")
     p.add_argument("--tls-client-ca", default="", metavar="PEM", help="require client certificates from this CA")
@@ -769,6 +862,18 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
             p.error(f"--{flag.replace('_', '-')}: {value!r} is not a ZeroMQ endpoint (tcp://HOST:PORT)")
     if a.kv_tokens is not None and a.kv_tokens < 16:
         p.error("--kv-tokens must be >= 16")
+    loras: dict[str, str] = {}
+    for item in a.lora_modules:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            p.error(f"--lora-modules: {item!r} is not NAME=PATH")
+        if name == a.model or name in loras:
+            p.error(f"--lora-modules: adapter name {name!r} is the model's or given twice")
+        loras[name] = path
+    if a.max_loras < 1:
+        p.error("--max-loras must be >= 1")
+    if a.lora_load_s is not None and a.lora_load_s < 0:
+        p.error("--lora-load-s must be >= 0")
     if not 0 <= a.port <= 65535:
         p.error("--port must be between 0 and 65535")
     if bool(a.tls_cert) != bool(a.tls_key):
@@ -782,6 +887,8 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
         enable_prefix_caching=not a.no_prefix_caching, kv_events_endpoint=a.kv_events_endpoint,
         kv_events_replay_endpoint=a.kv_events_replay_endpoint, kv_events_topic=a.kv_events_topic,
         tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca, otlp_endpoint=a.otlp_endpoint,
+        enable_lora=a.enable_lora or bool(loras), lora_modules=loras, max_loras=a.max_loras,
+        lora_load_s=a.lora_load_s,
     )  # fmt: skip
     for flag in ("tls_cert", "tls_key", "tls_client_ca"):
         path = getattr(a, flag)
