@@ -6,7 +6,7 @@ from rest_framework.routers import DefaultRouter
 from meshweb.audit.api.views import AuditEntryViewSet
 from meshweb.catalog.api.views import DeploymentViewSet, ModelRevisionViewSet, ModelViewSet
 from meshweb.fleet.api.views import CellViewSet, GpuViewSet, NodeViewSet, RegionViewSet, ZoneViewSet
-from meshweb.policy.api.views import AdmissionPolicyViewSet, RoutingPolicyViewSet, SloViewSet
+from meshweb.policy.api.views import AdmissionPolicyViewSet, RoutingPolicyViewSet, SloViewSet, StrategyModuleViewSet
 from meshweb.tenancy.api.views import (
     ApiTokenViewSet,
     InferenceKeyViewSet,
@@ -36,6 +36,7 @@ router.register("jobs", JobViewSet, basename="job")
 router.register("slos", SloViewSet, basename="slo")
 router.register("routing-policies", RoutingPolicyViewSet, basename="routingpolicy")
 router.register("admission-policies", AdmissionPolicyViewSet, basename="admissionpolicy")
+router.register("strategy-modules", StrategyModuleViewSet, basename="strategymodule")
 router.register("audit", AuditEntryViewSet, basename="audit")
 
 urlpatterns = [

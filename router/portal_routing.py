@@ -9,10 +9,15 @@ A tenant the portal has no models for keeps the router config's behaviour (its `
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agents.security.tls import ClientIdentity, Dialer
@@ -27,7 +32,9 @@ REVISIONS = "kv/portal/revisions/"
 DEPLOYMENTS = "kv/portal/deployments/"
 ROUTING = "routing/"
 SLOS = "slos/"
-PREFIXES = (TENANTS, MODELS, REVISIONS, DEPLOYMENTS, ROUTING, SLOS)
+MODULES = "kv/portal/strategy-modules/"  # WebAssembly strategies uploaded to the portal, by SHA-256
+MODULE_PREFIX = "module:"  # how a portal policy names one
+PREFIXES = (TENANTS, MODELS, REVISIONS, DEPLOYMENTS, ROUTING, SLOS, MODULES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,9 @@ class PortalRouting:
         self._listed: dict[str, list[CatalogModel]] = {}  # slug -> models with a deployment
         self.version = 0
         self.revision = 0  # the store revision this mirror has seen
+        # where uploaded modules are written (by checksum) for the router to load them from
+        self.module_dir = Path(tempfile.gettempdir()) / f"infermesh-strategy-modules-{os.getuid()}"
+        self._written: set[str] = set()
 
     # -- changes ----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -155,6 +165,11 @@ class PortalRouting:
             m.revisions = frozenset(deployed.get(mid, ()))
             zs = zones.get(mid, set())
             m.zones = frozenset() if "*" in zs else frozenset(zs)
+        modules = {k[len(MODULES) :]: v for k, v in kv.items() if k.startswith(MODULES)}
+
+        def named(name: str) -> str:
+            return self._module_spec(name, modules) if name.startswith(MODULE_PREFIX) else name
+
         for k, v in kv.items():
             if k.startswith(ROUTING):
                 params = v.get("params") or {}
@@ -162,11 +177,12 @@ class PortalRouting:
                 if pm is None:
                     continue
                 split = {str(n): float(w) for n, w in (params.get("ab_split") or {}).items() if _num(w) is not None}
+                shadow = str(params.get("shadow_strategy") or "")
                 pm.policy = PortalPolicy(
                     key=k,
-                    strategy=str(v.get("strategy") or "hybrid_mesh"),
-                    ab_split={n: w for n, w in split.items() if w > 0},
-                    shadow_strategy=str(params.get("shadow_strategy") or ""),
+                    strategy=named(str(v.get("strategy") or "hybrid_mesh")),
+                    ab_split={named(n): w for n, w in split.items() if w > 0},
+                    shadow_strategy=named(shadow) if shadow else "",
                     hedging=bool(params.get("hedging")),
                     pin_nodes=frozenset(str(n) for n in params.get("pin_nodes") or []),
                     pin_zones=frozenset(str(z) for z in params.get("pin_zones") or []),
@@ -202,6 +218,32 @@ class PortalRouting:
         self._tenants = by_tenant
         self._listed = listed
         self.version += 1
+
+    def _module_spec(self, name: str, modules: dict[str, dict[str, Any]]) -> str:
+        """`module:<sha256>` -> the pinned `wasm:PATH#sha256=...` of the module the store carries, written to
+        `module_dir` once its bytes match the checksum; the name unchanged (a strategy that cannot be loaded, so the
+        model keeps its previous one) when the store lacks it or its bytes do not match."""
+        digest = name[len(MODULE_PREFIX) :].lower()
+        entry = modules.get(digest)
+        path = self.module_dir / f"{digest}.wasm"
+        if digest not in self._written:
+            if entry is None:
+                return name
+            try:
+                data = base64.b64decode(str(entry.get("wasm_b64", "")), validate=True)
+            except ValueError:
+                data = b""
+            if hashlib.sha256(data).hexdigest() != digest:
+                log_event(
+                    "strategy module refused: its bytes do not match its checksum", logging.WARNING, sha256=digest
+                )
+                return name
+            self.module_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{digest}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+            self._written.add(digest)
+        return f"wasm:{path}#sha256={digest}"
 
     # -- lookups ----------------------------------------------------------------------------------------------------
     def knows(self, tenant: str) -> bool:

@@ -29,6 +29,10 @@ def load_strategy(spec: str, **options: Any) -> Strategy:
     """A built-in by name, or a plugin given as "package.module:Class" (constructed with `options`)."""
     if spec in BUILTINS:
         return BUILTINS[spec](**options)
+    if spec.startswith("module:"):
+        raise ValueError(
+            f"strategy module {spec[7:]!r} is not in the policy store, or its bytes do not match its checksum"
+        )
     if spec.startswith("wasm:"):
         from agents.strategies.wasm import WasmStrategy  # wasmtime is loaded only where a policy names a module
 

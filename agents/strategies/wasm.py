@@ -366,3 +366,20 @@ class WasmStrategy(Strategy):
 
 def load_wasm_strategy(spec: str, **options: Any) -> WasmStrategy:
     return WasmStrategy(spec, **options)
+
+
+def check_module(data: bytes, max_module_bytes: int = MAX_MODULE_BYTES) -> str:
+    """Refuse bytes that would be refused at load (size, validity, imports, exports, their types, ABI version) with
+    the same messages, naming "the module"; returns its SHA-256 (what a policy pins)."""
+    import tempfile
+
+    if len(data) > max_module_bytes:
+        raise WasmLoadError(f"the module is {len(data)} bytes, over the {max_module_bytes} limit")
+    with tempfile.TemporaryDirectory(prefix="infermesh-module-") as tmp:
+        path = Path(tmp) / "module.wasm"
+        path.write_bytes(data)
+        try:
+            WasmStrategy(wasm_spec_name(path), max_module_bytes=max_module_bytes)
+        except WasmLoadError as exc:
+            raise WasmLoadError(str(exc).replace(f"wasm strategy {str(path)!r}", "the module")) from None
+    return hashlib.sha256(data).hexdigest()

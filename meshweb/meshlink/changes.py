@@ -6,6 +6,7 @@ nothing. A delete also removes what depended on the object (a tenant's models, a
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from agents.proto.access import ApiKeyRecord, InferenceLimits, TenantAccess, api
 from agents.proto.portal_link import STORE_NODE_STATUS
 from meshweb.catalog.models import Deployment, Model, ModelRevision
 from meshweb.fleet.models import Node
-from meshweb.policy.models import AdmissionPolicy, RoutingPolicy, Slo
+from meshweb.policy.models import AdmissionPolicy, RoutingPolicy, Slo, StrategyModule
 from meshweb.tenancy.models import InferenceKey, Quota, Tenant
 from meshweb.training.models import TrainingJob
 
@@ -188,6 +189,16 @@ def _routing(p: RoutingPolicy) -> Iterator[Put]:
     yield Put("pinning", f"pinning/policy-{p.pk}", {"model": p.model.name, "nodes": pins} if pins else None)
 
 
+def _strategy_module(m: StrategyModule) -> Iterator[Put]:
+    # Routers materialise it by checksum (router/portal_routing.py) for the policies naming module:<sha256>.
+    wasm = base64.b64encode(bytes(m.wasm)).decode()
+    yield Put(
+        "strategy_module",
+        f"kv/portal/strategy-modules/{m.sha256}",
+        {"tenant": m.tenant_id, "name": m.name, "sha256": m.sha256, "size": m.size, "wasm_b64": wasm},
+    )
+
+
 def _admission(a: AdmissionPolicy) -> Iterator[Put]:
     yield Put(
         "admission",
@@ -223,6 +234,7 @@ BUILDERS: dict[type[models.Model], Callable[[Any], Iterator[Put]]] = {
     Slo: _slo,
     RoutingPolicy: _routing,
     AdmissionPolicy: _admission,
+    StrategyModule: _strategy_module,
     Node: _node,
     InferenceKey: _inference_key,
 }
@@ -239,6 +251,7 @@ def _dependents(obj: models.Model) -> Iterable[models.Model]:
         yield from TrainingJob.objects.filter(tenant=obj)
         yield from Slo.objects.filter(tenant=obj, model__isnull=True)
         yield from AdmissionPolicy.objects.filter(tenant=obj, model__isnull=True)
+        yield from StrategyModule.objects.filter(tenant=obj)
     elif isinstance(obj, Model):
         for r in ModelRevision.objects.filter(model=obj):
             yield r

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshweb.fleet.models import Node, Zone
-from meshweb.policy.models import Strategy
+from meshweb.policy.models import MODULE_PREFIX, Strategy, StrategyModule
 
 MAX_PINS = 256
 
@@ -20,7 +20,15 @@ def known_strategies() -> list[str]:
 def _strategy_problem(name: str) -> str | None:
     if name in Strategy.values:
         return None
-    return f"Unknown strategy {name!r}; use one of {', '.join(known_strategies())}."
+    if name.startswith(MODULE_PREFIX):
+        digest = name[len(MODULE_PREFIX) :]
+        if StrategyModule.objects.filter(sha256=digest).exists():
+            return None
+        return f"No uploaded strategy module has the checksum {digest!r} (upload it to /api/v1/strategy-modules/)."
+    return (
+        f"Unknown strategy {name!r}; use one of {', '.join(known_strategies())} or an uploaded module "
+        f"({MODULE_PREFIX}<sha256>)."
+    )
 
 
 def check_routing_policy(attrs: Mapping[str, Any]) -> dict[str, list[str]]:

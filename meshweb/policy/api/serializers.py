@@ -10,7 +10,7 @@ from meshweb.catalog.api.serializers import TenantImmutableMixin
 from meshweb.catalog.models import Model
 from meshweb.core.api.fields import ScopedPrimaryKeyRelatedField, tenant_field
 from meshweb.core.api.serializers import StrictModelSerializer
-from meshweb.policy.models import AdmissionPolicy, RoutingPolicy, Slo, Strategy
+from meshweb.policy.models import MAX_MODULE_BYTES, AdmissionPolicy, RoutingPolicy, Slo, Strategy, StrategyModule
 from meshweb.policy.rules import check_routing_policy
 
 
@@ -38,8 +38,8 @@ class RoutingPolicySerializer(_ModelOfTenantMixin, StrictModelSerializer):
     model = ScopedPrimaryKeyRelatedField(queryset=Model.objects.all())
     params = serializers.DictField(default=dict)
     # Plain fields here: meshweb.policy.rules checks names and shares and says what it knows instead.
-    strategy = serializers.CharField(max_length=32, default=Strategy.HYBRID_MESH)
-    shadow_strategy = serializers.CharField(max_length=32, allow_blank=True, default="")
+    strategy = serializers.CharField(max_length=80, default=Strategy.HYBRID_MESH)
+    shadow_strategy = serializers.CharField(max_length=80, allow_blank=True, default="")
     ab_split = serializers.DictField(default=dict, help_text="strategy -> percent of requests, adding up to 100")
     pin_nodes = serializers.ListField(child=serializers.CharField(max_length=63), default=list)
     pin_zones = serializers.ListField(child=serializers.CharField(max_length=63), default=list)
@@ -82,3 +82,51 @@ class AdmissionPolicySerializer(_ModelOfTenantMixin, StrictModelSerializer):
         model = AdmissionPolicy
         fields = ["id", "tenant", "model", "max_queue_depth", "max_kv_usage", "retry_after_s", "created_at"]
         read_only_fields = ["id", "created_at"]
+
+
+class StrategyModuleSerializer(TenantImmutableMixin, StrictModelSerializer):
+    """Upload: `wasm` is the module in base64; `sha256`, when given, pins what the uploader built (a mismatch is
+    refused). The module is checked as a router would load it (exports, no imports, ABI version, size)."""
+
+    tenant = tenant_field()
+    wasm = serializers.CharField(write_only=True, help_text="the WebAssembly module, base64")
+    sha256 = serializers.CharField(required=False, max_length=64, help_text="expected SHA-256 (hex) of the module")
+    strategy = serializers.CharField(read_only=True, help_text="what a routing policy names: module:<sha256>")
+
+    class Meta:
+        model = StrategyModule
+        fields = ["id", "tenant", "name", "wasm", "sha256", "size", "strategy", "created_at"]
+        read_only_fields = ["id", "size", "strategy", "created_at"]
+        validators: list[Any] = []  # a second upload of the same module is refused in validate(), by name
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        import base64
+        import binascii
+        import hashlib
+
+        from agents.strategies.wasm import WasmLoadError, check_module
+
+        attrs = super().validate(attrs)
+        if self.instance is not None and ("wasm" in attrs or "sha256" in attrs):
+            raise serializers.ValidationError({"wasm": ["A module's code is fixed; upload a new module instead."]})
+        if self.instance is not None:
+            return attrs
+        try:
+            data = base64.b64decode(str(attrs.get("wasm", "")), validate=True)
+        except (binascii.Error, ValueError):
+            raise serializers.ValidationError({"wasm": ["Give the module in base64."]}) from None
+        actual = hashlib.sha256(data).hexdigest()
+        pinned = attrs.get("sha256")
+        if pinned is not None and pinned.lower() != actual:
+            raise serializers.ValidationError(
+                {"sha256": [f"Checksum mismatch: the upload's SHA-256 is {actual}, not {pinned}."]}
+            )
+        try:
+            check_module(data, MAX_MODULE_BYTES)
+        except WasmLoadError as exc:
+            raise serializers.ValidationError({"wasm": [f"Refused: {exc}."]}) from None
+        tenant = attrs.get("tenant")
+        if tenant is not None and StrategyModule.objects.filter(tenant=tenant, sha256=actual).exists():
+            raise serializers.ValidationError({"wasm": [f"This module is already uploaded (module:{actual})."]})
+        attrs.update(wasm=data, sha256=actual, size=len(data))
+        return attrs

@@ -8,8 +8,13 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 
 from meshweb.core.api.views import ScopedModelViewSet
-from meshweb.policy.api.serializers import AdmissionPolicySerializer, RoutingPolicySerializer, SloSerializer
-from meshweb.policy.models import AdmissionPolicy, RoutingPolicy, Slo
+from meshweb.policy.api.serializers import (
+    AdmissionPolicySerializer,
+    RoutingPolicySerializer,
+    SloSerializer,
+    StrategyModuleSerializer,
+)
+from meshweb.policy.models import AdmissionPolicy, RoutingPolicy, Slo, StrategyModule
 from meshweb.tenancy.roles import Role
 
 
@@ -57,3 +62,16 @@ class AdmissionPolicyViewSet(ScopedModelViewSet):
 
     def base_queryset(self) -> models.QuerySet[AdmissionPolicy]:
         return AdmissionPolicy.objects.select_related("tenant")
+
+
+class StrategyModuleViewSet(RoutingPolicyViewSet):
+    """WebAssembly strategy modules: a module that would be refused at load (no required export, wrong ABI version,
+    imports, over the size limit) or whose checksum is not the one given is refused with 422 naming the problem.
+    A routing policy names one as `module:<sha256>`; agents' stores carry it to routers."""
+
+    serializer_class = StrategyModuleSerializer  # type: ignore[assignment]
+    filterset_fields = ["tenant__slug", "sha256", "name"]
+    http_method_names = ["get", "post", "delete", "head", "options"]
+
+    def base_queryset(self) -> models.QuerySet[StrategyModule]:  # type: ignore[override]
+        return StrategyModule.objects.select_related("tenant").defer("wasm")
