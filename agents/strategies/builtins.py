@@ -180,7 +180,8 @@ class HybridWeights:
     vram_knee: float = 0.92
     vram_penalty_s: float = 2.0
     latency_weight: float = 0.1  # weight of recent TTFT p95 (history: the predicted TTFT carries the present)
-    decode_weight: float = 0.1  # weight of a default completion's predicted decode time
+    decode_weight: float = 0.02  # weight of a default completion's predicted decode time (TTFT first: a per-target
+    # ITL that differs by a few ms per token must not outweigh a network hop)
     trust_after: int = 20  # outcomes before predictions refuse requests or time hedges
     refit_every: int = 64  # fleet outcomes between re-scorings of every target by `refresh`
     warming_penalty_s: float = 10.0
@@ -244,6 +245,7 @@ class HybridMesh(_EliteMixin, Strategy):
         self.prefix_index: PrefixIndex | None = default_index()  # what is cached where (agents.signals.prefixindex)
         self.predictor = LatencyPredictor(predictor)
         self._views: dict[str, TargetView] = {}
+        self._home = ""  # the node this host's requests enter from (learnt from them; one per router)
         self._fleet_stamp = 0
 
     def set_rtt(self, rtt: RttFn | None) -> None:
@@ -279,7 +281,16 @@ class HybridMesh(_EliteMixin, Strategy):
 
     def _elite_key(self, view: TargetView) -> float:
         pre = self._pre.get(view.target_id)
-        return pre[0] if pre is not None else self._base_score(view)
+        base = pre[0] if pre is not None else self._base_score(view)
+        if not self._home:
+            return base
+        # the elite is where this host's requests do best, network included: an elite of far targets would leave a
+        # decision whose random sample holds nothing near with only far candidates
+        key = (self._home, view.node)
+        r = self._rtt_cache.get(key)
+        if r is None:
+            r = self._rtt_cache[key] = self.rtt(self._home, view.node)
+        return base + self.weights.network_weight * r
 
     def _precompute(self, view: TargetView) -> tuple[float, float]:
         # (request-independent score, seconds of prefill per 1,000 prompt tokens at this target)
@@ -368,6 +379,9 @@ class HybridMesh(_EliteMixin, Strategy):
         return ranked
 
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
+        if request.client_node != self._home and request.client_node:
+            self._home = request.client_node
+            self._dirty.add(request.model)  # the elite is rebuilt around the new home at the next refresh
         elite = self._elite_views(index, request.model)
         score = self._scorer(request)
         pi = self.prefix_index
