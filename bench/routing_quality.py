@@ -252,6 +252,13 @@ def main() -> int:
         help="run the +hedging configurations in the straggler pass only (hedging is judged there)",
     )
     ap.add_argument("--calibrate-s", type=float, default=15.0, help="seconds of the capacity measurement")
+    ap.add_argument(
+        "--recalibrate-s",
+        type=float,
+        default=5.0,
+        help="seconds of a new capacity measurement before each seed (a shared machine's capacity drifts with its "
+        "load, and a load fraction of a stale capacity can be an overload); 0 keeps the first measurement",
+    )
     ap.add_argument("--configs", default="baseline_rr,least_queue,hybrid_mesh,hybrid_mesh+hedging,vllm:round_robin,"
                     "vllm:power_of_two")  # fmt: skip
     args = ap.parse_args()
@@ -339,6 +346,12 @@ def main() -> int:
                   f"timing-model capacity {model_cap:.2f} req/s, measured here {caps[trace]:.2f} req/s",
                   flush=True)  # fmt: skip
             for seed in range(args.seeds):
+                if seed and args.recalibrate_s > 0:
+                    caps[trace] = uvloop.run(
+                        measure_capacity(emus, args.max_num_seqs, int(mean_ctx), int(mean_gen), args.recalibrate_s)
+                    )
+                    wait_idle(emus)
+                    print(f"# trace {trace} seed {seed}: capacity measured again: {caps[trace]:.2f} req/s", flush=True)
                 for load in loads:
                     for c in configs:
                         if not (args.hedging_straggler_only and c.endswith("+hedging")):
