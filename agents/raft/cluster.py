@@ -208,6 +208,7 @@ class Workload:
     clients: int = 6
     op_timeout_s: float = 2.0
     give_up_s: float = 10.0
+    prefix: str = "kv/k"  # keys are prefix + index; a fresh prefix per run starts from empty registers
     history: list[Op] = field(default_factory=list)
     acked_writes: int = 0
     stale_reads: int = 0
@@ -230,7 +231,7 @@ class Workload:
         client_id = (os.getpid() << 20) + c * 7919 + rng.randrange(1 << 16)
         seq = 0
         while time.monotonic() < stop_at:
-            key = f"kv/k{rng.randrange(self.keys)}"
+            key = f"{self.prefix}{rng.randrange(self.keys)}"
             r = rng.random()
             if r < 0.4:
                 await self._get(c, key, stubs, rng)
@@ -282,7 +283,7 @@ class Workload:
             async with dial(addr, self.identity) as ch:
                 stub = store_pb2_grpc.StoreStub(ch)
                 for k in range(self.keys):
-                    key = f"kv/k{k}"
+                    key = f"{self.prefix}{k}"
                     call = time.monotonic()
                     try:
                         resp = await stub.Get(store_pb2.StoreGetRequest(key=key), timeout=5)

@@ -153,7 +153,10 @@ def test_lossy_links(zoned: ZonedMesh, loss: float) -> None:
     LOSS_SECONDS: Raft histories stay linearizable, the router loses no request, and at 10% nobody is declared dead."""
     bed, cluster = zoned.bed, zoned.cluster
     cluster.leader()
-    work = Workload([m.address for m in cluster.members.values()], clients=4, keys=3, op_timeout_s=2.0)
+    # keys of their own: the mesh is shared with the other loss rates, whose values a checker of empty registers lacks
+    work = Workload(
+        [m.address for m in cluster.members.values()], clients=4, keys=3, op_timeout_s=2.0, prefix=f"kv/loss{loss}/k"
+    )
     outcomes: dict[str, int] = {}
     stop = threading.Event()
 
