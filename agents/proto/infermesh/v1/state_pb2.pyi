@@ -17,7 +17,7 @@ TARGET_HEALTH_HEALTHY: TargetHealth
 TARGET_HEALTH_UNHEALTHY: TargetHealth
 
 class ModelStateDelta(_message.Message):
-    __slots__ = ("node", "endpoint", "runtime", "model", "revision", "quant", "gpu_uuids", "mig_profile", "requests_waiting", "requests_running", "kv_cache_usage", "tokens_per_s", "prompt_tokens_per_s", "ttft_p95_s", "latency_p95_s", "max_concurrency", "loaded", "warming", "healthy", "cost_per_mtok", "observed_unix_ms", "source")
+    __slots__ = ("node", "endpoint", "runtime", "model", "revision", "quant", "gpu_uuids", "mig_profile", "parent", "requests_waiting", "requests_running", "kv_cache_usage", "tokens_per_s", "prompt_tokens_per_s", "ttft_p95_s", "latency_p95_s", "max_concurrency", "loaded", "warming", "healthy", "cost_per_mtok", "lora_resident", "max_loras", "loras_active", "observed_unix_ms", "source")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class ModelStateDelta(_message.Message):
     QUANT_FIELD_NUMBER: _ClassVar[int]
     GPU_UUIDS_FIELD_NUMBER: _ClassVar[int]
     MIG_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_WAITING_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_RUNNING_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +39,9 @@ class ModelStateDelta(_message.Message):
     WARMING_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     COST_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    LORA_RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_LORAS_FIELD_NUMBER: _ClassVar[int]
+    LORAS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     node: str
@@ -48,6 +52,7 @@ class ModelStateDelta(_message.Message):
     quant: str
     gpu_uuids: _containers.RepeatedScalarFieldContainer[str]
     mig_profile: str
+    parent: str
     requests_waiting: float
     requests_running: float
     kv_cache_usage: float
@@ -60,9 +65,12 @@ class ModelStateDelta(_message.Message):
     warming: bool
     healthy: bool
     cost_per_mtok: float
+    lora_resident: bool
+    max_loras: int
+    loras_active: int
     observed_unix_ms: int
     source: str
-    def __init__(self, node: _Optional[str] = ..., endpoint: _Optional[str] = ..., runtime: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[str] = ..., quant: _Optional[str] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., mig_profile: _Optional[str] = ..., requests_waiting: _Optional[float] = ..., requests_running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., prompt_tokens_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., latency_p95_s: _Optional[float] = ..., max_concurrency: _Optional[int] = ..., loaded: _Optional[bool] = ..., warming: _Optional[bool] = ..., healthy: _Optional[bool] = ..., cost_per_mtok: _Optional[float] = ..., observed_unix_ms: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+    def __init__(self, node: _Optional[str] = ..., endpoint: _Optional[str] = ..., runtime: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[str] = ..., quant: _Optional[str] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., mig_profile: _Optional[str] = ..., parent: _Optional[str] = ..., requests_waiting: _Optional[float] = ..., requests_running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., prompt_tokens_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., latency_p95_s: _Optional[float] = ..., max_concurrency: _Optional[int] = ..., loaded: _Optional[bool] = ..., warming: _Optional[bool] = ..., healthy: _Optional[bool] = ..., cost_per_mtok: _Optional[float] = ..., lora_resident: _Optional[bool] = ..., max_loras: _Optional[int] = ..., loras_active: _Optional[int] = ..., observed_unix_ms: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
 
 class GpuStateDelta(_message.Message):
     __slots__ = ("node", "uuid", "index", "name", "mig_profile", "parent_uuid", "memory_total_bytes", "memory_used_bytes", "utilization_gpu", "utilization_memory", "temperature_c", "slowdown_temp_c", "power_w", "power_limit_w", "ecc_corrected_volatile", "ecc_uncorrected_volatile", "ecc_corrected_aggregate", "ecc_uncorrected_aggregate", "retired_pages", "remapped_rows_uncorrectable", "remapped_rows_pending", "pcie_replays", "nvlink_errors", "throttle_reasons", "xid_events", "sm_clock_mhz", "observed_unix_ms", "source")
@@ -163,7 +171,7 @@ class StateAck(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TargetState(_message.Message):
-    __slots__ = ("target_id", "model", "revision", "quant", "runtime", "node", "zone", "endpoint", "gpu_uuids", "mig_profile", "health", "health_reason", "routable", "loaded", "warming", "requests_waiting", "requests_running", "kv_cache_usage", "tokens_per_s", "ttft_p95_s", "latency_p95_s", "max_concurrency", "vram_used_frac", "gpu_utilization", "thermal_margin_c", "freshness", "age_s", "service_rate_rps", "work_left_s", "ewma_latency_s", "ewma_ttft_s", "error_rate", "outcomes_ok", "outcomes_error", "cost_per_mtok", "updated_unix_ms", "version")
+    __slots__ = ("target_id", "model", "revision", "quant", "runtime", "node", "zone", "endpoint", "gpu_uuids", "mig_profile", "health", "health_reason", "routable", "loaded", "warming", "parent", "lora_resident", "max_loras", "loras_active", "requests_waiting", "requests_running", "kv_cache_usage", "tokens_per_s", "ttft_p95_s", "latency_p95_s", "max_concurrency", "vram_used_frac", "gpu_utilization", "thermal_margin_c", "freshness", "age_s", "service_rate_rps", "work_left_s", "ewma_latency_s", "ewma_ttft_s", "error_rate", "outcomes_ok", "outcomes_error", "cost_per_mtok", "updated_unix_ms", "version")
     TARGET_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +187,10 @@ class TargetState(_message.Message):
     ROUTABLE_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     WARMING_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    LORA_RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_LORAS_FIELD_NUMBER: _ClassVar[int]
+    LORAS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_WAITING_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_RUNNING_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +228,10 @@ class TargetState(_message.Message):
     routable: bool
     loaded: bool
     warming: bool
+    parent: str
+    lora_resident: bool
+    max_loras: int
+    loras_active: int
     requests_waiting: float
     requests_running: float
     kv_cache_usage: float
@@ -238,7 +254,7 @@ class TargetState(_message.Message):
     cost_per_mtok: float
     updated_unix_ms: int
     version: int
-    def __init__(self, target_id: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[str] = ..., quant: _Optional[str] = ..., runtime: _Optional[str] = ..., node: _Optional[str] = ..., zone: _Optional[str] = ..., endpoint: _Optional[str] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., mig_profile: _Optional[str] = ..., health: _Optional[_Union[TargetHealth, str]] = ..., health_reason: _Optional[str] = ..., routable: _Optional[bool] = ..., loaded: _Optional[bool] = ..., warming: _Optional[bool] = ..., requests_waiting: _Optional[float] = ..., requests_running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., latency_p95_s: _Optional[float] = ..., max_concurrency: _Optional[int] = ..., vram_used_frac: _Optional[float] = ..., gpu_utilization: _Optional[float] = ..., thermal_margin_c: _Optional[float] = ..., freshness: _Optional[float] = ..., age_s: _Optional[float] = ..., service_rate_rps: _Optional[float] = ..., work_left_s: _Optional[float] = ..., ewma_latency_s: _Optional[float] = ..., ewma_ttft_s: _Optional[float] = ..., error_rate: _Optional[float] = ..., outcomes_ok: _Optional[int] = ..., outcomes_error: _Optional[int] = ..., cost_per_mtok: _Optional[float] = ..., updated_unix_ms: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+    def __init__(self, target_id: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[str] = ..., quant: _Optional[str] = ..., runtime: _Optional[str] = ..., node: _Optional[str] = ..., zone: _Optional[str] = ..., endpoint: _Optional[str] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., mig_profile: _Optional[str] = ..., health: _Optional[_Union[TargetHealth, str]] = ..., health_reason: _Optional[str] = ..., routable: _Optional[bool] = ..., loaded: _Optional[bool] = ..., warming: _Optional[bool] = ..., parent: _Optional[str] = ..., lora_resident: _Optional[bool] = ..., max_loras: _Optional[int] = ..., loras_active: _Optional[int] = ..., requests_waiting: _Optional[float] = ..., requests_running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., latency_p95_s: _Optional[float] = ..., max_concurrency: _Optional[int] = ..., vram_used_frac: _Optional[float] = ..., gpu_utilization: _Optional[float] = ..., thermal_margin_c: _Optional[float] = ..., freshness: _Optional[float] = ..., age_s: _Optional[float] = ..., service_rate_rps: _Optional[float] = ..., work_left_s: _Optional[float] = ..., ewma_latency_s: _Optional[float] = ..., ewma_ttft_s: _Optional[float] = ..., error_rate: _Optional[float] = ..., outcomes_ok: _Optional[int] = ..., outcomes_error: _Optional[int] = ..., cost_per_mtok: _Optional[float] = ..., updated_unix_ms: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class FusedGpu(_message.Message):
     __slots__ = ("gpu", "healthy", "health_reason", "freshness", "age_s")
