@@ -4,7 +4,7 @@ a zone cut off (both ways or one way), 10% loss on every link, an agent killed w
 open file descriptors and threads of every agent and router are sampled; a process that lived through the whole run
 must not grow without bound. Needs root and iproute2 (tests/faults/netbed.py).
 
-    .venv/bin/python bench/soak.py --minutes 30 [--fault-every 5] [--seed 1]
+    .venv/bin/python bench/soak.py --minutes 30 [--fault-every 5] [--seed 1] [--warmup-minutes 2]
 
 Load: chat completions through both routers (half streamed), and Raft writes with client sessions (retried with
 the same sequence number, so a retry applies at most once) whose acknowledged values are read back at the end.
@@ -136,9 +136,15 @@ def main() -> int:
     ap.add_argument("--fault-every", type=float, default=5.0, help="seconds between injected faults")
     ap.add_argument("--sample-every", type=float, default=10.0, help="seconds between process samples")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--warmup-minutes", type=float, default=2.0,
+        help="samples of the first minutes (imports, connections, caches filling) are left out of the growth figures",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.minutes <= 0 or args.fault_every <= 0 or args.sample_every <= 0:
         ap.error("--minutes, --fault-every and --sample-every must be positive")
+    if not 0 <= args.warmup_minutes < args.minutes:
+        ap.error("--warmup-minutes must be at least 0 and shorter than --minutes")
     rng = random.Random(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     mesh = ZonedMesh(workdir, seed=args.seed)
@@ -215,11 +221,14 @@ def main() -> int:
     elapsed = time.monotonic() - t0
     load_avg = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"\nsoak: {elapsed / 60:.1f} min, faults {json.dumps(faults)}; {load_avg}")
+    print(f"growth figures from the samples after the first {args.warmup_minutes:g} min (warm-up)")
     print(f"{'process':<14} {'rss_first_mb':>12} {'rss_last_mb':>11} {'rss_mb_per_h':>12} {'fds_first':>9} "
           f"{'fds_last':>8} {'threads':>7}  note")  # fmt: skip
     growth, fd_growth = [], []
-    for name, pts in sorted(samples.items()):
+    warm = args.warmup_minutes * 60
+    for name, all_pts in sorted(samples.items()):
         whole = name not in restarted
+        pts = [p for p in all_pts if p[0] >= warm] or all_pts[-1:]
         rss = slope_per_h([(t, r) for t, r, _, _ in pts])
         if whole:
             growth.append(rss)
