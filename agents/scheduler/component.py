@@ -33,6 +33,7 @@ from agents.scheduler.lifecycle import (
     rollup,
 )
 from agents.scheduler.model import Plan
+from agents.scheduler.planner import LocalityFn
 
 if TYPE_CHECKING:
     from agents.meshd.component import AgentContext
@@ -69,6 +70,7 @@ class SchedulerComponent:
         self.passes = 0
         self.local_only = False  # gossip reports the mesh degraded: plan only on nodes this side reaches
         self._local_only_gauge: Any = None
+        self._mig_gauges: tuple[Any, Any] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         return []
@@ -82,6 +84,20 @@ class SchedulerComponent:
             "infermesh_scheduler_local_only",
             "1 while gossip reports the mesh degraded and the scheduler places only on nodes it reaches",
             registry=ctx.registry,
+        )
+        self._mig_gauges = (
+            Gauge(
+                "infermesh_scheduler_mig_fragmentation",
+                "Per node: 1 - largest free MIG slice / free MIG compute (0: free compute is one slice)",
+                ["node"],
+                registry=ctx.registry,
+            ),
+            Gauge(
+                "infermesh_scheduler_mig_slices",
+                "MIG slices per node and profile as the scheduler counts them (state: free or total)",
+                ["node", "profile", "state"],
+                registry=ctx.registry,
+            ),
         )
         self._client = K.StoreClient.of_agent(ctx, self.cfg.group)
         self._task = asyncio.create_task(self._loop(), name="scheduler")
@@ -144,12 +160,12 @@ class SchedulerComponent:
                 )
         return down
 
-    def lifecycle_config(self) -> LifecycleConfig:
+    def lifecycle_config(self, locality: LocalityFn | None = None) -> LifecycleConfig:
         c = self.cfg
         return LifecycleConfig(
             preemption=c.preemption, preempt_min_gap=c.preempt_min_gap, rdzv_port_base=c.rdzv_port_base,
             rdzv_port_span=c.rdzv_port_span, max_restarts=c.max_restarts, offline_after_s=c.offline_after_s,
-            fabric=self.fabric,
+            fabric=self.fabric, locality=locality,
         )  # fmt: skip
 
     async def run_pass(self, client: K.StoreClient, now: float) -> None:
@@ -158,14 +174,27 @@ class SchedulerComponent:
         kv: dict[str, Any] = {}
         for prefix in SNAPSHOT_PREFIXES:
             kv |= await client.get_prefix(prefix)
-        out = reconcile(Snapshot.from_store(kv, unreachable), now, self.lifecycle_config())
+        out = reconcile(Snapshot.from_store(kv, unreachable), now, self.lifecycle_config(io_locality(kv, now)))
         for plan, rep in out.observations:
             self._calibrate(plan, rep)
+        self._export_mig(out.mig)
         for key, value in out.writes.items():
             await client.put(key, value)
         for key in out.deletes:
             await client.delete(key)
         self.passes += 1
+
+    def _export_mig(self, mig: Mapping[str, Mapping[str, Any]]) -> None:
+        if self._mig_gauges is None:
+            return
+        frag, slices = self._mig_gauges
+        frag.clear()
+        slices.clear()
+        for node, rep in mig.items():
+            frag.labels(node).set(float(rep["fragmentation"]))
+            for profile, counts in rep["slices"].items():
+                slices.labels(node, profile, "free").set(counts["free"])
+                slices.labels(node, profile, "total").set(counts["total"])
 
     def _calibrate(self, plan: Plan, rep: Mapping[str, Mapping[str, Any]]) -> None:
         ranks = [RankSlot(w.node, w.zone, w.region, "", w.gpu_type or "CPU", len(w.gpu_uuids)) for w in plan.workers]
@@ -180,6 +209,16 @@ class SchedulerComponent:
         algo = plan.strategy if plan.strategy in ("ring", "tree", "hierarchical") else "ring"
         if self.calibration.observe(ranks, records, self.fabric, algo):
             self.calibration.apply(self.fabric)
+
+
+def io_locality(kv: Mapping[str, Any], now: float) -> LocalityFn | None:
+    """The locality cost term from the IO adapters' records under `kv/io/stores/` (None when no node publishes)."""
+    from agents.io.locality import KEY_PREFIX, locality_fn
+
+    fn = locality_fn({k[len(KEY_PREFIX) :]: v for k, v in kv.items() if k.startswith(KEY_PREFIX)}, now)
+    if fn is None:
+        return None
+    return lambda job, node: fn(job.checkpoint_uri, job.env, node)
 
 
 def plan_obj(plan: Plan) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from agents.scheduler.model import (
     SpecError,
     TenantQuota,
 )
-from agents.scheduler.planner import Planner, PlannerConfig
+from agents.scheduler.planner import LocalityFn, Planner, PlannerConfig
 from agents.scheduler.reserved import PINNING, PLACEMENTS, reserved_nodes
 
 log = logging.getLogger("meshd.scheduler")
@@ -59,6 +59,7 @@ class Snapshot:
     node_status: Mapping[str, Any] = field(default_factory=dict)  # nodes/<node>
     reserved: Mapping[str, str] = field(default_factory=dict)  # node -> why inference keeps it
     unreachable: frozenset[str] = frozenset()  # nodes gossip sees down while the mesh is degraded
+    mig: Mapping[str, Any] = field(default_factory=dict)  # kv/training/mig: the last MIG report written
 
     @classmethod
     def from_store(cls, kv: Mapping[str, Any], unreachable: frozenset[str] = frozenset()) -> Snapshot:
@@ -77,6 +78,7 @@ class Snapshot:
             node_status=section(K.NODE_STATUS),
             reserved=reserved_nodes(section(PINNING), section(PLACEMENTS)),
             unreachable=unreachable,
+            mig=kv.get(K.MIG) or {},
         )
 
 
@@ -89,6 +91,7 @@ class LifecycleConfig:
     max_restarts: int = 3  # worker failures re-placed (from checkpoint) before the job fails
     offline_after_s: float = 15.0  # a trainer inventory older than this: node offline
     fabric: Fabric = field(default_factory=Fabric)  # the cost model (calibrated by the driver between passes)
+    locality: LocalityFn | None = None  # data and checkpoint locality cost (agents/io/locality.py), if measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,8 @@ class Reconciled:
     events: list[JobEvent] = field(default_factory=list)  # what this pass said (also in the job states written)
     # (plan, this generation's reports) of jobs with reports: the driver calibrates the cost model from them
     observations: list[tuple[Plan, dict[str, dict[str, Any]]]] = field(default_factory=list)
+    # per node with MIG slices, after this pass: slices free / total per profile, largest free, fragmentation
+    mig: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def job_from_portal(value: Mapping[str, Any]) -> JobRequest:
@@ -122,6 +127,8 @@ def job_from_portal(value: Mapping[str, Any]) -> JobRequest:
             workers=int(value.get("workers") or workers.get("min", 1)),
             gpus_per_worker=int(spec.get("gpus_per_worker", value.get("gpus_per_worker", 1))),
             gpu_types=tuple(spec.get("gpu_types") or ()),
+            mig_profile=str(spec.get("mig_profile") or ""),
+            mps_percent=int(spec.get("mps_percent") or 0),
             topology=str(spec.get("topology", "auto")),
             submitted_at=float(value["id"]),
             checkpoint_uri=str(spec.get("checkpoint_uri", "")),
@@ -190,6 +197,7 @@ def reconcile(snap: Snapshot, now: float, config: LifecycleConfig) -> Reconciled
             preemption=config.preemption, preempt_min_gap=config.preempt_min_gap,
             rdzv_port_base=config.rdzv_port_base, rdzv_port_span=config.rdzv_port_span,
         ),
+        locality=config.locality,
     )  # fmt: skip
     _fleet(planner, snap, now, config)
     out = Reconciled()
@@ -249,15 +257,30 @@ def reconcile(snap: Snapshot, now: float, config: LifecycleConfig) -> Reconciled
         del planner.plans[jid]
 
     # 4. the planner's decisions
-    for action in planner.schedule():
+    actions = planner.schedule()
+    out.mig = planner.fragmentation()  # the fleet's MIG slices as this pass leaves them
+    for action in actions:
         if isinstance(action, (Placed, Replanned)):
             plan = action.plan
             out.writes[f"{K.PLANS}{plan.job_id}"] = plan.to_dict()
             kind = "placed" if isinstance(action, Placed) else "replanned"
+            workers: list[dict[str, Any]] = [
+                {"rank": w.rank, "node": w.node, "gpu_uuids": w.gpu_uuids} for w in plan.workers
+            ]
+            extra: dict[str, Any] = {}
+            if any(w.mig_profile or w.mps_percent for w in plan.workers):
+                for d, w in zip(workers, plan.workers, strict=True):
+                    if w.mig_profile:
+                        d["mig_profile"] = w.mig_profile
+                    else:
+                        d["mps_percent"] = w.mps_percent
+            if any(w.mig_profile for w in plan.workers):
+                # the fragmentation of the job's nodes once its slices are taken
+                extra["mig_fragmentation"] = {n: out.mig[n]["fragmentation"] for n in plan.nodes if n in out.mig}
             event(
                 plan.job_id, kind, plan.reason, generation=plan.generation, nodes=plan.nodes,
                 strategy=plan.strategy, nccl_algo=plan.nccl_algo, predicted_step_s=plan.predicted_step_s,
-                workers=[{"rank": w.rank, "node": w.node, "gpu_uuids": w.gpu_uuids} for w in plan.workers],
+                workers=workers, **extra,
             )  # fmt: skip
             set_status(plan.job_id, "placing", plan.reason)
         elif isinstance(action, Preempted):
@@ -280,6 +303,10 @@ def reconcile(snap: Snapshot, now: float, config: LifecycleConfig) -> Reconciled
             delete_plan(jid)
         elif nodes and nodes <= set(rep) and all(r.get("status") in ("running", "succeeded") for r in rep.values()):
             set_status(jid, "running", f"{len(plan.workers)} workers running on {', '.join(plan.nodes)}")
+
+    # 6. the fleet's MIG slices and their fragmentation, written when they changed
+    if out.mig != dict(snap.mig):
+        out.writes[K.MIG] = out.mig
 
     for jid, st in states.items():
         if st != snap.jobs.get(jid):

@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agents.proto import vocab
+from agents.proto.vocab import gpu_type_of
+
+__all__ = ["gpu_type_of"]  # the GPU family of a product name, from the shared vocabulary
 
 ACTIVE = "active"
 CORDONED = "cordoned"
@@ -19,19 +22,8 @@ NODE_STATUSES = frozenset({ACTIVE, CORDONED, DRAINING, QUARANTINED, OFFLINE})
 EVICTING = frozenset({DRAINING, QUARANTINED, OFFLINE})
 
 GPU_TYPES = frozenset(vocab.GPU_TYPES)  # shared with the portal
+MIG_PROFILES = vocab.MIG_PROFILES  # profile -> (compute slices of 7, GB), shared with the portal
 TOPOLOGIES = frozenset({"auto", "ring", "tree", "hierarchical"})
-
-_PRODUCT_TYPES = (("H200", "H200"), ("H100", "H100"), ("A100", "A100"), ("L40S", "L40S"), ("L40", "L40"),
-                  ("L4", "L4"), ("A10G", "A10G"), ("T4", "T4"))  # fmt: skip
-
-
-def gpu_type_of(product: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'H100'; '' when the family is not one the scheduler knows."""
-    up = product.upper().replace("-", " ")
-    for needle, family in _PRODUCT_TYPES:
-        if needle in up.split() or f" {needle}" in f" {up}":
-            return family
-    return ""
 
 
 class SpecError(ValueError):
@@ -99,6 +91,7 @@ class JobRequest:
     gpus_per_worker: int = 1
     gpu_types: tuple[str, ...] = ()  # empty = any
     mig_profile: str = ""  # workers run on MIG slices of this profile (gpus_per_worker must be 1)
+    mps_percent: int = 0  # workers share whole GPUs through MPS, each with this % of the SMs (0 = exclusive GPUs)
     topology: str = "auto"
     preemptible: bool = True
     compute_s: float = 0.1  # step compute on one reference GPU worker (cost model input)
@@ -134,6 +127,12 @@ class JobRequest:
             raise SpecError("gpu_types: needs gpus_per_worker >= 1")
         if self.mig_profile and self.gpus_per_worker != 1:
             raise SpecError("mig_profile: a MIG worker uses exactly one slice (gpus_per_worker must be 1)")
+        if self.mig_profile and self.mig_profile not in MIG_PROFILES:
+            raise SpecError(f"mig_profile: unknown MIG profile {self.mig_profile!r}; known: {', '.join(MIG_PROFILES)}")
+        if not 0 <= self.mps_percent <= vocab.MPS_PERCENT_MAX:
+            raise SpecError(f"mps_percent: must be within 1..{vocab.MPS_PERCENT_MAX}, got {self.mps_percent}")
+        if self.mps_percent and (self.mig_profile or self.gpus_per_worker != 1):
+            raise SpecError("mps_percent: an MPS worker shares one whole GPU (gpus_per_worker 1, no mig_profile)")
         if self.topology not in TOPOLOGIES:
             raise SpecError(f"topology: unknown {self.topology!r}; use one of {', '.join(sorted(TOPOLOGIES))}")
         if self.compute_s < 0 or self.grad_bytes < 0:
@@ -160,6 +159,7 @@ class WorkerSlot:
     zone: str = ""
     region: str = ""
     mig_profile: str = ""
+    mps_percent: int = 0  # share of the GPU's SMs this worker has through MPS (0 = the GPU or slice is its own)
 
 
 @dataclass(slots=True)

@@ -8,12 +8,13 @@ Fleet, quota and job changes go in through methods; `schedule()` returns the dec
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 
 from agents.collective.costmodel import Fabric, RankSlot
 from agents.scheduler.model import (
     EVICTING,
+    MIG_PROFILES,
     Action,
     GpuInfo,
     JobRequest,
@@ -50,13 +51,66 @@ class _Pool:
     units: int = 0  # workers this node can host
 
 
+class _Held(set[str]):
+    """GPUs (and MIG slices) placed jobs hold exclusively; `mps`: per shared GPU, the % of its SMs MPS workers hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mps: dict[str, int] = {}
+
+
+def mig_compute(profile: str) -> int:
+    """Compute slices (sevenths of a GPU) of a MIG profile; 0 for a whole GPU or a name the vocabulary lacks."""
+    return MIG_PROFILES.get(profile, (0, 0))[0]
+
+
+def mig_fragmentation(nodes: Iterable[NodeState], held: set[str]) -> dict[str, dict[str, object]]:
+    """Per node with MIG slices: each profile's free and total slices, the free compute (sevenths of a GPU), the
+    largest free slice and the fragmentation ratio `1 - largest free slice / free compute` (0: what is free is one
+    slice; near 1: free compute scattered over slices too small for a bigger profile). Slices are fixed by the
+    node's MIG layout, so a freed small slice never merges into a larger one."""
+    out: dict[str, dict[str, object]] = {}
+    for node in sorted(nodes, key=lambda n: n.name):
+        slices = [g for g in node.gpus if g.mig_profile]
+        if not slices:
+            continue
+        per: dict[str, list[int]] = {}
+        free_c, largest, largest_name = 0, 0, ""
+        for g in sorted(slices, key=lambda g: (-mig_compute(g.mig_profile), g.mig_profile)):
+            counts = per.setdefault(g.mig_profile, [0, 0])
+            counts[1] += 1
+            if g.healthy and not g.busy and g.uuid not in held and node.schedulable:
+                counts[0] += 1
+                c = mig_compute(g.mig_profile)
+                free_c += c
+                if c > largest:
+                    largest, largest_name = c, g.mig_profile
+        out[node.name] = {
+            "slices": {p: {"free": f, "total": t} for p, (f, t) in sorted(per.items())},
+            "free_compute_7ths": free_c,
+            "largest_free": largest_name,
+            "fragmentation": round(1.0 - largest / free_c, 3) if free_c else 0.0,
+        }
+    return out
+
+
+# Data and checkpoint locality (agents/io/locality.py): seconds a worker of the job on the node adds to a step.
+LocalityFn = Callable[[JobRequest, str], float]
+
+
 class Planner:
     def __init__(
-        self, *, fabric: Fabric | None = None, host: StrategyHost | None = None, config: PlannerConfig | None = None
+        self,
+        *,
+        fabric: Fabric | None = None,
+        host: StrategyHost | None = None,
+        config: PlannerConfig | None = None,
+        locality: LocalityFn | None = None,
     ) -> None:
         self.fabric = fabric or Fabric()
         self.host = host or StrategyHost()
         self.config = config or PlannerConfig()
+        self.locality = locality
         self.nodes: dict[str, NodeState] = {}
         self.quotas: dict[str, TenantQuota] = {}
         self.jobs: dict[str, JobRequest] = {}
@@ -114,13 +168,17 @@ class Planner:
     # -- accounting ----------------------------------------------------------------------------------------------
     def _held(self, exclude: Iterable[str] = ()) -> tuple[set[str], dict[str, int]]:
         skip = set(exclude)
-        uuids: set[str] = set()
+        uuids = _Held()
         cpu: dict[str, int] = {}
         for jid, plan in self.plans.items():
             if jid in skip:
                 continue
             for w in plan.workers:
-                uuids.update(w.gpu_uuids)
+                if w.mps_percent:
+                    for u in w.gpu_uuids:
+                        uuids.mps[u] = uuids.mps.get(u, 0) + w.mps_percent
+                else:
+                    uuids.update(w.gpu_uuids)
                 if not w.gpu_uuids:
                     cpu[w.node] = cpu.get(w.node, 0) + 1
         return uuids, cpu
@@ -165,6 +223,7 @@ class Planner:
                 pool.units = max(0, node.cpu_slots - (0 if empty else cpu_held.get(node.name, 0)))
             else:
                 sliced = {g.parent_uuid for g in node.gpus if g.mig_profile}
+                shared = {} if empty else getattr(held, "mps", {})
                 for g in sorted(node.gpus, key=lambda g: (g.index, g.uuid)):
                     if not g.healthy or (not empty and (g.busy or g.uuid in held)):
                         continue
@@ -175,7 +234,11 @@ class Planner:
                             continue
                     elif g.mig_profile or g.uuid in sliced:
                         continue  # whole-GPU jobs never take a slice nor a GPU carved into slices
-                    pool.gpus.append(g)
+                    if job.mps_percent:
+                        # MPS: as many workers as the GPU's unclaimed share holds, each a listing of the same GPU
+                        pool.gpus += [g] * ((100 - shared.get(g.uuid, 0)) // job.mps_percent)
+                    elif g.uuid not in shared:  # a GPU MPS workers share is nobody's exclusive GPU
+                        pool.gpus.append(g)
                 pool.units = len(pool.gpus) // job.gpus_per_worker
             if pool.units > 0:
                 pools.append(pool)
@@ -268,9 +331,21 @@ class Planner:
         best = decision.best
         if best is None:
             return None
+        ranked = decision.ranked
+        if self.locality is not None and self.config.topology_aware:
+            ranked = [self._with_locality(job, s) for s in ranked]
+            best = min(ranked, key=lambda s: s.score)
         # Among near-equal predictions prefer the tighter fit: fewer nodes, then fewer units left on them.
-        near = [s for s in decision.ranked if s.score <= best.score * 1.001 + 1e-12]
+        near = [s for s in ranked if s.score <= best.score * 1.001 + 1e-12]
         return min(near, key=lambda s: (len({r.node for r in s.candidate.ranks}), self._leftover(s)))
+
+    def _with_locality(self, job: JobRequest, s: PlacementScore) -> PlacementScore:
+        """The score with the locality cost term added: the job waits on its farthest worker from its data."""
+        assert self.locality is not None
+        io_s = max((self.locality(job, n) for n in {r.node for r in s.candidate.ranks}), default=0.0)
+        if io_s <= 0.0:
+            return s
+        return replace(s, score=s.score + io_s, terms={**s.terms, "io_locality_s": io_s})
 
     def _leftover(self, s: PlacementScore) -> int:
         """Workers' worth of capacity left on the nodes the candidate uses (smaller = tighter fit)."""
@@ -286,7 +361,7 @@ class Planner:
             pool, gpus = taken[idx]
             workers.append(
                 WorkerSlot(rank, pool.node.name, [g.uuid for g in gpus], gpus[0].gpu_type if gpus else "",
-                           pool.node.zone, pool.node.region, job.mig_profile)
+                           pool.node.zone, pool.node.region, job.mig_profile, job.mps_percent)
             )  # fmt: skip
         gen = self.generation.get(job.job_id, 0) + 1
         self.generation[job.job_id] = gen
@@ -338,11 +413,33 @@ class Planner:
         what = f"{job.gpus_per_worker} GPU(s)" if job.gpus_per_worker else "a CPU slot"
         if job.mig_profile:
             what = f"a MIG {job.mig_profile} slice"
+        elif job.mps_percent:
+            what = f"an MPS share of {job.mps_percent}% of a whole GPU"
         kinds = f" of type {'/'.join(job.gpu_types)}" if job.gpu_types else ""
-        return (
+        why = (
             f"can never fit: needs {job.workers_min} workers with {what}{kinds} each; the schedulable fleet "
             f"({sum(1 for n in self.nodes.values() if n.schedulable)} nodes) can host at most {units}"
         )
+        if job.mig_profile:
+            layout = self.mig_layout()
+            why += f"; MIG slices in the fleet: {layout}" if layout else "; no node exposes MIG slices"
+        return why
+
+    def mig_layout(self) -> str:
+        """The schedulable fleet's MIG slices per profile, e.g. '3g.40gb x2, 1g.10gb x4' (largest first)."""
+        counts: dict[str, int] = {}
+        for node in self.nodes.values():
+            if node.schedulable:
+                for g in node.gpus:
+                    if g.mig_profile and g.healthy:
+                        counts[g.mig_profile] = counts.get(g.mig_profile, 0) + 1
+        order = sorted(counts, key=lambda p: (-mig_compute(p), p))
+        return ", ".join(f"{p} x{counts[p]}" for p in order)
+
+    def fragmentation(self) -> dict[str, dict[str, object]]:
+        """MIG fragmentation of every node with slices, counting what placed jobs hold (`mig_fragmentation`)."""
+        held, _ = self._held()
+        return mig_fragmentation(self.nodes.values(), held)
 
     # -- the pass ------------------------------------------------------------------------------------------------
     def schedule(self) -> list[Action]:
@@ -426,7 +523,10 @@ class Planner:
                 victims, best = self._preempt_for(job, hi)
             if best is None:
                 free = sum(p.units for p in self._pools(job, held, cpu))
-                self._queue(actions, job, f"waiting for capacity: {free} of {job.workers_min} workers free right now")
+                why = f"waiting for capacity: {free} of {job.workers_min} workers free right now"
+                if job.mig_profile:
+                    why += self._mig_waiting(job, held)
+                self._queue(actions, job, why)
                 continue
             for v in victims:
                 del self.plans[v]
@@ -440,6 +540,16 @@ class Planner:
             self.was_placed.add(job.job_id)
             self.reasons.pop(job.job_id, None)
             actions.append(Placed(plan))
+
+    def _mig_waiting(self, job: JobRequest, held: set[str]) -> str:
+        """What a MIG job waits on: free slices of other profiles it cannot use, per node (fragmentation)."""
+        parts = []
+        for name, rep in mig_fragmentation(self.nodes.values(), held).items():
+            slices: dict[str, dict[str, int]] = rep["slices"]  # type: ignore[assignment]
+            other = [f"{p} x{c['free']}" for p, c in slices.items() if p != job.mig_profile and c["free"]]
+            if other:
+                parts.append(f"{name} has {', '.join(other)} free (fragmentation {rep['fragmentation']})")
+        return f"; free slices of other profiles: {'; '.join(parts)}" if parts else ""
 
     def _preempt_for(self, job: JobRequest, hi: int) -> tuple[list[str], PlacementScore | None]:
         """Lowest-priority preemptible jobs first, newest first among equals, until the job fits."""

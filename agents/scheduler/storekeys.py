@@ -2,8 +2,9 @@
 
 Keys: portal jobs and quotas arrive under `kv/portal/` (written by the portal link), node status under `nodes/`;
 trainers publish their inventory under `kv/training/inventory/<node>` and worker reports under
-`kv/training/reports/<job>/<node>`; the scheduler commits plans to `kv/training/plans/<job>` and the job's state
-(status, reason, events, telemetry roll-up) to `kv/training/jobs/<job>`.
+`kv/training/reports/<job>/<node>`; the scheduler commits plans to `kv/training/plans/<job>`, the job's state
+(status, reason, events, telemetry roll-up) to `kv/training/jobs/<job>` and the fleet's MIG slices and their
+fragmentation to `kv/training/mig`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ INVENTORY = "kv/training/inventory/"
 PLANS = "kv/training/plans/"
 JOBS = "kv/training/jobs/"
 REPORTS = "kv/training/reports/"
+MIG = "kv/training/mig"  # per node: MIG slices free / total per profile and the fragmentation ratio
 
 # Store node statuses (agents.store.schema / the portal link) -> scheduler node statuses.
 STORE_TO_NODE_STATUS = {

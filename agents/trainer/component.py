@@ -180,7 +180,7 @@ class TrainerComponent:
         local = [w for w in plan.workers if w.node == self.node]
         spec = job.get("spec") or {}
         env = {**os.environ, **{str(k): str(v) for k, v in (spec.get("env") or {}).items()}, **plan.env}
-        gpu_idx = [u for w in local for u in w.gpu_uuids]
+        gpu_idx = list(dict.fromkeys(u for w in local for u in w.gpu_uuids))  # MPS workers may share one GPU
         env.update(
             INFERMESH_REPORT_DIR=str(report_dir),
             INFERMESH_NODE=self.node,
@@ -190,7 +190,10 @@ class TrainerComponent:
             PYTHONUNBUFFERED="1",
         )
         if gpu_idx:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_idx)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_idx)  # MIG slices by their MIG- UUIDs, as CUDA takes them
+        mps = max((w.mps_percent for w in local), default=0)
+        if mps:
+            env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(mps)  # each worker's share of the GPU's SMs under MPS
         cmd = torchrun_command(plan, self.node, job, self.cfg.rdzv_timeout_s)
         log_file = open(report_dir / "torchrun.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
