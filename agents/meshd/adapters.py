@@ -141,6 +141,9 @@ class RuntimeLoop:
             log.info("runtime %s is back", url)
             self.agent.events.emit("runtime.up", f"{url} answers again", attrs={"endpoint": url})
         self.up = True
+        adapters_error = getattr(self.scraper, "adapters_error", "")
+        if adapters_error:  # the adapters last listed stay served; said once per interval of the rate limit
+            self.limited.warning(f"lora.{url}", f"runtime {url}: LoRA adapters not refreshed: {adapters_error}")
         present: set[str] = set()
         gpus = self.gpu_uuids()
         for state in states:
@@ -152,7 +155,7 @@ class RuntimeLoop:
             if result.accepted:
                 present.add(result.target_id)
         fusion.retain_endpoint(url, present)
-        self.drive_gpus(states)
+        self.drive_gpus([s for s in states if not s.parent])  # an adapter's state repeats its base model's load
 
     def drive_gpus(self, states: list[Any] | None) -> None:
         """An emulated GPU and the runtime on it are one device: hand the runtime's load (running and waiting

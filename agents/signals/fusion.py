@@ -78,6 +78,9 @@ class _Runtime:
     loaded: bool = True
     warming: bool = False
     healthy: bool = True
+    lora_resident: bool | None = None
+    max_loras: int | None = None
+    loras_active: int | None = None
 
 
 @dataclass(slots=True)
@@ -93,6 +96,7 @@ class TargetRecord:
     mig_profile: str = ""
     gpu_uuids: tuple[str, ...] = ()
     cost_per_mtok: float = 0.0
+    parent: str = ""  # a LoRA adapter's base model
     signals: _Runtime = field(default_factory=_Runtime)
     observed_at: float = 0.0  # wall seconds of the last runtime signal
     down_reason: str = ""  # set while its endpoint cannot be scraped
@@ -198,6 +202,15 @@ class Fusion:
                 rej.append(Rejection("model", "max_concurrency", "range", f"{d.max_concurrency} must be > 0"))
             else:
                 max_conc = int(d.max_concurrency)
+        lora: dict[str, int] = {}
+        for name in ("max_loras", "loras_active"):
+            if d.HasField(name):
+                if getattr(d, name) < 0:
+                    rej.append(Rejection("model", name, "range", f"{getattr(d, name)} must be >= 0"))
+                else:
+                    lora[name] = int(getattr(d, name))
+        if len(d.parent) > _MAX_NAME:
+            return _refuse("model", "parent", "identity", "at most 256 characters")
         gpus = self._known_gpus(d.gpu_uuids, rej) if not remote else ()
 
         tid = target_id_for(d.model, d.revision, node, d.endpoint)
@@ -209,6 +222,7 @@ class Fusion:
         rec.runtime = d.runtime or rec.runtime
         rec.quant = d.quant or rec.quant
         rec.mig_profile = d.mig_profile or rec.mig_profile
+        rec.parent = d.parent
         if d.gpu_uuids:
             rec.gpu_uuids = gpus if not remote else tuple(d.gpu_uuids)  # remote GPUs are not in our inventory
         if "cost_per_mtok" in fields:
@@ -226,6 +240,9 @@ class Fusion:
             loaded=d.loaded if d.HasField("loaded") else True,
             warming=d.warming if d.HasField("warming") else False,
             healthy=d.healthy if d.HasField("healthy") else True,
+            lora_resident=d.lora_resident if d.HasField("lora_resident") else None,
+            max_loras=lora.get("max_loras"),
+            loras_active=lora.get("loras_active"),
         )
         rec.signals = sig
         rec.observed_at = max(rec.observed_at, observed)
@@ -565,6 +582,7 @@ class Fusion:
             endpoint=rec.endpoint,
             gpu_uuids=list(rec.gpu_uuids),
             mig_profile=rec.mig_profile,
+            parent=rec.parent,
             health={HEALTHY: 1, UNHEALTHY: 2}.get(rec.health, 0),  # type: ignore[arg-type]
             health_reason=rec.health_reason or (self.node_state_reason if rec.node == self.node_id else ""),
             routable=self.routable(rec),
@@ -592,6 +610,9 @@ class Fusion:
                 "ttft_p95_s",
                 "latency_p95_s",
                 "max_concurrency",
+                "lora_resident",
+                "max_loras",
+                "loras_active",
             ):
                 value = getattr(sig, name)
                 if value is not None:
@@ -718,6 +739,7 @@ def model_delta_from_state(
         quant=s.quant,
         gpu_uuids=list(gpu_uuids),
         mig_profile=mig_profile,
+        parent=s.parent,
         loaded=s.loaded,
         warming=s.warming,
         healthy=s.healthy,
@@ -738,6 +760,11 @@ def model_delta_from_state(
             setattr(d, name, float(value))
     if s.max_concurrency is not None:
         d.max_concurrency = int(s.max_concurrency)
+    if s.lora_resident is not None:
+        d.lora_resident = s.lora_resident
+    for name in ("max_loras", "loras_active"):
+        if getattr(s, name) is not None:
+            setattr(d, name, int(getattr(s, name)))
     if cost_per_mtok is not None:
         d.cost_per_mtok = cost_per_mtok
     return d

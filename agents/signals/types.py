@@ -32,6 +32,12 @@ class ModelState:
     loaded: bool = True
     warming: bool = False
     healthy: bool = True
+    # LoRA (vLLM's vllm:lora_requests_info and /v1/models): a runtime serving adapters reports each adapter as a
+    # model of its own whose `parent` is the base model, with the runtime's queue, batch and KV signals.
+    parent: str = ""
+    lora_resident: bool | None = None  # the adapter's requests are running or waiting on the runtime
+    max_loras: int | None = None  # adapter slots of the runtime (--max-loras)
+    loras_active: int | None = None  # adapters the runtime's running and waiting requests use
 
 
 @dataclass(slots=True)

@@ -62,6 +62,10 @@ class TargetView:
     cost_per_mtok: float = 0.0
     inflight: int = 0  # requests this host sent there since the fused state last changed
     version: int = 0
+    parent: str = ""  # a LoRA adapter served as a model: its base model
+    lora_resident: bool | None = None  # the adapter's requests run or wait there (vllm:lora_requests_info)
+    max_loras: int | None = None  # the runtime's adapter slots
+    loras_active: int | None = None  # adapters its running and waiting requests use
 
     @classmethod
     def from_proto(cls, msg: state_pb2.TargetState) -> TargetView:
@@ -102,6 +106,10 @@ class TargetView:
             freshness=msg.freshness,
             cost_per_mtok=msg.cost_per_mtok,
             version=msg.version,
+            parent=msg.parent,
+            lora_resident=msg.lora_resident if msg.HasField("lora_resident") else None,
+            max_loras=int(msg.max_loras) if msg.HasField("max_loras") else None,
+            loras_active=int(msg.loras_active) if msg.HasField("loras_active") else None,
         )
 
 

@@ -48,6 +48,11 @@ class RuntimeReading:
     latency: Histo | None = None
     latency_p95_direct_s: float | None = None  # from a summary with a published 0.95 quantile
     extra: dict[str, float] = field(default_factory=dict)
+    # vllm:lora_requests_info: adapter slots (None: not published; 0: LoRA off) and the adapters of running and
+    # waiting requests. The gauge names no model: it speaks for the whole runtime.
+    max_lora: int | None = None
+    lora_running: tuple[str, ...] = ()
+    lora_waiting: tuple[str, ...] = ()
 
     def to_state(self, endpoint: str = "") -> ModelState:
         """A ModelState with lifetime quantiles (all requests since the runtime started)."""
@@ -64,6 +69,8 @@ class RuntimeReading:
             ttft_p95_s=self.ttft.quantile(0.95) if self.ttft else None,
             latency_p95_s=(self.latency.quantile(0.95) if self.latency else None) or self.latency_p95_direct_s,
             max_concurrency=self.max_concurrency,
+            max_loras=self.max_lora or None,
+            loras_active=len(set(self.lora_running) | set(self.lora_waiting)) if self.max_lora else None,
         )
 
 
@@ -109,8 +116,34 @@ def _models(idx: MetricIndex, prefix: str, key: str) -> list[str]:
     return list(seen)
 
 
+def _adapters(value: str) -> tuple[str, ...]:
+    return tuple(sorted({a for a in (x.strip() for x in value.split(",")) if a}))
+
+
+def _lora_info(idx: MetricIndex) -> tuple[int | None, tuple[str, ...], tuple[str, ...]]:
+    """(max_lora, running adapters, waiting adapters) from vllm:lora_requests_info.
+
+    vLLM sets the gauge to the current time on a fresh label set and leaves the old label sets behind, so the sample
+    with the latest time is the present one. A malformed max_lora counts as not published."""
+    latest = None
+    for s in idx.get("vllm:lora_requests_info"):
+        if not math.isnan(s.value) and (latest is None or s.value >= latest.value):
+            latest = s
+    if latest is None:
+        return None, (), ()
+    try:
+        slots = int(latest.labels.get("max_lora", ""))
+    except ValueError:
+        return None, (), ()
+    if slots < 0:
+        return None, (), ()
+    lb = latest.labels
+    return slots, _adapters(lb.get("running_lora_adapters", "")), _adapters(lb.get("waiting_lora_adapters", ""))
+
+
 def _read_vllm(idx: MetricIndex, model_hint: str) -> list[RuntimeReading]:
     key = "model_name"
+    max_lora, lora_running, lora_waiting = _lora_info(idx)
     waiting = _by(idx, "vllm:num_requests_waiting", key)
     running = _by(idx, "vllm:num_requests_running", key)
     kv = _by(idx, "vllm:kv_cache_usage_perc", key, "max") or _by(idx, "vllm:gpu_cache_usage_perc", key, "max")
@@ -133,6 +166,9 @@ def _read_vllm(idx: MetricIndex, model_hint: str) -> list[RuntimeReading]:
             prompt_tokens_total=prompt.get(m),
             ttft=ttft.get(m),
             latency=e2e.get(m),
+            max_lora=max_lora,
+            lora_running=lora_running,
+            lora_waiting=lora_waiting,
         )
         for m in _models(idx, "vllm:", key)
     ]

@@ -3,6 +3,7 @@ histograms into recent quantiles."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,8 +127,48 @@ def _recent_p95(cur: Histo | None, prev: Histo | None, lifetime: float | None) -
     return None if v is None else v * cur.scale
 
 
+MAX_ADAPTERS = 1024  # adapters taken from one runtime's /v1/models
+
+
+def parse_adapters(body: object) -> dict[str, str]:
+    """Adapter name -> base model from an OpenAI /v1/models answer: vLLM lists each LoRA adapter with the base model
+    as its `parent` (the base model's own card has parent null). Raises ValueError on anything else."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        raise ValueError("/v1/models: expected an object with a 'data' list")
+    out: dict[str, str] = {}
+    for card in data:
+        if not isinstance(card, dict):
+            raise ValueError("/v1/models: a model card is not an object")
+        name, parent = card.get("id"), card.get("parent")
+        if isinstance(name, str) and isinstance(parent, str) and name and parent and name != parent:
+            if len(out) >= MAX_ADAPTERS:
+                raise ValueError(f"/v1/models: more than {MAX_ADAPTERS} adapters")
+            out[name] = parent
+    return out
+
+
+def lora_states(readings: list[RuntimeReading], states: list[ModelState], adapters: dict[str, str]) -> list[ModelState]:
+    """One ModelState per adapter whose base model the scrape reports: the base model's signals (one queue, one
+    batch, one KV cache), the adapter as the model, resident while its requests run or wait there."""
+    by_model = {s.model: s for s in states}
+    active = {r.model: set(r.lora_running) | set(r.lora_waiting) for r in readings}
+    out = []
+    for name, parent in sorted(adapters.items()):
+        base = by_model.get(parent)
+        if base is None or name in by_model:
+            continue  # an adapter of a model this scrape does not report, or one shadowing a base model
+        out.append(dataclasses.replace(base, model=name, parent=parent, lora_resident=name in active[parent]))
+    return out
+
+
 class RuntimeScraper:
-    """Scrapes one runtime repeatedly and keeps the window between scrapes."""
+    """Scrapes one runtime repeatedly and keeps the window between scrapes.
+
+    A vLLM runtime with LoRA slots (vllm:lora_requests_info with max_lora > 0) is also asked for its /v1/models on
+    every scrape, and each adapter it lists becomes a target of its own (`lora_states`); when that answer fails,
+    the adapters last listed stay and `adapters_error` says why.
+    """
 
     def __init__(
         self,
@@ -145,10 +186,31 @@ class RuntimeScraper:
         self.base, _ = split_url(url)
         self.window = RuntimeWindow(self.base)
         self._clock = clock or time.monotonic
+        self.adapters: dict[str, str] = {}  # LoRA adapter -> base model, from the runtime's /v1/models
+        self.adapters_error = ""
 
     async def scrape(self, session: aiohttp.ClientSession) -> list[ModelState]:
         readings = await scrape_readings(session, self.url, self.flavor, self.timeout_s, model=self.model)
-        return self.window.apply(readings, self._clock())
+        states = self.window.apply(readings, self._clock())
+        if not any(r.max_lora for r in readings):
+            self.adapters = {}
+            return states
+        try:
+            self.adapters = parse_adapters(await _get_json(session, f"{self.base}/v1/models", self.timeout_s))
+            self.adapters_error = ""
+        except (ScrapeError, ValueError) as exc:
+            self.adapters_error = str(exc)
+        return states + lora_states(readings, states, self.adapters)
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str, timeout_s: float) -> object:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            if resp.status != 200:
+                raise ScrapeError(f"GET {url}: HTTP {resp.status}")
+            return await resp.json(content_type=None)
+    except (TimeoutError, aiohttp.ClientError, OSError, UnicodeDecodeError) as e:
+        raise ScrapeError(f"GET {url}: {type(e).__name__}: {e}") from e
 
 
 __all__ = [
@@ -156,6 +218,8 @@ __all__ = [
     "RuntimeScraper",
     "RuntimeWindow",
     "ScrapeError",
+    "lora_states",
+    "parse_adapters",
     "scrape_readings",
     "scrape_runtime",
     "split_url",
