@@ -182,6 +182,14 @@ class StrategyHost:
         from agents.strategies.placement import PLACEMENT_FALLBACK, PlacementDecision, PlacementScore
 
         names = list(strategies) or [n for n in ("ring", "tree", "hierarchical") if n in self.placement]
+        for name in names:
+            if name not in self.placement:  # an installed package's placement strategy, loaded on first use
+                from agents.strategies.plugins import load_placement_plugin
+
+                plugin = load_placement_plugin(name)
+                if plugin is not None:
+                    self.placement[name] = plugin
+                    self.stats.setdefault(f"placement:{name}", StrategyStats())
         unknown = [n for n in names if n not in self.placement]
         if unknown:
             raise UnknownStrategyError(f"placement strategy {unknown[0]!r} is not one of {sorted(self.placement)}")

@@ -17,9 +17,12 @@ import random
 import threading
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.strategies.base import RouteRequest, Scored, Strategy, TargetIndex, TargetView
+
+if TYPE_CHECKING:
+    from agents.strategies.placement import PlacementStrategy
 
 STRATEGY_API_VERSION = "1.0"
 ENTRY_POINT_GROUP = "infermesh.strategies"
@@ -79,6 +82,27 @@ def load_plugin(name: str, **options: Any) -> Strategy | None:
         raise PluginLoadError(f"strategy plugin {name!r} ({ep.value}) is not a subclass of agents.strategies.Strategy")
     check_api_version(name, getattr(cls, "api_version", None))
     return Isolated(cls(**options))
+
+
+def load_placement_plugin(name: str) -> PlacementStrategy | None:
+    """The packaged training (placement) strategy `name` from the same entry-point group; None when no installed
+    package provides it. It runs in the scheduler's pass under the host's placement budget (checked after it answers,
+    as the built-ins: a placement decision is made once per job, not per request)."""
+    from agents.strategies.placement import PlacementStrategy
+
+    ep = discover().get(name)
+    if ep is None:
+        return None
+    try:
+        cls = ep.load()
+    except Exception as exc:  # an import error inside a third-party package
+        raise PluginLoadError(f"strategy plugin {name!r} ({ep.value}) cannot be imported: {exc!r}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, PlacementStrategy)):
+        raise PluginLoadError(
+            f"strategy plugin {name!r} ({ep.value}) is not a subclass of agents.strategies.placement.PlacementStrategy"
+        )
+    check_api_version(name, getattr(cls, "api_version", None))
+    return cls()
 
 
 class _Worker:

@@ -74,6 +74,32 @@ def test_template_package_is_discovered_and_chosen_by_a_router_policy(
     assert decided + fell_back >= 5 and decided >= 1  # decisions ran through the package (a loaded box may miss some)
 
 
+def test_template_placement_strategy_is_chosen_by_name_and_a_routing_one_is_refused_there(
+    installed_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A packaged training strategy is loaded by the host the first time a placement names it (a job's topology)
+    and scores with the collective cost model; a routing strategy named as one is refused by name."""
+    from agents.collective.costmodel import Fabric, RankSlot
+    from agents.strategies.host import UnknownStrategyError
+    from agents.strategies.placement import PlacementCandidate
+
+    monkeypatch.syspath_prepend(str(installed_template))
+    importlib.invalidate_caches()
+    ranks = [RankSlot(node=n, zone="z", gpu_type="A100-80GB") for n in ("n2", "n1", "n2", "n1")]
+    cand = PlacementCandidate("job-1", ranks, compute_s=0.2, grad_bytes=200 << 20)
+    host = StrategyHost()
+    decision = host.score_placements([cand], Fabric(), strategies=["example_node_local_ring", "ring"])
+    by = {s.strategy: s for s in decision.ranked}
+    assert set(by) == {"example_node_local_ring", "ring"} and not decision.fallback
+    assert [r.node for r in by["example_node_local_ring"].ordered_ranks] == ["n1", "n1", "n2", "n2"]
+    assert by["example_node_local_ring"].score == pytest.approx(by["ring"].score)  # same ring, same grouping here
+    assert host.stats["placement:example_node_local_ring"].decisions == 1
+    with pytest.raises(PluginLoadError, match=r"example_least_queue.*not a subclass of .*PlacementStrategy"):
+        host.score_placements([cand], Fabric(), strategies=["example_least_queue"])
+    with pytest.raises(UnknownStrategyError, match="'nowhere'"):
+        host.score_placements([cand], Fabric(), strategies=["nowhere"])
+
+
 def test_incompatible_strategy_api_is_refused_naming_both_versions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

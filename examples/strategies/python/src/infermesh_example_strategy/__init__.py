@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 from agents.strategies.base import RouteRequest, SampleParams, Scored, Strategy, TargetIndex, TargetView, rank_sampled
+from agents.strategies.placement import PlacementCandidate, Ring
 
 
 def score(view: TargetView, request: RouteRequest) -> float:
@@ -29,3 +30,15 @@ class ExampleLeastQueue(Strategy):
 
     def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
         return {"load": score(view, request)}
+
+
+class ExampleNodeLocalRing(Ring):
+    """A template training (placement) strategy: a ring whose ranks are grouped by node name (then allocation
+    order), so that each node's workers are neighbours in the ring; scored by the mesh's collective cost model."""
+
+    name = "example_node_local_ring"
+    api_version = "1.0"
+
+    def order(self, candidate: PlacementCandidate) -> list[int]:
+        ranks = candidate.ranks
+        return sorted(range(len(ranks)), key=lambda i: (ranks[i].node, i))
