@@ -24,6 +24,7 @@ from agents.strategies.base import (
     TargetView,
     rank_sampled,
 )
+from agents.strategies.lora import LoraAffinity
 from agents.strategies.predict import LatencyPredictor, PredictorParams
 
 
@@ -194,6 +195,12 @@ class HybridWeights:
     mig_penalty_s: float = 1.0  # unused: a slice's slower prefill is the predictor's (kept for configs naming it)
     cache_block_size: int = 16  # tokens per KV block of the request's block hashes
     cache_prefill_tok_s: float = 12_000.0  # prefill a cached prompt token saves, on a whole GPU
+    # LoRA affinity (agents/strategies/lora.py): a target without the adapter resident pays its load time
+    lora_load_s: float = 0.025  # a rank-16 adapter of an 8B model from host memory into a GPU slot
+    lora_evict: float = 1.0  # share of a load charged again when loading evicts another adapter
+    lora_slot_wait_s: float = 0.25  # every slot serves running requests: the wait for one to free
+    lora_epsilon: float = 0.5  # bounded load: beyond (1 + epsilon) x the adapter's mean load + slack, no credit
+    lora_slack: float = 2.0
 
 
 @dataclass(slots=True)
@@ -247,6 +254,8 @@ class HybridMesh(_EliteMixin, Strategy):
         self._views: dict[str, TargetView] = {}
         self._home = ""  # the node this host's requests enter from (learnt from them; one per router)
         self._fleet_stamp = 0
+        w = self.weights
+        self.lora = LoraAffinity(w.lora_load_s, w.lora_evict, w.lora_slot_wait_s, w.lora_epsilon, w.lora_slack)
 
     def set_rtt(self, rtt: RttFn | None) -> None:
         """Attach a topology service's RTT estimate (or go back to the zone default with None)."""
@@ -301,6 +310,7 @@ class HybridMesh(_EliteMixin, Strategy):
     def on_upsert(self, view: TargetView, previous: TargetView | None) -> None:
         self.predictor.on_view(view, previous is view)
         self._views[view.target_id] = view
+        self.lora.seen(view)
         self._precompute(view)
         if view.zone and self._zone_rtt.zones.get(view.node) != view.zone:
             self._zone_rtt.zones[view.node] = view.zone
@@ -311,6 +321,7 @@ class HybridMesh(_EliteMixin, Strategy):
         self._pre.pop(view.target_id, None)
         self._views.pop(view.target_id, None)
         self.predictor.forget(view.target_id)
+        self.lora.forget(view)
         self._elite_drop(view)
 
     def refresh(self, index: TargetIndex) -> None:
@@ -370,6 +381,7 @@ class HybridMesh(_EliteMixin, Strategy):
     def _decided(self, ranked: list[Scored], request: RouteRequest) -> list[Scored]:
         """Remember the candidates' features for learning, and the first choice's prompt for the pending work."""
         if ranked:
+            self.lora.chosen(ranked[0].target)
             pred = self.predictor
             pred.note_choice(ranked[0].target.target_id, request)
             if request.request_id:
@@ -383,7 +395,7 @@ class HybridMesh(_EliteMixin, Strategy):
             self._home = request.client_node
             self._dirty.add(request.model)  # the elite is rebuilt around the new home at the next refresh
         elite = self._elite_views(index, request.model)
-        score = self._scorer(request)
+        score = self.lora.scorer(index, request, self._scorer(request), _requests, self.weights.default_concurrency)
         pi = self.prefix_index
         if pi is None or not request.block_hashes:
             return self._decided(rank_sampled(index, request, k, rng, score, self.params, elite), request)
@@ -405,7 +417,14 @@ class HybridMesh(_EliteMixin, Strategy):
         terms["network"] = w.network_weight * self.rtt(request.client_node, view.node)
         terms["cost"] = view.cost_per_mtok * tokens / 1e6 * w.cost_weight_s_per_dollar
         terms["prefill"] = self.predictor.prefill_s(view, float(request.prompt_tokens or self.predictor.mean_prompt))
+        if view.parent:
+            terms["lora"] = self.lora.cost(view, False)
         return terms
+
+
+def _requests(v: TargetView) -> float:
+    """Requests at a target: the runtime's own counts, or this host's in flight where it has not reported them."""
+    return max((v.requests_waiting or 0.0) + (v.requests_running or 0.0), float(v.inflight))
 
 
 def _knee(value: float | None, knee: float) -> float:

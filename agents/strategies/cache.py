@@ -156,10 +156,13 @@ class CacheAware(HybridMesh):
         return (1.0 + self.cache.epsilon) * (total / max(n, 1)) + self.cache.slack
 
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
-        scorer = self._cache_scorer(request, self._scorer(request), self._bound(index, request.model), rng)
+        # a request naming a LoRA adapter pays its load time where it is not resident (agents/strategies/lora.py)
+        base = self.lora.scorer(index, request, self._scorer(request), self._load, self.weights.default_concurrency)
+        scorer = self._cache_scorer(request, base, self._bound(index, request.model), rng)
         ranked = rank_sampled(index, request, k, rng, scorer, self.params, self._elite_views(index, request.model))
         if ranked:
             self.chosen(ranked[0].target, request)
+            self.lora.chosen(ranked[0].target)
         return ranked
 
     def chosen(self, v: TargetView, request: RouteRequest) -> None:
