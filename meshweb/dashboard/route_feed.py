@@ -38,10 +38,14 @@ def fetch(model: str, tenant: str = "", timeout_s: float = 2.0) -> dict[str, Any
     if resp.status_code != 200:
         return {"error": f"router answered HTTP {resp.status_code}"}
     try:
-        models = resp.json().get("models") or []
+        body = resp.json()
+        models = body.get("models") or []
     except ValueError:
         return {"error": "router answered something that is not JSON"}
-    return models[0] if models else {"error": f"the router does not know model {model!r}"}
+    if not models:
+        return {"error": f"the router does not know model {model!r}"}
+    # the router's own place in the mesh and gossip's degraded (local-only) mode go with the model's report
+    return {**models[0], "mesh": body.get("mesh") or {}, "local_only": bool(body.get("local_only"))}
 
 
 class RouteRates:

@@ -45,6 +45,24 @@
     document.getElementById("route-ranked-by").textContent = "(by " + r.ranked_by + ")";
   }
 
+  // This router's place in the mesh (the network term's source) and gossip's degraded flag: while it is set the
+  // router ranks only the targets on its own node (or zone), and the page says so in red.
+  function drawMesh(r) {
+    var m = r.mesh || {};
+    var box = document.getElementById("route-mesh");
+    var where = m.node
+      ? "router on node " + m.node + (m.zone ? " (zone " + m.zone + ")" : "") + ": network cost counted from there"
+      : "router's node not set (agent.node): no network term in the ranking";
+    if (m.degraded) {
+      box.textContent = "LOCAL-ONLY: gossip reports the mesh degraded, only targets on this router's node (or zone) are ranked · " + where;
+      box.className = "error";
+    } else {
+      box.textContent = where;
+      box.className = "muted";
+    }
+    box.dataset.degraded = m.degraded ? "true" : "false";
+  }
+
   function drawRanking(r) {
     var tbody = document.querySelector("#route-ranking tbody");
     tbody.innerHTML = "";
@@ -185,6 +203,7 @@
     if (r.error) { err.hidden = false; err.className = "error"; err.textContent = r.error; return; }
     err.hidden = true;
     drawPolicy(r);
+    drawMesh(r);
     drawRanking(r);
     drawTargets(r);
     drawWinRates(r);

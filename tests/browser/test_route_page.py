@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.browser
 
 CATALOG = """
 from meshweb.catalog.models import Model
-from meshweb.core.services import object_create
+from meshweb.tenancy.scoped.writes import object_create
 from meshweb.tenancy.models import Tenant
 from meshweb.tenancy.services import SYSTEM
 model = Model.objects.filter(name="demo-llm").first() or object_create(
@@ -156,5 +157,49 @@ def test_the_ranking_follows_the_load(
         page.wait_for_selector(shadow_row, timeout=15_000)
         assert page.locator(shadow_row).locator("td").nth(2).inner_text() == "least_queue"
         page.screenshot(path=str(artifacts / "route-page.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_the_page_says_when_the_router_is_local_only(
+    browser: Any, route_portal: Portal, mesh: tuple[list[EmulatorProcess], RouterProc]
+) -> None:
+    """The router's own place (its node, the network term's source) is shown from its live report; while gossip
+    reports the mesh degraded the page says, in red, that the router ranks only local targets. The degraded report
+    is handed to the page's own event (a real partition is tests/router/test_router_mesh.py's)."""
+    model_id = int(route_portal.run_python(CATALOG).strip().splitlines()[-1])
+    context = browser.new_context(viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    try:
+        sign_in(page, route_portal.url)
+        page.goto(f"{route_portal.url}/dashboard/models/{model_id}/route/")
+        page.wait_for_function("() => parseInt(document.getElementById('route').dataset.updates || '0') >= 1")
+        live = page.locator("#route-mesh")
+        assert live.get_attribute("data-degraded") == "false" and live.get_attribute("class") == "muted"
+        report = httpx.get(f"{mesh[1].url}/infermesh/routing", params={"model": "demo-llm"}, timeout=10).json()
+        node = report["mesh"]["node"]  # agent.node unset: the agent's node, once the router asked it
+        want = f"router on node {node}" if node else "router's node not set"
+        deadline = time.monotonic() + 20
+        while not live.inner_text().startswith(want) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert live.inner_text().startswith(want), (live.inner_text(), report["mesh"])
+        shown = page.evaluate(
+            """(id) => {
+                const send = (mesh) => document.body.dispatchEvent(new CustomEvent("im-route", {detail: {model_id: id,
+                    data: {policy: {strategy: "hybrid_mesh", source: "portal"}, ranked_by: "hybrid_mesh", ranking: [],
+                           targets: [], mesh: mesh}}}));
+                const box = document.getElementById("route-mesh");
+                send({node: "node-r", zone: "zone-a", degraded: true});
+                const degraded = [box.textContent, box.className, box.dataset.degraded];
+                send({node: "node-r", zone: "zone-a", degraded: false});
+                return [degraded, [box.textContent, box.className, box.dataset.degraded]];
+            }""",
+            model_id,
+        )
+        (text, cls, flag), (text2, cls2, flag2) = shown
+        assert text.startswith("LOCAL-ONLY: gossip reports the mesh degraded") and cls == "error" and flag == "true"
+        assert "router on node node-r (zone zone-a)" in text
+        assert text2 == "router on node node-r (zone zone-a): network cost counted from there"
+        assert (cls2, flag2) == ("muted", "false")
     finally:
         context.close()
