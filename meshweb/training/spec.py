@@ -7,6 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from agents.proto.vocab import MIG_PROFILES, MPS_PERCENT_MAX
 from meshweb.core.api.serializers import StrictSerializer
 from meshweb.fleet.models import GpuType
 from meshweb.training.models import Topology
@@ -40,6 +41,21 @@ class JobSpecSerializer(StrictSerializer):
     gpu_types = serializers.ListField(
         child=serializers.ChoiceField(choices=GpuType.choices), max_length=len(GpuType.choices), default=list
     )
+    mig_profile = serializers.ChoiceField(
+        choices=list(MIG_PROFILES),
+        allow_blank=True,
+        required=False,
+        help_text="Run each worker on a MIG slice of this profile (gpus_per_worker 1); refused at submission when "
+        "no enrolled node exposes enough such slices.",
+        error_messages={"invalid_choice": f'Unknown MIG profile "{{input}}"; known: {", ".join(MIG_PROFILES)}.'},
+    )
+    mps_percent = serializers.IntegerField(
+        min_value=0,
+        max_value=MPS_PERCENT_MAX,
+        required=False,
+        help_text="Share whole GPUs through MPS: each worker gets this percentage of a GPU's SMs (gpus_per_worker 1; "
+        "0 or absent: each worker has its GPUs to itself).",
+    )
     topology = serializers.ChoiceField(choices=Topology.choices, default=Topology.AUTO)
     checkpoint_uri = serializers.CharField(max_length=500, allow_blank=True, default="")
     max_runtime_s = serializers.IntegerField(min_value=60, max_value=MAX_RUNTIME_S, default=24 * 3600)
@@ -65,6 +81,18 @@ class JobSpecSerializer(StrictSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs["gpus_per_worker"] == 0 and attrs.get("gpu_types"):
             raise serializers.ValidationError({"gpu_types": ["gpu_types needs gpus_per_worker ≥ 1."]})
+        # absent and empty mean the same (whole GPUs of their own): the canonical spec leaves them out
+        if not attrs.get("mig_profile"):
+            attrs.pop("mig_profile", None)
+        if not attrs.get("mps_percent"):
+            attrs.pop("mps_percent", None)
+        if "mig_profile" in attrs and "mps_percent" in attrs:
+            raise serializers.ValidationError({"mps_percent": ["A MIG slice is not shared through MPS: ask for one."]})
+        for name in ("mig_profile", "mps_percent"):
+            if name in attrs and attrs["gpus_per_worker"] != 1:
+                raise serializers.ValidationError(
+                    {name: [f"{name} needs gpus_per_worker 1 (a worker runs on one slice or GPU share)."]}
+                )
         return attrs
 
 
