@@ -23,6 +23,7 @@ COMPONENT_MODELS = {
     "scheduler": "agents.scheduler.component:SchedulerSection",
     "trainer": "agents.trainer.component:TrainerSection",
     "portal": "agents.portal_link.component:PortalSection",
+    "io": "agents.io.component:IoSection",
 }
 
 

@@ -43,6 +43,8 @@ SAMPLES: dict[str, Any] = {
     "slug": "sample",
     "node_id": 1,
     "peers": {1: "127.0.0.1:7300"},
+    "uri": "file:///tmp/infermesh-sample",
+    "stores": [{"name": "sample", "uri": "file:///tmp/infermesh-sample"}],
 }
 # A component section's own values where the shared samples do not fit it.
 SECTION_SAMPLES: dict[str, dict[str, Any]] = {"portal": {"url": "ws://127.0.0.1:9/ws/agent/", "credential": "sample"}}

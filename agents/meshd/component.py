@@ -35,6 +35,7 @@ COMPONENT_FACTORIES: dict[str, str] = {
     "scheduler": "agents.scheduler.component:make_component",
     "trainer": "agents.trainer.component:make_component",
     "portal": "agents.portal_link.component:make_component",
+    "io": "agents.io.component:make_component",
 }
 
 
