@@ -115,6 +115,9 @@ ACCESS_UPDATES = Counter(
 )
 USAGE_BATCHES = Counter("infermesh_router_usage_batches_total", "Usage batches sent to the portal", ["result"])
 AUTH_REFUSED = Counter("infermesh_router_auth_refused_total", "Requests refused by authentication", ["reason"])
+UNKNOWN_MODEL = Counter(
+    "infermesh_router_unknown_model_total", "Requests naming a model or LoRA adapter that no target serves (404)"
+)
 AGENT_REPORTS = Counter("infermesh_router_outcome_reports_total", "Outcomes reported to the agent", ["result"])
 
 

@@ -35,6 +35,7 @@ from router.metrics import (
     LATENCY,
     REQUESTS,
     TOKENS,
+    UNKNOWN_MODEL,
     child,
 )
 from router.obs import access_log
@@ -151,6 +152,7 @@ class RouterService:
         self._held: dict[str, dict[str, FairQueue[asyncio.Future[None]]]] = {}
         self.forwarder.on_slot_free = self.slot_freed
         self.inflight = 0
+        self._unknown_logged: set[str] = set()  # model names refused as unknown, each logged once (bounded)
         INFLIGHT_LIMIT.set(cfg.listen.max_inflight)  # per worker; summed over live workers like INFLIGHT
 
     async def start(self) -> None:
@@ -292,6 +294,7 @@ class RouterService:
         """The one check of which models a tenant may see, for inference, metadata and readiness alike: another
         tenant's model answers exactly like an unknown one, so its existence is not revealed."""
         if not self.view.has_model(model):
+            self._unknown_model(model)
             raise Refusal(404, "model_not_found", f"model {model!r} is not served here", param="model")
         if not tenant.may_use(model):
             if tenant.scoped:  # the tenant's own key: say why, the model is the tenant's to know
@@ -609,8 +612,21 @@ class RouterService:
                 )
             )
 
+    def _unknown_model(self, model: str) -> None:
+        """A model (or LoRA adapter) no target serves: counted every time, logged the first time per name. A request
+        for an adapter never falls back to its base model: the base model would answer without the adapter."""
+        UNKNOWN_MODEL.inc()
+        if model in self._unknown_logged or len(self._unknown_logged) >= _UNKNOWN_LOGGED_MAX:
+            return
+        self._unknown_logged.add(model)
+        more = " (no further unknown names are logged)" if len(self._unknown_logged) == _UNKNOWN_LOGGED_MAX else ""
+        self.log_error(f"request for unknown model or LoRA adapter {model[:256]!r}: 404 model_not_found{more}")
+
     def log_error(self, msg: str, **fields: object) -> None:
         logging.getLogger("infermesh.router").warning(msg, extra={"fields": fields})
+
+
+_UNKNOWN_LOGGED_MAX = 1024
 
 
 def request_deadline(headers: Mapping[str, str]) -> float | None:
