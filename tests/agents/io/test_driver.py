@@ -18,6 +18,7 @@ from agents.io.locality import KEY_PREFIX
 from agents.io.probes import Store
 from agents.meshd.events import EventBus
 from agents.scheduler.component import io_locality
+from agents.scheduler.model import JobRequest
 
 from .conftest import MotoServer
 
@@ -102,7 +103,7 @@ async def test_probes_real_s3_and_local_stores_and_reports_slow_and_failing_ones
     # the scheduler reading this record puts the slow store's nodes behind others that reach it
     fn = io_locality({f"{KEY_PREFIX}n1": comp.record()}, time.time())
     assert fn is not None
-    job = SimpleNamespace(checkpoint_uri=f"file://{tmp_path / 'ckpt'}/job-1", env={})
+    job = JobRequest("1", checkpoint_uri=f"file://{tmp_path / 'ckpt'}/job-1")
     assert fn(job, "n1") >= 0.5  # the slow penalty (the window's median latency lags behind the flag)
 
     comp.stores["ckpt"] = real
