@@ -46,6 +46,9 @@ class ZonedMesh:
     zones: dict[str, int] = field(default_factory=lambda: dict(ZONES))
     router_zones: tuple[str, ...] = ("za", "zc")
     seed: int = 1
+    # argv put before every process of a host, inside its namespace (e.g. a clock shifted for one host)
+    wrap: Callable[[str], list[str]] = field(default=lambda host: [])
+    election_ticks: int = 20  # of 50 ms
     bed: NetBed = field(init=False)
     cluster: LocalCluster = field(init=False)
     names: dict[int, str] = field(init=False)  # raft node id -> host
@@ -58,16 +61,17 @@ class ZonedMesh:
         try:
             self.names = dict(enumerate(hosts, start=1))
             gports = {i: gossip_port() for i in self.names}
-            seeds = [f"{self.bed.ip(self.names[i])}:{gports[i]}" for i in (1, 4, 6)]
             first = {z: f"{z[1]}1" for z in self.zones}
+            seeds = [f"{self.bed.ip(h)}:{gports[i]}" for i, h in self.names.items() if h in first.values()]
             for z in self.router_zones:
                 port = free_port()
                 host = first[z]
                 self.emulators[z] = f"http://{self.bed.ip(host)}:{port}"
                 self.bed.popen(
                     host,
-                    [sys.executable, "-m", "agents.emulator", "--host", self.bed.ip(host), "--port", str(port),
-                     "--flavor", "vllm", "--model", "demo-llm", "--instant", "--seed", str(self.seed)],
+                    [*self.wrap(host), sys.executable, "-m", "agents.emulator", "--host", self.bed.ip(host),
+                     "--port", str(port), "--flavor", "vllm", "--model", "demo-llm", "--instant",
+                     "--seed", str(self.seed)],
                     log=self.workdir / f"emulator-{z}.log",
                 )  # fmt: skip
 
@@ -93,9 +97,10 @@ class ZonedMesh:
                 return out
 
             self.cluster = LocalCluster(
-                len(self.names), self.workdir / "agents", cluster_id="bed", tick_ms=50, election_ticks=20,
+                len(self.names), self.workdir / "agents", cluster_id="bed", tick_ms=50,
+                election_ticks=self.election_ticks,
                 hosts={i: self.bed.ip(h) for i, h in self.names.items()},
-                prefix=lambda i: self.bed.prefix(self.names[i]), sections=sections,
+                prefix=lambda i: self.bed.prefix(self.names[i]) + self.wrap(self.names[i]), sections=sections,
             )  # fmt: skip
         except BaseException:
             self.bed.close()
@@ -119,7 +124,9 @@ class ZonedMesh:
                 )
                 for t, url in zip(cfg["targets"], urls, strict=True):
                     t["node"] = next(f"{zz[1]}1" for zz, u in self.emulators.items() if u == url)
-                self.routers[z] = start_router(cfg, self.workdir, name=f"router-{z}", prefix=self.bed.prefix(host))
+                self.routers[z] = start_router(
+                    cfg, self.workdir, name=f"router-{z}", prefix=self.bed.prefix(host) + self.wrap(host), timeout=90
+                )
                 self.bed.track(self.routers[z].proc)
             self.wait_converged(90)
         except BaseException:
