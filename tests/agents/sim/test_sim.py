@@ -62,6 +62,19 @@ def test_same_seed_same_result_other_seed_other_result() -> None:
     assert list(c.rec.e2e) != list(a.rec.e2e)
 
 
+def test_every_answer_teaches_the_router_that_ranked_it() -> None:
+    """As the router does (Ranker.learn), each completed request's outcome reaches the predictor of the router that
+    ranked it, for the target that answered, and is learned from: hybrid_mesh's decisions rest on fitted rates."""
+    sim = Simulation(parse_config(tiny()), "hybrid_mesh")
+    r = sim.run()
+    learned = [rt.host.strategies["hybrid_mesh"].predictor.fleet_outcomes for rt in sim.routers]  # type: ignore[attr-defined]
+    assert r.completed > 300
+    assert sum(learned) == r.completed
+    assert all(n > 0 for n in learned)  # both routers learn, each from its own answers
+    fit = sim.routers[0].host.strategies["hybrid_mesh"].predictor.fleet_ttft.theta  # type: ignore[attr-defined]
+    assert fit != [0.03, 1000.0 / 12_000.0, 0.01, 1.0]  # moved off the priors
+
+
 def test_mm1_mean_wait_matches_closed_form() -> None:
     """One node with one batch slot, 1-token prompts and geometric outputs (mean 100): service is ~exponential, so
     the mean queueing time is rho / (mu - lambda) (M/M/1); P-K with the geometric's second moment is within 0.5%."""
