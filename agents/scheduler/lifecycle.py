@@ -41,7 +41,8 @@ PORTAL_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 DONE = frozenset({"succeeded", "failed"})  # job states the scheduler never leaves
 MAX_EVENTS = 50
 TELEMETRY_FIELDS = ("status", "step", "step_s", "mean_step_s", "allreduce_count", "allreduce_s", "allreduce_bytes",
-                    "busbw_gbps", "ranks")  # fmt: skip
+                    "busbw_gbps", "ranks", "checkpoint_saves", "checkpoint_save_s", "checkpoint_save_last_s",
+                    "checkpoint_restore_s", "checkpoint_bytes")  # fmt: skip
 # every store prefix a pass reads
 SNAPSHOT_PREFIXES = ("kv/", K.NODE_STATUS, PINNING, PLACEMENTS)
 

@@ -60,6 +60,11 @@ class _Run:
     ar_time: float = 0.0
     ar_bytes: int = 0
     comm: list[dict[str, Any]] = field(default_factory=list)
+    ckpt_saves: int = 0
+    ckpt_save_sum: float = 0.0
+    ckpt_save_last: float | None = None
+    ckpt_restore: float | None = None
+    ckpt_bytes: int = 0
     status: str = "running"
     exit_code: int | None = None
     last_report: str = ""
@@ -248,6 +253,15 @@ class TrainerComponent:
                     run.ar_time += stats.time_s
                     run.ar_bytes += stats.bytes
                     run.comm = [*run.comm, rec][-8:]
+                elif rec.get("type") == "checkpoint":
+                    seconds = float(rec["seconds"])
+                    run.ckpt_bytes = int(rec.get("bytes") or run.ckpt_bytes)
+                    if rec.get("op") == "save":
+                        run.ckpt_saves += 1
+                        run.ckpt_save_sum += seconds
+                        run.ckpt_save_last = seconds
+                    elif rec.get("op") == "restore":
+                        run.ckpt_restore = seconds
         code = run.proc.poll()
         if code is not None and run.status == "running":
             run.exit_code = code
@@ -272,6 +286,12 @@ class TrainerComponent:
             "allreduce_bytes": run.ar_bytes // run.ar_count if run.ar_count else None,
             "busbw_gbps": round(busbw, 6),
             "comm": run.comm,
+            # checkpoints of this generation: saves, their mean and last time, the restore it started from, size
+            "checkpoint_saves": run.ckpt_saves,
+            "checkpoint_save_s": round(run.ckpt_save_sum / run.ckpt_saves, 6) if run.ckpt_saves else None,
+            "checkpoint_save_last_s": None if run.ckpt_save_last is None else round(run.ckpt_save_last, 6),
+            "checkpoint_restore_s": None if run.ckpt_restore is None else round(run.ckpt_restore, 6),
+            "checkpoint_bytes": run.ckpt_bytes or None,
         }
 
 

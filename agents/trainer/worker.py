@@ -97,11 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     start = 0
     ckpt = _checkpoint_path()
+    restored: dict[str, Any] | None = None
     if ckpt is not None and ckpt.exists():
+        t0 = time.perf_counter()
         state = torch.load(ckpt, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = int(state["step"])
+        restored = {"seconds": time.perf_counter() - t0, "bytes": ckpt.stat().st_size}
     ddp = DistributedDataParallel(model)
     job = os.environ.get("INFERMESH_JOB_ID", "local")
     spans = _Spans(job, rank, world)
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             out.write(json.dumps(obj, separators=(",", ":")) + "\n")
 
         emit({"type": "start", "rank": rank, "world": world, "params": params, "resume_step": start})
+        if restored is not None:  # the checkpoint's load time, as the job's telemetry reports it
+            emit({"type": "checkpoint", "op": "restore", "rank": rank, "step": start, **restored})
         for step in range(start, args.steps):
             spans.begin_step(step)
             t0 = time.perf_counter()
@@ -136,10 +141,13 @@ def main(argv: list[str] | None = None) -> int:
             emit({"type": "step", "rank": rank, "step": step, "step_s": step_s, "loss": float(loss.detach())})
             spans.end_step(float(loss.detach()))
             if ckpt is not None and rank == 0 and (step + 1) % args.checkpoint_every == 0:
+                t0 = time.perf_counter()
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 tmp = ckpt.with_suffix(".tmp")
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1}, tmp)
                 tmp.replace(ckpt)  # atomic: a worker killed mid-save never leaves a torn checkpoint
+                emit({"type": "checkpoint", "op": "save", "rank": rank, "step": step + 1,
+                      "seconds": time.perf_counter() - t0, "bytes": ckpt.stat().st_size})  # fmt: skip
             if args.step_sleep:
                 time.sleep(args.step_sleep)
         emit({"type": "done", "rank": rank, "steps": args.steps})
