@@ -384,8 +384,15 @@ class Handlers:
             ]
             return web.json_response({"object": "list", "data": data}, headers={"x-request-id": corr})
         models = [m for m in self.svc.view.models() if tenant.may_use(m)]
-        data = [{"id": m, "object": "model", "created": now, "owned_by": "infermesh"} for m in models]
-        return web.json_response({"object": "list", "data": data}, headers={"x-request-id": corr})
+        cards: list[dict[str, object]] = []
+        for m in models:
+            card: dict[str, object] = {"id": m, "object": "model", "created": now, "owned_by": "infermesh"}
+            # a LoRA adapter names its base model, as vLLM's own /v1/models does
+            parent = next((t.state.parent for t in self.svc.view.all(m) if t.state is not None and t.state.parent), "")
+            if parent:
+                card["parent"] = parent
+            cards.append(card)
+        return web.json_response({"object": "list", "data": cards}, headers={"x-request-id": corr})
 
     # -- KServe v2 ----------------------------------------------------------------------------------------------
     async def v2_live(self, request: web.Request) -> web.Response:

@@ -62,8 +62,9 @@ def test_adapter_requests_go_where_the_adapter_is_and_an_unknown_one_is_refused(
         with running_router(cfg, tmp_path) as rp:
             # demo-llm on both runtimes, sql on the first, chat on the second
             assert _wait(lambda: httpx.get(rp.url + "/healthz", timeout=5).json()["targets"].get("agent") == 4)
-            models = {m["id"] for m in httpx.get(rp.url + "/v1/models", headers=AUTH, timeout=5).json()["data"]}
-            assert {"demo-llm", "sql", "chat"} <= models
+            cards = httpx.get(rp.url + "/v1/models", headers=AUTH, timeout=5).json()["data"]
+            parents = {c["id"]: c.get("parent") for c in cards}
+            assert parents == {"demo-llm": None, "sql": "demo-llm", "chat": "demo-llm"}
             for _ in range(3):
                 for model in ("sql", "chat", "demo-llm"):
                     r = _chat(rp, model)
