@@ -602,11 +602,11 @@ def prepare_portal(data_dir: Path, env: dict[str, str]) -> tuple[list[str], dict
     from django.db import connections
 
     call_command("migrate", interactive=False, verbosity=0)
-    from meshweb.core.services import object_update
     from meshweb.demo_data import seed_demo
     from meshweb.fleet.models import Node
     from meshweb.meshlink.services import node_enroll
     from meshweb.tenancy.models import InferenceKey, Tenant
+    from meshweb.tenancy.scoped.writes import object_update
     from meshweb.tenancy.services import SYSTEM, inference_key_create, inference_key_revoke
 
     lines = seed_demo()

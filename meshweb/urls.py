@@ -5,8 +5,8 @@ from django.urls import include, path
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from meshweb.core.metrics import metrics_view
 from meshweb.core.views import healthz
+from meshweb.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -8,5 +8,4 @@ class CoreConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the OpenAPI extensions of the authentication classes.
-        from meshweb.core import admin_site  # noqa: F401
         from meshweb.core.api import schema  # noqa: F401

@@ -22,9 +22,9 @@ from django.contrib import auth
 from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest
 
+from meshweb.core.doorbell import GROUP
 from meshweb.dashboard import selectors
 from meshweb.dashboard.access import may_use_dashboard, visible_tenant_ids
-from meshweb.dashboard.events import GROUP
 from meshweb.tenancy.rbac import Principal, principal_for_user
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import APIException
 
 from meshweb.catalog.models import Model
-from meshweb.core.services import object_create, object_update
 from meshweb.dashboard.route_feed import routing_url
 from meshweb.dashboard.views import _base, _error_lines, dashboard_page
 from meshweb.fleet.models import Node, Zone
@@ -24,6 +23,7 @@ from meshweb.policy.models import RoutingPolicy, Slo, Strategy
 from meshweb.policy.services import PolicyRefused, routing_policy_set
 from meshweb.tenancy.rbac import Principal, restrict
 from meshweb.tenancy.roles import Role
+from meshweb.tenancy.scoped.writes import object_create, object_update
 
 
 def visible_model(principal: Principal, model_id: int, minimum: str = Role.VIEWER) -> Model | None:

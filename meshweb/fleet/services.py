@@ -6,15 +6,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from meshweb.audit.services import audit_record
+from meshweb.core.doorbell import ring as ring_dashboard
 from meshweb.core.exceptions import Conflict
 from meshweb.fleet.models import NODE_TRANSITIONS, Node, NodeEvent, NodeQuarantine, NodeStatus
 from meshweb.fleet.quarantine import Decision, Rules, State, decide, sample_from_telemetry
 from meshweb.fleet.quarantine import evidence as quarantine_evidence
-from meshweb.meshlink.outbox import dashboard_notify
 from meshweb.tenancy.rbac import Principal
 
 
@@ -62,7 +63,7 @@ def node_activate(*, principal: Principal, node: Node, reason: str = "") -> Node
 def _node_event(node: Node, kind: str, message: str, data: dict[str, Any] | None = None) -> NodeEvent:
     event = NodeEvent.objects.create(node=node, kind=kind, message=message[:1000], data=data or {})
     payload = {"node": node.name, "kind": kind, "message": event.message, "data": event.data}
-    transaction.on_commit(lambda: dashboard_notify("node.event", payload), robust=True)
+    ring_dashboard("node.event", data=payload, tenant_id=None)
     return event
 
 
@@ -111,7 +112,7 @@ def node_quarantine_open(
         after={"node": node.name, "reason": reason, "evidence": evidence, "pinned": pinned},
     )
     data = {"node": node.name, "reason": reason, "evidence": evidence, "state": "quarantined"}
-    transaction.on_commit(lambda: dashboard_notify("quarantine", data), robust=True)
+    ring_dashboard("quarantine", data=data, tenant_id=None)
     return record
 
 
@@ -134,7 +135,7 @@ def node_quarantine_release(*, principal: Principal, node: Node, reason: str) ->
             after={"node": node.name, "reason": reason},
         )
         data = {"node": node.name, "reason": reason, "state": "released"}
-        transaction.on_commit(lambda: dashboard_notify("quarantine", data), robust=True)
+        ring_dashboard("quarantine", data=data, tenant_id=None)
     if node.status == NodeStatus.QUARANTINED:
         node = node_set_status(principal=principal, node=node, status=NodeStatus.ACTIVE, reason=reason)
     return node
@@ -230,3 +231,19 @@ def quarantine_check_all(*, now: datetime | None = None, window_s: float | None 
         decision = quarantine_check_node(node=node, now=now, rules=rules, window_s=max(window, rules.cooldown_s))
         out[node.name] = decision.action
     return out
+
+
+def stale_nodes_mark_offline(*, now: datetime | None = None) -> list[str]:
+    """Nodes whose agent has been silent for longer than INFERMESH_HEARTBEAT_STALE_S go offline."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.INFERMESH_HEARTBEAT_STALE_S)
+    stale = Node.objects.filter(last_heartbeat_at__lt=cutoff).exclude(status=NodeStatus.OFFLINE)
+    names = []
+    for node in stale:
+        silent = (now - node.last_heartbeat_at).total_seconds() if node.last_heartbeat_at else 0.0
+        node_mark_offline(principal=SYSTEM_LIVENESS, node=node, reason=f"no heartbeat for {silent:.0f}s")
+        names.append(node.name)
+    return names
+
+
+SYSTEM_LIVENESS = Principal(name="system:liveness", platform_admin=True)

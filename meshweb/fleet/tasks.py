@@ -5,8 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from meshweb.fleet.services import quarantine_check_all
-from meshweb.meshlink.services import stale_nodes_mark_offline
+from meshweb.fleet.services import quarantine_check_all, stale_nodes_mark_offline
 
 # A database that blips is retried with backoff; anything else is a bug and is logged by Celery.
 RETRY = {"autoretry_for": (OperationalError, InterfaceError), "retry_backoff": True, "max_retries": 5}

@@ -10,4 +10,8 @@ class IdentityConfig(AppConfig):
 
     def ready(self) -> None:
         # drf-spectacular finds authentication extensions by subclass registration: import them once.
+        from meshweb.audit.refusals import register_scheme
         from meshweb.identity import schema  # noqa: F401
+        from meshweb.identity.models import OidcIdentity
+
+        register_scheme("oidc_bearer", OidcIdentity)

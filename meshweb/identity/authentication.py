@@ -8,11 +8,11 @@ from typing import Any, NoReturn
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from meshweb.audit.refusals import bearer_refused
 from meshweb.identity.backend import claim_rules
 from meshweb.identity.conf import setting
 from meshweb.identity.mapping import MappingError
 from meshweb.identity.models import OidcIdentity
-from meshweb.identity.refusals import bearer_refused
 from meshweb.identity.services import tenant_roles
 from meshweb.identity.tokens import TokenError, verifier
 from meshweb.tenancy.authentication import peer_of

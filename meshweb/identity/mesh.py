@@ -40,10 +40,10 @@ from agents.security.ca import (
     verify_issued_by,
 )
 from meshweb.audit.services import audit_record
-from meshweb.core.services import object_delete
 from meshweb.fleet.models import Node
 from meshweb.identity.models import IssuedCertificate, JoinToken
 from meshweb.tenancy.rbac import Principal
+from meshweb.tenancy.scoped.writes import object_delete
 
 JOIN_PREFIX = "imj_"
 SVID_TTL_S = int(os.environ.get("INFERMESH_SVID_TTL_S", "3600"))

@@ -13,11 +13,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from meshweb.audit.services import audit_record
-from meshweb.core.services import object_delete
 from meshweb.identity.mapping import Rule, roles_for
 from meshweb.identity.models import OidcIdentity
 from meshweb.tenancy.models import Membership, Tenant
 from meshweb.tenancy.rbac import Principal
+from meshweb.tenancy.scoped.writes import object_delete
 from meshweb.tenancy.services import membership_set
 
 log = logging.getLogger(__name__)

@@ -39,9 +39,9 @@ def node_main(argv: Sequence[str]) -> int:
     from django.core.exceptions import ValidationError
     from django.core.management import call_command
 
-    from meshweb.core.services import object_create
     from meshweb.fleet.models import Node, Region, Zone
     from meshweb.meshlink.services import node_enroll
+    from meshweb.tenancy.scoped.writes import object_create
     from meshweb.tenancy.services import SYSTEM
 
     if settings.EMBEDDED:

@@ -32,8 +32,8 @@ from agents.proto.portal_link import (
     dump,
     parse_agent_message,
 )
+from meshweb.audit.refusals import bearer_refused
 from meshweb.fleet.models import Node
-from meshweb.identity.refusals import bearer_refused
 from meshweb.meshlink import services
 from meshweb.meshlink.outbox import AGENTS_GROUP
 

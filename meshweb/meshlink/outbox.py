@@ -1,7 +1,7 @@
 """The versioned outbox: appended in the writer's transaction, read by the agents' consumers, rung after commit.
 
-`publish` is called from `audit_record`, the one function every portal write goes through, so a write that agents
-must know cannot forget to tell them. Redis (the channel layer) only rings a doorbell: consumers also poll, so a
+`publish` runs on the signal `audit_record` sends, the one function every portal write goes through, so a write that
+agents must know cannot forget to tell them. Redis (the channel layer) only rings a doorbell: consumers also poll, so a
 lost ring delays a change but never loses it.
 """
 
@@ -15,7 +15,9 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, models, transaction
 
+from meshweb.core.changes import registration
 from meshweb.core.context import correlation_id
+from meshweb.core.doorbell import ring as ring_dashboard
 from meshweb.core.layers import nobody_listens
 from meshweb.meshlink.changes import Put, changes_for, snapshot_entries
 from meshweb.meshlink.models import OutboxCounter, OutboxEntry
@@ -24,7 +26,6 @@ from meshweb.meshlink.tracing import publish_span
 log = logging.getLogger("meshweb.meshlink")
 
 AGENTS_GROUP = "meshlink.agents"
-DASHBOARD_GROUP = "dashboard"
 
 
 def _counter_for_update() -> OutboxCounter:
@@ -67,18 +68,16 @@ def publish(*, obj: models.Model, action: str) -> int:
             entry.version = version - len(entries) + 1 + i
         OutboxEntry.objects.bulk_create(entries)
     transaction.on_commit(lambda: ring(version), robust=True)
-    if type(obj).__name__ in {"Node", "TrainingJob"}:
-        kind = "node.status" if type(obj).__name__ == "Node" else "job.status"
-        data = _dashboard_data(obj)
-        tenant_id = getattr(obj, "tenant_id", None)
-        transaction.on_commit(lambda: dashboard_notify(kind, data, tenant_id=tenant_id), robust=True)
+    reg = registration(type(obj))
+    if reg is not None and reg.doorbell is not None:
+        kind, data, tenant_id = reg.doorbell(obj)
+        ring_dashboard(kind, data=data, tenant_id=tenant_id)
     return version
 
 
-def _dashboard_data(obj: Any) -> dict[str, Any]:
-    if type(obj).__name__ == "Node":
-        return {"node": obj.name, "status": obj.status, "reason": obj.status_reason}
-    return {"job": obj.pk, "tenant": obj.tenant_id, "name": obj.name, "status": obj.status, "workers": obj.workers}
+def publish_recorded(sender: type[models.Model], *, obj: models.Model, action: str, **_: Any) -> None:
+    """Receiver of `write_recorded` (meshweb/audit/signals.py), sent by `audit_record` for every portal write."""
+    publish(obj=obj, action=action)
 
 
 def ring(version: int) -> None:
@@ -90,22 +89,6 @@ def ring(version: int) -> None:
         async_to_sync(layer.group_send)(AGENTS_GROUP, {"type": "outbox.doorbell", "version": version})
     except Exception as exc:  # Redis down: the consumers' polling delivers the change a little later
         log.warning("outbox doorbell for v%d not rung: %r", version, exc)
-
-
-def dashboard_notify(kind: str, data: dict[str, Any], *, tenant_id: int | None = None) -> None:
-    """Live event for admin dashboards: {"type": "dashboard.event", "payload": {"kind", "data", "tenant_id"}}
-    (tenant_id None: a platform-wide event). Best effort: dashboards also re-read what they show."""
-    layer = get_channel_layer()
-    if layer is None or nobody_listens(layer, DASHBOARD_GROUP):
-        return
-    try:
-        async_to_sync(layer.group_send)(DASHBOARD_GROUP, dashboard_message(kind, data, tenant_id=tenant_id))
-    except Exception as exc:
-        log.warning("dashboard event %s not sent: %r", kind, exc)
-
-
-def dashboard_message(kind: str, data: dict[str, Any], *, tenant_id: int | None = None) -> dict[str, Any]:
-    return {"type": "dashboard.event", "payload": {"kind": kind, "data": data, "tenant_id": tenant_id}}
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,13 +33,14 @@ from agents.proto.portal_link import (
 from agents.security.ca import CaError, load_certificate, svid_info, verify_issued_by
 from meshweb.audit.models import AuditEntry
 from meshweb.audit.services import audit_record
+from meshweb.core.doorbell import ring as ring_dashboard
 from meshweb.core.exceptions import Conflict
 from meshweb.fleet.models import Node, NodeStatus
-from meshweb.fleet.services import node_mark_offline, node_mark_online
+from meshweb.fleet.services import node_mark_online
 from meshweb.identity.mesh import portal_ca
 from meshweb.identity.models import IssuedCertificate
 from meshweb.meshlink.models import GpuTelemetry, NodeCredential, NodeLink, NodeTelemetry, TelemetrySample
-from meshweb.meshlink.outbox import dashboard_notify, entries_after, head, snapshot
+from meshweb.meshlink.outbox import entries_after, head, snapshot
 from meshweb.tenancy.rbac import Principal
 from meshweb.training.models import TERMINAL, TrainingJob
 from meshweb.training.models import JobEvent as JobEventRow
@@ -197,7 +198,7 @@ def link_hello(*, node: Node, hello: Hello) -> HelloPlan:
     if node.status == NodeStatus.OFFLINE:
         node_mark_online(principal=node_principal(node), node=node, reason="agent connected")
     data = {"node": node.name, "connected": True, "applied_version": hello.applied_version, "store": hello.store}
-    transaction.on_commit(lambda: dashboard_notify("link", data), robust=True)
+    ring_dashboard("link", data=data, tenant_id=None)
     return plan_for(hello.applied_version)
 
 
@@ -214,7 +215,7 @@ def link_refused(*, node: Node) -> None:
 def link_closed(*, node: Node) -> None:
     NodeLink.objects.filter(node=node).update(connected=False, disconnected_at=timezone.now())
     data = {"node": node.name, "connected": False}
-    transaction.on_commit(lambda: dashboard_notify("link", data), robust=True)
+    ring_dashboard("link", data=data, tenant_id=None)
 
 
 def heartbeat_record(*, node: Node) -> None:
@@ -276,7 +277,7 @@ def telemetry_record(*, node: Node, telemetry: Telemetry) -> TelemetrySample:
             for g in telemetry.gpus
         ],
     }
-    transaction.on_commit(lambda: dashboard_notify("telemetry", roll), robust=True)
+    ring_dashboard("telemetry", data=roll, tenant_id=None)
     return sample
 
 
@@ -345,7 +346,7 @@ def job_event_record(*, node: Node, event: JobEvent) -> JobEventRow | None:
         job=job, kind=kind, message=(event.message or event.kind)[:1000], data={**event.data, "node": node.name}
     )
     data = {"job": job.pk, "kind": row.kind, "message": row.message, "node": node.name}
-    transaction.on_commit(lambda: dashboard_notify("job.event", data, tenant_id=job.tenant_id), robust=True)
+    ring_dashboard("job.event", data=data, tenant_id=job.tenant_id)
     return row
 
 
@@ -354,7 +355,7 @@ def job_telemetry_report(*, node: Node, report: JobTelemetry) -> None:
     job = _job(report.job_id)
     job_telemetry_record(job=job, generation=report.generation, data=report.data)
     data = {"job": job.pk, "generation": report.generation, "telemetry": report.data}
-    transaction.on_commit(lambda: dashboard_notify("job.telemetry", data, tenant_id=job.tenant_id), robust=True)
+    ring_dashboard("job.telemetry", data=data, tenant_id=job.tenant_id)
 
 
 # -- refused calls -----------------------------------------------------------------------------------------------
@@ -386,20 +387,3 @@ def call_refusals_record(*, node: Node, report: CallRefusals) -> list[AuditEntry
         }
         entries.append(audit_record(actor=actor, action="mesh.call_refused", obj=link, tenant_id=None, after=after))
     return entries
-
-
-# -- liveness ----------------------------------------------------------------------------------------------------
-def stale_nodes_mark_offline(*, now: datetime | None = None) -> list[str]:
-    """Nodes whose agent has been silent for longer than INFERMESH_HEARTBEAT_STALE_S go offline."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.INFERMESH_HEARTBEAT_STALE_S)
-    stale = Node.objects.filter(last_heartbeat_at__lt=cutoff).exclude(status=NodeStatus.OFFLINE)
-    names = []
-    for node in stale:
-        silent = (now - node.last_heartbeat_at).total_seconds() if node.last_heartbeat_at else 0.0
-        node_mark_offline(principal=SYSTEM_LIVENESS, node=node, reason=f"no heartbeat for {silent:.0f}s")
-        names.append(node.name)
-    return names
-
-
-SYSTEM_LIVENESS = Principal(name="system:liveness", platform_admin=True)

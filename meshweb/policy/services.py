@@ -9,10 +9,10 @@ from django.db import transaction
 from rest_framework import exceptions
 
 from meshweb.catalog.models import Model
-from meshweb.core.services import object_create, object_update
 from meshweb.policy.models import RoutingPolicy
 from meshweb.policy.rules import check_routing_policy
 from meshweb.tenancy.rbac import Principal
+from meshweb.tenancy.scoped.writes import object_create, object_update
 
 FIELDS = ("strategy", "ab_split", "shadow_strategy", "hedging", "pin_nodes", "pin_zones")
 

@@ -9,7 +9,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from meshweb.identity.refusals import bearer_refused
+from meshweb.audit.refusals import bearer_refused
 from meshweb.tenancy.models import ApiToken
 from meshweb.tenancy.rbac import Principal, principal_for_user
 from meshweb.tenancy.roles import Role

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -91,6 +92,16 @@ def _new_inference_key() -> tuple[str, str, str]:
     return plaintext, prefix, hashlib.sha256(plaintext.encode()).hexdigest()
 
 
+# The names among `names` that are models of the tenant's catalog; the catalog app (above tenancy) registers it at
+# ready, so that tenancy never imports it.
+_catalog_names: Callable[[Tenant, list[str]], set[str]] | None = None
+
+
+def register_catalog(names_in_catalog: Callable[[Tenant, list[str]], set[str]]) -> None:
+    global _catalog_names
+    _catalog_names = names_in_catalog
+
+
 KEY_LIMITS = ("requests_per_s", "tokens_per_min", "concurrent_requests_max", "tokens_per_day")
 
 
@@ -106,10 +117,10 @@ def inference_key_create(
 ) -> tuple[InferenceKey, str]:
     """A new inference API key; the plaintext is returned once and never stored. Scoped models must be models of
     the tenant's catalog; an expiry must lie in the future."""
-    from meshweb.catalog.models import Model  # catalog depends on tenancy, not the other way round
-
     names = list(dict.fromkeys(model_names or []))
-    known = set(Model.objects.filter(tenant=tenant, name__in=names).values_list("name", flat=True))
+    if _catalog_names is None:
+        raise ImproperlyConfigured("no model catalog registered (meshweb.catalog must be in INSTALLED_APPS)")
+    known = _catalog_names(tenant, names) if names else set()
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValidationError(

@@ -207,10 +207,7 @@ async def test_poll_delivers_when_no_doorbell_rang(world: World) -> None:
         def write_without_doorbell() -> None:
             from unittest import mock
 
-            with (
-                mock.patch("meshweb.dashboard.events._send_now"),
-                mock.patch("meshweb.meshlink.outbox.dashboard_notify"),
-            ):
+            with mock.patch("meshweb.core.doorbell._send_now"):
                 node_cordon(principal=SYSTEM, node=world.node, reason="quiet change")
 
         await database_sync_to_async(write_without_doorbell)()

@@ -35,7 +35,7 @@ import json, os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "meshweb.settings")
 import django
 django.setup()
-from meshweb.core.services import object_create
+from meshweb.tenancy.scoped.writes import object_create
 from meshweb.fleet.models import Node, Region, Zone
 from meshweb.meshlink.services import node_enroll
 from meshweb.tenancy.services import SYSTEM, tenant_create, token_create

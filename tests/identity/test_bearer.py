@@ -12,7 +12,7 @@ import jwt
 import pytest
 from django.core.management import call_command
 
-from meshweb.identity.refusals import RefusalThrottle
+from meshweb.audit.refusals import RefusalThrottle
 from tests.identity.conftest import Portal
 from tests.identity.oidc_support import rsa_key
 

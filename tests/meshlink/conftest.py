@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from meshweb.core.services import object_create
 from meshweb.fleet.models import Node, Region, Zone
 from meshweb.meshlink.services import node_enroll
 from meshweb.tenancy.models import Tenant
+from meshweb.tenancy.scoped.writes import object_create
 from meshweb.tenancy.services import SYSTEM, tenant_create
 
 

@@ -12,12 +12,12 @@ from django.db import transaction
 from agents.proto.portal_link import MANAGED_PREFIXES
 from agents.store.schema import check_value
 from meshweb.catalog.models import Model, ModelRevision
-from meshweb.core.services import object_create, object_delete, object_update
 from meshweb.fleet.services import node_cordon
 from meshweb.meshlink.models import OutboxEntry
 from meshweb.meshlink.outbox import head, prune, snapshot
 from meshweb.meshlink.services import changes_after, plan_for
 from meshweb.policy.models import RoutingPolicy
+from meshweb.tenancy.scoped.writes import object_create, object_delete, object_update
 from meshweb.tenancy.services import SYSTEM, membership_set, tenant_create
 from meshweb.training.services import job_cancel, job_submit
 from tests.meshlink.conftest import Fleet

@@ -30,7 +30,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "meshweb.settings")
 import django
 django.setup()
 from agents.security.ca import key_pem, make_csr, new_key
-from meshweb.core.services import object_create
+from meshweb.tenancy.scoped.writes import object_create
 from meshweb.fleet.models import Node, Region, Zone
 from meshweb.identity.mesh import join_token_create, node_certificates_revoke, node_enroll
 from meshweb.meshlink.services import node_enroll as credential_create

@@ -15,10 +15,10 @@ from django.utils import timezone
 from agents.proto.access import ApiKeyRecord, TenantAccess
 from agents.store.schema import check_value
 from meshweb.audit.models import AuditEntry
-from meshweb.core.services import object_delete
 from meshweb.meshlink.models import OutboxEntry
 from meshweb.meshlink.outbox import head, snapshot
 from meshweb.tenancy.models import InferenceKey
+from meshweb.tenancy.scoped.writes import object_delete
 from meshweb.tenancy.services import SYSTEM
 from tests.meshweb.conftest import World, make_client
 

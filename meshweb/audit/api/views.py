@@ -8,8 +8,8 @@ from django.db import models
 from rest_framework import serializers
 
 from meshweb.audit.models import AuditEntry
-from meshweb.core.api.views import ScopedReadOnlyViewSet
 from meshweb.tenancy.roles import Role
+from meshweb.tenancy.scoped.views import ScopedReadOnlyViewSet
 
 
 class AuditEntrySerializer(serializers.ModelSerializer):  # type: ignore[type-arg]

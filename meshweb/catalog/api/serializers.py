@@ -8,9 +8,9 @@ from typing import Any
 from rest_framework import serializers
 
 from meshweb.catalog.models import Deployment, Model, ModelRevision, model_name_validator
-from meshweb.core.api.fields import ScopedPrimaryKeyRelatedField, tenant_field
 from meshweb.core.api.serializers import StrictModelSerializer
 from meshweb.fleet.models import GpuType, Zone
+from meshweb.tenancy.scoped.fields import ScopedPrimaryKeyRelatedField, tenant_field
 
 _ARTIFACT = re.compile(r"^(s3|gs|az|hf|nfs|file|oci|https?)://\S+$")
 

@@ -6,8 +6,8 @@ from django.db import models
 
 from meshweb.catalog.api.serializers import DeploymentSerializer, ModelRevisionSerializer, ModelSerializer
 from meshweb.catalog.models import Deployment, Model, ModelRevision
-from meshweb.core.api.views import ScopedModelViewSet
 from meshweb.tenancy.roles import Role
+from meshweb.tenancy.scoped.views import ScopedModelViewSet
 
 
 class ModelViewSet(ScopedModelViewSet):

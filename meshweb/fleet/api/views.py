@@ -10,7 +10,6 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from meshweb.core.api.views import ScopedModelViewSet
 from meshweb.fleet.api.serializers import (
     CellSerializer,
     GpuSerializer,
@@ -24,6 +23,7 @@ from meshweb.fleet.api.serializers import (
 from meshweb.fleet.models import Cell, Gpu, Node, Region, Zone
 from meshweb.fleet.services import node_set_status
 from meshweb.tenancy.roles import Role
+from meshweb.tenancy.scoped.views import ScopedModelViewSet
 
 
 class RegionViewSet(ScopedModelViewSet):

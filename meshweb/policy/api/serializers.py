@@ -8,10 +8,10 @@ from rest_framework import serializers
 
 from meshweb.catalog.api.serializers import TenantImmutableMixin
 from meshweb.catalog.models import Model
-from meshweb.core.api.fields import ScopedPrimaryKeyRelatedField, tenant_field
 from meshweb.core.api.serializers import StrictModelSerializer
 from meshweb.policy.models import MAX_MODULE_BYTES, AdmissionPolicy, RoutingPolicy, Slo, Strategy, StrategyModule
 from meshweb.policy.rules import check_routing_policy
+from meshweb.tenancy.scoped.fields import ScopedPrimaryKeyRelatedField, tenant_field
 
 
 class _ModelOfTenantMixin(TenantImmutableMixin):

@@ -7,7 +7,6 @@ from django.db import models
 from rest_framework import exceptions
 from rest_framework.response import Response
 
-from meshweb.core.api.views import ScopedModelViewSet
 from meshweb.policy.api.serializers import (
     AdmissionPolicySerializer,
     RoutingPolicySerializer,
@@ -16,6 +15,7 @@ from meshweb.policy.api.serializers import (
 )
 from meshweb.policy.models import AdmissionPolicy, RoutingPolicy, Slo, StrategyModule
 from meshweb.tenancy.roles import Role
+from meshweb.tenancy.scoped.views import ScopedModelViewSet
 
 
 class SloViewSet(ScopedModelViewSet):

@@ -8,10 +8,10 @@ from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from agents.proto import access
-from meshweb.core.api.fields import tenant_field
 from meshweb.core.api.serializers import StrictModelSerializer, StrictSerializer
 from meshweb.tenancy.models import ApiToken, InferenceKey, Membership, Quota, Tenant
 from meshweb.tenancy.roles import Role
+from meshweb.tenancy.scoped.fields import tenant_field
 
 
 class TenantSerializer(StrictModelSerializer):

@@ -11,7 +11,6 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from meshweb.core.api.views import ScopedModelViewSet, ScopedUpdateViewSet
 from meshweb.tenancy.api.serializers import (
     ApiTokenCreatedSerializer,
     ApiTokenCreateSerializer,
@@ -25,6 +24,7 @@ from meshweb.tenancy.api.serializers import (
 )
 from meshweb.tenancy.models import ApiToken, InferenceKey, Membership, Quota, Tenant
 from meshweb.tenancy.roles import Role
+from meshweb.tenancy.scoped.views import ScopedModelViewSet, ScopedUpdateViewSet
 from meshweb.tenancy.services import (
     KEY_LIMITS,
     inference_key_create,

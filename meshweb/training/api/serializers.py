@@ -6,8 +6,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from meshweb.core.api.fields import tenant_field
 from meshweb.core.api.serializers import StrictSerializer
+from meshweb.tenancy.scoped.fields import tenant_field
 from meshweb.training.models import JobEvent, JobPlacement, JobTelemetry, TrainingJob
 from meshweb.training.spec import JobSpecSerializer
 

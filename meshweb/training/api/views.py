@@ -14,8 +14,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from meshweb.core.api.views import ScopedViewSetMixin
 from meshweb.tenancy.roles import Role
+from meshweb.tenancy.scoped.views import ScopedViewSetMixin
 from meshweb.training.api.serializers import (
     JobCancelSerializer,
     JobEnvelopeSerializer,

@@ -14,9 +14,6 @@ from django.db import transaction
 from django.db.models import Model
 
 from meshweb.audit.services import audit_record
-from meshweb.identity.models import OidcIdentity
-from meshweb.meshlink.models import NodeCredential
-from meshweb.tenancy.models import ApiToken
 
 ACTION = "identity.bearer_refused"
 
@@ -63,12 +60,15 @@ class RefusalThrottle:
         self._window_start, self._window_count = float("-inf"), 0
 
 
-# The kind of credential each scheme presents, named as the audit entry's object type.
-_SCHEME_OBJECTS: dict[str, type[Model]] = {
-    "api_token": ApiToken,
-    "oidc_bearer": OidcIdentity,
-    "node_credential": NodeCredential,
-}
+# The kind of credential each scheme presents, named as the audit entry's object type; registered at app ready by
+# the app that owns the credential (tenancy: api_token, identity: oidc_bearer, meshlink: node_credential).
+_SCHEME_OBJECTS: dict[str, type[Model]] = {}
+
+
+def register_scheme(scheme: str, credential: type[Model]) -> None:
+    _SCHEME_OBJECTS[scheme] = credential
+
+
 THROTTLE = RefusalThrottle()
 _lock = threading.Lock()
 
@@ -83,6 +83,8 @@ def bearer_refused(
     clock: Callable[[], float] = time.monotonic,
 ) -> bool:
     """Record a refused bearer credential (never the credential itself); False when the throttle held it back."""
+    if scheme not in _SCHEME_OBJECTS:
+        raise ValueError(f"unknown credential scheme {scheme!r} (registered: {', '.join(sorted(_SCHEME_OBJECTS))})")
     with _lock:
         suppressed = THROTTLE.decide((peer, scheme, reason), clock())
     if suppressed is None:

@@ -1,9 +1,10 @@
-"""Doorbells for the live dashboard: after a write commits, ring the Channels group "dashboard".
+"""The live dashboard's one doorbell: after a write commits, ring the Channels group "dashboard".
 
-The message only says that something changed; dashboard sockets read what changed from the audit log (restricted to
-the viewer), so a lost doorbell (Redis down, a process with an in-memory layer) only delays an update until the
-socket's next poll. With Redis, messages go out from one background thread so that a slow or absent Redis never
-holds up the write that rang.
+Every app rings it the same way (`ring(kind, **fields)`), deferred to the commit and never blocking it. An "audit"
+message only says that something changed; dashboard sockets read what changed from the audit log (restricted to the
+viewer); other kinds carry their data. A lost doorbell (Redis down, a process with an in-memory layer) only delays an
+update until the socket's next poll. With Redis, messages go out from one background thread so that a slow or absent
+Redis never holds up the write that rang, nor the commit hooks that follow it.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def _send_now(message: dict[str, Any]) -> None:
     _sender.put(message)
 
 
-def publish(kind: str, **fields: Any) -> None:
-    """Ring the dashboard group with {"kind": kind, **fields} once the current transaction commits."""
+def ring(kind: str, **fields: Any) -> None:
+    """Ring the dashboard group with {"kind": kind, **fields} once the current transaction commits (at once outside
+    a transaction). Sockets forward `tenant_id` to the viewers of that tenant only (None: platform-wide)."""
     message = {"type": MESSAGE_TYPE, "payload": {"kind": kind, **fields}}
     transaction.on_commit(lambda: _send_now(message), robust=True)

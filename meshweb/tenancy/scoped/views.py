@@ -8,10 +8,10 @@ from django.db import models
 from rest_framework import mixins, viewsets
 from rest_framework.serializers import BaseSerializer
 
-from meshweb.core.services import object_create, object_delete, object_update
 from meshweb.tenancy.permissions import principal_of
 from meshweb.tenancy.rbac import Principal, restrict
 from meshweb.tenancy.roles import Role
+from meshweb.tenancy.scoped.writes import object_create, object_delete, object_update
 
 
 class ScopedViewSetMixin:
