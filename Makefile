@@ -37,6 +37,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy meshweb agents router
+	.venv/bin/lint-imports  # the import contracts in pyproject.toml ([tool.importlinter])
 
 fmt: $(STAMP)
 	$(PY) -m ruff check --fix .
