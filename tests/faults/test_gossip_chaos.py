@@ -6,6 +6,7 @@ INFERMESH_GOSSIP_CHAOS_SEEDS=N runs N seeds (default 500); INFERMESH_GOSSIP_CHAO
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 
@@ -29,3 +30,9 @@ def test_gossip_chaos_seeds() -> None:
     assert sum(r.loss_changes for r in reports) >= len(reports) // 2
     if len(reports) >= 100:
         assert sum(1 for r in reports if r.crashes and r.partitions) >= len(reports) // 2
+    print(
+        "scenario:", json.dumps({"scenario": "gossip simulation", "seeds": len(reports),
+        "nodes": [min(r.n for r in reports), max(r.n for r in reports)], "crashes": sum(r.crashes for r in reports),
+        "restarts": sum(r.restarts for r in reports), "partitions": sum(r.partitions for r in reports),
+        "loss_changes": sum(r.loss_changes for r in reports), "violations": 0})
+    )  # fmt: skip
