@@ -93,7 +93,7 @@ def test_a_mig_job_runs_on_slices_and_an_impossible_one_is_refused_at_submission
         return job if job["status"] == "succeeded" else None
 
     try:
-        done = wait_for("the MIG job to succeed", finished, timeout=120, every=0.5)
+        done = wait_for("the MIG job to succeed", finished, timeout=180, every=0.5)
     except AssertionError as exc:  # say where it stuck: the scheduler's job state and the trainers' reports
         state = mesh.store_value("node-1", f"kv/training/jobs/{jid}")
         state = {k: state.get(k) for k in ("status", "reason")} if state else state
