@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -20,6 +21,24 @@ def _env_bool(name: str, default: bool) -> bool:
     if raw is None:
         return default
     return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_number(name: str, default: str, kind: type[int] | type[float]) -> Any:
+    """A numeric environment variable; a bad value stops the process naming the variable and the value."""
+    raw = os.environ.get(name, default)
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ImproperlyConfigured(f"environment variable {name}={raw!r} is not {what}") from None
+
+
+def _env_int(name: str, default: str) -> int:
+    return int(_env_number(name, default, int))
+
+
+def _env_float(name: str, default: str) -> float:
+    return float(_env_number(name, default, float))
 
 
 def _env_list(name: str, default: str) -> list[str]:
@@ -112,7 +131,7 @@ else:
         _db["OPTIONS"] = {
             "pool": {
                 "min_size": 1,
-                "max_size": int(os.environ.get("INFERMESH_DB_POOL_SIZE", "8")),
+                "max_size": _env_int("INFERMESH_DB_POOL_SIZE", "8"),
                 "timeout": 10,
             }
         }
@@ -142,7 +161,7 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 # Bodies larger than this are refused with 413 before any parsing.
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("INFERMESH_MAX_BODY_BYTES", 256 * 1024))
+DATA_UPLOAD_MAX_MEMORY_SIZE = _env_int("INFERMESH_MAX_BODY_BYTES", str(256 * 1024))
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
@@ -171,24 +190,24 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "infermesh"
 # Periods of the mesh's housekeeping (seconds); tests shorten them through the environment.
-INFERMESH_QUARANTINE_PERIOD_S = float(os.environ.get("INFERMESH_QUARANTINE_PERIOD_S", "15"))
-INFERMESH_QUARANTINE_COOLDOWN_S = float(os.environ.get("INFERMESH_QUARANTINE_COOLDOWN_S", "300"))
-INFERMESH_QUARANTINE_WINDOW_S = float(os.environ.get("INFERMESH_QUARANTINE_WINDOW_S", "120"))
-INFERMESH_HEARTBEAT_STALE_S = float(os.environ.get("INFERMESH_HEARTBEAT_STALE_S", "30"))
-INFERMESH_TELEMETRY_KEEP_S = float(os.environ.get("INFERMESH_TELEMETRY_KEEP_S", "3600"))
-INFERMESH_OUTBOX_KEEP = int(os.environ.get("INFERMESH_OUTBOX_KEEP", "100000"))
-INFERMESH_OUTBOX_POLL_S = float(os.environ.get("INFERMESH_OUTBOX_POLL_S", "2"))
-INFERMESH_AGENT_HEARTBEAT_S = float(os.environ.get("INFERMESH_AGENT_HEARTBEAT_S", "5"))
-INFERMESH_AGENT_TELEMETRY_S = float(os.environ.get("INFERMESH_AGENT_TELEMETRY_S", "5"))
+INFERMESH_QUARANTINE_PERIOD_S = _env_float("INFERMESH_QUARANTINE_PERIOD_S", "15")
+INFERMESH_QUARANTINE_COOLDOWN_S = _env_float("INFERMESH_QUARANTINE_COOLDOWN_S", "300")
+INFERMESH_QUARANTINE_WINDOW_S = _env_float("INFERMESH_QUARANTINE_WINDOW_S", "120")
+INFERMESH_HEARTBEAT_STALE_S = _env_float("INFERMESH_HEARTBEAT_STALE_S", "30")
+INFERMESH_TELEMETRY_KEEP_S = _env_float("INFERMESH_TELEMETRY_KEEP_S", "3600")
+INFERMESH_OUTBOX_KEEP = _env_int("INFERMESH_OUTBOX_KEEP", "100000")
+INFERMESH_OUTBOX_POLL_S = _env_float("INFERMESH_OUTBOX_POLL_S", "2")
+INFERMESH_AGENT_HEARTBEAT_S = _env_float("INFERMESH_AGENT_HEARTBEAT_S", "5")
+INFERMESH_AGENT_TELEMETRY_S = _env_float("INFERMESH_AGENT_TELEMETRY_S", "5")
 # The mesh listener: the same application over TLS that requires an SVID of the mesh CA (`infermesh portal
 # --mesh-bind`), with a server certificate the portal issues itself for these hosts.
 INFERMESH_MESH_BIND = os.environ.get("INFERMESH_MESH_BIND", "")
 INFERMESH_MESH_HOSTS = _env_list("INFERMESH_MESH_HOSTS", "127.0.0.1,localhost")
-INFERMESH_PORTAL_CERT_TTL_S = int(os.environ.get("INFERMESH_PORTAL_CERT_TTL_S", "86400"))
+INFERMESH_PORTAL_CERT_TTL_S = _env_int("INFERMESH_PORTAL_CERT_TTL_S", "86400")
 # Agent links: "optional" checks a client certificate when one is presented; "required" refuses links without one,
 # so agents must come through the mesh listener.
 # How often a live agent link's credential and certificate are checked again (revocation ends the link).
-INFERMESH_MESH_LINK_RECHECK_S = float(os.environ.get("INFERMESH_MESH_LINK_RECHECK_S", "10"))
+INFERMESH_MESH_LINK_RECHECK_S = _env_float("INFERMESH_MESH_LINK_RECHECK_S", "10")
 INFERMESH_MESH_LINK_MTLS = os.environ.get("INFERMESH_MESH_LINK_MTLS", "optional").strip().lower()
 if INFERMESH_MESH_LINK_MTLS not in {"optional", "required"}:
     from django.core.exceptions import ImproperlyConfigured
@@ -261,7 +280,7 @@ PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 DASHBOARD_ROUTER_METRICS_URL = os.environ.get("INFERMESH_ROUTER_METRICS_URL", "")
 # Where tenants send inference requests (shown with a new key on the dashboard's keys page).
 DASHBOARD_ROUTER_URL = os.environ.get("INFERMESH_ROUTER_URL", "http://127.0.0.1:8080")
-DASHBOARD_POLL_S = float(os.environ.get("INFERMESH_DASHBOARD_POLL_S", "3"))
+DASHBOARD_POLL_S = _env_float("INFERMESH_DASHBOARD_POLL_S", "3")
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {

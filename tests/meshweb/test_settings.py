@@ -79,3 +79,40 @@ def test_tests_run_on_postgres_and_a_real_redis_channel_layer() -> None:
         return message
 
     assert async_to_sync(roundtrip)() == {"type": "probe.message", "text": "hello"}
+
+
+def test_a_bad_numeric_variable_stops_the_portal_naming_it(tmp_path: Path) -> None:
+    """Every numeric variable of the portal refuses a value that is not a number, naming the variable and value."""
+    base = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
+    cases = {
+        "INFERMESH_OUTBOX_KEEP": ("1e3", "is not an integer"),
+        "INFERMESH_MAX_BODY_BYTES": ("256k", "is not an integer"),
+        "INFERMESH_PORTAL_CERT_TTL_S": ("eight", "is not an integer"),
+        "INFERMESH_HEARTBEAT_STALE_S": ("30s", "is not a number"),
+        "INFERMESH_DASHBOARD_POLL_S": ("", "is not a number"),
+    }
+    for name, (value, why) in cases.items():
+        env = {**base, "DJANGO_SETTINGS_MODULE": "meshweb.settings", "INFERMESH_DATA_DIR": str(tmp_path), name: value}
+        done = subprocess.run(
+            [sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True, text=True
+        )
+        assert done.returncode != 0, name
+        assert f"environment variable {name}={value!r} {why}" in done.stderr, done.stderr[-500:]
+    # and a good value is taken
+    got = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings; print(settings.INFERMESH_OUTBOX_KEEP)",
+        ],
+        env={
+            **base,
+            "DJANGO_SETTINGS_MODULE": "meshweb.settings",
+            "INFERMESH_DATA_DIR": str(tmp_path),
+            "INFERMESH_OUTBOX_KEEP": " 42 ",
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert got.strip() == "42"
