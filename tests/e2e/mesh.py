@@ -25,6 +25,7 @@ import psycopg
 import yaml
 
 from agents.proto.infermesh.v1 import state_pb2, state_pb2_grpc, store_pb2, store_pb2_grpc
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 INFERMESH = [sys.executable, "-c", "import sys; from meshweb.cli import main; sys.exit(main())"]
@@ -50,12 +51,6 @@ tenant = tenant_create(principal=SYSTEM, slug="ops")
 out["token"] = token_create(principal=SYSTEM, tenant=tenant, role="platform_admin", name="e2e")[1]
 print(json.dumps(out))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0, every: float = 0.2) -> T:

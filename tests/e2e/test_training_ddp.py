@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +19,9 @@ import pytest
 from agents.proto.infermesh.v1 import state_pb2, state_pb2_grpc
 from agents.scheduler import storekeys as K
 from tests.agents.harness import AgentProcess, start_agent
+from tests.support import free_port
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.identity.oidc_support import API_RESOURCE, OidcProvider, start_provider
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 INFERMESH = [sys.executable, "-m", "meshweb.cli"]
@@ -35,12 +35,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PORTAL_CLIENT = {"client_id": "portal", "client_secret": "portal-secret-0123456789"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http(
