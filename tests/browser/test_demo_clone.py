@@ -4,9 +4,9 @@ made in the portal; the overview's GPU figures per node move with the replay; th
 from the overview, moves its ranking away from a runtime that load is put on; Ctrl-C stops everything. Screenshots go
 to test-artifacts/browser/.
 
-The clone runs on this checkout's installed dependencies (no network in the tests): its `.venv` links to this one and
-`make -o .venv/.installed` keeps make from reinstalling; PYTHONPATH puts the clone's packages first, which the test
-checks before it starts the demo."""
+The clone runs on the dependencies installed in the tests' environment (no network in the tests): its `.venv` links
+to it and `make -o .venv/.installed` keeps make from reinstalling; PYTHONPATH puts the clone's packages first, which
+the test checks before it starts the demo."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -33,7 +34,9 @@ def _clone(tmp: Path) -> tuple[Path, dict[str, str]]:
     clone = tmp / "clone"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
     assert not (clone / ".venv").exists() and not (clone / "test-artifacts").exists()
-    (clone / ".venv").symlink_to(ROOT / ".venv")
+    venv = Path(sys.prefix)  # the environment running these tests (make install's .venv in CI)
+    assert (venv / "bin" / "infermesh").exists(), f"{venv} has no infermesh entry point: make install first"
+    (clone / ".venv").symlink_to(venv)
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
     env.update(PYTHONPATH=str(clone), INFERMESH_ADMIN_PASSWORD=PASSWORD, PYTHONUNBUFFERED="1")
     env.pop("DJANGO_SETTINGS_MODULE", None)
