@@ -6,6 +6,7 @@ random sample plus a small elite list that `refresh` keeps out of the request pa
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import random
@@ -164,6 +165,7 @@ def _score_least_queue(view: TargetView, request: RouteRequest) -> float:
 _MIG_RE = re.compile(r"^(\d+)g\.(\d+)gb$")
 
 
+@functools.lru_cache(maxsize=256)  # called per target state on the hot path; the profile names are few
 def mig_fraction(profile: str) -> float:
     """Share of a full GPU a MIG profile gets (compute slices out of 7); 1.0 for a whole GPU or an unknown name."""
     m = _MIG_RE.match(profile.split("+")[0]) if profile else None

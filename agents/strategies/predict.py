@@ -113,10 +113,16 @@ class _Target:
     version: int = -1
 
 
-def _mig_share(profile: str) -> float:
-    from agents.strategies.builtins import mig_fraction
+_MIG_SHARES: dict[str, float] = {}
 
-    return mig_fraction(profile)
+
+def _mig_share(profile: str) -> float:
+    share = _MIG_SHARES.get(profile)
+    if share is None:  # builtins imports this module: resolved on first use, then remembered per profile name
+        from agents.strategies.builtins import mig_fraction
+
+        share = _MIG_SHARES[profile] = mig_fraction(profile)
+    return share
 
 
 class LatencyPredictor:
