@@ -71,7 +71,7 @@ def test_a_mig_job_the_fleet_can_hold_is_accepted_and_reaches_the_scheduler_as_a
         (
             {"mig_profile": "3g.40gb", "workers": 3},
             "needs 3 workers on MIG 3g.40gb slices, the enrolled fleet exposes 2",
-        ),  # noqa: E501
+        ),
         ({"mig_profile": "1g.10gb", "gpu_types": ["A100"]}, "slices of type A100, the enrolled fleet exposes 0"),
     ],
 )
