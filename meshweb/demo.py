@@ -45,6 +45,11 @@ AGENTS = [
     ("gpu-a2", "zone-a", ["h100"]),
     ("gpu-b1", "zone-b", ["a100-80gb"]),
 ]
+# The fault drill: this agent's first GPU reports an uncorrectable ECC error `--fault-at` seconds after it starts and
+# is cleared (a driver reload) `--fault-clear-after` seconds later; the portal's beat quarantines the node and, after
+# the cool-down, releases it.
+DRILL_AGENT = 2
+DRILL_COOLDOWN_S = "60"  # the portal's quarantine cool-down in the demo (INFERMESH_QUARANTINE_COOLDOWN_S overrides)
 # Emulator profile per GPU profile of the agents.
 RUNTIME_PROFILE = {"h100": "h100", "a100-80gb": "a100"}
 STOP_GRACE_S = 10.0
@@ -361,8 +366,18 @@ def taken_ports(layout: Layout, args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def agent_config(layout: Layout, i: int, data_dir: Path, credential_file: Path | None = None) -> dict[str, Any]:
+def agent_config(
+    layout: Layout,
+    i: int,
+    data_dir: Path,
+    credential_file: Path | None = None,
+    drill: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """`drill`: (at_s, clear_after_s) of a scheduled ECC fault on this agent's first GPU."""
     name, zone, gpus = AGENTS[i]
+    gpu_options: dict[str, Any] = {"profiles": gpus, "seed": i}
+    if drill is not None:
+        gpu_options["faults"] = [{"index": 0, "fault": "ecc", "at_s": drill[0], "clear_after_s": drill[1]}]
     host = layout.host
     runtimes = [
         {"url": layout.url(port), "flavor": "vllm", "gpus": [layout.runtime_gpu[r]]}
@@ -373,7 +388,7 @@ def agent_config(layout: Layout, i: int, data_dir: Path, credential_file: Path |
         "node": {"id": name, "roles": ["gpu", "router", "coordinator"], "zone": zone, "labels": {"demo": "true"}},
         "listen": {"grpc": f"{host}:{layout.agent_grpc[i]}", "http": f"{host}:{layout.agent_http[i]}"},
         "shutdown": {"drain_s": 0.2, "grace_s": 1.0},
-        "gpu": {"source": "emulated", "options": {"profiles": gpus, "seed": i}, "poll_interval_s": 2.0},
+        "gpu": {"source": "emulated", "options": gpu_options, "poll_interval_s": 2.0},
         "runtimes": runtimes,
         "gossip": {
             "bind": f"{host}:{layout.agent_gossip[i]}",
@@ -565,6 +580,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--trace", type=Path, default=DEFAULT_TRACE, help="Azure LLM trace CSV (default: the shipped slice)"
     )
     parser.add_argument("--exit-after-replay", action="store_true", help="stop everything once the replay is done")
+    parser.add_argument(
+        "--fault-at",
+        type=float,
+        default=120.0,
+        help=f"seconds after start when {AGENTS[DRILL_AGENT][0]}'s GPU reports an uncorrectable ECC error, so that "
+        "the portal quarantines the node (a fault drill; 0: none; default 120)",
+    )
+    parser.add_argument(
+        "--fault-clear-after", type=float, default=30.0, help="seconds until the drill's fault clears (default 30)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.runtimes <= 32:
         parser.error("--runtimes must be between 1 and 32")
@@ -572,6 +597,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--portal-port and --router-port must differ")
     if args.replay_requests < 1 or args.replay_rate <= 0 or args.replay_max_tokens < 1:
         parser.error("--replay-requests, --replay-rate and --replay-max-tokens must be positive")
+    if args.fault_at < 0 or args.fault_clear_after < 0:
+        parser.error("--fault-at and --fault-clear-after must be >= 0 (--fault-at 0: no fault drill)")
     if not args.no_replay and not args.trace.is_file():
         parser.error(f"--trace: no such file {args.trace} (or pass --no-replay)")
     return args
@@ -662,6 +689,7 @@ def demo_main(argv: Sequence[str]) -> int:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.setdefault("INFERMESH_QUARANTINE_COOLDOWN_S", DRILL_COOLDOWN_S)  # the drill's node comes back within minutes
 
     print(f"demo: data in {data_dir}, logs in {logs}", flush=True)
     try:
@@ -709,7 +737,8 @@ def demo_main(argv: Sequence[str]) -> int:
             secret.write_text(credentials[name] + "\n")
             secret.chmod(0o600)
             path = configs / f"agent-{name}.yaml"
-            path.write_text(yaml.safe_dump(agent_config(layout, i, demo_dir, secret), sort_keys=False))
+            drill = (args.fault_at, args.fault_clear_after) if i == DRILL_AGENT and args.fault_at > 0 else None
+            path.write_text(yaml.safe_dump(agent_config(layout, i, demo_dir, secret, drill), sort_keys=False))
             fleet.add(
                 Service(
                     f"agent-{name}",
@@ -826,6 +855,16 @@ def print_banner(manifest: dict[str, Any], args: argparse.Namespace, logs: Path,
         f"  agent metrics   {', '.join(a['http'] + '/metrics' for a in manifest['agents'])}",
         f"  runtimes        {', '.join(manifest['runtimes'])}",
         f"  logs            {logs}",
+        *(
+            [
+                f"  fault drill     {AGENTS[DRILL_AGENT][0]}'s GPU reports an uncorrectable ECC error "
+                f"{args.fault_at:g}s after start: the node is quarantined (dashboard overview, ctl nodes), its fault "
+                f"clears {args.fault_clear_after:g}s later and it is released after the "
+                f"{os.environ.get('INFERMESH_QUARANTINE_COOLDOWN_S') or DRILL_COOLDOWN_S}s cool-down"
+            ]
+            if args.fault_at > 0
+            else []
+        ),
         "",
         f"  curl -s {manifest['router']}/v1/chat/completions -H 'Authorization: Bearer {api_key}' "
         f'-H \'Content-Type: application/json\' -d \'{{"model": "{MODEL}", "messages": '

@@ -56,11 +56,14 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}}
     env["INFERMESH_ADMIN_PASSWORD"] = "demo-test-pw-1"
+    # the fault drill within the test's time: checks every 2 s, released 5 s after the fault clears
+    env.update(INFERMESH_QUARANTINE_PERIOD_S="2", INFERMESH_QUARANTINE_COOLDOWN_S="5")
     out = (tmp_path / "demo.out").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "meshweb.cli", "demo", "--portal-port", str(portal_port), "--router-port",
          str(router_port), "--base-port", "0", "--runtimes", "3", "--data-dir", str(data),
-         "--replay-requests", "8", "--replay-rate", "4", "--replay-max-tokens", "16"],
+         "--replay-requests", "8", "--replay-rate", "4", "--replay-max-tokens", "16",
+         "--fault-at", "5", "--fault-clear-after", "10"],
         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
     )  # fmt: skip
     manifest_path = data / "demo" / "services.json"
@@ -111,6 +114,23 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, (tmp_path / "demo.out").read_text()
             time.sleep(0.5)
         assert "8 ok, 0 failed" in (tmp_path / "demo.out").read_text()
+
+        # The fault drill: gpu-b1's GPU reports an uncorrectable ECC error; the portal's beat and worker quarantine
+        # the node, its agent applies it, and once the fault cleared and the cool-down passed it is released.
+        assert (
+            "fault drill     gpu-b1's GPU reports an uncorrectable ECC error 5s after start"
+            in (tmp_path / "demo.out").read_text()
+        )
+
+        def b1_transitions() -> list[str]:  # the node states gpu-b1's agent took on, from its JSON log
+            log = data / "demo" / "logs" / "agent-gpu-b1.log"
+            msgs = [json.loads(line).get("msg", "") for line in log.read_text().splitlines() if line.startswith("{")]
+            return [m.split(":")[0].removeprefix("node gpu-b1 is now ") for m in msgs if "node gpu-b1 is now" in m]
+
+        deadline = time.monotonic() + 120
+        while b1_transitions()[:2] != ["quarantined", "active"]:
+            assert time.monotonic() < deadline, f"gpu-b1 was not quarantined and released: {b1_transitions()}"
+            time.sleep(1.0)
 
         # Celery worker and beat are up: beat hands out the static schedule, the worker runs it.
         names = set(manifest["processes"])

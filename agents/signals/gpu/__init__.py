@@ -18,8 +18,9 @@ KINDS = ("nvml", "dcgm", "emulated")
 def make_gpu_source(kind: str, **options: Any) -> GpuSource:
     """Build a source. nvml: xid_events (bool), nvml (a pynvml stand-in). dcgm: url, timeout_s.
     emulated: profiles (list such as ["h100", "a100-80gb", "l40s", "h100:mig-1g.10gb"]), seed, node, faults
-    (a list of "FAULT@INDEX" strings or {"index": i, "fault": "xid 79"} objects, injected at start), cooling
-    ("normal" or "hot") and thermal_tau_s (overrides the cooling's thermal time constant)."""
+    (a list of "FAULT@INDEX" strings or {"index": i, "fault": "xid 79"} objects, injected at start; an object with
+    "at_s" is injected that many seconds after start instead, and with "clear_after_s" cleared that much later: a
+    fault drill), cooling ("normal" or "hot") and thermal_tau_s (overrides the cooling's thermal time constant)."""
     if kind == "nvml":
         from agents.signals.gpu.nvml import NvmlGpuSource
 
@@ -36,8 +37,14 @@ def make_gpu_source(kind: str, **options: Any) -> GpuSource:
         _only(kind, options, {"profiles", "seed", "node", "faults", "cooling", "thermal_tau_s"})
         faults = options.pop("faults", None) or []
         source = EmulatedGpuSource(**options)
-        for f in faults:
-            if isinstance(f, dict):
+        for i, f in enumerate(faults):
+            if isinstance(f, dict) and ("at_s" in f or "clear_after_s" in f):
+                at, after = f.get("at_s", 0.0), f.get("clear_after_s")
+                for name, value in (("at_s", at), ("clear_after_s", after)):
+                    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                        raise ValueError(f"faults[{i}].{name} must be a number of seconds, got {value!r}")
+                source.schedule(str(f.get("fault", "")), int(f.get("index", 0)), float(at), after)
+            elif isinstance(f, dict):
                 source.inject(str(f.get("fault", "")), int(f.get("index", 0)))
             else:
                 fault, _, index = str(f).partition("@")

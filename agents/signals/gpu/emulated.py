@@ -124,6 +124,25 @@ class _Device:
     share: float = 1.0  # this GPU's share of the runtime's weights and KV cache (1/N for tensor parallelism)
 
 
+def check_fault(fault: str) -> None:
+    """Refuse a fault name `inject` would refuse, with the same message."""
+    kind, _, arg = fault.strip().lower().replace(":", " ").partition(" ")
+    if kind not in FAULTS:
+        raise ValueError(f"unknown GPU fault {fault!r}; known: {', '.join(FAULTS)}")
+    if kind == "xid" and arg and not arg.strip().isdigit():
+        raise ValueError(f"bad Xid fault {fault!r}: expected 'xid N' with a number")
+
+
+@dataclass(slots=True)
+class _Drill:
+    fault: str
+    index: int
+    at_s: float
+    clear_after_s: float | None
+    injected: bool = False
+    cleared: bool = False
+
+
 class EmulatedGpuSource:
     """A fixed set of emulated GPUs; MIG entries become slices of one emulated parent per physical index."""
 
@@ -158,6 +177,8 @@ class EmulatedGpuSource:
             uuid = _uuid(seed, node, i, "MIG") if mig else parent
             self.devices.append(_Device(spec, base, mig, uuid, parent if mig else "", i))
         self._closed = False
+        self._t0 = clock()
+        self._drills: list[_Drill] = []
 
     # -- control -----------------------------------------------------------------------------------------------
     def _device(self, index: int) -> _Device:
@@ -206,6 +227,25 @@ class EmulatedGpuSource:
         else:
             raise ValueError(f"unknown GPU fault {fault!r}; known: {', '.join(FAULTS)}")
 
+    def schedule(self, fault: str, index: int = 0, at_s: float = 0.0, clear_after_s: float | None = None) -> None:
+        """A fault drill: inject `fault` on GPU `index` `at_s` seconds after the source started and, with
+        `clear_after_s`, clear that GPU's conditions (as `clear`) that many seconds later."""
+        self._device(index)
+        check_fault(fault)
+        if at_s < 0 or (clear_after_s is not None and clear_after_s < 0):
+            raise ValueError(f"a scheduled fault needs at_s >= 0 and clear_after_s >= 0, got {at_s}, {clear_after_s}")
+        self._drills.append(_Drill(fault, index, at_s, clear_after_s))
+
+    def _run_drills(self) -> None:
+        elapsed = self.clock() - self._t0
+        for d in self._drills:
+            if not d.injected and elapsed >= d.at_s:
+                self.inject(d.fault, d.index)
+                d.injected = True
+            if d.injected and not d.cleared and d.clear_after_s is not None and elapsed >= d.at_s + d.clear_after_s:
+                self.clear(d.index)
+                d.cleared = True
+
     def clear(self, index: int | None = None) -> None:
         """Clear thermal/throttle conditions and pending remaps (ECC counters stay, as on hardware)."""
         for d in self.devices if index is None else [self._device(index)]:
@@ -218,6 +258,8 @@ class EmulatedGpuSource:
     def read(self) -> list[GpuState]:
         if self._closed:
             raise RuntimeError("the emulated GPU source is closed")
+        if self._drills:
+            self._run_drills()
         return [self._read(d) for d in self.devices]
 
     def _utilization(self, d: _Device) -> float:

@@ -235,6 +235,33 @@ def test_emulated_faults_from_options_and_bad_input() -> None:
         make_gpu_source("rocm")
 
 
+def test_a_scheduled_fault_is_injected_on_time_and_cleared_after() -> None:
+    """A fault drill: the ECC error appears `at_s` after start and is cleared `clear_after_s` later, on its GPU only."""
+    now = [100.0]
+    src = EmulatedGpuSource(["h100", "h100"], clock=lambda: now[0])
+    src.schedule("ecc", 1, at_s=60.0, clear_after_s=30.0)
+    seen = []
+    for t in (0.0, 59.9, 60.0, 89.9, 90.0, 200.0):
+        now[0] = 100.0 + t
+        g0, g1 = src.read()
+        seen.append((t, g0.ecc_uncorrected_volatile, g1.ecc_uncorrected_volatile))
+    assert seen == [(0.0, 0, 0), (59.9, 0, 0), (60.0, 0, 1), (89.9, 0, 1), (90.0, 0, 0), (200.0, 0, 0)]
+    assert g1.ecc_uncorrected_aggregate == 1  # the lifetime counter keeps it, as on hardware
+
+    drill = make_gpu_source(
+        "emulated", profiles=["a100"], faults=[{"index": 0, "fault": "xid 79", "at_s": 0, "clear_after_s": 600}]
+    )
+    assert drill.read()[0].xid_events == [79]
+    with pytest.raises(ValueError, match=r"faults\[0\]\.at_s must be a number of seconds, got 'soon'"):
+        make_gpu_source("emulated", profiles=["a100"], faults=[{"fault": "ecc", "at_s": "soon"}])
+    with pytest.raises(ValueError, match="unknown GPU fault 'melt'"):
+        make_gpu_source("emulated", profiles=["a100"], faults=[{"fault": "melt", "at_s": 5}])
+    with pytest.raises(ValueError, match="at_s >= 0"):
+        make_gpu_source("emulated", profiles=["a100"], faults=[{"fault": "ecc", "at_s": -1}])
+    with pytest.raises(ValueError, match="no emulated GPU 2"):
+        make_gpu_source("emulated", profiles=["a100"], faults=[{"fault": "ecc", "index": 2, "at_s": 1}])
+
+
 def test_real_h100_recording() -> None:
     # Recorded with bench/gpu_probe.py --record on a real H100 80GB HBM3 (driver 580.159.04): the values NVML gave
     # there, and the two calls that GPU answers "Not Supported" (retired pages, NVLink state) read as unknown.
