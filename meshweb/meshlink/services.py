@@ -193,13 +193,18 @@ def link_hello(*, node: Node, hello: Hello) -> HelloPlan:
     link.store = hello.store
     link.agent_version = hello.agent_version
     link.hello_version = hello.applied_version
+    plan = plan_for(hello.applied_version)
+    if plan.mode != "snapshot":
+        # What its store already holds counts as delivered: an agent whose Raft group applied the changes through a
+        # peer while its link was cut says so in its hello and acknowledges nothing more (its lag is 0, not the gap).
+        link.acked_version = max(link.acked_version, hello.applied_version)
     link.save()
     Node.objects.filter(pk=node.pk).update(last_heartbeat_at=now)
     if node.status == NodeStatus.OFFLINE:
         node_mark_online(principal=node_principal(node), node=node, reason="agent connected")
     data = {"node": node.name, "connected": True, "applied_version": hello.applied_version, "store": hello.store}
     ring_dashboard("link", data=data, tenant_id=None)
-    return plan_for(hello.applied_version)
+    return plan
 
 
 def link_ack(*, node: Node, version: int) -> None:

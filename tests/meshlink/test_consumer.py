@@ -206,3 +206,23 @@ async def test_job_reports_from_agents(fleet: Fleet) -> None:
     assert event.data == {"rank": 0, "node": "node-2"}
     # submitted, then queued, placing, running, succeeded: each pushed once
     assert await sync_to_async(OutboxEntry.objects.filter(key=f"kv/portal/jobs/{job.pk}").count)() == 5
+
+
+async def test_a_hello_at_the_head_counts_as_delivered(fleet: Fleet) -> None:
+    """An agent whose store got the changes through its Raft peers while its own link was down says so in its hello:
+    the portal counts them as delivered (its outbox lag is 0, not the gap), never more than the outbox's head."""
+    current = (await sync_to_async(head)()).version
+    comm = communicator(fleet.credentials["node-2"])
+    assert (await comm.connect())[0]
+    welcome = await hello(comm, "node-2", current)
+    assert welcome["mode"] == "current"
+    await comm.receive_nothing(timeout=0.3)
+    assert (await link("node-2")).acked_version == current
+    await comm.disconnect()
+    # ahead of the portal (a restored database): a snapshot, and nothing counted beyond what the portal holds
+    comm = communicator(fleet.credentials["node-2"])
+    assert (await comm.connect())[0]
+    assert (await hello(comm, "node-2", current + 50))["mode"] == "snapshot"
+    await recv(comm)
+    assert (await link("node-2")).acked_version == current
+    await comm.disconnect()
