@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import csv
 import ctypes
+import importlib.util
 import json
 import os
 import secrets
@@ -49,6 +50,7 @@ AGENTS = [
 # is cleared (a driver reload) `--fault-clear-after` seconds later; the portal's beat quarantines the node and, after
 # the cool-down, releases it.
 DRILL_AGENT = 2
+TRAINING_STEPS = 2000  # about 20 minutes of the demo's training job
 DRILL_COOLDOWN_S = "60"  # the portal's quarantine cool-down in the demo (INFERMESH_QUARANTINE_COOLDOWN_S overrides)
 # Emulator profile per GPU profile of the agents.
 RUNTIME_PROFILE = {"h100": "h100", "a100-80gb": "a100"}
@@ -308,6 +310,7 @@ class Layout:
     runtime_ports: list[int]
     runtime_agent: list[int]  # index of the agent each runtime belongs to
     runtime_gpu: list[int]  # GPU index on that agent
+    rdzv_port: int  # the training job's torch rendezvous (the scheduler hands it to the job's first worker)
 
     def url(self, port: int, path: str = "") -> str:
         return f"http://{self.host}:{port}{path}"
@@ -324,6 +327,7 @@ def plan(args: argparse.Namespace) -> Layout:
     slots = [(a, g) for a, (_, _, gpus) in enumerate(AGENTS) for g in range(len(gpus))]
     chosen = [slots[i % len(slots)] for i in range(args.runtimes)]
     runtime_ports = [ports.get(9001 + i) for i in range(args.runtimes)]
+    rdzv_port = ports.get(29500)
     return Layout(
         host=args.host,
         portal_port=args.portal_port,
@@ -335,6 +339,7 @@ def plan(args: argparse.Namespace) -> Layout:
         runtime_ports=runtime_ports,
         runtime_agent=[a for a, _ in chosen],
         runtime_gpu=[g for _, g in chosen],
+        rdzv_port=rdzv_port,
     )
 
 
@@ -353,6 +358,7 @@ def taken_ports(layout: Layout, args: argparse.Namespace) -> list[str]:
             (layout.agent_gossip[i], f"agent-{name} gossip", internal, True),
         ]
     wanted += [(port, f"runtime-{r + 1}", internal, False) for r, port in enumerate(layout.runtime_ports)]
+    wanted.append((layout.rdzv_port, "training rendezvous", internal, False))
     problems = []
     seen: dict[int, str] = {}
     for port, service, change, udp in wanted:
@@ -385,7 +391,12 @@ def agent_config(
         if layout.runtime_agent[r] == i
     ]
     config: dict[str, Any] = {
-        "node": {"id": name, "roles": ["gpu", "router", "coordinator"], "zone": zone, "labels": {"demo": "true"}},
+        "node": {
+            "id": name,
+            "roles": ["gpu", "router", "coordinator", "trainer"],
+            "zone": zone,
+            "labels": {"demo": "true"},
+        },
         "listen": {"grpc": f"{host}:{layout.agent_grpc[i]}", "http": f"{host}:{layout.agent_http[i]}"},
         "shutdown": {"drain_s": 0.2, "grace_s": 1.0},
         "gpu": {"source": "emulated", "options": gpu_options, "poll_interval_s": 2.0},
@@ -402,6 +413,9 @@ def agent_config(
             "peers": {j + 1: f"{host}:{p}" for j, p in enumerate(layout.agent_grpc)},
             "data_dir": str(data_dir / "raft" / f"node-{i + 1}"),
         },
+        # The Raft leader's scheduler places the demo's training job; each agent's trainer runs its workers.
+        "scheduler": {"rdzv_port_base": layout.rdzv_port, "rdzv_port_span": 1},
+        "trainer": {},
         "logging": {"level": "info", "json": True},
     }
     if credential_file is not None:
@@ -644,8 +658,29 @@ def prepare_portal(data_dir: Path, env: dict[str, str]) -> tuple[list[str], dict
     for old in InferenceKey.objects.filter(tenant=tenant, name=KEY_NAME, revoked_at__isnull=True):
         inference_key_revoke(principal=SYSTEM, key=old)
     _, api_key = inference_key_create(principal=SYSTEM, tenant=tenant, name=KEY_NAME)
+    lines.append(submit_training_job(tenant))
     connections.close_all()
     return lines, credentials, api_key
+
+
+def submit_training_job(tenant: Any) -> str:
+    """A small DDP job of the demo tenant (real PyTorch workers on the CPU, checkpointing as they go), through the
+    portal's own service, so that the jobs page has a live job; the train extra provides torch."""
+    if importlib.util.find_spec("torch") is None:
+        return "demo: no training job: PyTorch is not installed (pip install -e '.[train]' adds a live DDP job)"
+    from meshweb.tenancy.services import SYSTEM
+    from meshweb.training.services import job_submit
+
+    spec = {
+        "image": "local",
+        "entrypoint": ["python", "-m", "agents.trainer.worker"],
+        "args": ["--steps", str(TRAINING_STEPS), "--hidden", "256", "--step-sleep", "0.5"],
+        "workers": {"min": 2, "max": 2},
+        "gpus_per_worker": 1,
+        "max_runtime_s": 3600,
+    }
+    job = job_submit(principal=SYSTEM, tenant=tenant, name=f"demo-ddp-{time.strftime('%H%M%S')}", spec=spec).job
+    return f"demo: training job {job.name} submitted (2 DDP workers, {TRAINING_STEPS} steps; the dashboard's jobs page)"
 
 
 def demo_main(argv: Sequence[str]) -> int:

@@ -132,6 +132,14 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, f"gpu-b1 was not quarantined and released: {b1_transitions()}"
             time.sleep(1.0)
 
+        # The demo's training job, submitted through the portal: the leader's scheduler placed it and a trainer
+        # launched its DDP workers (torch comes with the train extra, which the tests install).
+        assert "demo: training job demo-ddp-" in (tmp_path / "demo.out").read_text()
+        deadline = time.monotonic() + 120
+        while not any("launched job" in log.read_text() for log in (data / "demo" / "logs").glob("agent-*.log")):
+            assert time.monotonic() < deadline, "no trainer launched the demo's training job"
+            time.sleep(1.0)
+
         # Celery worker and beat are up: beat hands out the static schedule, the worker runs it.
         names = set(manifest["processes"])
         assert {
