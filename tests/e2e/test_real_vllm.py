@@ -100,13 +100,12 @@ def test_client_disconnect_mid_stream_aborts_inside_vllm(real_vllm: Any, router:
         ) as resp,
     ):
         assert resp.status_code == 200
-        seen_running = False
-        for n, _ in enumerate(resp.iter_raw()):
-            if n % 20 == 0:
-                seen_running = seen_running or running() == 1
-            if seen_running and n >= 100:
+        # vLLM's running gauge is refreshed by its stats logger, not per token: the verdict is the token counter
+        chunks = 0
+        for chunks, _ in enumerate(resp.iter_raw(), 1):
+            if chunks >= 100:
                 break  # the client hangs up mid-stream
-        assert seen_running, "vLLM never showed the request running"
+        assert chunks >= 100, f"the stream ended after {chunks} chunks"
     # The client is gone (leaving the block closed its connection): the router closes its upstream request and vLLM
     # aborts the sequence instead of generating its 1900 tokens.
     _wait(lambda: running() == 0, 10, "vLLM's running count to drop after the client disconnected")
