@@ -69,8 +69,9 @@ def discover() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def load_plugin(name: str, **options: Any) -> Strategy | None:
-    """The packaged strategy `name`, isolated behind a deadline; None when no installed package provides it."""
+def _plugin_class(name: str, base: type[Any], base_path: str) -> type[Any] | None:
+    """The class the installed entry point `name` names, checked to subclass `base` and for its API version; None
+    when no installed package provides it."""
     ep = discover().get(name)
     if ep is None:
         return None
@@ -78,10 +79,16 @@ def load_plugin(name: str, **options: Any) -> Strategy | None:
         cls = ep.load()
     except Exception as exc:  # an import error inside a third-party package
         raise PluginLoadError(f"strategy plugin {name!r} ({ep.value}) cannot be imported: {exc!r}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise PluginLoadError(f"strategy plugin {name!r} ({ep.value}) is not a subclass of agents.strategies.Strategy")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginLoadError(f"strategy plugin {name!r} ({ep.value}) is not a subclass of {base_path}")
     check_api_version(name, getattr(cls, "api_version", None))
-    return Isolated(cls(**options))
+    return cls
+
+
+def load_plugin(name: str, **options: Any) -> Strategy | None:
+    """The packaged strategy `name`, isolated behind a deadline; None when no installed package provides it."""
+    cls = _plugin_class(name, Strategy, "agents.strategies.Strategy")
+    return None if cls is None else Isolated(cls(**options))
 
 
 def load_placement_plugin(name: str) -> PlacementStrategy | None:
@@ -90,19 +97,8 @@ def load_placement_plugin(name: str) -> PlacementStrategy | None:
     as the built-ins: a placement decision is made once per job, not per request)."""
     from agents.strategies.placement import PlacementStrategy
 
-    ep = discover().get(name)
-    if ep is None:
-        return None
-    try:
-        cls = ep.load()
-    except Exception as exc:  # an import error inside a third-party package
-        raise PluginLoadError(f"strategy plugin {name!r} ({ep.value}) cannot be imported: {exc!r}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, PlacementStrategy)):
-        raise PluginLoadError(
-            f"strategy plugin {name!r} ({ep.value}) is not a subclass of agents.strategies.placement.PlacementStrategy"
-        )
-    check_api_version(name, getattr(cls, "api_version", None))
-    return cls()
+    cls = _plugin_class(name, PlacementStrategy, "agents.strategies.placement.PlacementStrategy")
+    return None if cls is None else cls()
 
 
 class _Worker:

@@ -113,16 +113,10 @@ class _Target:
     version: int = -1
 
 
-_MIG_SHARES: dict[str, float] = {}
-
-
 def _mig_share(profile: str) -> float:
-    share = _MIG_SHARES.get(profile)
-    if share is None:  # builtins imports this module: resolved on first use, then remembered per profile name
-        from agents.strategies.builtins import mig_fraction
+    from agents.strategies.builtins import mig_fraction  # builtins imports this module; mig_fraction is cached
 
-        share = _MIG_SHARES[profile] = mig_fraction(profile)
-    return share
+    return mig_fraction(profile)
 
 
 class LatencyPredictor:
