@@ -825,8 +825,9 @@ def demo_main(argv: Sequence[str]) -> int:
             "api_key": api_key,  # the demo tenant's inference key, made in the portal on start
             "api_key_name": KEY_NAME,
         }
-        (demo_dir / "services.json").write_text(json.dumps(manifest, indent=2))
+        # the manifest says the mesh is ready: written once the router, through its agent, knows the portal's key
         wait_for_key(layout.url(layout.router_port, "/v1/models"), api_key, lambda: stopping)
+        (demo_dir / "services.json").write_text(json.dumps(manifest, indent=2))
         print_banner(manifest, args, logs, api_key)
 
         if not args.no_replay:
