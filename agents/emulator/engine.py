@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agents.emulator.kvcache import BlockPool, SeqBlocks
-from agents.emulator.profiles import GpuProfile
+from agents.emulator.profiles import KV_BYTES_PER_TOKEN_8B, GpuProfile
 from agents.emulator.tokenizer import root_hash
 
 
@@ -51,6 +51,11 @@ class Sequence:
     kv: SeqBlocks = field(default_factory=lambda: SeqBlocks(None))
     lora: str | None = None  # LoRA adapter name; its KV blocks chain from the adapter's own root hash
     lora_id: int | None = None
+    # Disaggregated serving: prompt tokens whose KV a remote prefill instance computed (vLLM's do_remote_prefill);
+    # they are pulled over the KV link instead of computed here (0: a local prefill).
+    remote_tokens: int = 0
+    transfer_s: float = 0.0  # from admission until its pulled KV had arrived (link queueing included)
+    held_block_ids: list[int] = field(default_factory=list)  # its blocks when it finished (kv_transfer_params)
 
     def __post_init__(self) -> None:
         if self.token_ids is not None and self.kv.token_ids is None:
@@ -103,6 +108,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_loras: int = 0  # LoRA adapters resident on the GPU at once (0: LoRA off); a batch uses at most this many
     lora_load_s: float | None = None  # time to load an adapter into a slot (None: the profile's)
+    kv_link_bytes_s: float = 12.5e9  # bandwidth of the link remote KV is pulled over (100 Gbit/s)
+    kv_bytes_per_token: int = KV_BYTES_PER_TOKEN_8B
 
     @property
     def num_blocks(self) -> int:
@@ -122,6 +129,9 @@ class EngineCounters:
     busy_s: float = 0.0
     lora_loads: int = 0  # adapters loaded into a GPU slot
     lora_evictions: int = 0  # adapters evicted from a slot to make room for another
+    kv_transfers: int = 0  # remote prefills whose KV was pulled here
+    kv_transfer_bytes: int = 0
+    kv_transfer_s: float = 0.0  # summed over the transfers, link queueing included
 
 
 class _NullObserver:
@@ -160,6 +170,11 @@ class EngineCore:
         # adapters resident in the GPU's LoRA slots, least recently used first
         self.loras: OrderedDict[str, None] = OrderedDict()
         self.lora_load_s = config.lora_load_s if config.lora_load_s is not None else config.profile.lora_load_s
+        # Sequences whose remote KV is on its way, with the time it will have arrived. The pull runs beside the
+        # iterations (NIXL reads into blocks reserved at admission); one link, so pulls queue behind each other.
+        self.transferring: list[tuple[float, Sequence]] = []
+        self._link_free_at = 0.0
+        self.now = 0.0  # latest time the driver told the core (schedule / complete)
 
     # -- requests --------------------------------------------------------------------------------------------
     @property
@@ -190,8 +205,10 @@ class EngineCore:
             return False
         if seq in self.running:
             self.running.remove(seq)
-        else:
+        elif seq in self.waiting:
             self.waiting.remove(seq)
+        else:
+            self.transferring = [(at, s) for at, s in self.transferring if s is not seq]
         self._free(seq)
         seq.finish_reason = "abort"
         seq.finished_at = now
@@ -209,11 +226,43 @@ class EngineCore:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting)
+        return bool(self.running or self.waiting or self.transferring)
+
+    def next_arrival(self) -> float | None:
+        """When the next pulled KV arrives (None: nothing in flight): an idle driver wakes then."""
+        return min((at for at, _ in self.transferring), default=None)
+
+    def _arrived(self, now: float) -> None:
+        """Sequences whose remote KV is in: they join the batch with the prompt computed but its last token, which
+        is recomputed here for its logits (as vLLM's scheduler does after a remote prefill)."""
+        keep: list[tuple[float, Sequence]] = []
+        for at, seq in self.transferring:
+            if at <= now:
+                seq.computed = min(seq.remote_tokens, seq.prompt_tokens - 1)
+                self.running.append(seq)
+            else:
+                keep.append((at, seq))
+        self.transferring = keep
+
+    def _pull(self, seq: Sequence, start: int, now: float) -> None:
+        """Start pulling the remote KV of `seq` beyond its `start` locally cached tokens."""
+        nbytes = (seq.remote_tokens - start) * self.config.kv_bytes_per_token
+        done = max(now, self._link_free_at) + nbytes / self.config.kv_link_bytes_s
+        self._link_free_at = done
+        seq.transfer_s = done - now
+        self.transferring.append((done, seq))
+        c = self.counters
+        c.kv_transfers += 1
+        c.kv_transfer_bytes += nbytes
+        c.kv_transfer_s += seq.transfer_s
 
     # -- iterations ------------------------------------------------------------------------------------------
-    def schedule(self) -> Step | None:
-        """Plan the next iteration, or None when there is nothing to do."""
+    def schedule(self, now: float | None = None) -> Step | None:
+        """Plan the next iteration, or None when there is nothing to do. `now` matters only to pulls of remote KV
+        (default: the time of the last completed iteration)."""
+        self.now = now = self.now if now is None else max(self.now, now)
+        if self.transferring:
+            self._arrived(now)
         budget = self.config.max_num_batched_tokens
         work: list[tuple[Sequence, int]] = []
         preempted = False
@@ -235,7 +284,8 @@ class EngineCore:
         lora_load_s = 0.0
         if not preempted:
             skipped: list[Sequence] = []  # waiting for a LoRA slot: later requests may go ahead of them
-            while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            slots = self.config.max_num_seqs
+            while self.waiting and budget > 0 and len(self.running) + len(self.transferring) < slots:
                 seq = self.waiting[0]
                 load = self._lora_slot(seq) if seq.lora is not None else 0.0
                 if load is None:
@@ -243,6 +293,16 @@ class EngineCore:
                     continue
                 hit = self.kv.lookup(seq.kv, seq.prompt_tokens) if seq.computed == 0 else []
                 start = seq.computed + len(hit) * self.config.block_size
+                if seq.remote_tokens > start:
+                    # KV computed by a remote prefill: blocks for it now, the pull beside the iterations
+                    if not self.kv.admit(seq.kv, hit, seq.remote_tokens, seq.prompt_tokens):
+                        if load:
+                            self._lora_unload(seq.lora)
+                        break
+                    seq.computed = seq.cached_tokens = start
+                    self.waiting.popleft()
+                    self._pull(seq, start, now)
+                    continue
                 n = min(seq.context - start, budget)
                 if not self.kv.admit(seq.kv, hit, start + n, seq.prompt_tokens):
                     if load:
@@ -273,6 +333,7 @@ class EngineCore:
     def complete(self, step: Step, now: float) -> list[TokenEvent]:
         """Apply a planned iteration that ended at `now`; returns the tokens it produced."""
         events: list[TokenEvent] = []
+        self.now = max(self.now, now)
         self.counters.iterations += 1
         self.counters.busy_s += step.duration_s
         for seq, n in step.work:
@@ -300,6 +361,7 @@ class EngineCore:
                 seq.finished_at = now
                 self.running.remove(seq)
                 self._by_id.pop(seq.req_id, None)
+                seq.held_block_ids = list(seq.kv.block_ids)
                 self._free(seq)
                 self.counters.finished += 1
                 self.observer.on_finished(seq, now)
@@ -352,6 +414,7 @@ class EngineCore:
     def _preempt(self, seq: Sequence) -> None:
         self._free(seq)
         seq.computed = 0  # recomputation: prompt and output so far are prefilled again
+        seq.remote_tokens = 0  # here: the remote blocks are not pulled twice
         seq.preemptions += 1
         self.counters.preemptions += 1
         self.waiting.appendleft(seq)

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from agents.argparsing import Parser, examples
 from agents.binding import BindError, fail, join_host_port, reason_of
-from agents.emulator import apis
+from agents.emulator import apis, kvtransfer
 from agents.emulator import tokenizer as tok
 from agents.emulator.engine import EngineConfig, EngineCore, TokenEvent
 from agents.emulator.engine import Sequence as Seq
@@ -124,6 +124,11 @@ class EmulatorConfig:
     lora_modules: dict[str, str] = field(default_factory=dict)  # adapter name -> path, served from the start
     max_loras: int = 1  # adapters resident on the GPU at once (vLLM's --max-loras)
     lora_load_s: float | None = None  # time to load an adapter into a slot (None: the profile's)
+    # Disaggregated serving (vLLM's NixlConnector): prefill answers after the first token with kv_transfer_params,
+    # decode pulls a remote prefill's KV over a link of kv_link_gbps; both honours kv_transfer_params either way.
+    role: str = "both"
+    kv_link_gbps: float = 100.0
+    engine_id: str = ""  # vLLM's engine id, named in kv_transfer_params ("": one drawn at start)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls_cert:
@@ -172,8 +177,11 @@ class Emulator:
                 enable_prefix_caching=config.enable_prefix_caching and config.flavor != "vllm-v0",
                 max_loras=config.max_loras if config.enable_lora else 0,
                 lora_load_s=config.lora_load_s,
+                kv_link_bytes_s=config.kv_link_gbps * 1e9 / 8,
             )
         )
+        self.engine_id = config.engine_id or f"emu-{uuid.uuid4().hex[:12]}"
+        self.side_port = config.port  # the listening port once bound: where a decode instance pulls from
         # adapter name -> (vLLM's lora_int_id, path); ids are never reused, as vLLM's
         self.loras: dict[str, tuple[int, str]] = {}
         self._next_lora_id = 1
@@ -221,10 +229,12 @@ class Emulator:
         while True:
             if self.faults.hang:
                 await self._unhung.wait()
-            step = self.core.schedule()
+            step = self.core.schedule(loop.time())
             if step is None:
                 self._wake.clear()
-                await self._wake.wait()
+                arrival = self.core.next_arrival()  # remote KV on its way: wake when it is in
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), None if arrival is None else arrival - loop.time())
                 t = loop.time()
                 continue
             # Keep a virtual clock so event-loop lag does not slow the emulated GPU down, but never replay a
@@ -306,6 +316,15 @@ class Emulator:
             "instant": self.config.instant,
             "max_model_len": self.max_model_len,
             "max_num_seqs": self.config.max_num_seqs,
+            "role": self.config.role,
+            "kv_transfer": {
+                "engine_id": self.engine_id,
+                "link_gbps": self.config.kv_link_gbps,
+                "transfers": c.kv_transfers,
+                "bytes": c.kv_transfer_bytes,
+                "seconds": c.kv_transfer_s,
+                "in_flight": len(self.core.transferring),
+            },
             "lora": {
                 "enabled": self.config.enable_lora,
                 "max_loras": self.config.max_loras,
@@ -344,8 +363,10 @@ class Emulator:
         return " " + _WORDS[(req_seed + index * 7919) % len(_WORDS)]
 
     async def generate(self, req_id: str, prompt_tokens: int, max_tokens: int, target: int,  # type: ignore[no-untyped-def]
-                       token_ids: list[int] | None = None, lora: str | None = None):  # fmt: skip
-        """Async iterator of (index, finished) for each generated token."""
+                       token_ids: list[int] | None = None, lora: str | None = None, remote_tokens: int = 0,
+                       done: list[Seq] | None = None):  # fmt: skip
+        """Async iterator of (index, finished) for each generated token. `remote_tokens`: prompt tokens whose KV a
+        remote prefill computed (pulled, not computed); `done` receives the sequence once it finished."""
         if self.config.instant:
             self._instant_running += 1
             try:
@@ -362,7 +383,8 @@ class Emulator:
         loop = asyncio.get_running_loop()
         lora_id = self.loras[lora][0] if lora is not None and lora in self.loras else None
         seq = Seq(req_id=req_id, prompt_tokens=prompt_tokens, max_tokens=max_tokens, target_tokens=target,
-                  arrival=loop.time(), token_ids=token_ids, lora=lora, lora_id=lora_id)  # fmt: skip
+                  arrival=loop.time(), token_ids=token_ids, lora=lora, lora_id=lora_id,
+                  remote_tokens=remote_tokens)  # fmt: skip
         pending = _Pending(seq)
         self._pending[req_id] = pending
         try:
@@ -370,6 +392,8 @@ class Emulator:
             self._wake.set()
             while True:
                 ev = await pending.queue.get()
+                if ev.finished and done is not None:
+                    done.append(seq)
                 yield ev.index, ev.finished
                 if ev.finished:
                     return
@@ -488,7 +512,17 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
         max_tokens = _int_field(body, "max_completion_tokens", 1) if chat else None
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", 1)
+        try:
+            remote_decode, remote = kvtransfer.parse(body.get("kv_transfer_params"))
+        except kvtransfer.KvTransferError as e:
+            raise BadRequest(str(e), param="kv_transfer_params") from None
+        # a prefill instance ends every request at its first token, as a proxy's max_tokens=1 does
+        remote_decode = remote_decode or em.config.role == "prefill"
+        if remote_decode:
+            max_tokens = 1
         max_tokens, target = em.plan_request(prompt_tokens, max_tokens)
+        # the pulled blocks cover at most the prompt (the decode instance computes its last token itself)
+        remote_tokens = min(prompt_tokens, len(remote.block_ids) * em.core.config.block_size) if remote else 0
         stream = bool(body.get("stream", False))
         opts = body.get("stream_options") or {}
         include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
@@ -500,7 +534,7 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
         em.stats.errors += 1
         em.metrics.errors.add("generation")
         return _error(500, "emulated engine failure (fault injection)")
-    if apis.wants_extended(body) and lora is None:
+    if apis.wants_extended(body) and lora is None and not remote_decode and not remote_tokens:
         try:
             return await apis.extended_completion(
                 request, apis.Runtime(em), body, chat, prompt_tokens, token_ids, max_tokens, target
@@ -514,7 +548,8 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
     req_seed = em.rng.randrange(1 << 30)
     created = int(time.time())
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens}
-    gen = em.generate(req_id, prompt_tokens, max_tokens, target, token_ids, lora)
+    finished_seq: list[Seq] = []
+    gen = em.generate(req_id, prompt_tokens, max_tokens, target, token_ids, lora, remote_tokens, finished_seq)
     finish_reason = "length" if target >= max_tokens else "stop"
     try:
         if not stream:
@@ -534,16 +569,20 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
             else:
                 choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason,
                           "stop_reason": None}  # fmt: skip
-            return web.json_response(
-                {
-                    "id": req_id,
-                    "object": "chat.completion" if chat else "text_completion",
-                    "created": created,
-                    "model": lora or em.config.model,
-                    "choices": [choice],
-                    "usage": usage,
-                }
-            )
+            answer: dict[str, Any] = {
+                "id": req_id,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": created,
+                "model": lora or em.config.model,
+                "choices": [choice],
+                "usage": usage,
+            }
+            if remote_decode:
+                held = finished_seq[0].held_block_ids if finished_seq else []
+                answer["kv_transfer_params"] = kvtransfer.prefill_answer(
+                    em.engine_id, held, em.config.host, em.side_port, req_id, prompt_tokens, em.core.config.block_size
+                )
+            return web.json_response(answer)
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
         )
@@ -782,12 +821,13 @@ async def serve(config: EmulatorConfig, ready: asyncio.Event | None = None) -> N
         raise BindError(join_host_port(config.host, config.port), reason_of(exc), "--host/--port") from None
     port = runner.addresses[0][1]
     em = app[EMULATOR_KEY]
+    em.side_port = port
     scheme = "https" if tls is not None else "http"
     mtls = " mtls=required" if config.tls_client_ca else ""
     print(
         f"emulate-runtime listening on {scheme}://{config.host}:{port}{mtls} flavor={config.flavor} "
         f"profile={em.profile.name} model={config.model} instant={config.instant} "
-        f"kv_tokens={em.core.max_model_len} max_num_seqs={config.max_num_seqs}",
+        f"kv_tokens={em.core.max_model_len} max_num_seqs={config.max_num_seqs} role={config.role}",
         flush=True,
     )
     stop = asyncio.Event()
@@ -841,6 +881,12 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
     p.add_argument("--max-loras", type=int, default=1, help="LoRA adapters resident on the GPU at once")
     p.add_argument("--lora-load-s", type=float, default=None,
                    help="seconds to load an adapter into a GPU slot (default: the profile's)")  # fmt: skip
+    p.add_argument("--role", default="both", choices=("both", "prefill", "decode"),
+                   help="disaggregated serving: prefill answers after the first token with kv_transfer_params; "
+                   "decode pulls a remote prefill's KV (vLLM's NixlConnector fields); both honours either")  # fmt: skip
+    p.add_argument("--kv-link-gbps", type=float, default=100.0,
+                   help="bandwidth of the link remote KV is pulled over, in Gbit/s")  # fmt: skip
+    p.add_argument("--engine-id", default="", help="engine id named in kv_transfer_params (default: drawn)")
     p.add_argument("--tls-cert", default="", metavar="PEM", help="serve HTTPS with this certificate")
     p.add_argument("--tls-key", default="", metavar="PEM", help="the certificate's private key")
     p.add_argument("--tls-client-ca", default="", metavar="PEM", help="require client certificates from this CA")
@@ -872,6 +918,8 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
         loras[name] = path
     if a.max_loras < 1:
         p.error("--max-loras must be >= 1")
+    if not a.kv_link_gbps > 0:
+        p.error("--kv-link-gbps must be > 0")
     if a.lora_load_s is not None and a.lora_load_s < 0:
         p.error("--lora-load-s must be >= 0")
     if not 0 <= a.port <= 65535:
@@ -888,7 +936,7 @@ def parse_args(argv: Sequence[str]) -> EmulatorConfig:
         kv_events_replay_endpoint=a.kv_events_replay_endpoint, kv_events_topic=a.kv_events_topic,
         tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca, otlp_endpoint=a.otlp_endpoint,
         enable_lora=a.enable_lora or bool(loras), lora_modules=loras, max_loras=a.max_loras,
-        lora_load_s=a.lora_load_s,
+        lora_load_s=a.lora_load_s, role=a.role, kv_link_gbps=a.kv_link_gbps, engine_id=a.engine_id,
     )  # fmt: skip
     for flag in ("tls_cert", "tls_key", "tls_client_ca"):
         path = getattr(a, flag)
