@@ -24,6 +24,7 @@ COMPONENT_MODELS = {
     "trainer": "agents.trainer.component:TrainerSection",
     "portal": "agents.portal_link.component:PortalSection",
     "io": "agents.io.component:IoSection",
+    "wan": "agents.wan.component:WanSection",
 }
 
 

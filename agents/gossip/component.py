@@ -158,6 +158,7 @@ class GossipComponent:
     def __init__(self, section: GossipSection) -> None:
         self.section = section
         self.node: GossipNode | None = None
+        self._cell = ""  # the node's cell (node.cell): members of another cell are reported, being a seed slip
         self.topology: Topology | None = None
         self.status = _STATUS
         self._ctx: AgentContext | None = None
@@ -187,11 +188,21 @@ class GossipComponent:
     async def start(self, ctx: AgentContext) -> None:
         self._ctx = ctx
         s = self.section
-        labels = {"zone": ctx.zone, "region": s.region, "host": s.host}
+        node_cfg = getattr(ctx.config, "node", None)
+        region = s.region or getattr(node_cfg, "region", "")  # the node's region unless gossip names its own
+        self._cell = getattr(node_cfg, "cell", "")
+        labels = {"zone": ctx.zone, "region": region, "host": s.host}
         topo = self._topo
         topo.node = ctx.node_id
         topo.labels = {**{k: v for k, v in labels.items() if v}, "node": ctx.node_id}
-        meta = NodeMeta(roles=sorted(ctx.roles), zone=ctx.zone, region=s.region, host=s.host, grpc=ctx.grpc_address)
+        meta = NodeMeta(
+            roles=sorted(ctx.roles),
+            zone=ctx.zone,
+            region=region,
+            host=s.host,
+            grpc=ctx.grpc_address,
+            labels={"cell": self._cell} if self._cell else {},
+        )
         self.node = GossipNode(
             ctx.node_id,
             parse_addr(s.bind),
@@ -341,6 +352,20 @@ class GossipComponent:
                 state=control_pb2.NODE_STATE_DOWN if ev.kind in _DOWN else control_pb2.NODE_STATE_ACTIVE,
             )
             info.labels.update({"gossip": ev.kind, **({"region": meta.region} if meta.region else {})})
+            cell = meta.labels.get("cell", "")
+            if cell:
+                info.labels["cell"] = cell
+            if ev.kind == "join" and cell != self._cell:
+                from agents.meshd.events import WARNING as _WARNING
+
+                # a cell is one gossip pool: a member of another cell means seeds that cross cells
+                ctx.events.emit(
+                    "gossip.member.other_cell",
+                    f"member {m.name} of cell {cell or 'default'} joined the gossip pool of cell "
+                    f"{self._cell or 'default'}: gossip.seeds should stay inside the cell",
+                    severity=_WARNING,
+                    attrs={"member": m.name, "cell": cell},
+                )
             ctx.nodes.upsert(info)
             if ev.kind != "update":
                 from agents.meshd.events import INFO, WARNING

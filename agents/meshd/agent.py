@@ -77,7 +77,10 @@ class Agent:
                 state=control_pb2.NODE_STATE_ACTIVE,
                 version=VERSION,
                 started_unix_ms=self.started_unix_ms,
-                labels=config.node.labels,
+                labels={
+                    **config.node.labels,
+                    **{k: v for k, v in (("cell", config.node.cell), ("region", config.node.region)) if v},
+                },
             )
         )
         self.node_state: int = control_pb2.NODE_STATE_ACTIVE

@@ -36,6 +36,7 @@ COMPONENT_FACTORIES: dict[str, str] = {
     "trainer": "agents.trainer.component:make_component",
     "portal": "agents.portal_link.component:make_component",
     "io": "agents.io.component:make_component",
+    "wan": "agents.wan.component:make_component",
 }
 
 

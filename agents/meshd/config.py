@@ -43,6 +43,9 @@ def _check_address(value: str) -> str:
     return value
 
 
+_NAME = r"^([a-z0-9][a-z0-9._-]*)?$"  # a cell's or region's name: lowercase, digits, '.', '_', '-'
+
+
 def _default_roles() -> list[Role]:
     return ["gpu"]
 
@@ -51,6 +54,14 @@ class NodeConfig(_Model):
     id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     roles: list[Role] = Field(default_factory=_default_roles)
     zone: str = ""
+    # A cell is one gossip pool and one Raft group (its members' `gossip.seeds` and `raft.peers` stay inside it);
+    # cells exchange only compact summaries over the WAN tier (`wan:`). Empty: the single cell "default".
+    cell: str = Field(
+        default="", max_length=63, pattern=_NAME, description="this node's cell; empty: the single cell 'default'"
+    )
+    region: str = Field(
+        default="", max_length=63, pattern=_NAME, description="the region holding the cell (tenants' data residency)"
+    )
     labels: dict[str, str] = Field(default_factory=dict)
 
 
