@@ -270,17 +270,7 @@ class GossipComponent:
         for t in msg.targets:
             if t.node != node:
                 continue  # a node speaks only for its own targets
-            d = state_pb2.ModelStateDelta(
-                node=t.node, endpoint=t.endpoint, runtime=t.runtime, model=t.model, revision=t.revision,
-                quant=t.quant, gpu_uuids=list(t.gpu_uuids), mig_profile=t.mig_profile, loaded=t.loaded,
-                warming=t.warming, healthy=t.health != state_pb2.TARGET_HEALTH_UNHEALTHY,
-                cost_per_mtok=t.cost_per_mtok, parent=t.parent, source="gossip",
-            )  # fmt: skip
-            for name in ("requests_waiting", "requests_running", "kv_cache_usage", "tokens_per_s", "ttft_p95_s",
-                         "latency_p95_s", "max_concurrency", "lora_resident", "max_loras", "loras_active"):  # fmt: skip
-                if t.HasField(name):
-                    setattr(d, name, getattr(t, name))
-            result = self._ctx.fusion.ingest_model(d, remote=True)
+            result = self._ctx.fusion.ingest_remote(t)
             if not result.accepted:
                 log.debug("gossip: remote target %s from %s refused: %s", t.target_id, node, result)
 

@@ -97,6 +97,9 @@ class TargetRecord:
     gpu_uuids: tuple[str, ...] = ()
     cost_per_mtok: float = 0.0
     parent: str = ""  # a LoRA adapter's base model
+    # a remote target's GPU figures (VRAM fraction, utilization %, thermal margin °C) as its own node fused them:
+    # its GPUs are not in this node's inventory, so they come with the gossip summary
+    remote_gpu: tuple[float | None, float | None, float | None] | None = None
     signals: _Runtime = field(default_factory=_Runtime)
     observed_at: float = 0.0  # wall seconds of the last runtime signal
     down_reason: str = ""  # set while its endpoint cannot be scraped
@@ -129,6 +132,13 @@ class _Comm:
     summary: state_pb2.CommSummary
     observed_at: float
 
+
+# what a gossip summary carries of a remote target's runtime, and of its GPUs (in _target_gpu_values' order)
+_REMOTE_FIELDS = (
+    "requests_waiting", "requests_running", "kv_cache_usage", "tokens_per_s", "ttft_p95_s", "latency_p95_s",
+    "max_concurrency", "lora_resident", "max_loras", "loras_active",
+)  # fmt: skip
+_GPU_FIGURES = ("vram_used_frac", "gpu_utilization", "thermal_margin_c")
 
 Listener = Callable[[list[str], list[str]], None]  # (changed ids, removed ids)
 
@@ -171,7 +181,13 @@ class Fusion:
 
     # -- ingest: runtime -----------------------------------------------------------------------------------------
     def ingest_model(
-        self, d: state_pb2.ModelStateDelta, *, now: float | None = None, remote: bool = False
+        self,
+        d: state_pb2.ModelStateDelta,
+        *,
+        now: float | None = None,
+        remote: bool = False,
+        remote_zone: str = "",
+        remote_gpu: tuple[float | None, float | None, float | None] | None = None,
     ) -> IngestResult:
         """Fold one runtime report in. Adapters push local state only; `remote=True` is for summaries of other
         nodes' targets learnt through membership (gossip), which must name their node."""
@@ -225,6 +241,8 @@ class Fusion:
         rec.parent = d.parent
         if d.gpu_uuids:
             rec.gpu_uuids = gpus if not remote else tuple(d.gpu_uuids)  # remote GPUs are not in our inventory
+        if remote:  # what only the target's own node knows, as it published it (see ingest_remote)
+            rec.zone, rec.remote_gpu = remote_zone, remote_gpu
         if "cost_per_mtok" in fields:
             rec.cost_per_mtok = fields.pop("cost_per_mtok")
         # Each delta is a full report from its runtime: a series it does not carry is unknown now, not the old value.
@@ -252,6 +270,21 @@ class Fusion:
         self._evaluate(rec, now)
         self._notify([tid], [])
         return IngestResult(True, rej, tid)
+
+    def ingest_remote(self, t: state_pb2.TargetState, *, now: float | None = None) -> IngestResult:
+        """Another node's fused target, from its gossip summary, through the same checks as a pushed delta; its
+        zone and its GPUs' figures (which only its own node reads) are kept as that node published them."""
+        d = state_pb2.ModelStateDelta(
+            node=t.node, endpoint=t.endpoint, runtime=t.runtime, model=t.model, revision=t.revision,
+            quant=t.quant, gpu_uuids=list(t.gpu_uuids), mig_profile=t.mig_profile, loaded=t.loaded,
+            warming=t.warming, healthy=t.health != state_pb2.TARGET_HEALTH_UNHEALTHY,
+            cost_per_mtok=t.cost_per_mtok, parent=t.parent, source="gossip",
+        )  # fmt: skip
+        for name in _REMOTE_FIELDS:
+            if t.HasField(name):
+                setattr(d, name, getattr(t, name))
+        vram, util, margin = (getattr(t, name) if t.HasField(name) else None for name in _GPU_FIGURES)
+        return self.ingest_model(d, now=now, remote=True, remote_zone=t.zone, remote_gpu=(vram, util, margin))
 
     def ingest_model_state(
         self,
@@ -544,6 +577,10 @@ class Fusion:
         return ((sig.requests_waiting or 0.0) + (sig.requests_running or 0.0)) / rec.service_rate_rps
 
     def _target_gpu_values(self, rec: TargetRecord, now: float) -> tuple[float | None, float | None, float | None]:
+        if rec.node != self.node_id:  # a remote target: its node's figures, as fresh as its runtime's signals
+            if rec.remote_gpu is None or self.freshness(rec.observed_at, now) == 0.0:
+                return None, None, None
+            return rec.remote_gpu
         vram: float | None = None
         util: float | None = None
         margin: float | None = None

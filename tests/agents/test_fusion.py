@@ -143,6 +143,30 @@ def test_gpu_values_are_validated_and_folded_into_targets() -> None:
     assert sorted(x.field for x in r2.rejections) == ["ecc_corrected_volatile", "memory_used_bytes"]
 
 
+def test_a_remote_target_keeps_its_zone_and_its_gpu_figures() -> None:
+    """A target learnt from another node's summary carries that node's zone and GPU figures (its GPUs are not in
+    this node's inventory), and they decay to unknown with its runtime's signals."""
+    there = Fusion("node-b", zone="z2", config=FusionConfig(fresh_s=2, stale_s=10, expire_s=60), clock=lambda: 0)
+    g = state_pb2.GpuStateDelta(uuid="GPU-B", memory_total_bytes=80, memory_used_bytes=20, utilization_gpu=64.0,
+                                temperature_c=61, slowdown_temp_c=90)  # fmt: skip
+    assert there.ingest_gpu(g, now=1).accepted
+    tid = there.ingest_model(delta(gpu_uuids=["GPU-B"], requests_running=2), now=1).target_id
+    published = there.to_proto(there.targets[tid], now=1)
+    here = fusion()
+    here.set_gpu_inventory({"GPU-1"})  # GPU-B is not ours: the summary's figures, not our inventory, speak for it
+    r = here.ingest_remote(published, now=1)
+    assert r.accepted and not r.rejections
+    msg = here.to_proto(here.targets[r.target_id], now=1)
+    assert (msg.node, msg.zone, list(msg.gpu_uuids)) == ("node-b", "z2", ["GPU-B"])
+    assert (msg.gpu_utilization, msg.thermal_margin_c, msg.requests_running) == (64.0, 29.0, 2)
+    assert msg.vram_used_frac == pytest.approx(0.25)
+    stale = here.to_proto(here.targets[r.target_id], now=20)
+    assert not stale.HasField("gpu_utilization") and not stale.HasField("vram_used_frac")
+    refused = here.ingest_remote(state_pb2.TargetState(model="demo-llm", endpoint=EP2, zone="z9"), now=1)
+    assert not refused.accepted  # a summary must name its node: nothing of it is kept
+    assert all(rec.zone != "z9" for rec in here.targets.values())
+
+
 @pytest.mark.parametrize(
     ("fault", "reason"),
     [

@@ -64,9 +64,12 @@ async def mesh(tmp_path: Path) -> AsyncIterator[tuple[dict[str, Agent], FaultPro
                 },
                 "scrape": {"interval_s": 0.3},
                 "shutdown": {"drain_s": 0.0, "grace_s": 1.0},
-                "runtimes": [{"url": runtimes[name].url, "flavor": "vllm"}] if name in runtimes else [],
+                "runtimes": [{"url": runtimes[name].url, "flavor": "vllm", "gpus": [0]}] if name in runtimes else [],
                 "log": {"level": "info", "json": True},
             }
+            if name in runtimes:  # an emulated GPU under each runtime: its figures reach node-r by gossip alone
+                cfg["gpu"] = {"source": "emulated", "options": {"profiles": ["h100"], "node": name},
+                              "poll_interval_s": 0.3}  # fmt: skip
             path = tmp_path / f"{name}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             log = tmp_path / f"{name}.log"
@@ -128,6 +131,17 @@ async def test_router_prefers_the_near_target_and_goes_local_only_when_gossip_de
                 return r.status_code == 200
 
             await wait_until(served_by_router, 30, "the router serves demo-llm from its agent's view")
+
+            async def remote_gpus_reported() -> bool:
+                report = (await client.get(f"{router.url}/infermesh/routing", params={"model": "demo-llm"})).json()
+                rows = report["models"][0]["targets"]
+                return {t["node"] for t in rows} == {"node-near", "node-far"} and all(
+                    t["zone"] == "zone-a" and t["gpu_utilization"] is not None and t["vram_used_frac"] is not None
+                    and t["thermal_margin_c"] is not None for t in rows
+                )  # fmt: skip
+
+            # the routing page's figures for targets on other nodes: their agents' fused GPU state, via gossip
+            await wait_until(remote_gpus_reported, 15, "the router reports each remote target's zone and GPU state")
             await asyncio.sleep(1.5)  # a few mesh refreshes: the RTT table is in the ranking
             before_near, before_far = await _served(client, near), await _served(client, far)
             for _ in range(10):
