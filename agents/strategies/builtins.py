@@ -6,11 +6,9 @@ random sample plus a small elite list that `refresh` keeps out of the request pa
 
 from __future__ import annotations
 
-import functools
 import heapq
 import math
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,7 +24,7 @@ from agents.strategies.base import (
     rank_sampled,
 )
 from agents.strategies.lora import LoraAffinity
-from agents.strategies.predict import LatencyPredictor, PredictorParams
+from agents.strategies.predict import LatencyPredictor, PredictorParams, mig_fraction
 
 
 class BaselineRR(Strategy):
@@ -162,16 +160,6 @@ def _score_least_queue(view: TargetView, request: RouteRequest) -> float:
     return _load(view)
 
 
-_MIG_RE = re.compile(r"^(\d+)g\.(\d+)gb$")
-
-
-@functools.lru_cache(maxsize=256)  # called per target state on the hot path; the profile names are few
-def mig_fraction(profile: str) -> float:
-    """Share of a full GPU a MIG profile gets (compute slices out of 7); 1.0 for a whole GPU or an unknown name."""
-    m = _MIG_RE.match(profile.split("+")[0]) if profile else None
-    return min(int(m.group(1)) / 7.0, 1.0) if m else 1.0
-
-
 @dataclass(slots=True)
 class HybridWeights:
     """Weights of `hybrid_mesh`. The score is in seconds of expected delay, so terms add up meaningfully."""
@@ -273,21 +261,27 @@ class HybridMesh(_EliteMixin, Strategy):
         rate; what this router sent since the target's last published state is counted, in tokens, so decisions
         between two updates do not pile onto one target. `service` is the decode time of a default completion at the
         target's predicted inter-token latency (a slow GPU or a full batch costs its share; weighted low)."""
+        return dict(zip(_BASE_TERMS, self._terms(v), strict=True))
+
+    def _terms(self, v: TargetView) -> tuple[float, ...]:
+        """`base_terms`' values in `_BASE_TERMS` order, without building the dict (every published state comes here)."""
         w = self.weights
         wait, itl = self.predictor.predict_base(v)
-        terms = {
-            "wait": wait,
-            "service": w.decode_weight * w.default_completion_tokens * itl,
-            "kv": _knee(v.kv_cache_usage, w.kv_knee) * w.kv_penalty_s,
-            "vram": _knee(v.vram_used_frac, w.vram_knee) * w.vram_penalty_s,
-            "latency": w.latency_weight * (v.ttft_p95_s or v.ewma_ttft_s or 0.0),
-            "warm": w.cold_penalty_s if not v.loaded else (w.warming_penalty_s if v.warming else 0.0),
-            "stale": (1.0 - min(max(v.freshness, 0.0), 1.0)) * w.stale_penalty_s,
-            "errors": v.error_rate * w.error_penalty_s,
-        }
-        return terms
+        return (
+            wait,
+            w.decode_weight * w.default_completion_tokens * itl,
+            _knee(v.kv_cache_usage, w.kv_knee) * w.kv_penalty_s,
+            _knee(v.vram_used_frac, w.vram_knee) * w.vram_penalty_s,
+            w.latency_weight * (v.ttft_p95_s or v.ewma_ttft_s or 0.0),
+            w.cold_penalty_s if not v.loaded else (w.warming_penalty_s if v.warming else 0.0),
+            (1.0 - min(max(v.freshness, 0.0), 1.0)) * w.stale_penalty_s,
+            v.error_rate * w.error_penalty_s,
+        )
 
     def _base_score(self, v: TargetView) -> float:
+        # fsum is exact whatever the order: the tuple's sum is the dict's; a subclass's own terms go through its dict
+        if type(self).base_terms is HybridMesh.base_terms:
+            return math.fsum(self._terms(v))
         return math.fsum(self.base_terms(v).values())
 
     def _elite_key(self, view: TargetView) -> float:
@@ -422,6 +416,9 @@ class HybridMesh(_EliteMixin, Strategy):
         if view.parent:
             terms["lora"] = self.lora.cost(view, False)
         return terms
+
+
+_BASE_TERMS = ("wait", "service", "kv", "vram", "latency", "warm", "stale", "errors")
 
 
 def _requests(v: TargetView) -> float:

@@ -22,6 +22,8 @@ Sans-IO: no clocks, no I/O; the router, the simulator and the tests feed it the 
 
 from __future__ import annotations
 
+import functools
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -50,26 +52,26 @@ class Rls:
         return Rls(self.theta, p0, lam, self.max_trace)
 
     def predict(self, x: tuple[float, ...]) -> float:
-        return sum(t * v for t, v in zip(self.theta, x, strict=True))
+        return sum([t * v for t, v in zip(self.theta, x, strict=True)])
 
     def update(self, x: tuple[float, ...], y: float) -> None:
+        # list comprehensions over zipped rows: the same products summed in the same order as the textbook loops
         p = self.cov
         d = len(x)
-        px = [sum(p[i][j] * x[j] for j in range(d)) for i in range(d)]
-        denom = self.lam + sum(x[i] * px[i] for i in range(d))
+        px = [sum([a * b for a, b in zip(row, x, strict=True)]) for row in p]
+        denom = self.lam + sum([a * b for a, b in zip(x, px, strict=True)])
         if denom <= 0.0:
             return
         err = y - self.predict(x)
         gain = [v / denom for v in px]
+        theta = self.theta
         for i in range(d):
-            self.theta[i] += gain[i] * err
+            theta[i] += gain[i] * err
         inv = 1.0 / self.lam
         for i in range(d):
-            row = p[i]
             gi = gain[i]
-            for j in range(d):
-                row[j] = (row[j] - gi * px[j]) * inv
-        trace = sum(p[i][i] for i in range(d))
+            p[i] = [(r - gi * q) * inv for r, q in zip(p[i], px, strict=True)]
+        trace = sum([p[i][i] for i in range(d)])
         if trace > self.max_trace:
             s = self.max_trace / trace
             for row in p:
@@ -113,10 +115,14 @@ class _Target:
     version: int = -1
 
 
-def _mig_share(profile: str) -> float:
-    from agents.strategies.builtins import mig_fraction  # builtins imports this module; mig_fraction is cached
+_MIG_RE = re.compile(r"^(\d+)g\.(\d+)gb$")
 
-    return mig_fraction(profile)
+
+@functools.lru_cache(maxsize=256)  # called per target state on the hot path; the profile names are few
+def mig_fraction(profile: str) -> float:
+    """Share of a full GPU a MIG profile gets (compute slices out of 7); 1.0 for a whole GPU or an unknown name."""
+    m = _MIG_RE.match(profile.split("+")[0]) if profile else None
+    return min(int(m.group(1)) / 7.0, 1.0) if m else 1.0
 
 
 class LatencyPredictor:
@@ -179,18 +185,25 @@ class LatencyPredictor:
     def service_s(self, view: TargetView) -> float:
         """Time a request holds a slot at the target: its own EWMA shrunk towards the fleet's (a target with few
         outcomes is not trusted to be fast by luck)."""
+        return self._service_s(view, self.targets.get(view.target_id))
+
+    def _service_s(self, view: TargetView, st: _Target | None) -> float:
         p = self.params
         fleet = self.fleet_service_s or p.service_prior_s
-        fleet /= _mig_share(view.mig_profile) if not self.fleet_outcomes else 1.0
-        st = self.targets.get(view.target_id)
+        fleet /= mig_fraction(view.mig_profile) if not self.fleet_outcomes else 1.0
         if st is None or st.outcomes == 0:
             return fleet
         n = min(st.outcomes, 1000)
         return (n * st.service_s + p.service_prior_n * fleet) / (n + p.service_prior_n)
 
     def features(self, view: TargetView, prompt_tokens: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self._features(view, prompt_tokens, self.targets.get(view.target_id))
+
+    def _features(
+        self, view: TargetView, prompt_tokens: float, st: _Target | None
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        # `st` is the target's state, looked up once by the caller (this runs on every published state)
         p = self.params
-        st = self.targets.get(view.target_id)
         pend_n = st.pending_n if st is not None else 0
         pend_tok = st.pending_tokens if st is not None else 0.0
         waiting = view.requests_waiting or 0.0
@@ -201,14 +214,15 @@ class LatencyPredictor:
         decode = running + min(float(pend_n), free)
         prefill = waiting * self.mean_prompt + pend_tok + prompt_tokens
         over = occupied + 1.0 - cap
-        slot_wait = over / cap * self.service_s(view) if over > 0 else 0.0
+        slot_wait = over / cap * self._service_s(view, st) if over > 0 else 0.0
         return (1.0, prefill / 1000.0, decode / 16.0, slot_wait), (1.0, decode / 16.0)
 
-    def _models(self, view: TargetView) -> tuple[Rls, Rls, float]:
-        st = self.targets.get(view.target_id)
+    def _models(self, view: TargetView, st: _Target | None = None) -> tuple[Rls, Rls, float]:
+        if st is None:
+            st = self.targets.get(view.target_id)
         if st is not None and st.ttft is not None and st.itl is not None:
             return st.ttft, st.itl, 1.0
-        return self.fleet_ttft, self.fleet_itl, _mig_share(view.mig_profile)
+        return self.fleet_ttft, self.fleet_itl, mig_fraction(view.mig_profile)
 
     def predict_ttft(self, view: TargetView, prompt_tokens: float) -> float:
         x, _ = self.features(view, prompt_tokens)
@@ -223,8 +237,9 @@ class LatencyPredictor:
 
     def predict_base(self, view: TargetView) -> tuple[float, float]:
         """(TTFT of an empty prompt, ITL) at the target now: the request-independent part of a score."""
-        x, xi = self.features(view, 0.0)
-        ttft_model, itl_model, share = self._models(view)
+        st = self.targets.get(view.target_id)
+        x, xi = self._features(view, 0.0, st)
+        ttft_model, itl_model, share = self._models(view, st)
         th = ttft_model.theta
         ttft = th[0] + max(th[1], 0.0) / share * x[1] + max(th[2], 0.0) * x[2] + max(th[3], 0.0) * x[3]
         ti = itl_model.theta
