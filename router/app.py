@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from opentelemetry.trace import SpanKind, get_current_span
 
 from router import capabilities, kserve, route_report, usage, v2codec
+from router.cells import SPILLED_FROM, spill_headers
 from router.config import RouterConfig
 from router.forward import HOP_BY_HOP, ForwardError, Winner
 from router.metrics import ERRORS, REQUESTS, render
@@ -311,6 +312,7 @@ class Handlers:
                     trace_id=trace_id,
                     deadline_s=request_deadline(request.headers),
                     prefix=request_prefix(api, parsed.obj, request.headers, self.cfg.cache) if api in APIS else None,
+                    spilled_from=request.headers.get(SPILLED_FROM),
                 )
             except Refusal as r:
                 if r.status not in (404, 429):
@@ -343,6 +345,8 @@ class Handlers:
         observe: Callable[[bytes], None] | None = None,
     ) -> web.StreamResponse:
         headers = upstream_headers(request, ticket.corr_id)
+        if any(t.source == "cell" for t in ticket.ranked):  # another cell's router authenticates it again
+            headers.update(spill_headers(request.headers, self.svc.cells.view.cell))
 
         def body_for(t: Target) -> bytes:
             if t.upstream_model == parsed.model:
@@ -350,7 +354,9 @@ class Handlers:
             return json.dumps({**parsed.obj, "model": t.upstream_model}).encode()
 
         try:
-            w = await self.svc.open(ticket, path, body_for, headers)
+            if not ticket.ranked and self.svc.pd.serves(ticket.model, ticket.api):
+                body_for = await self._prefill(ticket, parsed, path, headers)
+            w = await self.svc.open(ticket, path, body_for, headers, hedge_ok=ticket.strategy != "pd")
         except ForwardError as e:
             ticket.status, ticket.cause = e.status, e.cause
             span.set_attribute("http.response.status_code", e.status)
@@ -366,6 +372,19 @@ class Handlers:
             ticket.cancelled, ticket.cause = True, "client_disconnected"
             w.resp.close()
             raise
+
+    async def _prefill(
+        self, ticket: Ticket, parsed: ParsedRequest, path: str, headers: dict[str, str]
+    ) -> Callable[[Target], bytes]:
+        """Disaggregated serving's first stage (router/pd.py): the decode targets become the ticket's ranking."""
+        fbt = min(ticket.policy.first_byte_timeout_s, max(0.001, ticket.deadline - time.monotonic()))
+        decodes, body_for = await self.svc.pd.prefill(
+            model=ticket.model, obj=parsed.obj, prompt_tokens=max(1, parsed.prompt_chars // 4), prefix=ticket.prefix,
+            path=path, headers=headers, policy=ticket.policy, first_byte_timeout=fbt, extra=ticket.extra,
+        )  # fmt: skip
+        ticket.ranked = decodes
+        self.svc.ranker.assigned(decodes[0].id)
+        return body_for
 
     async def models(self, request: web.Request) -> web.Response:
         corr = new_corr_id(request.headers, "")

@@ -97,6 +97,11 @@ class StaticTarget(_Strict):
     quant: str = ""
     max_concurrency: int | None = None
     upstream_model: str | None = Field(default=None, description="model name the runtime expects, when it differs")
+    role: Literal["both", "prefill", "decode"] = Field(
+        default="both",
+        description="disaggregated serving: a model with prefill and decode targets has each request prefilled on "
+        "one and decoded on another (see `disaggregation`); both: an ordinary target",
+    )
 
     @field_validator("url")
     @classmethod
@@ -304,6 +309,32 @@ class CacheConfig(_Strict):
     kv_events: list[KVEventSource] = Field(default_factory=list, description="runtimes publishing vLLM KV events")
 
 
+class LinkBandwidth(_Strict):
+    a: str = Field(description="a node name")
+    b: str = Field(description="the other node")
+    gbps: float = Field(gt=0, description="measured bandwidth between them, Gbit/s")
+
+
+class DisaggregationConfig(_Strict):
+    """How a model with prefill and decode targets picks the pair for each request (router/core/pd.py)."""
+
+    kv_bytes_per_token: int = Field(
+        default=131_072, ge=1, description="KV cache bytes per prompt token of the models (Llama-3-8B BF16: 131072)"
+    )
+    prefill_tok_s: float = Field(
+        default=20_000, gt=0, description="prefill rate assumed where the KV-event index has not timed one"
+    )
+    decode_s_per_request: float = Field(
+        default=0.004, ge=0, description="cost of each request in flight on a decode target, seconds"
+    )
+    same_node_gbps: float = Field(default=400.0, gt=0, description="KV link within one node, Gbit/s")
+    same_zone_gbps: float = Field(default=100.0, gt=0, description="KV link between nodes of one zone, Gbit/s")
+    cross_zone_gbps: float = Field(default=25.0, gt=0, description="KV link between zones, Gbit/s")
+    links: list[LinkBandwidth] = Field(
+        default_factory=list, description="measured bandwidth of node pairs, overriding the defaults above"
+    )
+
+
 class UsageConfig(_Strict):
     """Where the router reports usage (the portal), authenticated with a node credential (`infermesh node enroll`)."""
 
@@ -355,6 +386,7 @@ class RouterConfig(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     upstream_pool_size: int = Field(default=1024, ge=1)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    disaggregation: DisaggregationConfig = Field(default_factory=DisaggregationConfig)
     upstream_connect_timeout_s: float = Field(default=2.0, gt=0)
     upstream_tls: ClientTls | None = Field(
         default=None,

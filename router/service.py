@@ -39,6 +39,7 @@ from router.metrics import (
     child,
 )
 from router.obs import access_log
+from router.pd import Disaggregation
 from router.portal_routing import CatalogModel, PortalRouting, PortalWatcher
 from router.prefix import RequestPrefix
 from router.quota import Lease, QuotaManager
@@ -106,6 +107,7 @@ class Ticket:
     cancelled: bool = False
     extra: dict[str, object] = field(default_factory=dict)
     trial: Trial | None = None  # the decision, for the strategies' win rates (router/ranking.py)
+    prefix: RequestPrefix | None = None  # the prompt's KV-block hashes (disaggregated serving picks pairs by them)
 
 
 def _tenant_index(tenants: list[TenantConfig]) -> dict[str, Tenant]:
@@ -135,6 +137,7 @@ class RouterService:
         self.forwarder = Forwarder(pool, cfg.outlier)
         self.ranker = Ranker(self.view, [cfg.default_policy, *cfg.policies.values()])
         self.ranker.mesh.node, self.ranker.mesh.zone = cfg.agent.node, cfg.agent.zone
+        self.pd = Disaggregation(cfg.disaggregation, self.view, self.forwarder, cfg.cache.block_size)
         self._mesh_watcher: MeshWatcher | None = None
         self.agent = AgentLink(self.view, cfg.agent)
         # Models and routing policies from the portal, mirrored from the agent's store (router/portal_routing.py).
@@ -393,7 +396,12 @@ class RouterService:
         try:
             if policy.hold_when_full:
                 await self._hold_for_slot(model, candidates, priority, policy, tenant.name)
-            ranked, strategy = self.ranker.rank(model, candidates, policy, corr_id, prompt_chars, max_tokens, prefix)
+            if self.pd.serves(model, api):  # the pair is chosen when the request is forwarded (router/pd.py)
+                ranked, strategy = [], "pd"
+            else:
+                ranked, strategy = self.ranker.rank(
+                    model, candidates, policy, corr_id, prompt_chars, max_tokens, prefix
+                )
         except BaseException:
             self.inflight -= 1
             INFLIGHT.dec()
@@ -417,7 +425,8 @@ class RouterService:
             key=tenant.key_prefix,
             ranked=ranked,
             strategy=strategy,
-            trial=self.ranker.trial,
+            trial=self.ranker.trial if ranked else None,
+            prefix=prefix,
             t0=t0,
             trace_id=trace_id,
             deadline=t0 + min(policy.deadline_s, deadline_s if deadline_s is not None else policy.deadline_s),

@@ -30,6 +30,7 @@ class Target:
     revision: str = ""
     quant: str = ""
     upstream_model: str = ""
+    role: str = "both"  # both | prefill | decode (disaggregated serving, router/pd.py)
     source: str = "static"  # static | agent
     # Fused state from the agent; None = unknown (static targets start unknown).
     healthy: bool = True
@@ -140,6 +141,7 @@ def from_static(t: StaticTarget) -> Target:
         quant=t.quant,
         upstream_model=t.upstream_model or t.model,
         max_concurrency=t.max_concurrency,
+        role=t.role,
         source="static",
     )
 
@@ -196,6 +198,7 @@ class TargetView:
             if st is not None:
                 new.inflight, new.completed, new.ttft = st.inflight, st.completed, st.ttft
                 new.learned_slots = st.learned_slots
+                new.role = st.role  # the config declares the role; the agent does not know it
             new.learn(new.waiting, new.running)
             return new
         for name in _AGENT_FIELDS:
