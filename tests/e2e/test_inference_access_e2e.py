@@ -1,8 +1,9 @@
 """Inference access governed by the portal, as real processes: the portal under uvicorn on PostgreSQL with its own
-Redis, three agents in a Raft group (gossip between them, one emulated runtime), two routers each watching a
-different agent. A tenant, a model and keys made through REST work with the official `openai` client at both routers
-within 5 s; the quota gives 429 with Retry-After at both; a lowered quota, a revoked key and a suspended tenant take
-effect within 5 s at both, including at a router that was stopped during the revocation and restarted."""
+Redis, its Celery worker and beat (the fleet's scheduled checks run throughout, as in production), three agents in a
+Raft group (gossip between them, one emulated runtime), two routers each watching a different agent. A tenant, a
+model and keys made through REST work with the official `openai` client at both routers within 5 s; the quota gives
+429 with Retry-After at both; a lowered quota, a revoked key and a suspended tenant take effect within 5 s at both,
+including at a router that was stopped during the revocation and restarted."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _gossip(ports: dict[str, int]) -> Any:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     names = [f"node-{i}" for i in (1, 2, 3)]
-    m = Mesh(tmp_path_factory.mktemp("access"), agent_sections=_gossip({n: free_port() for n in names}), celery=False)
+    m = Mesh(tmp_path_factory.mktemp("access"), agent_sections=_gossip({n: free_port() for n in names}))
     try:
         m.start()
         yield m
@@ -174,6 +175,12 @@ def _scenario(mesh: Mesh, routers: dict[str, RouterProc], tmp_path: Path) -> Non
     for name, router in routers.items():
         _within(f"the suspension at router {name}", 5.0, lambda r=router: _post(r, other).status_code == 403)
     assert _post(routers["a"], other).json()["error"]["code"] == "tenant_suspended"
+
+    # -- the scheduled side ran alongside: beat sent the fleet's checks, the worker ran them, no node was taken out ----
+    assert "fleet.quarantine_checks" in mesh.log("beat") and "fleet.quarantine_checks" in mesh.log("worker")
+    assert "succeeded" in mesh.log("worker")
+    statuses = dict(mesh.db.query("SELECT name, status FROM fleet_node"))
+    assert statuses == {n: "active" for n in mesh.names}, statuses
 
     # -- usage: what the routers metered equals what the runtime served, token for token -------------------------
     for r in routers.values():
