@@ -107,8 +107,12 @@ class BlockSet:
     def remove(self, hashes: Iterable[int]) -> None:
         blocks = self.blocks
         self.capacity = max(self.capacity, len(blocks))  # the runtime evicts only when its cache is full
+        recent = self.recent
         for h in hashes:
             blocks.pop(h, None)
+            # an evicted block is gone, whoever routed it: left in `recent`, it would still be matched, and requests
+            # would keep going to a target that must prefill their prefix again (misses that look like hits)
+            recent.pop(h, None)
 
     def clear(self) -> None:
         self.blocks.clear()

@@ -8,7 +8,9 @@ terms it keeps: KV and VRAM pressure, health, errors, staleness, network, MIG fi
   reported stored yet (exact, and it drains as the target works); otherwise its waiting requests x the mean uncached
   work sent there;
 - both over the target's prefill rate, learnt from its KV events (the time from routing a request to the event that
-  stores its last block), the MIG slice's share of a GPU's prior until then: a miss costs less on a fast GPU;
+  stores its last block); until then the fastest rate learnt in the fleet, times the MIG slice's share of a GPU
+  (optimistic: a target assumed slow would never be sent a miss, so its rate would never be learnt): a miss costs
+  less on a fast GPU;
 - a full batch: the wait for a slot to free (requests beyond the batch x the decode time of a request per slot);
 - a small cost per request in flight (batch interference);
 - placement of a prefix no one holds: it goes where the caches hold least (`spread`), and a target whose cache was
@@ -65,7 +67,7 @@ class CacheWeights:
     slack: float = 2.0  # requests of headroom above the relative bound (a batch absorbs a few more at little cost)
     learn_approx: bool = True  # record routed prefixes for targets without KV events
     spread: float = 1.0  # a missed prefix costs up to this much more prefill on the target whose cache holds most
-    evict: float = 0.5  # share of the blocks a miss evicts from a full cache that will be prefilled again
+    evict: float = 1.0  # share of the blocks a miss evicts from a full cache that will be prefilled again
 
 
 class CacheAware(HybridMesh):
@@ -96,10 +98,19 @@ class CacheAware(HybridMesh):
         # the runtime's own counts include this router's requests; inflight covers what it has not reported yet
         return max((v.requests_waiting or 0.0) + (v.requests_running or 0.0), float(v.inflight))
 
-    def _rate(self, v: TargetView, bs: BlockSet | None) -> float:
+    def _rate(self, v: TargetView, bs: BlockSet | None, prior: float = 0.0) -> float:
         if bs is not None and bs.prefill_tok_s:
             return bs.prefill_tok_s
-        return self.cache.prefill_tok_s * mig_fraction(v.mig_profile)
+        return (prior or self.cache.prefill_tok_s) * mig_fraction(v.mig_profile)
+
+    def _prior_rate(self) -> float:
+        """Prefill rate assumed for a target not yet timed: the fastest learnt in the fleet (optimism: a target
+        assumed slow is never sent a miss, so its rate would never be learnt and it would idle), else the default."""
+        best = 0.0
+        for bs in self.cache_index.targets.values():
+            if bs.prefill_tok_s and bs.prefill_tok_s > best:
+                best = bs.prefill_tok_s
+        return best or self.cache.prefill_tok_s
 
     def _backlog(self, v: TargetView, bs: BlockSet | None, load: float, slots: int, prompt: float) -> float:
         """Prefill tokens ahead of a new request on `v`."""
@@ -122,6 +133,8 @@ class CacheAware(HybridMesh):
         most = max(held.values(), default=0) or 1
         jitter = rng.random
         default_slots = self.weights.default_concurrency
+        prior = self._prior_rate()
+        rate_of = self._rate
 
         def score(v: TargetView, req: RouteRequest) -> float:
             bs = targets.get(v.endpoint)
@@ -137,7 +150,7 @@ class CacheAware(HybridMesh):
             if bs is not None and bs.capacity and miss > 0:
                 # a full cache evicts as much as the miss brings in: what was cached there is prefilled again later
                 spread += c.evict * max(0.0, len(bs) + miss / c.block_size - bs.capacity) * c.block_size
-            prefill = (miss + spread + self._backlog(v, bs, load, slots, prompt)) / self._rate(v, bs)
+            prefill = (miss + spread + self._backlog(v, bs, load, slots, prompt)) / rate_of(v, bs, prior)
             full = max(0.0, load + 1 - slots) * out * c.itl_s / slots  # waiting for a batch slot to free
             return base(v, req) + prefill + full + load * c.load_s + jitter() * 1e-6
 
@@ -182,7 +195,7 @@ class CacheAware(HybridMesh):
         terms = super().explain(view, request)
         c = self.cache
         bs = self.cache_index.targets.get(view.endpoint)
-        rate = self._rate(view, bs)
+        rate = self._rate(view, bs, self._prior_rate())
         hashes = request.block_hashes
         matched = self.cache_index.match(view.endpoint, hashes) * c.block_size if hashes else 0
         prompt = max(request.prompt_tokens, len(hashes) * c.block_size)

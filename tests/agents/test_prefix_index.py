@@ -116,6 +116,18 @@ def test_event_fed_backlog_learnt_prefill_rate_and_capacity() -> None:
     assert bs.capacity == held and len(bs) == held - 1
 
 
+def test_an_evicted_block_routed_here_earlier_is_no_longer_matched() -> None:
+    idx = PrefixIndex()
+    bs = idx.ensure("e", EVENTS)
+    s = KVEventStream("e", bs)
+    idx.note_routed("e", [1, 2, 3], 48, 16)
+    s.on_message(_msg(0, _stored(1, 2, 3)))
+    assert idx.match("e", [1, 2, 3]) == 3
+    # The runtime evicts the prefix: this router routed it there, but a request sent now would prefill it again.
+    s.on_message(_msg(1, ["BlockRemoved", [2, 3], "GPU"]))
+    assert idx.match("e", [1, 2, 3]) == 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
