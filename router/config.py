@@ -216,6 +216,14 @@ class RoutingPolicy(_Strict):
         description="TTFT objective: a request that no target is predicted to start within it is refused with 429 "
         "(slo_unmeetable), where the strategy predicts TTFT (hybrid_mesh, once it has learned); null admits all",
     )
+    lora_load_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=600,
+        description="seconds a runtime takes to load one of the model's LoRA adapters into a slot: what cache- and "
+        "LoRA-aware strategies charge a target without it resident (null: 0.025 s, a rank-16 adapter from host "
+        "memory; adapters read from disk or the network take seconds)",
+    )
     hedging: HedgingConfig = Field(default_factory=HedgingConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)

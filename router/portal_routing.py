@@ -49,6 +49,7 @@ class PortalPolicy:
     pin_nodes: frozenset[str] = frozenset()
     pin_zones: frozenset[str] = frozenset()
     zone_nodes: frozenset[str] = frozenset()  # nodes of the pinned zones, for targets that do not say their zone
+    lora_load_s: float | None = None  # adapter load time the strategies charge (params.lora_load_s)
 
     def allows(self, t: Target) -> bool:
         if not self.pin_nodes and not self.pin_zones:
@@ -66,6 +67,7 @@ class PortalPolicy:
             "hedging": self.hedging,
             "pin_nodes": sorted(self.pin_nodes),
             "pin_zones": sorted(self.pin_zones),
+            "lora_load_s": self.lora_load_s,
         }
 
 
@@ -92,6 +94,24 @@ class CatalogModel:
 
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+_warned_lora: set[tuple[str, str]] = set()
+
+
+def _lora_load_s(key: str, v: Any) -> float | None:
+    """A policy's adapter load time; one the portal should have refused (not a number of 0..600 s) is logged once
+    and the strategy's default kept, never a wrong value."""
+    if v is None:
+        return None
+    x = _num(v)
+    if x is not None and 0.0 <= x <= 600.0:
+        return x
+    if (key, repr(v)) not in _warned_lora:
+        _warned_lora.add((key, repr(v)))
+        log_event("routing policy: lora_load_s ignored (a number of seconds, 0..600)", logging.WARNING, key=key,
+                  value=repr(v)[:64])  # fmt: skip
+    return None
 
 
 class PortalRouting:
@@ -187,6 +207,7 @@ class PortalRouting:
                     pin_nodes=frozenset(str(n) for n in params.get("pin_nodes") or []),
                     pin_zones=frozenset(str(z) for z in params.get("pin_zones") or []),
                     zone_nodes=frozenset(str(n) for n in params.get("zone_nodes") or []),
+                    lora_load_s=_lora_load_s(k, params.get("lora_load_s")),
                 )
             elif k.startswith(SLOS):
                 # slos/tenant-<tid>/model-<mid>: the model's TTFT target (a tenant-wide one applies below).
@@ -273,6 +294,8 @@ class PortalRouting:
         hedging = base.hedging
         if p is not None:
             update.update(strategy=p.strategy, ab_split=dict(p.ab_split), shadow_strategy=p.shadow_strategy or None)
+            if p.lora_load_s is not None:
+                update["lora_load_s"] = p.lora_load_s
             hedging = hedging.model_copy(update={"enabled": p.hedging})
         if m.slo_ttft_ms:
             # Hedge no later than half the TTFT target, so a hedge can still meet it.

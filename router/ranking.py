@@ -223,6 +223,7 @@ class Ranker:
             self._last_good[model] = name
         req = RouteRequest(model=model, prompt_tokens=prompt_chars // 4, max_tokens=max_tokens or 0, request_id=corr_id)
         req.client_node = self.mesh.node  # where the request enters the mesh: the network term's source
+        req.lora_load_s = policy.lora_load_s  # what loading the model's adapter costs where it is not resident
         if prefix is not None:
             req.block_hashes, req.session_key = prefix.hashes, prefix.session_key
             req.prompt_tokens = prefix.tokens or req.prompt_tokens

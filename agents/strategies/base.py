@@ -128,6 +128,7 @@ class RouteRequest:
     request_id: str = ""
     block_hashes: Sequence[int] = ()  # chained KV-block hashes of the prompt (agents.emulator.tokenizer), if known
     session_key: str = ""  # session affinity key, if the request names one
+    lora_load_s: float | None = None  # the model's policy: seconds to load its adapter into a slot (None: default)
 
     def admits(self, t: TargetView) -> bool:
         """Hard constraints every strategy applies: routable, right revision and MIG profile, not excluded."""

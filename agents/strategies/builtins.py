@@ -414,7 +414,7 @@ class HybridMesh(_EliteMixin, Strategy):
         terms["cost"] = view.cost_per_mtok * tokens / 1e6 * w.cost_weight_s_per_dollar
         terms["prefill"] = self.predictor.prefill_s(view, float(request.prompt_tokens or self.predictor.mean_prompt))
         if view.parent:
-            terms["lora"] = self.lora.cost(view, False)
+            terms["lora"] = self.lora.cost(view, False, request.lora_load_s)
         return terms
 
 

@@ -6,7 +6,8 @@ Among those, the term added to a strategy's score, in seconds:
 
 - the adapter resident there (its requests run or wait, as `vllm:lora_requests_info` says, or this host sent it
   there and no other adapter has pushed it out of the runtime's slots since): nothing;
-- otherwise the load time (`lora_load_s`), plus the same again x `lora_evict` when every slot holds an adapter
+- otherwise the load time (the request's `lora_load_s`, from its model's routing policy, else the strategy's
+  default), plus the same again x `lora_evict` when every slot holds an adapter
   (loading evicts one, which is loaded again later), plus `lora_slot_wait_s` when every slot serves running requests
   (the request waits for one to free);
 - bounded load: a target loaded beyond its batch and `(1 + lora_epsilon) x` the mean load of the adapter's targets
@@ -67,19 +68,21 @@ class LoraAffinity:
         lru = self.slots.get(view.endpoint)
         return bool(view.lora_resident) or (lru is not None and view.model in lru)
 
-    def cost(self, view: TargetView, over: bool) -> float:
-        """Seconds the adapter costs a request at `view`; `over`: the target is beyond the bounded load."""
+    def cost(self, view: TargetView, over: bool, load_s: float | None = None) -> float:
+        """Seconds the adapter costs a request at `view`; `over`: the target is beyond the bounded load; `load_s`:
+        the model's policy's load time (None: this strategy's default)."""
         if not view.parent:
             return 0.0
+        load = self.load_s if load_s is None else load_s
         if self.resident(view):
-            return self.load_s if over else 0.0
-        cost = self.load_s
+            return load if over else 0.0
+        cost = load
         cap = view.max_loras
         if cap:
             lru = self.slots.get(view.endpoint)
             active = view.loras_active or 0
             if max(len(lru) if lru is not None else 0, active) >= cap:
-                cost += self.evict * self.load_s
+                cost += self.evict * load
             if active >= cap:
                 cost += self.slot_wait_s
         return cost
@@ -107,9 +110,10 @@ class LoraAffinity:
             return base
         bound = self.bound(views, load)
         cost = self.cost
+        load_s = request.lora_load_s
 
         def score(v: TargetView, req: RouteRequest) -> float:
-            return base(v, req) + cost(v, load(v) > max(bound, v.max_concurrency or default_slots))
+            return base(v, req) + cost(v, load(v) > max(bound, v.max_concurrency or default_slots), load_s)
 
         return score
 

@@ -61,6 +61,12 @@ def check_routing_policy(attrs: Mapping[str, Any]) -> dict[str, list[str]]:
             total += float(share)
         if "ab_split" not in problems and abs(total - 100.0) > 1e-6:
             refuse("ab_split", f"The shares must add up to 100 (percent of requests); they add up to {total:g}.")
+    params = attrs.get("params") or {}
+    load = params.get("lora_load_s") if isinstance(params, Mapping) else None
+    if load is not None and (
+        isinstance(load, bool) or not isinstance(load, int | float) or not math.isfinite(load) or not 0 <= load <= 600
+    ):
+        refuse("params", f"lora_load_s is the seconds a runtime takes to load an adapter, 0..600; got {load!r}.")
     for field, model, what in (("pin_nodes", Node, "node"), ("pin_zones", Zone, "zone")):
         names = attrs.get(field) or []
         if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):

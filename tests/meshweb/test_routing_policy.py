@@ -37,6 +37,7 @@ def test_a_full_policy_reaches_the_outbox_as_store_values(world: World, operator
         "hedging": True,
         "pin_nodes": ["node-1"],
         "pin_zones": ["zone-a"],
+        "params": {"lora_load_s": 4.5},  # adapters loaded from disk: the strategies charge it (router/ranking.py)
     }
     resp = operator.patch(_policy_url(world), body, format="json")
     assert resp.status_code == 200, resp.content
@@ -47,6 +48,7 @@ def test_a_full_policy_reaches_the_outbox_as_store_values(world: World, operator
     assert routing["strategy"] == "hybrid_mesh"
     assert routing["params"]["ab_split"] == {"hybrid_mesh": 70, "least_queue": 30}
     assert routing["params"]["pin_nodes"] == ["node-1"] and routing["params"]["hedging"] is True
+    assert routing["params"]["lora_load_s"] == 4.5
     assert rows[f"pinning/policy-{pid}"].value == {"model": "acme-llm", "nodes": ["node-1"]}
     for row in rows.values():
         assert row.key.startswith(MANAGED_PREFIXES)
@@ -67,6 +69,8 @@ BAD = [
     ({"pin_nodes": ["node-1", "node-404"]}, "pin_nodes", "Unknown node: node-404"),
     ({"pin_zones": ["zone-z"]}, "pin_zones", "Unknown zone: zone-z"),
     ({"model": 999999}, "model", "does not exist"),
+    ({"params": {"lora_load_s": -1}}, "params", "lora_load_s"),
+    ({"params": {"lora_load_s": "slow"}}, "params", "lora_load_s"),
 ]
 
 

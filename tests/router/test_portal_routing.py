@@ -92,3 +92,41 @@ def test_ranker_loads_named_strategies_at_runtime_and_keeps_to_the_allowed_targe
         assert used == "least_queue" and {t.node for t in ranked} == {"n1", "n3"}
     explained = r.explain("llm", "least_queue", allowed)
     assert {t.node for t, _, _ in explained} == {"n1", "n3"} and all(terms for _, _, terms in explained)
+
+
+def _adapter(node: str, running: int, resident: bool) -> Target:
+    from agents.proto.infermesh.v1 import state_pb2
+
+    st = state_pb2.TargetState(target_id=f"sql@{node}", model="sql", node=node, endpoint=f"http://{node}:1",
+                               parent="llm", health=1, routable=True)  # fmt: skip
+    st.requests_running, st.requests_waiting, st.max_concurrency = running, 0, 8
+    st.lora_resident, st.max_loras, st.loras_active = resident, 2, 1
+    return Target(id=f"sql@{node}", model="sql", url=f"http://{node}:1", node=node, source="agent", state=st)
+
+
+def test_the_policy_s_adapter_load_time_reaches_the_strategy() -> None:
+    """`params.lora_load_s` of the portal's policy becomes the router policy's `lora_load_s`, and the strategy charges
+    it: a fast load sends the request to the idle runtime, a slow one to the busier one holding the adapter."""
+    view = TargetView([])
+    view.upsert_agent(_adapter("busy", running=7, resident=True))
+    view.upsert_agent(_adapter("idle", running=0, resident=False))
+    picks = {}
+    for load_s in (None, 5.0):
+        params: dict[str, object] = {"tenant": 1, "model": 10}
+        if load_s is not None:
+            params["lora_load_s"] = load_s
+        s = _state(**{"routing/policy-5": {"strategy": "cache_aware", "params": params}})
+        llm = s.resolve("acme", "llm")
+        assert llm is not None
+        p = s.policy_for(llm, RoutingPolicy())
+        assert p.lora_load_s == load_s
+        r = Ranker(view, [p])
+        ranked, used = r.rank("sql", view.candidates("sql"), p, "req")
+        picks[load_s] = ranked[0].id
+        assert used == "cache_aware"
+    assert picks == {None: "sql@idle", 5.0: "sql@busy"}
+    # a value the portal should have refused is logged and the default kept, never applied
+    bad = _state(**{"routing/policy-5": {"strategy": "cache_aware", "params": {"tenant": 1, "model": 10,
+                                                                               "lora_load_s": "slow"}}})  # fmt: skip
+    llm = bad.resolve("acme", "llm")
+    assert llm is not None and bad.policy_for(llm, RoutingPolicy()).lora_load_s is None

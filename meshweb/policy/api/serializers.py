@@ -66,7 +66,7 @@ class RoutingPolicySerializer(_ModelOfTenantMixin, StrictModelSerializer):
         attrs = super().validate(attrs)
         merged = {
             f: attrs.get(f, getattr(self.instance, f, None))
-            for f in ("strategy", "shadow_strategy", "ab_split", "pin_nodes", "pin_zones")
+            for f in ("strategy", "shadow_strategy", "ab_split", "pin_nodes", "pin_zones", "params")
         }
         problems = check_routing_policy(merged)
         if problems:
