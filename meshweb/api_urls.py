@@ -3,10 +3,11 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from meshweb.audit.api.views import AuditEntryViewSet
 from meshweb.catalog.api.views import DeploymentViewSet, ModelRevisionViewSet, ModelViewSet
-from meshweb.fleet.api.views import CellViewSet, GpuViewSet, NodeViewSet, RegionViewSet, ZoneViewSet
+from meshweb.fleet.api.views import CellViewSet, GpuViewSet, RegionViewSet, ZoneViewSet
+from meshweb.identity.api import NodeViewSet
 from meshweb.policy.api.views import AdmissionPolicyViewSet, RoutingPolicyViewSet, SloViewSet, StrategyModuleViewSet
+from meshweb.tenancy.api.audit import AuditEntryViewSet
 from meshweb.tenancy.api.views import (
     ApiTokenViewSet,
     InferenceKeyViewSet,

@@ -645,13 +645,15 @@ def prepare_portal(data_dir: Path, env: dict[str, str]) -> tuple[list[str], dict
     call_command("migrate", interactive=False, verbosity=0)
     from meshweb.demo_data import seed_demo
     from meshweb.fleet.models import Node
-    from meshweb.meshlink.services import node_enroll
+    from meshweb.identity.credentials import node_credential_issue
     from meshweb.tenancy.models import InferenceKey, Tenant
     from meshweb.tenancy.scoped.writes import object_update
     from meshweb.tenancy.services import SYSTEM, inference_key_create, inference_key_revoke
 
     lines = seed_demo()
-    credentials = {name: node_enroll(principal=SYSTEM, node=Node.objects.get(name=name))[1] for name, _, _ in AGENTS}
+    credentials = {
+        name: node_credential_issue(principal=SYSTEM, node=Node.objects.get(name=name))[1] for name, _, _ in AGENTS
+    }
     tenant = Tenant.objects.get(slug=TENANT)
     # Room for the replay's bursts; the limits are the portal's, every router enforces them.
     object_update(principal=SYSTEM, obj=tenant.quota, data={"requests_per_s": 200.0, "tokens_per_min": 5_000_000})

@@ -61,7 +61,7 @@ class RefusalThrottle:
 
 
 # The kind of credential each scheme presents, named as the audit entry's object type; registered at app ready by
-# the app that owns the credential (tenancy: api_token, identity: oidc_bearer, meshlink: node_credential).
+# the app that owns the credential (tenancy: api_token, identity: oidc_bearer and node_credential).
 _SCHEME_OBJECTS: dict[str, type[Model]] = {}
 
 

@@ -1,6 +1,6 @@
 """Reads behind every dashboard page, already narrowed to what the principal may see (meshweb/tenancy/rbac.py).
 
-Telemetry and quarantine records live in models of the agent link (meshlink) and the fleet; they are looked up
+Telemetry and quarantine records live in models of the fleet; they are looked up
 through the app registry so that the dashboard keeps working (showing "no telemetry yet") on a portal without them.
 """
 
@@ -63,7 +63,7 @@ def gpus_of(node: Node) -> list[Gpu]:
 
 def latest_gpu_readings(principal: Principal, node: Node | None = None) -> list[dict[str, Any]]:
     """The latest reading of every GPU (or of one node's), as reported by the agents; [] before any report."""
-    gpu_telemetry = _model("meshlink", "GpuTelemetry")
+    gpu_telemetry = _model("fleet", "GpuTelemetry")
     if gpu_telemetry is None:
         return []
     rows = gpu_telemetry.objects.select_related("node").order_by("node__name", "index", "uuid")  # type: ignore[attr-defined]
@@ -132,7 +132,7 @@ def _pct(frac: Any) -> float | None:
 
 def gpu_series(node: Node, minutes: int = 30, limit: int = 600) -> list[GpuSeries]:
     """Per-GPU time series from the node's telemetry history, oldest first, for the charts."""
-    sample_model = _model("meshlink", "TelemetrySample")
+    sample_model = _model("fleet", "TelemetrySample")
     if sample_model is None:
         return []
     since = timezone.now() - timedelta(minutes=minutes)
@@ -157,7 +157,7 @@ def gpu_series(node: Node, minutes: int = 30, limit: int = 600) -> list[GpuSerie
 
 
 def node_rollup(node: Node) -> dict[str, Any] | None:
-    telemetry = _model("meshlink", "NodeTelemetry")
+    telemetry = _model("fleet", "NodeTelemetry")
     if telemetry is None:
         return None
     row = telemetry.objects.filter(node=node).first()  # type: ignore[attr-defined]

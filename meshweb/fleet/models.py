@@ -163,3 +163,36 @@ class NodeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
+
+
+class NodeTelemetry(models.Model):
+    """Latest roll-up of one node (targets, queues) as its agent reported it."""
+
+    node = models.OneToOneField(Node, on_delete=models.CASCADE, related_name="telemetry")
+    at = models.DateTimeField()
+    data = models.JSONField(default=dict)
+
+
+class GpuTelemetry(models.Model):
+    """Latest reading of one GPU."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="gpu_telemetry")
+    uuid = models.CharField(max_length=96, unique=True)
+    index = models.PositiveSmallIntegerField(default=0)
+    at = models.DateTimeField()
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["node_id", "index", "uuid"]
+
+
+class TelemetrySample(models.Model):
+    """A short history per node for charts and the quarantine rules (pruned by age)."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="telemetry_samples")
+    at = models.DateTimeField()
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["node_id", "at"]
+        indexes = [models.Index(fields=["node", "at"], name="telemetry_node_at")]

@@ -13,7 +13,7 @@ from django.utils import timezone
 from meshweb.audit.services import audit_record
 from meshweb.core.doorbell import ring as ring_dashboard
 from meshweb.core.exceptions import Conflict
-from meshweb.fleet.models import NODE_TRANSITIONS, Node, NodeEvent, NodeQuarantine, NodeStatus
+from meshweb.fleet.models import NODE_TRANSITIONS, Node, NodeEvent, NodeQuarantine, NodeStatus, TelemetrySample
 from meshweb.fleet.quarantine import Decision, Rules, State, decide, sample_from_telemetry
 from meshweb.fleet.quarantine import evidence as quarantine_evidence
 from meshweb.tenancy.rbac import Principal
@@ -190,7 +190,6 @@ def _last_release(node: Node) -> float | None:
 def quarantine_check_node(*, node: Node, now: datetime, rules: Rules, window_s: float) -> Decision:
     """Judge one node on its recent telemetry and apply the decision (each step idempotent, so a retried or
     duplicated check leaves the same state)."""
-    from meshweb.meshlink.models import TelemetrySample
 
     since = now - timedelta(seconds=window_s)
     rows = TelemetrySample.objects.filter(node=node, at__gte=since, at__lte=now).order_by("at").only("at", "data")

@@ -1,25 +1,32 @@
 """Mesh identity endpoints: join tokens (platform admins), node enrollment and renewal (authenticated by the join
-token or the current certificate, not by a user), and the CRL."""
+token or the current certificate, not by a user), the CRL, and the node API's certificate side (deleting a node
+revokes its certificates; revoking them on demand)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
+from django.db import models
 from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
+from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from meshweb.core.api.serializers import StrictSerializer
+from meshweb.fleet.api.views import NodeViewSet as FleetNodeViewSet
 from meshweb.fleet.models import Node
 from meshweb.identity.mesh import (
     CaUnavailable,
     EnrollmentRefused,
     crl_pem,
     join_token_create,
+    node_certificates_revoke,
+    node_delete,
     node_enroll,
     node_renew,
 )
@@ -140,3 +147,33 @@ def crl_view(request: HttpRequest) -> HttpResponse:
         return HttpResponse(crl_pem(), content_type="application/pkix-crl")
     except CaUnavailable as err:
         return HttpResponse(str(err.detail), status=err.status_code, content_type="text/plain")
+
+
+class RevokeCertificatesSerializer(StrictSerializer):
+    reason = serializers.CharField(max_length=200)
+
+
+class RevokedCertificatesSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    revoked = serializers.ListField(child=serializers.CharField(), help_text="serials (hex) revoked now")
+
+
+class NodeViewSet(FleetNodeViewSet):
+    """The fleet's node API (served at /api/v1/nodes/) with what identity adds: certificates follow their node."""
+
+    def perform_destroy(self, instance: models.Model) -> None:
+        # A deleted node's certificates are revoked in the same transaction (published in the mesh CRL).
+        assert isinstance(instance, Node)
+        node_delete(principal=self.principal, node=instance)
+
+    @extend_schema(request=RevokeCertificatesSerializer, responses={200: RevokedCertificatesSerializer})
+    @action(detail=True, methods=["post"], url_path="revoke-certificates")
+    def revoke_certificates(self, request: Request, pk: Any = None) -> Response:
+        """Revoke every current SVID of the node: published in the mesh CRL, refused by every agent's gRPC services
+        within their CRL refresh, and its live portal link is ended at the next check."""
+        node = self.get_object()
+        body = RevokeCertificatesSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        serials = node_certificates_revoke(
+            principal=self.principal, node_name=node.name, reason=body.validated_data["reason"]
+        )
+        return Response({"revoked": serials})

@@ -12,6 +12,7 @@ class IdentityConfig(AppConfig):
         # drf-spectacular finds authentication extensions by subclass registration: import them once.
         from meshweb.audit.refusals import register_scheme
         from meshweb.identity import schema  # noqa: F401
-        from meshweb.identity.models import OidcIdentity
+        from meshweb.identity.models import NodeCredential, OidcIdentity
 
         register_scheme("oidc_bearer", OidcIdentity)
+        register_scheme("node_credential", NodeCredential)

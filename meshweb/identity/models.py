@@ -1,4 +1,5 @@
-"""External identities (matched on issuer + subject, never on email) and one-time node join tokens."""
+"""External identities (matched on issuer + subject, never on email), one-time node join tokens and the credentials
+agents present on their portal link."""
 
 from __future__ import annotations
 
@@ -62,3 +63,20 @@ class IssuedCertificate(TimeStamped):
 
     def __str__(self) -> str:
         return f"{self.spiffe_id} #{self.serial}"
+
+
+class NodeCredential(models.Model):
+    """The secret an agent presents on its WebSocket; only a hash is kept."""
+
+    node = models.ForeignKey("fleet.Node", on_delete=models.CASCADE, related_name="credentials")
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["node_id", "prefix"]
+
+    def __str__(self) -> str:
+        return f"credential {self.prefix} of {self.node_id}"

@@ -11,11 +11,8 @@ class MeshlinkConfig(AppConfig):
 
         setup_from_env("infermesh-portal")  # OTEL_EXPORTER_OTLP_* (nothing is loaded when unset)
 
-        from meshweb.audit.refusals import register_scheme
         from meshweb.audit.signals import write_recorded
-        from meshweb.meshlink.models import NodeCredential
         from meshweb.meshlink.outbox import publish_recorded
 
         # Every audited write appends what agents must know of it to the outbox, in the writer's transaction.
         write_recorded.connect(publish_recorded, dispatch_uid="meshweb.meshlink.outbox")
-        register_scheme("node_credential", NodeCredential)

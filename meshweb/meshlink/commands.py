@@ -40,7 +40,7 @@ def node_main(argv: Sequence[str]) -> int:
     from django.core.management import call_command
 
     from meshweb.fleet.models import Node, Region, Zone
-    from meshweb.meshlink.services import node_enroll
+    from meshweb.identity.credentials import node_credential_issue
     from meshweb.tenancy.scoped.writes import object_create
     from meshweb.tenancy.services import SYSTEM
 
@@ -71,7 +71,7 @@ def node_main(argv: Sequence[str]) -> int:
         except ValidationError as exc:
             print(f"infermesh node: {exc.message_dict if hasattr(exc, 'message_dict') else exc}", file=sys.stderr)
             return 1
-    _, plaintext = node_enroll(principal=SYSTEM, node=node)
+    _, plaintext = node_credential_issue(principal=SYSTEM, node=node)
     print(plaintext)
     return 0
 

@@ -34,6 +34,7 @@ from agents.proto.portal_link import (
 )
 from meshweb.audit.refusals import bearer_refused
 from meshweb.fleet.models import Node
+from meshweb.identity.credentials import node_authenticate
 from meshweb.meshlink import services
 from meshweb.meshlink.outbox import AGENTS_GROUP
 
@@ -88,7 +89,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.credential = _bearer(self.scope)
         self.chain = client_cert_chain(self.scope)
         self.recheck_at = time.monotonic() + settings.INFERMESH_MESH_LINK_RECHECK_S
-        node, why = await database_sync_to_async(services.node_authenticate)(self.credential)
+        node, why = await database_sync_to_async(node_authenticate)(self.credential)
         if node is None:
             log.warning("agent refused from %s: %s", self.peer, why, extra={"peer": self.peer, "reason": why})
             await database_sync_to_async(bearer_refused)(scheme="node_credential", reason=why, peer=self.peer)
@@ -107,6 +108,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_CERTIFICATE[refusal.code], reason=_close_reason(refusal.reason))
             return
         self.node = node
+        await database_sync_to_async(services.link_opened)(node=node)
         await self.accept()
         log.info("agent %s connected from %s", node.name, self.peer, extra={"node": node.name})
 

@@ -1,4 +1,5 @@
-"""Outbox of changes pushed to agents, node credentials, link state and the telemetry agents report."""
+"""Outbox of changes pushed to agents and the state of each agent's link (node credentials live with identity,
+the telemetry agents report with the fleet)."""
 
 from __future__ import annotations
 
@@ -34,23 +35,6 @@ class OutboxEntry(models.Model):
         return f"v{self.version} {self.op} {self.key}"
 
 
-class NodeCredential(models.Model):
-    """The secret an agent presents on its WebSocket; only a hash is kept."""
-
-    node = models.ForeignKey("fleet.Node", on_delete=models.CASCADE, related_name="credentials")
-    prefix = models.CharField(max_length=16, unique=True)
-    secret_hash = models.CharField(max_length=64)
-    created_at = models.DateTimeField(auto_now_add=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["node_id", "prefix"]
-
-    def __str__(self) -> str:
-        return f"credential {self.prefix} of {self.node_id}"
-
-
 class NodeLink(models.Model):
     """What the portal knows of one agent's connection."""
 
@@ -68,36 +52,3 @@ class NodeLink(models.Model):
 
     def __str__(self) -> str:
         return f"link of {self.node_id}"
-
-
-class NodeTelemetry(models.Model):
-    """Latest roll-up of one node (targets, queues) as its agent reported it."""
-
-    node = models.OneToOneField("fleet.Node", on_delete=models.CASCADE, related_name="telemetry")
-    at = models.DateTimeField()
-    data = models.JSONField(default=dict)
-
-
-class GpuTelemetry(models.Model):
-    """Latest reading of one GPU."""
-
-    node = models.ForeignKey("fleet.Node", on_delete=models.CASCADE, related_name="gpu_telemetry")
-    uuid = models.CharField(max_length=96, unique=True)
-    index = models.PositiveSmallIntegerField(default=0)
-    at = models.DateTimeField()
-    data = models.JSONField(default=dict)
-
-    class Meta:
-        ordering = ["node_id", "index", "uuid"]
-
-
-class TelemetrySample(models.Model):
-    """A short history per node for charts and the quarantine rules (pruned by age)."""
-
-    node = models.ForeignKey("fleet.Node", on_delete=models.CASCADE, related_name="telemetry_samples")
-    at = models.DateTimeField()
-    data = models.JSONField(default=dict)
-
-    class Meta:
-        ordering = ["node_id", "at"]
-        indexes = [models.Index(fields=["node", "at"], name="telemetry_node_at")]

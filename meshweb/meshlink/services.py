@@ -1,15 +1,12 @@
-"""Writes of the agent link: node enrollment (credentials), the link's client certificate, link state, heartbeats,
-telemetry, job reports and the calls agents refused.
+"""Writes of the agent link: the link's client certificate, link state, heartbeats, telemetry, job reports and the
+calls agents refused (node credentials are identity's: meshweb/identity/credentials.py).
 
 The consumer in consumers.py only parses frames and calls these; every rule lives here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +19,6 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from agents.proto.portal_link import (
-    CREDENTIAL_PREFIX,
     CallRefusals,
     Hello,
     JobEvent,
@@ -35,11 +31,12 @@ from meshweb.audit.models import AuditEntry
 from meshweb.audit.services import audit_record
 from meshweb.core.doorbell import ring as ring_dashboard
 from meshweb.core.exceptions import Conflict
-from meshweb.fleet.models import Node, NodeStatus
+from meshweb.fleet.models import GpuTelemetry, Node, NodeStatus, NodeTelemetry, TelemetrySample
 from meshweb.fleet.services import node_mark_online
+from meshweb.identity.credentials import node_authenticate
 from meshweb.identity.mesh import portal_ca
 from meshweb.identity.models import IssuedCertificate
-from meshweb.meshlink.models import GpuTelemetry, NodeCredential, NodeLink, NodeTelemetry, TelemetrySample
+from meshweb.meshlink.models import NodeLink
 from meshweb.meshlink.outbox import entries_after, head, snapshot
 from meshweb.tenancy.rbac import Principal
 from meshweb.training.models import TERMINAL, TrainingJob
@@ -52,45 +49,6 @@ log = logging.getLogger("meshweb.meshlink")
 def node_principal(node: Node) -> Principal:
     """What an agent acts as: platform-wide, named after its node in the audit trail."""
     return Principal(name=f"node:{node.name}", platform_admin=True)
-
-
-# -- credentials -------------------------------------------------------------------------------------------------
-def _hash(secret: str) -> str:
-    # 256 random bits: a fast hash is enough, as for API tokens.
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-@transaction.atomic
-def node_enroll(*, principal: Principal, node: Node) -> tuple[NodeCredential, str]:
-    """Issue a node credential (shown once) and revoke the node's earlier ones."""
-    now = timezone.now()
-    NodeCredential.objects.filter(node=node, revoked_at__isnull=True).update(revoked_at=now)
-    prefix = secrets.token_hex(6)
-    secret = secrets.token_urlsafe(32)
-    cred = NodeCredential.objects.create(node=node, prefix=prefix, secret_hash=_hash(secret))
-    NodeLink.objects.get_or_create(node=node)
-    audit_record(actor=principal.name, action="node.enroll", obj=cred, tenant_id=None, after={"node": node.name})
-    return cred, f"{CREDENTIAL_PREFIX}{prefix}_{secret}"
-
-
-def node_authenticate(raw: str) -> tuple[Node | None, str]:
-    """(node, "") for a valid credential, else (None, why)."""
-    if not raw:
-        return None, "no credential (Authorization: Bearer imn_...)"
-    if not raw.startswith(CREDENTIAL_PREFIX):
-        return None, "credential is not a node credential (imn_...)"
-    prefix, sep, secret = raw[len(CREDENTIAL_PREFIX) :].partition("_")
-    if not sep or len(prefix) != 12 or not secret:
-        return None, "malformed node credential"
-    cred = NodeCredential.objects.select_related("node").filter(prefix=prefix).first()
-    if cred is None:
-        return None, f"unknown node credential {prefix}"
-    if not hmac.compare_digest(_hash(secret), cred.secret_hash):
-        return None, f"wrong secret for node credential {prefix}"
-    if cred.revoked_at is not None:
-        return None, f"node credential {prefix} was revoked"
-    NodeCredential.objects.filter(pk=cred.pk).update(last_used_at=timezone.now())
-    return cred.node, ""
 
 
 # -- the link's client certificate -------------------------------------------------------------------------------
@@ -205,6 +163,11 @@ def link_hello(*, node: Node, hello: Hello) -> HelloPlan:
     data = {"node": node.name, "connected": True, "applied_version": hello.applied_version, "store": hello.store}
     ring_dashboard("link", data=data, tenant_id=None)
     return plan
+
+
+def link_opened(*, node: Node) -> None:
+    """An authenticated agent's link is accepted: its link record exists from now on (refused frames count on it)."""
+    NodeLink.objects.get_or_create(node=node)
 
 
 def link_ack(*, node: Node, version: int) -> None:

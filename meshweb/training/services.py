@@ -20,8 +20,7 @@ from rest_framework import status as http_status
 from agents.proto.vocab import MIG_PROFILES, gpu_type_of
 from meshweb.audit.services import audit_record
 from meshweb.core.exceptions import Conflict, QuotaExceeded
-from meshweb.fleet.models import Gpu, Node
-from meshweb.meshlink.models import GpuTelemetry
+from meshweb.fleet.models import Gpu, GpuTelemetry, Node
 from meshweb.tenancy.models import Quota, Tenant
 from meshweb.tenancy.rbac import Principal
 from meshweb.training.models import (

@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 
 from agents.proto.usage import BOUNDS_S
 from agents.proto.usage import UsageBatch as WireBatch
-from meshweb.meshlink.services import node_authenticate
+from meshweb.identity.credentials import node_authenticate
 from meshweb.tenancy.permissions import principal_of
 from meshweb.tenancy.rbac import restrict
 from meshweb.tenancy.roles import Role

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from meshweb.fleet.models import Node
-from meshweb.meshlink.models import GpuTelemetry
+from meshweb.fleet.models import GpuTelemetry, Node
 from tests.meshweb.conftest import World
 
 pytestmark = pytest.mark.django_db

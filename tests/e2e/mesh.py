@@ -38,7 +38,7 @@ import django
 django.setup()
 from meshweb.tenancy.scoped.writes import object_create
 from meshweb.fleet.models import Node, Region, Zone
-from meshweb.meshlink.services import node_enroll
+from meshweb.identity.credentials import node_credential_issue
 from meshweb.tenancy.services import SYSTEM, tenant_create, token_create
 region = object_create(principal=SYSTEM, model=Region, data={"name": "region-1"})
 zone = object_create(principal=SYSTEM, model=Zone, data={"name": "zone-a", "region": region})
@@ -46,7 +46,7 @@ out = {"credentials": {}}
 for name in NAMES:
     node = object_create(principal=SYSTEM, model=Node,
                          data={"name": name, "address": "127.0.0.1:1", "zone": zone, "roles": ["coordinator", "gpu"]})
-    out["credentials"][name] = node_enroll(principal=SYSTEM, node=node)[1]
+    out["credentials"][name] = node_credential_issue(principal=SYSTEM, node=node)[1]
 tenant = tenant_create(principal=SYSTEM, slug="ops")
 out["token"] = token_create(principal=SYSTEM, tenant=tenant, role="platform_admin", name="e2e")[1]
 print(json.dumps(out))

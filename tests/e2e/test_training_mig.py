@@ -64,7 +64,7 @@ def post_job(mesh: Mesh, name: str, profile: str) -> httpx.Response:
 def reported_slices(mesh: Mesh) -> dict[str, tuple[str, str]]:
     """Slice UUID -> (node, profile) as the portal has them from the agents' telemetry."""
     rows = mesh.db.query(
-        "SELECT t.uuid, n.name, t.data->>'mig_profile' FROM meshlink_gputelemetry t "
+        "SELECT t.uuid, n.name, t.data->>'mig_profile' FROM fleet_gputelemetry t "
         "JOIN fleet_node n ON n.id = t.node_id WHERE coalesce(t.data->>'mig_profile', '') <> ''"
     )
     return {uuid: (node, profile) for uuid, node, profile in rows}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from meshweb.fleet.models import Node, Region, Zone
-from meshweb.meshlink.services import node_enroll
+from meshweb.identity.credentials import node_credential_issue
 from meshweb.tenancy.models import Tenant
 from meshweb.tenancy.scoped.writes import object_create
 from meshweb.tenancy.services import SYSTEM, tenant_create
@@ -33,7 +33,7 @@ def build_fleet() -> Fleet:
         )
         for i in (1, 2, 3)
     ]
-    creds = {n.name: node_enroll(principal=SYSTEM, node=n)[1] for n in nodes}
+    creds = {n.name: node_credential_issue(principal=SYSTEM, node=n)[1] for n in nodes}
     tenant = tenant_create(principal=SYSTEM, slug="acme")
     return Fleet(zone, nodes, creds, tenant)
 

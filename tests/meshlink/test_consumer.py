@@ -12,7 +12,8 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from meshweb.asgi import application
-from meshweb.meshlink.models import NodeLink, NodeTelemetry, OutboxEntry
+from meshweb.fleet.models import NodeTelemetry
+from meshweb.meshlink.models import NodeLink, OutboxEntry
 from meshweb.meshlink.outbox import head
 from meshweb.tenancy.services import SYSTEM, tenant_create
 from meshweb.training.models import JobEvent, TrainingJob
@@ -108,9 +109,9 @@ async def test_a_wrong_secret_or_a_revoked_credential_is_refused(fleet: Fleet) -
     good = fleet.credentials["node-1"]
     comm = communicator(good[:-4] + "AAAA")
     assert (await comm.connect()) == (False, 4401)
-    from meshweb.meshlink.services import node_enroll
+    from meshweb.identity.credentials import node_credential_issue
 
-    await sync_to_async(node_enroll)(principal=SYSTEM, node=fleet.nodes[0])  # rotates: the old one is revoked
+    await sync_to_async(node_credential_issue)(principal=SYSTEM, node=fleet.nodes[0])  # rotates: the old one is revoked
     comm = communicator(good)
     assert (await comm.connect()) == (False, 4401)
 

@@ -12,14 +12,14 @@ from django.test import override_settings
 from django.utils import timezone
 
 from agents.proto.portal_link import Telemetry
-from meshweb.fleet.models import Node, NodeEvent, NodeQuarantine
+from meshweb.fleet.models import Node, NodeEvent, NodeQuarantine, TelemetrySample
 from meshweb.fleet.services import (
     node_quarantine_pin,
     node_quarantine_release,
     quarantine_check_all,
 )
 from meshweb.fleet.tasks import quarantine_checks, stale_heartbeats
-from meshweb.meshlink.models import OutboxEntry, TelemetrySample
+from meshweb.meshlink.models import OutboxEntry
 from meshweb.meshlink.outbox import head
 from meshweb.meshlink.services import heartbeat_record, telemetry_record
 from meshweb.tenancy.services import SYSTEM

@@ -33,7 +33,7 @@ from agents.security.ca import key_pem, make_csr, new_key
 from meshweb.tenancy.scoped.writes import object_create
 from meshweb.fleet.models import Node, Region, Zone
 from meshweb.identity.mesh import join_token_create, node_certificates_revoke, node_enroll
-from meshweb.meshlink.services import node_enroll as credential_create
+from meshweb.identity.credentials import node_credential_issue
 from meshweb.tenancy.services import SYSTEM, tenant_create, token_create
 spec = json.loads(sys.argv[1])
 out_dir = Path(spec["out"])
@@ -43,7 +43,7 @@ out = {"credentials": {}, "serials": {}}
 for name, roles in spec["nodes"].items():
     node = object_create(principal=SYSTEM, model=Node,
                          data={"name": name, "address": "127.0.0.1:1", "zone": zone, "roles": roles})
-    out["credentials"][name] = credential_create(principal=SYSTEM, node=node)[1]
+    out["credentials"][name] = node_credential_issue(principal=SYSTEM, node=node)[1]
     key = new_key()
     _, token = join_token_create(principal=SYSTEM, node=node)
     answer = node_enroll(token=token, csr=make_csr(key, name).decode(), peer="seed")

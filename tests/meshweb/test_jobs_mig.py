@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from agents.scheduler.lifecycle import job_from_portal
-from meshweb.fleet.models import Gpu, Node, Region, Zone
-from meshweb.meshlink.models import GpuTelemetry
+from meshweb.fleet.models import Gpu, GpuTelemetry, Node, Region, Zone
 from meshweb.tenancy.services import SYSTEM, tenant_create
 from meshweb.training.models import TrainingJob
 from tests.meshweb.conftest import EXAMPLE_JOB, make_client

@@ -10,9 +10,9 @@ import pytest
 
 from agents.proto.access import TenantAccess
 from meshweb.fleet.models import Node
+from meshweb.identity.credentials import node_credential_issue
 from meshweb.meshlink.models import OutboxEntry
 from meshweb.meshlink.outbox import head
-from meshweb.meshlink.services import node_enroll
 from meshweb.tenancy.services import SYSTEM
 from meshweb.usage.models import UsageRollup
 from tests.meshweb.conftest import World, make_client
@@ -37,7 +37,7 @@ def _report(credential: str, batch: str, rows: list[dict[str, Any]]) -> Any:
 
 @pytest.fixture
 def credential(world: World) -> str:
-    return node_enroll(principal=SYSTEM, node=Node.objects.get(name="node-1"))[1]
+    return node_credential_issue(principal=SYSTEM, node=Node.objects.get(name="node-1"))[1]
 
 
 def test_a_batch_is_applied_once_and_rolled_up(world: World, credential: str, token_for: Any) -> None:

@@ -69,14 +69,6 @@ class NodeStatusSerializer(StrictSerializer):
     reason = serializers.CharField(max_length=500, allow_blank=True, default="")
 
 
-class RevokeCertificatesSerializer(StrictSerializer):
-    reason = serializers.CharField(max_length=200)
-
-
-class RevokedCertificatesSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    revoked = serializers.ListField(child=serializers.CharField(), help_text="serials (hex) revoked now")
-
-
 class GpuSerializer(StrictModelSerializer):
     node = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all())
 

@@ -16,8 +16,6 @@ from meshweb.fleet.api.serializers import (
     NodeSerializer,
     NodeStatusSerializer,
     RegionSerializer,
-    RevokeCertificatesSerializer,
-    RevokedCertificatesSerializer,
     ZoneSerializer,
 )
 from meshweb.fleet.models import Cell, Gpu, Node, Region, Zone
@@ -60,6 +58,8 @@ class CellViewSet(ScopedModelViewSet):
 
 
 class NodeViewSet(ScopedModelViewSet):
+    """Nodes; served as meshweb.identity.api.NodeViewSet, which adds the certificates (identity stacks above)."""
+
     serializer_class = NodeSerializer
     write_role = Role.PLATFORM_ADMIN
     filterset_fields = ["status", "zone__name", "name"]
@@ -68,13 +68,6 @@ class NodeViewSet(ScopedModelViewSet):
 
     def base_queryset(self) -> models.QuerySet[Node]:
         return Node.objects.select_related("zone").annotate(gpu_count=models.Count("gpus"))
-
-    def perform_destroy(self, instance: models.Model) -> None:
-        # A deleted node's certificates are revoked in the same transaction (published in the mesh CRL).
-        from meshweb.identity.mesh import node_delete
-
-        assert isinstance(instance, Node)
-        node_delete(principal=self.principal, node=instance)
 
     @extend_schema(request=NodeStatusSerializer, responses={200: NodeSerializer})
     @action(detail=True, methods=["post"])
@@ -90,21 +83,6 @@ class NodeViewSet(ScopedModelViewSet):
             reason=body.validated_data["reason"],
         )
         return Response(NodeSerializer(self.get_queryset().get(pk=node.pk)).data)
-
-    @extend_schema(request=RevokeCertificatesSerializer, responses={200: RevokedCertificatesSerializer})
-    @action(detail=True, methods=["post"], url_path="revoke-certificates")
-    def revoke_certificates(self, request: Request, pk: Any = None) -> Response:
-        """Revoke every current SVID of the node: published in the mesh CRL, refused by every agent's gRPC services
-        within their CRL refresh, and its live portal link is ended at the next check."""
-        from meshweb.identity.mesh import node_certificates_revoke
-
-        node = self.get_object()
-        body = RevokeCertificatesSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        serials = node_certificates_revoke(
-            principal=self.principal, node_name=node.name, reason=body.validated_data["reason"]
-        )
-        return Response({"revoked": serials})
 
 
 class GpuViewSet(ScopedModelViewSet):

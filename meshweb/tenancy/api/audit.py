@@ -1,4 +1,7 @@
-"""The audit log, read-only, for tenant admins (their tenant) and platform admins (everything)."""
+"""The audit log, read-only, for tenant admins (their tenant) and platform admins (everything).
+
+The log itself (meshweb.audit) sits below tenancy, since every tenancy write passes through its hook; reading it
+is tenant-scoped, so its API lives here, on the tenancy-aware viewset."""
 
 from __future__ import annotations
 

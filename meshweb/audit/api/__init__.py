@@ -1,1 +1,0 @@
-"""REST API of this domain."""
