@@ -18,6 +18,7 @@ from multidict import CIMultiDict
 from opentelemetry.trace import SpanKind, get_current_span
 
 from router import capabilities, kserve, route_report, usage, v2codec
+from router.cells import SPILLED_FROM, spill_headers
 from router.config import RouterConfig
 from router.forward import HOP_BY_HOP, ForwardError, Winner
 from router.metrics import ERRORS, REQUESTS, render
@@ -311,6 +312,7 @@ class Handlers:
                     trace_id=trace_id,
                     deadline_s=request_deadline(request.headers),
                     prefix=request_prefix(api, parsed.obj, request.headers, self.cfg.cache) if api in APIS else None,
+                    spilled_from=request.headers.get(SPILLED_FROM),
                 )
             except Refusal as r:
                 if r.status not in (404, 429):
@@ -343,6 +345,8 @@ class Handlers:
         observe: Callable[[bytes], None] | None = None,
     ) -> web.StreamResponse:
         headers = upstream_headers(request, ticket.corr_id)
+        if any(t.source == "cell" for t in ticket.ranked):  # another cell's router authenticates it again
+            headers.update(spill_headers(request.headers, self.svc.cells.view.cell))
 
         def body_for(t: Target) -> bytes:
             if t.upstream_model == parsed.model:

@@ -375,6 +375,19 @@ class UsageConfig(_Strict):
         return self.credential or ""
 
 
+class CellsConfig(_Strict):
+    """Cells and regions (router/cells.py): read from the agent's WAN tier; without it the router stays in its cell."""
+
+    spill_at: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="a model's load in this cell (running + waiting requests per batch slot) from which its requests "
+        "go to the nearest cell with headroom",
+    )
+    refresh_s: float = Field(default=1.0, gt=0, le=300, description="how often the WAN tier's view is read")
+
+
 class RouterConfig(_Strict):
     listen: ListenConfig = Field(default_factory=ListenConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
@@ -394,6 +407,7 @@ class RouterConfig(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     upstream_pool_size: int = Field(default=1024, ge=1)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    cells: CellsConfig = Field(default_factory=CellsConfig)
     disaggregation: DisaggregationConfig = Field(default_factory=DisaggregationConfig)
     upstream_connect_timeout_s: float = Field(default=2.0, gt=0)
     upstream_tls: ClientTls | None = Field(

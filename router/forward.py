@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from router.cells import for_target
 from router.config import OutlierConfig, RoutingPolicy
 from router.core.hedging import HedgeBudget, HedgeParams, HedgeWins, LatencyWindow, hedge_delay, predicted_delay
 from router.core.outlier import OutlierDetector
@@ -166,7 +167,7 @@ class Forwarder:
         resp: Response | None = None
         try:
             deadline = asyncio.get_running_loop().time() + first_byte_timeout
-            resp = await self.pool.post(target.url, path, body, headers, deadline)
+            resp = await self.pool.post(target.url, path, body, for_target(target, headers), deadline)
             outcome = rules.classify_status(resp.status)
             if outcome is Outcome.BAD_STATUS:
                 raise AttemptFailed(outcome, f"runtime answered {resp.status}", resp.status)

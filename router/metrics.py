@@ -83,6 +83,16 @@ LOCAL_ONLY = Gauge(
     "1 while the agent is unreachable and the router serves from its last view and static targets",
     multiprocess_mode="max",
 )
+SPILLOVER = Counter(
+    "infermesh_router_spillover_total",
+    "requests this router sent to another cell: its own saturated or failed, or outside the tenant's regions",
+    ["from_cell", "to_cell", "reason"],
+)
+RESIDENCY_REFUSED = Counter(
+    "infermesh_router_residency_refused_total",
+    "requests refused with 503 because no cell in the tenant's allowed regions could serve the model",
+    ["model"],
+)
 MESH_DEGRADED = Gauge(
     "infermesh_router_mesh_degraded",
     "1 while gossip reports most of the mesh unreachable and the router ranks only local targets",

@@ -18,6 +18,7 @@ from agents.proto.access import InferenceLimits
 from agents.strategies.outcomes import Trial
 from router.access import AccessState, AccessWatcher
 from router.agentlink import AgentLink, Outcome
+from router.cells import CellRoute, CellRouter, CellWatcher
 from router.config import RouterConfig, RoutingPolicy, TenantConfig
 from router.core.admission import AdmissionController, TargetLoad
 from router.core.fairshare import FairQueue
@@ -43,7 +44,7 @@ from router.pd import Disaggregation
 from router.portal_routing import CatalogModel, PortalRouting, PortalWatcher
 from router.prefix import RequestPrefix
 from router.quota import Lease, QuotaManager
-from router.ranking import Ranker
+from router.ranking import Ranker, to_strategy_view
 from router.route_report import RouteStats
 from router.upstream import UpstreamPool
 from router.view import Target, TargetView
@@ -74,6 +75,7 @@ class Tenant:
     scoped: bool = False  # a portal key scoped to `models`: other models are refused with 403, not hidden
     key_prefix: str = ""  # the portal key's prefix, for usage reports
     exhausted_until: float = 0.0  # the portal saw the tenant's daily tokens spent, across routers, until then
+    regions: frozenset[str] | None = None  # data residency: the regions whose cells may serve it (None: any)
 
     def may_use(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -139,6 +141,9 @@ class RouterService:
         self.ranker.mesh.node, self.ranker.mesh.zone = cfg.agent.node, cfg.agent.zone
         self.pd = Disaggregation(cfg.disaggregation, self.view, self.forwarder, cfg.cache.block_size)
         self._mesh_watcher: MeshWatcher | None = None
+        # which cell serves a request (router/cells.py), from the agent's WAN tier
+        self.cells = CellRouter(cfg.cells.spill_at)
+        self._cell_watcher: CellWatcher | None = None
         self.agent = AgentLink(self.view, cfg.agent)
         # Models and routing policies from the portal, mirrored from the agent's store (router/portal_routing.py).
         self.portal = PortalRouting()
@@ -167,6 +172,8 @@ class RouterService:
                 self.agent.channel, self.ranker.mesh, lambda: None, refresh_s=self.cfg.agent.mesh_refresh_s
             )
             self._mesh_watcher.start()
+            self._cell_watcher = CellWatcher(self.agent.channel, self.cells, refresh_s=self.cfg.cells.refresh_s)
+            self._cell_watcher.start()
         self._portal_watcher.start()
         if self.cfg.agent.address:
             self._access_watcher = AccessWatcher(
@@ -182,6 +189,8 @@ class RouterService:
     async def close(self) -> None:
         if self._mesh_watcher is not None:
             await self._mesh_watcher.close()
+        if self._cell_watcher is not None:
+            await self._cell_watcher.close()
         await self._portal_watcher.close()
         if self._access_watcher is not None:
             await self._access_watcher.close()
@@ -287,6 +296,7 @@ class RouterService:
                 scoped=bool(rec.models),
                 key_prefix=rec.prefix,
                 exhausted_until=ta.exhausted_until or 0.0,
+                regions=frozenset(ta.regions) if ta.regions is not None else None,
             )
         tenant = self._tenants.get(digest)
         if tenant is None:
@@ -337,6 +347,7 @@ class RouterService:
         trace_id: str = "",
         deadline_s: float | None = None,
         prefix: RequestPrefix | None = None,
+        spilled_from: str | None = None,
     ) -> Ticket:
         t0 = time.monotonic()
         try:
@@ -347,12 +358,14 @@ class RouterService:
             raise
         policy = self.policy_for(model, entry)
         candidates = self.candidates_for(model, entry)
+        route = self._cell_route(model, tenant, candidates, spilled_from)
+        remote_first = route is not None and route.home_at != 0  # the other cell admits it, by its own load
         decision = self._admission_for(policy).decide(
             (TargetLoad(t.est_waiting(), t.service_rate or t.service_rate_rps) for t in candidates),
             priority,
             self.inflight,
         )
-        if not decision.admitted:
+        if not decision.admitted and not remote_first:
             self._refused(model, tenant.name, api, decision.reason, tenant.key_prefix)
             raise Refusal(
                 429,
@@ -394,7 +407,7 @@ class RouterService:
         self.inflight += 1
         INFLIGHT.inc()
         try:
-            if policy.hold_when_full:
+            if policy.hold_when_full and not remote_first:
                 await self._hold_for_slot(model, candidates, priority, policy, tenant.name)
             if self.pd.serves(model, api):  # the pair is chosen when the request is forwarded (router/pd.py)
                 ranked, strategy = [], "pd"
@@ -402,6 +415,8 @@ class RouterService:
                 ranked, strategy = self.ranker.rank(
                     model, candidates, policy, corr_id, prompt_chars, max_tokens, prefix
                 )
+            if route is not None:
+                ranked, strategy = self._with_cells(route, ranked, strategy)
         except BaseException:
             self.inflight -= 1
             INFLIGHT.dec()
@@ -431,6 +446,41 @@ class RouterService:
             trace_id=trace_id,
             deadline=t0 + min(policy.deadline_s, deadline_s if deadline_s is not None else policy.deadline_s),
         )
+
+    def _cell_route(
+        self, model: str, tenant: Tenant, candidates: list[Target], spilled_from: str | None
+    ) -> CellRoute | None:
+        """Another cell for this request, when this one is saturated, failed, or outside the tenant's regions
+        (router/cells.py); None: this cell serves it. No allowed cell at all: 503 naming the regions."""
+        cells = self.cells
+        if not cells.view.known:
+            return None
+        route = cells.route(model, tenant.regions, cells.home_load(candidates, to_strategy_view), spilled_from)
+        if route is not None and not route.choice.order:
+            raise Refusal(
+                503,
+                "residency_unavailable",
+                f"model {model!r}: no cell in the regions tenant {tenant.name!r} may be served in "
+                f"({', '.join(sorted(tenant.regions or ()))}) can serve it now",
+                retry_after="1",
+            )
+        if route is not None and route.choice.order[0].cell != cells.view.cell and self.usage.enabled:
+            self.usage.meter.spill(
+                wall=time.time(), from_cell=cells.view.cell, to_cell=route.choice.order[0].cell,
+                reason=route.choice.reason,
+            )  # fmt: skip
+        return route
+
+    def _with_cells(self, route: CellRoute, ranked: list[Target], strategy: str) -> tuple[list[Target], str]:
+        """The other cells' ingress targets in the route's order, this cell's ranked targets where it comes (if at
+        all); the local decision that does not lead is withdrawn from the strategy's counts and win rates."""
+        if ranked:
+            self.ranker.finished(ranked[0].id)
+        self.ranker.trial = None
+        order = list(route.remote)
+        if route.home_at is not None:
+            order[route.home_at : route.home_at] = ranked
+        return order, "cells"
 
     def _usable(self, t: Target, model: str) -> bool:
         if not t.has_slot():
@@ -557,6 +607,9 @@ class RouterService:
         used = None
         if ticket.completion_tokens is not None:
             used = float(ticket.completion_tokens + (ticket.prompt_tokens or 0))
+        elsewhere = w is not None and w.target.source == "cell"  # the serving cell's router meters and charges it
+        if elsewhere:
+            used = 0.0
         await self.quotas.release(ticket.lease, used)
         await self.quotas.release(ticket.key_lease, used)
         dur = now - ticket.t0
@@ -568,7 +621,7 @@ class RouterService:
         child(LATENCY, ticket.model, ticket.tenant).observe(dur)
         if ticket.cause:
             ERRORS.labels(ticket.model, ticket.tenant, ticket.cause).inc()
-        if self.usage.enabled:
+        if self.usage.enabled and not elsewhere:
             self.usage.meter.record(
                 wall=time.time(),
                 tenant=ticket.tenant,

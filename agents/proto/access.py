@@ -56,6 +56,11 @@ class TenantAccess(_Strict):
     exhausted_until: float | None = Field(
         default=None, description="Unix time until which the daily tokens are spent (the portal's metering)"
     )
+    regions: list[str] | None = Field(
+        default=None,
+        max_length=64,
+        description="data residency: the regions whose cells may serve the tenant's requests; None = any region",
+    )
 
 
 class ApiKeyRecord(_Strict):

@@ -33,10 +33,21 @@ class UsageRow(_Strict):
     latency: list[int] = Field(default_factory=lambda: [0] * (len(BOUNDS_S) + 1))
 
 
+class SpillRow(_Strict):
+    """Requests a router sent from its cell to another (router/cells.py), per UTC minute and reason."""
+
+    minute: int = Field(ge=0)
+    from_cell: str = Field(min_length=1, max_length=63)
+    to_cell: str = Field(min_length=1, max_length=63)
+    reason: str = Field(pattern=r"^(saturated|failed|residency)$")
+    requests: int = Field(default=0, ge=0)
+
+
 class UsageBatch(_Strict):
     batch: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     router: str = Field(default="", max_length=128)
     rows: list[UsageRow] = Field(max_length=MAX_ROWS)
+    spills: list[SpillRow] = Field(default_factory=list, max_length=MAX_ROWS)
 
 
 def bucket_of(seconds: float) -> int:
