@@ -13,6 +13,7 @@ ranks what it tracks with the strategy's own sampling (`rank` never scans the fl
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import random
@@ -362,6 +363,22 @@ class Simulation:
         import time
 
         wall0 = time.perf_counter()
+        # Requests and their copies refer to each other, so the collector frees them, and a full collection walks
+        # every object alive: the fleet, the routers' views and strategies, which live all run. Frozen, they are not
+        # walked; a larger first generation collects the requests' cycles less often (a seventh of the CPU before).
+        gc.collect()
+        gc.freeze()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(50_000, 20, 100)
+        try:
+            return self._run(wall0)
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
+
+    def _run(self, wall0: float) -> RunResult:
+        import time
+
         cfg = self.cfg
         end = cfg.end_s
         duration = cfg.duration_s
