@@ -17,6 +17,7 @@ from meshweb.tenancy.api.views import (
 )
 from meshweb.training.api.views import JobViewSet
 from meshweb.usage.api import UsageReportView, UsageView
+from meshweb.usage.spillover import SpilloverView
 
 router = DefaultRouter()
 router.include_root_view = False
@@ -44,4 +45,5 @@ urlpatterns = [
     *router.urls,
     path("usage/", UsageView.as_view(), name="usage"),
     path("usage/reports/", UsageReportView.as_view(), name="usage-reports"),
+    path("usage/spillover/", SpilloverView.as_view(), name="usage-spillover"),
 ]

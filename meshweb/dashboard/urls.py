@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from meshweb.dashboard import keys, route_views, usage_page, views
+from meshweb.dashboard import cells_page, keys, route_views, usage_page, views
 
 app_name = "dashboard"
 
@@ -25,6 +25,7 @@ urlpatterns = [
     path("models/<int:model_id>/route/policy/", route_views.model_policy_set, name="model-policy"),
     path("keys/", keys.keys, name="keys"),
     path("usage/", usage_page.usage, name="usage"),
+    path("cells/", cells_page.cells, name="cells"),
     path("keys/<int:key_id>/revoke/", keys.key_revoke, name="key-revoke"),
     path("jobs/", views.jobs, name="jobs"),
     path("jobs/<int:job_id>/", views.job_detail, name="job"),

@@ -10,7 +10,7 @@ class QuotaInline(admin.StackedInline):  # type: ignore[type-arg]
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["slug", "name", "is_active", "created_at"]
+    list_display = ["slug", "name", "is_active", "regions", "created_at"]
     search_fields = ["slug", "name"]
     inlines = [QuotaInline]
 

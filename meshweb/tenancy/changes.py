@@ -53,6 +53,7 @@ def _access(q: Quota) -> Iterator[Put]:
         priority=q.priority,  # type: ignore[arg-type]
         limits=_limits(q.requests_per_s, q.tokens_per_min, q.concurrent_requests_max, q.tokens_per_day),
         exhausted_until=q.tokens_exhausted_until.timestamp() if q.tokens_exhausted_until else None,
+        regions=list(t.regions) if t.regions is not None else None,
     )
     yield Put("tenant_access", tenant_key(t.pk), record.model_dump(mode="json", exclude_none=True))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -10,11 +12,36 @@ from agents.proto import access
 from meshweb.core.models import TimeStamped
 from meshweb.tenancy.roles import Role
 
+_REGION = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def validate_regions(value: object) -> None:
+    """Data residency: null (any region) or a non-empty list of distinct region names."""
+    from django.core.exceptions import ValidationError
+
+    if value is None:
+        return
+    if not isinstance(value, list) or not value:
+        raise ValidationError("regions must be null (any region) or a non-empty list of region names")
+    for name in value:
+        if not isinstance(name, str) or not _REGION.match(name):
+            raise ValidationError(f"{name!r} is not a region name (lowercase letters, digits, '.', '_', '-')")
+    if len(set(value)) != len(value) or len(value) > 64:
+        raise ValidationError("regions lists a region twice, or more than 64")
+
 
 class Tenant(TimeStamped):
     slug = models.SlugField(max_length=63, unique=True)
     name = models.CharField(max_length=200)
     is_active = models.BooleanField(default=True)
+    regions = models.JSONField(
+        null=True,
+        blank=True,
+        default=None,
+        validators=[validate_regions],
+        help_text="Data residency: the regions whose cells may serve this tenant's inference (null: any region). "
+        "Routers never send its requests to a cell elsewhere.",
+    )
 
     TENANT_PATH = "id"
 

@@ -23,8 +23,15 @@ SYSTEM = Principal(name="system", platform_admin=True)
 
 
 @transaction.atomic
-def tenant_create(*, principal: Principal, slug: str, name: str = "", quota: dict[str, Any] | None = None) -> Tenant:
-    tenant = Tenant(slug=slug, name=name or slug)
+def tenant_create(
+    *,
+    principal: Principal,
+    slug: str,
+    name: str = "",
+    quota: dict[str, Any] | None = None,
+    regions: list[str] | None = None,
+) -> Tenant:
+    tenant = Tenant(slug=slug, name=name or slug, regions=regions)
     tenant.full_clean()
     tenant.save()
     q = Quota(tenant=tenant, **(quota or {}))

@@ -37,3 +37,19 @@ class UsageRollup(models.Model):
             models.UniqueConstraint(fields=["tenant", "key_prefix", "model", "minute"], name="uniq_usage_cell")
         ]
         indexes = [models.Index(fields=["tenant", "minute"])]
+
+
+class Spillover(models.Model):
+    """Requests routers sent from one cell to another, per UTC minute and reason (saturated, failed, residency)."""
+
+    minute = models.DateTimeField(help_text="Start of the UTC minute.")
+    from_cell = models.CharField(max_length=63)
+    to_cell = models.CharField(max_length=63)
+    reason = models.CharField(max_length=16)
+    requests = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["minute", "from_cell", "to_cell", "reason"]
+        constraints = [
+            models.UniqueConstraint(fields=["minute", "from_cell", "to_cell", "reason"], name="uniq_spillover_cell")
+        ]

@@ -11,7 +11,7 @@ from agents.proto.usage import UsageBatch as WireBatch
 from meshweb.audit.services import audit_record
 from meshweb.fleet.models import Node
 from meshweb.tenancy.models import Quota, Tenant
-from meshweb.usage.models import UsageBatch, UsageRollup
+from meshweb.usage.models import Spillover, UsageBatch, UsageRollup
 
 
 def _add(a: list[int], b: list[int]) -> list[int]:
@@ -50,6 +50,14 @@ def usage_ingest(*, node: Node | None, batch: WireBatch) -> tuple[int, int, bool
         )
         applied += 1
         touched.add(tenant.pk)
+    for sp in sorted(batch.spills, key=lambda r: (r.minute, r.from_cell, r.to_cell, r.reason)):
+        row, _ = Spillover.objects.select_for_update().get_or_create(
+            minute=datetime.fromtimestamp(sp.minute * 60, tz=UTC),
+            from_cell=sp.from_cell,
+            to_cell=sp.to_cell,
+            reason=sp.reason,
+        )
+        Spillover.objects.filter(pk=row.pk).update(requests=F("requests") + sp.requests)
     for quota in Quota.objects.select_related("tenant").filter(tenant_id__in=touched, tokens_per_day__gt=0):
         quota_exhaust_check(quota=quota)
     return applied, skipped, False

@@ -17,7 +17,7 @@ from meshweb.tenancy.scoped.fields import tenant_field
 class TenantSerializer(StrictModelSerializer):
     class Meta:
         model = Tenant
-        fields = ["id", "slug", "name", "is_active", "created_at", "updated_at"]
+        fields = ["id", "slug", "name", "is_active", "regions", "created_at", "updated_at"]
         read_only_fields = ["id", "created_at", "updated_at"]
 
 

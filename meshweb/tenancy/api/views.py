@@ -48,7 +48,9 @@ class TenantViewSet(ScopedModelViewSet):
 
     def perform_create(self, serializer: Any) -> None:
         data = serializer.validated_data
-        serializer.instance = tenant_create(principal=self.principal, slug=data["slug"], name=data.get("name", ""))
+        serializer.instance = tenant_create(
+            principal=self.principal, slug=data["slug"], name=data.get("name", ""), regions=data.get("regions")
+        )
 
 
 class QuotaViewSet(ScopedUpdateViewSet):
