@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from agents import datadir
+
 ROOT = Path(__file__).resolve().parent.parent
 # A slice of the Azure LLM trace shipped with the package (CC-BY 4.0; source and attribution in its README.md).
 DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "traces" / "azure_llm_2023_conv.csv"
@@ -621,8 +623,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def _data_dir(args: argparse.Namespace) -> Path:
     if args.data_dir is not None:
         return Path(args.data_dir).expanduser().resolve()
-    env = os.environ.get("INFERMESH_DATA_DIR")
-    return Path(env).expanduser().resolve() if env else (Path.home() / ".local" / "share" / "infermesh").resolve()
+    return datadir.data_dir()
 
 
 def prepare_portal(data_dir: Path, env: dict[str, str]) -> tuple[list[str], dict[str, str], str]:

@@ -13,6 +13,8 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from agents.datadir import data_dir
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -45,7 +47,7 @@ def _env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-DATA_DIR = Path(os.environ.get("INFERMESH_DATA_DIR") or Path.home() / ".local" / "share" / "infermesh").resolve()
+DATA_DIR = data_dir()  # INFERMESH_DATA_DIR (agents/datadir.py)
 EMBEDDED = not os.environ.get("DATABASE_URL")
 if EMBEDDED:
     DATA_DIR.mkdir(parents=True, exist_ok=True)

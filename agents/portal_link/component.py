@@ -20,6 +20,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agents.datadir import data_dir
 from agents.portal_link.applier import Applier, FileApplier, RaftApplier, StoreUnavailable
 from agents.portal_link.jobs import JobFrame, JobReporter
 from agents.portal_link.refusals import RefusalDigest
@@ -57,11 +58,6 @@ _NODE_STATE = {
     "drain": control_pb2.NODE_STATE_DRAINING,
     "quarantine": control_pb2.NODE_STATE_QUARANTINED,
 }
-
-
-def _data_root() -> Path:
-    env = os.environ.get("INFERMESH_DATA_DIR")
-    return Path(env) if env else Path.home() / ".local" / "share" / "infermesh"
 
 
 class PortalSection(BaseModel):
@@ -154,7 +150,7 @@ class PortalLinkComponent:
             self.applier = RaftApplier(K.StoreClient.of_agent(ctx, self.cfg.raft_group))
         else:
             path = Path(self.cfg.state_file) if self.cfg.state_file else Path("portal") / f"{self.node}.json"
-            self.applier = FileApplier(path if path.is_absolute() else _data_root() / path)
+            self.applier = FileApplier(path if path.is_absolute() else data_dir() / path)
         r = ctx.registry
         self.m_connected = Gauge("meshd_portal_connected", "1 while the portal link is up", registry=r)
         self.m_version = Gauge("meshd_portal_applied_version", "last portal version applied", registry=r)

@@ -13,6 +13,7 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from agents.datadir import data_dir
 from agents.security.tls import ClientIdentity
 
 from .group import GroupOptions
@@ -22,11 +23,6 @@ if TYPE_CHECKING:
     from agents.meshd.component import AgentContext
 
 _ADDR = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
-
-
-def data_root() -> Path:
-    env = os.environ.get("INFERMESH_DATA_DIR")
-    return Path(env) if env else Path.home() / ".local" / "share" / "infermesh"
 
 
 class RaftSection(BaseModel):
@@ -93,9 +89,9 @@ class RaftSection(BaseModel):
 
     def resolved_data_dir(self) -> Path:
         if not self.data_dir:
-            return data_root() / "raft" / f"node-{self.node_id}"
+            return data_dir() / "raft" / f"node-{self.node_id}"
         p = Path(os.path.expandvars(self.data_dir)).expanduser()
-        return p if p.is_absolute() else data_root() / p
+        return p if p.is_absolute() else data_dir() / p
 
 
 class RaftComponent:

@@ -23,6 +23,7 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.collective.records import CommStats
+from agents.datadir import data_dir
 from agents.scheduler import storekeys as K
 from agents.scheduler.model import GpuInfo, NodeState, Plan, gpu_type_of
 
@@ -109,8 +110,7 @@ class TrainerComponent:
     async def start(self, ctx: AgentContext) -> None:
         self.ctx = ctx
         self.node = str(ctx.node_id)
-        base = os.environ.get("INFERMESH_DATA_DIR") or str(Path.home() / ".local" / "share" / "infermesh")
-        self.workdir = Path(self.cfg.workdir or Path(base) / "trainer" / self.node)
+        self.workdir = Path(self.cfg.workdir or data_dir() / "trainer" / self.node)
         self._client = K.StoreClient.of_agent(ctx, self.cfg.group)
         self._task = asyncio.create_task(self._loop(), name="trainer")
 
