@@ -72,6 +72,13 @@ class Disaggregation:
         roles = {t.role for t in self.view.all(model)}
         return "prefill" in roles and "decode" in roles
 
+    @staticmethod
+    def without_prefill(candidates: list[Target]) -> list[Target]:
+        """Targets for a request that is not disaggregated (other APIs): a prefill target would stop at the first
+        token; a decode target prefills locally."""
+        rest = [t for t in candidates if t.role != "prefill"]
+        return rest or candidates
+
     def pools(self, model: str) -> tuple[list[Target], list[Target]]:
         ts = self.view.candidates(model) or self.view.all(model)
         return [t for t in ts if t.role == "prefill"], [t for t in ts if t.role == "decode"]

@@ -413,7 +413,7 @@ class RouterService:
                 ranked, strategy = [], "pd"
             else:
                 ranked, strategy = self.ranker.rank(
-                    model, candidates, policy, corr_id, prompt_chars, max_tokens, prefix
+                    model, self.pd.without_prefill(candidates), policy, corr_id, prompt_chars, max_tokens, prefix
                 )
             if route is not None:
                 ranked, strategy = self._with_cells(route, ranked, strategy)

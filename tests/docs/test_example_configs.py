@@ -19,7 +19,11 @@ AGENT_CONFIGS = [
     *sorted(ROOT.glob("docs/examples/raft-3node/*.yaml")),
     *sorted(ROOT.glob("docs/examples/mesh-5node/*.yaml")),
 ]
-ROUTER_CONFIGS = [ROOT / "docs/examples/router.yaml", ROOT / "docker/router.yaml"]
+ROUTER_CONFIGS = [
+    ROOT / "docs/examples/router.yaml",
+    ROOT / "docs/examples/router-pd.yaml",
+    ROOT / "docker/router.yaml",
+]
 
 
 @pytest.mark.parametrize("path", AGENT_CONFIGS, ids=[str(p.relative_to(ROOT)) for p in AGENT_CONFIGS])
