@@ -28,7 +28,7 @@ from agents.meshd.kvindex import AgentPrefixIndex
 from agents.meshd.metrics import AgentMetrics
 from agents.meshd.nodes import NodeDirectory
 from agents.meshd.policies import LocalPolicyStore, PolicyStore
-from agents.meshd.services import ControlServicer, ScoringServicer, StatePlaneService, _Recorder
+from agents.meshd.servicers import ControlServicer, ScoringServicer, StatePlaneService, _Recorder
 from agents.proto.infermesh.v1 import (
     control_pb2,
     control_pb2_grpc,
