@@ -45,6 +45,9 @@ SAMPLES: dict[str, Any] = {
     "peers": {1: "127.0.0.1:7300"},
     "uri": "file:///tmp/infermesh-sample",
     "stores": [{"name": "sample", "uri": "file:///tmp/infermesh-sample"}],
+    "a": "node-a",  # a link's two ends (router disaggregation.links)
+    "b": "node-b",
+    "gbps": 100.0,
 }
 # A component section's own values where the shared samples do not fit it.
 SECTION_SAMPLES: dict[str, dict[str, Any]] = {"portal": {"url": "ws://127.0.0.1:9/ws/agent/", "credential": "sample"}}
