@@ -141,3 +141,21 @@ class PortLock:
         if self._file is not None:
             os.close(self._file)
             self._file = None
+
+
+def free_port(host: str = "127.0.0.1", *, udp_too: bool = False) -> int:
+    """A TCP port nothing listens on now on `host` (the kernel picks it; another process may still take it first).
+    With `udp_too`, the same UDP port is free as well: gossip probes over UDP and pushes state over TCP on one port."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+        if not udp_too:
+            return port
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no port on {host} is free for both TCP and UDP")

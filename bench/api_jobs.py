@@ -26,6 +26,8 @@ from pathlib import Path
 import aiohttp
 import psycopg
 
+from agents.binding import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 DB = "infermesh_bench"
 DB_URL = f"postgres://postgres@127.0.0.1:5432/{DB}"
@@ -44,12 +46,6 @@ for i in range(int(sys.argv[1])):
     tokens.append(token_create(principal=SYSTEM, tenant=tenant, role="member")[1])
 print(json.dumps(tokens))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def reset_database() -> None:

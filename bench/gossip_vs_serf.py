@@ -19,7 +19,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc
 import yaml
 
+from agents.binding import free_port
 from agents.gossip.faultproxy import FaultProxy
 from agents.gossip.sim import NetConfig, Simulation
 from agents.proto.infermesh.v1 import membership_pb2, membership_pb2_grpc
@@ -42,20 +42,6 @@ from agents.topology.vivaldi import median_relative_error, simulate, synthetic_m
 
 INFERMESH = str(Path(sys.executable).with_name("infermesh"))
 ALIVE, DEAD = membership_pb2.MEMBER_STATUS_ALIVE, membership_pb2.MEMBER_STATUS_DEAD
-
-
-def free_port(host: str) -> int:
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = int(t.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind((host, port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
 
 
 def ensure_serf() -> str:
@@ -105,7 +91,7 @@ class Cluster(ABC):
     async def new_node(self) -> Node:
         ip = f"127.0.0.{self._next_ip}"
         self._next_ip += 1
-        port = free_port(ip)
+        port = free_port(ip, udp_too=True)  # serf and our gossip: UDP and TCP on one port
         listen = await self.proxy.add_route(("127.0.0.1", 0), (ip, port))
         node = Node(f"{self.kind}-{self.seq}", ip, port, listen[1])
         self.seq += 1

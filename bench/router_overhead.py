@@ -27,7 +27,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,18 +34,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from agents.binding import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 VENV_BIN = Path(sys.executable).parent
 BODY = {"model": "demo-llm", "prompt": "Say hello to the mesh.", "max_tokens": 16}
 # room for the 2 MB chats (about 500k tokens) in the emulated runtime's context and KV cache
 _EMU_LONG = ("--max-model-len", "1000000", "--kv-tokens", "4000000")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:

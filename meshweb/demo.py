@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from agents import datadir
+from agents.binding import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # A slice of the Azure LLM trace shipped with the package (CC-BY 4.0; source and attribution in its README.md).
@@ -67,22 +68,6 @@ class DemoError(RuntimeError):
 # -- ports -------------------------------------------------------------------------------------------------------------
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A free TCP port; for SOCK_DGRAM one free for both UDP and TCP (gossip uses both on one port)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if kind != socket.SOCK_DGRAM:
-            return port
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-
-
 class Ports:
     """Hands out the internal ports: fixed defaults, consecutive from --base-port, or free ones (--base-port 0)."""
 
@@ -95,9 +80,9 @@ class Ports:
         if self.base is None:
             port = default
         elif self.base == 0:
-            port = free_port(kind)
+            port = free_port(udp_too=kind == socket.SOCK_DGRAM)
             while port in self.taken:
-                port = free_port(kind)
+                port = free_port(udp_too=kind == socket.SOCK_DGRAM)
         else:
             port = self.next
             self.next += 1

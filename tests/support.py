@@ -1,12 +1,8 @@
-"""What every test package shares: a free loopback port, defined once."""
+"""What every test package shares: a free loopback port (defined once, in agents/binding.py, which the demo uses
+too)."""
 
 from __future__ import annotations
 
-import socket
+from agents.binding import free_port
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now (gossip's tests, which need the UDP twin free too, keep their own)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port"]

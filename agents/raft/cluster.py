@@ -8,7 +8,6 @@ import itertools
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,18 +19,13 @@ from typing import Any
 import grpc
 import yaml
 
+from agents.binding import free_port
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
 from agents.security.tls import ClientIdentity, dial, dial_sync
 
 from .lincheck import INF, UNKNOWN, Op
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

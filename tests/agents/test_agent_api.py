@@ -29,14 +29,9 @@ from agents.proto.infermesh.v1 import (
     state_pb2_grpc,
 )
 from tests.agents.harness import AgentProcess, run_agent_cli, start_agent
+from tests.support import free_port
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +39,7 @@ def garbage_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A 'runtime' whose /metrics is not Prometheus exposition."""
     root = tmp_path_factory.mktemp("garbage")
     (root / "metrics").write_text("<html><body>certainly not metrics {{{</body></html>\n")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
         stdout=subprocess.DEVNULL,
@@ -226,7 +221,7 @@ async def test_ctl_verbs(agent: AgentProcess) -> None:
     assert {m["model"] for m in models} >= {"demo-llm"}
     missing = _ctl(agent, "score", "--model", "no-such-model")
     assert missing.returncode == 3 and "no routable target" in missing.stdout
-    down = run_agent_cli("ctl", "nodes", "--agent", f"127.0.0.1:{_free_port()}", "--timeout", "2")
+    down = run_agent_cli("ctl", "nodes", "--agent", f"127.0.0.1:{free_port()}", "--timeout", "2")
     assert down.returncode == 1 and "cannot reach the agent" in down.stderr
 
 

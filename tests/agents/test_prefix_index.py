@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 
 import msgpack
@@ -15,6 +14,7 @@ from agents.emulator.testing import running_emulator
 from agents.emulator.tokenizer import block_hashes
 from agents.signals.prefixindex import APPROX, EVENTS, BlockSet, KVEventStream, PrefixIndex, Resync
 from agents.signals.runtime.kvevents import KVEventSubscriber
+from tests.support import free_port
 
 
 def _msg(seq: int, *events: list) -> list[bytes]:
@@ -128,12 +128,6 @@ def test_an_evicted_block_routed_here_earlier_is_no_longer_matched() -> None:
     assert idx.match("e", [1, 2, 3]) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _until(cond, timeout: float = 10.0, info=lambda: "") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not cond():
@@ -144,7 +138,7 @@ async def _until(cond, timeout: float = 10.0, info=lambda: "") -> None:  # type:
 async def test_index_follows_a_real_emulator_through_a_lost_message_and_a_restart() -> None:
     import httpx
 
-    pub, replay = _free_port(), _free_port()
+    pub, replay = free_port(), free_port()
     args = ("--block-size", "16", "--kv-events-endpoint", f"tcp://*:{pub}",
             "--kv-events-replay-endpoint", f"tcp://*:{replay}", "--host", "127.0.0.1")  # fmt: skip
     idx = PrefixIndex()
@@ -192,7 +186,7 @@ def test_the_agent_subscribes_and_reports_its_index(tmp_path) -> None:  # type: 
 
     from tests.agents.harness import start_agent
 
-    pub, replay = _free_port(), _free_port()
+    pub, replay = free_port(), free_port()
     with running_emulator("--block-size", "16", "--kv-events-endpoint", f"tcp://*:{pub}",
                           "--kv-events-replay-endpoint", f"tcp://*:{replay}") as em:  # fmt: skip
         quiet = start_emulator_plain()

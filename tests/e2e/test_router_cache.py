@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,14 +11,9 @@ import pytest
 
 from agents.emulator.testing import EmulatorProcess, start_emulator
 from tests.router.procs import router_config, running_router
+from tests.support import free_port
 
 HEAD = {"Authorization": "Bearer demo-key"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +21,7 @@ def fleet() -> Iterator[list[tuple[EmulatorProcess, str, str]]]:
     out = []
     try:
         for i in range(3):
-            pub, rep = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+            pub, rep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
             bind = [x.replace("127.0.0.1", "*") for x in (pub, rep)]
             em = start_emulator("--seed", str(i), "--block-size", "16", "--kv-events-endpoint", bind[0],
                                 "--kv-events-replay-endpoint", bind[1])  # fmt: skip

@@ -3,7 +3,6 @@ a msgpack decoder written here (independent of the library the emulator encodes 
 
 from __future__ import annotations
 
-import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.emulator.testing import EmulatorProcess, running_emulator
 from agents.emulator.tokenizer import block_hashes
+from tests.support import free_port
 
 
 def unpack(buf: bytes) -> Any:
@@ -79,15 +79,9 @@ def unpack(buf: bytes) -> Any:
     return value
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def em() -> Iterator[tuple[EmulatorProcess, int, int]]:
-    pub, replay = _free_port(), _free_port()
+    pub, replay = free_port(), free_port()
     with running_emulator(
         "--profile", "h100", "--block-size", "16", "--kv-events-endpoint", f"tcp://*:{pub}",
         "--kv-events-replay-endpoint", f"tcp://*:{replay}", "--kv-events-topic", "kv-events",

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import grpc
 import pytest
 import yaml
 
+from agents.binding import free_port
 from agents.gossip.faultproxy import FaultProxy
 from agents.proto.infermesh.v1 import membership_pb2, membership_pb2_grpc, state_pb2, state_pb2_grpc
 
@@ -31,21 +31,6 @@ PROBE_INTERVAL = 0.5
 # + dissemination, with margin for a loaded two-core machine.
 DEAD_BOUND_S = 6 * 4 * 1 * PROBE_INTERVAL + 3 * PROBE_INTERVAL + 3.0
 INFERMESH = str(Path(sys.executable).with_name("infermesh"))
-
-
-def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    # Both protocols must be free for gossip (UDP probes + TCP push/pull on the same port).
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind((host, port))
-                except OSError:
-                    continue
-            return int(port)
-    raise RuntimeError("no free port")
 
 
 @dataclass
@@ -98,7 +83,7 @@ def tmp_mesh(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 async def mesh(tmp_mesh: Path) -> AsyncIterator[tuple[list[Agent], FaultProxy]]:
     ips = [f"127.0.0.{20 + i}" for i in range(N)]
-    real = [(ip, free_port(ip)) for ip in ips]
+    real = [(ip, free_port(ip, udp_too=True)) for ip in ips]  # gossip: UDP and TCP
     proxy = FaultProxy({})
     await proxy.start()
     proxied = [await proxy.add_route(("127.0.0.1", 0), target) for target in real]
