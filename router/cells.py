@@ -80,6 +80,7 @@ class CellRouter:
         views = []
         for t in targets:
             v = to_view(t)
+            v.max_concurrency = t.slots  # what the runtime says, or what this router learnt from its queueing
             if t.inflight > (v.requests_running or 0.0) + (v.requests_waiting or 0.0):
                 v.requests_running, v.requests_waiting = float(t.inflight), 0.0
             views.append(v)

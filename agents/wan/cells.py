@@ -33,10 +33,12 @@ def summarize(cell: str, region: str, ingress: str, views: Iterable[TargetView],
         a[0] += 1
         if not v.routable or v.health == UNHEALTHY:
             continue
+        running, waiting = v.requests_running or 0.0, v.requests_waiting or 0.0
         a[1] += 1
-        a[2] += v.max_concurrency or 1
-        a[3] += v.requests_running or 0.0
-        a[4] += v.requests_waiting or 0.0
+        # a runtime that does not say its batch slots (vLLM) counts as full once it queues, else one slot short of it
+        a[2] += v.max_concurrency or (int(running) if waiting >= 1 and running >= 1 else int(running) + 1)
+        a[3] += running
+        a[4] += waiting
         a[5] = max(a[5], v.ttft_p95_s or 0.0)
     busiest = sorted(acc.items(), key=lambda kv: (-(kv[1][3] + kv[1][4]), kv[0]))[:MAX_MODELS]
     models = [

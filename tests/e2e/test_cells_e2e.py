@@ -1,0 +1,278 @@
+"""Cells and regions as real processes on loopback: two regions (eu, us) of two cells each, one agent per cell (its
+own Raft group, linked to the portal, a WAN gateway), one emulated runtime (2 batch slots) and one router per cell.
+The WAN tier's datagrams between cells pass through a relay in this test that injects the RTTs (10 ms inside a
+region, 50 to 60 ms across). A cell saturated → its requests go to the nearest cell with headroom; a cell failed → to
+the next; a tenant restricted to eu is never served in us under either, and is refused with 503 when no eu cell can
+serve it; the portal shows the regions, cells and the spill-over."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from agents.binding import free_port
+from agents.proto.infermesh.v1 import wan_pb2, wan_pb2_grpc
+from tests.e2e.mesh import ROOT, Agent, Mesh, _stop, wait_for
+from tests.router.procs import RouterProc, start_router
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+
+MODEL = "demo-llm"
+CELLS = {"node-1": ("eu-1", "eu"), "node-2": ("eu-2", "eu"), "node-3": ("us-1", "us"), "node-4": ("us-2", "us")}
+NODE = {cell: node for node, (cell, _) in CELLS.items()}
+
+
+def rtt_ms(a: str, b: str) -> float:
+    ca, cb = CELLS[a][0], CELLS[b][0]
+    if ca[:2] == cb[:2]:
+        return 10.0
+    return 50.0 if {ca, cb} == {"eu-1", "us-1"} else 60.0
+
+
+class UdpDelay:
+    """One relay per ordered pair of gateways: what A sends to its port reaches B after rtt/2, B's answers reach A
+    after rtt/2 (an injected WAN RTT on loopback)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.transports: list[asyncio.DatagramTransport] = []
+
+    def link(self, target: tuple[str, int], rtt_s: float) -> int:
+        return asyncio.run_coroutine_threadsafe(self._link(target, rtt_s / 2), self.loop).result(5)
+
+    async def _link(self, target: tuple[str, int], half: float) -> int:
+        loop = asyncio.get_running_loop()
+        src: list[tuple[str, int]] = []
+        inbound: list[asyncio.DatagramTransport] = []
+
+        class Out(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                if src and inbound:
+                    loop.call_later(half, inbound[0].sendto, data, src[0])
+
+        out, _ = await loop.create_datagram_endpoint(Out, local_addr=("127.0.0.1", 0))
+
+        class In(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                src[:] = [addr]
+                loop.call_later(half, out.sendto, data, target)
+
+        tin, _ = await loop.create_datagram_endpoint(In, local_addr=("127.0.0.1", 0))
+        inbound.append(tin)
+        self.transports += [out, tin]
+        return int(tin.get_extra_info("sockname")[1])
+
+    def close(self) -> None:
+        for t in self.transports:
+            self.loop.call_soon_threadsafe(t.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class Cells:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.wan = {n: free_port(udp_too=True) for n in CELLS}
+        self.router_port = {n: free_port() for n in CELLS}
+        self.emu_port = {n: free_port() for n in CELLS}
+        self.relay = UdpDelay()
+        self.peers = {
+            a: [
+                f"127.0.0.1:{self.relay.link(('127.0.0.1', self.wan[b]), rtt_ms(a, b) / 1000)}" for b in CELLS if b != a
+            ]
+            for a in CELLS
+        }
+        self.emulators: dict[str, subprocess.Popen[bytes]] = {}
+        self.routers: dict[str, RouterProc] = {}
+
+    def sections(self, agent: Agent) -> dict[str, Any]:
+        n = agent.name
+        cell, region = CELLS[n]
+        return {
+            "node": {"cell": cell, "region": region},
+            # each cell its own Raft group (of one agent here) and gossip pool (none needed with one agent)
+            "raft": {"node_id": 1, "cluster_id": f"cell-{cell}", "peers": {1: agent.address}},
+            "wan": {"bind": f"127.0.0.1:{self.wan[n]}", "peers": self.peers[n], "interval_s": 0.3, "expire_s": 1.5,
+                    "ingress": f"http://127.0.0.1:{self.router_port[n]}"},
+            "runtimes": [{"url": f"http://127.0.0.1:{self.emu_port[n]}", "flavor": "vllm", "gpus": [0]}],
+            "scrape": {"interval_s": 0.3},
+        }  # fmt: skip
+
+    def start_emulator(self, n: str) -> None:
+        self.emulators[n] = subprocess.Popen(
+            [sys.executable, "-m", "agents.emulator", "--port", str(self.emu_port[n]), "--max-num-seqs", "2",
+             "--model", MODEL, "--seed", str(self.emu_port[n])],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        for r in self.routers.values():
+            r.stop()
+        for p in self.emulators.values():
+            _stop(p)
+        self.relay.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, Cells]]:
+    tmp = tmp_path_factory.mktemp("cells")
+    cells = Cells(tmp)
+    mesh = Mesh(tmp, agents=4, agent_sections=cells.sections, runtime=False, celery=False)
+    try:
+        for n in CELLS:
+            cells.start_emulator(n)
+        mesh.start()
+        for n in CELLS:
+            cfg = {
+                "listen": {"host": "127.0.0.1", "port": cells.router_port[n], "grpc_port": None},
+                "agent": {"address": mesh.agents[n].address, "reconnect_max_s": 1.0, "node": n},
+                "default_policy": {"strategy": "least_queue"},
+                "cells": {"refresh_s": 0.3},
+                "usage": {"portal_url": mesh.base, "credential": mesh.credentials[n], "flush_s": 0.5},
+            }
+            cells.routers[n] = start_router(cfg, tmp, f"router-{n}")
+        yield mesh, cells
+    finally:
+        cells.close()
+        mesh.close()
+
+
+def wan_view(mesh: Mesh, n: str) -> wan_pb2.ListCellsResponse:
+    with grpc.insecure_channel(mesh.agents[n].address) as ch:
+        return wan_pb2_grpc.WanStub(ch).ListCells(wan_pb2.ListCellsRequest(), timeout=5)
+
+
+def chat(router: RouterProc, key: str, max_tokens: int = 4, timeout: float = 20) -> httpx.Response:
+    return httpx.post(
+        f"{router.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=timeout,
+    )
+
+
+_SPILL = re.compile(r"^infermesh_router_spillover_total\{(.*)\} ([0-9.e+]+)$", re.M)
+
+
+def spills(router: RouterProc) -> dict[tuple[str, str], float]:
+    """(to_cell, reason) -> requests this router sent to another cell."""
+    out: dict[tuple[str, str], float] = {}
+    for labels, value in _SPILL.findall(httpx.get(f"{router.url}/metrics", timeout=5).text):
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        out[(lab["to_cell"], lab["reason"])] = float(value)
+    return out
+
+
+def spilled_once(router: RouterProc, key: str, to: tuple[str, str]) -> httpx.Response:
+    """One request that the router answers 200 after sending it to the cell and reason `to` (polled: the cells'
+    state follows the runtimes within a scrape and a WAN round)."""
+
+    def attempt() -> httpx.Response | None:
+        before = spills(router).get(to, 0.0)
+        resp = chat(router, key)
+        return resp if resp.status_code == 200 and spills(router).get(to, 0.0) == before + 1 else None
+
+    return wait_for(f"a request sent to {to}", attempt, timeout=10, every=0.1)
+
+
+def hold(pool: ThreadPoolExecutor, cells: Cells, n: str, count: int = 4, tokens: int = 900) -> list[Future[Any]]:
+    """Fill a cell's runtime directly (2 slots, two more wait, for about 6 s): its router sees it saturated."""
+    url = f"http://127.0.0.1:{cells.emu_port[n]}/v1/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": tokens}
+    return [pool.submit(httpx.post, url, json=body, timeout=30) for _ in range(count)]
+
+
+def test_saturated_and_failed_cells_spill_within_residency(world: tuple[Mesh, Cells]) -> None:
+    mesh, cells = world
+    r = cells.routers
+    # -- the WAN tier: every gateway knows the other three cells, alive, nearest first by measured RTT ----------------
+    for n in CELLS:
+        view = wait_for(
+            f"the WAN view of {n}",
+            lambda n=n: (v := wan_view(mesh, n)) and len(v.cells) == 3 and all(c.alive and c.rtt_s > 0 for c in v.cells)
+            and all(c.summary.models for c in v.cells) and v,
+            timeout=20,
+        )  # fmt: skip
+        assert (view.cell, view.region) == CELLS[n]
+        measured = {c.summary.cell: c.rtt_s * 1000 for c in view.cells}
+        for c, ms in measured.items():
+            assert rtt_ms(n, NODE[c]) <= ms < rtt_ms(n, NODE[c]) + 40, (n, measured)
+    # -- tenants through REST: acme anywhere, euco only in eu ---------------------------------------------------------
+    mesh.api("POST", "tenants/", {"slug": "acme", "name": "Acme"})
+    mesh.api("POST", "tenants/", {"slug": "euco", "name": "EU Co", "regions": ["eu"]})
+    acme = mesh.api("POST", "inference-keys/", {"tenant": "acme", "name": "app"})["key"]
+    euco = mesh.api("POST", "inference-keys/", {"tenant": "euco", "name": "app"})["key"]
+    for n, router in r.items():
+        wait_for(f"both keys at {n}", lambda rr=router: chat(rr, acme).status_code == 200 == chat(rr, euco).status_code
+                 or None, timeout=10)  # fmt: skip
+
+    # -- residency at rest: euco entering in us is served in the nearest eu cell, acme stays home -------------------
+    before = spills(r["node-3"])
+    assert chat(r["node-3"], acme).status_code == 200 and spills(r["node-3"]) == before
+    spilled_once(r["node-3"], euco, ("eu-1", "residency"))  # eu-1 is 50 ms from us-1, eu-2 60 ms
+
+    with ThreadPoolExecutor(16) as pool:
+        # -- us-1, eu-1 and eu-2 saturated: us-1 spills to the nearest cell with headroom, us-2 (10 ms), not eu ----
+        held = [f for n in ("node-3", "node-1", "node-2") for f in hold(pool, cells, n)]
+        for n in ("node-3", "node-1", "node-2"):
+            wait_for(f"{n} queueing", lambda n=n: any(t.requests_waiting >= 2 for t in mesh.targets(n)), timeout=5)
+        time.sleep(0.6)  # the routers' watch of their agent and of the WAN view
+        spilled_once(r["node-3"], acme, ("us-2", "saturated"))
+        # eu-1 full and eu-2 full: acme may cross regions (us-2 has headroom), euco may not and waits at home
+        spilled_once(r["node-1"], acme, ("us-2", "saturated"))
+        before = spills(r["node-1"])
+        assert chat(r["node-1"], euco, timeout=30).status_code == 200
+        assert spills(r["node-1"]) == before, "euco left its region"
+        for f in held:
+            assert f.result(30).status_code == 200
+
+    # -- eu-1 failed: its traffic goes to the next cell, eu-2, for both tenants ------------------------------------
+    _stop(cells.emulators["node-1"])
+    spilled_once(r["node-1"], acme, ("eu-2", "failed"))
+    spilled_once(r["node-1"], euco, ("eu-2", "failed"))
+    # -- eu-2 failed too: acme goes to us-1 (50 ms), euco is refused with the reason -----------------------------------
+    _stop(cells.emulators["node-2"])
+    spilled_once(r["node-1"], acme, ("us-1", "failed"))
+    refused = wait_for("euco refused", lambda: (a := chat(r["node-1"], euco)).status_code == 503 and a, timeout=10)
+    err = refused.json()["error"]
+    assert err["code"] == "residency_unavailable" and "(eu)" in err["message"], err
+
+    # -- the portal shows the regions, cells and the spill-over -------------------------------------------------------
+    for region in ("eu", "us"):
+        mesh.api("POST", "regions/", {"name": region})
+        mesh.api("POST", "zones/", {"name": f"{region}-z", "region": region})
+    for n, (cell, region) in CELLS.items():
+        made = mesh.api("POST", "cells/", {"name": cell, "zone": f"{region}-z"})
+        node = mesh.api("GET", f"nodes/?name={n}")["results"][0]
+        mesh.api("PATCH", f"nodes/{node['id']}/", {"cell": made["id"]})
+
+    def shown() -> dict[str, Any] | None:
+        body = mesh.api("GET", "usage/spillover/")
+        got = {(s["from_cell"], s["to_cell"], s["reason"]) for s in body["spillover"]}
+        want = {("us-1", "eu-1", "residency"), ("us-1", "us-2", "saturated"), ("eu-1", "us-2", "saturated"),
+                ("eu-1", "eu-2", "failed"), ("eu-1", "us-1", "failed")}  # fmt: skip
+        return body if want <= got else None
+
+    body = wait_for("the spill-over in the portal", shown, timeout=10)
+    cells_by_region = {reg["name"]: [c["name"] for c in reg["cells"]] for reg in body["regions"]}
+    assert cells_by_region["eu"] == ["eu-1", "eu-2"] and cells_by_region["us"] == ["us-1", "us-2"]
+    # no request of the eu-only tenant was served in us: the us routers' access logs hold acme's requests alone
+    served_in_us = [
+        line.get("tenant") for n in ("node-3", "node-4") for line in r[n].logs() if line.get("msg") == "access"
+        and line.get("status") == 200 and not str(line.get("target", "")).startswith("cell:")
+    ]  # fmt: skip
+    assert "acme" in served_in_us and "euco" not in served_in_us
