@@ -24,7 +24,7 @@ from agents.strategies.base import (
     rank_sampled,
 )
 from agents.strategies.lora import LoraAffinity
-from agents.strategies.predict import LatencyPredictor, PredictorParams, mig_fraction
+from agents.strategies.predict import LatencyPredictor, PredictorParams
 
 
 class BaselineRR(Strategy):
@@ -374,16 +374,21 @@ class HybridMesh(_EliteMixin, Strategy):
 
         return score
 
-    def _decided(self, ranked: list[Scored], request: RouteRequest) -> list[Scored]:
-        """Remember the candidates' features for learning, and the first choice's prompt for the pending work."""
+    def _decided(
+        self, ranked: list[Scored], request: RouteRequest, cached: Callable[[TargetView], float] | None = None
+    ) -> list[Scored]:
+        """Remember the candidates' features for learning, and the first choice's prefill for the pending work;
+        `cached`: prompt tokens a target holds in its prefix cache (not prefilled there, so not work queued)."""
         if ranked:
             self.lora.chosen(ranked[0].target)
             pred = self.predictor
-            pred.note_choice(ranked[0].target.target_id, request)
+            prompt = float(request.prompt_tokens or pred.mean_prompt)
+            first = ranked[0].target
+            pred.note_choice(first.target_id, request, None if cached is None else max(0.0, prompt - cached(first)))
             if request.request_id:
-                prompt = float(request.prompt_tokens or pred.mean_prompt)
                 for s in ranked:
-                    pred.remember(request.request_id, s.target, prompt)
+                    own = prompt if cached is None else max(0.0, prompt - cached(s.target))
+                    pred.remember(request.request_id, s.target, own)
         return ranked
 
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
@@ -395,16 +400,26 @@ class HybridMesh(_EliteMixin, Strategy):
         pi = self.prefix_index
         if pi is None or not request.block_hashes:
             return self._decided(rank_sampled(index, request, k, rng, score, self.params, elite), request)
-        # the cache term: prefill time the target's cached prefix saves
-        hashes, bs, rate = request.block_hashes, self.weights.cache_block_size, self.weights.cache_prefill_tok_s
+        # the cache term: the prefill the target's cached prefix saves, at the target's own learnt rate
+        hashes, bs = request.block_hashes, self.weights.cache_block_size
+        prompt = float(request.prompt_tokens or self.predictor.mean_prompt)
+        pre_of = self._pre
+
+        def cached(v: TargetView) -> float:
+            return min(float(pi.match(v.endpoint, hashes) * bs), prompt)
 
         def with_cache(v: TargetView, req: RouteRequest) -> float:
-            return score(v, req) - pi.match(v.endpoint, hashes) * bs / (rate * mig_fraction(v.mig_profile))
+            pre = pre_of.get(v.target_id) or self._precompute(v)
+            return score(v, req) - pre[1] * cached(v) / 1000.0
 
         ranked = rank_sampled(index, request, k, rng, with_cache, self.params, elite)
+        # what each candidate holds, read before the choice is booked into the index
+        held = {s.target.target_id: cached(s.target) for s in ranked}
         if ranked:
-            pi.note_routed(ranked[0].target.endpoint, hashes)
-        return self._decided(ranked, request)
+            first = ranked[0].target
+            # booked at once: the blocks count as there (and their prefill as pending) before the runtime's events
+            pi.note_routed(first.endpoint, hashes, int(prompt - held[first.target_id]), bs)
+        return self._decided(ranked, request, lambda v: held.get(v.target_id, 0.0))
 
     def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
         w = self.weights

@@ -52,7 +52,8 @@ from agents.strategies.base import (
     TargetView,
     rank_sampled,
 )
-from agents.strategies.builtins import HybridMesh, HybridWeights, mig_fraction
+from agents.strategies.builtins import HybridMesh, HybridWeights
+from agents.strategies.predict import mig_fraction
 
 log = logging.getLogger("infermesh.strategies.cache")
 

@@ -175,9 +175,10 @@ class LatencyPredictor:
     def forget(self, target_id: str) -> None:
         self.targets.pop(target_id, None)
 
-    def note_choice(self, target_id: str, request: RouteRequest) -> None:
-        """The first choice of a decision: its prompt is what the next in-flight increment there carries."""
-        prompt = float(request.prompt_tokens or self.params.default_prompt_tokens)
+    def note_choice(self, target_id: str, request: RouteRequest, prefill: float | None = None) -> None:
+        """The first choice of a decision: its prompt (`prefill`: the part the target does not hold cached) is what
+        the next in-flight increment there carries."""
+        prompt = float(request.prompt_tokens or self.params.default_prompt_tokens) if prefill is None else prefill
         self._last = (target_id, prompt)
         self.mean_prompt += 0.02 * (prompt - self.mean_prompt)
 

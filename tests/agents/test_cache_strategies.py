@@ -40,6 +40,31 @@ def test_prefers_the_target_holding_the_prefix_and_hybrid_has_the_term() -> None
     assert h.rank(idx, RouteRequest(model="m"), 1, random.Random(1))
 
 
+def test_hybrid_counts_only_the_uncached_part_of_a_prompt_as_queued_prefill() -> None:
+    """A burst sharing a prefix the target holds stays there: each request adds only its own question to the
+    target's pending prefill, not the whole prompt (which would push the next ones to targets that must prefill
+    the prefix again)."""
+    from agents.strategies.host import StrategyHost
+
+    pi = PrefixIndex()
+    pi.ensure("http://e3", EVENTS).add(range(1, 121))  # 120 blocks: 1,920 tokens of a 2,000-token prompt
+    h = HybridMesh()
+    h.prefix_index = pi
+    host = StrategyHost({"hybrid_mesh": h}, default="hybrid_mesh", budget_us=1e9, rng=random.Random(3))
+    for v in _fleet():
+        host.upsert(v)
+    host.refresh()
+    picks = []
+    for i in range(4):  # one scrape interval: nothing but this router's own bookkeeping changes
+        req = RouteRequest(model="m", prompt_tokens=2000, max_tokens=32, block_hashes=[*range(1, 121), 500 + i])
+        tid = host.decide(req, strategy="hybrid_mesh", k=1).ranked[0].target.target_id
+        host.note_assigned(tid)
+        picks.append(tid)
+    assert picks == ["t3"] * 4
+    pending = h.predictor.targets["t3"].pending_tokens
+    assert pending == 4 * 80  # the four questions (2,000 - 1,920 tokens each), not 4 x 2,000
+
+
 def test_bounded_load_under_a_hot_prefix_spills_and_replicates() -> None:
     pi = PrefixIndex()
     idx = _fleet()
