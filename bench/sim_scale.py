@@ -101,7 +101,7 @@ def sim_vs_real(duration: float, load: float, max_num_seqs: int) -> dict[str, fl
 
     wait_http = ro.wait_http
     ro.wait_http = lambda url, timeout=300.0: wait_http(url, timeout)  # a loaded machine starts processes slowly
-    rows = rq.load_trace(rq.TRACE)
+    rows = rq.load_trace(rq.TRACES["conv"])
     mean_ctx = sum(r[1] for r in rows) / len(rows)
     mean_gen = sum(r[2] for r in rows) / len(rows)
     real: dict[str, float] = {}
@@ -252,13 +252,19 @@ def main() -> int:
         print(f"\n## strategy comparison: small (512 nodes, 800 req/s, {args.small_duration:g}s)")
         print(table(comp, cols))
         print(f"hybrid_mesh / baseline_rr: p99 TTFT {ratio:.3f}x, p99 end-to-end {e2e_ratio:.3f}x")
+        print("each p99 rests on its run's completed / 100 worst requests: " + ", ".join(
+            f"{r['strategy']} {r['completed'] // 100:,}" for r in comp))  # fmt: skip
 
     # 2. scale
     scale = [done[k] for k in (f"small:{args.scale_strategy}", "mid", "large") if k in done and "scale" in parts]
     if scale:
+        for r in scale:  # what grows with the fleet: CPU per request, memory per node
+            r["cpu_ms_per_request"] = 1e3 * (r["cpu_s"] - r["build_cpu_s"]) / max(1, r["completed"])
+            r["kb_per_node"] = 1024 * r["peak_mb"] / r["nodes"]
         print(f"\n## scale ({args.scale_strategy})")
         print(table(scale, ["nodes", "routers", "view", "tracked_per_router", "duration_s", "completed", "events",
-                            "build_cpu_s", "cpu_s", "wall_total_s", "peak_mb", "ttft_p99_ms"]))  # fmt: skip
+                            "build_cpu_s", "cpu_s", "cpu_ms_per_request", "wall_total_s", "peak_mb", "kb_per_node",
+                            "ttft_p99_ms"]))  # fmt: skip
 
     # 3. sim vs real
     real: dict[str, float] = {}
@@ -284,6 +290,7 @@ def main() -> int:
             print(f"errors ({tag}): p50 TTFT {real[f'{tag}_p50_error']:.1%}, p99 TTFT {real[f'{tag}_p99_error']:.1%}, "
                   f"throughput {real[f'{tag}_throughput_error']:.1%}")  # fmt: skip
 
+    print(f"# load at the end: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (1, 5 min)", flush=True)
     large_row = done.get("large", {})
     mid_row = done.get("mid", {})
     small_run = hy["cpu_s"] if hy else nan
