@@ -118,3 +118,13 @@ def test_a_bad_prompt_is_refused_by_the_prefill_stage(router: RouterProc) -> Non
     client = openai.OpenAI(base_url=router.url + "/v1", api_key="demo-key", max_retries=0)
     with pytest.raises(openai.BadRequestError, match="maximum context length"):
         client.completions.create(model="demo-llm", prompt="mesh " * 40_000, max_tokens=5)
+
+
+def test_other_apis_of_the_model_go_to_its_decode_pool(
+    pools: dict[str, list[EmulatorProcess]], router: RouterProc
+) -> None:
+    before = [stats(em)["requests"] for em in pools["prefill"]]
+    client = openai.OpenAI(base_url=router.url + "/v1", api_key="demo-key", max_retries=0)
+    answer = client.responses.create(model="demo-llm", input="Which pool answers me?", max_output_tokens=6)
+    assert answer.usage is not None and answer.usage.output_tokens == 6  # a prefill target would stop at one
+    assert [stats(em)["requests"] for em in pools["prefill"]] == before
