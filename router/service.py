@@ -21,7 +21,7 @@ from router.agentlink import AgentLink, Outcome
 from router.cells import CellRoute, CellRouter, CellWatcher
 from router.config import RouterConfig, RoutingPolicy, TenantConfig
 from router.core.admission import AdmissionController, TargetLoad
-from router.core.fairshare import FairQueue
+from router.core.fairshare import FairQueue, SlotShare
 from router.core.quota import TenantLimits, estimate_tokens
 from router.forward import Forwarder, Winner
 from router.meshview import MeshWatcher
@@ -110,6 +110,7 @@ class Ticket:
     extra: dict[str, object] = field(default_factory=dict)
     trial: Trial | None = None  # the decision, for the strategies' win rates (router/ranking.py)
     prefix: RequestPrefix | None = None  # the prompt's KV-block hashes (disaggregated serving picks pairs by them)
+    holds_slot: bool = False  # counted in its tenant's share of the model's batch slots until it finishes
 
 
 def _tenant_index(tenants: list[TenantConfig]) -> dict[str, Tenant]:
@@ -158,6 +159,7 @@ class RouterService:
         self._admission: dict[int, AdmissionController] = {}
         # Requests held for a batch slot, per model and SLO class, shared among tenants by weighted DRR.
         self._held: dict[str, dict[str, FairQueue[asyncio.Future[None]]]] = {}
+        self._shares: dict[str, SlotShare] = {}  # per model: which tenants hold its slots, what light ones are kept
         self.forwarder.on_slot_free = self.slot_freed
         self.inflight = 0
         self._unknown_logged: set[str] = set()  # model names refused as unknown, each logged once (bounded)
@@ -423,6 +425,9 @@ class RouterService:
             await self.quotas.release(lease, None)
             await self.quotas.release(key_lease, None)
             raise
+        holds_slot = policy.hold_when_full and not remote_first
+        if holds_slot:
+            self._share(model).started(tenant.name)
         if policy.hold_when_full:
             # Targets that can start the request now go first, in the strategy's order.
             flags = [(t, self._usable(t, model)) for t in ranked]
@@ -445,6 +450,7 @@ class RouterService:
             t0=t0,
             trace_id=trace_id,
             deadline=t0 + min(policy.deadline_s, deadline_s if deadline_s is not None else policy.deadline_s),
+            holds_slot=holds_slot,
         )
 
     def _cell_route(
@@ -496,14 +502,37 @@ class RouterService:
         lim = self.quotas.limits_of(tenant)
         return lim.requests_per_s if lim is not None else None
 
+    def _share(self, model: str) -> SlotShare:
+        share = self._shares.get(model)
+        if share is None:
+            share = self._shares[model] = SlotShare()
+        return share
+
+    def _may_start(self, model: str, candidates: list[Target], tenant: str) -> bool:
+        """Whether `tenant`'s request may take a free batch slot now: one is free beyond those kept for light tenants
+        (router/core/fairshare.py's SlotShare; a target that does not say its slots is always usable)."""
+        free, total = 0, 0
+        for t in candidates:
+            slots = t.slots
+            usable = self._usable(t, model)
+            if slots is None:
+                if usable:
+                    return True
+                continue
+            total += slots
+            if usable:
+                free += slots - t.inflight
+        return free > 0 and free > self._share(model).reserved(tenant, total, time.monotonic())
+
     async def _hold_for_slot(
         self, model: str, candidates: list[Target], priority: str, policy: RoutingPolicy, tenant: str
     ) -> None:
         queues = self._held.get(model)
         if queues is None:
             queues = self._held[model] = {p: FairQueue() for p in PRIORITIES}
+        self._share(model).arrived(tenant, time.monotonic())
         held = sum(len(q) for q in queues.values())
-        if not held and any(self._usable(t, model) for t in candidates):
+        if not held and self._may_start(model, candidates, tenant):
             return
         limit = policy.admission.max_queue_per_target * max(1, len(candidates))
         limit *= policy.admission.priority_factor.get(priority, 1.0)
@@ -530,6 +559,10 @@ class RouterService:
             fut: asyncio.Future[None] = loop.create_future()
             # A request woken for a slot it should not take waits again at its tenant's head, keeping its turn.
             fq.push(tenant, fut, weight, front=not first)
+            if first and held and self._may_start(model, candidates, tenant):
+                # A slot is free that the held requests may not take (kept for a light tenant, maybe this one):
+                # wake the next in fair order, which is this request when it is the one the slot is kept for.
+                self.slot_freed(model)
             first = False
             HELD.inc()
             try:
@@ -548,7 +581,7 @@ class RouterService:
                 if not fut.done():
                     fut.cancel()
                 fq.remove(tenant, fut)
-            if any(self._usable(t, model) for t in candidates):
+            if self._may_start(model, candidates, tenant):
                 return
             # Only a slow target (a throttled GPU) freed a slot: wait for a good one, unless all of them are slow.
             if all(self.forwarder.is_slow(t, model) for t in candidates):
@@ -596,6 +629,8 @@ class RouterService:
             self.ranker.finished(ticket.ranked[0].id)
         now = time.monotonic()
         w = ticket.winner
+        if ticket.holds_slot:
+            self._share(ticket.model).done(ticket.tenant)
         if w is not None:
             w.target.inflight -= 1
             w.target.on_done(now)

@@ -9,6 +9,8 @@ When the queue is full, the tenant with the longest queue gives way (`victim`).
 A tenant that had nothing waiting joins a list of new tenants served before the backlogged ones, for one turn (as
 fq_codel treats new flows): a tenant sending within its share finds its request next in line, not behind one turn
 of every flooding tenant; a tenant that keeps a backlog is never new, so it cannot use this to jump the queue.
+
+`SlotShare` keeps a free slot for such a tenant when it is due, so that its request need not wait for one to free.
 """
 
 from __future__ import annotations
@@ -128,3 +130,53 @@ class FairQueue(Generic[T]):
         if not q:
             self._drop(tenant)
         return item
+
+
+class SlotShare:
+    """Who holds a model's batch slots, and how many free ones are kept for light tenants.
+
+    Slots are not preempted, so a light tenant arriving while a flood holds every slot would wait for the first of
+    them to free (a whole service time when the runtime's batch finishes in step). A tenant with nothing in service
+    that was active lately (within twice its own usual gap between requests, at most `horizon_s`) is therefore kept
+    one free slot: a tenant that already has requests in service may not take it. With k such tenants, k slots are
+    kept, never so many that the taker would fall below its max-min share (slots / (k + 1)); with one slot in all,
+    none. A tenant with nothing in service is never held back by this, so light tenants cannot block each other.
+    """
+
+    def __init__(self, horizon_s: float = 5.0) -> None:
+        self.horizon_s = horizon_s
+        self.serving: dict[str, int] = {}  # tenant -> requests past the hold, until they finish
+        self._last: dict[str, float] = {}  # tenant -> its last arrival (monotonic seconds)
+        self._gap: dict[str, float] = {}  # tenant -> moving average of its gaps between arrivals
+
+    def arrived(self, tenant: str, now: float) -> None:
+        last = self._last.get(tenant)
+        if last is not None:
+            gap = min(now - last, self.horizon_s)
+            prev = self._gap.get(tenant)
+            self._gap[tenant] = gap if prev is None else 0.7 * prev + 0.3 * gap
+        self._last[tenant] = now
+
+    def started(self, tenant: str) -> None:
+        self.serving[tenant] = self.serving.get(tenant, 0) + 1
+
+    def done(self, tenant: str) -> None:
+        n = self.serving.get(tenant, 0) - 1
+        if n > 0:
+            self.serving[tenant] = n
+        else:
+            self.serving.pop(tenant, None)
+
+    def reserved(self, tenant: str, slots: int, now: float) -> int:
+        """Free slots `tenant` must leave for others now (0 when it has nothing in service)."""
+        if tenant not in self.serving or slots < 2 or len(self._last) < 2:
+            return 0
+        light = 0
+        for other, last in list(self._last.items()):
+            age = now - last
+            if age > self.horizon_s:  # silent long enough to be forgotten: bounds the table and the loop
+                del self._last[other]
+                self._gap.pop(other, None)
+            elif other != tenant and other not in self.serving and age <= 2 * self._gap.get(other, 0.0):
+                light += 1
+        return min(light, slots - -(-slots // (light + 1)))

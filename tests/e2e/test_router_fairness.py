@@ -1,9 +1,10 @@
 """Fair sharing under overload, as real processes: an emulated runtime with four batch slots behind a router that
 holds requests when they are taken. One tenant floods the router at five times what the runtime can serve while
-another sends well within its share; the second tenant's p99 TTFT stays within twice its value on an idle router plus
-one slot turn (the wait for the first busy slot to free, which no scheduler without preemption avoids), far from the
-queue it would wait behind first come, first served, and it never sees a 429 (the flooder waits behind its own
-requests and, when the router's queue is full, gives way)."""
+another sends well within its share; the second tenant's p99 TTFT stays within twice its value on an idle router,
+far from the queue it would wait behind first come, first served, and it never sees a 429 (the flooder waits behind
+its own requests and, when the router's queue is full, gives way). Slots are not preempted: the router keeps one free
+for the light tenant while it is due (router/core/fairshare.py's SlotShare), so its request does not wait for a busy
+slot to free."""
 
 from __future__ import annotations
 
@@ -137,8 +138,8 @@ def test_a_flooding_tenant_leaves_the_others_ttft_and_sees_the_429s(tmp_path: Pa
     print(f"capacity {capacity:.1f}/s; steady p99 TTFT idle {_p99(idle):.3f}s, under flood {_p99(busy):.3f}s; "
           f"flood: {len(flood_statuses)} sent, {refused} refused with 429")  # fmt: skip
     assert refused > len(flood_statuses) / 3, "the flood did not overload the router"  # it was at 5x capacity
-    # Without preemption a request that finds every slot taken waits for the first of them to free: at most one flood
-    # request's service time (slots / capacity), against the whole queue ahead of it (4 x slots requests) under FIFO.
-    slot_turn = SLOTS / capacity
-    print(f"steady p99 under flood / idle: {_p99(busy) / _p99(idle):.2f}; one slot turn {slot_turn:.3f}s")
-    assert _p99(busy) <= 2 * _p99(idle) + slot_turn, (sorted(idle), sorted(busy))
+    # Under FIFO it would wait behind the whole queue (4 x slots flood requests); were no slot kept for it, for the
+    # first busy slot to free (up to one flood request's service time, slots / capacity).
+    print(f"steady p99 under flood / idle: {_p99(busy) / _p99(idle):.2f} (p99 of {SAMPLES} requests each); "
+          f"one slot turn {SLOTS / capacity:.3f}s")  # fmt: skip
+    assert _p99(busy) <= 2 * _p99(idle), (sorted(idle), sorted(busy))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.core.fairshare import FairQueue
+from router.core.fairshare import FairQueue, SlotShare
 
 
 def test_a_flooding_tenant_waits_behind_its_own_requests() -> None:
@@ -51,6 +51,33 @@ def test_requeued_at_the_front_keeps_its_turn_and_removal_and_eviction() -> None
         q.push("a", f"x{i}")
     assert q.victim("b") == "a" and q.victim("a") == "a"
     assert q.pop_newest("a") == "x4" and len(q) == 5
+
+
+def test_a_free_slot_is_kept_for_a_light_tenant_while_it_is_due() -> None:
+    share = SlotShare(horizon_s=5.0)
+    for now in (0.0, 0.5, 1.0):  # the light tenant comes every 0.5 s
+        share.arrived("light", now)
+    share.arrived("flood", 1.0)
+    for _ in range(3):
+        share.started("flood")
+    assert share.reserved("flood", 4, now=1.2) == 1  # the flood may not take the last free slot of four
+    assert share.reserved("light", 4, now=1.2) == 0  # a tenant with nothing in service is never held back
+    assert share.reserved("flood", 1, now=1.2) == 0  # one slot in all: nothing is kept
+    share.started("light")
+    assert share.reserved("flood", 4, now=1.2) == 0  # it is served: nothing more is kept for it
+    share.done("light")
+    assert share.reserved("flood", 4, now=1.9) == 1
+    assert share.reserved("flood", 4, now=2.1) == 0  # not due any more: twice its usual gap has passed
+    for name in ("a", "b", "c"):
+        share.arrived(name, 2.0)
+        share.arrived(name, 2.2)
+    assert share.reserved("flood", 4, now=2.3) == 3  # three light tenants: the flood keeps its max-min share, 1
+    assert share.reserved("flood", 2, now=2.3) == 1
+    share.arrived("flood", 8.0)
+    assert share.reserved("flood", 4, now=8.0) == 0 and set(share._last) == {"flood"}  # the silent are forgotten
+    for _ in range(3):
+        share.done("flood")
+    assert share.serving == {}
 
 
 async def test_the_router_serves_a_calm_tenant_ahead_of_a_floods_backlog() -> None:
