@@ -42,6 +42,7 @@ def target_from_state(st: state_pb2.TargetState) -> Target:
         node=st.node,
         gpu_uuid=st.gpu_uuids[0] if st.gpu_uuids else "",
         mig_profile=st.mig_profile,
+        gpu_type=st.gpu_type,
         zone=st.zone,
         revision=st.revision,
         quant=st.quant,

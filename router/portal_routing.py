@@ -71,6 +71,38 @@ class PortalPolicy:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one deployment lets its revision run; an empty field places no constraint."""
+
+    revision: str
+    zone: str = ""
+    gpu_type: str = ""  # GPU family (H100, A100, ...); a target whose family is unknown is not excluded
+    mig_profile: str = ""  # a MIG slice profile: only targets on such slices (a whole GPU is no slice)
+    nodes: tuple[str, ...] | None = None  # the nodes its node selector admits; None = no selector
+
+    def admits(self, t: Target) -> bool:
+        return (
+            (not t.revision or t.revision == self.revision)
+            and (self.nodes is None or t.node in self.nodes)
+            and (not self.zone or not t.zone or t.zone == self.zone)
+            and (not self.gpu_type or not t.gpu_type or t.gpu_type == self.gpu_type)
+            and (not self.mig_profile or t.mig_profile == self.mig_profile)
+        )
+
+    def order(self) -> tuple[str, str, str, str, tuple[str, ...]]:
+        return (self.revision, self.zone, self.gpu_type, self.mig_profile, self.nodes or ())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "zone": self.zone,
+            "gpu_type": self.gpu_type,
+            "mig_profile": self.mig_profile,
+            "nodes": list(self.nodes) if self.nodes is not None else None,
+        }
+
+
 @dataclass(slots=True)
 class CatalogModel:
     """One model of a tenant's catalog: what names reach it and which targets may serve it."""
@@ -79,15 +111,13 @@ class CatalogModel:
     name: str
     aliases: tuple[str, ...] = ()
     revisions: frozenset[str] = frozenset()  # deployed revisions; empty: no deployment (not listed)
-    zones: frozenset[str] = frozenset()  # zones of its deployments; empty: anywhere
+    placements: tuple[Placement, ...] = ()  # one per deployment: a target serves when any admits it
     policy: PortalPolicy | None = None
     slo_ttft_ms: float | None = None
     router_policy: RoutingPolicy | None = None  # built by PortalRouting.policy_for, cached until the next change
 
     def serves(self, t: Target) -> bool:
-        if t.revision and self.revisions and t.revision not in self.revisions:
-            return False
-        if t.zone and self.zones and t.zone not in self.zones:
+        if self.placements and not any(p.admits(t) for p in self.placements):
             return False
         return self.policy is None or self.policy.allows(t)
 
@@ -167,24 +197,27 @@ class PortalRouting:
             aliases = tuple(str(a) for a in v.get("aliases") or [] if isinstance(a, str))
             models[int(mid)] = CatalogModel(id=int(mid), name=str(v["name"]), aliases=aliases)
             owner[int(mid)] = slug
-        deployed: dict[int, set[str]] = {}
-        zones: dict[int, set[str]] = {}
+        placements: dict[int, list[Placement]] = {}
         for k, v in kv.items():
             if not k.startswith(DEPLOYMENTS):
                 continue
             rev = revisions.get(_num(v.get("revision")))
             if rev is None or _num(rev.get("model")) is None:
                 continue
-            mid = int(rev["model"])
-            deployed.setdefault(mid, set()).add(str(rev.get("revision", "")))
-            if v.get("zone_name"):
-                zones.setdefault(mid, set()).add(str(v["zone_name"]))
-            else:
-                zones.setdefault(mid, set()).add("*")
+            placements.setdefault(int(rev["model"]), []).append(
+                Placement(
+                    revision=str(rev.get("revision", "")),
+                    zone=str(v.get("zone_name") or ""),
+                    gpu_type=str(v.get("gpu_type") or ""),
+                    mig_profile=str(v.get("mig_profile") or ""),
+                    nodes=tuple(str(n) for n in v["selector_nodes"])
+                    if isinstance(v.get("selector_nodes"), list)
+                    else None,
+                )
+            )
         for mid, m in models.items():
-            m.revisions = frozenset(deployed.get(mid, ()))
-            zs = zones.get(mid, set())
-            m.zones = frozenset() if "*" in zs else frozenset(zs)
+            m.placements = tuple(sorted(set(placements.get(mid, ())), key=Placement.order))
+            m.revisions = frozenset(p.revision for p in m.placements)
         modules = {k[len(MODULES) :]: v for k, v in kv.items() if k.startswith(MODULES)}
 
         def named(name: str) -> str:

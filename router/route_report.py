@@ -56,6 +56,8 @@ def _target(t: Target, counts: TargetCounts | None) -> dict[str, Any]:
         "id": t.id,
         "node": t.node,
         "zone": t.zone,
+        "gpu_type": t.gpu_type,
+        "mig_profile": t.mig_profile,
         "revision": t.revision,
         "url": t.url,
         "source": t.source,
@@ -107,6 +109,7 @@ def model_report(svc: RouterService, model: str, tenant: str | None = None) -> d
         "tenant": slug,
         "aliases": list(entry.aliases) if entry else [],
         "revisions": sorted(entry.revisions) if entry else [],
+        "placements": [p.describe() for p in entry.placements] if entry else [],
         "policy": {
             "source": "portal" if entry is not None and entry.policy is not None else "config",
             "strategy": policy.strategy,

@@ -26,6 +26,7 @@ class Target:
     node: str = ""
     gpu_uuid: str = ""
     mig_profile: str = ""
+    gpu_type: str = ""  # the family of its GPUs (H100, A100, ...) as the agent knows it; "" = unknown
     zone: str = ""
     revision: str = ""
     quant: str = ""
@@ -102,6 +103,7 @@ _AGENT_FIELDS = (
     "node",
     "gpu_uuid",
     "mig_profile",
+    "gpu_type",
     "zone",
     "revision",
     "quant",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from agents.proto.infermesh.v1 import scoring_pb2, state_pb2
+from agents.proto.vocab import gpu_type_of
 from agents.signals.types import CommStats, GpuState, ModelState
 from agents.strategies.base import HEALTHY, UNHEALTHY, UNKNOWN, TargetView
 
@@ -95,6 +96,7 @@ class TargetRecord:
     zone: str = ""
     mig_profile: str = ""
     gpu_uuids: tuple[str, ...] = ()
+    gpu_type: str = ""  # a remote target's GPU family as its node published it (local ones: from the inventory)
     cost_per_mtok: float = 0.0
     parent: str = ""  # a LoRA adapter's base model
     # a remote target's GPU figures (VRAM fraction, utilization %, thermal margin °C) as its own node fused them:
@@ -188,6 +190,7 @@ class Fusion:
         remote: bool = False,
         remote_zone: str = "",
         remote_gpu: tuple[float | None, float | None, float | None] | None = None,
+        remote_gpu_type: str = "",
     ) -> IngestResult:
         """Fold one runtime report in. Adapters push local state only; `remote=True` is for summaries of other
         nodes' targets learnt through membership (gossip), which must name their node."""
@@ -242,7 +245,7 @@ class Fusion:
         if d.gpu_uuids:
             rec.gpu_uuids = gpus if not remote else tuple(d.gpu_uuids)  # remote GPUs are not in our inventory
         if remote:  # what only the target's own node knows, as it published it (see ingest_remote)
-            rec.zone, rec.remote_gpu = remote_zone, remote_gpu
+            rec.zone, rec.remote_gpu, rec.gpu_type = remote_zone, remote_gpu, remote_gpu_type
         if "cost_per_mtok" in fields:
             rec.cost_per_mtok = fields.pop("cost_per_mtok")
         # Each delta is a full report from its runtime: a series it does not carry is unknown now, not the old value.
@@ -284,7 +287,9 @@ class Fusion:
             if t.HasField(name):
                 setattr(d, name, getattr(t, name))
         vram, util, margin = (getattr(t, name) if t.HasField(name) else None for name in _GPU_FIGURES)
-        return self.ingest_model(d, now=now, remote=True, remote_zone=t.zone, remote_gpu=(vram, util, margin))
+        return self.ingest_model(
+            d, now=now, remote=True, remote_zone=t.zone, remote_gpu=(vram, util, margin), remote_gpu_type=t.gpu_type
+        )
 
     def ingest_model_state(
         self,
@@ -604,6 +609,17 @@ class Fusion:
         node_ok = self.routable_node or rec.node != self.node_id
         return rec.health != UNHEALTHY and rec.signals.loaded and node_ok
 
+    def gpu_type(self, rec: TargetRecord) -> str:
+        """The family of a target's GPUs: a remote target's as its node published it, a local one's from the
+        product name of its first GPU in the inventory ('' when unknown)."""
+        if rec.remote_gpu is not None:
+            return rec.gpu_type
+        for uuid in rec.gpu_uuids:
+            gpu = self.gpus.get(uuid)
+            if gpu is not None and gpu.delta.name:
+                return gpu_type_of(gpu.delta.name)
+        return ""
+
     def to_proto(self, rec: TargetRecord, now: float | None = None) -> state_pb2.TargetState:
         now = self.clock() if now is None else now
         fresh = self.freshness(rec.observed_at, now)
@@ -619,6 +635,7 @@ class Fusion:
             endpoint=rec.endpoint,
             gpu_uuids=list(rec.gpu_uuids),
             mig_profile=rec.mig_profile,
+            gpu_type=self.gpu_type(rec),
             parent=rec.parent,
             health={HEALTHY: 1, UNHEALTHY: 2}.get(rec.health, 0),  # type: ignore[arg-type]
             health_reason=rec.health_reason or (self.node_state_reason if rec.node == self.node_id else ""),

@@ -20,5 +20,5 @@ class ModelRevisionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["revision", "zone", "gpu_type", "min_replicas", "max_replicas"]
+    list_display = ["revision", "zone", "gpu_type", "mig_profile", "min_replicas", "max_replicas"]
     list_select_related = ["revision__model", "zone"]

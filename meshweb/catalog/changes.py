@@ -35,6 +35,15 @@ def _revision(r: ModelRevision) -> Iterator[Put]:
 
 def _deployment(d: Deployment) -> Iterator[Put]:
     zone = d.zone.name if d.zone is not None else ""
+    # The nodes the deployment's zone and node selector (labels, all must match) admit, as of this save.
+    nodes: list[str] = []
+    if d.zone is not None or d.node_selector:
+        candidates = Node.objects.filter(zone=d.zone) if d.zone is not None else Node.objects.all()
+        nodes = sorted(
+            n.name
+            for n in candidates.only("name", "labels")
+            if all(str((n.labels or {}).get(k)) == str(v) for k, v in d.node_selector.items())
+        )
     yield Put(
         "deployment",
         f"kv/portal/deployments/{d.pk}",
@@ -44,13 +53,15 @@ def _deployment(d: Deployment) -> Iterator[Put]:
             "zone": d.zone_id,
             "zone_name": zone,
             "node_selector": d.node_selector,
+            # routers keep a selector's revision to these nodes; without a selector the zone says it
+            "selector_nodes": nodes if d.node_selector else None,
             "gpu_type": d.gpu_type,
+            "mig_profile": d.mig_profile,
             "min_replicas": d.min_replicas,
             "max_replicas": d.max_replicas,
         },
     )
-    # The typed placement the scheduler honours: the nodes of the deployment's zone are kept for the model.
-    nodes = sorted(Node.objects.filter(zone=d.zone).values_list("name", flat=True)) if d.zone is not None else []
+    # The typed placement the scheduler honours: the admitted nodes are kept for the model.
     yield Put(
         "placement",
         f"placements/deployment-{d.pk}",

@@ -74,6 +74,7 @@ class Deployment(TimeStamped):
     zone = models.ForeignKey("fleet.Zone", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     node_selector = models.JSONField(default=dict, blank=True)
     gpu_type = models.CharField(max_length=32, blank=True)
+    mig_profile = models.CharField(max_length=16, blank=True, help_text="serve only on MIG slices of this profile")
     min_replicas = models.PositiveIntegerField(default=1)
     max_replicas = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
 

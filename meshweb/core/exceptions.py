@@ -23,3 +23,11 @@ class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "The request body is too large."
     default_code = "payload_too_large"
+
+
+class NeverFits(exceptions.APIException):
+    """A request no enrolled node could ever hold (a MIG profile the fleet's GPUs do not expose in enough slices)."""
+
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_detail = "No enrolled node could ever hold it."
+    default_code = "never_fits"

@@ -14,13 +14,11 @@ from typing import Any
 from django.db import connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
-from rest_framework import exceptions
-from rest_framework import status as http_status
 
-from agents.proto.vocab import MIG_PROFILES, gpu_type_of
 from meshweb.audit.services import audit_record
 from meshweb.core.exceptions import Conflict, QuotaExceeded
-from meshweb.fleet.models import Gpu, GpuTelemetry, Node
+from meshweb.fleet.mig import require_mig_slices
+from meshweb.fleet.models import Node
 from meshweb.tenancy.models import Quota, Tenant
 from meshweb.tenancy.rbac import Principal
 from meshweb.training.models import (
@@ -37,59 +35,13 @@ from meshweb.training.models import (
 from meshweb.training.spec import validate_spec
 
 
-class NeverFits(exceptions.APIException):
-    """A job no enrolled node could ever hold (a MIG profile the fleet's GPUs do not expose in enough slices)."""
-
-    status_code = http_status.HTTP_422_UNPROCESSABLE_ENTITY
-    default_detail = "No enrolled node could ever hold the job."
-    default_code = "never_fits"
-
-
-def mig_slices() -> dict[str, dict[str, tuple[str, str]]]:
-    """The MIG slices of the enrolled fleet as the portal knows them: node -> slice UUID -> (profile, GPU family),
-    from the GPUs registered with the portal and those the nodes' agents report in their telemetry."""
-    out: dict[str, dict[str, tuple[str, str]]] = {}
-    for uuid, node, profile, family in Gpu.objects.exclude(mig_profile="").values_list(
-        "uuid", "node__name", "mig_profile", "gpu_type"
-    ):
-        out.setdefault(node, {})[uuid] = (profile, family)
-    reported = GpuTelemetry.objects.filter(data__has_key="mig_profile").exclude(data__mig_profile="")
-    for uuid, node, data in reported.values_list("uuid", "node__name", "data"):
-        profile = str(data.get("mig_profile") or "")
-        if profile:
-            out.setdefault(node, {}).setdefault(uuid, (profile, gpu_type_of(str(data.get("name") or ""))))
-    return out
-
-
 def mig_check(spec: dict[str, Any]) -> None:
     """Refuse a MIG job that no enrolled node could ever hold: fewer slices of its profile (and GPU family, when the
-    spec names families) in the whole fleet than its minimum of workers. The scheduler places on existing slices and
-    does not re-partition GPUs, so a job the fleet's layout cannot hold would wait forever."""
-    profile = spec.get("mig_profile")
-    if not profile:
-        return
-    families = set(spec.get("gpu_types") or ())
-    need = spec["workers"]["min"]
-    fleet = mig_slices()
-    fits = sum(
-        1 for slices in fleet.values() for p, f in slices.values() if p == profile and (not families or f in families)
-    )
-    if fits >= need:
-        return
-    kinds = f" of type {'/'.join(sorted(families))}" if families else ""
-    layout = []
-    for node, slices in sorted(fleet.items()):
-        counts: dict[str, int] = {}
-        for p, f in slices.values():
-            key = f"{f} {p}" if f else p
-            counts[key] = counts.get(key, 0) + 1
-        order = sorted(counts, key=lambda k: (-MIG_PROFILES.get(k.split()[-1], (0, 0))[0], k))
-        layout.append(f"{node} has {', '.join(f'{k} x{counts[k]}' for k in order)}")
-    seen = "; ".join(layout) if layout else "no enrolled node exposes MIG slices"
-    raise NeverFits(
-        f"Can never fit: the job needs {need} workers on MIG {profile} slices{kinds}, the enrolled fleet exposes "
-        f"{fits} ({seen}).",
-    )
+    spec names families) in the whole fleet than its minimum of workers."""
+    if spec.get("mig_profile"):
+        require_mig_slices(
+            spec["mig_profile"], spec["workers"]["min"], set(spec.get("gpu_types") or ()), "the job", "workers"
+        )
 
 
 @dataclass(frozen=True)

@@ -148,16 +148,17 @@ def test_a_remote_target_keeps_its_zone_and_its_gpu_figures() -> None:
     this node's inventory), and they decay to unknown with its runtime's signals."""
     there = Fusion("node-b", zone="z2", config=FusionConfig(fresh_s=2, stale_s=10, expire_s=60), clock=lambda: 0)
     g = state_pb2.GpuStateDelta(uuid="GPU-B", memory_total_bytes=80, memory_used_bytes=20, utilization_gpu=64.0,
-                                temperature_c=61, slowdown_temp_c=90)  # fmt: skip
+                                temperature_c=61, slowdown_temp_c=90, name="NVIDIA H100 80GB HBM3")  # fmt: skip
     assert there.ingest_gpu(g, now=1).accepted
     tid = there.ingest_model(delta(gpu_uuids=["GPU-B"], requests_running=2), now=1).target_id
     published = there.to_proto(there.targets[tid], now=1)
+    assert published.gpu_type == "H100"  # the family, from its GPU's product name (deployments place by it)
     here = fusion()
     here.set_gpu_inventory({"GPU-1"})  # GPU-B is not ours: the summary's figures, not our inventory, speak for it
     r = here.ingest_remote(published, now=1)
     assert r.accepted and not r.rejections
     msg = here.to_proto(here.targets[r.target_id], now=1)
-    assert (msg.node, msg.zone, list(msg.gpu_uuids)) == ("node-b", "z2", ["GPU-B"])
+    assert (msg.node, msg.zone, list(msg.gpu_uuids), msg.gpu_type) == ("node-b", "z2", ["GPU-B"], "H100")
     assert (msg.gpu_utilization, msg.thermal_margin_c, msg.requests_running) == (64.0, 29.0, 2)
     assert msg.vram_used_frac == pytest.approx(0.25)
     stale = here.to_proto(here.targets[r.target_id], now=20)

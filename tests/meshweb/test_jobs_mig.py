@@ -117,3 +117,36 @@ def test_an_mps_job_is_accepted_and_empty_fields_stay_out_of_the_spec(client: An
     assert plain.status_code == 201, plain.content
     spec = TrainingJob.objects.get(pk=plain.json()["id"]).spec
     assert "mig_profile" not in spec and "mps_percent" not in spec
+
+
+def test_a_deployment_asks_for_mig_slices_and_one_the_fleet_could_never_hold_is_refused(
+    client: Any, token_for: Any
+) -> None:
+    """Deployments take the jobs' rule: replicas on MIG slices of a profile, refused at submission (422 naming the
+    layout) when the fleet exposes fewer such slices than the deployment's minimum; an accepted one reaches the
+    routers' store key with its profile (routers serve it only from such slices: tests/router/test_portal_routing)."""
+    from meshweb.catalog.models import Deployment, Model, ModelRevision
+    from meshweb.meshlink.models import OutboxEntry
+    from meshweb.tenancy.models import Tenant
+
+    demo = Tenant.objects.get(slug="demo")
+    rev = ModelRevision.objects.create(
+        model=Model.objects.create(tenant=demo, name="llm"), revision="v1", artifact_uri="hf://org/llm"
+    )
+    operator = make_client(token_for(demo, "operator"))
+    body = {"revision": rev.pk, "gpu_type": "H100", "mig_profile": "3g.40gb", "min_replicas": 2, "max_replicas": 2}
+    ok = operator.post("/api/v1/deployments/", body, format="json")
+    assert ok.status_code == 201, ok.content
+    row = OutboxEntry.objects.filter(key=f"kv/portal/deployments/{ok.json()['id']}").latest("version")
+    assert row.value["mig_profile"] == "3g.40gb" and row.value["gpu_type"] == "H100"
+
+    too_many = operator.post("/api/v1/deployments/", {**body, "min_replicas": 3, "max_replicas": 3}, format="json")
+    assert too_many.status_code == 422, too_many.content
+    error = too_many.json()["error"]
+    assert error["code"] == "never_fits" and "needs 3 replicas on MIG 3g.40gb slices of type H100" in error["message"]
+    assert "mig-a has H100 3g.40gb x2" in error["message"]
+    wrong_family = operator.post("/api/v1/deployments/", {**body, "gpu_type": "A100"}, format="json")
+    assert wrong_family.status_code == 422 and "the enrolled fleet exposes 0" in wrong_family.json()["error"]["message"]
+    unknown = operator.post("/api/v1/deployments/", {**body, "mig_profile": "9g.90gb"}, format="json")
+    assert unknown.status_code == 400 and 'Unknown MIG profile "9g.90gb"' in str(unknown.json()["error"]["fields"])
+    assert Deployment.objects.count() == 1

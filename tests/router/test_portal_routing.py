@@ -49,6 +49,29 @@ def test_catalog_names_aliases_and_deployed_revisions() -> None:
     assert globex is not None and globex.serves(_t("n9", "zone-z", "v1"))  # deployed anywhere
 
 
+def test_each_deployment_places_its_revision_by_zone_gpu_type_mig_profile_and_node_selector() -> None:
+    s = _state(**{
+        # v2 on H100 MIG 3g.40gb slices anywhere, and v2 on whole A100s of the nodes that the selector admits
+        "kv/portal/deployments/1": {"id": 1, "revision": 100, "zone_name": "", "gpu_type": "H100",
+                                    "mig_profile": "3g.40gb"},
+        "kv/portal/deployments/3": {"id": 3, "revision": 100, "zone_name": "zone-b", "gpu_type": "A100",
+                                    "node_selector": {"pool": "batch"}, "selector_nodes": ["n5"]},
+    })  # fmt: skip
+    llm = s.resolve("acme", "llm")
+    assert llm is not None and len(llm.placements) == 2
+
+    def t(node: str, gpu: str, mig: str = "", zone: str = "") -> Target:
+        return Target(id=f"{node}/{gpu}/{mig}", model="llm", url=f"http://{node}:1", node=node, zone=zone,
+                      revision="v2", gpu_type=gpu, mig_profile=mig)  # fmt: skip
+
+    assert llm.serves(t("n1", "H100", "3g.40gb")) and llm.serves(t("n1", "", "3g.40gb"))  # unknown family: allowed
+    assert not llm.serves(t("n1", "H100")) and not llm.serves(t("n1", "H100", "1g.10gb"))  # a whole GPU is no slice
+    assert not llm.serves(t("n1", "L4", "3g.40gb"))
+    assert llm.serves(t("n5", "A100", zone="zone-b")) and not llm.serves(t("n6", "A100", zone="zone-b"))
+    assert not llm.serves(t("n5", "A100", zone="zone-a"))
+    assert [p.describe()["nodes"] for p in llm.placements] == [None, ["n5"]]
+
+
 def test_policy_over_router_defaults_and_changes_apply() -> None:
     policy = {"strategy": "least_queue", "params": {"tenant": 1, "model": 10, "ab_split": {"least_queue": 60,
               "hybrid_mesh": 40}, "shadow_strategy": "baseline_rr", "hedging": True, "pin_nodes": ["n1"],

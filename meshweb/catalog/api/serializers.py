@@ -7,8 +7,10 @@ from typing import Any
 
 from rest_framework import serializers
 
+from agents.proto.vocab import MIG_PROFILES
 from meshweb.catalog.models import Deployment, Model, ModelRevision, model_name_validator
 from meshweb.core.api.serializers import StrictModelSerializer
+from meshweb.fleet.mig import require_mig_slices
 from meshweb.fleet.models import GpuType, Zone
 from meshweb.tenancy.scoped.fields import ScopedPrimaryKeyRelatedField, tenant_field
 
@@ -78,6 +80,12 @@ class DeploymentSerializer(StrictModelSerializer):
     revision = ScopedPrimaryKeyRelatedField(queryset=ModelRevision.objects.all())
     zone = serializers.SlugRelatedField(slug_field="name", queryset=Zone.objects.all(), allow_null=True, default=None)
     gpu_type = serializers.ChoiceField(choices=GpuType.choices, allow_blank=True, default="")
+    mig_profile = serializers.ChoiceField(
+        choices=list(MIG_PROFILES),
+        allow_blank=True,
+        default="",
+        error_messages={"invalid_choice": f'Unknown MIG profile "{{input}}"; known: {", ".join(MIG_PROFILES)}.'},
+    )
     node_selector = serializers.DictField(child=serializers.CharField(max_length=200), default=dict)
 
     class Meta:
@@ -88,6 +96,7 @@ class DeploymentSerializer(StrictModelSerializer):
             "zone",
             "node_selector",
             "gpu_type",
+            "mig_profile",
             "min_replicas",
             "max_replicas",
             "created_at",
@@ -99,4 +108,8 @@ class DeploymentSerializer(StrictModelSerializer):
         hi = attrs.get("max_replicas", getattr(self.instance, "max_replicas", 1))
         if lo > hi:
             raise serializers.ValidationError({"min_replicas": [f"min_replicas ({lo}) exceeds max_replicas ({hi})."]})
+        profile = attrs.get("mig_profile", getattr(self.instance, "mig_profile", ""))
+        if profile:  # replicas the fleet's MIG layout could never hold are refused now, not left unserved
+            family = attrs.get("gpu_type", getattr(self.instance, "gpu_type", ""))
+            require_mig_slices(profile, lo, {family} if family else set(), "the deployment", "replicas")
         return attrs

@@ -171,7 +171,7 @@ class StateAck(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TargetState(_message.Message):
-    __slots__ = ("target_id", "model", "revision", "quant", "runtime", "node", "zone", "endpoint", "gpu_uuids", "mig_profile", "health", "health_reason", "routable", "loaded", "warming", "parent", "lora_resident", "max_loras", "loras_active", "requests_waiting", "requests_running", "kv_cache_usage", "tokens_per_s", "ttft_p95_s", "latency_p95_s", "max_concurrency", "vram_used_frac", "gpu_utilization", "thermal_margin_c", "freshness", "age_s", "service_rate_rps", "work_left_s", "ewma_latency_s", "ewma_ttft_s", "error_rate", "outcomes_ok", "outcomes_error", "cost_per_mtok", "updated_unix_ms", "version")
+    __slots__ = ("target_id", "model", "revision", "quant", "runtime", "node", "zone", "endpoint", "gpu_uuids", "mig_profile", "health", "health_reason", "routable", "loaded", "warming", "parent", "lora_resident", "max_loras", "loras_active", "requests_waiting", "requests_running", "kv_cache_usage", "tokens_per_s", "ttft_p95_s", "latency_p95_s", "max_concurrency", "vram_used_frac", "gpu_utilization", "thermal_margin_c", "freshness", "age_s", "service_rate_rps", "work_left_s", "ewma_latency_s", "ewma_ttft_s", "error_rate", "outcomes_ok", "outcomes_error", "cost_per_mtok", "updated_unix_ms", "version", "gpu_type")
     TARGET_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,7 @@ class TargetState(_message.Message):
     COST_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    GPU_TYPE_FIELD_NUMBER: _ClassVar[int]
     target_id: str
     model: str
     revision: str
@@ -254,7 +255,8 @@ class TargetState(_message.Message):
     cost_per_mtok: float
     updated_unix_ms: int
     version: int
-    def __init__(self, target_id: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[str] = ..., quant: _Optional[str] = ..., runtime: _Optional[str] = ..., node: _Optional[str] = ..., zone: _Optional[str] = ..., endpoint: _Optional[str] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., mig_profile: _Optional[str] = ..., health: _Optional[_Union[TargetHealth, str]] = ..., health_reason: _Optional[str] = ..., routable: _Optional[bool] = ..., loaded: _Optional[bool] = ..., warming: _Optional[bool] = ..., parent: _Optional[str] = ..., lora_resident: _Optional[bool] = ..., max_loras: _Optional[int] = ..., loras_active: _Optional[int] = ..., requests_waiting: _Optional[float] = ..., requests_running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., latency_p95_s: _Optional[float] = ..., max_concurrency: _Optional[int] = ..., vram_used_frac: _Optional[float] = ..., gpu_utilization: _Optional[float] = ..., thermal_margin_c: _Optional[float] = ..., freshness: _Optional[float] = ..., age_s: _Optional[float] = ..., service_rate_rps: _Optional[float] = ..., work_left_s: _Optional[float] = ..., ewma_latency_s: _Optional[float] = ..., ewma_ttft_s: _Optional[float] = ..., error_rate: _Optional[float] = ..., outcomes_ok: _Optional[int] = ..., outcomes_error: _Optional[int] = ..., cost_per_mtok: _Optional[float] = ..., updated_unix_ms: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+    gpu_type: str
+    def __init__(self, target_id: _Optional[str] = ..., model: _Optional[str] = ..., revision: _Optional[str] = ..., quant: _Optional[str] = ..., runtime: _Optional[str] = ..., node: _Optional[str] = ..., zone: _Optional[str] = ..., endpoint: _Optional[str] = ..., gpu_uuids: _Optional[_Iterable[str]] = ..., mig_profile: _Optional[str] = ..., health: _Optional[_Union[TargetHealth, str]] = ..., health_reason: _Optional[str] = ..., routable: _Optional[bool] = ..., loaded: _Optional[bool] = ..., warming: _Optional[bool] = ..., parent: _Optional[str] = ..., lora_resident: _Optional[bool] = ..., max_loras: _Optional[int] = ..., loras_active: _Optional[int] = ..., requests_waiting: _Optional[float] = ..., requests_running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., latency_p95_s: _Optional[float] = ..., max_concurrency: _Optional[int] = ..., vram_used_frac: _Optional[float] = ..., gpu_utilization: _Optional[float] = ..., thermal_margin_c: _Optional[float] = ..., freshness: _Optional[float] = ..., age_s: _Optional[float] = ..., service_rate_rps: _Optional[float] = ..., work_left_s: _Optional[float] = ..., ewma_latency_s: _Optional[float] = ..., ewma_ttft_s: _Optional[float] = ..., error_rate: _Optional[float] = ..., outcomes_ok: _Optional[int] = ..., outcomes_error: _Optional[int] = ..., cost_per_mtok: _Optional[float] = ..., updated_unix_ms: _Optional[int] = ..., version: _Optional[int] = ..., gpu_type: _Optional[str] = ...) -> None: ...
 
 class FusedGpu(_message.Message):
     __slots__ = ("gpu", "healthy", "health_reason", "freshness", "age_s")
