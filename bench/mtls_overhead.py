@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agents.proto.infermesh.v1 import control_pb2, control_pb2_grpc
 from agents.security.ca import CertificateAuthority, cert_pem, key_pem, new_key
 from agents.security.tls import ClientIdentity, dial
-from bench.agentproc import AgentProc
+from tests.agents.harness import AgentProcess, start_agent
 
 TD = "bench.mesh"
 
@@ -35,7 +35,7 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def agent(workdir: Path, tls: dict[str, str] | None) -> AgentProc:
+def agent(workdir: Path, tls: dict[str, str] | None) -> AgentProcess:
     cfg: dict[str, object] = {
         "node": {"id": "bench-0", "roles": ["router"]},
         "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
@@ -44,7 +44,7 @@ def agent(workdir: Path, tls: dict[str, str] | None) -> AgentProc:
     }
     if tls is not None:
         cfg["tls"] = tls
-    return AgentProc(cfg, workdir / ("agent-tls.yaml" if tls else "agent.yaml"))
+    return start_agent(cfg, workdir)
 
 
 def pki(workdir: Path) -> tuple[dict[str, str], ClientIdentity]:
@@ -115,7 +115,7 @@ def main() -> int:
         section, client = pki(workdir)
         plain, secure = agent(workdir, None), agent(workdir, section)
         try:
-            sides = {"plaintext": (plain.address, None), "mtls": (secure.address, client)}
+            sides = {"plaintext": (plain.grpc, None), "mtls": (secure.grpc, client)}
             rows: dict[str, dict[str, float]] = {}
             # Interleaved, twice, so that a noisy moment on the shared machine does not land on one side only.
             for _ in range(2):

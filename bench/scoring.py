@@ -27,7 +27,7 @@ import grpc
 from agents.proto.infermesh.v1 import scoring_pb2, scoring_pb2_grpc, state_pb2, state_pb2_grpc
 from agents.strategies import RouteRequest, TargetView
 from agents.strategies.host import StrategyHost
-from bench.agentproc import AgentProc
+from tests.agents.harness import AgentProcess, start_agent
 
 STRATEGIES = ("baseline_rr", "least_queue", "hybrid_mesh")
 MODEL = "demo-llm"
@@ -94,24 +94,17 @@ def bench_inprocess(n: int, decisions: int) -> dict[str, tuple[float, float]]:
     return out
 
 
-class ScoringAgent(AgentProc):
+def scoring_agent(workdir: Path) -> AgentProcess:
     """The agent whose ScoreTargets is measured: generous freshness and budget, so the strategies are what is timed."""
-
-    def __init__(self) -> None:
-        self.tmp = tempfile.TemporaryDirectory()
-        cfg = {
-            "node": {"id": "node-0", "roles": ["router"]},
-            "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
-            "fusion": {"fresh_s": 3600, "stale_s": 7200, "expire_s": 7200},
-            "scoring": {"budget_us": 100000},  # measure the strategies, not the fallback
-            "shutdown": {"drain_s": 0, "grace_s": 1},
-            "log": {"level": "warning", "json": True},
-        }
-        super().__init__(cfg, Path(self.tmp.name) / "agent.yaml")
-
-    def stop(self) -> None:
-        super().stop()
-        self.tmp.cleanup()
+    cfg = {
+        "node": {"id": "node-0", "roles": ["router"]},
+        "listen": {"grpc": "127.0.0.1:0", "http": "127.0.0.1:0"},
+        "fusion": {"fresh_s": 3600, "stale_s": 7200, "expire_s": 7200},
+        "scoring": {"budget_us": 100000},  # measure the strategies, not the fallback
+        "shutdown": {"drain_s": 0, "grace_s": 1},
+        "log": {"level": "info", "json": True},  # info: the line naming the address it serves on
+    }
+    return start_agent(cfg, workdir)
 
 
 async def bench_grpc(address: str, n: int, rpcs: int, pushed: int) -> dict[str, tuple[float, float, float]]:
@@ -165,15 +158,16 @@ def main() -> int:
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
     inproc = {n: bench_inprocess(n, args.decisions) for n in sizes}
-    agent = ScoringAgent()
-    try:
-        over_grpc = {}
-        pushed = 0
-        for n in sizes:
-            over_grpc[n] = asyncio.run(bench_grpc(agent.address, n, args.rpcs, pushed))
-            pushed = n
-    finally:
-        agent.stop()
+    with tempfile.TemporaryDirectory() as tmp:
+        agent = scoring_agent(Path(tmp))
+        try:
+            over_grpc = {}
+            pushed = 0
+            for n in sizes:
+                over_grpc[n] = asyncio.run(bench_grpc(agent.grpc, n, args.rpcs, pushed))
+                pushed = n
+        finally:
+            agent.stop()
 
     print(f"{'strategy':<12} {'targets':>8} {'inproc p50 us':>14} {'inproc p99 us':>14} "
           f"{'grpc p50 us':>12} {'grpc p99 us':>12} {'agent decide p50 us':>20}")  # fmt: skip

@@ -1,4 +1,5 @@
-"""Start and stop real `infermesh agent` processes on loopback for the agent's end-to-end tests."""
+"""Start and stop real `infermesh agent` processes on loopback, for the tests and the benchmarks: `start_agent`
+starts one from a config dict; `AgentProc` keeps a config and its ports to stop and start the agent again."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.support import free_port
 
 _SERVING = re.compile(r"serving grpc=(\S+) http=(\S+)")
 
@@ -88,3 +91,30 @@ def run_agent_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProc
     return subprocess.run(
         [sys.executable, "-m", "meshweb.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+class AgentProc:
+    """An agent configured before it starts, on ports fixed here, so that it can be killed and started again at the
+    same address (a router's agent coming back); each start goes through `start_agent`."""
+
+    def __init__(self, cfg: dict[str, Any], workdir: Path) -> None:
+        self.cfg = cfg
+        self.workdir = workdir
+        listen = cfg.setdefault("listen", {})
+        listen.setdefault("grpc", f"127.0.0.1:{free_port()}")
+        listen.setdefault("http", f"127.0.0.1:{free_port()}")
+        self.process: AgentProcess | None = None
+
+    @property
+    def address(self) -> str:
+        return str(self.cfg["listen"]["grpc"])
+
+    def start(self, timeout: float = 30.0) -> AgentProc:
+        self.process = start_agent(self.cfg, self.workdir, startup_timeout=timeout)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: gone without a drain, as a crashed agent is."""
+        if self.process is not None and self.process.proc.poll() is None:
+            self.process.proc.kill()
+            self.process.proc.wait(10)

@@ -17,12 +17,12 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-import yaml
 from django.test import override_settings
 
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
 from meshweb.dashboard import route_feed
-from tests.router.agentproc import AgentProc
+from tests.agents.harness import AgentProc
+from tests.router.agentproc import router_agent
 from tests.router.procs import ROOT, free_port, router_config, running_router
 
 EXAMPLE = ROOT / "examples/strategies/wasm/least_queue.wat"
@@ -181,10 +181,9 @@ def _portal_keys(strategy: str) -> dict[str, dict[str, object]]:
 @contextlib.contextmanager
 def store_agent(tmp: Path) -> Iterator[AgentProc]:
     """A real agent with a one-member policy store (what the portal writes into, what routers watch)."""
-    agent = AgentProc([], tmp)
+    agent = router_agent([], tmp)
     agent.cfg["raft"] = {"node_id": 1, "cluster_id": "strategies", "peers": {1: agent.address}, "tick_ms": 50,
                          "data_dir": str(tmp / "raft")}  # fmt: skip
-    agent.path.write_text(yaml.safe_dump(agent.cfg))
     agent.start()
     try:
         yield agent
@@ -294,7 +293,7 @@ def test_snapshot_recorded_from_an_agent_and_a_strategy_tested_offline(tmp_path:
     ems = [
         start_emulator("--profile", "h100", "--flavor", "vllm", "--model", "demo-llm", "--seed", str(i)) for i in (1, 2)
     ]
-    agent = AgentProc([e.url for e in ems], tmp_path)
+    agent = router_agent([e.url for e in ems], tmp_path)
     try:
         agent.start()
         _wait("the agent's targets", lambda: _cli("ctl", "targets", "--agent", agent.address, "--json").stdout.count(

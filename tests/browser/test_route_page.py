@@ -13,11 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from agents.emulator.testing import EmulatorProcess, start_emulator
 from tests.browser.conftest import ADMIN_PASSWORD, Portal, free_port, served_portal, sign_in
-from tests.router.agentproc import AgentProc
+from tests.router.agentproc import router_agent
 from tests.router.procs import RouterProc, router_config, running_router
 
 pytestmark = pytest.mark.browser
@@ -39,13 +38,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[Emulat
     # Few batch slots, so a handful of requests queue and the agent's fused state shows it.
     args = ("--profile", "h100", "--flavor", "vllm", "--model", "demo-llm", "--max-num-seqs", "2")
     ems = [start_emulator(*args, "--seed", "1"), start_emulator(*args, "--seed", "2")]
-    agent = AgentProc([e.url for e in ems], tmp)
+    agent = router_agent([e.url for e in ems], tmp)
     # Two emulated GPUs, one under each runtime, so the page has GPU figures per target.
     agent.cfg["gpu"] = {"source": "emulated", "options": {"profiles": ["h100", "h100"], "node": "node-a"},
                         "poll_interval_s": 0.3}  # fmt: skip
     for i, runtime in enumerate(agent.cfg["runtimes"]):
         runtime["gpus"] = [i]
-    agent.path.write_text(yaml.safe_dump(agent.cfg))
     agent.start()
     try:
         policy = {"strategy": "least_queue", "shadow_strategy": "baseline_rr"}  # a shadow: the win-rate panel

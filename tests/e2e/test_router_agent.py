@@ -13,7 +13,7 @@ import pytest
 
 from agents.emulator.testing import EmulatorProcess, start_emulator
 from agents.proto.infermesh.v1 import state_pb2, state_pb2_grpc
-from tests.router.agentproc import AgentProc
+from tests.router.agentproc import router_agent
 from tests.router.procs import RouterProc, router_config, running_router
 
 pytestmark = pytest.mark.e2e
@@ -59,7 +59,7 @@ def _complete(rp: RouterProc) -> httpx.Response:
 
 
 def test_agent_view_outcomes_and_local_only_mode(ems: list[EmulatorProcess], tmp_path: Path) -> None:
-    agent = AgentProc([e.url for e in ems[:2]], tmp_path).start()
+    agent = router_agent([e.url for e in ems[:2]], tmp_path).start()
     try:
         # The third runtime is only a static target: it must stay in the view in local-only mode.
         cfg = router_config([ems[2].url], agent={"address": agent.address}, default_policy={"strategy": "baseline_rr"})

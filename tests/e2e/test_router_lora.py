@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from agents.emulator.testing import EmulatorProcess, start_emulator
-from tests.router.agentproc import AgentProc
+from tests.router.agentproc import router_agent
 from tests.router.procs import RouterProc, router_config, running_router
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +56,7 @@ def _metric(rp: RouterProc, name: str) -> float:
 def test_adapter_requests_go_where_the_adapter_is_and_an_unknown_one_is_refused(
     ems: list[EmulatorProcess], tmp_path: Path
 ) -> None:
-    agent = AgentProc([e.url for e in ems], tmp_path).start()
+    agent = router_agent([e.url for e in ems], tmp_path).start()
     try:
         cfg = router_config([], agent={"address": agent.address}, default_policy={"strategy": "hybrid_mesh"})
         with running_router(cfg, tmp_path) as rp:
