@@ -29,6 +29,7 @@ class Request:
     max_tokens: int
     group: int
     session: str = ""
+    model: str = ""  # the model (or LoRA adapter) asked for; empty: the bench's base model
 
 
 @dataclass(slots=True)
@@ -93,6 +94,30 @@ def multi_turn(
     for c in range(conversations):
         out.append(Conversation(t, f"conversation {c} " + words(rng, sys_n - 2),
                                 [words(rng, u_n) for _ in range(turns)], out_n, think_s, f"c{c}", c))  # fmt: skip
+        t += rng.expovariate(rate)
+    return out
+
+
+def lora_mix(
+    *,
+    adapters: list[str],
+    requests: int,
+    prompt_len: int = 200,
+    output_len: int = 32,
+    rate: float = 10.0,
+    zipf_s: float = 1.1,
+    seed: int = 0,
+) -> list[Request]:
+    """`requests` prompts of `prompt_len` random tokens (nothing shared) for LoRA `adapters` with Zipf popularity
+    (adapter k is asked for in proportion to 1 / (k + 1) ** zipf_s), Poisson arrivals at `rate` per second."""
+    rng = random.Random(seed)
+    weights = [1.0 / (k + 1) ** zipf_s for k in range(len(adapters))]
+    t = 0.0
+    out = []
+    for _ in range(requests):
+        k = rng.choices(range(len(adapters)), weights)[0]
+        out.append(Request(t, [{"role": "user", "content": words(rng, prompt_len)}], output_len, k,
+                           model=adapters[k]))  # fmt: skip
         t += rng.expovariate(rate)
     return out
 
