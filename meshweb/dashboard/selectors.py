@@ -16,9 +16,12 @@ from django.db import models
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
+from agents.scheduler.model import GpuInfo, NodeState
+from agents.scheduler.planner import mig_fragmentation
 from meshweb.audit.models import AuditEntry
 from meshweb.catalog.models import Deployment, Model
 from meshweb.dashboard.access import visible_tenant_ids
+from meshweb.fleet.mig import mig_slices
 from meshweb.fleet.models import Gpu, Node, NodeStatus
 from meshweb.fleet.quarantine import BAD_THROTTLE
 from meshweb.tenancy.models import Tenant
@@ -46,6 +49,15 @@ def nodes(principal: Principal) -> models.QuerySet[Node]:
     return restrict(Node.objects.select_related("zone").annotate(gpu_count=Count("gpus")), principal)
 
 
+def nodes_with_mig(principal: Principal) -> list[Node]:
+    """The nodes page's rows: each node with `mig`, its MIG report (`mig_reports`), or None."""
+    rows = list(nodes(principal))
+    reports = mig_reports(rows)
+    for n in rows:
+        n.mig = reports.get(n.name)  # type: ignore[attr-defined]
+    return rows
+
+
 def node_by_name(principal: Principal, name: str) -> Node | None:
     return nodes(principal).filter(name=name).first()
 
@@ -55,6 +67,24 @@ def nodes_by_status(principal: Principal) -> dict[str, int]:
     for row in restrict(Node.objects.all(), principal).values("status").annotate(n=Count("id")):
         counts[row["status"]] = row["n"]
     return counts
+
+
+def mig_reports(nodes: list[Node]) -> dict[str, dict[str, Any]]:
+    """Per node with MIG slices: each profile's free and total slices, the largest free slice and the fragmentation,
+    by the scheduler's own rule (`agents/scheduler/planner.mig_fragmentation`) over the slices the portal knows and
+    those its running and waiting jobs' placements hold."""
+    slices = mig_slices([n.name for n in nodes])
+    if not slices:
+        return {}
+    placed = JobPlacement.objects.filter(node__name__in=list(slices), job__status__in=ACTIVE)
+    held = {str(u) for uuids in placed.values_list("gpu_uuids", flat=True) for u in uuids or []}
+    states = [
+        NodeState(name=n.name, status=n.status, gpus=[GpuInfo(uuid=u, gpu_type=f, mig_profile=p)
+                                                     for u, (p, f) in sorted(slices[n.name].items())])
+        for n in nodes
+        if n.name in slices
+    ]  # fmt: skip
+    return mig_fragmentation(states, held)
 
 
 def gpus_of(node: Node) -> list[Gpu]:

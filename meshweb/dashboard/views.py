@@ -104,12 +104,13 @@ def overview_fragment(request: HttpRequest, principal: Principal) -> HttpRespons
 
 @dashboard_page
 def nodes(request: HttpRequest, principal: Principal) -> HttpResponse:
-    return render(request, "dashboard/nodes.html", _base(principal, "nodes", nodes=selectors.nodes(principal)))
+    return render(request, "dashboard/nodes.html", _base(principal, "nodes", nodes=selectors.nodes_with_mig(principal)))
 
 
 @dashboard_page
 def nodes_fragment(request: HttpRequest, principal: Principal) -> HttpResponse:
-    return render(request, "dashboard/_nodes_table.html", _base(principal, "nodes", nodes=selectors.nodes(principal)))
+    context = _base(principal, "nodes", nodes=selectors.nodes_with_mig(principal))
+    return render(request, "dashboard/_nodes_table.html", context)
 
 
 def _node_or_404(principal: Principal, name: str) -> Any:
@@ -136,6 +137,7 @@ def node_detail(request: HttpRequest, principal: Principal, name: str) -> HttpRe
         gpus=gpus,
         reported_only=reported_only,
         rollup=selectors.node_rollup(node),
+        mig=selectors.mig_reports([node]).get(node.name),
         quarantines=selectors.quarantines(principal, node),
         history=selectors.node_status_history(principal, node),
         node_events=selectors.node_events(node),

@@ -10,15 +10,16 @@ from meshweb.core.exceptions import NeverFits
 from meshweb.fleet.models import Gpu, GpuTelemetry
 
 
-def mig_slices() -> dict[str, dict[str, tuple[str, str]]]:
+def mig_slices(nodes: Collection[str] | None = None) -> dict[str, dict[str, tuple[str, str]]]:
     """node -> slice UUID -> (profile, GPU family), from the GPUs registered with the portal and those the nodes'
-    agents report in their telemetry."""
+    agents report in their telemetry (of the named nodes only, when given)."""
     out: dict[str, dict[str, tuple[str, str]]] = {}
-    for uuid, node, profile, family in Gpu.objects.exclude(mig_profile="").values_list(
-        "uuid", "node__name", "mig_profile", "gpu_type"
-    ):
-        out.setdefault(node, {})[uuid] = (profile, family)
+    registered = Gpu.objects.exclude(mig_profile="")
     reported = GpuTelemetry.objects.filter(data__has_key="mig_profile").exclude(data__mig_profile="")
+    if nodes is not None:
+        registered, reported = registered.filter(node__name__in=nodes), reported.filter(node__name__in=nodes)
+    for uuid, node, profile, family in registered.values_list("uuid", "node__name", "mig_profile", "gpu_type"):
+        out.setdefault(node, {})[uuid] = (profile, family)
     for uuid, node, data in reported.values_list("uuid", "node__name", "data"):
         profile = str(data.get("mig_profile") or "")
         if profile:

@@ -40,3 +40,25 @@ def test_overview_shows_gpu_figures_per_node_and_they_follow_new_readings(login:
     page = client.get("/dashboard/fragments/overview/").content.decode()
     row2 = page.split('data-node-gpus="node-2"')[1].split("</tr>")[0]
     assert "<td>75.0</td><td>60.0</td>" in row2 and ">61.0<" in row2
+
+
+def test_nodes_pages_show_mig_slices_free_and_the_fragmentation(login: Any, world: World) -> None:
+    """A node carved into MIG slices: what is free per profile (a running job's placement holds its slice) and the
+    fragmentation by the scheduler's rule (1 - largest free slice / free compute), on the nodes list and the node."""
+    from meshweb.fleet.models import Gpu
+    from meshweb.training.models import JobPlacement
+
+    node = Node.objects.create(name="mig-node", address="10.0.0.3:7070", zone=world.zone, roles=["gpu"])
+    for i, profile in enumerate(["3g.40gb", "3g.40gb", "1g.10gb"]):
+        Gpu.objects.create(node=node, uuid=f"MIG-{i}", index=0, model="NVIDIA H100 80GB HBM3", gpu_type="H100",
+                           vram_mb=10240, mig_profile=profile, parent_uuid="GPU-m")  # fmt: skip
+    JobPlacement.objects.create(job=world.own.objects["job"], node=node, gpu_uuids=["MIG-0"], rank=1)
+    client = login(superuser=True)
+    page = client.get("/dashboard/fragments/nodes/").content.decode()
+    row = page.split('data-node-mig="mig-node"')[1].split("</td>")[0]
+    # free: one 3g (3/7) and one 1g (1/7) -> largest 3 of 4 sevenths free -> fragmentation 0.25
+    assert "1g.10gb 1/1" in row and "3g.40gb 1/2" in row and "0.25" in row, row
+    assert page.split('data-node-mig="node-1"')[1].split("</td>")[0].strip(">").strip() == "–"
+    detail = client.get("/dashboard/nodes/mig-node/").content.decode()
+    assert 'data-mig-profile="3g.40gb"><td>3g.40gb</td><td>1</td><td>2</td>' in detail
+    assert "Largest free slice 3g.40gb · free compute 4/7 GPU · fragmentation 0.25" in detail
