@@ -35,8 +35,8 @@ import grpc
 import yaml
 
 from agents.binding import free_port
-from agents.gossip.faultproxy import FaultProxy
-from agents.gossip.sim import NetConfig, Simulation
+from agents.gossip.testing.faultproxy import FaultProxy
+from agents.gossip.testing.sim import NetConfig, Simulation
 from agents.proto.infermesh.v1 import membership_pb2, membership_pb2_grpc
 from agents.topology.vivaldi import median_relative_error, simulate, synthetic_matrix
 

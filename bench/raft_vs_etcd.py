@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc  # noqa: E402
-from agents.raft.cluster import LocalCluster, free_port  # noqa: E402
+from agents.raft.testing.cluster import LocalCluster, free_port  # noqa: E402
 
 # The few etcd v3 API messages we use, with etcd's own field numbers (etcdserver/etcdserverpb/rpc.proto).
 ETCD_PROTO = """

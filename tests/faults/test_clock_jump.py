@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agents.raft.cluster import Workload
-from agents.raft.lincheck import check_history
+from agents.raft.testing.cluster import Workload
+from agents.raft.testing.lincheck import check_history
 from tests.faults.test_network import Sampler
 from tests.faults.zoned import ZonedMesh, wait_for
 

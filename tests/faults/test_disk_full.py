@@ -16,8 +16,8 @@ import grpc
 import pytest
 
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
-from agents.raft.cluster import LocalCluster
 from agents.raft.storage import DiskStorage
+from agents.raft.testing.cluster import LocalCluster
 from tests.faults.zoned import wait_for
 
 pytestmark = pytest.mark.e2e

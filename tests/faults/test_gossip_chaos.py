@@ -1,6 +1,6 @@
 """The gossip simulation at the Raft simulation's depth: 500 seeded runs of the production SWIM core through random
 crashes, restarts (a fresh process joining through a live member), partitions, heals and loss of up to 10%, with
-completeness and accuracy checked after every simulated second (agents/gossip/sim.py `chaos`).
+completeness and accuracy checked after every simulated second (agents/gossip/testing/sim.py `chaos`).
 
 INFERMESH_GOSSIP_CHAOS_SEEDS=N runs N seeds (default 500); INFERMESH_GOSSIP_CHAOS_SEED=S replays one seed."""
 
@@ -10,7 +10,7 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from agents.gossip.sim import ChaosReport, chaos
+from agents.gossip.testing.sim import ChaosReport, chaos
 
 
 def test_gossip_chaos_seeds() -> None:

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from agents.proto.infermesh.v1 import membership_pb2
-from agents.raft.cluster import Workload
-from agents.raft.lincheck import check_history
+from agents.raft.testing.cluster import Workload
+from agents.raft.testing.lincheck import check_history
 from tests.faults.zoned import LeaderLog, ZonedMesh, wait_for
 
 pytestmark = pytest.mark.e2e

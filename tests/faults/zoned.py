@@ -1,6 +1,6 @@
 """A zoned mesh on the network test bed: agents in three zones, each agent in its own namespace with gossip and a
 seat in one Raft group, an emulated runtime and a router next to the first agent of chosen zones. Built from the
-shared helpers (agents/raft/cluster.py's LocalCluster, tests/router/procs.py's start_router); used by the fault
+shared helpers (agents/raft/testing/cluster.py's LocalCluster, tests/router/procs.py's start_router); used by the fault
 scenarios and by bench/soak.py."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import grpc
 import httpx
 
 from agents.proto.infermesh.v1 import membership_pb2, membership_pb2_grpc, store_pb2, store_pb2_grpc
-from agents.raft.cluster import LocalCluster, Member, free_port
+from agents.raft.testing.cluster import LocalCluster, Member, free_port
 from tests.faults.netbed import NetBed
 from tests.router.procs import RouterProc, router_config, start_router
 

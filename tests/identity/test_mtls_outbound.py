@@ -26,7 +26,7 @@ from jwt.algorithms import RSAAlgorithm
 from agents.emulator.testing import EmulatorProcess, start_emulator
 from agents.meshd.component import ComponentConfigError, build_component
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
-from agents.raft.cluster import LocalCluster
+from agents.raft.testing.cluster import LocalCluster
 from agents.security.ca import CertificateAuthority, cert_pem
 from agents.security.tls import ClientIdentity, dial_sync
 from router.config import ConfigError as RouterConfigError

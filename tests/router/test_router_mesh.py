@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from agents.emulator.testing import EmulatorProcess, start_emulator
-from agents.gossip.faultproxy import FaultProxy
+from agents.gossip.testing.faultproxy import FaultProxy
 from agents.proto.infermesh.v1 import state_pb2, state_pb2_grpc
 from tests.agents.gossip.test_gossip_processes import (
     DEAD_BOUND_S,

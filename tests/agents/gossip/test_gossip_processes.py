@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from agents.binding import free_port
-from agents.gossip.faultproxy import FaultProxy
+from agents.gossip.testing.faultproxy import FaultProxy
 from agents.proto.infermesh.v1 import membership_pb2, membership_pb2_grpc, state_pb2, state_pb2_grpc
 
 pytestmark = pytest.mark.e2e

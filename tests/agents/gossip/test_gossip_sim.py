@@ -13,8 +13,8 @@ import random
 import pytest
 
 from agents.gossip.messages import MemberState
-from agents.gossip.sim import NetConfig, Simulation
 from agents.gossip.swim import MemberEvent, SwimConfig
+from agents.gossip.testing.sim import NetConfig, Simulation
 
 
 def seeds(default: int) -> list[int]:

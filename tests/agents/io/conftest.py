@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.raft.cluster import free_port
+from agents.raft.testing.cluster import free_port
 
 
 @dataclass

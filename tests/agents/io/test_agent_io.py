@@ -16,7 +16,7 @@ import pytest
 
 from agents.io.locality import KEY_PREFIX
 from agents.proto.infermesh.v1 import control_pb2, control_pb2_grpc, store_pb2, store_pb2_grpc
-from agents.raft.cluster import LocalCluster
+from agents.raft.testing.cluster import LocalCluster
 
 from .conftest import MotoServer
 

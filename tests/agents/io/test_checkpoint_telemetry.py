@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from agents.meshd.events import EventBus
-from agents.raft.cluster import ROOT, free_port
+from agents.raft.testing.cluster import ROOT, free_port
 from agents.scheduler.lifecycle import rollup
 from agents.scheduler.model import Plan, WorkerSlot
 from agents.signals.fusion import Fusion

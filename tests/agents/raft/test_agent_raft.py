@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 from agents.proto.infermesh.v1 import raft_pb2, raft_pb2_grpc, store_pb2, store_pb2_grpc
-from agents.raft.cluster import ROOT, LocalCluster
 from agents.raft.component import make_component
+from agents.raft.testing.cluster import ROOT, LocalCluster
 
 pytestmark = pytest.mark.e2e
 

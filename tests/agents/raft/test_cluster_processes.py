@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 from agents.proto.infermesh.v1 import store_pb2, store_pb2_grpc
-from agents.raft.cluster import LocalCluster, Workload
-from agents.raft.lincheck import check_history
+from agents.raft.testing.cluster import LocalCluster, Workload
+from agents.raft.testing.lincheck import check_history
 
 pytestmark = pytest.mark.e2e
 

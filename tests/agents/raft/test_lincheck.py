@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from agents.raft.lincheck import INF, UNKNOWN, Op, check_history, check_register
+from agents.raft.testing.lincheck import INF, UNKNOWN, Op, check_history, check_register
 
 
 def put(c: int, call: float, ret: float, v: str, key: str = "k") -> Op:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-from agents.raft.sim import Faults, Simulation, faults_for_seed, run_seed
+from agents.raft.testing.sim import Faults, Simulation, faults_for_seed, run_seed
 
 DURATION = 2000
 

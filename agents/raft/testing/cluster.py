@@ -25,7 +25,7 @@ from agents.security.tls import ClientIdentity, dial, dial_sync
 
 from .lincheck import INF, UNKNOWN, Op
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass

@@ -15,11 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.store.machine import PolicyStore, encode_command
-
-from .core import RaftConfig, RaftNode, decode_conf_change
-from .lincheck import INF, Op, check_history
-from .types import (
+from agents.raft.core import RaftConfig, RaftNode, decode_conf_change
+from agents.raft.types import (
     ConfChangeType,
     Entry,
     EntryType,
@@ -32,6 +29,9 @@ from .types import (
     Role,
     Snapshot,
 )
+from agents.store.machine import PolicyStore, encode_command
+
+from .lincheck import INF, Op, check_history
 
 
 class InvariantViolation(AssertionError):
