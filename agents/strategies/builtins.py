@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agents.signals.prefixindex import PrefixIndex, default_index
+from agents.signals.prefixindex import EVENTS, PrefixIndex, default_index
 from agents.strategies.base import (
     RouteRequest,
     RttFn,
@@ -408,9 +408,19 @@ class HybridMesh(_EliteMixin, Strategy):
         def cached(v: TargetView) -> float:
             return min(float(pi.match(v.endpoint, hashes) * bs), prompt)
 
+        sets = pi.targets
+        booked = self.predictor.targets
+
         def with_cache(v: TargetView, req: RouteRequest) -> float:
             pre = pre_of.get(v.target_id) or self._precompute(v)
-            return score(v, req) - pre[1] * cached(v) / 1000.0
+            queued = 0.0
+            b = sets.get(v.endpoint)
+            if b is not None and b.kind == EVENTS:
+                # a runtime with KV events says what is still to prefill (blocks routed, not yet stored), which
+                # drains as prefills end; what this router booked drains only as its requests finish
+                st = booked.get(v.target_id)
+                queued = b.backlog_tokens(bs) - (st.pending_tokens if st is not None else 0.0)
+            return score(v, req) + pre[1] * (queued - cached(v)) / 1000.0
 
         ranked = rank_sampled(index, request, k, rng, with_cache, self.params, elite)
         # what each candidate holds, read before the choice is booked into the index

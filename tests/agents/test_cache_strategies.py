@@ -65,6 +65,27 @@ def test_hybrid_counts_only_the_uncached_part_of_a_prompt_as_queued_prefill() ->
     assert pending == 4 * 80  # the four questions (2,000 - 1,920 tokens each), not 4 x 2,000
 
 
+def test_hybrid_reads_the_prefill_still_queued_from_kv_events() -> None:
+    """On a runtime with KV events the prefill queued there is what its events have not stored yet: a backlog routed
+    by another router counts though this one booked nothing, and it is gone once the events store it."""
+    pi = PrefixIndex()
+    for i in range(2):
+        pi.ensure(f"http://e{i}", EVENTS)
+    h = HybridMesh()
+    h.prefix_index = pi
+    idx = _fleet(2)
+    for v in idx:
+        h.on_upsert(v, None)
+    elsewhere = list(range(9000, 9250))  # 4,000 tokens sent to e0 (by another router), not stored yet
+    pi.targets["http://e0"].routed(elsewhere, 4000, 16)
+    req = RouteRequest(model="m", prompt_tokens=500, max_tokens=32, block_hashes=list(range(1, 32)))
+    assert [s.target.target_id for s in h.rank(idx, req, 2, random.Random(1))] == ["t1", "t0"]
+    pi.targets["http://e0"].add(elsewhere)  # its events: prefilled and stored
+    pi.targets["http://e1"].routed(list(range(7000, 7250)), 4000, 16)
+    req = RouteRequest(model="m", prompt_tokens=500, max_tokens=32, block_hashes=list(range(100, 131)))
+    assert h.rank(idx, req, 2, random.Random(1))[0].target.target_id == "t0"
+
+
 def test_bounded_load_under_a_hot_prefix_spills_and_replicates() -> None:
     pi = PrefixIndex()
     idx = _fleet()
