@@ -18,10 +18,12 @@ AGENT_CONFIGS = [
     ROOT / "docker/agent.yaml",
     *sorted(ROOT.glob("docs/examples/raft-3node/*.yaml")),
     *sorted(ROOT.glob("docs/examples/mesh-5node/*.yaml")),
+    *sorted(ROOT.glob("docs/examples/cells/agent-*.yaml")),
 ]
 ROUTER_CONFIGS = [
     ROOT / "docs/examples/router.yaml",
     ROOT / "docs/examples/router-pd.yaml",
+    ROOT / "docs/examples/cells/router-eu-1.yaml",
     ROOT / "docker/router.yaml",
 ]
 
