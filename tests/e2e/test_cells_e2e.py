@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,10 @@ def spilled_once(router: RouterProc, key: str, to: tuple[str, str]) -> httpx.Res
     return wait_for(f"a request sent to {to}", attempt, timeout=10, every=0.1)
 
 
+def queueing(mesh: Mesh, n: str) -> bool:
+    return any(t.requests_waiting >= 2 for t in mesh.targets(n))
+
+
 def hold(pool: ThreadPoolExecutor, cells: Cells, n: str, count: int = 4, tokens: int = 900) -> list[Future[Any]]:
     """Fill a cell's runtime directly (2 slots, two more wait, for about 6 s): its router sees it saturated."""
     url = f"http://127.0.0.1:{cells.emu_port[n]}/v1/chat/completions"
@@ -199,14 +204,15 @@ def hold(pool: ThreadPoolExecutor, cells: Cells, n: str, count: int = 4, tokens:
 def test_saturated_and_failed_cells_spill_within_residency(world: tuple[Mesh, Cells]) -> None:
     mesh, cells = world
     r = cells.routers
+
     # -- the WAN tier: every gateway knows the other three cells, alive, nearest first by measured RTT ----------------
+    def complete(n: str) -> wan_pb2.ListCellsResponse | None:
+        v = wan_view(mesh, n)
+        full = len(v.cells) == 3 and all(c.alive and c.rtt_s > 0 and c.summary.models for c in v.cells)
+        return v if full else None
+
     for n in CELLS:
-        view = wait_for(
-            f"the WAN view of {n}",
-            lambda n=n: (v := wan_view(mesh, n)) and len(v.cells) == 3 and all(c.alive and c.rtt_s > 0 for c in v.cells)
-            and all(c.summary.models for c in v.cells) and v,
-            timeout=20,
-        )  # fmt: skip
+        view = wait_for(f"the WAN view of {n}", partial(complete, n), timeout=20)
         assert (view.cell, view.region) == CELLS[n]
         measured = {c.summary.cell: c.rtt_s * 1000 for c in view.cells}
         for c, ms in measured.items():
@@ -216,9 +222,12 @@ def test_saturated_and_failed_cells_spill_within_residency(world: tuple[Mesh, Ce
     mesh.api("POST", "tenants/", {"slug": "euco", "name": "EU Co", "regions": ["eu"]})
     acme = mesh.api("POST", "inference-keys/", {"tenant": "acme", "name": "app"})["key"]
     euco = mesh.api("POST", "inference-keys/", {"tenant": "euco", "name": "app"})["key"]
+
+    def keys_known(router: RouterProc) -> bool:
+        return chat(router, acme).status_code == 200 == chat(router, euco).status_code
+
     for n, router in r.items():
-        wait_for(f"both keys at {n}", lambda rr=router: chat(rr, acme).status_code == 200 == chat(rr, euco).status_code
-                 or None, timeout=10)  # fmt: skip
+        wait_for(f"both keys at {n}", partial(keys_known, router), timeout=10)
 
     # -- residency at rest: euco entering in us is served in the nearest eu cell, acme stays home -------------------
     before = spills(r["node-3"])
@@ -229,7 +238,7 @@ def test_saturated_and_failed_cells_spill_within_residency(world: tuple[Mesh, Ce
         # -- us-1, eu-1 and eu-2 saturated: us-1 spills to the nearest cell with headroom, us-2 (10 ms), not eu ----
         held = [f for n in ("node-3", "node-1", "node-2") for f in hold(pool, cells, n)]
         for n in ("node-3", "node-1", "node-2"):
-            wait_for(f"{n} queueing", lambda n=n: any(t.requests_waiting >= 2 for t in mesh.targets(n)), timeout=5)
+            wait_for(f"{n} queueing", partial(queueing, mesh, n), timeout=5)
         time.sleep(0.6)  # the routers' watch of their agent and of the WAN view
         spilled_once(r["node-3"], acme, ("us-2", "saturated"))
         # eu-1 full and eu-2 full: acme may cross regions (us-2 has headroom), euco may not and waits at home
@@ -247,7 +256,12 @@ def test_saturated_and_failed_cells_spill_within_residency(world: tuple[Mesh, Ce
     # -- eu-2 failed too: acme goes to us-1 (50 ms), euco is refused with the reason -----------------------------------
     _stop(cells.emulators["node-2"])
     spilled_once(r["node-1"], acme, ("us-1", "failed"))
-    refused = wait_for("euco refused", lambda: (a := chat(r["node-1"], euco)).status_code == 503 and a, timeout=10)
+
+    def refusal() -> httpx.Response | None:
+        a = chat(r["node-1"], euco)
+        return a if a.status_code == 503 else None
+
+    refused = wait_for("euco refused", refusal, timeout=10)
     err = refused.json()["error"]
     assert err["code"] == "residency_unavailable" and "(eu)" in err["message"], err
 
