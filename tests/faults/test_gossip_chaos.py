@@ -1,8 +1,8 @@
-"""The gossip simulation at the Raft simulation's depth: 500 seeded runs of the production SWIM core through random
+"""The gossip simulation at the Raft simulation's depth: 200 seeded runs of the production SWIM core through random
 crashes, restarts (a fresh process joining through a live member), partitions, heals and loss of up to 10%, with
 completeness and accuracy checked after every simulated second (agents/gossip/testing/sim.py `chaos`).
 
-INFERMESH_GOSSIP_CHAOS_SEEDS=N runs N seeds (default 500); INFERMESH_GOSSIP_CHAOS_SEED=S replays one seed."""
+INFERMESH_GOSSIP_CHAOS_SEEDS=N runs N seeds (default 200); INFERMESH_GOSSIP_CHAOS_SEED=S replays one seed."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from agents.gossip.testing.sim import ChaosReport, chaos
 
 def test_gossip_chaos_seeds() -> None:
     one = os.environ.get("INFERMESH_GOSSIP_CHAOS_SEED")
-    seeds = [int(one)] if one else list(range(int(os.environ.get("INFERMESH_GOSSIP_CHAOS_SEEDS", "500"))))
+    seeds = [int(one)] if one else list(range(int(os.environ.get("INFERMESH_GOSSIP_CHAOS_SEEDS", "200"))))
     workers = max(1, min(2, os.cpu_count() or 1, len(seeds)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         reports: list[ChaosReport] = list(pool.map(chaos, seeds, chunksize=10))

@@ -1,6 +1,6 @@
 """Deterministic simulation of Raft groups under faults: invariants after every step, linearizable histories.
 
-INFERMESH_SIM_SEEDS=N runs N seeds (default 500); INFERMESH_SIM_SEED=S replays a single seed.
+INFERMESH_SIM_SEEDS=N runs N seeds (default 200); INFERMESH_SIM_SEED=S replays a single seed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _batching(seed: int) -> tuple[int, int, int]:
 
 def test_simulation_seeds() -> None:
     one = os.environ.get("INFERMESH_SIM_SEED")
-    seeds = [int(one)] if one else list(range(int(os.environ.get("INFERMESH_SIM_SEEDS", "500"))))
+    seeds = [int(one)] if one else list(range(int(os.environ.get("INFERMESH_SIM_SEEDS", "200"))))
     workers = max(1, min(2, os.cpu_count() or 1, len(seeds)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(_run, seeds, chunksize=10))
