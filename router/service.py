@@ -509,20 +509,21 @@ class RouterService:
         return share
 
     def _may_start(self, model: str, candidates: list[Target], tenant: str) -> bool:
-        """Whether `tenant`'s request may take a free batch slot now: one is free beyond those kept for light tenants
-        (router/core/fairshare.py's SlotShare; a target that does not say its slots is always usable)."""
+        """Whether `tenant`'s request may take a free batch slot now: one is usable, and free beyond those kept for
+        light tenants (router/core/fairshare.py's SlotShare; a target that does not say its slots keeps none)."""
+        if not any(self._usable(t, model) for t in candidates):
+            return False
+        share = self._shares.get(model)
+        if share is None or tenant not in share.serving:  # nothing is kept from a tenant with nothing in service
+            return True
         free, total = 0, 0
         for t in candidates:
             slots = t.slots
-            usable = self._usable(t, model)
             if slots is None:
-                if usable:
-                    return True
-                continue
+                return True
             total += slots
-            if usable:
-                free += slots - t.inflight
-        return free > 0 and free > self._share(model).reserved(tenant, total, time.monotonic())
+            free += max(0, slots - t.inflight)
+        return free > share.reserved(tenant, total, time.monotonic())
 
     async def _hold_for_slot(
         self, model: str, candidates: list[Target], priority: str, policy: RoutingPolicy, tenant: str
