@@ -241,10 +241,14 @@ class LatencyPredictor:
         st = self.targets.get(view.target_id)
         x, xi = self._features(view, 0.0, st)
         ttft_model, itl_model, share = self._models(view, st)
-        th = ttft_model.theta
-        ttft = th[0] + max(th[1], 0.0) / share * x[1] + max(th[2], 0.0) * x[2] + max(th[3], 0.0) * x[3]
-        ti = itl_model.theta
-        return max(ttft, self.params.min_ttft_s), max((ti[0] + max(ti[1], 0.0) * xi[1]) / share, 1e-4)
+        t0, t1, t2, t3 = ttft_model.theta
+        i0, i1 = itl_model.theta
+        # max(a, b) spelt `b if a < b else a` (the same value, NaN and -0.0 included): this runs on every state update
+        ttft = t0 + (0.0 if t1 < 0.0 else t1) / share * x[1] + (0.0 if t2 < 0.0 else t2) * x[2]
+        ttft += (0.0 if t3 < 0.0 else t3) * x[3]
+        itl = (i0 + (0.0 if i1 < 0.0 else i1) * xi[1]) / share
+        lo = self.params.min_ttft_s
+        return (lo if lo > ttft else ttft), (1e-4 if itl < 1e-4 else itl)
 
     def predict_itl(self, view: TargetView) -> float:
         _, xi = self.features(view, 0.0)
