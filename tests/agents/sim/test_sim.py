@@ -4,6 +4,7 @@ snapshot, arrivals, faults, outputs and refused configs."""
 from __future__ import annotations
 
 import copy
+import gc
 import random
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,21 @@ def test_same_seed_same_result_other_seed_other_result() -> None:
     assert list(a.rec.e2e) == list(b.rec.e2e)
     c = run(tiny(seed=8))
     assert list(c.rec.e2e) != list(a.rec.e2e)
+
+
+def test_a_run_leaves_the_garbage_collector_as_it_found_it() -> None:
+    """The run freezes the fleet out of the collector and collects less often while it runs; the process (a test
+    session, the CLI running several strategies) gets its own settings back, even when the run fails."""
+    before = gc.get_threshold()
+    run(tiny(duration_s=2))
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+    sim = Simulation(parse_config(tiny(duration_s=2)), "hybrid_mesh")
+    sim.routers[0].host = None  # type: ignore[assignment]  # its first decision or refresh raises
+    with pytest.raises(AttributeError):
+        sim.run()
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
 
 
 def test_every_answer_teaches_the_router_that_ranked_it() -> None:
