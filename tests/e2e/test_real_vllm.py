@@ -100,19 +100,19 @@ def test_client_disconnect_mid_stream_aborts_inside_vllm(real_vllm: Any, router:
         ) as resp,
     ):
         assert resp.status_code == 200
-        # vLLM's running gauge is refreshed by its stats logger, not per token: the verdict is the token counter
-        # Counted in SSE events, not reads: a busy client reads many events at once, and hangs up after the read that
-        # brings the 100th (long before the 1900th token, while vLLM is still generating).
+        # The client hangs up with the first read that brings a token (a busy client reads many events at once): on
+        # the tiny model vLLM streams fast, and the sooner the hang-up the further the abort is from the 1900th token.
         events, done = 0, False
         for raw in resp.iter_raw():
             events += raw.count(b"data: ")
             done = done or b"[DONE]" in raw
-            if events >= 100:
-                break  # the client hangs up mid-stream
-        assert events >= 100 and not done, f"the stream ended after {events} events"
+            if events:
+                break
+        assert events and not done, f"the stream ended after {events} events"
     # The client is gone (leaving the block closed its connection): the router closes its upstream request and vLLM
     # aborts the sequence instead of generating its 1900 tokens.
     _wait(lambda: running() == 0, 10, "vLLM's running count to drop after the client disconnected")
+    # vLLM's running gauge is refreshed by its stats logger, not per token: the verdict is the token counter.
     # vLLM's counters trail its engine by a logging step: wait for the count to settle, then it must stay short of
     # the 1900 tokens a sequence that was not aborted produces (it keeps rising to that otherwise)
     seen = [generated()]
