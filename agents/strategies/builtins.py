@@ -24,7 +24,7 @@ from agents.strategies.base import (
     rank_sampled,
 )
 from agents.strategies.lora import LoraAffinity
-from agents.strategies.predict import LatencyPredictor, PredictorParams
+from agents.strategies.predict import LatencyPredictor, PredictorParams, mig_fraction
 
 
 class BaselineRR(Strategy):
@@ -410,17 +410,22 @@ class HybridMesh(_EliteMixin, Strategy):
 
         sets = pi.targets
         booked = self.predictor.targets
+        prior = self.weights.cache_prefill_tok_s
 
         def with_cache(v: TargetView, req: RouteRequest) -> float:
             pre = pre_of.get(v.target_id) or self._precompute(v)
-            queued = 0.0
             b = sets.get(v.endpoint)
+            # Tokens are priced at the prefill rate the runtime's KV events timed, else a whole GPU's prior x the
+            # MIG share: the predictor's slope is fitted on TTFTs that cached prefixes make short, and can sit
+            # near 0, which would leave a cached prefix worth nothing.
+            rate = b.prefill_tok_s if b is not None and b.prefill_tok_s else prior * mig_fraction(v.mig_profile)
+            extra = -cached(v) / rate
             if b is not None and b.kind == EVENTS:
                 # a runtime with KV events says what is still to prefill (blocks routed, not yet stored), which
-                # drains as prefills end; what this router booked drains only as its requests finish
+                # drains as prefills end; what this router booked (in the score) drains only as requests finish
                 st = booked.get(v.target_id)
-                queued = b.backlog_tokens(bs) - (st.pending_tokens if st is not None else 0.0)
-            return score(v, req) + pre[1] * (queued - cached(v)) / 1000.0
+                extra += b.backlog_tokens(bs) / rate - pre[1] * (st.pending_tokens if st is not None else 0.0) / 1e3
+            return score(v, req) + extra
 
         ranked = rank_sampled(index, request, k, rng, with_cache, self.params, elite)
         # what each candidate holds, read before the choice is booked into the index

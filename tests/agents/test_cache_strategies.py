@@ -86,6 +86,24 @@ def test_hybrid_reads_the_prefill_still_queued_from_kv_events() -> None:
     assert h.rank(idx, req, 2, random.Random(1))[0].target.target_id == "t0"
 
 
+def test_hybrid_credits_a_cached_prefix_even_when_its_fit_says_prefill_is_free() -> None:
+    """The predictor's prefill slope is fitted on TTFTs that cached prefixes make short and can fall to 0; the cached
+    prefix is still worth the prefill it saves at the rate the runtime's events timed."""
+    pi = PrefixIndex()
+    held = pi.ensure("http://e5", EVENTS)
+    held.add(range(1, 121))
+    held.prefill_tok_s = 20_000.0
+    h = HybridMesh()
+    h.prefix_index = pi
+    h.predictor.fleet_ttft.theta[1] = 0.0  # a fit that learnt prefill costs nothing
+    idx = _fleet()
+    for v in idx:
+        h.on_upsert(v, None)
+    req = RouteRequest(model="m", prompt_tokens=2000, max_tokens=32, block_hashes=[*range(1, 121), 999])
+    for seed in range(5):
+        assert h.rank(idx, req, 1, random.Random(seed))[0].target.target_id == "t5"
+
+
 def test_bounded_load_under_a_hot_prefix_spills_and_replicates() -> None:
     pi = PrefixIndex()
     idx = _fleet()
