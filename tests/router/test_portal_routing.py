@@ -143,7 +143,7 @@ def test_the_policy_s_adapter_load_time_reaches_the_strategy() -> None:
         assert llm is not None
         p = s.policy_for(llm, RoutingPolicy())
         assert p.lora_load_s == load_s
-        r = Ranker(view, [p])
+        r = Ranker(view, [p], decision_budget_us=1e9)  # a loaded machine must not trip the budget into round-robin
         ranked, used = r.rank("sql", view.candidates("sql"), p, "req")
         picks[load_s] = ranked[0].id
         assert used == "cache_aware"
