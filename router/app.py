@@ -348,10 +348,12 @@ class Handlers:
         if any(t.source == "cell" for t in ticket.ranked):  # another cell's router authenticates it again
             headers.update(spill_headers(request.headers, self.svc.cells.view.cell))
 
-        def body_for(t: Target) -> bytes:
+        def as_parsed(t: Target) -> bytes:
             if t.upstream_model == parsed.model:
                 return body
             return json.dumps({**parsed.obj, "model": t.upstream_model}).encode()
+
+        body_for: Callable[[Target], bytes] = as_parsed
 
         try:
             if not ticket.ranked and self.svc.pd.serves(ticket.model, ticket.api):

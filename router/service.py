@@ -411,6 +411,7 @@ class RouterService:
         try:
             if policy.hold_when_full and not remote_first:
                 await self._hold_for_slot(model, candidates, priority, policy, tenant.name)
+            ranked: list[Target]
             if self.pd.serves(model, api):  # the pair is chosen when the request is forwarded (router/pd.py)
                 ranked, strategy = [], "pd"
             else:
