@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import socket
 import struct
 import sys
@@ -143,19 +144,30 @@ class PortLock:
             self._file = None
 
 
+# Ports handed out by free_port: below Linux's default ephemeral range (32768-60999), so an outgoing connection of
+# any process cannot take a port between its choice and the bind of the process it was chosen for.
+SPARE_PORTS = range(10_000, 32_768)
+
+
 def free_port(host: str = "127.0.0.1", *, udp_too: bool = False) -> int:
-    """A TCP port nothing listens on now on `host` (the kernel picks it; another process may still take it first).
-    With `udp_too`, the same UDP port is free as well: gossip probes over UDP and pushes state over TCP on one port."""
-    for _ in range(100):
+    """A TCP port nothing listens on now on `host`, picked at random among SPARE_PORTS (another process may still
+    take it first, but neither the kernel's ephemeral choices nor a concurrent caller is likely to). With `udp_too`,
+    the same UDP port is free as well: gossip probes over UDP and pushes state over TCP on one port."""
+    for _ in range(200):
+        port = random.choice(SPARE_PORTS)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-        if not udp_too:
-            return port
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             try:
-                udp.bind((host, port))
+                tcp.bind((host, port))
             except OSError:
                 continue
+        if udp_too:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
         return port
-    raise RuntimeError(f"no port on {host} is free for both TCP and UDP")
+    raise RuntimeError(
+        f"no port among {SPARE_PORTS.start}-{SPARE_PORTS.stop - 1} on {host} is free"
+        + (" for both TCP and UDP" if udp_too else "")
+    )
