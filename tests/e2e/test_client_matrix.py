@@ -158,11 +158,16 @@ def _triton_inputs(mod: object, max_tokens: int) -> list[object]:
     return [text, mt]
 
 
+def _tokens_ok(backend: Backend, got: list[int], max_tokens: int) -> bool:
+    # The emulator generates exactly max_tokens; the real tiny model samples and may end early at its EOS.
+    return got == [max_tokens] if backend.name != "real vLLM" else len(got) == 1 and 1 <= got[0] <= max_tokens
+
+
 def test_tritonclient_http_and_grpc(backend: Backend) -> None:
     h = httpclient.InferenceServerClient(backend.url.removeprefix("http://"))
     res = h.infer(backend.model, _triton_inputs(httpclient, 4), headers={"Authorization": f"Bearer {KEY}"})
-    assert res.as_numpy("num_output_tokens").tolist() == [4]
+    assert _tokens_ok(backend, res.as_numpy("num_output_tokens").tolist(), 4)
     g = grpcclient.InferenceServerClient(f"127.0.0.1:{backend.grpc_port}")
     res = g.infer(backend.model, _triton_inputs(grpcclient, 3), headers={"authorization": f"Bearer {KEY}"})
-    assert res.as_numpy("num_output_tokens").tolist() == [3]
+    assert _tokens_ok(backend, res.as_numpy("num_output_tokens").tolist(), 3)
     g.close()
