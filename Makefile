@@ -30,8 +30,14 @@ install: $(STAMP) $(TRAIN_STAMP)
 demo: $(STAMP)
 	env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL .venv/bin/infermesh demo $(ARGS)
 
+# Most tests wait on processes and timers, so three workers share the two cores; each has a Redis database of its
+# own (its own test database comes from pytest-django). The tests marked serial (tests/conftest.py) then run alone.
+REDIS_ROOT := $(patsubst %/,%,$(dir $(TEST_REDIS_URL)))
+WORKERS := $(foreach db,11 12 13,--tx 'popen//env:REDIS_URL=$(REDIS_ROOT)/$(db)')
 test: $(STAMP) $(TRAIN_STAMP) $(VLLM_STAMP)
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -q
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest -q -m "not serial" --dist loadgroup $(WORKERS); a=$$?; \
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest -q -m serial; b=$$?; \
+	test $$a -eq 0 -a $$b -eq 0
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -12,6 +12,36 @@ import pytest
 
 _COST: dict[str, float] = {}
 
+# What may not run beside other tests when the suite runs on several workers (`make test` runs the rest on workers,
+# then these alone): the network test bed clears stale namespaces and shapes links, one restarts the machine's
+# PostgreSQL, one fills a disk, one shifts a clock, and the rest judge latency or timing that other work on the cores
+# would skew.
+SERIAL = (
+    "tests/faults/",
+    "tests/e2e/test_router_fairness.py",
+    "tests/e2e/test_router_resilience.py",
+    "tests/e2e/test_training_ddp.py",
+    "tests/e2e/test_training_rest.py",
+    "tests/e2e/test_thermal_quarantine_e2e.py",
+    "tests/agents/gossip/test_gossip_processes.py",
+    "tests/agents/raft/test_cluster_processes.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the serial tests, and keep together on one worker (`--dist loadgroup`) what shares costly fixtures: a
+    module's tests (its processes and databases), the browser tests (chromium), the real vLLM's users."""
+    for item in items:
+        if item.nodeid.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
+        if "real_vllm" in getattr(item, "fixturenames", ()):
+            group = "real_vllm"
+        elif item.nodeid.startswith("tests/browser/"):
+            group = "browser"
+        else:
+            group = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(scope="session")
 def real_vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
