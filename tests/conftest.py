@@ -15,32 +15,30 @@ _COST: dict[str, float] = {}
 # What may not run beside other tests when the suite runs on several workers (`make test` runs the rest on workers,
 # then these alone): the network test bed clears stale namespaces and shapes links, one restarts the machine's
 # PostgreSQL, one fills a disk, one shifts a clock, and the rest judge latency or timing that other work on the cores
-# would skew.
+# would skew (a browser's waits for a live update, the real vLLM aborting a stream before its last token).
 SERIAL = (
     "tests/faults/",
+    "tests/browser/",
     "tests/e2e/test_router_fairness.py",
     "tests/e2e/test_router_resilience.py",
     "tests/e2e/test_training_ddp.py",
     "tests/e2e/test_training_rest.py",
     "tests/e2e/test_thermal_quarantine_e2e.py",
+    "tests/e2e/test_real_vllm.py",  # the real vLLM's users (its session fixture starts the server once)
+    "tests/e2e/test_real_vllm_kv.py",
+    "tests/e2e/test_client_matrix.py",
     "tests/agents/gossip/test_gossip_processes.py",
     "tests/agents/raft/test_cluster_processes.py",
 )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the serial tests, and keep together on one worker (`--dist loadgroup`) what shares costly fixtures: a
-    module's tests (its processes and databases), the browser tests (chromium), the real vLLM's users."""
+    """Mark the serial tests, and keep a module's tests together on one worker (`--dist loadgroup`): they share its
+    processes and databases."""
     for item in items:
         if item.nodeid.startswith(SERIAL):
             item.add_marker(pytest.mark.serial)
-        if "real_vllm" in getattr(item, "fixturenames", ()):
-            group = "real_vllm"
-        elif item.nodeid.startswith("tests/browser/"):
-            group = "browser"
-        else:
-            group = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 @pytest.fixture(scope="session")
