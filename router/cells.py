@@ -12,9 +12,6 @@ router answers 503 `residency_unavailable` naming the regions. An agent without 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +21,7 @@ import grpc
 from agents.proto.infermesh.v1 import wan_pb2, wan_pb2_grpc
 from agents.strategies.base import TargetView
 from agents.wan.cells import CellOption, Choice, choose, load, model_load, summarize
+from router.agentpoll import AgentPoller
 from router.metrics import RESIDENCY_REFUSED, SPILLOVER
 from router.obs import log_event
 from router.view import Target
@@ -133,38 +131,20 @@ class CellRouter:
         return t
 
 
-class CellWatcher:
+class CellWatcher(AgentPoller):
     """Polls the agent's `Wan.ListCells`; an agent without a WAN tier leaves the router cell-local (said once)."""
 
+    name, what = "cell-watcher", "cell view"
+
     def __init__(self, channel: Callable[[], grpc.aio.Channel], router: CellRouter, *, refresh_s: float) -> None:
+        super().__init__(refresh_s)
         self.channel = channel
         self.router = router
-        self.refresh_s = refresh_s
-        self._task: asyncio.Task[None] | None = None
         self._said: str = ""
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="cell-watcher")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    self._say("agent runs no WAN tier (no wan: section): routing stays in this cell")
-                # an unreachable agent is the agent link's business; the last view stays in force
-            except Exception as exc:  # a bad answer must not stop the watcher
-                log_event("cell view not refreshed", logging.WARNING, error=repr(exc))
-            await asyncio.sleep(self.refresh_s)
+    def rpc_failed(self, exc: grpc.aio.AioRpcError) -> None:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            self._say("agent runs no WAN tier (no wan: section): routing stays in this cell")
 
     def _say(self, msg: str) -> None:
         if self._said != msg:

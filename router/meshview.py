@@ -12,8 +12,6 @@ the zone default (its `agent.zone` against the targets' zones).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ import grpc
 
 from agents.proto.infermesh.v1 import membership_pb2, membership_pb2_grpc
 from agents.strategies.builtins import ZoneRtt
+from router.agentpoll import AgentPoller
 from router.metrics import MESH_DEGRADED
 from router.obs import log_event
 
@@ -59,8 +58,10 @@ class MeshView:
         return rtt
 
 
-class MeshWatcher:
+class MeshWatcher(AgentPoller):
     """Polls the agent's gossip view; calls `on_change` when the RTT table or the degraded flag changed."""
+
+    name, what = "mesh-watcher", "mesh view"
 
     def __init__(
         self,
@@ -70,37 +71,17 @@ class MeshWatcher:
         *,
         refresh_s: float = 2.0,
     ) -> None:
+        super().__init__(refresh_s)
         self.channel = channel
         self.view = view
         self.on_change = on_change
-        self.refresh_s = refresh_s
-        self._task: asyncio.Task[None] | None = None
         self._gossip_missing_logged = False
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="mesh-watcher")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as exc:
-                no_gossip = exc.code() == grpc.StatusCode.UNAVAILABLE and "gossip" in (exc.details() or "")
-                if no_gossip and not self._gossip_missing_logged:
-                    self._gossip_missing_logged = True
-                    log_event("agent runs no gossip: network cost from zones only", node=self.view.node)
-                # an unreachable agent is the agent link's business (its own local-only mode)
-            except Exception as exc:  # a bad answer must not stop the watcher
-                log_event("mesh view not refreshed", logging.WARNING, error=repr(exc))
-            await asyncio.sleep(self.refresh_s)
+    def rpc_failed(self, exc: grpc.aio.AioRpcError) -> None:
+        no_gossip = exc.code() == grpc.StatusCode.UNAVAILABLE and "gossip" in (exc.details() or "")
+        if no_gossip and not self._gossip_missing_logged:
+            self._gossip_missing_logged = True
+            log_event("agent runs no gossip: network cost from zones only", node=self.view.node)
 
     async def poll_once(self) -> None:
         stub = membership_pb2_grpc.MembershipStub(self.channel())
