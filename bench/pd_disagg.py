@@ -127,15 +127,7 @@ async def replay(url: str, reqs: list[Req]) -> tuple[list[Result], float]:
                 pass
             results.append(res)
 
-        start = time.perf_counter()
-        tasks = []
-        for r in reqs:
-            delay = start + r.at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(r)))
-        await asyncio.gather(*tasks)
-        wall = time.perf_counter() - start
+        wall = await rq.open_loop(reqs, one)
     return results, wall
 
 

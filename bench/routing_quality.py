@@ -34,9 +34,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -129,6 +131,19 @@ class Result:
     e2e: float
 
 
+async def open_loop(reqs: Sequence[Any], one: Callable[[Any], Awaitable[None]]) -> float:
+    """Send each request at its `at` (seconds from the start) whatever the answers so far; the wall time of all."""
+    start = time.perf_counter()
+    tasks = []
+    for r in reqs:
+        delay = start + r.at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(r)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - start
+
+
 async def replay(url: str, reqs: list[Req], model: str) -> tuple[list[Result], float]:
     import aiohttp
 
@@ -158,15 +173,7 @@ async def replay(url: str, reqs: list[Req], model: str) -> tuple[list[Result], f
             except aiohttp.ClientError:
                 results.append(Result(False, ttft, time.perf_counter() - t0))
 
-        start = time.perf_counter()
-        tasks = []
-        for r in reqs:
-            delay = start + r.at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(r)))
-        await asyncio.gather(*tasks)
-        wall = time.perf_counter() - start
+        wall = await open_loop(reqs, one)
     return results, wall
 
 
