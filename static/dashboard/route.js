@@ -38,6 +38,11 @@
     if (p.pin_nodes && p.pin_nodes.length) { parts.push("pinned to nodes " + p.pin_nodes.join(", ")); }
     if (p.pin_zones && p.pin_zones.length) { parts.push("pinned to zones " + p.pin_zones.join(", ")); }
     if (p.slo_ttft_ms) { parts.push("TTFT SLO " + p.slo_ttft_ms + " ms"); }
+    (r.placements || []).forEach(function (d) {  // a deployment's placement, where it constrains more than a revision
+      var on = [d.zone, d.gpu_type, d.mig_profile ? "MIG " + d.mig_profile : "", d.nodes ? "nodes " + d.nodes.join(", ") : ""];
+      on = on.filter(function (x) { return x; });
+      if (on.length) { parts.push(d.revision + " on " + on.join(" ")); }
+    });
     var box = document.getElementById("route-policy");
     box.textContent = parts.join(" · ");
     box.className = "";
@@ -116,9 +121,11 @@
     (r.targets || []).forEach(function (t) {
       var tr = el("tr");
       tr.dataset.target = t.id;
-      if (!t.allowed) { tr.className = "muted"; tr.title = "outside the policy's pins or deployed revisions"; }
+      if (!t.allowed) { tr.className = "muted"; tr.title = "outside the policy's pins or its deployments' placements"; }
       var health = t.healthy ? (t.health || "healthy") : "unroutable";
-      [short(t.id), t.node + (t.zone ? " · " + t.zone : ""), health, fmt(t.waiting, 0), fmt(t.running, 0),
+      var where = t.node + (t.zone ? " · " + t.zone : "") + (t.gpu_type ? " · " + t.gpu_type : "") +
+        (t.mig_profile ? " MIG " + t.mig_profile : "");
+      [short(t.id), where, health, fmt(t.waiting, 0), fmt(t.running, 0),
        pct(t.kv_cache_usage), fmt(t.gpu_utilization, 0, "%"), pct(t.vram_used_frac), fmt(t.thermal_margin_c, 0, " °C"),
        fmt(t.freshness, 2), fmt(t.rps, 1), fmt(t.ttft_ms, 0), fmt(t.errors_per_s, 2)].forEach(function (v) {
         tr.appendChild(el("td", v));
