@@ -814,7 +814,8 @@ def demo_main(argv: Sequence[str]) -> int:
             "api_key_name": KEY_NAME,
         }
         # the manifest says the mesh is ready: written once the router, through its agent, knows the portal's key
-        wait_for_key(layout.url(layout.router_port, "/v1/models"), api_key, lambda: stopping)
+        # and serves the demo's model to it
+        wait_for_key(layout.url(layout.router_port, "/v1/models"), api_key, MODEL, lambda: stopping)
         (demo_dir / "services.json").write_text(json.dumps(manifest, indent=2))
         print_banner(manifest, args, logs, api_key)
 
@@ -849,17 +850,22 @@ def demo_main(argv: Sequence[str]) -> int:
         )
 
 
-def wait_for_key(url: str, api_key: str, stopping: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    """The key was made in the portal: wait until the router, through its agent, knows it."""
+def wait_for_key(url: str, api_key: str, model: str, stopping: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    """The key and the model were made in the portal: wait until the router, through its agent, knows the key and
+    lists the model for it (the catalog's records may reach it after the key's)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stopping():
         req = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"})
         try:
-            with urllib.request.urlopen(req, timeout=2):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.3)
-    raise DemoError(f"the router did not learn the demo's inference key from its agent within {timeout_s:g}s")
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                if any(m.get("id") == model for m in json.loads(resp.read()).get("data", [])):
+                    return
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.3)
+    raise DemoError(
+        f"the router did not learn the demo's inference key and model {model!r} from its agent within {timeout_s:g}s"
+    )
 
 
 def print_banner(manifest: dict[str, Any], args: argparse.Namespace, logs: Path, api_key: str) -> None:
