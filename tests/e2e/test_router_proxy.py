@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,7 +207,12 @@ def test_several_workers_share_one_port(emulators: list[EmulatorProcess], tmp_pa
                 # A new connection each time so the kernel spreads them over the workers.
                 r = c.post(rp.url + "/v1/completions", json=body, headers={**AUTH, "Connection": "close"}, timeout=30)
                 assert r.status_code == 200
-        pids = {e["pid"] for e in rp.logs() if e.get("msg") == "router listening"}
+        # each worker says so once it listens; a worker slower to start may say it after the first answers
+        deadline = time.monotonic() + 20
+        while len(pids := {e["pid"] for e in rp.logs() if e.get("msg") == "router listening"}) < 2:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert len(pids) == 2
         metrics = httpx.get(rp.url + "/metrics").text
         total = sum(
