@@ -96,11 +96,12 @@ def main() -> None:
                     out = samples.setdefault((name, n), [])
                     for i in range(per_round):
                         t0 = time.perf_counter()
-                        d = host.decide(RouteRequest("m", request_id=str(i)), k=3)
+                        req = RouteRequest("m", request_id=str(i))
+                        d = host.decide(req, k=3)
                         out.append((time.perf_counter() - t0) * 1e6)
                         fallbacks += d.fallback
                         if d.best is not None:  # keep the loads moving as a router would
-                            host.note_assigned(d.best.target_id)
+                            host.routed(d, req, d.best.target_id)
                             host.note_finished(d.best.target_id)
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     print(f"{'side':16s} {'targets':>8s} {'p50_us':>9s} {'p99_us':>9s}")

@@ -77,6 +77,9 @@ class Counted(Strategy):
     def refresh(self, index: TargetIndex) -> None:
         self.inner.refresh(index)
 
+    def on_routed(self, view: TargetView, request: RouteRequest) -> None:
+        self.inner.on_routed(view, request)
+
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
         ranked = self.inner.rank(index, request, k, rng)
         regions = RESIDENCY.get(request.tenant)
@@ -121,6 +124,9 @@ class CellAware(Strategy):
 
     def refresh(self, index: TargetIndex) -> None:
         self.inner.refresh(index)
+
+    def on_routed(self, view: TargetView, request: RouteRequest) -> None:
+        self.inner.on_routed(view, request)
 
     def _option(self, cell: int, home: str, model: str) -> CellOption:
         s = summarize(str(cell), region_of(cell), "", self.cells[cell].values())

@@ -245,8 +245,9 @@ class Ranker:
                 seen.add(t.id)
         self._predict(decision, req, policy, model)
         if ranked:
-            # Counted until fresh state arrives, so a burst between two agent updates does not herd onto one target.
-            self.host.note_assigned(ranked[0].id)
+            # Booked by the strategy asked (its pick or the fallback's, whichever the request goes to), and counted
+            # until fresh state arrives, so a burst between two agent updates does not herd onto one target.
+            self.host.routed(decision, req, ranked[0].id)
         trial = Trial(model, live, name, ranked[0].id if ranked else "")
         if policy.shadow_strategy and policy.shadow_strategy in self.host.strategies:
             shadow = self.host.decide(

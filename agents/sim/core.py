@@ -493,6 +493,7 @@ class Simulation:
             self._fail(req)
             return
         req.ranked = [s.target.target_id for s in decision.ranked]
+        router.host.commit(decision, request, req.ranked[0])  # booked by the strategy asked; _send counts it
         self._send(req, req.ranked[0], t + self.cfg.routing.decision_us / 1e6)
         if self.hedging and len(req.ranked) > 1 and not req.hedged:
             delay = hedge_delay(router.window, router.hedge_params)

@@ -158,6 +158,7 @@ class Decision:
     fallback: bool = False
     fallback_reason: str = ""
     decision_us: float = 0.0
+    asked: str = ""  # the strategy asked (differs from `strategy` on a fallback): it books the routed target
 
     @property
     def best(self) -> TargetView | None:
@@ -249,6 +250,10 @@ class Strategy(ABC):
     The host calls `on_upsert`/`on_remove` as the index changes (keep precomputed per-target state there, in O(1)),
     `refresh` out of the request path (periodic recomputation such as an elite list), and `rank` per request.
     `rank` must not scan the whole fleet: sample candidates from the model's bucket. Lower score is better.
+
+    `rank` only answers: it books nothing (queued work, prefixes, adapter slots), because its answer may be discarded
+    (an overrun of the host's budget, a shadow decision, an operator's report). Booking belongs in `on_routed`, which
+    the host calls with the target the request was actually sent to, this strategy's pick or the fallback's.
     """
 
     name: ClassVar[str] = ""
@@ -261,6 +266,9 @@ class Strategy(ABC):
 
     def refresh(self, index: TargetIndex) -> None:  # noqa: B027 - optional hook
         """Periodic out-of-band work; never called per request."""
+
+    def on_routed(self, view: TargetView, request: RouteRequest) -> None:  # noqa: B027 - optional hook
+        """`request`, which this strategy was asked to rank, was sent to `view` (whoever ranked it): book it."""
 
     @abstractmethod
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:

@@ -377,19 +377,33 @@ class HybridMesh(_EliteMixin, Strategy):
     def _decided(
         self, ranked: list[Scored], request: RouteRequest, cached: Callable[[TargetView], float] | None = None
     ) -> list[Scored]:
-        """Remember the candidates' features for learning, and the first choice's prefill for the pending work;
-        `cached`: prompt tokens a target holds in its prefix cache (not prefilled there, so not work queued)."""
-        if ranked:
-            self.lora.chosen(ranked[0].target)
+        """Remember the candidates' features, so that whichever of them answers teaches the predictor (a memory of
+        the decision, not a booking: it changes no score); `cached`: prompt tokens a target holds in its prefix
+        cache (not prefilled there)."""
+        if ranked and request.request_id:
             pred = self.predictor
             prompt = float(request.prompt_tokens or pred.mean_prompt)
-            first = ranked[0].target
-            pred.note_choice(first.target_id, request, None if cached is None else max(0.0, prompt - cached(first)))
-            if request.request_id:
-                for s in ranked:
-                    own = prompt if cached is None else max(0.0, prompt - cached(s.target))
-                    pred.remember(request.request_id, s.target, own)
+            for s in ranked:
+                own = prompt if cached is None else max(0.0, prompt - cached(s.target))
+                pred.remember(request.request_id, s.target, own)
         return ranked
+
+    def on_routed(self, view: TargetView, request: RouteRequest) -> None:
+        """Book the request where it went: its adapter into a slot, its blocks into the prefix index (they count as
+        there, their prefill as pending, before the runtime's events say so), and its uncached prompt as the prefill
+        the next in-flight increment there carries."""
+        self.lora.chosen(view)
+        pred = self.predictor
+        pi = self.prefix_index
+        hashes = request.block_hashes
+        if pi is None or not hashes:
+            pred.note_choice(view.target_id, request)
+            return
+        bs = self.weights.cache_block_size
+        prompt = float(request.prompt_tokens or pred.mean_prompt)
+        held = min(float(pi.match(view.endpoint, hashes) * bs), prompt)  # read before the blocks are booked
+        pi.note_routed(view.endpoint, hashes, int(prompt - held), bs)
+        pred.note_choice(view.target_id, request, max(0.0, prompt - held))
 
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
         if request.client_node != self._home and request.client_node:
@@ -428,13 +442,7 @@ class HybridMesh(_EliteMixin, Strategy):
             return score(v, req) + extra
 
         ranked = rank_sampled(index, request, k, rng, with_cache, self.params, elite)
-        # what each candidate holds, read before the choice is booked into the index
-        held = {s.target.target_id: cached(s.target) for s in ranked}
-        if ranked:
-            first = ranked[0].target
-            # booked at once: the blocks count as there (and their prefill as pending) before the runtime's events
-            pi.note_routed(first.endpoint, hashes, int(prompt - held[first.target_id]), bs)
-        return self._decided(ranked, request, lambda v: held.get(v.target_id, 0.0))
+        return self._decided(ranked, request, cached)
 
     def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
         w = self.weights

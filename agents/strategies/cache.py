@@ -173,15 +173,15 @@ class CacheAware(HybridMesh):
         # a request naming a LoRA adapter pays its load time where it is not resident (agents/strategies/lora.py)
         base = self.lora.scorer(index, request, self._scorer(request), self._load, self.weights.default_concurrency)
         scorer = self._cache_scorer(request, base, self._bound(index, request.model), rng)
-        ranked = rank_sampled(index, request, k, rng, scorer, self.params, self._elite_views(index, request.model))
-        if ranked:
-            self.chosen(ranked[0].target, request)
-            self.lora.chosen(ranked[0].target)
-        return ranked
+        return rank_sampled(index, request, k, rng, scorer, self.params, self._elite_views(index, request.model))
+
+    def on_routed(self, view: TargetView, request: RouteRequest) -> None:
+        self.chosen(view, request)
+        self.lora.chosen(view)
 
     def chosen(self, v: TargetView, request: RouteRequest) -> None:
         """Book the request on its target: its prefill joins the target's backlog (and, approximate index, its
-        prefix now lives there)."""
+        prefix now lives there). Called through `on_routed` with the target the request was sent to."""
         c = self.cache
         hashes = request.block_hashes
         matched = self.cache_index.match(v.endpoint, hashes) * c.block_size if hashes else 0
@@ -271,10 +271,7 @@ class SessionAffinity(CacheAware):
             (within if self._load(v) <= bound else over).append(v)
             if len(within) >= k:
                 break
-        ranked = [Scored(v, float(i)) for i, v in enumerate((within + over)[:k])]
-        if ranked:
-            self.chosen(ranked[0].target, request)
-        return ranked
+        return [Scored(v, float(i)) for i, v in enumerate((within + over)[:k])]
 
 
 def _h64(key: str) -> int:

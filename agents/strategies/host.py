@@ -4,6 +4,12 @@
 Python cannot pre-empt a running function, so the budget is enforced after the fact: an overrun's answer is
 discarded in favour of round-robin, and a strategy that overruns or fails repeatedly is bypassed for a cool-down.
 Time (`clock`) and randomness (`rng`) are injected.
+
+Deciding and booking are two steps. `decide` only asks (a strategy's `rank` books nothing); the caller then says
+where the request went with `routed` (or `commit` and `note_assigned` apart), and the strategy that was asked books
+that target: its own pick, the fallback's when its answer was discarded, or whatever the caller chose among the
+ranked. So a discarded answer (overrun, shadow decision) leaves no queued work, prefix or adapter slot booked on a
+target that never got the request.
 """
 
 from __future__ import annotations
@@ -110,6 +116,24 @@ class StrategyHost:
         """A request was sent to the target: count it until fresh state arrives, so bursts do not herd."""
         self._adjust_inflight(target_id, +1)
 
+    def commit(self, decision: Decision, request: RouteRequest, target_id: str) -> None:
+        """`request` (answered by `decision`) goes to `target_id`: the strategy that was asked books it there.
+        Call it before `note_assigned` for the same request: a strategy's booking may say what that assignment
+        carries (hybrid_mesh's uncached prompt tokens)."""
+        strategy = self.strategies.get(decision.asked or decision.strategy)
+        view = self.index.get(target_id)
+        if strategy is None or view is None:
+            return
+        try:
+            strategy.on_routed(view, request)
+        except Exception as exc:  # a plugin's bug must never fail the request
+            log.warning("strategy %s raised %r booking a routed request", strategy.name, exc)
+
+    def routed(self, decision: Decision, request: RouteRequest, target_id: str) -> None:
+        """The request was sent to `target_id`: booked by the strategy asked, and counted in flight."""
+        self.commit(decision, request, target_id)
+        self.note_assigned(target_id)
+
     def note_finished(self, target_id: str) -> None:
         self._adjust_inflight(target_id, -1)
 
@@ -151,6 +175,7 @@ class StrategyHost:
                     stats.consecutive_failures = 0
                     decision = Decision(ranked, name, decision_us=elapsed_us)
         stats.decisions += 1
+        decision.asked = name
         if explain:
             used = self.strategies[decision.strategy]
             for scored in decision.ranked:

@@ -149,6 +149,9 @@ class Isolated(Strategy):
     def refresh(self, index: TargetIndex) -> None:
         self.inner.refresh(index)
 
+    def on_routed(self, view: TargetView, request: RouteRequest) -> None:
+        self.inner.on_routed(view, request)
+
     def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
         return self.inner.explain(view, request)
 

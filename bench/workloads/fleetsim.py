@@ -95,7 +95,7 @@ class Ours(Policy):
         req.block_hashes, req.session_key = hashes, session
         d = self.host.decide(req, strategy=self.name, k=1)
         tid = d.ranked[0].target.target_id
-        self.host.note_assigned(tid)
+        self.host.routed(d, req, tid)
         return int(tid[1:])
 
     def finished(self, target: int) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 from agents.signals.prefixindex import EVENTS, PrefixIndex
 from agents.strategies import load_strategy
-from agents.strategies.base import HEALTHY, RouteRequest, TargetIndex, TargetView
+from agents.strategies.base import HEALTHY, RouteRequest, Scored, TargetIndex, TargetView
 from agents.strategies.builtins import HybridMesh
 from agents.strategies.cache import CacheAware, SessionAffinity
 
@@ -57,8 +59,9 @@ def test_hybrid_counts_only_the_uncached_part_of_a_prompt_as_queued_prefill() ->
     picks = []
     for i in range(4):  # one scrape interval: nothing but this router's own bookkeeping changes
         req = RouteRequest(model="m", prompt_tokens=2000, max_tokens=32, block_hashes=[*range(1, 121), 500 + i])
-        tid = host.decide(req, strategy="hybrid_mesh", k=1).ranked[0].target.target_id
-        host.note_assigned(tid)
+        d = host.decide(req, strategy="hybrid_mesh", k=1)
+        tid = d.ranked[0].target.target_id
+        host.routed(d, req, tid)  # what the router does with its first choice
         picks.append(tid)
     assert picks == ["t3"] * 4
     pending = h.predictor.targets["t3"].pending_tokens
@@ -115,7 +118,8 @@ def test_bounded_load_under_a_hot_prefix_spills_and_replicates() -> None:
     for _ in range(80):  # 80 concurrent requests with one hot prefix (approximate index: learnt as routed)
         req = RouteRequest(model="m", prompt_tokens=1000, max_tokens=50, block_hashes=hot)
         best = s.rank(idx, req, 1, rng)[0].target
-        best.inflight += 1  # the host's note_assigned
+        s.on_routed(best, req)  # the host's routed: booked, then counted in flight
+        best.inflight += 1
         picks[best.target_id] += 1
         order.append(best.target_id)
     loads = [v.inflight for v in idx]
@@ -161,3 +165,64 @@ def test_session_affinity_bounded_load_and_no_key() -> None:
     nxt = s.rank(idx, RouteRequest(model="m", session_key="hot"), 4, rng)
     assert nxt[0].target is not home and nxt[-1].target is home
     assert s.rank(idx, RouteRequest(model="m"), 2, rng)  # no key: ranked by cache_aware
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _slow(cls: type[HybridMesh], clock: _Clock, pi: PrefixIndex) -> HybridMesh:
+    """`cls` whose every decision takes 2 ms of the host's clock: over any sub-millisecond budget."""
+
+    class Slow(cls):  # type: ignore[valid-type, misc]
+        def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
+            clock.now += 0.002
+            return super().rank(index, request, k, rng)
+
+    s = Slow(index=pi) if issubclass(cls, CacheAware) else Slow()
+    s.prefix_index = pi
+    return s
+
+
+@pytest.mark.parametrize("cls", [HybridMesh, CacheAware], ids=["hybrid_mesh", "cache_aware"])
+def test_an_answer_discarded_for_overrunning_the_budget_books_nothing_and_the_fallback_pick_is_booked(
+    cls: type[HybridMesh],
+) -> None:
+    """The strategy's pick (t5, which holds the prefix) is discarded for round-robin's (t0): the blocks, the queued
+    prefill and the adapter-free prompt work are booked on t0, where the request went, and nothing on t5."""
+    from agents.strategies.host import StrategyHost
+
+    clock = _Clock()
+    pi = PrefixIndex()
+    for i in range(8):
+        pi.ensure(f"http://e{i}", EVENTS)
+    pi.targets["http://e5"].add(range(1, 121))
+    s = _slow(cls, clock, pi)
+    host = StrategyHost({"s": s}, default="s", budget_us=1000.0, trip_after=100, rng=random.Random(1), clock=clock)
+    for v in _fleet():
+        host.upsert(v)
+    host.refresh()
+    hashes = [*range(1, 121), 777]
+    req = RouteRequest(model="m", prompt_tokens=2000, max_tokens=32, block_hashes=hashes, request_id="r1")
+    assert s.rank(host.index, req, 1, random.Random(1))[0].target.target_id == "t5"  # its own answer
+    d = host.decide(req, k=1)
+    assert d.fallback and d.fallback_reason == "s: budget" and d.asked == "s"
+    routed = d.ranked[0].target
+    assert routed.target_id == "t0"
+    # deciding alone booked nothing anywhere (the answer may yet be discarded, or the decision a shadow one)
+    assert all(not bs.pending and not bs.recent for bs in pi.targets.values())
+    host.routed(d, req, routed.target_id)
+    booked = {e for e, bs in pi.targets.items() if bs.pending or bs.recent}
+    assert booked == {"http://e0"}
+    assert pi.match("http://e0", hashes) == len(hashes)  # the whole prompt is on its way to t0
+    assert pi.targets["http://e0"].backlog_tokens(16) == 16 * len(hashes)  # all of it to prefill there
+    if isinstance(s, CacheAware):
+        assert set(s._work) == {"http://e0"}  # the mean uncached work per target is its book
+    else:
+        pending = {t: st.pending_tokens for t, st in s.predictor.targets.items() if st.pending_tokens}
+        assert pending == {"t0": 2000.0}  # queued prefill where the request went, uncached there
+    assert routed.inflight == 1 and sum(v.inflight for v in host.index) == 1

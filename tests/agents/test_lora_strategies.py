@@ -61,7 +61,10 @@ def test_routed_adapters_are_remembered_as_the_runtimes_slots(s: Strategy) -> No
     views = [_view(i, m, max_loras=1, loras_active=0, lora_resident=False) for i in range(3) for m in ("a", "b")]
     idx = _fleet(s, views)
     rng = random.Random(3)
-    first = s.rank(idx, RouteRequest(model="a"), 1, rng)[0].target.endpoint
+    req = RouteRequest(model="a")
+    routed = s.rank(idx, req, 1, rng)[0].target
+    s.on_routed(routed, req)
+    first = routed.endpoint
     # before the next scrape says so, the adapter is resident where this host sent it
     assert all(s.rank(idx, RouteRequest(model="a"), 1, rng)[0].target.endpoint == first for _ in range(5))
     # one slot: b routed there evicts a (the runtime's LRU), so a no longer prefers that runtime ...
@@ -80,8 +83,10 @@ def test_a_hot_adapter_spreads_under_bounded_load(s: Strategy) -> None:
     rng = random.Random(11)
     order: list[str] = []
     for _ in range(60):  # 60 concurrent requests for one adapter, resident on e0 only
-        best = s.rank(idx, RouteRequest(model="hot", prompt_tokens=300, max_tokens=50), 1, rng)[0].target
-        best.inflight += 1  # the host's note_assigned
+        req = RouteRequest(model="hot", prompt_tokens=300, max_tokens=50)
+        best = s.rank(idx, req, 1, rng)[0].target
+        s.on_routed(best, req)  # the host's routed: booked, then counted in flight
+        best.inflight += 1
         s.on_upsert(best, best)
         order.append(best.endpoint)
     picks = Counter(order)

@@ -92,9 +92,10 @@ def test_two_decisions_in_one_scrape_interval_do_not_both_pick_the_nearly_full_t
     host.refresh()
     picks = []
     for i in range(2):
-        d = host.decide(RouteRequest("m", prompt_tokens=800, client_node="r", request_id=f"q{i}"), k=2)
+        req = RouteRequest("m", prompt_tokens=800, client_node="r", request_id=f"q{i}")
+        d = host.decide(req, k=2)
         picks.append(d.ranked[0].target.target_id)
-        host.note_assigned(picks[-1])  # what the router does with its first choice
+        host.routed(d, req, picks[-1])  # what the router does with its first choice
     assert picks == ["near", "far"]
     # a fresh state of "near" (the request now counted by the runtime itself) replaces this router's own count
     host.upsert(view("near", node="n-near", requests_running=8.0, requests_waiting=0.0, version=2))
@@ -106,8 +107,10 @@ def test_pending_work_is_counted_in_tokens_not_requests() -> None:
     for tid in ("a", "b"):
         host.upsert(view(tid, requests_running=0.0, requests_waiting=0.0, max_concurrency=64, version=1))
     host.refresh()
-    big = host.decide(RouteRequest("m", prompt_tokens=12_000, request_id="big"), k=2).ranked[0].target.target_id
-    host.note_assigned(big)
+    req = RouteRequest("m", prompt_tokens=12_000, request_id="big")
+    d = host.decide(req, k=2)
+    big = d.ranked[0].target.target_id
+    host.routed(d, req, big)
     # one long prompt queued at a target with 63 free slots still delays the next first token there
     nxt = host.decide(RouteRequest("m", prompt_tokens=200, request_id="small"), k=2).ranked[0].target.target_id
     assert nxt != big

@@ -177,7 +177,7 @@ def test_strategy_ranks_the_same_in_simulator_and_router() -> None:
         decision = sim_host.decide(req, k=k)
         assert not decision.fallback
         assert [t.id for t in routed[:k]] == [s.target.target_id for s in decision.ranked]
-        sim_host.note_assigned(decision.ranked[0].target.target_id)
+        sim_host.routed(decision, req, decision.ranked[0].target.target_id)
 
 
 def test_arrival_processes_have_their_mean_rate(tmp_path: Path) -> None:
