@@ -42,6 +42,7 @@ def model_route(request: HttpRequest, principal: Principal, model_id: int) -> Ht
         model=model,
         policy=policy,
         split_text=json.dumps(policy.ab_split) if policy and policy.ab_split else "",
+        lora_load_s=(policy.params or {}).get("lora_load_s", "") if policy else "",
         slo=Slo.objects.filter(tenant_id=model.tenant_id, model=model).first(),
         strategies=Strategy.values,
         nodes=list(Node.objects.order_by("name").values_list("name", flat=True)),
@@ -72,6 +73,21 @@ def _split(text: str) -> Any:
         except ValueError:
             out[name.strip()] = share.strip()
     return out
+
+
+def _params(policy: RoutingPolicy | None, text: str) -> dict[str, Any]:
+    """The policy's params with the form's adapter load time set (blank: removed, the strategies' default applies).
+    Text that is no number goes on as text, so the policy's rules refuse it with the same message as the REST API."""
+    params = dict(policy.params or {}) if policy is not None else {}
+    text = text.strip()
+    if not text:
+        params.pop("lora_load_s", None)
+        return params
+    try:
+        params["lora_load_s"] = float(text)
+    except ValueError:
+        params["lora_load_s"] = text
+    return params
 
 
 def _slo_set(principal: Principal, model: Model, text: str) -> None:
@@ -107,6 +123,9 @@ def model_policy_set(request: HttpRequest, principal: Principal, model_id: int) 
         "pin_nodes": post.getlist("pin_nodes"),
         "pin_zones": post.getlist("pin_zones"),
     }
+    if "lora_load_s" in post:  # a post without the field (an older page) leaves the params as they are
+        current = RoutingPolicy.objects.filter(tenant_id=model.tenant_id, model=model).first()
+        data["params"] = _params(current, post["lora_load_s"])
     slo_text = post.get("slo_ttft_ms", "").strip()
     try:
         with transaction.atomic():  # the policy and the SLO together, or neither

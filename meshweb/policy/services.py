@@ -14,7 +14,7 @@ from meshweb.policy.rules import check_routing_policy
 from meshweb.tenancy.rbac import Principal
 from meshweb.tenancy.scoped.writes import object_create, object_update
 
-FIELDS = ("strategy", "ab_split", "shadow_strategy", "hedging", "pin_nodes", "pin_zones")
+FIELDS = ("strategy", "ab_split", "shadow_strategy", "hedging", "pin_nodes", "pin_zones", "params")
 
 
 class PolicyRefused(exceptions.ValidationError):

@@ -60,6 +60,40 @@ def test_route_page_links_and_policy_form(world: World, login: Callable[..., Cli
     assert OutboxEntry.objects.filter(key=f"routing/policy-{policy.pk}", version__gt=0).exists()
 
 
+def test_policy_form_sets_the_adapter_load_time_as_the_rest_api_does(
+    world: World, login: Callable[..., Client]
+) -> None:
+    """`lora_load_s` (the policy's `params.lora_load_s`): 0..600 seconds, anything else refused naming it with the
+    REST API's message and nothing changed; blank removes it (the strategies' default); other params are kept."""
+    model = world.own.objects["model"]
+    url = f"/dashboard/models/{model.pk}/route/"
+    operator = login(tenant=world.own.tenant, role="tenant_admin")
+    form = {"strategy": "hybrid_mesh"}
+    assert b"saved" in operator.post(f"{url}policy/", {**form, "lora_load_s": "4.5"}, follow=True).content
+    policy = RoutingPolicy.objects.get(model=model)
+    assert policy.params == {"lora_load_s": 4.5}
+    published = OutboxEntry.objects.filter(key=f"routing/policy-{policy.pk}").last()
+    assert published is not None and published.value["params"]["lora_load_s"] == 4.5  # what routers read
+    page = operator.get(url).content.decode()
+    assert 'name="lora_load_s"' in page and 'value="4.5"' in page and 'max="600"' in page
+    RoutingPolicy.objects.filter(pk=policy.pk).update(params={"lora_load_s": 4.5, "other": 1})  # set over REST
+    for bad in ("601", "-1", "slow", "nan"):
+        refused = operator.post(f"{url}policy/", {**form, "strategy": "least_queue", "lora_load_s": bad}, follow=True)
+        text = refused.content.decode()
+        assert "Policy refused" in text and "lora_load_s" in text and "0..600" in text, bad
+        policy.refresh_from_db()
+        assert (policy.strategy, policy.params) == ("hybrid_mesh", {"lora_load_s": 4.5, "other": 1}), bad
+    operator.post(f"{url}policy/", {**form, "lora_load_s": "600"})
+    policy.refresh_from_db()
+    assert policy.params == {"lora_load_s": 600.0, "other": 1}
+    operator.post(f"{url}policy/", form)  # a post without the field leaves the params alone
+    policy.refresh_from_db()
+    assert policy.params == {"lora_load_s": 600.0, "other": 1}
+    operator.post(f"{url}policy/", {**form, "lora_load_s": " "})  # blank: back to the strategies' default
+    policy.refresh_from_db()
+    assert policy.params == {"other": 1}
+
+
 def test_rates_come_from_the_routers_counts() -> None:
     rates = RouteRates()
     first: dict[str, Any] = {"targets": [{"id": "a", "requests": 10, "errors": 1, "ttft_sum_s": 1.0, "ttft_n": 9}]}
