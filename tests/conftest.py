@@ -32,6 +32,7 @@ SERIAL = (
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups to suffix the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the serial tests, and keep a module's tests together on one worker (`--dist loadgroup`): they share its
     processes and databases."""
