@@ -9,10 +9,10 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from agents.signals.prefixindex import EVENTS, PrefixIndex, default_index
+from agents.signals.prefixindex import EVENTS, BlockSet, PrefixIndex, default_index
 from agents.strategies.base import (
     RouteRequest,
     RttFn,
@@ -68,9 +68,14 @@ def _load(view: TargetView) -> float:
 
 
 class _EliteMixin:
-    """Keeps, per model, the ids of the few best targets by a request-independent key, rebuilt by `refresh`.
+    """Keeps, per model, the ids of the few best targets by a request-independent key, renewed by `refresh`.
 
     Ids, not views, are kept: the index replaces views on every update and a decision must see the current one.
+    Every routable target's current key is kept too, with a heap of (key, id) pushed whenever a key changes: `refresh`
+    takes the elite from the heap's top (dropping entries whose key has changed since) instead of re-keying every
+    target, so its cost follows the changes, not the fleet. Keys change only through `_elite_touch` (every update of
+    a target, and whatever else moves a key must call it); `_elite_rekey` asks for every key anew (what the keys
+    depend on changed for all targets).
     """
 
     def _init_elite(self, size: int) -> None:
@@ -78,34 +83,65 @@ class _EliteMixin:
         self._elite_keys: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._elite_size = size
+        self._keys: dict[str, dict[str, float]] = {}  # model -> target id -> current key (routable targets)
+        self._heaps: dict[str, list[tuple[float, str]]] = {}  # model -> (key, id), stale entries included
+        self._rekey: set[str] = set()  # models whose keys are all rebuilt at the next refresh
 
     def _elite_key(self, view: TargetView) -> float:
         raise TypeError("subclasses define _elite_key")
 
-    def _elite_touch(self, view: TargetView) -> None:
-        self._dirty.add(view.model)
+    def _elite_rekey(self, model: str) -> None:
+        self._rekey.add(model)
+        self._dirty.add(model)
+
+    def _elite_touch(self, view: TargetView, key: float | None = None) -> None:
+        """`view` was updated; `key`: its key, when the caller has it at hand."""
+        model = view.model
+        self._dirty.add(model)
         if not view.routable:
             self._elite_drop(view)
             return
-        key = self._elite_key(view)
+        if key is None:
+            key = self._elite_key(view)
+        tid = view.target_id
+        self._elite_note(model, tid, key)
         keys = self._elite_keys
-        elite = self._elite.setdefault(view.model, [])
-        if view.target_id in keys:
-            keys[view.target_id] = key
+        elite = self._elite.setdefault(model, [])
+        if tid in keys:
+            keys[tid] = key
             return
         # A target that just became better than the elite's worst joins at once, so a freshly idle target is found
         # before the next refresh.
         if len(elite) < self._elite_size:
-            elite.append(view.target_id)
-            keys[view.target_id] = key
+            elite.append(tid)
+            keys[tid] = key
             return
         worst = max(elite, key=keys.__getitem__)
         if key < keys[worst]:
-            elite[elite.index(worst)] = view.target_id
+            elite[elite.index(worst)] = tid
             del keys[worst]
-            keys[view.target_id] = key
+            keys[tid] = key
+
+    def _elite_note(self, model: str, tid: str, key: float) -> None:
+        """A routable target's key is now `key`: the next refresh sees it (the elite itself is left as it is)."""
+        current = self._keys.get(model)
+        if current is None:
+            current = self._keys[model] = {}
+        if current.get(tid) != key:
+            current[tid] = key
+            heap = self._heaps.get(model)
+            if heap is None:
+                heap = self._heaps[model] = []
+            heapq.heappush(heap, (key, tid))
+            if len(heap) > 2 * len(current) + 64:  # mostly stale entries: start again from the current keys
+                heap[:] = [(k, t) for t, k in current.items()]
+                heapq.heapify(heap)
+            self._dirty.add(model)
 
     def _elite_drop(self, view: TargetView) -> None:
+        current = self._keys.get(view.model)
+        if current is not None:
+            current.pop(view.target_id, None)  # its heap entries are stale now
         if self._elite_keys.pop(view.target_id, None) is not None:
             self._elite[view.model] = [i for i in self._elite.get(view.model, []) if i != view.target_id]
 
@@ -113,14 +149,35 @@ class _EliteMixin:
         for model in list(self._dirty):
             for old in self._elite.pop(model, []):
                 self._elite_keys.pop(old, None)
-            targets = [t for t in index.candidates(model) if t.routable]
-            if not targets:
-                continue
-            keyed = [(self._elite_key(t), t.target_id) for t in targets]
-            best = heapq.nsmallest(self._elite_size, keyed)
-            self._elite[model] = [tid for _, tid in best]
-            self._elite_keys.update((tid, key) for key, tid in best)
+            current = self._keys.get(model)
+            heap = self._heaps.get(model)
+            if model in self._rekey or current is None or heap is None:
+                keyed = [(self._elite_key(t), t.target_id) for t in index.candidates(model) if t.routable]
+                self._keys[model] = current = {tid: key for key, tid in keyed}
+                heapq.heapify(keyed)
+                self._heaps[model] = heap = keyed
+            # The smallest current entries: popped, stale ones dropped for good, the chosen pushed back.
+            by_id = index.by_id
+            best: list[tuple[float, str]] = []
+            while heap and len(best) < self._elite_size:
+                entry = heapq.heappop(heap)
+                key, tid = entry
+                if current.get(tid) != key:
+                    continue  # superseded by a newer key (or the target left)
+                view = by_id.get(tid)
+                if view is None or not view.routable or view.model != model:
+                    del current[tid]  # gone without a touch (a subclass's own bookkeeping): forgotten here
+                    continue
+                if best and best[-1] == entry:
+                    continue  # the same key pushed twice (it changed and came back)
+                best.append(entry)
+            for entry in best:
+                heapq.heappush(heap, entry)
+            if best:
+                self._elite[model] = [tid for _, tid in best]
+                self._elite_keys.update((tid, key) for key, tid in best)
         self._dirty.clear()
+        self._rekey.clear()
 
     def _elite_views(self, index: TargetIndex, model: str) -> list[TargetView]:
         by_id = index.by_id
@@ -185,6 +242,9 @@ class HybridWeights:
     mig_penalty_s: float = 1.0  # unused: a slice's slower prefill is the predictor's (kept for configs naming it)
     cache_block_size: int = 16  # tokens per KV block of the request's block hashes
     cache_prefill_tok_s: float = 12_000.0  # prefill a cached prompt token saves, on a whole GPU
+    # placement of a missed prefix (as cache_aware's): up to this much more prefill where the caches hold most ...
+    cache_spread: float = 1.0
+    cache_evict: float = 2.0  # ... and this share of the blocks a miss evicts from a cache seen full
     # LoRA affinity (agents/strategies/lora.py): a target without the adapter resident pays its load time
     lora_load_s: float = 0.025  # a rank-16 adapter of an 8B model from host memory into a GPU slot
     lora_evict: float = 1.0  # share of a load charged again when loading evicts another adapter
@@ -234,16 +294,22 @@ class HybridMesh(_EliteMixin, Strategy):
         self.params = params or SampleParams()
         self._zone_rtt = ZoneRtt()
         self.rtt: RttFn = rtt or self._zone_rtt
-        # target id -> (request-independent score, share of a GPU the MIG slice lacks)
-        self._pre: dict[str, tuple[float, float]] = {}
+        # target id -> (request-independent score, seconds of prefill per 1,000 prompt tokens, the predictor's fleet
+        # outcomes when computed)
+        self._pre: dict[str, tuple[float, float, int]] = {}
         # (client node, target node) -> RTT; emptied by `refresh` so topology changes land within a refresh period
         self._rtt_cache: dict[tuple[str, str], float] = {}
         self._init_elite(self.params.elite)
         self.prefix_index: PrefixIndex | None = default_index()  # what is cached where (agents.signals.prefixindex)
+        self._cache_most = 0  # blocks held by the fullest cache (`_cache_fleet`)
+        self._fleet_age = 0  # decisions until the fleet's caches are scanned again
+        self._prior_tok_s = self.weights.cache_prefill_tok_s
         self.predictor = LatencyPredictor(predictor)
         self._views: dict[str, TargetView] = {}
         self._home = ""  # the node this host's requests enter from (learnt from them; one per router)
         self._fleet_stamp = 0
+        self._refreshes = 0
+        self._own_terms = type(self).base_terms is HybridMesh.base_terms
         w = self.weights
         self.lora = LoraAffinity(w.lora_load_s, w.lora_evict, w.lora_slot_wait_s, w.lora_epsilon, w.lora_slack)
 
@@ -251,6 +317,8 @@ class HybridMesh(_EliteMixin, Strategy):
         """Attach a topology service's RTT estimate (or go back to the zone default with None)."""
         self.rtt = rtt or self._zone_rtt
         self._rtt_cache.clear()
+        for model in self._keys:
+            self._elite_rekey(model)  # every key's network term
 
     # -- precomputed, request-independent part -------------------------------------------------------------------
     def base_terms(self, v: TargetView) -> dict[str, float]:
@@ -280,38 +348,42 @@ class HybridMesh(_EliteMixin, Strategy):
 
     def _base_score(self, v: TargetView) -> float:
         # fsum is exact whatever the order: the tuple's sum is the dict's; a subclass's own terms go through its dict
-        if type(self).base_terms is HybridMesh.base_terms:
+        if self._own_terms:
             return math.fsum(self._terms(v))
         return math.fsum(self.base_terms(v).values())
 
     def _elite_key(self, view: TargetView) -> float:
         pre = self._pre.get(view.target_id)
-        base = pre[0] if pre is not None else self._base_score(view)
+        return self._key_of(pre[0] if pre is not None else self._base_score(view), view.node)
+
+    def _key_of(self, base: float, node: str) -> float:
         if not self._home:
             return base
         # the elite is where this host's requests do best, network included: an elite of far targets would leave a
         # decision whose random sample holds nothing near with only far candidates
-        key = (self._home, view.node)
+        key = (self._home, node)
         r = self._rtt_cache.get(key)
         if r is None:
-            r = self._rtt_cache[key] = self.rtt(self._home, view.node)
+            r = self._rtt_cache[key] = self.rtt(self._home, node)
         return base + self.weights.network_weight * r
 
-    def _precompute(self, view: TargetView) -> tuple[float, float]:
-        # (request-independent score, seconds of prefill per 1,000 prompt tokens at this target)
-        pre = (self._base_score(view), self.predictor.prefill_s(view, 1000.0))
+    def _precompute(self, view: TargetView) -> tuple[float, float, int]:
+        pred = self.predictor
+        pre = (self._base_score(view), pred.prefill_s(view, 1000.0), pred.fleet_outcomes)
         self._pre[view.target_id] = pre
         return pre
 
     def on_upsert(self, view: TargetView, previous: TargetView | None) -> None:
         self.predictor.on_view(view, previous is view)
         self._views[view.target_id] = view
-        self.lora.seen(view)
-        self._precompute(view)
+        if view.parent:
+            self.lora.seen(view)
+        pre = self._precompute(view)
         if view.zone and self._zone_rtt.zones.get(view.node) != view.zone:
             self._zone_rtt.zones[view.node] = view.zone
             self._rtt_cache.clear()
-        self._elite_touch(view)
+            self._elite_rekey(view.model)
+        self._elite_touch(view, self._key_of(pre[0], view.node))
 
     def on_remove(self, view: TargetView) -> None:
         self._pre.pop(view.target_id, None)
@@ -324,10 +396,21 @@ class HybridMesh(_EliteMixin, Strategy):
         stamp = self.predictor.fleet_outcomes
         # targets still on the fleet's fit (and the slot times) move with it; every few dozen outcomes is enough
         if stamp - self._fleet_stamp >= self.weights.refit_every or (stamp and not self._fleet_stamp):
-            self._fleet_stamp = stamp
-            for view in self._views.values():
+            last, self._fleet_stamp = self._fleet_stamp, stamp
+            pre_of = self._pre
+            for tid, view in self._views.items():
+                pre = pre_of.get(tid)
+                if pre is not None and pre[2] > last:
+                    continue  # computed (a state update, an outcome) since the last refit: no older than the others
                 self._precompute(view)
-            self._dirty.update(self._elite)
+                if view.routable:
+                    self._elite_note(view.model, view.target_id, self._elite_key(view))
+        self._refreshes += 1
+        if self._refreshes % 16 == 0:
+            # RTT estimates move without a new estimator (a topology service's learning): every key's network
+            # term is asked again now and then; a target's own updates re-key it in between
+            for model in self._keys:
+                self._elite_rekey(model)
         self._elite_refresh(index)
         self._rtt_cache.clear()
 
@@ -340,6 +423,8 @@ class HybridMesh(_EliteMixin, Strategy):
             view = self._views.get(target_id)
             if view is not None:
                 self._precompute(view)
+                if view.routable:
+                    self._elite_note(view.model, target_id, self._elite_key(view))
 
     def prediction_trusted(self) -> bool:
         """Whether the predictor has learned from enough outcomes to act on (refuse, time hedges)."""
@@ -408,7 +493,7 @@ class HybridMesh(_EliteMixin, Strategy):
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
         if request.client_node != self._home and request.client_node:
             self._home = request.client_node
-            self._dirty.add(request.model)  # the elite is rebuilt around the new home at the next refresh
+            self._elite_rekey(request.model)  # the elite is rebuilt around the new home at the next refresh
         elite = self._elite_views(index, request.model)
         score = self.lora.scorer(index, request, self._scorer(request), _requests, self.weights.default_concurrency)
         pi = self.prefix_index
@@ -424,16 +509,32 @@ class HybridMesh(_EliteMixin, Strategy):
 
         sets = pi.targets
         booked = self.predictor.targets
-        prior = self.weights.cache_prefill_tok_s
+        prior, most = self._cache_fleet(sets)
+        w = self.weights
+        seen_most = 0
 
         def with_cache(v: TargetView, req: RouteRequest) -> float:
+            nonlocal seen_most
             pre = pre_of.get(v.target_id) or self._precompute(v)
             b = sets.get(v.endpoint)
-            # Tokens are priced at the prefill rate the runtime's KV events timed, else a whole GPU's prior x the
-            # MIG share: the predictor's slope is fitted on TTFTs that cached prefixes make short, and can sit
-            # near 0, which would leave a cached prefix worth nothing.
+            # Tokens are priced at the prefill rate the runtime's KV events timed, else the fastest timed in the
+            # fleet x the MIG share: the predictor's slope is fitted on TTFTs that cached prefixes make short, and
+            # can sit near 0, which would leave a cached prefix worth nothing.
             rate = b.prefill_tok_s if b is not None and b.prefill_tok_s else prior * mig_fraction(v.mig_profile)
-            extra = -cached(v) / rate
+            held = cached(v)
+            extra = -held / rate
+            miss = prompt - held
+            if b is not None and miss > 0:
+                # A miss also places the prefix: where the caches hold least (prefixes spread over the caches
+                # instead of piling onto the fastest GPU's), and on a cache seen full it evicts as much, to be
+                # prefilled again later. Without it a holder with any backlog lost its prefix's next requests to a
+                # copy elsewhere, which evicted another group's.
+                n = len(b) + len(b.recent)
+                seen_most = max(seen_most, n)
+                place = w.cache_spread * miss * min(n / most, 1.0) if most else 0.0
+                if b.capacity:
+                    place += w.cache_evict * max(0.0, len(b) + miss / bs - b.capacity) * bs
+                extra += place / rate
             if b is not None and b.kind == EVENTS:
                 # a runtime with KV events says what is still to prefill (blocks routed, not yet stored), which
                 # drains as prefills end; what this router booked (in the score) drains only as requests finish
@@ -442,7 +543,24 @@ class HybridMesh(_EliteMixin, Strategy):
             return score(v, req) + extra
 
         ranked = rank_sampled(index, request, k, rng, with_cache, self.params, elite)
+        self._cache_most = max(self._cache_most, seen_most)
         return self._decided(ranked, request, cached)
+
+    def _cache_fleet(self, sets: Mapping[str, BlockSet]) -> tuple[float, int]:
+        """(prefill rate of a target its events have not timed yet, blocks held by the fullest cache). The rate is
+        the fastest timed in the fleet (optimism: a target assumed slow would never be sent a miss, so never timed),
+        else the whole-GPU default. Scanned every 256 decisions, not per request; the fullest cache is also raised
+        by what decisions see in between."""
+        self._fleet_age -= 1
+        if self._fleet_age <= 0:
+            self._fleet_age = 256
+            best, most = 0.0, 0
+            for b in sets.values():
+                best = max(best, b.prefill_tok_s or 0.0)
+                most = max(most, len(b) + len(b.recent))
+            self._prior_tok_s = best or self.weights.cache_prefill_tok_s
+            self._cache_most = most
+        return self._prior_tok_s, self._cache_most
 
     def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
         w = self.weights

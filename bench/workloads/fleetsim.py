@@ -55,6 +55,7 @@ class Policy:
 
     name = "policy"
     now = 0.0  # simulated time, set before every call
+    rid = ""  # the id of the request being picked, set before `pick`
 
     def setup(self, n: int, block_size: int, max_num_seqs: int, profiles: Sequence[str]) -> None:
         self.n = n
@@ -66,6 +67,9 @@ class Policy:
     def finished(self, target: int) -> None:
         pass
 
+    def outcome(self, rid: str, target: int, ttft: float, e2e: float, tokens: int) -> None:
+        """A request's answer: what the router hands its strategies (`Ranker.learn`)."""
+
     def kv_events(self, target: int, events: list[Any]) -> None:
         pass
 
@@ -73,10 +77,13 @@ class Policy:
 class Ours(Policy):
     """One of our strategies through the strategy host, with static targets as the bench's router has them."""
 
-    def __init__(self, strategy: str, factory: Callable[[PrefixIndex], Any], mig: bool = True) -> None:
+    def __init__(
+        self, strategy: str, factory: Callable[[PrefixIndex], Any], mig: bool = True, learn: bool = False
+    ) -> None:
         self.name = strategy
         self.factory = factory
         self.mig = mig
+        self.learn = learn  # teach the strategy each answer's TTFT, as the router does (`Ranker.learn`)
 
     def setup(self, n: int, block_size: int, max_num_seqs: int, profiles: Sequence[str]) -> None:
         super().setup(n, block_size, max_num_seqs, profiles)
@@ -89,9 +96,14 @@ class Ours(Policy):
                                         health=HEALTHY, max_concurrency=max_num_seqs, mig_profile=mig))  # fmt: skip
             self.index.ensure(f"emu{i}", EVENTS)
         self.host.refresh()
+        self._refreshed = 0.0
 
     def pick(self, hashes: list[int], prompt: int, max_tokens: int, session: str) -> int:
-        req = RouteRequest(model=MODEL, prompt_tokens=prompt, max_tokens=max_tokens, request_id="")
+        if self.now - self._refreshed >= 0.1:  # a router refreshes whenever its view changes: often
+            self._refreshed = self.now
+            self.host.refresh()
+        req = RouteRequest(model=MODEL, prompt_tokens=prompt, max_tokens=max_tokens,
+                           request_id=self.rid if self.learn else "")  # fmt: skip
         req.block_hashes, req.session_key = hashes, session
         d = self.host.decide(req, strategy=self.name, k=1)
         tid = d.ranked[0].target.target_id
@@ -100,6 +112,11 @@ class Ours(Policy):
 
     def finished(self, target: int) -> None:
         self.host.note_finished(f"t{target}")
+
+    def outcome(self, rid: str, target: int, ttft: float, e2e: float, tokens: int) -> None:
+        observe = getattr(self.host.strategies[self.name], "observe_outcome", None)
+        if self.learn and observe is not None:
+            observe(rid, f"t{target}", ttft, e2e, tokens)
 
     def kv_events(self, target: int, events: list[Any]) -> None:
         bs = self.index.targets[f"emu{target}"]
@@ -223,6 +240,8 @@ def replay(
             ids = tok.encode_chat(messages)
             hashes = tok.block_hashes(ids, bs)
             policy.now = now
+            sid = f"r{len(records) + 1}"
+            policy.rid = sid
             target = policy.pick(hashes, len(ids), max_tokens, session)
             eng = engines[target]
             queued = sum(s.prompt_tokens - s.computed for s in eng.waiting) + sum(
@@ -231,7 +250,6 @@ def replay(
             rec = Record(now, target, len(ids), inflight_at_pick=len(eng.waiting) + len(eng.running),
                          queued_tokens_at_pick=queued, hashes=len(hashes))  # fmt: skip
             records.append(rec)
-            sid = f"r{len(records)}"
             by_seq[sid] = (rec, target, conv, messages)
             eng.add(Seq(sid, len(ids), max_tokens, max_tokens, now, token_ids=ids))
             if not busy[target]:
@@ -247,6 +265,7 @@ def replay(
                 if ev.finished:
                     rec.e2e = now - rec.at
                     policy.finished(target)
+                    policy.outcome(ev.seq.req_id, target, rec.ttft, rec.e2e, ev.seq.output_tokens)
                     del by_seq[ev.seq.req_id]
                     if conv is not None:
                         c, turn = conv

@@ -226,3 +226,30 @@ def test_an_answer_discarded_for_overrunning_the_budget_books_nothing_and_the_fa
         pending = {t: st.pending_tokens for t, st in s.predictor.targets.items() if st.pending_tokens}
         assert pending == {"t0": 2000.0}  # queued prefill where the request went, uncached there
     assert routed.inflight == 1 and sum(v.inflight for v in host.index) == 1
+
+
+def test_hybrid_places_a_new_prefix_where_the_caches_hold_least_and_evict_nothing() -> None:
+    """A prefix nobody holds costs the same prefill everywhere; hybrid_mesh places it where the caches hold least,
+    and away from a cache seen full (it would evict another prefix, prefilled again later). Without these terms
+    (both weights 0) two idle targets tie."""
+    from agents.strategies.builtins import HybridWeights
+
+    def pick(weights: HybridWeights, seed: int, full: bool) -> str:
+        pi = PrefixIndex()
+        e0, e1 = pi.ensure("http://e0", EVENTS), pi.ensure("http://e1", EVENTS)
+        e0.add(range(10_000, 10_300))  # other groups' prefixes: 300 blocks held on e0
+        if full:  # as many held on both, but e0 has been seen evicting at that size
+            e1.add(range(20_000, 20_300))
+            e0.capacity = 300
+        h = HybridMesh(weights)
+        h.prefix_index = pi
+        idx = _fleet(2)
+        for v in idx:
+            h.on_upsert(v, None)
+        req = RouteRequest(model="m", prompt_tokens=2000, max_tokens=32, block_hashes=list(range(1, 126)))
+        return h.rank(idx, req, 1, random.Random(seed))[0].target.target_id
+
+    for full in (False, True):
+        assert {pick(HybridWeights(), seed, full) for seed in range(8)} == {"t1"}, full
+        # without them the two tie, and the tie goes to the first target: the fuller cache
+        assert pick(HybridWeights(cache_spread=0.0, cache_evict=0.0), 0, full) == "t0", full
