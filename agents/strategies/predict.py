@@ -55,9 +55,15 @@ class Rls:
         return sum([t * v for t, v in zip(self.theta, x, strict=True)])
 
     def update(self, x: tuple[float, ...], y: float) -> None:
+        d = len(x)
+        if d == 4:
+            self._update4(x, y)
+            return
+        if d == 2:
+            self._update2(x, y)
+            return
         # list comprehensions over zipped rows: the same products summed in the same order as the textbook loops
         p = self.cov
-        d = len(x)
         px = [sum([a * b for a, b in zip(row, x, strict=True)]) for row in p]
         denom = self.lam + sum([a * b for a, b in zip(x, px, strict=True)])
         if denom <= 0.0:
@@ -71,6 +77,63 @@ class Rls:
         for i in range(d):
             gi = gain[i]
             p[i] = [(r - gi * q) * inv for r, q in zip(p[i], px, strict=True)]
+        self._bound(d)
+
+    # The TTFT (4 features) and ITL (2) fits, unrolled: one per finished request, on the router's hot path. The
+    # products are summed left to right as `sum` does, so the figures are the general update's to the last bit.
+    def _update4(self, x: tuple[float, ...], y: float) -> None:
+        x0, x1, x2, x3 = x
+        p = self.cov
+        r0, r1, r2, r3 = p
+        q0 = r0[0] * x0 + r0[1] * x1 + r0[2] * x2 + r0[3] * x3
+        q1 = r1[0] * x0 + r1[1] * x1 + r1[2] * x2 + r1[3] * x3
+        q2 = r2[0] * x0 + r2[1] * x1 + r2[2] * x2 + r2[3] * x3
+        q3 = r3[0] * x0 + r3[1] * x1 + r3[2] * x2 + r3[3] * x3
+        denom = self.lam + (x0 * q0 + x1 * q1 + x2 * q2 + x3 * q3)
+        if denom <= 0.0:
+            return
+        th = self.theta
+        err = y - (th[0] * x0 + th[1] * x1 + th[2] * x2 + th[3] * x3)
+        g0, g1, g2, g3 = q0 / denom, q1 / denom, q2 / denom, q3 / denom
+        th[0] += g0 * err
+        th[1] += g1 * err
+        th[2] += g2 * err
+        th[3] += g3 * err
+        inv = 1.0 / self.lam
+        p[0] = [(r0[0] - g0 * q0) * inv, (r0[1] - g0 * q1) * inv, (r0[2] - g0 * q2) * inv, (r0[3] - g0 * q3) * inv]
+        p[1] = [(r1[0] - g1 * q0) * inv, (r1[1] - g1 * q1) * inv, (r1[2] - g1 * q2) * inv, (r1[3] - g1 * q3) * inv]
+        p[2] = [(r2[0] - g2 * q0) * inv, (r2[1] - g2 * q1) * inv, (r2[2] - g2 * q2) * inv, (r2[3] - g2 * q3) * inv]
+        p[3] = [(r3[0] - g3 * q0) * inv, (r3[1] - g3 * q1) * inv, (r3[2] - g3 * q2) * inv, (r3[3] - g3 * q3) * inv]
+        if p[0][0] + p[1][1] + p[2][2] + p[3][3] > self.max_trace:
+            self._bound(4)
+        else:
+            self.n += 1
+
+    def _update2(self, x: tuple[float, ...], y: float) -> None:
+        x0, x1 = x
+        p = self.cov
+        r0, r1 = p
+        q0 = r0[0] * x0 + r0[1] * x1
+        q1 = r1[0] * x0 + r1[1] * x1
+        denom = self.lam + (x0 * q0 + x1 * q1)
+        if denom <= 0.0:
+            return
+        th = self.theta
+        err = y - (th[0] * x0 + th[1] * x1)
+        g0, g1 = q0 / denom, q1 / denom
+        th[0] += g0 * err
+        th[1] += g1 * err
+        inv = 1.0 / self.lam
+        p[0] = [(r0[0] - g0 * q0) * inv, (r0[1] - g0 * q1) * inv]
+        p[1] = [(r1[0] - g1 * q0) * inv, (r1[1] - g1 * q1) * inv]
+        if p[0][0] + p[1][1] > self.max_trace:
+            self._bound(2)
+        else:
+            self.n += 1
+
+    def _bound(self, d: int) -> None:
+        """Scale the covariance back to `max_trace` where it has grown past it; one more outcome learned."""
+        p = self.cov
         trace = sum([p[i][i] for i in range(d)])
         if trace > self.max_trace:
             s = self.max_trace / trace
