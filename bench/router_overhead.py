@@ -497,10 +497,13 @@ PHASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("    upstream response parse", "router/upstream.py", ("data_received",)),
     ("  relay answer", "router/app.py", ("stream_back",)),
     ("    usage of the answer", "router/app.py", ("_read_usage",)),
-    ("  finish: quota, metrics, log", "router/service.py", ("finish",)),
-    ("    strategy learns (learn, finished, outcome)", "router/ranking.py", ("learn", "finished", "outcome")),
-    ("    access log line", "router/obs.py", ("access_log",)),
+    ("  finish: in flight, batch slots, quota", "router/service.py", ("finish",)),
+    ("    strategy: request finished", "router/ranking.py", ("finished",)),
     ("response write (aiohttp)", "aiohttp/web_response.py", ("prepare",)),
+    ("report, once the answer is out (loop turn's end)", "router/service.py", ("_report_all",)),
+    ("  strategy learns (learn, outcome)", "router/ranking.py", ("learn", "outcome")),
+    ("  access log line", "router/obs.py", ("access_log",)),
+    ("metrics, applied once per loop turn", "router/metrics.py", ("flush",)),
     ("strategy, all (rank + learning)", "router/ranking.py", ("rank", "learn", "finished", "outcome")),
 )
 

@@ -17,7 +17,7 @@ from router.config import OutlierConfig, RoutingPolicy
 from router.core.hedging import HedgeBudget, HedgeParams, HedgeWins, LatencyWindow, hedge_delay, predicted_delay
 from router.core.outlier import OutlierDetector
 from router.core.retry import Outcome, RetryRules
-from router.metrics import EJECTIONS, HEDGE_SKIPPED, HEDGES, RETRIES, TTFT, child
+from router.metrics import EJECTIONS, HEDGE_SKIPPED, HEDGES, RETRIES, TTFT, child, observe
 from router.upstream import BadResponse, ConnectFailed, Disconnected, Response, UpstreamPool
 from router.view import Target
 
@@ -380,7 +380,7 @@ class Forwarder:
             if mw is None:
                 mw = self._model_ttft[model] = LatencyWindow(512)
             mw.add(w.ttft)
-            child(TTFT, *w.target.labels).observe(w.ttft)
+            observe(child(TTFT, *w.target.labels), w.ttft)
         else:
             self._failure(w.target, model, time.monotonic())
 

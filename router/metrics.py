@@ -6,7 +6,9 @@ worker imports prometheus_client), so one scrape of any worker sees the whole ro
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import (
@@ -132,6 +134,7 @@ AGENT_REPORTS = Counter("infermesh_router_outcome_reports_total", "Outcomes repo
 
 
 def render() -> tuple[bytes, str]:
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -149,3 +152,61 @@ def child(metric: Any, *values: str) -> Any:
     if c is None:
         c = _children[key] = metric.labels(*values)
     return c
+
+
+# -- updates of one event-loop turn, applied at its end ---------------------------------------------------------------
+# Each prometheus update takes a lock (and, with several workers, writes a memory-mapped file): a request makes about a
+# dozen. The requests that finish in one turn of the event loop add theirs up here and apply them at the turn's end,
+# before the loop reads anything new, so a scrape (of any worker) never sees a request answered but not counted.
+_adds: dict[Any, float] = {}  # counter or gauge (a child, or a metric without labels) -> amount
+_observed: dict[Any, tuple[list[float], dict[int, int]]] = {}  # histogram child -> ([sum], observations per bucket)
+_scheduled = False
+
+
+def add(metric: Any, amount: float = 1.0) -> None:
+    """`metric.inc(amount)` at the end of this event-loop turn: a counter, or a gauge that is not "mostrecent" (a
+    negative amount is its `dec`)."""
+    _adds[metric] = _adds.get(metric, 0.0) + amount
+    if not _scheduled:
+        _schedule()
+
+
+def observe(hist: Any, value: float) -> None:
+    """`hist.observe(value)` at the end of this event-loop turn (`hist`: a histogram's labelled child)."""
+    acc = _observed.get(hist)
+    if acc is None:
+        acc = _observed[hist] = ([0.0], {})
+    acc[0][0] += value
+    if value == value:  # NaN falls in no bucket, as prometheus_client's own observe has it
+        i = bisect_left(hist._upper_bounds, value)  # the first bucket that holds it, as `observe` picks
+        counts = acc[1]
+        counts[i] = counts.get(i, 0) + 1
+    if not _scheduled:
+        _schedule()
+
+
+def _schedule() -> None:
+    global _scheduled
+    try:
+        asyncio.get_running_loop().call_soon(flush)
+    except RuntimeError:  # no event loop (a tool, a test): at once
+        flush()
+        return
+    _scheduled = True
+
+
+def flush() -> None:
+    """Apply the pending updates (the end of a turn, and before every scrape)."""
+    global _scheduled
+    _scheduled = False
+    if _adds:
+        for metric, amount in _adds.items():
+            metric._value.inc(amount)  # what `inc` does once its checks pass (they hold for what `add` is given)
+        _adds.clear()
+    if _observed:
+        for hist, (total, counts) in _observed.items():
+            hist._sum.inc(total[0])
+            buckets = hist._buckets
+            for i, n in counts.items():
+                buckets[i].inc(n)
+        _observed.clear()

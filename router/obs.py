@@ -160,7 +160,7 @@ def access_log(**fields: Any) -> None:
             ACCESS.info("access", extra={"fields": fields})
         return
     line = {"ts": round(time.time(), 6), "level": "INFO", "logger": ACCESS.name, "msg": "access", **fields}
-    text = json.dumps(line, separators=(",", ":"), default=str)
+    text = _ACCESS_JSON.encode(line)
     if not _pending:
         try:
             asyncio.get_running_loop().call_soon(flush_access_log)
@@ -171,6 +171,8 @@ def access_log(**fields: Any) -> None:
 
 
 _pending: list[str] = []
+# json.dumps with options builds an encoder per call; the access log keeps one (the same text)
+_ACCESS_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 def flush_access_log() -> None:

@@ -26,7 +26,16 @@ from agents.strategies.outcomes import Outcome, OutcomeBook, Trial
 from agents.strategies.plugins import isolate
 from router.config import RoutingPolicy
 from router.meshview import MeshView
-from router.metrics import ARM_TTFT, DECISION, SHADOW, STRATEGY_FALLBACKS, STRATEGY_NOT_LOADED, WIN_RATE, child
+from router.metrics import (
+    ARM_TTFT,
+    DECISION,
+    SHADOW,
+    STRATEGY_FALLBACKS,
+    STRATEGY_NOT_LOADED,
+    WIN_RATE,
+    child,
+    observe,
+)
 from router.prefix import RequestPrefix
 from router.view import Target
 from router.view import TargetView as RouterView
@@ -126,7 +135,7 @@ class Ranker:
         return bad
 
     def _observe(self, d: Decision) -> None:
-        child(DECISION, d.strategy).observe(d.decision_us / 1e6)
+        observe(child(DECISION, d.strategy), d.decision_us / 1e6)
         times = self._decision_us.get(d.strategy)
         if times is None:
             times = self._decision_us[d.strategy] = deque(maxlen=512)
@@ -243,7 +252,8 @@ class Ranker:
             if t.id not in seen:
                 ranked.append(t)
                 seen.add(t.id)
-        self._predict(decision, req, policy, model)
+        if policy.slo_ttft_ms or (policy.hedging.enabled and len(candidates) > 1):  # else nothing reads it
+            self._predict(decision, req, policy, model)
         if ranked:
             # Booked by the strategy asked (its pick or the fallback's, whichever the request goes to), and counted
             # until fresh state arrives, so a burst between two agent updates does not herd onto one target.
@@ -330,7 +340,7 @@ class Ranker:
 
     def observe(self, model: str, strategy: str, ttft: float) -> None:
         """Per-arm TTFT (the win rates come with the whole outcome: `outcome`)."""
-        child(ARM_TTFT, model, strategy).observe(ttft)
+        observe(child(ARM_TTFT, model, strategy), ttft)
 
     def outcome(self, trial: Trial | None, ok: bool, ttft_s: float | None, latency_s: float, target: str = "") -> None:
         """A finished request of a decision: into the win rates of the model's challengers (and their gauges)."""

@@ -37,7 +37,9 @@ from router.metrics import (
     REQUESTS,
     TOKENS,
     UNKNOWN_MODEL,
+    add,
     child,
+    observe,
 )
 from router.obs import access_log
 from router.pd import Disaggregation
@@ -163,6 +165,7 @@ class RouterService:
         self.forwarder.on_slot_free = self.slot_freed
         self.inflight = 0
         self._unknown_logged: set[str] = set()  # model names refused as unknown, each logged once (bounded)
+        self._reports: list[tuple[Ticket, float]] = []  # finished requests to report at the end of this loop turn
         INFLIGHT_LIMIT.set(cfg.listen.max_inflight)  # per worker; summed over live workers like INFLIGHT
 
     async def start(self) -> None:
@@ -407,7 +410,7 @@ class RouterService:
                     retry_after=kq.retry_after_header,
                 )
         self.inflight += 1
-        INFLIGHT.inc()
+        add(INFLIGHT)
         try:
             if policy.hold_when_full and not remote_first:
                 await self._hold_for_slot(model, candidates, priority, policy, tenant.name)
@@ -422,14 +425,14 @@ class RouterService:
                 ranked, strategy = self._with_cells(route, ranked, strategy)
         except BaseException:
             self.inflight -= 1
-            INFLIGHT.dec()
+            add(INFLIGHT, -1.0)
             await self.quotas.release(lease, None)
             await self.quotas.release(key_lease, None)
             raise
         holds_slot = policy.hold_when_full and not remote_first
         if holds_slot:
             self._share(model).started(tenant.name)
-        if policy.hold_when_full:
+        if policy.hold_when_full and len(ranked) > 1:
             # Targets that can start the request now go first, in the strategy's order.
             flags = [(t, self._usable(t, model)) for t in ranked]
             ranked = [t for t, ok in flags if ok] + [t for t, ok in flags if not ok]
@@ -533,7 +536,7 @@ class RouterService:
         if queues is None:
             queues = self._held[model] = {p: FairQueue() for p in PRIORITIES}
         self._share(model).arrived(tenant, time.monotonic())
-        held = sum(len(q) for q in queues.values())
+        held = sum(map(len, queues.values()))
         if not held and self._may_start(model, candidates, tenant):
             return
         limit = policy.admission.max_queue_per_target * max(1, len(candidates))
@@ -624,9 +627,11 @@ class RouterService:
         return w
 
     async def finish(self, ticket: Ticket) -> None:
-        """Exactly once per admitted request, whatever happened."""
+        """Exactly once per admitted request, whatever happened: what the next request depends on (in-flight
+        counts, batch slots, quota) now; what only reports it (learning, win rates, metrics, the access log, usage,
+        the agent's outcome) once the answer is out, at the end of this event-loop turn (`_report`)."""
         self.inflight -= 1
-        INFLIGHT.dec()
+        add(INFLIGHT, -1.0)
         if ticket.ranked:
             self.ranker.finished(ticket.ranked[0].id)
         now = time.monotonic()
@@ -637,25 +642,45 @@ class RouterService:
             w.target.inflight -= 1
             w.target.on_done(now)
             self.slot_freed(ticket.model)
-            self.route_stats.record(w.target.id, 200 <= (ticket.status or 502) < 400, w.ttft)
-            if ticket.status == 200:  # the latency predictor learns from what the request took
-                self.ranker.learn(ticket.corr_id, w.target.id, w.ttft, now - ticket.t0, ticket.completion_tokens or 0)
-
         used = None
         if ticket.completion_tokens is not None:
             used = float(ticket.completion_tokens + (ticket.prompt_tokens or 0))
-        elsewhere = w is not None and w.target.source == "cell"  # the serving cell's router meters and charges it
-        if elsewhere:
+        if w is not None and w.target.source == "cell":  # the serving cell's router meters and charges it
             used = 0.0
         await self.quotas.release(ticket.lease, used)
         await self.quotas.release(ticket.key_lease, used)
+        if not self._reports:
+            try:
+                asyncio.get_running_loop().call_soon(self._report_all)
+            except RuntimeError:  # no event loop: at once
+                self._report(ticket, now)
+                return
+        self._reports.append((ticket, now))
+
+    def _report_all(self) -> None:
+        reports = self._reports
+        self._reports = []
+        for ticket, now in reports:
+            try:
+                self._report(ticket, now)
+            except Exception:  # one request's report must not cost the others theirs
+                logging.getLogger("infermesh.router").exception("reporting request %s failed", ticket.corr_id)
+
+    def _report(self, ticket: Ticket, now: float) -> None:
+        """A finished request, reported: the strategies learn from it, metrics, access log, usage, the agent."""
+        w = ticket.winner
         dur = now - ticket.t0
         status = ticket.status or (499 if ticket.cancelled else 502)
+        if w is not None:
+            self.route_stats.record(w.target.id, 200 <= (ticket.status or 502) < 400, w.ttft)
+            if ticket.status == 200:  # the latency predictor learns from what the request took
+                self.ranker.learn(ticket.corr_id, w.target.id, w.ttft, dur, ticket.completion_tokens or 0)
+        elsewhere = w is not None and w.target.source == "cell"  # the serving cell's router meters and charges it
         if not ticket.cancelled and status != 499:  # a client that left says nothing about the strategy
             served = w.target.id if w is not None else ""
             self.ranker.outcome(ticket.trial, 200 <= status < 400, w.ttft if w is not None else None, dur, served)
-        child(REQUESTS, ticket.model, ticket.tenant, ticket.api, str(status)).inc()
-        child(LATENCY, ticket.model, ticket.tenant).observe(dur)
+        add(child(REQUESTS, ticket.model, ticket.tenant, ticket.api, str(status)))
+        observe(child(LATENCY, ticket.model, ticket.tenant), dur)
         if ticket.cause:
             ERRORS.labels(ticket.model, ticket.tenant, ticket.cause).inc()
         if self.usage.enabled and not elsewhere:
@@ -671,9 +696,9 @@ class RouterService:
                 latency_s=dur,
             )
         if ticket.completion_tokens:
-            child(TOKENS, ticket.model, ticket.tenant, "completion").inc(ticket.completion_tokens)
+            add(child(TOKENS, ticket.model, ticket.tenant, "completion"), ticket.completion_tokens)
         if ticket.prompt_tokens:
-            child(TOKENS, ticket.model, ticket.tenant, "prompt").inc(ticket.prompt_tokens)
+            add(child(TOKENS, ticket.model, ticket.tenant, "prompt"), ticket.prompt_tokens)
         if self.cfg.logging.access_log:
             access_log(
                 corr_id=ticket.corr_id,
