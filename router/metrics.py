@@ -157,7 +157,7 @@ def child(metric: Any, *values: str) -> Any:
 # -- updates of one event-loop turn, applied at its end ---------------------------------------------------------------
 # Each prometheus update takes a lock (and, with several workers, writes a memory-mapped file): a request makes about a
 # dozen. The requests that finish in one turn of the event loop add theirs up here and apply them at the turn's end,
-# before the loop reads anything new, so a scrape (of any worker) never sees a request answered but not counted.
+# before the handlers of the next turn run (a scrape of this worker never sees a request answered but not counted).
 _adds: dict[Any, float] = {}  # counter or gauge (a child, or a metric without labels) -> amount
 _observed: dict[Any, tuple[list[float], dict[int, int]]] = {}  # histogram child -> ([sum], observations per bucket)
 _scheduled = False
