@@ -212,16 +212,20 @@ def hist_pct(before: dict[float, float], after: dict[float, float], q: float) ->
     return lo
 
 
-def fallbacks(urls: list[str]) -> float:
-    """Decisions our routers handed to the fallback (a strategy over its decision budget or failing), so far."""
+def fallbacks(urls: list[str], family: str = "infermesh_router_strategy_fallbacks") -> float:
+    """Decisions our routers handed to the fallback (a strategy over its decision budget or failing), so far; with
+    `family` ..._overruns: decisions over the budget whose (built-in's) answer was kept."""
     from prometheus_client.parser import text_string_to_metric_families
 
     total = 0.0
     for u in urls:
         for fam in text_string_to_metric_families(httpx.get(u + "/metrics", timeout=10).text):
-            if fam.name == "infermesh_router_strategy_fallbacks":
+            if fam.name == family:
                 total += sum(smp.value for smp in fam.samples if smp.name.endswith("_total"))
     return total
+
+
+OVERRUNS = "infermesh_router_strategy_overruns"
 
 
 def reset_caches(emus: list[str]) -> None:
@@ -436,9 +440,11 @@ def main() -> int:
                         reset_caches(emus)
                         ours = c in OURS
                         s0, h0, f0 = emu_stats(emus), runtime_ttft(emus), fallbacks(urls) if ours else 0.0
+                        o0 = fallbacks(urls, OVERRUNS) if ours else 0.0
                         results, wall = uvloop.run(replay(urls, reqs, convs))
                         rq.wait_idle(emus)
                         s1, h1, f1 = emu_stats(emus), runtime_ttft(emus), fallbacks(urls) if ours else 0.0
+                        o1 = fallbacks(urls, OVERRUNS) if ours else 0.0
                         ok = [r for r in results if r.ok]
                         pairs = list(zip(s0, s1, strict=True))
                         q = sum(b["prefix_cache"]["queries"] - a["prefix_cache"]["queries"] for a, b in pairs)
@@ -453,6 +459,7 @@ def main() -> int:
                             "tput": len(ok) / wall, "hit": h / q if q else 0.0,
                             "imbalance": max(per) / mean if mean else float("nan"), "wall": wall,
                             "rt_p50": hist_pct(h0, h1, 0.5), "rt_p90": hist_pct(h0, h1, 0.9), "fallbacks": f1 - f0,
+                            "overruns": o1 - o0,
                         }  # fmt: skip
                         table[(wl, c, load)] = row
                         print(f"{wl} {c} @ {load:.0%}: {json.dumps({k: round(v, 3) for k, v in row.items()})}",
@@ -463,14 +470,15 @@ def main() -> int:
     print()
     print(f"{'workload':<14} {'config':<20} {'load':>4} {'ok/n':>9} {'TTFT p50':>8} {'p90':>7} {'p99':>7} "
           f"{'e2e p99':>7} {'req/s':>6} {'hit%':>5} {'imbal':>5} {'rt p50':>6} {'rt p90':>6} {'fb':>4} "
-          f"{'loads':>5}")  # fmt: skip
+          f"{'late':>4} {'loads':>5}")  # fmt: skip
     for (wl, c, load), r in table.items():
         print(f"{wl:<14} {c:<20} {load:>4.0%} {int(r['ok']):>4}/{int(r['n']):<4} {r['ttft_p50']:>8.3f} "
               f"{r['ttft_p90']:>7.3f} {r['ttft_p99']:>7.3f} {r['e2e_p99']:>7.2f} {r['tput']:>6.2f} "
               f"{100 * r['hit']:>5.1f} {r['imbalance']:>5.2f} {r['rt_p50']:>6.3f} {r['rt_p90']:>6.3f} "
-              f"{int(r['fallbacks']):>4} {int(r.get('lora_loads', 0)):>5}")  # fmt: skip
+              f"{int(r['fallbacks']):>4} {int(r.get('overruns', 0)):>4} {int(r.get('lora_loads', 0)):>5}")  # fmt: skip
     print(
-        "# fb: our routers' decisions handed to baseline_rr (strategy over its 1 ms decision budget on this box); "
+        "# fb: our routers' decisions handed to baseline_rr (a strategy failing, tripped, or a plugin over its 1 ms "
+        "decision budget); late: decisions over the budget whose built-in's answer was kept; "
         "loads: LoRA adapters loaded by the runtimes during the run"
     )
     n99 = [int(r["ok"]) for r in table.values()]

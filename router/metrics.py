@@ -55,6 +55,11 @@ DECISION = Histogram(
 STRATEGY_FALLBACKS = Counter(
     "infermesh_router_strategy_fallbacks_total", "Decisions that fell back to baseline_rr", ["strategy"]
 )
+STRATEGY_OVERRUNS = Counter(
+    "infermesh_router_strategy_overruns_total",
+    "Decisions over the budget whose answer was kept (a built-in's late answer beats round-robin's blind one)",
+    ["strategy"],
+)
 RETRIES = Counter("infermesh_router_retries_total", "Attempts retried on another target", ["model", "cause"])
 HEDGES = Counter(
     "infermesh_router_hedges_total", "Hedged copies: fired, won (hedge answered first), wasted", ["model", "result"]

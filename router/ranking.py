@@ -32,6 +32,7 @@ from router.metrics import (
     SHADOW,
     STRATEGY_FALLBACKS,
     STRATEGY_NOT_LOADED,
+    STRATEGY_OVERRUNS,
     WIN_RATE,
     child,
     observe,
@@ -142,6 +143,8 @@ class Ranker:
         times.append(d.decision_us)
         if d.fallback:
             STRATEGY_FALLBACKS.labels(d.fallback_reason.rsplit(": ", 1)[0]).inc()
+        elif d.overrun:
+            STRATEGY_OVERRUNS.labels(d.strategy).inc()
 
     def _sync(self) -> None:
         view = self.view

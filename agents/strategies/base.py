@@ -159,6 +159,7 @@ class Decision:
     fallback_reason: str = ""
     decision_us: float = 0.0
     asked: str = ""  # the strategy asked (differs from `strategy` on a fallback): it books the routed target
+    overrun: bool = False  # the strategy's answer came after the budget and was kept (`Strategy.late_answer_kept`)
 
     @property
     def best(self) -> TargetView | None:
@@ -257,6 +258,10 @@ class Strategy(ABC):
     """
 
     name: ClassVar[str] = ""
+    # Whether the host keeps this strategy's answer when it came after the decision budget. The time is spent
+    # either way; a built-in's late answer is as right as a prompt one (the overrun is the machine's contention),
+    # while round-robin's places the request blind. Overruns still count towards tripping the strategy.
+    late_answer_kept: ClassVar[bool] = False
 
     def on_upsert(self, view: TargetView, previous: TargetView | None) -> None:  # noqa: B027 - optional hook
         """A target was added or changed."""

@@ -188,6 +188,7 @@ class LeastQueue(_EliteMixin, Strategy):
     """Fewest queued + running requests per unit of capacity among sampled candidates (power of d choices)."""
 
     name = "least_queue"
+    late_answer_kept = True
 
     def __init__(self, params: SampleParams | None = None) -> None:
         self.params = params or SampleParams()
@@ -282,6 +283,7 @@ class HybridMesh(_EliteMixin, Strategy):
     """
 
     name = "hybrid_mesh"
+    late_answer_kept = True  # and cache_aware, session_affinity: a late answer beats round-robin's blind one
 
     def __init__(
         self,

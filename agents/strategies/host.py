@@ -2,7 +2,8 @@
 `baseline_rr` when one overruns or raises.
 
 Python cannot pre-empt a running function, so the budget is enforced after the fact: an overrun's answer is
-discarded in favour of round-robin, and a strategy that overruns or fails repeatedly is bypassed for a cool-down.
+discarded in favour of round-robin (kept, for a strategy that says `late_answer_kept`: the built-ins, whose overruns
+are the machine's contention), and a strategy that overruns or fails repeatedly is bypassed for a cool-down.
 Time (`clock`) and randomness (`rng`) are injected.
 
 Deciding and booking are two steps. `decide` only asks (a strategy's `rank` books nothing); the caller then says
@@ -40,6 +41,7 @@ class StrategyStats:
 
     decisions: int = 0
     fallbacks: dict[str, int] = field(default_factory=dict)  # reason -> count
+    overruns: int = 0  # answers over the budget that were kept (`Strategy.late_answer_kept`)
     consecutive_failures: int = 0
     tripped_until: float = 0.0
 
@@ -170,7 +172,11 @@ class StrategyHost:
                 elapsed_us = (self.clock() - start) * 1e6
                 if elapsed_us > self.budget_us and name != FALLBACK:
                     self._failure(stats, start)
-                    decision = self._fallback(request, k, name, "budget", start)
+                    if chosen.late_answer_kept and ranked:
+                        stats.overruns += 1
+                        decision = Decision(ranked, name, decision_us=elapsed_us, overrun=True)
+                    else:
+                        decision = self._fallback(request, k, name, "budget", start)
                 else:
                     stats.consecutive_failures = 0
                     decision = Decision(ranked, name, decision_us=elapsed_us)

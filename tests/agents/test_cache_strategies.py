@@ -175,10 +175,13 @@ class _Clock:
         return self.now
 
 
-def _slow(cls: type[HybridMesh], clock: _Clock, pi: PrefixIndex) -> HybridMesh:
-    """`cls` whose every decision takes 2 ms of the host's clock: over any sub-millisecond budget."""
+def _slow(cls: type[HybridMesh], clock: _Clock, pi: PrefixIndex, kept: bool = False) -> HybridMesh:
+    """`cls` whose every decision takes 2 ms of the host's clock: over any sub-millisecond budget; `kept`: whether
+    the host keeps its late answer (the built-ins' rule) or falls back to round-robin (a plugin's)."""
 
     class Slow(cls):  # type: ignore[valid-type, misc]
+        late_answer_kept = kept
+
         def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
             clock.now += 0.002
             return super().rank(index, request, k, rng)
@@ -253,3 +256,34 @@ def test_hybrid_places_a_new_prefix_where_the_caches_hold_least_and_evict_nothin
         assert {pick(HybridWeights(), seed, full) for seed in range(8)} == {"t1"}, full
         # without them the two tie, and the tie goes to the first target: the fuller cache
         assert pick(HybridWeights(cache_spread=0.0, cache_evict=0.0), 0, full) == "t0", full
+
+
+@pytest.mark.parametrize("cls", [HybridMesh, CacheAware], ids=["hybrid_mesh", "cache_aware"])
+def test_a_built_in_answer_over_the_budget_is_kept_and_booked_where_it_sends(cls: type[HybridMesh]) -> None:
+    """A built-in's late answer is as right as a prompt one (the time is spent either way): the host keeps it,
+    counts the overrun, and trips the strategy only after `trip_after` overruns in a row."""
+    from agents.strategies.host import StrategyHost
+
+    assert cls.late_answer_kept
+    clock = _Clock()
+    pi = PrefixIndex()
+    for i in range(8):
+        pi.ensure(f"http://e{i}", EVENTS)
+    pi.targets["http://e5"].add(range(1, 121))
+    s = _slow(cls, clock, pi, kept=True)
+    host = StrategyHost({"s": s}, default="s", budget_us=1000.0, trip_after=3, rng=random.Random(1), clock=clock)
+    for v in _fleet():
+        host.upsert(v)
+    host.refresh()
+    hashes = [*range(1, 121), 777]
+    for i in range(2):
+        req = RouteRequest(model="m", prompt_tokens=2000, max_tokens=32, block_hashes=[*hashes, i], request_id=f"r{i}")
+        d = host.decide(req, k=1)
+        assert not d.fallback and d.overrun and d.strategy == "s" and d.decision_us > 1000
+        assert d.ranked[0].target.target_id == "t5"  # its own answer: the target holding the prefix
+        host.routed(d, req, "t5")
+    assert {e for e, bs in pi.targets.items() if bs.pending} == {"http://e5"}
+    assert host.stats["s"].overruns == 2 and host.stats["s"].fallbacks == {}
+    req = RouteRequest(model="m", prompt_tokens=2000, max_tokens=32, block_hashes=hashes, request_id="r3")
+    assert host.decide(req, k=1).overrun  # the third in a row is kept too, and trips it ...
+    assert host.decide(req, k=1).fallback_reason == "s: tripped"  # ... so the next goes round-robin, at once
