@@ -505,7 +505,12 @@ def main() -> int:
           f"azure_p99_ttft_ratio_vs_best_peer={ratio('azure', 'ttft_p99'):.2f} failed={failed} "
           f"runtime_p90_ttft_ratio_vs_best_peer_shared_prefix={ratio('shared_prefix', 'rt_p90'):.2f} "
           f"runtime_p90_ttft_ratio_vs_best_peer_multiturn={ratio('multi_turn', 'rt_p90'):.2f} "
-          f"lora_p90_ttft_ratio_vs_best_peer={ratio('lora', 'ttft_p90', at=args.lora_load):.2f}")  # fmt: skip
+          f"lora_p90_ttft_ratio_vs_best_peer={ratio('lora', 'ttft_p90', at=args.lora_load):.2f} "
+          # the default strategy on the same workloads
+          f"hybrid_p90_ttft_ratio_vs_best_peer_shared_prefix={ratio('shared_prefix', 'ttft_p90', 'hybrid_mesh'):.2f} "
+          f"hybrid_p90_ttft_ratio_vs_best_peer_multiturn={ratio('multi_turn', 'ttft_p90', 'hybrid_mesh'):.2f} "
+          f"hybrid_hit_rate_ratio_vs_best_peer={ratio('shared_prefix', 'hit', 'hybrid_mesh', best=max):.2f}"
+          )  # fmt: skip
     return 0
 
 
