@@ -243,6 +243,10 @@ class Routing(_Model):
     k: int = Field(default=2, ge=1)
     retries: int = Field(default=2, ge=0)
     decision_us: float = Field(default=0.0, ge=0)  # routing time added to every request
+    # the router's hold-at-router queue (router.config RoutingPolicy.hold_when_full, on by default there): while
+    # every batch slot is taken by the router's own requests, new ones wait at the router, FIFO, and each goes to
+    # the best-ranked target with a free slot when one frees
+    hold_when_full: bool = True
     hedging: Hedging = Field(default_factory=Hedging)
 
 

@@ -18,6 +18,7 @@ import heapq
 import math
 import random
 from array import array
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ class Req:
         "failed",
         "first_at",
         "hedged",
+        "held_s",
         "kind",
         "out",
         "prompt",
@@ -71,6 +73,7 @@ class Req:
         self.done_at = -1.0
         self.failed = False
         self.hedged = False
+        self.held_s = 0.0  # time held at the router for a batch slot (hold_when_full)
         self.retries = 0
         self.ranked: list[str] = []
         self.tried: set[str] = set()
@@ -98,6 +101,11 @@ class Router:
         self.predict: Callable[[TargetView, RouteRequest], float] | None = getattr(chosen, "predicted_ttft", None)
         self.trusted: Callable[[], bool] | None = getattr(chosen, "prediction_trusted", None)
         self.seen: dict[int, int] = {}  # node index -> newest state version applied (gossip drops older ones)
+        # the router's hold-at-router queue (`hold_when_full`): its own requests in flight per target, the batch
+        # slots free by that count over what it tracks, and the requests held until one frees
+        self.inflight: dict[int, int] = {}
+        self.free = 0
+        self.held: deque[Req] = deque()
 
 
 @dataclass(slots=True)
@@ -107,7 +115,7 @@ class Recorder:
     t0: array = field(default_factory=lambda: array("d"))
     ttft: array = field(default_factory=lambda: array("d"))
     e2e: array = field(default_factory=lambda: array("d"))
-    wait: array = field(default_factory=lambda: array("d"))  # queue time at the node that answered
+    wait: array = field(default_factory=lambda: array("d"))  # queue time: held at the router + at the node
     gpu: array = field(default_factory=lambda: array("i"))  # GPU class index of the answering node
     cell_hop: array = field(default_factory=lambda: array("b"))  # 1 when answered from another cell
     hedged: array = field(default_factory=lambda: array("b"))
@@ -193,6 +201,8 @@ class Simulation:
         self._rid = 0
         self._copy_seq = 0
         self.hedging = cfg.routing.hedging.enabled
+        self.hold = cfg.routing.hold_when_full
+        self.held_total = 0
         self._live: dict[int, Req] = {}
 
     # -- construction --------------------------------------------------------------------------------------------
@@ -293,6 +303,8 @@ class Simulation:
             for j in tracked:
                 subs[j].append(c)
                 host.upsert(self._view(self.nodes[j]))
+                router.inflight[j] = 0
+                router.free += self.nodes[j].cls.max_num_seqs
             host.refresh()
         for node, s in zip(self.nodes, subs, strict=True):
             node.subs = tuple(s)
@@ -475,6 +487,11 @@ class Simulation:
         req = Req(self._rid, t, router, a.kind, a.prompt_tokens, a.output_tokens, a.tenant)
         router.budget.on_request()
         self._live[req.rid] = req
+        if self.hold and (router.held or router.free <= 0):
+            # every batch slot this router knows of is taken by its own requests: held, FIFO, until one frees
+            router.held.append(req)
+            self.held_total += 1
+            return
         self._route(req, t)
 
     def _route(self, req: Req, t: float) -> None:
@@ -493,13 +510,20 @@ class Simulation:
             self._fail(req)
             return
         req.ranked = [s.target.target_id for s in decision.ranked]
+        if self.hold:
+            # as the router: targets that can start the request now (a batch slot free by its own count) first,
+            # in the strategy's order
+            nodes, inflight = self.node_by_id, router.inflight
+            free = [tid for tid in req.ranked if inflight.get(nodes[tid].idx, 0) < nodes[tid].cls.max_num_seqs]
+            if free and free[0] != req.ranked[0]:
+                req.ranked = free + [tid for tid in req.ranked if tid not in free]
         router.host.commit(decision, request, req.ranked[0])  # booked by the strategy asked; _send counts it
         self._send(req, req.ranked[0], t + self.cfg.routing.decision_us / 1e6)
         if self.hedging and len(req.ranked) > 1 and not req.hedged:
             delay = hedge_delay(router.window, router.hedge_params)
             if router.predict is not None and router.trusted is not None and router.trusted():
                 # hedge when the strategy's own predicted TTFT is overrun (plus the way there and back)
-                best = decision.ranked[0].target
+                best = next(s.target for s in decision.ranked if s.target.target_id == req.ranked[0])
                 rtt = self._rtt_estimate(router.node_id, best.node)
                 pred = router.predict(best, request) + rtt
                 factor = self.cfg.routing.hedging.predicted_factor
@@ -509,7 +533,13 @@ class Simulation:
     def _send(self, req: Req, target_id: str, t: float) -> None:
         node = self.node_by_id[target_id]
         req.tried.add(target_id)
-        req.router.host.note_assigned(target_id)
+        router = req.router
+        router.host.note_assigned(target_id)
+        n = router.inflight.get(node.idx)
+        if n is not None:
+            router.inflight[node.idx] = n + 1
+            if n < node.cls.max_num_seqs:
+                router.free -= 1
         rtt = self.topo.sample_rtt(req.router.cell, node.cell, self.rngs["network"])
         self._copy_seq += 1
         c = Copy(req, node, rtt / 2, self._copy_seq)
@@ -519,7 +549,18 @@ class Simulation:
     def _release(self, c: Copy) -> None:
         if not c.noted:
             c.noted = True
-            c.req.router.host.note_finished(c.node.node_id)  # type: ignore[attr-defined]
+            router: Router = c.req.router  # type: ignore[attr-defined]
+            node = c.node
+            router.host.note_finished(node.node_id)
+            n = router.inflight.get(node.idx)
+            if n is not None and n > 0:
+                router.inflight[node.idx] = n - 1
+                if n <= node.cls.max_num_seqs:
+                    router.free += 1
+                    if router.held:  # a slot freed: the longest-held request goes now
+                        held = router.held.popleft()
+                        held.held_s = self.now - held.t0
+                        self._route(held, self.now)
 
     def _on_node_arrive(self, c: Copy, t: float) -> None:
         if c.cancelled:
@@ -600,7 +641,7 @@ class Simulation:
         rec.t0.append(req.t0)
         rec.ttft.append(req.first_at - req.t0)
         rec.e2e.append(t - req.t0)
-        rec.wait.append(c.admitted_at - c.arrived_at)
+        rec.wait.append(req.held_s + c.admitted_at - c.arrived_at)
         rec.gpu.append(node.cls.index)
         rec.cell_hop.append(1 if node.cell != req.router.cell else 0)
         rec.hedged.append(1 if req.hedged else 0)

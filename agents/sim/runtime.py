@@ -8,7 +8,9 @@ model here keeps the engine's timing rules but advances only at arrivals and com
 - every running sequence gains one token per step, so a shared counter `v` (tokens per sequence so far) finishes
   each sequence when `v` reaches its start + its output length: one heap entry per first token and per completion;
 - a newly admitted prompt is prefilled at `profile.prefill_tok_s` and stalls the batch meanwhile (chunked prefill
-  shares the step's token budget, so decodes wait for it);
+  shares the step's token budget, so decodes wait for it); as the engine schedules at iteration boundaries, a prompt
+  reaching a decoding batch starts after the step in progress, and one reaching an empty batch gets its first token
+  after its prefill plus `profile.ttft_fixed_s` (the engine's first iteration), not after a decode step;
 - admission is FCFS while batch slots (`max_num_seqs`) and KV blocks for prompt + output allow; the KV for the
   whole request is reserved at admission, so there is no preemption (the engine preempts; the model queues instead).
 """
@@ -16,6 +18,7 @@ model here keeps the engine's timing rules but advances only at arrivals and com
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -184,13 +187,27 @@ class Node:
         return self.running < self.cls.max_num_seqs and self.kv_used + c.reserve <= self.kv_cap
 
     def _admit(self, c: Copy, t: float) -> None:
+        prompt: int = c.req.prompt  # type: ignore[attr-defined]
+        prefill = prompt / (self.prefill_rate * self.speed)
+        if self.stall_until > t:
+            start = self.stall_until  # a prefill iteration is under way: this one's prefill follows it
+        elif self.running:
+            # The engine schedules at iteration boundaries: a request reaching a decoding batch waits for the step
+            # in progress (the counter's fractional part is how far into it the batch is).
+            frac = self.v - math.floor(self.v)
+            start = t + ((1.0 - frac) * self.step_s() if frac > _EPS else 0.0)
+        else:
+            # An empty batch: the engine's first iteration is the prefill plus its fixed cost and yields the first
+            # token; the counter charges one decode step after the stall, so the stall carries the difference.
+            start = t
+            prefill += (self.profile.ttft_fixed_s - self.profile.decode_step_s(1, prompt)) / self.speed
+            if prefill < 0.0:
+                prefill = 0.0
         if self.running == 0:
             self.busy_since = t
         self.running += 1
         self.kv_used += c.reserve
-        prompt: int = c.req.prompt  # type: ignore[attr-defined]
-        start = self.stall_until if self.stall_until > t else t
-        self.stall_until = start + prompt / (self.prefill_rate * self.speed)
+        self.stall_until = start + prefill
         v = self.v
         c.v0 = v
         c.admitted_at = t

@@ -289,3 +289,53 @@ def test_example_configs_are_valid() -> None:
     for name in ("small", "medium", "large"):
         cfg = load_config(EXAMPLES / f"{name}.yaml")
         assert cfg.topology.nodes == {"small": 512, "medium": 4096, "large": 131_072}[name]
+
+
+def _one_node(tmp_path: Path, rows: list[tuple[float, int, int]], gpu: str, slots: int, **over: Any) -> dict[str, Any]:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "".join(f"{a},{p},{o}\n" for a, p, o in rows))
+    return tiny(
+        duration_s=rows[-1][0] + 0.001,
+        drain_s=60,
+        **{
+            "topology": {"cells": 1, "nodes_per_cell": 1, "max_num_seqs": slots, "gpus": [{"type": gpu, "share": 1}]},
+            "network": {"intra_cell_rtt": {"mean_ms": 0, "std_ms": 0}},
+            "workload": {"arrival": {"kind": "trace", "path": str(trace), "loop": False}},
+            "routing": {"strategies": ["baseline_rr"], "hedging": {"enabled": False}},
+            **over,
+        },
+    )
+
+
+def test_runtime_times_the_first_token_as_the_engine_iterates(tmp_path: Path) -> None:
+    """An empty batch: the first token comes after the prefill plus the engine's fixed first-iteration cost (not a
+    decode step); a prompt reaching a decoding batch starts after the step in progress, then its prefill and a step."""
+    l40s = get_profile("l40s")
+    r = run(_one_node(tmp_path, [(0.0, 1000, 400), (0.2031, 100, 5)], "l40s", 4), "baseline_rr")
+    assert r.completed == 2
+    first = 1000 / l40s.prefill_tok_s + l40s.ttft_fixed_s
+    ttft = dict(zip(r.rec.t0, r.rec.ttft, strict=True))  # answers are recorded as they complete
+    assert ttft[0.0] == pytest.approx(first, abs=1e-4)  # (plus the network floor, 10 us)
+    # the second arrives mid-step (the first request decodes alone): it waits for that step to end
+    step = l40s.decode_step_s(1, 1000 + 1)  # about 24 ms at batch 1
+    steps_done = (0.2031 - first) / step
+    in_progress = (1 - (steps_done % 1)) * step
+    assert 0 < in_progress < step
+    ttft_b = ttft[0.2031]
+    after = 100 / l40s.prefill_tok_s + l40s.decode_step_s(2, 1000 + 100 + int(steps_done) + 1)
+    assert ttft_b == pytest.approx(in_progress + after, rel=0.02)
+
+
+def test_router_holds_requests_while_every_slot_is_taken(tmp_path: Path) -> None:
+    """hold_when_full (the router's default): with the only batch slot busy, the second request waits at the router,
+    not in the runtime's queue, and its wait counts from its arrival; turned off, it queues at the runtime."""
+    rows = [(0.0, 100, 50), (0.05, 100, 50)]
+    held = Simulation(parse_config(_one_node(tmp_path, rows, "h100", 1)), "baseline_rr")
+    a = held.run()
+    off = {"strategies": ["baseline_rr"], "hold_when_full": False}
+    blind = Simulation(parse_config(_one_node(tmp_path, rows, "h100", 1, routing=off)), "baseline_rr")
+    b = blind.run()
+    assert a.completed == b.completed == 2
+    assert held.held_total == 1 and blind.held_total == 0
+    # either way the second waits for the first to finish: the same wait, at the router or at the runtime
+    assert max(a.rec.wait) > 0.2 and max(a.rec.wait) == pytest.approx(max(b.rec.wait), rel=0.05)
