@@ -15,7 +15,7 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from agents.strategies import load_strategy
@@ -218,8 +218,11 @@ class Ranker:
         prompt_chars: int = 0,
         max_tokens: int | None = None,
         prefix: RequestPrefix | None = None,
+        usable: Callable[[Target], bool] | None = None,
     ) -> tuple[list[Target], str]:
-        """Targets best first (all candidates, so retries and hedges have somewhere to go) and the deciding arm."""
+        """Targets best first (all candidates, so retries and hedges have somewhere to go) and the deciding arm;
+        `usable`: the targets that can start the request now go first, in the strategy's order (the router holding
+        requests at full batches), so the first target, which the strategy books, is the one the request goes to."""
         self._sync()
         self._apply_mesh()
         candidates = self.local_only(candidates)
@@ -255,6 +258,9 @@ class Ranker:
             if t.id not in seen:
                 ranked.append(t)
                 seen.add(t.id)
+        if usable is not None and len(ranked) > 1:
+            flags = [(t, usable(t)) for t in ranked]
+            ranked = [t for t, ok in flags if ok] + [t for t, ok in flags if not ok]
         if policy.slo_ttft_ms or (policy.hedging.enabled and len(candidates) > 1):  # else nothing reads it
             self._predict(decision, req, policy, model)
         if ranked:

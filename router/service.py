@@ -418,9 +418,13 @@ class RouterService:
             if self.pd.serves(model, api):  # the pair is chosen when the request is forwarded (router/pd.py)
                 ranked, strategy = [], "pd"
             else:
+                # holding at full batches, the targets with a free slot go first; the ranker orders them before
+                # the strategy books the first (a cell route's order is settled below)
+                hold_local = policy.hold_when_full and route is None
                 ranked, strategy = self.ranker.rank(
-                    model, self.pd.without_prefill(candidates), policy, corr_id, prompt_chars, max_tokens, prefix
-                )
+                    model, self.pd.without_prefill(candidates), policy, corr_id, prompt_chars, max_tokens, prefix,
+                    usable=(lambda t: self._usable(t, model)) if hold_local else None,
+                )  # fmt: skip
             if route is not None:
                 ranked, strategy = self._with_cells(route, ranked, strategy)
         except BaseException:
@@ -432,7 +436,7 @@ class RouterService:
         holds_slot = policy.hold_when_full and not remote_first
         if holds_slot:
             self._share(model).started(tenant.name)
-        if policy.hold_when_full and len(ranked) > 1:
+        if policy.hold_when_full and route is not None and len(ranked) > 1:
             # Targets that can start the request now go first, in the strategy's order.
             flags = [(t, self._usable(t, model)) for t in ranked]
             ranked = [t for t, ok in flags if ok] + [t for t, ok in flags if not ok]

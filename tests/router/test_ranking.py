@@ -91,3 +91,33 @@ def test_straggler_detection_needs_evidence() -> None:
         fast.ttft.add(0.05)
     assert fw.is_slow(slow, "m")
     assert not fw.is_slow(fast, "m")
+
+
+def test_holding_at_full_batches_books_the_target_the_request_goes_to() -> None:
+    """The strategy's pick (the target holding the prefix) has no free slot: the request goes to the first target
+    with one, and that is where the strategy books it (prefix, queued prefill, in-flight count), not its pick."""
+    from agents.signals.prefixindex import EVENTS, PrefixIndex
+    from router.prefix import RequestPrefix
+
+    view = _view(3)
+    policy = RoutingPolicy(strategy="hybrid_mesh")
+    r = Ranker(view, [policy], decision_budget_us=1e9)
+    pi = PrefixIndex()
+    targets = view.candidates("m")
+    for t in targets:
+        pi.ensure(t.url, EVENTS)
+    pi.targets[targets[0].url].add(range(1, 121))
+    r.host.strategies["hybrid_mesh"].prefix_index = pi  # type: ignore[attr-defined]
+    prefix = RequestPrefix(hashes=[*range(1, 121), 999], tokens=2000)
+    ranked, _ = r.rank("m", targets, policy, "free", prefix=prefix)
+    assert ranked[0].id == targets[0].id  # with a slot free there, its pick
+    full = targets[0].id
+    prefix = RequestPrefix(hashes=[*range(1, 121), 1000], tokens=2000)
+    ranked, _ = r.rank("m", targets, policy, "held", prefix=prefix, usable=lambda t: t.id != full)
+    went = ranked[0]
+    assert went.id != full and ranked[-1].id == full  # the full target last, the others in the strategy's order
+    assert pi.match(went.url, prefix.hashes) == len(prefix.hashes)  # booked where it went ...
+    assert pi.targets[went.url].backlog_tokens(16) == 16 * len(prefix.hashes)
+    assert 1000 not in pi.targets[targets[0].url].pending  # ... and not on the strategy's pick
+    inflight = {v.target_id: v.inflight for v in r.host.index}
+    assert inflight[full] == 1 and inflight[went.id] == 1  # the first request, and this one
