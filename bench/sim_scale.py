@@ -174,8 +174,13 @@ def sim_vs_real(duration: float, load: float, max_num_seqs: int) -> dict[str, fl
                 "max_prompt_tokens": 16384,
                 "max_output_tokens": 4096,
             },
-            # the agent scrapes runtimes every 0.5 s and streams to its router at once
-            "signals": {"publish_ms": {"min": 500, "max": 500}, "intra_cell_ms": {"min": 1, "max": 5}},
+            # the agent scrapes runtimes every 0.5 s and streams to its router at once; the emulators' vLLM metrics
+            # do not say their batch slots, so the router learns them (and the strategy goes without)
+            "signals": {
+                "publish_ms": {"min": 500, "max": 500},
+                "intra_cell_ms": {"min": 1, "max": 5},
+                "report_max_concurrency": False,
+            },
             "routing": {"strategies": ["hybrid_mesh"], "k": 2, "retries": 2, "refresh_ms": 200},
             "output": {"plots": False},
         }

@@ -217,6 +217,9 @@ class Signals(_Model):
     inter_cell_ms: Window = Field(default_factory=lambda: Window(min=50, max=200))
     failure_detect_ms: float = Field(default=1000.0, ge=0)  # until a dead node is marked unroutable
     ewma_alpha: float = Field(default=0.2, gt=0, le=1)
+    # whether a runtime's state says its batch slots (max_concurrency); vLLM's metrics do not, and then the strategy
+    # sees none and the router learns them from a runtime seen queueing while it runs that many (router.view)
+    report_max_concurrency: bool = True
 
 
 class Hedging(_Model):

@@ -104,6 +104,8 @@ class Router:
         # the router's hold-at-router queue (`hold_when_full`): its own requests in flight per target, the batch
         # slots free by that count over what it tracks, and the requests held until one frees
         self.inflight: dict[int, int] = {}
+        self.slots: dict[int, int] = {}  # batch slots per target, known or learnt (none: unknown, always usable)
+        self.unknown = 0  # tracked targets whose slots are unknown
         self.free = 0
         self.held: deque[Req] = deque()
 
@@ -187,6 +189,8 @@ class Simulation:
         topo_cfg = cfg.topology
         self.topo = Topology(cfg.network, topo_cfg.cells, topo_cfg.regions, self.rngs["network"])
         self.model = cfg.workload.model
+        self.hold = cfg.routing.hold_when_full
+        self.report_conc = cfg.signals.report_max_concurrency
         self._build_fleet()
         self._build_routers(strategy_factory or (lambda spec: load_strategy(spec)))
         self.gen = Generator(cfg.workload, self.rngs["arrivals"])
@@ -201,7 +205,6 @@ class Simulation:
         self._rid = 0
         self._copy_seq = 0
         self.hedging = cfg.routing.hedging.enabled
-        self.hold = cfg.routing.hold_when_full
         self.held_total = 0
         self._live: dict[int, Req] = {}
 
@@ -304,7 +307,11 @@ class Simulation:
                 subs[j].append(c)
                 host.upsert(self._view(self.nodes[j]))
                 router.inflight[j] = 0
-                router.free += self.nodes[j].cls.max_num_seqs
+                if self.report_conc:
+                    router.slots[j] = self.nodes[j].cls.max_num_seqs
+                    router.free += router.slots[j]
+                else:
+                    router.unknown += 1
             host.refresh()
         for node, s in zip(self.nodes, subs, strict=True):
             node.subs = tuple(s)
@@ -338,7 +345,7 @@ class Simulation:
             routable=alive,
             requests_waiting=float(waiting),
             requests_running=float(running),
-            max_concurrency=cls.max_num_seqs,
+            max_concurrency=cls.max_num_seqs if self.report_conc else None,
             kv_cache_usage=kv_used / node.kv_cap,
             ewma_latency_s=ewma,
             ewma_ttft_s=ewma_ttft,
@@ -487,7 +494,7 @@ class Simulation:
         req = Req(self._rid, t, router, a.kind, a.prompt_tokens, a.output_tokens, a.tenant)
         router.budget.on_request()
         self._live[req.rid] = req
-        if self.hold and (router.held or router.free <= 0):
+        if self.hold and (router.held or (router.free <= 0 and not router.unknown)):
             # every batch slot this router knows of is taken by its own requests: held, FIFO, until one frees
             router.held.append(req)
             self.held_total += 1
@@ -513,8 +520,8 @@ class Simulation:
         if self.hold:
             # as the router: targets that can start the request now (a batch slot free by its own count) first,
             # in the strategy's order
-            nodes, inflight = self.node_by_id, router.inflight
-            free = [tid for tid in req.ranked if inflight.get(nodes[tid].idx, 0) < nodes[tid].cls.max_num_seqs]
+            nodes, inflight, slots = self.node_by_id, router.inflight, router.slots
+            free = [tid for tid in req.ranked if inflight.get(nodes[tid].idx, 0) < slots.get(nodes[tid].idx, 1 << 30)]
             if free and free[0] != req.ranked[0]:
                 req.ranked = free + [tid for tid in req.ranked if tid not in free]
         router.host.commit(decision, request, req.ranked[0])  # booked by the strategy asked; _send counts it
@@ -538,7 +545,7 @@ class Simulation:
         n = router.inflight.get(node.idx)
         if n is not None:
             router.inflight[node.idx] = n + 1
-            if n < node.cls.max_num_seqs:
+            if n < router.slots.get(node.idx, -1):
                 router.free -= 1
         rtt = self.topo.sample_rtt(req.router.cell, node.cell, self.rngs["network"])
         self._copy_seq += 1
@@ -555,12 +562,13 @@ class Simulation:
             n = router.inflight.get(node.idx)
             if n is not None and n > 0:
                 router.inflight[node.idx] = n - 1
-                if n <= node.cls.max_num_seqs:
+                if n <= router.slots.get(node.idx, -1):
                     router.free += 1
-                    if router.held:  # a slot freed: the longest-held request goes now
-                        held = router.held.popleft()
-                        held.held_s = self.now - held.t0
-                        self._route(held, self.now)
+                if router.held and (router.free > 0 or router.unknown):
+                    # a request finished: the longest-held one goes now, where a slot is free
+                    held = router.held.popleft()
+                    held.held_s = self.now - held.t0
+                    self._route(held, self.now)
 
     def _on_node_arrive(self, c: Copy, t: float) -> None:
         if c.cancelled:
@@ -714,12 +722,31 @@ class Simulation:
     def _on_deliver(self, routers: list[int], node: Node, state: tuple[Any, ...]) -> None:
         version = state[0]
         idx = node.idx
+        learn = self.hold and not self.report_conc
         for r in routers:
             router = self.routers[r]
             if router.seen.get(idx, -1) >= version:
                 continue  # an older publication overtaken by a newer one
             router.seen[idx] = version
             router.host.upsert(self._view(node, state))
+            if learn and state[1] >= 1 and state[2] >= 1:
+                self._learn_slots(router, idx, state[2])
+
+    def _learn_slots(self, router: Router, idx: int, running: int) -> None:
+        """As the router does for a runtime that does not say its batch slots: one seen queueing while it runs N
+        sequences has N slots (the largest N seen)."""
+        old = router.slots.get(idx)
+        if old is not None and old >= running:
+            return
+        if idx not in router.inflight:
+            return
+        n = router.inflight[idx]
+        if old is None:
+            router.unknown -= 1
+        else:
+            router.free -= max(0, old - n)
+        router.slots[idx] = running
+        router.free += max(0, running - n)
 
     # -- faults ------------------------------------------------------------------------------------------------------
     def _schedule_faults(self) -> None:

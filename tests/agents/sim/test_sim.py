@@ -339,3 +339,16 @@ def test_router_holds_requests_while_every_slot_is_taken(tmp_path: Path) -> None
     assert held.held_total == 1 and blind.held_total == 0
     # either way the second waits for the first to finish: the same wait, at the router or at the runtime
     assert max(a.rec.wait) > 0.2 and max(a.rec.wait) == pytest.approx(max(b.rec.wait), rel=0.05)
+
+
+def test_router_learns_batch_slots_a_runtime_does_not_report(tmp_path: Path) -> None:
+    """A runtime that does not say its slots (vLLM's metrics): the router sends blind until it has seen the runtime
+    queue while running, then holds as with known slots."""
+    rows = [(0.0, 100, 200), (0.05, 100, 200), (0.6, 100, 200)]
+    cfg = _one_node(tmp_path, rows, "h100", 1, signals={"report_max_concurrency": False})
+    sim = Simulation(parse_config(cfg), "baseline_rr")
+    r = sim.run()
+    assert r.completed == 3
+    assert sim.held_total == 1  # the second queued at the runtime (slots unknown), the third was held
+    assert sim.routers[0].slots == {0: 1}
+    assert all(v.max_concurrency is None for v in sim.routers[0].host.index)
