@@ -12,6 +12,8 @@ class Strategy(models.TextChoices):
     BASELINE_RR = "baseline_rr"
     LEAST_QUEUE = "least_queue"
     HYBRID_MESH = "hybrid_mesh"
+    CACHE_AWARE = "cache_aware"  # prefix locality against token-level load (agents/strategies/cache.py)
+    SESSION_AFFINITY = "session_affinity"  # a session key's home on a bounded-load ring; else cache_aware
 
 
 MODULE_PREFIX = "module:"  # a routing policy names an uploaded WebAssembly strategy as module:<sha256>

@@ -125,3 +125,20 @@ def test_deployments_and_slos_reach_the_store_typed(world: World, operator: Any)
     assert rows[f"slos/tenant-{world.own.tenant.pk}/model-{slo.model_id}"] == {"ttft_ms_p99": 250.0}
     for key, value in rows.items():
         check_value(key, json.dumps(value))
+
+
+def test_the_cache_strategies_can_be_chosen_and_every_choice_is_one_the_router_loads(
+    world: World, operator: Any
+) -> None:
+    from agents.strategies import load_strategy
+    from meshweb.policy.models import Strategy
+
+    for name in Strategy.values:  # the router's built-ins, by the same names
+        assert load_strategy(name).name == name
+    body = {"strategy": "cache_aware", "shadow_strategy": "session_affinity", "ab_split": {}}
+    resp = operator.patch(_policy_url(world), body, format="json")
+    assert resp.status_code == 200, resp.content
+    pid = world.own.objects["routing_policy"].pk
+    routing = OutboxEntry.objects.filter(key=f"routing/policy-{pid}").order_by("-version").first()
+    assert routing is not None and routing.value["strategy"] == "cache_aware"
+    assert routing.value["params"]["shadow_strategy"] == "session_affinity"
