@@ -13,6 +13,14 @@ a change in the machine's load touches them alike. Streams SSE and measures TTFT
 per request. A last pass slows one H100 down (--straggler, a throttled GPU) and replays --straggler-load through
 hybrid_mesh with and without hedging, on every seed of the first trace: the hedge figures of the summary come from it.
 
+Capacity is measured with the trace's own requests: the first seed's slice sent closed-loop through our router
+(least_queue's, `--calibrate-via`) by one client per batch slot plus one per runtime, completions counted after a
+warm-up; the loads are fractions of it (the mean request kept in every slot, also printed, overstates what the
+heavy-tailed mix gets served). Every run is checked for overload (served < 0.95 x offered over the last 3/4 of the
+arrivals, or a queue still growing at the end): such a row is marked in the table and left out of the summary's
+ratios, since its p99 is the backlog at the end of the arrivals, not routing. `--decisions DIR` keeps each run's
+per-request records and our routers' access logs (the target of each x-request-id) for a look at the tail.
+
 p99 over n requests rests on its n/100 worst ones: `--duration 110` at 90% of a fleet of ~6 req/s gives ~600 requests
 per p99, and the full matrix (2 traces x 3 loads x 3 seeds x 6 configurations + the straggler pass) then takes hours;
 pick --loads, --traces and --configs to fit. Each table row gives the mean over seeds with the seeds' min-max.
@@ -110,6 +118,48 @@ async def measure_capacity(emus: list[str], batch: int, ctx: int, gen: int, seco
     return (done + partial) / seconds
 
 
+async def measure_trace_capacity(
+    url: str, reqs: list[Req], model: str, clients: int, warmup_s: float, seconds: float
+) -> tuple[float, int]:
+    """Served requests/s of the trace's own requests (their real, heavy-tailed prompt and output lengths, in trace
+    order) sent closed-loop by `clients` clients through the router at `url` (the path the measured runs take, so its
+    CPU and the emulators' on this box count): completions in [warmup_s, warmup_s + seconds] over `seconds` (a
+    steady-state completion rate: the clients are cancelled at the end, unfinished requests count nothing). Also
+    the number of completions counted."""
+    import aiohttp
+
+    headers = {"Authorization": "Bearer demo-key", "Content-Type": "application/json"}
+    start = time.perf_counter()
+    lo, hi = start + warmup_s, start + warmup_s + seconds
+    done, nxt = 0, 0
+
+    async def worker(s: aiohttp.ClientSession) -> None:
+        nonlocal done, nxt
+        while True:
+            r = reqs[nxt % len(reqs)]
+            nxt += 1
+            body = json.dumps(
+                {"model": model, "prompt": "x", "prompt_tokens": r.ctx, "max_tokens": r.gen, "stream": True}
+            ).encode()
+            try:
+                async with s.post(url + "/v1/completions", data=body, headers=headers) as resp:
+                    await resp.read()
+                    ok = resp.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            if ok and lo <= time.perf_counter() <= hi:
+                done += 1
+
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
+        tasks = [asyncio.ensure_future(worker(s)) for _ in range(clients)]
+        await asyncio.sleep(hi - time.perf_counter())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return done / seconds, done
+
+
 def schedule(
     rows: list[tuple[float, int, int]], rate: float, duration: float, max_len: int, seed: int = 0
 ) -> list[Req]:
@@ -129,6 +179,34 @@ class Result:
     ok: bool
     ttft: float
     e2e: float
+    at: float = 0.0  # when it was sent, seconds after the start of the replay
+    rid: str = ""  # its x-request-id (the router's access log names it as corr_id)
+    ctx: int = 0
+    gen: int = 0
+
+
+def load_check(results: list[Result]) -> dict[str, float]:
+    """Was the fleet keeping up? Over the last 3/4 of the arrivals (the first quarter fills the pipeline): `offered`
+    = arrivals/s, `served` = completions/s in the same window (in a stable run these match, the completions shifted
+    by a latency), `backlog` = requests sent and still without their first byte when the last one is sent, against
+    its median over the window. A run whose served rate falls short of 95% of the offered one, or whose backlog ends
+    above twice its median (and above 16, half the fleet's batch slots), is an overload: its p99 measures the queue
+    built up by the end of the run, not routing, and the table marks it."""
+    if not results:
+        return {"offered": 0.0, "served": 0.0, "backlog": 0.0, "overloaded": 0.0}
+    span = max(r.at for r in results)
+    lo = 0.25 * span
+    width = max(1e-9, span - lo)
+    offered = sum(1 for r in results if lo <= r.at <= span) / width
+    served = sum(1 for r in results if r.ok and lo <= r.at + r.e2e <= span) / width
+
+    def backlog(t: float) -> int:
+        return sum(1 for r in results if r.at <= t < r.at + (r.ttft if r.ttft > 0 else r.e2e))
+
+    grid = sorted(backlog(lo + width * k / 40) for k in range(41))
+    end, median = backlog(span), grid[len(grid) // 2]
+    over = served < 0.95 * offered or end > max(16, 2 * median)
+    return {"offered": offered, "served": served, "backlog": float(end), "overloaded": float(over)}
 
 
 async def open_loop(reqs: Sequence[Any], one: Callable[[Any], Awaitable[None]]) -> float:
@@ -156,22 +234,24 @@ async def replay(url: str, reqs: list[Req], model: str) -> tuple[list[Result], f
             body = json.dumps(
                 {"model": model, "prompt": "x", "prompt_tokens": r.ctx, "max_tokens": r.gen, "stream": True}
             ).encode()
+            rid = f"rq-{r.at:.4f}-{r.ctx}-{r.gen}"
             t0 = time.perf_counter()
             ttft = 0.0
             try:
-                async with s.post(url + "/v1/completions", data=body, headers=headers) as resp:
+                async with s.post(url + "/v1/completions", data=body, headers={**headers, "x-request-id": rid}) as resp:
                     if resp.status != 200:
                         await resp.read()
-                        results.append(Result(False, 0.0, time.perf_counter() - t0))
+                        results.append(Result(False, 0.0, time.perf_counter() - t0, r.at, rid, r.ctx, r.gen))
                         return
                     tail = b""
                     async for chunk in resp.content.iter_any():
                         if not ttft:
                             ttft = time.perf_counter() - t0
                         tail = (tail + chunk)[-64:]
-                    results.append(Result(tail.endswith(b"[DONE]\n\n"), ttft, time.perf_counter() - t0))
+                    ok = tail.endswith(b"[DONE]\n\n")
+                    results.append(Result(ok, ttft, time.perf_counter() - t0, r.at, rid, r.ctx, r.gen))
             except aiohttp.ClientError:
-                results.append(Result(False, ttft, time.perf_counter() - t0))
+                results.append(Result(False, ttft, time.perf_counter() - t0, r.at, rid, r.ctx, r.gen))
 
         wall = await open_loop(reqs, one)
     return results, wall
@@ -258,11 +338,38 @@ def main() -> int:
         action="store_true",
         help="run the +hedging configurations in the straggler pass only (hedging is judged there)",
     )
-    ap.add_argument("--calibrate-s", type=float, default=15.0, help="seconds of the capacity measurement")
+    ap.add_argument(
+        "--calibrate-s",
+        type=float,
+        default=40.0,
+        help="seconds of the capacity measurement: the trace's own requests sent closed-loop through our router, "
+        "completions counted after --calibrate-warmup-s",
+    )
+    ap.add_argument("--calibrate-warmup-s", type=float, default=15.0, help="seconds before completions count")
+    ap.add_argument(
+        "--calibrate-clients",
+        type=int,
+        default=0,
+        help="closed-loop clients of the capacity measurement (default: every batch slot of the fleet plus one "
+        "waiting request per runtime)",
+    )
+    ap.add_argument(
+        "--calibrate-via",
+        default="",
+        help="configuration whose router carries the capacity measurement (default: least_queue if run, else the "
+        "first of ours)",
+    )
+    ap.add_argument(
+        "--decisions",
+        default="",
+        metavar="DIR",
+        help="keep per-request records here: each run's client view (send time, lengths, TTFT, end-to-end; "
+        "<trace>_<config>_<load>_<seed>.jsonl) and our routers' access logs (target chosen per x-request-id)",
+    )
     ap.add_argument(
         "--recalibrate-s",
         type=float,
-        default=5.0,
+        default=0.0,
         help="seconds of a new capacity measurement before each seed (a shared machine's capacity drifts with its "
         "load, and a load fraction of a stale capacity can be an overload); 0 keeps the first measurement",
     )
@@ -279,6 +386,14 @@ def main() -> int:
         ap.error(f"--traces: unknown trace {unknown[0]!r} (known: {', '.join(TRACES)})")
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
+    our_configs = [c for c in configs if not c.startswith("vllm:")]
+    via = args.calibrate_via or ("least_queue" if "least_queue" in our_configs else (our_configs or [""])[0])
+    if via not in our_configs:
+        ap.error(f"--calibrate-via: {via!r} is not one of this run's configurations of our router ({our_configs})")
+    clients = args.calibrate_clients or (args.max_num_seqs + 1) * len(FLEET)
+    decisions = Path(args.decisions) if args.decisions else None
+    if decisions:
+        decisions.mkdir(parents=True, exist_ok=True)
     if any(c.startswith("vllm:") for c in configs):
         ro.ensure_vllm_router()
     t_start = time.perf_counter()
@@ -307,7 +422,7 @@ def main() -> int:
                 policy["hedging"] = {"enabled": True, "quantile": 0.95, "budget_ratio": 0.05, "budget_burst": 1}
             cfg = ro.router_cfg([], strategy, **policy)
             cfg["agent"] = {"address": agent}
-            cfg["logging"] = {"level": "WARNING", "access_log": False}
+            cfg["logging"] = {"level": "INFO" if decisions else "WARNING", "access_log": bool(decisions)}
             cfg["listen"] = {"grpc_port": None, "max_inflight": 100_000}
             routers[c] = ro.start_router(ps, cfg, name=c.replace("+", "_"))
             deadline = time.monotonic() + 30
@@ -324,6 +439,24 @@ def main() -> int:
             h0 = metric_sum(url, "infermesh_router_hedges_total", result="fired") if "vllm" not in c else 0.0
             results, wall = uvloop.run(replay(url, reqs, "demo-llm"))
             ok = [r for r in results if r.ok]
+            if decisions:
+                name = f"{trace}_{(c + label).replace(':', '-').replace('+', '_').replace(' ', '')}_{load:g}_{seed}"
+                with (decisions / f"{name}.jsonl").open("w") as f:
+                    for r in results:
+                        f.write(
+                            json.dumps(
+                                {
+                                    "rid": r.rid,
+                                    "at": round(r.at, 4),
+                                    "ctx": r.ctx,
+                                    "gen": r.gen,
+                                    "ok": r.ok,
+                                    "ttft": round(r.ttft, 4),
+                                    "e2e": round(r.e2e, 4),
+                                }
+                            )
+                            + "\n"
+                        )
             hedges = metric_sum(url, "infermesh_router_hedges_total", result="fired") - h0 if "vllm" not in c else 0
             row = {
                 "n": len(results),
@@ -334,6 +467,7 @@ def main() -> int:
                 "e2e_p99": pct([r.e2e for r in ok], 0.99),
                 "tput": len(ok) / wall,
                 "hedge": hedges / max(1, len(results)),
+                **load_check(results),
             }
             table.setdefault((trace, c + label, load), []).append(row)
             shown = json.dumps({k: round(v, 3) for k, v in row.items()})
@@ -341,24 +475,38 @@ def main() -> int:
                   flush=True)  # fmt: skip
 
         caps: dict[str, float] = {}
+
+        def trace_capacity(rows: list[tuple[float, int, int]], seconds: float, seed: int) -> float:
+            # the seed's own slice (its lengths, in trace order), arrival times ignored: a closed loop keeps it full
+            sl = schedule(rows, 1.0, 1000.0, 16384, seed)
+            wait_idle(emus)
+            cap, n = uvloop.run(
+                measure_trace_capacity(routers[via], sl, "demo-llm", clients, args.calibrate_warmup_s, seconds)
+            )
+            wait_idle(emus)
+            print(f"# trace capacity (seed {seed}'s requests, {clients} closed-loop clients through {via}): "
+                  f"{cap:.2f} req/s ({n} completions in {seconds:g} s); load average {os.getloadavg()[0]:.2f}",
+                  flush=True)  # fmt: skip
+            return cap
+
         for trace in traces:
             rows = load_trace(TRACES[trace])
             mean_ctx = sum(r[1] for r in rows) / len(rows)
             mean_gen = sum(r[2] for r in rows) / len(rows)
             model_cap = sum(capacity_rps(p, args.max_num_seqs, mean_ctx, mean_gen) for p in FLEET)
-            caps[trace] = uvloop.run(
-                measure_capacity(emus, args.max_num_seqs, int(mean_ctx), int(mean_gen), args.calibrate_s)
-            )
+            mean_cap = uvloop.run(measure_capacity(emus, args.max_num_seqs, int(mean_ctx), int(mean_gen), 10.0))
+            wait_idle(emus)
             print(f"# trace {trace}: {len(rows)} requests, mean context {mean_ctx:.0f}, output {mean_gen:.0f} tokens; "
-                  f"timing-model capacity {model_cap:.2f} req/s, measured here {caps[trace]:.2f} req/s",
-                  flush=True)  # fmt: skip
+                  f"timing-model capacity {model_cap:.2f} req/s, the mean request kept in every slot {mean_cap:.2f} "
+                  f"req/s (not used: the trace's long requests hold slots longer)", flush=True)  # fmt: skip
+            caps[trace] = trace_capacity(rows, args.calibrate_s, 0)
             for seed in range(args.seeds):
                 if seed and args.recalibrate_s > 0:
-                    caps[trace] = uvloop.run(
-                        measure_capacity(emus, args.max_num_seqs, int(mean_ctx), int(mean_gen), args.recalibrate_s)
-                    )
-                    wait_idle(emus)
-                    print(f"# trace {trace} seed {seed}: capacity measured again: {caps[trace]:.2f} req/s", flush=True)
+                    caps[trace] = trace_capacity(rows, args.recalibrate_s, seed)
+                for load in loads:
+                    print(f"# trace {trace} seed {seed} @ {load:.0%}: offered {load * caps[trace]:.2f} req/s of a "
+                          f"capacity of {caps[trace]:.2f} req/s, {max(10, int(load * caps[trace] * args.duration))} "
+                          f"requests per run", flush=True)  # fmt: skip
                 for load in loads:
                     for c in configs:
                         if not (args.hedging_straggler_only and c.endswith("+hedging")):
@@ -373,32 +521,55 @@ def main() -> int:
             for seed in range(args.seeds):
                 for c in straggler:
                     run(trace, rows, caps[trace], c, args.straggler_load, seed, " [straggler]")
+        if decisions:
+            import shutil
+
+            (decisions / "fleet.json").write_text(json.dumps(dict(zip(emus, FLEET, strict=True)), indent=1))
+
+            for c in our_configs:
+                name = c.replace("+", "_")
+                shutil.copy(ps.tmp / f"{name}.log", decisions / f"router_{name}.log")
     print()
     print(f"{'trace':<5} {'config':<26} {'load':>5} {'ok/n':>11} {'TTFT p50':>22} {'TTFT p99':>22} "
-          f"{'e2e p99':>22} {'req/s':>6} {'hedge%':>6}")  # fmt: skip
+          f"{'e2e p99':>22} {'req/s':>6} {'offer':>6} {'serve':>6} {'queue':>5} {'hedge%':>6}  verdict")  # fmt: skip
     for (trace, c, load), rs in table.items():
         ok, n = sum(int(r["ok"]) for r in rs), sum(int(r["n"]) for r in rs)
+        over = sum(int(r["overloaded"]) for r in rs)
+        verdict = f"OVERLOADED in {over}/{len(rs)} seeds: not a routing result" if over else "kept up"
         print(
             f"{trace:<5} {c:<26} {load:>5.0%} {ok:>5}/{n:<5} {spread([r['ttft_p50'] for r in rs]):>22} "
             f"{spread([r['ttft_p99'] for r in rs]):>22} {spread([r['e2e_p99'] for r in rs]):>22} "
-            f"{sum(r['tput'] for r in rs) / len(rs):>6.2f} {100 * sum(r['hedge'] for r in rs) / len(rs):>5.1f}%"
+            f"{sum(r['tput'] for r in rs) / len(rs):>6.2f} {sum(r['offered'] for r in rs) / len(rs):>6.2f} "
+            f"{sum(r['served'] for r in rs) / len(rs):>6.2f} {max(r['backlog'] for r in rs):>5.0f} "
+            f"{100 * sum(r['hedge'] for r in rs) / len(rs):>5.1f}%  {verdict}"
         )
+    print("# req/s: completions over the whole run, drain included; offer/serve: arrivals/s and completions/s over "
+          "the last 3/4 of the arrivals; queue: requests without a first byte when the last was sent (the most over "
+          "seeds). OVERLOADED: served < 0.95 x offered, or that queue above max(16, 2 x its median): the p99 is the "
+          "backlog, and such a seed is left out of the summary's ratios.")  # fmt: skip
     per_p99 = [int(r["ok"]) for rs in table.values() for r in rs]
     first = traces[0]
     hi = min(loads, key=lambda x: abs(x - 0.9))
 
     def p99s(c: str, load: float, label: str = "") -> list[float]:
-        return [r["ttft_p99"] for r in table.get((first, c + label, load), [])]
+        # an overloaded seed's p99 is its backlog: nan, so that no ratio rests on it
+        rs = table.get((first, c + label, load), [])
+        return [float("nan") if r["overloaded"] else r["ttft_p99"] for r in rs]
 
     ours = p99s("hybrid_mesh", hi)
     peers = [p99s(c, hi) for c in configs if c.startswith("vllm:")]
-    best_peer = [min(xs) for xs in zip(*peers, strict=False)] if peers else []
+    best_peer = [min((x for x in xs if x == x), default=float("nan")) for xs in zip(*peers, strict=False)]
     lq = p99s("least_queue", hi)
-    vs_peer = max((o / b for o, b in zip(ours, best_peer, strict=False)), default=float("nan"))
-    vs_lq = max((o / b for o, b in zip(ours, lq, strict=False)), default=float("nan"))
+
+    def worst(xs: list[float]) -> float:
+        xs = [x for x in xs if x == x]
+        return max(xs) if xs else float("nan")
+
+    vs_peer = worst([o / b for o, b in zip(ours, best_peer, strict=False)])
+    vs_lq = worst([o / b for o, b in zip(ours, lq, strict=False)])
     plain = p99s("hybrid_mesh", args.straggler_load, " [straggler]")
     hedged = p99s("hybrid_mesh+hedging", args.straggler_load, " [straggler]")
-    ratios = [h / p for h, p in zip(hedged, plain, strict=False)]
+    ratios = [h / p for h, p in zip(hedged, plain, strict=False) if h == h and p == p]
     hedge_ratio = sum(ratios) / len(ratios) if ratios else float("nan")
     hrows = table.get((first, "hybrid_mesh+hedging [straggler]", args.straggler_load), [])
     extra = sum(r["hedge"] for r in hrows) / len(hrows) if hrows else float("nan")
@@ -406,7 +577,10 @@ def main() -> int:
     seed_lq = [round(o / b, 2) for o, b in zip(ours, lq, strict=False)]
     print(f"# per-seed p99 TTFT ratios at {hi:.0%}: vs best peer {seed_peer}, vs least_queue {seed_lq}; "
           f"hedged/plain with straggler {[round(x, 2) for x in ratios]}")  # fmt: skip
-    print(f"# requests per p99: {min(per_p99, default=0)}-{max(per_p99, default=0)}; wall "
+    overloaded = sum(int(r["overloaded"]) for rs in table.values() for r in rs)
+    print(f"# requests per p99: {min(per_p99, default=0)}-{max(per_p99, default=0)} (a p99 rests on its "
+          f"{min(per_p99, default=0) // 100}-{max(per_p99, default=0) // 100} slowest); overloaded runs: "
+          f"{overloaded} of {len(per_p99)}; wall "
           f"{time.perf_counter() - t_start:.0f} s; load average at end: {os.getloadavg()[0]:.2f}")  # fmt: skip
     print(f"summary: p99_ttft_ratio_vs_best_peer_90={vs_peer:.2f} p99_ttft_ratio_vs_least_queue_90={vs_lq:.2f} "
           f"hedge_p99_ttft_ratio_straggler={hedge_ratio:.2f} hedge_extra_load={extra:.3f} "
