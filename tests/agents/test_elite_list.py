@@ -35,9 +35,8 @@ def test_incremental_elite_is_the_full_ranking(cls: type) -> None:
     rng = random.Random(5)
     strategy = cls()
     host = StrategyHost({strategy.name: strategy}, default=strategy.name, rng=random.Random(1))
-    version = 0
     for step in range(400):
-        version += 1
+        version = step + 1
         i = rng.randrange(60)
         roll = rng.random()
         if roll < 0.08 and host.index.get(f"t{i}") is not None:
