@@ -14,16 +14,19 @@ per request. A last pass slows one H100 down (--straggler, a throttled GPU) and 
 hybrid_mesh with and without hedging, on every seed of the first trace: the hedge figures of the summary come from it.
 
 Capacity is measured with the trace's own requests: the first seed's slice sent closed-loop through our router
-(least_queue's, `--calibrate-via`) by one client per batch slot plus one per runtime, completions counted after a
-warm-up; the loads are fractions of it (the mean request kept in every slot, also printed, overstates what the
-heavy-tailed mix gets served). Every run is checked for overload (served < 0.95 x offered over the last 3/4 of the
-arrivals, or a queue still growing at the end): such a row is marked in the table and left out of the summary's
-ratios, since its p99 is the backlog at the end of the arrivals, not routing. `--decisions DIR` keeps each run's
-per-request records and our routers' access logs (the target of each x-request-id) for a look at the tail.
+(least_queue's, `--calibrate-via`) by 8, 16, 24 and (slots + runtimes) clients in turn (`--calibrate-clients`),
+completions counted after a warm-up, the best rate taken (on a 2-core box the streams' CPU, not the runtimes'
+slots, is the limit, and more clients than it streams well serve fewer requests/s); the loads are fractions of it.
+The mean request kept in every slot, also printed, is far above what this box serves of the trace through a
+router. Every run is checked for overload (served < 0.95 x offered over the last 3/4 of the arrivals, or a queue
+still growing at the end): such a row is marked in the table and left out of the summary's ratios, since its p99 is
+the backlog at the end of the arrivals, not routing. `--decisions DIR` keeps each run's per-request records and our
+routers' access logs (the target of each x-request-id) for a look at the tail.
 
-p99 over n requests rests on its n/100 worst ones: `--duration 110` at 90% of a fleet of ~6 req/s gives ~600 requests
-per p99, and the full matrix (2 traces x 3 loads x 3 seeds x 6 configurations + the straggler pass) then takes hours;
-pick --loads, --traces and --configs to fit. Each table row gives the mean over seeds with the seeds' min-max.
+p99 over n requests rests on its n/100 worst ones. `--requests 600` sets n per run, the duration following from the
+offered rate (the emulators have no faster clock: at ~3 req/s that is ~3.5 minutes a run); the full matrix (2 traces
+x 3 loads x 3 seeds x 6 configurations + the straggler pass) then takes hours; pick --loads, --traces and --configs
+to fit. Each table row gives the mean over seeds with the seeds' min-max.
 
 Summary (first trace, at 90% load, or the load nearest it): p99_ttft_ratio_vs_best_peer_90 = hybrid_mesh's p99 TTFT
 over the best vllm-router policy's, and p99_ttft_ratio_vs_least_queue_90 over least_queue's, each the WORST seed (the
@@ -321,6 +324,13 @@ def spread(xs: list[float]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=40.0, help="seconds of compressed trace per run")
+    ap.add_argument(
+        "--requests",
+        type=int,
+        default=0,
+        help="requests per run (each p99 rests on its n/100 slowest); the run's duration follows from the offered "
+        "rate, and --duration is ignored. 0: --duration decides",
+    )
     ap.add_argument("--loads", default="0.7,0.9,1.0", help="fractions of the measured fleet capacity")
     ap.add_argument("--seeds", type=int, default=3, help="trace slices per (trace, load, configuration)")
     ap.add_argument("--traces", default="conv", help="comma list of: " + ", ".join(TRACES))
@@ -341,17 +351,18 @@ def main() -> int:
     ap.add_argument(
         "--calibrate-s",
         type=float,
-        default=40.0,
-        help="seconds of the capacity measurement: the trace's own requests sent closed-loop through our router, "
+        default=20.0,
+        help="seconds of each capacity measurement: the trace's own requests sent closed-loop through our router, "
         "completions counted after --calibrate-warmup-s",
     )
-    ap.add_argument("--calibrate-warmup-s", type=float, default=15.0, help="seconds before completions count")
+    ap.add_argument("--calibrate-warmup-s", type=float, default=10.0, help="seconds before completions count")
     ap.add_argument(
         "--calibrate-clients",
-        type=int,
-        default=0,
-        help="closed-loop clients of the capacity measurement (default: every batch slot of the fleet plus one "
-        "waiting request per runtime)",
+        default="8,16,24,0",
+        help="closed-loop client counts of the capacity measurement, the best served rate of them taken (0: every "
+        "batch slot of the fleet plus one waiting request per runtime). One count per batch slot overstates nothing "
+        "where the runtimes alone limit; on a small shared machine the streams' CPU does, and more clients than "
+        "it streams well serve fewer requests/s",
     )
     ap.add_argument(
         "--calibrate-via",
@@ -390,7 +401,12 @@ def main() -> int:
     via = args.calibrate_via or ("least_queue" if "least_queue" in our_configs else (our_configs or [""])[0])
     if via not in our_configs:
         ap.error(f"--calibrate-via: {via!r} is not one of this run's configurations of our router ({our_configs})")
-    clients = args.calibrate_clients or (args.max_num_seqs + 1) * len(FLEET)
+    try:
+        levels = [int(x) or (args.max_num_seqs + 1) * len(FLEET) for x in args.calibrate_clients.split(",")]
+    except ValueError:
+        ap.error(f"--calibrate-clients: expected a comma list of integers, got {args.calibrate_clients!r}")
+    if any(n < 1 for n in levels):
+        ap.error("--calibrate-clients: every count must be at least 1 (0 picks the fleet's slots + runtimes)")
     decisions = Path(args.decisions) if args.decisions else None
     if decisions:
         decisions.mkdir(parents=True, exist_ok=True)
@@ -434,7 +450,8 @@ def main() -> int:
         def run(trace: str, rows: list[tuple[float, int, int]], cap: float, c: str, load: float, seed: int,
                 label: str) -> None:  # fmt: skip
             url = routers[c]
-            reqs = schedule(rows, load * cap, args.duration, 16384, seed)
+            rate = load * cap
+            reqs = schedule(rows, rate, args.requests / rate if args.requests else args.duration, 16384, seed)
             wait_idle(emus)
             h0 = metric_sum(url, "infermesh_router_hedges_total", result="fired") if "vllm" not in c else 0.0
             results, wall = uvloop.run(replay(url, reqs, "demo-llm"))
@@ -479,15 +496,19 @@ def main() -> int:
         def trace_capacity(rows: list[tuple[float, int, int]], seconds: float, seed: int) -> float:
             # the seed's own slice (its lengths, in trace order), arrival times ignored: a closed loop keeps it full
             sl = schedule(rows, 1.0, 1000.0, 16384, seed)
+            best = 0.0
+            for clients in levels:
+                wait_idle(emus)
+                cap, n = uvloop.run(
+                    measure_trace_capacity(routers[via], sl, "demo-llm", clients, args.calibrate_warmup_s, seconds)
+                )
+                best = max(best, cap)
+                print(f"# trace capacity (seed {seed}'s requests, {clients} closed-loop clients through {via}): "
+                      f"{cap:.2f} req/s ({n} completions in {seconds:g} s); load average {os.getloadavg()[0]:.2f}",
+                      flush=True)  # fmt: skip
             wait_idle(emus)
-            cap, n = uvloop.run(
-                measure_trace_capacity(routers[via], sl, "demo-llm", clients, args.calibrate_warmup_s, seconds)
-            )
-            wait_idle(emus)
-            print(f"# trace capacity (seed {seed}'s requests, {clients} closed-loop clients through {via}): "
-                  f"{cap:.2f} req/s ({n} completions in {seconds:g} s); load average {os.getloadavg()[0]:.2f}",
-                  flush=True)  # fmt: skip
-            return cap
+            print(f"# capacity taken: {best:.2f} req/s, the best of {len(levels)} client counts", flush=True)
+            return best
 
         for trace in traces:
             rows = load_trace(TRACES[trace])
@@ -504,9 +525,9 @@ def main() -> int:
                 if seed and args.recalibrate_s > 0:
                     caps[trace] = trace_capacity(rows, args.recalibrate_s, seed)
                 for load in loads:
+                    n_run = args.requests or max(10, int(load * caps[trace] * args.duration))
                     print(f"# trace {trace} seed {seed} @ {load:.0%}: offered {load * caps[trace]:.2f} req/s of a "
-                          f"capacity of {caps[trace]:.2f} req/s, {max(10, int(load * caps[trace] * args.duration))} "
-                          f"requests per run", flush=True)  # fmt: skip
+                          f"capacity of {caps[trace]:.2f} req/s, {n_run} requests per run", flush=True)  # fmt: skip
                 for load in loads:
                     for c in configs:
                         if not (args.hedging_straggler_only and c.endswith("+hedging")):
