@@ -101,6 +101,9 @@ class Forwarder:
         self._budgets: dict[str, HedgeBudget] = {}
         self.hedge_wins: dict[str, HedgeWins] = {}  # model -> whether hedges from each target ever win
         self._model_ttft: dict[str, LatencyWindow] = {}
+        # TTFT per (model, hardware kind): a straggler is slow against its own kind, not against faster GPUs
+        self._kind_ttft: dict[tuple[str, str], LatencyWindow] = {}
+        self._kind_targets: dict[tuple[str, str], set[str]] = {}
         self.on_slot_free: Callable[[str], None] = lambda model: None
         self._params: dict[int, HedgeParams] = {}
         self._rules: dict[int, RetryRules] = {}
@@ -133,10 +136,21 @@ class Forwarder:
         return p
 
     def is_slow(self, target: Target, model: str, factor: float = 2.5, floor_s: float = 0.05) -> bool:
-        """A target whose recent median TTFT is `factor` x the model's (and above `floor_s`): a straggler."""
+        """A target whose recent median TTFT is `factor` x its hardware kind's (and above `floor_s`): a straggler.
+
+        In a mixed fleet an L40S or a MIG slice is slower than an H100 by design; judged against the model's median
+        it would be idled while requests wait at the router. So a target of a known GPU family is compared with the
+        other targets of its family and slice; the only one of its kind is never called a straggler here (its
+        speed is the strategy's and the hedges' business). Targets of unknown kind are compared with the model."""
         if len(target.ttft) < 8:
             return False
-        mw = self._model_ttft.get(model)
+        kind = _kind(target)
+        if kind:
+            if len(self._kind_targets.get((model, kind), ())) < 2:
+                return False
+            mw = self._kind_ttft.get((model, kind))
+        else:
+            mw = self._model_ttft.get(model)
         if mw is None or len(mw) < 32:
             return False
         mine, overall = target.ttft.quantile(0.5), mw.quantile(0.5)
@@ -380,6 +394,13 @@ class Forwarder:
             if mw is None:
                 mw = self._model_ttft[model] = LatencyWindow(512)
             mw.add(w.ttft)
+            kind = _kind(w.target)
+            if kind:
+                kw = self._kind_ttft.get((model, kind))
+                if kw is None:
+                    kw = self._kind_ttft[(model, kind)] = LatencyWindow(512)
+                kw.add(w.ttft)
+                self._kind_targets.setdefault((model, kind), set()).add(w.target.id)
             observe(child(TTFT, *w.target.labels), w.ttft)
         else:
             self._failure(w.target, model, time.monotonic())
@@ -416,3 +437,8 @@ def _hedge_pick(order: list[Target], start: int) -> int | None:
         if j is not None:
             return j
     return usable[0] if usable else None
+
+
+def _kind(target: Target) -> str:
+    """The target's hardware kind: GPU family and MIG slice ("" when the family is unknown, as for static targets)."""
+    return f"{target.gpu_type}/{target.mig_profile}" if target.gpu_type else ""

@@ -93,6 +93,35 @@ def test_straggler_detection_needs_evidence() -> None:
     assert not fw.is_slow(fast, "m")
 
 
+def test_a_straggler_is_slow_against_its_own_gpu_family() -> None:
+    """In a mixed fleet an L40S answers slower than an H100 by design: it is no straggler, while a throttled H100 is."""
+    from router.config import OutlierConfig
+    from router.core.retry import Outcome
+    from router.forward import Forwarder, Winner
+
+    fw = Forwarder(None, OutlierConfig())  # type: ignore[arg-type]  # no I/O in this check
+    h100s = [Target(id=f"h{i}", model="m", url=f"http://h{i}", gpu_type="H100") for i in range(3)]
+    l40s = Target(id="l", model="m", url="http://l", gpu_type="L40S")
+    mig = Target(id="g", model="m", url="http://g", gpu_type="A100", mig_profile="3g.40gb")
+
+    def answered(t: Target, ttft: float) -> None:
+        fw._won(Winner(t, None, b"", ttft, Outcome.OK), "m")  # type: ignore[arg-type]  # no response needed
+
+    for _ in range(20):
+        for h in h100s[:2]:
+            answered(h, 0.05)
+        answered(h100s[2], 0.4)  # throttled
+        answered(l40s, 0.15)
+        answered(mig, 0.3)
+    assert fw.is_slow(h100s[2], "m")
+    assert not fw.is_slow(h100s[0], "m")
+    assert not fw.is_slow(l40s, "m") and not fw.is_slow(mig, "m")  # 3x and 6x the model's median, but alone of kind
+    plain = Target(id="p", model="m", url="http://p")  # unknown family: judged against the model, as before
+    for _ in range(10):
+        plain.ttft.add(0.4)
+    assert fw.is_slow(plain, "m")
+
+
 def test_holding_at_full_batches_books_the_target_the_request_goes_to() -> None:
     """The strategy's pick (the target holding the prefix) has no free slot: the request goes to the first target
     with one, and that is where the strategy books it (prefix, queued prefill, in-flight count), not its pick."""
