@@ -12,6 +12,8 @@ request i x 1,000 of the trace, the same slice for every configuration, with the
 a change in the machine's load touches them alike. Streams SSE and measures TTFT (first byte) and end-to-end latency
 per request. A last pass slows one H100 down (--straggler, a throttled GPU) and replays --straggler-load through
 hybrid_mesh with and without hedging, on every seed of the first trace: the hedge figures of the summary come from it.
+A `+nohold` suffix on one of our configurations (e.g. `hybrid_mesh+nohold`) turns the router's hold-at-router queue
+off: requests go to the runtimes at once and queue there, as through vllm-router.
 
 Capacity is measured with the trace's own requests: the first seed's slice sent closed-loop through our router
 (least_queue's, `--calibrate-via`) by 8, 16, 24 and (slots + runtimes) clients in turn (`--calibrate-clients`),
@@ -435,6 +437,8 @@ def main() -> int:
             policy: dict[str, object] = {"first_byte_timeout_s": 300, "deadline_s": 600}
             if c.endswith("+hedging"):
                 policy["hedging"] = {"enabled": True, "quantile": 0.95, "budget_ratio": 0.05, "budget_burst": 1}
+            if "+nohold" in c:  # sent at once, the runtimes queue (as vllm-router does)
+                policy["hold_when_full"] = False
             cfg = ro.router_cfg([], strategy, **policy)
             cfg["agent"] = {"address": agent}
             cfg["logging"] = {"level": "INFO" if decisions else "WARNING", "access_log": bool(decisions)}
