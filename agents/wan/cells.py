@@ -1,10 +1,6 @@
 """Cell summaries and the spill-over rule, sans-IO: the same code in the gateway agents (what a cell publishes), in
 the routers (which cell serves a request) and in `bench/wan_routing.py`.
 
-A summary also carries per model the TTFT a request sent into the cell can expect (`expected_ttft` of its best
-target: measured TTFT plus the wait for a batch slot at the measured service rate), so a cell that is slow but not
-full shows as slow; the rule below does not weigh it yet.
-
 A cell is saturated for a model when its healthy targets' running + waiting requests reach `spill_at` x their batch
 slots: a request sent there would queue behind a full batch, which costs far more than a WAN round trip. It has
 failed for a model when no healthy target serves it. A router keeps a request in its own cell unless the cell is
@@ -31,29 +27,19 @@ Reason = Literal["home", "saturated", "failed", "residency"]
 
 def summarize(cell: str, region: str, ingress: str, views: Iterable[TargetView], seq: int = 0) -> wan_pb2.CellSummary:
     """A cell's per-model load from its targets' fused state; at most `MAX_MODELS` models, the busiest first."""
-    acc: dict[str, list[float]] = {}  # model -> [targets, healthy, capacity, running, waiting, ttft_p95, ttft]
+    acc: dict[str, list[float]] = {}  # model -> [targets, healthy, capacity, running, waiting, ttft_p95]
     for v in views:
-        a = acc.setdefault(v.model, [0, 0, 0, 0.0, 0.0, 0.0, math.inf])
+        a = acc.setdefault(v.model, [0, 0, 0, 0.0, 0.0, 0.0])
         a[0] += 1
         if not v.routable or v.health == UNHEALTHY:
             continue
         running, waiting = v.requests_running or 0.0, v.requests_waiting or 0.0
         a[1] += 1
         # a runtime that does not say its batch slots (vLLM) counts as full once it queues, else one slot short of it
-        slots = v.max_concurrency or (int(running) if waiting >= 1 and running >= 1 else int(running) + 1)
-        a[2] += slots
+        a[2] += v.max_concurrency or (int(running) if waiting >= 1 and running >= 1 else int(running) + 1)
         a[3] += running
         a[4] += waiting
         a[5] = max(a[5], v.ttft_p95_s or 0.0)
-        # what the view's host sent since the runtime's last figures is on its way: it takes a slot or queues
-        if waiting > 0:
-            waiting += v.inflight
-        else:
-            running += v.inflight
-        # the cell's router picks its best target: the cell's expected TTFT is the best target's (0: not known)
-        e = expected_ttft(v.ewma_ttft_s or v.ttft_p95_s or 0.0, running, waiting, slots, v.service_rate_rps)
-        if e > 0:
-            a[6] = min(a[6], e)
     busiest = sorted(acc.items(), key=lambda kv: (-(kv[1][3] + kv[1][4]), kv[0]))[:MAX_MODELS]
     models = [
         wan_pb2.ModelLoad(
@@ -64,23 +50,10 @@ def summarize(cell: str, region: str, ingress: str, views: Iterable[TargetView],
             running=a[3],
             waiting=a[4],
             ttft_p95_s=a[5],
-            ttft_s=a[6] if math.isfinite(a[6]) else 0.0,
         )
         for m, a in sorted(busiest)
     ]
     return wan_pb2.CellSummary(cell=cell, region=region, ingress=ingress, seq=seq, models=models)
-
-
-def expected_ttft(ttft_s: float, running: float, waiting: float, slots: float, service_rate_rps: float) -> float:
-    """The TTFT a request sent to a target (or a pool of them) can expect: its measured TTFT, plus the wait for a
-    batch slot at its service rate (requests finished per second) when requests already wait there or the slots are
-    full. 0 = not known: no TTFT measured, or a queue at a rate not measured yet."""
-    if ttft_s <= 0:
-        return 0.0
-    queued = waiting + 1 if waiting > 0 else running + 1 - slots
-    if queued <= 0:
-        return ttft_s
-    return ttft_s + queued / service_rate_rps if service_rate_rps > 0 else 0.0
 
 
 def load(m: wan_pb2.ModelLoad | None) -> float:

@@ -97,22 +97,3 @@ def test_exchange_refuses_garbage_and_its_own_cell() -> None:
     assert a.receive(own, ("x", 1), 1.0) == []
     assert a.receive(b"x" * 20_000, ("x", 1), 1.0) == []
     assert a.refused == 3
-
-
-def timed(model: str, running: float, waiting: float, ttft: float, rate: float, slots: int = 4) -> TargetView:
-    v = view(model, running, waiting, slots)
-    v.ewma_ttft_s, v.service_rate_rps, v.ttft_p95_s = ttft, rate, None
-    return v
-
-
-def test_summary_carries_the_best_targets_expected_ttft() -> None:
-    # free slot: its TTFT; full: + one slot's wait (1 / rate); queue of 2: + 3 waits
-    (m,) = summarize("a", "eu", "", [timed("m", 2, 0, 0.05, 10.0), timed("m", 4, 2, 0.01, 10.0)]).models
-    assert math.isclose(m.ttft_s, 0.05)
-    (m,) = summarize("a", "eu", "", [timed("m", 4, 0, 0.05, 10.0), timed("m", 4, 2, 0.01, 10.0)]).models
-    assert math.isclose(m.ttft_s, 0.15)
-    # nothing measured, or a queue at an unknown rate: not known
-    unmeasured = view("m", 0, 0)
-    unmeasured.ttft_p95_s = None
-    (m,) = summarize("a", "eu", "", [timed("m", 4, 2, 0.05, 0.0), unmeasured]).models
-    assert m.ttft_s == 0.0
