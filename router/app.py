@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, get_current_span
 from router import capabilities, kserve, route_report, usage, v2codec
 from router.cells import SPILLED_FROM, spill_headers
 from router.config import RouterConfig
+from router.core import spill_proof
 from router.forward import HOP_BY_HOP, ForwardError, Winner
 from router.metrics import ERRORS, REQUESTS, render
 from router.obs import access_log, extract, trace_id_hex, tracer
@@ -313,6 +314,7 @@ class Handlers:
                     deadline_s=request_deadline(request.headers),
                     prefix=request_prefix(api, parsed.obj, request.headers, self.cfg.cache) if api in APIS else None,
                     spilled_from=request.headers.get(SPILLED_FROM),
+                    spill_signature=request.headers.get(spill_proof.HEADER),
                 )
             except Refusal as r:
                 if r.status not in (404, 429):
@@ -346,7 +348,7 @@ class Handlers:
     ) -> web.StreamResponse:
         headers = upstream_headers(request, ticket.corr_id)
         if any(t.source == "cell" for t in ticket.ranked):  # another cell's router authenticates it again
-            headers.update(spill_headers(request.headers, self.svc.cells.view.cell))
+            headers.update(spill_headers(request.headers, self.svc.cells.view.cell, self.svc.sign_spill(ticket)))
 
         def as_parsed(t: Target) -> bytes:
             if t.upstream_model == parsed.model:

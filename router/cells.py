@@ -5,7 +5,9 @@ cells' summaries and measured RTTs) every `cells.refresh_s`. `CellRouter.route` 
 `agents/wan/cells.py` to one request: the home cell's load comes from this router's own view of its targets (fresher
 than any summary), the others' from their summaries. A request goes to another cell through that cell's ingress (a
 router there), with `x-infermesh-spilled-from` naming the cell it left: a router never spills a request that was
-already spilled to it, so a request crosses at most one WAN hop. The tenant's residency (`regions`, set in the
+already spilled to it, so a request crosses at most one WAN hop. With a mesh secret (`cells.mesh_secret_file`) the
+spill carries a signed proof that this router charged the tenant's quotas (router/core/spill_proof.py), and the
+receiving router does not charge them again. The tenant's residency (`regions`, set in the
 portal) is applied on both sides: no cell outside the tenant's regions serves it, and when no allowed cell can, the
 router answers 503 `residency_unavailable` naming the regions. An agent without `wan:` leaves the router cell-local.
 """
@@ -22,20 +24,24 @@ from agents.proto.infermesh.v1 import wan_pb2, wan_pb2_grpc
 from agents.strategies.base import TargetView
 from agents.wan.cells import CellOption, Choice, choose, load, model_load, summarize
 from router.agentpoll import AgentPoller
+from router.core import spill_proof
 from router.metrics import RESIDENCY_REFUSED, SPILLOVER
 from router.obs import log_event
 from router.view import Target
 
 SPILLED_FROM = "x-infermesh-spilled-from"
 _CLIENT_AUTH = ("Authorization", "x-api-key")
-_CELL_ONLY = frozenset(h.lower() for h in (*_CLIENT_AUTH, SPILLED_FROM))
+_CELL_ONLY = frozenset(h.lower() for h in (*_CLIENT_AUTH, SPILLED_FROM, spill_proof.HEADER))
 
 
-def spill_headers(client: Mapping[str, str], cell: str) -> dict[str, str]:
+def spill_headers(client: Mapping[str, str], cell: str, proof: str | None = None) -> dict[str, str]:
     """What a request sent to another cell's router carries besides the usual: the client's credentials (that
-    router authenticates, meters and limits it as its own) and the cell it left."""
+    router authenticates and meters it), the cell it left and, with a mesh secret, the proof that this router has
+    charged it to its tenant's quotas (router/core/spill_proof.py: that router does not charge it again)."""
     out = {h: client[h] for h in _CLIENT_AUTH if h in client}
     out[SPILLED_FROM] = cell
+    if proof is not None:
+        out[spill_proof.HEADER] = proof
     return out
 
 
@@ -67,9 +73,10 @@ class CellRoute:
 
 
 class CellRouter:
-    def __init__(self, spill_at: float = 1.0) -> None:
+    def __init__(self, spill_at: float = 1.0, signed: bool = False) -> None:
         self.view = CellView()
         self.spill_at = spill_at
+        self.signed = signed  # a mesh secret signs what is spilled: charged to the tenant here only
         self._ingress: dict[tuple[str, str], Target] = {}  # (cell, model) -> its ingress as a target
 
     def home_load(self, targets: Iterable[Target], to_view: Callable[[Target], TargetView]) -> float:
@@ -155,6 +162,11 @@ class CellWatcher(AgentPoller):
         stub = wan_pb2_grpc.WanStub(self.channel())
         resp = await stub.ListCells(wan_pb2.ListCellsRequest(), timeout=5.0)
         v = self.router.view
+        if not v.known and not self.router.signed:
+            log_event(
+                "cells.mesh_secret_file is not set: a request spilled to or from another cell is charged to its "
+                "tenant's quotas at both routers"
+            )
         if not v.known or (v.cell, v.region) != (resp.cell, resp.region):
             self._say(f"cell {resp.cell} in region {resp.region or '-'}: {len(resp.cells)} other cells known")
         v.cell, v.region, v.remotes, v.known = resp.cell, resp.region, list(resp.cells), True

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agents import configload
 from agents.security.tls import ClientTls
+from router.core.spill_proof import MIN_SECRET_BYTES
 
 ENV_PREFIX = "INFERMESH_ROUTER__"
 
@@ -386,6 +387,41 @@ class CellsConfig(_Strict):
         "go to the nearest cell with headroom",
     )
     refresh_s: float = Field(default=1.0, gt=0, le=300, description="how often the WAN tier's view is read")
+    mesh_secret_file: str | None = Field(
+        default=None,
+        description="a file holding the secret every router of the mesh shares (at least 32 bytes, surrounding "
+        "whitespace stripped): a router signs what it spills with it, and a spilled request carrying a valid "
+        "signature is charged to its tenant's quotas only where it entered the mesh. Unset: spill-over still works, "
+        "but a spilled request is charged at both routers",
+    )
+    spill_proof_max_age_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=300,
+        description="how far a spill's signature time may be from this router's clock (either way) and still be "
+        "honoured; older is charged as an ordinary request",
+    )
+
+    @field_validator("mesh_secret_file")
+    @classmethod
+    def _secret_file(cls, v: str | None) -> str | None:
+        if v is not None:
+            _read_secret(v)
+        return v
+
+    def mesh_secret(self) -> bytes | None:
+        """The shared secret (read at start; None without one)."""
+        return _read_secret(self.mesh_secret_file) if self.mesh_secret_file else None
+
+
+def _read_secret(path: str) -> bytes:
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"{path!r} must hold a secret of at least {MIN_SECRET_BYTES} bytes, not {len(secret)}")
+    return secret
 
 
 class RouterConfig(_Strict):

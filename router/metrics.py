@@ -100,6 +100,12 @@ RESIDENCY_REFUSED = Counter(
     "requests refused with 503 because no cell in the tenant's allowed regions could serve the model",
     ["model"],
 )
+SPILLED_IN = Counter(
+    "infermesh_router_spilled_in_total",
+    "requests another cell's router sent here, by the verdict on its spill proof: verified ones were charged to "
+    "their tenant there and are not charged again; any other verdict is charged here as an ordinary request",
+    ["verdict"],
+)
 MESH_DEGRADED = Gauge(
     "infermesh_router_mesh_degraded",
     "1 while gossip reports most of the mesh unreachable and the router ranks only local targets",

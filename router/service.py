@@ -20,6 +20,7 @@ from router.access import AccessState, AccessWatcher
 from router.agentlink import AgentLink, Outcome
 from router.cells import CellRoute, CellRouter, CellWatcher
 from router.config import RouterConfig, RoutingPolicy, TenantConfig
+from router.core import spill_proof
 from router.core.admission import AdmissionController, TargetLoad
 from router.core.fairshare import FairQueue, SlotShare
 from router.core.quota import TenantLimits, estimate_tokens
@@ -35,6 +36,7 @@ from router.metrics import (
     INFLIGHT_LIMIT,
     LATENCY,
     REQUESTS,
+    SPILLED_IN,
     TOKENS,
     UNKNOWN_MODEL,
     add,
@@ -145,7 +147,9 @@ class RouterService:
         self.pd = Disaggregation(cfg.disaggregation, self.view, self.forwarder, cfg.cache.block_size)
         self._mesh_watcher: MeshWatcher | None = None
         # which cell serves a request (router/cells.py), from the agent's WAN tier
-        self.cells = CellRouter(cfg.cells.spill_at)
+        self._mesh_secret = cfg.cells.mesh_secret()  # signs spills (router/core/spill_proof.py); None: unsigned
+        self.cells = CellRouter(cfg.cells.spill_at, signed=self._mesh_secret is not None)
+        self._spill_replays = spill_proof.ReplayGuard(cfg.cells.spill_proof_max_age_s)
         self._cell_watcher: CellWatcher | None = None
         self.agent = AgentLink(self.view, cfg.agent)
         # Models and routing policies from the portal, mirrored from the agent's store (router/portal_routing.py).
@@ -353,6 +357,7 @@ class RouterService:
         deadline_s: float | None = None,
         prefix: RequestPrefix | None = None,
         spilled_from: str | None = None,
+        spill_signature: str | None = None,
     ) -> Ticket:
         t0 = time.monotonic()
         try:
@@ -388,8 +393,9 @@ class RouterService:
                 retry_after=wait,
             )
         est = estimate_tokens(prompt_chars, max_tokens)
-        q, lease = await self.quotas.acquire(tenant.name, est)
-        if not q.allowed:
+        charged_here = spilled_from is None or not self._spill_charged(spill_signature, corr_id, tenant.name)
+        q, lease = await self.quotas.acquire(tenant.name, est) if charged_here else (None, None)
+        if q is not None and not q.allowed:
             self._refused(model, tenant.name, api, q.reason, tenant.key_prefix)
             raise Refusal(
                 429,
@@ -398,7 +404,7 @@ class RouterService:
                 retry_after=q.retry_after_header,
             )
         key_lease = None
-        if tenant.key:
+        if tenant.key and charged_here:
             kq, key_lease = await self.quotas.acquire(tenant.key, est)
             if not kq.allowed:
                 await self.quotas.release(lease, 0.0)
@@ -460,6 +466,24 @@ class RouterService:
             deadline=t0 + min(policy.deadline_s, deadline_s if deadline_s is not None else policy.deadline_s),
             holds_slot=holds_slot,
         )
+
+    def sign_spill(self, ticket: Ticket) -> str | None:
+        """The signed proof a request this router spills carries: it charged the tenant here (None: no secret)."""
+        if self._mesh_secret is None:
+            return None
+        return spill_proof.sign(self._mesh_secret, ticket.corr_id, ticket.tenant, time.time())
+
+    def _spill_charged(self, proof: str | None, corr_id: str, tenant: str) -> bool:
+        """Whether a request another cell's router spilled here was charged to its tenant there (a valid, fresh,
+        first-seen proof); anything else is charged here as an ordinary request. Counted by verdict."""
+        now = time.time()
+        verdict = spill_proof.verify(
+            self._mesh_secret, proof, corr_id, tenant, now, self.cfg.cells.spill_proof_max_age_s
+        )
+        if verdict is spill_proof.Verdict.VERIFIED and not self._spill_replays.first_use(proof or "", now):
+            verdict = spill_proof.Verdict.REPLAYED
+        SPILLED_IN.labels(verdict.value).inc()
+        return verdict is spill_proof.Verdict.VERIFIED
 
     def _cell_route(
         self, model: str, tenant: Tenant, candidates: list[Target], spilled_from: str | None
@@ -649,8 +673,8 @@ class RouterService:
         used = None
         if ticket.completion_tokens is not None:
             used = float(ticket.completion_tokens + (ticket.prompt_tokens or 0))
-        if w is not None and w.target.source == "cell":  # the serving cell's router meters and charges it
-            used = 0.0
+        if w is not None and w.target.source == "cell" and self._mesh_secret is None:
+            used = 0.0  # unsigned: the serving cell's router charges it (again); signed, charged here alone
         await self.quotas.release(ticket.lease, used)
         await self.quotas.release(ticket.key_lease, used)
         if not self._reports:
