@@ -3,12 +3,15 @@ own Raft group, linked to the portal, a WAN gateway), one emulated runtime (2 ba
 The WAN tier's datagrams between cells pass through a relay in this test that injects the RTTs (10 ms inside a
 region, 50 to 60 ms across). A cell saturated → its requests go to the nearest cell with headroom; a cell failed → to
 the next; a tenant restricted to eu is never served in us under either, and is refused with 503 when no eu cell can
-serve it; the portal shows the regions, cells and the spill-over."""
+serve it; the portal shows the regions, cells and the spill-over. The routers share the tenants' quotas through Redis
+and a mesh secret: a spilled request is charged once across the two routers (the serving one verifies the spilling
+one's signature), so a tenant with a concurrency quota of 2 gets 2 requests served across two cells, not 1."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import subprocess
 import sys
 import threading
@@ -137,12 +140,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mesh, Cell
         for n in CELLS:
             cells.start_emulator(n)
         mesh.start()
+        secret = tmp / "mesh.secret"
+        secret.write_text(secrets.token_hex(32) + "\n")
         for n in CELLS:
             cfg = {
                 "listen": {"host": "127.0.0.1", "port": cells.router_port[n], "grpc_port": None},
                 "agent": {"address": mesh.agents[n].address, "reconnect_max_s": 1.0, "node": n},
                 "default_policy": {"strategy": "least_queue"},
-                "cells": {"refresh_s": 0.3},
+                "cells": {"refresh_s": 0.3, "mesh_secret_file": str(secret)},
+                "redis": {"url": mesh.redis.url, "timeout_s": 2.0},  # the tenants' quotas, shared by the routers
                 "usage": {"portal_url": mesh.base, "credential": mesh.credentials[n], "flush_s": 0.5},
             }
             cells.routers[n] = start_router(cfg, tmp, f"router-{n}")
@@ -176,6 +182,15 @@ def spills(router: RouterProc) -> dict[tuple[str, str], float]:
         lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
         out[(lab["to_cell"], lab["reason"])] = float(value)
     return out
+
+
+_SPILLED_IN = re.compile(r'^infermesh_router_spilled_in_total\{verdict="(\w+)"\} ([0-9.e+]+)$', re.M)
+
+
+def spilled_in(router: RouterProc) -> dict[str, float]:
+    """verdict on the spill's signature -> requests other cells' routers sent to this one."""
+    text = httpx.get(f"{router.url}/metrics", timeout=5).text
+    return {verdict: float(value) for verdict, value in _SPILLED_IN.findall(text)}
 
 
 def spilled_once(router: RouterProc, key: str, to: tuple[str, str]) -> httpx.Response:
@@ -290,3 +305,41 @@ def test_saturated_and_failed_cells_spill_within_residency(world: tuple[Mesh, Ce
         and line.get("status") == 200 and not str(line.get("target", "")).startswith("cell:")
     ]  # fmt: skip
     assert "acme" in served_in_us and "euco" not in served_in_us
+
+
+def test_a_spilled_request_is_charged_once_across_the_two_routers(world: tuple[Mesh, Cells]) -> None:
+    """A tenant with a concurrency quota of 2 (shared by the routers through Redis) entering a saturated us-1 gets
+    both its requests served in us-2: us-2's router verifies us-1's signature and does not charge them again (charged
+    at both, the second would be refused at us-1). A third, entering at us-2 itself meanwhile, finds the quota in use:
+    2 across the two cells, not 2 per router either. (Runs after the test above: eu-1 and eu-2 have failed.)"""
+    mesh, cells = world
+    r = cells.routers
+    mesh.api("POST", "tenants/", {"slug": "capped", "name": "Capped"})
+    quota = mesh.api("GET", "quotas/?tenant__slug=capped")["results"][0]
+    mesh.api("PATCH", f"quotas/{quota['id']}/", {"concurrent_requests_max": 2})
+    key = mesh.api("POST", "inference-keys/", {"tenant": "capped", "name": "app"})["key"]  # after the quota: in force
+    for n in ("node-3", "node-4"):
+        wait_for(f"capped's key at {n}", lambda n=n: chat(r[n], key).status_code == 200, timeout=10)
+
+    before = spilled_in(r["node-4"])
+    with ThreadPoolExecutor(8) as pool:
+        held = hold(pool, cells, "node-3")
+        wait_for("node-3 queueing", partial(queueing, mesh, "node-3"), timeout=5)
+        time.sleep(0.6)  # the routers' watch of their agent and of the WAN view
+        sent = [pool.submit(chat, r["node-3"], key, 900, 30) for _ in range(2)]  # about 3 s each at the emulator
+
+        def both_in() -> dict[str, float] | None:
+            now = spilled_in(r["node-4"])
+            return now if now.get("verified", 0.0) >= before.get("verified", 0.0) + 2 else None
+
+        wait_for("both spilled requests verified at us-2", both_in, timeout=10, every=0.05)
+        third = chat(r["node-4"], key)
+        assert third.status_code == 429 and third.json()["error"]["code"] == "quota_exceeded", third.text
+        assert all(not f.done() for f in sent), "the spilled requests finished before the third was sent"
+        for f in sent:
+            assert f.result(30).status_code == 200
+        for f in held:
+            assert f.result(30).status_code == 200
+    after = spilled_in(r["node-4"])
+    assert {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)} == {"verified": 2}
+    assert chat(r["node-4"], key).status_code == 200  # the leases went back where they were taken
