@@ -13,6 +13,8 @@ from typing import Any
 from router.config import StaticTarget
 from router.core.hedging import LatencyWindow
 
+SLOTS_CONFIRMATIONS = 3  # agent states that must show a runtime queueing at its learned slots before they are trusted
+
 
 @dataclass(slots=True, eq=False)
 class Target:
@@ -48,6 +50,7 @@ class Target:
     state: Any = None  # the agent's TargetState message, handed to strategies as is
     updated: float = 0.0
     learned_slots: int | None = None  # batch slots seen in use while the runtime queued (when it does not say)
+    slots_confirmed: int = 0  # states that showed the runtime queueing at `learned_slots` with more sent than that
     # Local knowledge of this router.
     inflight: int = 0
     slow_skips: int = 0
@@ -67,14 +70,37 @@ class Target:
         return self.max_concurrency or self.learned_slots
 
     def has_slot(self) -> bool:
-        """Whether a request sent now would start at once (unknown slot count: assume so)."""
+        """Whether a request sent now would start at once (unknown slot count: assume so). A learned count not yet
+        confirmed is a lower bound: while the runtime says nothing waits there, one request more than it may go,
+        so that a count learned too low can rise (a router that never sends more than it believes fits would never
+        see more run)."""
         slots = self.slots
-        return slots is None or self.inflight < slots
+        if slots is None or self.inflight < slots:
+            return True
+        return (
+            self.max_concurrency is None
+            and self.slots_confirmed < SLOTS_CONFIRMATIONS
+            and self.waiting is not None
+            and self.waiting < 1
+            and self.inflight < slots + 1
+        )
 
     def learn(self, waiting: float | None, running: float | None) -> None:
         # A runtime that queues while running N sequences has (at most) N slots; the maximum over time converges.
-        if waiting is not None and running is not None and waiting >= 1 and running >= 1:
-            self.learned_slots = max(self.learned_slots or 0, int(running))
+        # A queue can also be momentary (a request that arrived during an iteration waits for its end; a long chunked
+        # prefill takes the token budget for several iterations), so N is a lower bound, confirmed by states that
+        # show the queue at N while this router has more than N there. Running N always means at least N slots.
+        if running is None or running < 1:
+            return
+        n = int(running)
+        learned = self.learned_slots
+        if learned is not None and n > learned:
+            self.learned_slots, self.slots_confirmed = n, 0
+        elif waiting is not None and waiting >= 1:
+            if learned is None:
+                self.learned_slots, self.slots_confirmed = n, 0
+            elif n == learned and self.inflight > learned:
+                self.slots_confirmed += 1
 
     def est_waiting(self) -> float:
         """Queue estimate: the agent's figure when fresh, else what this router itself has in flight there."""
@@ -199,7 +225,7 @@ class TargetView:
             st = self._static.get(new.id)
             if st is not None:
                 new.inflight, new.completed, new.ttft = st.inflight, st.completed, st.ttft
-                new.learned_slots = st.learned_slots
+                new.learned_slots, new.slots_confirmed = st.learned_slots, st.slots_confirmed
                 new.role = st.role  # the config declares the role; the agent does not know it
             new.learn(new.waiting, new.running)
             return new

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import REGISTRY
 
 from router.config import RoutingPolicy, StaticTarget
@@ -72,6 +73,39 @@ def test_learned_slots_and_has_slot() -> None:
     assert t.est_waiting() == 0
     t.inflight = 6
     assert t.est_waiting() == 2
+
+
+def test_slots_learned_from_a_momentary_queue_rise_and_are_trusted_once_confirmed() -> None:
+    """A request that arrives during an iteration waits for its end: a state showing 1 running and 1 waiting does
+    not mean one slot. Holding at one would never let a second run, so the count would stay low for good."""
+    t = Target(id="x", model="m", url="http://h", source="agent")
+    t.learn(waiting=1, running=1)
+    assert t.slots == 1
+    t.waiting, t.inflight = 0.0, 1
+    assert t.has_slot()  # the runtime says nothing waits: one more may go
+    t.inflight = 2
+    assert not t.has_slot()  # only one more than the learned count
+    t.waiting, t.inflight = 1.0, 1
+    assert not t.has_slot()  # a queue there: no probe
+
+    t.learn(waiting=0, running=2)  # two ran at once: at least two slots
+    t.learn(waiting=0, running=4)
+    assert t.slots == 4
+    # the runtime queues at 4 while this router has 5 there, three states running: the count is trusted
+    t.inflight = 5
+    for _ in range(3):
+        t.learn(waiting=1, running=4)
+    t.waiting, t.inflight = 0.0, 4
+    assert not t.has_slot()
+    t.learn(waiting=0, running=6)  # more ran after all: learned again, probing again
+    assert t.slots == 6 and t.slots_confirmed == 0
+    t.inflight = 6
+    assert t.has_slot()
+
+
+def test_a_said_slot_count_is_never_probed_past() -> None:
+    t = Target(id="x", model="m", url="http://h", max_concurrency=4, waiting=0.0, inflight=4)
+    assert not t.has_slot()
 
 
 def test_straggler_detection_needs_evidence() -> None:
@@ -150,3 +184,111 @@ def test_holding_at_full_batches_books_the_target_the_request_goes_to() -> None:
     assert 1000 not in pi.targets[targets[0].url].pending  # ... and not on the strategy's pick
     inflight = {v.target_id: v.inflight for v in r.host.index}
     assert inflight[full] == 1 and inflight[went.id] == 1  # the first request, and this one
+
+
+class _Resp:
+    status = 200
+
+    async def readany(self) -> bytes:
+        return b"data: {}\n\n"
+
+    def disarm(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Pool:
+    """Refuses connections to the URLs in `down`; answers a first byte everywhere else."""
+
+    def __init__(self, down: set[str]) -> None:
+        self.down = down
+        self.posted: list[str] = []
+
+    async def post(self, url: str, path: str, body: bytes, headers: object, deadline: float) -> _Resp:
+        from router.upstream import ConnectFailed
+
+        self.posted.append(url)
+        if url in self.down:
+            raise ConnectFailed(f"connection refused: {url}")
+        return _Resp()
+
+
+def _booking_setup(strategy: str):  # type: ignore[no-untyped-def]
+    from agents.signals.prefixindex import APPROX, PrefixIndex
+    from router.prefix import RequestPrefix
+
+    view = _view(3)
+    policy = RoutingPolicy(strategy=strategy)
+    r = Ranker(view, [policy], decision_budget_us=1e9)
+    pi = PrefixIndex()
+    s = r.host.strategies[strategy]
+    s.prefix_index = pi  # type: ignore[attr-defined]
+    if hasattr(s, "cache_index"):
+        s.cache_index = pi  # type: ignore[attr-defined]
+    targets = view.candidates("m")
+    for t in targets:
+        pi.ensure(t.url, APPROX)
+    pi.targets[targets[1].url].add(range(1, 5))  # a short piece of the prefix elsewhere, kept through it all
+    pi.targets[targets[0].url].add(range(1, 101))  # the strategy's pick: it holds the prefix
+    prefix = RequestPrefix(hashes=[*range(1, 101), 7777], tokens=101 * 16)
+    return r, policy, pi, targets, prefix
+
+
+@pytest.mark.parametrize("strategy", ["cache_aware", "hybrid_mesh"])
+async def test_a_retry_after_the_first_target_fails_books_the_second(strategy: str) -> None:
+    """The first-ranked target refuses the connection: the retry's target gets the prefix booking and the in-flight
+    count, the failed target's booking is taken back (what it held before stays), and finishing clears the count."""
+    from router.config import OutlierConfig
+    from router.forward import Forwarder
+
+    r, policy, pi, targets, prefix = _booking_setup(strategy)
+    ranked, _ = r.rank("m", targets, policy, f"retry-{strategy}", prefix=prefix)
+    first = ranked[0]
+    assert first.id == targets[0].id
+    assert pi.match(first.url, prefix.hashes) == len(prefix.hashes)  # booked at the decision, 7777 included
+    booking = r.booking
+    assert booking is not None and booking.booked == [first.id]
+    pool = _Pool({first.url})
+    fw = Forwarder(pool, OutlierConfig())  # type: ignore[arg-type]
+    w = await fw.open(
+        ranked, "/v1/completions", lambda t: b"{}", {}, policy, "m", hedge_ok=False,
+        on_attempt=lambda t, sent: r.attempt(booking, t, sent),
+    )  # fmt: skip
+    second = w.target
+    assert w.attempts == 2 and second.id != first.id and pool.posted == [first.url, second.url]
+    # booked where it was prefilled ...
+    assert pi.match(second.url, prefix.hashes) == len(prefix.hashes)
+    assert booking.booked == [second.id]
+    # ... and no longer on the target that failed, which keeps only what it held before
+    assert pi.match(first.url, prefix.hashes) == 100 and 7777 not in pi.targets[first.url].blocks
+    inflight = {v.target_id: v.inflight for v in r.host.index}
+    assert inflight[first.id] == 0 and inflight[second.id] == 1
+    r.settle(booking)
+    assert {v.target_id: v.inflight for v in r.host.index}[second.id] == 0
+    assert pi.match(second.url, prefix.hashes) == len(prefix.hashes)  # served there: stays booked
+
+
+async def test_a_target_skipped_before_any_attempt_is_not_left_booked() -> None:
+    """The request never reaches the decision's target (an outlier skip, another cell serving it): the first attempt
+    sent releases that booking; a request that finishes without any attempt leaves none either."""
+    from router.prefix import RequestPrefix
+
+    r, policy, pi, targets, prefix = _booking_setup("cache_aware")
+    ranked, _ = r.rank("m", targets, policy, "skipped", prefix=prefix)
+    booking = r.booking
+    assert booking is not None
+    elsewhere = ranked[2]
+    r.attempt(booking, elsewhere, True)
+    assert booking.booked == [elsewhere.id]
+    assert 7777 not in pi.targets[ranked[0].url].blocks and pi.match(elsewhere.url, prefix.hashes) == 101
+    r.settle(booking)
+    assert all(v.inflight == 0 for v in r.host.index)
+    other = RequestPrefix(hashes=[*range(1, 101), 8888], tokens=101 * 16)
+    ranked, _ = r.rank("m", targets, policy, "never-sent", prefix=other)
+    booking = r.booking
+    assert booking is not None and 8888 in pi.targets[ranked[0].url].blocks
+    r.settle(booking)
+    assert all(v.inflight == 0 for v in r.host.index)
+    assert all(8888 not in bs.blocks for bs in pi.targets.values())
