@@ -184,3 +184,11 @@ def test_the_proof_header_never_reaches_a_runtime() -> None:
     assert h[HEADER] == "v1.1.abc"
     runtime = Target(id="t", model="m", url="http://r", node="n", zone="", upstream_model="m", source="static")
     assert HEADER not in for_target(runtime, h) and "Authorization" not in for_target(runtime, h)
+
+
+def test_the_cells_example_router_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from router.config import load_config
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the example names its secret from the repository root
+    cfg = load_config("docs/examples/cells/router-eu-1.yaml", env={})
+    assert cfg.cells.mesh_secret_file is not None
