@@ -206,8 +206,10 @@ class Forwarder:
         model: str,
         hedge_ok: bool,
         first_byte_timeout: float | None = None,
+        on_attempt: Callable[[Target, bool], None] | None = None,
     ) -> Winner:
-        """Try targets in rank order; hedge to the next one after a delay; return the first with a first byte."""
+        """Try targets in rank order; hedge to the next one after a delay; return the first with a first byte.
+        `on_attempt(target, True)` as an attempt is sent, `(target, False)` when it fails before its first byte."""
         rules = self.rules(policy)
         order = self.healthy_order(ranked)
         if not order:
@@ -219,7 +221,7 @@ class Forwarder:
         fbt = policy.first_byte_timeout_s if first_byte_timeout is None else first_byte_timeout
         deadline = start + fbt
         if not hedging:
-            return await self._sequential(order, path, body_for, headers, fbt, model, rules, deadline)
+            return await self._sequential(order, path, body_for, headers, fbt, model, rules, deadline, on_attempt)
         tasks: dict[asyncio.Task[tuple[Response, bytes, Outcome]], _Attempt] = {}
         next_idx = 0
         attempts = 0
@@ -234,6 +236,8 @@ class Forwarder:
             attempts += 1
             tried.append(t.id)
             t.inflight += 1
+            if on_attempt is not None:
+                on_attempt(t, True)
             remaining = max(0.001, deadline - time.monotonic())
             task = asyncio.ensure_future(self._attempt(t, path, body_for(t), headers, remaining, rules))
             tasks[task] = _Attempt(t, hedge, time.monotonic())
@@ -310,6 +314,8 @@ class Forwarder:
                     self.on_slot_free(model)
                     fail = _classify_exc(exc)
                     failures.append(fail)
+                    if on_attempt is not None:
+                        on_attempt(att.target, False)
                     self._failure(att.target, model, now)
                     if rules.retryable(fail.outcome, attempts, False) and next_idx < len(order):
                         RETRIES.labels(model, fail.outcome.value).inc()
@@ -348,6 +354,7 @@ class Forwarder:
         model: str,
         rules: RetryRules,
         deadline: float,
+        on_attempt: Callable[[Target, bool], None] | None = None,
     ) -> Winner:
         """No hedging: one attempt at a time, awaited directly (no task per attempt on the common path)."""
         tried: list[str] = []
@@ -360,12 +367,16 @@ class Forwarder:
                 raise ForwardError(504, "first_byte_timeout", f"no first byte within {fbt:g}s", len(tried))
             tried.append(t.id)
             t.inflight += 1
+            if on_attempt is not None:
+                on_attempt(t, True)
             started = time.monotonic()
             try:
                 resp, first, outcome = await self._attempt(t, path, body_for(t), headers, remaining, rules)
             except AttemptFailed as fail:
                 t.inflight -= 1
                 self.on_slot_free(model)
+                if on_attempt is not None:
+                    on_attempt(t, False)
                 last = fail
                 now = time.monotonic()
                 self._failure(t, model, now)

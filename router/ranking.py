@@ -16,6 +16,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from agents.strategies import load_strategy
@@ -44,6 +45,20 @@ from router.view import TargetView as RouterView
 log = logging.getLogger("router.ranking")
 
 BASELINE = "baseline_rr"
+
+
+@dataclass(slots=True)
+class Booking:
+    """Where a decision's request is booked: the strategy that was asked holds its prefix (and queued prefill) on
+    each target in `booked`, and the host counts it in flight there. The first-ranked target is booked at the
+    decision (so a burst sharing a prefix follows it at once); from then on the booking follows the attempts
+    (`Ranker.attempt`): a retry's or hedge's target is booked as the attempt is sent, a target whose attempt failed
+    before a first byte, or that was never sent the request, is released."""
+
+    decision: Decision
+    request: RouteRequest
+    booked: list[str] = field(default_factory=list)
+    sent: set[str] = field(default_factory=set)  # the booked targets an attempt was sent to
 
 
 def to_strategy_view(t: Target) -> TargetView:
@@ -100,6 +115,7 @@ class Ranker:
         self._mesh_applied = (-1, -1)
         self.book = OutcomeBook()
         self.trial: Trial | None = None  # the last decision's, for its request's ticket
+        self.booking: Booking | None = None  # the last decision's, for its request's ticket
         self._config_names = set(strategies)
         self._last_good: dict[str, str] = {}  # model -> the strategy that last decided for it
         self._decision_us: dict[str, deque[float]] = {}
@@ -263,10 +279,12 @@ class Ranker:
             ranked = [t for t, ok in flags if ok] + [t for t, ok in flags if not ok]
         if policy.slo_ttft_ms or (policy.hedging.enabled and len(candidates) > 1):  # else nothing reads it
             self._predict(decision, req, policy, model)
+        self.booking = Booking(decision, req) if ranked else None
         if ranked:
             # Booked by the strategy asked (its pick or the fallback's, whichever the request goes to), and counted
-            # until fresh state arrives, so a burst between two agent updates does not herd onto one target.
-            self.host.routed(decision, req, ranked[0].id)
+            # until fresh state arrives, so a burst between two agent updates does not herd onto one target. The
+            # booking then follows the request's attempts (`attempt`).
+            self._book(self.booking, ranked[0].id)  # type: ignore[arg-type]
         trial = Trial(model, live, name, ranked[0].id if ranked else "")
         if policy.shadow_strategy and policy.shadow_strategy in self.host.strategies:
             shadow = self.host.decide(
@@ -340,6 +358,49 @@ class Ranker:
             if t is not None and t.id in allowed:
                 out.append((t, sc.score, s.explain(sc.target, req)))
         return out
+
+    def _book(self, b: Booking, target_id: str) -> None:
+        if self.host.index.get(target_id) is None:
+            return  # another cell's ingress, or a target gone meanwhile: nothing of ours to book
+        self.host.routed(b.decision, b.request, target_id)
+        b.booked.append(target_id)
+
+    def _release(self, b: Booking, target_id: str) -> None:
+        b.booked.remove(target_id)
+        b.sent.discard(target_id)
+        self.host.withdraw(b.decision, b.request, target_id)
+
+    def attempt(self, b: Booking | None, target: Target, sent: bool) -> None:
+        """An attempt of `b`'s request was sent to `target` (`sent`), or failed there before its first byte: the
+        booking follows where the prompt is prefilled. The first attempt sent releases a decision-time booking it
+        did not go to (the target was skipped as an outlier, or another cell serves the request); a retry's or
+        hedge's target is booked as it is sent; a failed attempt's target is released. A hedge that loses keeps its
+        booking: it was sent and prefilled as far as it got before it was cancelled, and the runtime keeps those
+        blocks cached (vLLM and the emulator both cache an aborted request's computed blocks)."""
+        if b is None:
+            return
+        tid = target.id
+        if sent:
+            if tid not in b.booked:
+                self._book(b, tid)
+            if not b.sent:
+                for other in [x for x in b.booked if x != tid]:
+                    self._release(b, other)
+            if tid in b.booked:
+                b.sent.add(tid)
+        elif tid in b.booked:
+            self._release(b, tid)
+
+    def settle(self, b: Booking) -> None:
+        """`b`'s request finished: it counts in flight nowhere any more; a target booked but never sent the
+        request (it never got as far as an attempt) has its booking taken back."""
+        for tid in list(b.booked):
+            if tid in b.sent:
+                self.host.note_finished(tid)
+            else:
+                self.host.withdraw(b.decision, b.request, tid)
+        b.booked.clear()
+        b.sent.clear()
 
     def assigned(self, target_id: str) -> None:
         self.host.note_assigned(target_id)

@@ -48,7 +48,7 @@ from router.pd import Disaggregation
 from router.portal_routing import CatalogModel, PortalRouting, PortalWatcher
 from router.prefix import RequestPrefix
 from router.quota import Lease, QuotaManager
-from router.ranking import Ranker, to_strategy_view
+from router.ranking import Booking, Ranker, to_strategy_view
 from router.route_report import RouteStats
 from router.upstream import UpstreamPool
 from router.view import Target, TargetView
@@ -115,6 +115,7 @@ class Ticket:
     trial: Trial | None = None  # the decision, for the strategies' win rates (router/ranking.py)
     prefix: RequestPrefix | None = None  # the prompt's KV-block hashes (disaggregated serving picks pairs by them)
     holds_slot: bool = False  # counted in its tenant's share of the model's batch slots until it finishes
+    booking: Booking | None = None  # where the strategy booked it; follows its attempts (router/ranking.py)
 
 
 def _tenant_index(tenants: list[TenantConfig]) -> dict[str, Tenant]:
@@ -417,6 +418,7 @@ class RouterService:
                 )
         self.inflight += 1
         add(INFLIGHT)
+        booking: Booking | None = None
         try:
             if policy.hold_when_full and not remote_first:
                 await self._hold_for_slot(model, candidates, priority, policy, tenant.name)
@@ -431,11 +433,14 @@ class RouterService:
                     model, self.pd.without_prefill(candidates), policy, corr_id, prompt_chars, max_tokens, prefix,
                     usable=(lambda t: self._usable(t, model)) if hold_local else None,
                 )  # fmt: skip
+                booking = self.ranker.booking
             if route is not None:
                 ranked, strategy = self._with_cells(route, ranked, strategy)
         except BaseException:
             self.inflight -= 1
             add(INFLIGHT, -1.0)
+            if booking is not None:
+                self.ranker.settle(booking)
             await self.quotas.release(lease, None)
             await self.quotas.release(key_lease, None)
             raise
@@ -460,6 +465,7 @@ class RouterService:
             ranked=ranked,
             strategy=strategy,
             trial=self.ranker.trial if ranked else None,
+            booking=booking,
             prefix=prefix,
             t0=t0,
             trace_id=trace_id,
@@ -511,9 +517,8 @@ class RouterService:
 
     def _with_cells(self, route: CellRoute, ranked: list[Target], strategy: str) -> tuple[list[Target], str]:
         """The other cells' ingress targets in the route's order, this cell's ranked targets where it comes (if at
-        all); the local decision that does not lead is withdrawn from the strategy's counts and win rates."""
-        if ranked:
-            self.ranker.finished(ranked[0].id)
+        all); the local decision leaves the strategy's win rates, and its booking stays only if the request is sent
+        to the target it booked (the first attempt settles it: `Ranker.attempt`)."""
         self.ranker.trial = None
         order = list(route.remote)
         if route.home_at is not None:
@@ -647,8 +652,10 @@ class RouterService:
         hedge_ok: bool = True,
     ) -> Winner:
         fbt = min(ticket.policy.first_byte_timeout_s, max(0.001, ticket.deadline - time.monotonic()))
+        booking = ticket.booking
+        on_attempt = None if booking is None else (lambda t, sent: self.ranker.attempt(booking, t, sent))
         w = await self.forwarder.open(
-            ticket.ranked, path, body_for, headers, ticket.policy, ticket.model, hedge_ok, first_byte_timeout=fbt
+            ticket.ranked, path, body_for, headers, ticket.policy, ticket.model, hedge_ok, fbt, on_attempt
         )
         ticket.winner = w
         self.ranker.observe(ticket.model, ticket.strategy, w.ttft)
@@ -660,7 +667,9 @@ class RouterService:
         the agent's outcome) once the answer is out, at the end of this event-loop turn (`_report`)."""
         self.inflight -= 1
         add(INFLIGHT, -1.0)
-        if ticket.ranked:
+        if ticket.booking is not None:
+            self.ranker.settle(ticket.booking)
+        elif ticket.ranked:  # disaggregated serving's decode target (router/app.py `_prefill`)
             self.ranker.finished(ticket.ranked[0].id)
         now = time.monotonic()
         w = ticket.winner

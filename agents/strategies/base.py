@@ -275,6 +275,10 @@ class Strategy(ABC):
     def on_routed(self, view: TargetView, request: RouteRequest) -> None:  # noqa: B027 - optional hook
         """`request`, which this strategy was asked to rank, was sent to `view` (whoever ranked it): book it."""
 
+    def on_withdrawn(self, view: TargetView, request: RouteRequest) -> None:  # noqa: B027 - optional hook
+        """`request`, booked on `view` by `on_routed`, was not prefilled there (its attempt failed before a first
+        byte, or another target or cell served it): take back what the booking claimed is cached there."""
+
     @abstractmethod
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
         """Return up to `k` admissible targets for `request`, best first."""

@@ -23,6 +23,7 @@ from agents.strategies.base import (
     TargetView,
     rank_sampled,
 )
+from agents.strategies.booking import PrefixBookings
 from agents.strategies.lora import LoraAffinity
 from agents.strategies.predict import LatencyPredictor, PredictorParams, mig_fraction
 
@@ -303,6 +304,7 @@ class HybridMesh(_EliteMixin, Strategy):
         self._rtt_cache: dict[tuple[str, str], float] = {}
         self._init_elite(self.params.elite)
         self.prefix_index: PrefixIndex | None = default_index()  # what is cached where (agents.signals.prefixindex)
+        self.bookings = PrefixBookings()  # what each routed request booked there, to take back if it never ran
         self._cache_most = 0  # blocks held by the fullest cache (`_cache_fleet`)
         self._fleet_age = 0  # decisions until the fleet's caches are scanned again
         self._prior_tok_s = self.weights.cache_prefill_tok_s
@@ -488,9 +490,16 @@ class HybridMesh(_EliteMixin, Strategy):
             return
         bs = self.weights.cache_block_size
         prompt = float(request.prompt_tokens or pred.mean_prompt)
-        held = min(float(pi.match(view.endpoint, hashes) * bs), prompt)  # read before the blocks are booked
+        matched = pi.match(view.endpoint, hashes)  # read before the blocks are booked
+        held = min(float(matched * bs), prompt)
         pi.note_routed(view.endpoint, hashes, int(prompt - held), bs)
+        self.bookings.note(request.request_id, view.endpoint, matched)
         pred.note_choice(view.target_id, request, max(0.0, prompt - held))
+
+    def on_withdrawn(self, view: TargetView, request: RouteRequest) -> None:
+        """The request was not prefilled at `view` after all: the blocks its booking added there are taken back."""
+        if self.prefix_index is not None and request.block_hashes:
+            self.bookings.withdraw(self.prefix_index, request.request_id, view.endpoint, request.block_hashes)
 
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
         if request.client_node != self._home and request.client_node:

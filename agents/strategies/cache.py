@@ -179,18 +179,24 @@ class CacheAware(HybridMesh):
         self.chosen(view, request)
         self.lora.chosen(view)
 
+    def on_withdrawn(self, view: TargetView, request: RouteRequest) -> None:
+        if request.block_hashes:
+            self.bookings.withdraw(self.cache_index, request.request_id, view.endpoint, request.block_hashes)
+
     def chosen(self, v: TargetView, request: RouteRequest) -> None:
         """Book the request on its target: its prefill joins the target's backlog (and, approximate index, its
         prefix now lives there). Called through `on_routed` with the target the request was sent to."""
         c = self.cache
         hashes = request.block_hashes
-        matched = self.cache_index.match(v.endpoint, hashes) * c.block_size if hashes else 0
+        blocks = self.cache_index.match(v.endpoint, hashes) if hashes else 0
+        matched = blocks * c.block_size
         prompt = max(request.prompt_tokens, len(hashes) * c.block_size)
         w = prompt - matched
         prev = self._work.get(v.endpoint)
         self._work[v.endpoint] = w if prev is None else 0.8 * prev + 0.2 * w
         if c.learn_approx and hashes:
             self.cache_index.note_routed(v.endpoint, hashes, w, c.block_size)
+            self.bookings.note(request.request_id, v.endpoint, blocks)
 
     def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
         terms = super().explain(view, request)

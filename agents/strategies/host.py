@@ -136,6 +136,19 @@ class StrategyHost:
         self.commit(decision, request, target_id)
         self.note_assigned(target_id)
 
+    def withdraw(self, decision: Decision, request: RouteRequest, target_id: str) -> None:
+        """`request`, booked on `target_id` by `commit` (or `routed`), was not prefilled there after all (its
+        attempt there failed before a first byte, or it was served elsewhere): the strategy that was asked takes
+        its booking back, and it no longer counts in flight there."""
+        strategy = self.strategies.get(decision.asked or decision.strategy)
+        view = self.index.get(target_id)
+        if strategy is not None and view is not None:
+            try:
+                strategy.on_withdrawn(view, request)
+            except Exception as exc:  # a plugin's bug must never fail the request
+                log.warning("strategy %s raised %r withdrawing a booking", strategy.name, exc)
+        self.note_finished(target_id)
+
     def note_finished(self, target_id: str) -> None:
         self._adjust_inflight(target_id, -1)
 

@@ -152,6 +152,9 @@ class Isolated(Strategy):
     def on_routed(self, view: TargetView, request: RouteRequest) -> None:
         self.inner.on_routed(view, request)
 
+    def on_withdrawn(self, view: TargetView, request: RouteRequest) -> None:
+        self.inner.on_withdrawn(view, request)
+
     def explain(self, view: TargetView, request: RouteRequest) -> dict[str, float]:
         return self.inner.explain(view, request)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import REGISTRY
 
 from router.config import RoutingPolicy, StaticTarget
@@ -183,3 +184,145 @@ def test_holding_at_full_batches_books_the_target_the_request_goes_to() -> None:
     assert 1000 not in pi.targets[targets[0].url].pending  # ... and not on the strategy's pick
     inflight = {v.target_id: v.inflight for v in r.host.index}
     assert inflight[full] == 1 and inflight[went.id] == 1  # the first request, and this one
+
+
+class _Resp:
+    status = 200
+
+    async def readany(self) -> bytes:
+        return b"data: {}\n\n"
+
+    def disarm(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Pool:
+    """Refuses connections to the URLs in `down`; answers a first byte everywhere else."""
+
+    def __init__(self, down: set[str]) -> None:
+        self.down = down
+        self.posted: list[str] = []
+
+    async def post(self, url: str, path: str, body: bytes, headers: object, deadline: float) -> _Resp:
+        from router.upstream import ConnectFailed
+
+        self.posted.append(url)
+        if url in self.down:
+            raise ConnectFailed(f"connection refused: {url}")
+        return _Resp()
+
+
+def _booking_setup(strategy: str):  # type: ignore[no-untyped-def]
+    from agents.signals.prefixindex import APPROX, PrefixIndex
+    from router.prefix import RequestPrefix
+
+    view = _view(3)
+    policy = RoutingPolicy(strategy=strategy)
+    r = Ranker(view, [policy], decision_budget_us=1e9)
+    pi = PrefixIndex()
+    s = r.host.strategies[strategy]
+    s.prefix_index = pi  # type: ignore[attr-defined]
+    if hasattr(s, "cache_index"):
+        s.cache_index = pi  # type: ignore[attr-defined]
+    targets = view.candidates("m")
+    for t in targets:
+        pi.ensure(t.url, APPROX)
+    pi.targets[targets[1].url].add(range(1, 5))  # a short piece of the prefix elsewhere, kept through it all
+    pi.targets[targets[0].url].add(range(1, 101))  # the strategy's pick: it holds the prefix
+    prefix = RequestPrefix(hashes=[*range(1, 101), 7777], tokens=101 * 16)
+    return r, policy, pi, targets, prefix
+
+
+@pytest.mark.parametrize("strategy", ["cache_aware", "hybrid_mesh"])
+async def test_a_retry_after_the_first_target_fails_books_the_second(strategy: str) -> None:
+    """The first-ranked target refuses the connection: the retry's target gets the prefix booking and the in-flight
+    count, the failed target's booking is taken back (what it held before stays), and finishing clears the count."""
+    from router.config import OutlierConfig
+    from router.forward import Forwarder
+
+    r, policy, pi, targets, prefix = _booking_setup(strategy)
+    ranked, _ = r.rank("m", targets, policy, f"retry-{strategy}", prefix=prefix)
+    first = ranked[0]
+    assert first.id == targets[0].id
+    assert pi.match(first.url, prefix.hashes) == len(prefix.hashes)  # booked at the decision, 7777 included
+    booking = r.booking
+    assert booking is not None and booking.booked == [first.id]
+    pool = _Pool({first.url})
+    fw = Forwarder(pool, OutlierConfig())  # type: ignore[arg-type]
+    w = await fw.open(
+        ranked, "/v1/completions", lambda t: b"{}", {}, policy, "m", hedge_ok=False,
+        on_attempt=lambda t, sent: r.attempt(booking, t, sent),
+    )  # fmt: skip
+    second = w.target
+    assert w.attempts == 2 and second.id != first.id and pool.posted == [first.url, second.url]
+    # booked where it was prefilled ...
+    assert pi.match(second.url, prefix.hashes) == len(prefix.hashes)
+    assert booking.booked == [second.id]
+    # ... and no longer on the target that failed, which keeps only what it held before
+    assert pi.match(first.url, prefix.hashes) == 100 and 7777 not in pi.targets[first.url].blocks
+    inflight = {v.target_id: v.inflight for v in r.host.index}
+    assert inflight[first.id] == 0 and inflight[second.id] == 1
+    r.settle(booking)
+    assert {v.target_id: v.inflight for v in r.host.index}[second.id] == 0
+    assert pi.match(second.url, prefix.hashes) == len(prefix.hashes)  # served there: stays booked
+
+
+async def test_a_target_skipped_before_any_attempt_is_not_left_booked() -> None:
+    """The request never reaches the decision's target (an outlier skip, another cell serving it): the first attempt
+    sent releases that booking; a request that finishes without any attempt leaves none either."""
+    from router.prefix import RequestPrefix
+
+    r, policy, pi, targets, prefix = _booking_setup("cache_aware")
+    ranked, _ = r.rank("m", targets, policy, "skipped", prefix=prefix)
+    booking = r.booking
+    assert booking is not None
+    elsewhere = ranked[2]
+    r.attempt(booking, elsewhere, True)
+    assert booking.booked == [elsewhere.id]
+    assert 7777 not in pi.targets[ranked[0].url].blocks and pi.match(elsewhere.url, prefix.hashes) == 101
+    r.settle(booking)
+    assert all(v.inflight == 0 for v in r.host.index)
+    other = RequestPrefix(hashes=[*range(1, 101), 8888], tokens=101 * 16)
+    ranked, _ = r.rank("m", targets, policy, "never-sent", prefix=other)
+    booking = r.booking
+    assert booking is not None and 8888 in pi.targets[ranked[0].url].blocks
+    r.settle(booking)
+    assert all(v.inflight == 0 for v in r.host.index)
+    assert all(8888 not in bs.blocks for bs in pi.targets.values())
+
+
+async def test_a_hedge_books_its_target_and_the_primary_keeps_its_booking() -> None:
+    """A hedge is booked where it is sent; the primary it beat keeps its booking (it was sent and prefilled as far
+    as it got: the runtime keeps an aborted request's computed blocks cached); finishing clears both counts."""
+    import asyncio
+
+    from router.config import OutlierConfig
+    from router.forward import Forwarder
+
+    r, _, pi, targets, prefix = _booking_setup("cache_aware")
+    policy = RoutingPolicy(
+        strategy="cache_aware", hedging={"enabled": True, "default_delay_ms": 20, "budget_ratio": 1.0}
+    )
+    ranked, _ = r.rank("m", targets, policy, "hedged", prefix=prefix)
+    booking = r.booking
+    assert booking is not None
+
+    class Slow(_Pool):
+        async def post(self, url: str, path: str, body: bytes, headers: object, deadline: float) -> _Resp:
+            if url == ranked[0].url:
+                await asyncio.sleep(0.5)
+            return await super().post(url, path, body, headers, deadline)
+
+    fw = Forwarder(Slow(set()), OutlierConfig())  # type: ignore[arg-type]
+    w = await fw.open(
+        ranked, "/v1/completions", lambda t: b"{}", {}, policy, "m", hedge_ok=True,
+        on_attempt=lambda t, sent: r.attempt(booking, t, sent),
+    )  # fmt: skip
+    assert w.hedged and w.hedge_won and w.target.id != ranked[0].id
+    assert booking.booked == [ranked[0].id, w.target.id]
+    assert pi.match(w.target.url, prefix.hashes) == pi.match(ranked[0].url, prefix.hashes) == len(prefix.hashes)
+    r.settle(booking)
+    assert all(v.inflight == 0 for v in r.host.index)
