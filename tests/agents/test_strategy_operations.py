@@ -49,14 +49,15 @@ def capacity_module(tmp: Path) -> str:
     return wasm_spec_name(path)
 
 
-# An upstream that answers every chat completion after a fixed delay (argv: port, delay in seconds).
+# An upstream that answers every chat completion after a delay (argv: port, delay in seconds) plus up to 20 ms of
+# jitter, so that between two answers of the same upstream chance, not the router's decision time, picks the faster.
 _UPSTREAM = r"""
-import asyncio, sys
+import asyncio, random, sys
 from aiohttp import web
 
 async def chat(request):
     await request.read()
-    await asyncio.sleep(float(sys.argv[2]))
+    await asyncio.sleep(float(sys.argv[2]) + random.uniform(0.0, 0.02))
     return web.json_response({"id": "x", "object": "chat.completion", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
@@ -97,11 +98,12 @@ def _chat(url: str, model: str, i: int) -> int:
 def test_ab_arm_and_shadow_win_rates_from_real_outcomes(tmp_path: Path) -> None:
     pin = capacity_module(tmp_path)  # a WebAssembly challenger: no thread handoff, well within the 1 ms budget
     # The slow upstream's delay dwarfs what a loaded machine adds to the fast one's answers.
-    with delayed_upstream(0.0) as fast, delayed_upstream(0.4) as slow:
+    # Two slow upstreams to one fast: live (round robin) is slow two times in three, the arm never.
+    with delayed_upstream(0.0) as fast, delayed_upstream(0.3) as slow, delayed_upstream(0.3) as slow2:
         targets = [
             {"model": model, "url": url, "runtime": "vllm", "node": node, "max_concurrency": cap}
             for model in ("ab-llm", "shadow-llm")
-            for url, node, cap in ((fast, "n0", 64), (slow, "n1", 32))
+            for url, node, cap in ((fast, "n0", 64), (slow, "n1", 32), (slow2, "n2", 32))
         ]
         cfg = router_config(
             [],
@@ -113,10 +115,15 @@ def test_ab_arm_and_shadow_win_rates_from_real_outcomes(tmp_path: Path) -> None:
         )
         cfg["targets"] = targets
         with running_router(cfg, tmp_path) as r:
-            jobs = [(m, i) for i in range(32) for m in ("ab-llm", "shadow-llm")]
-            with ThreadPoolExecutor(6) as pool:
-                codes = list(pool.map(lambda job: _chat(r.url, *job), jobs))
-            assert codes == [200] * len(jobs)
+            # Each model's requests one after another (the two models side by side): an arm's outcome is judged
+            # against live's outcomes so far, so live's slow answers must be in before the arm's later ones, which
+            # concurrent senders do not promise (fast answers overtake slow ones).
+            def send(model: str) -> list[int]:
+                return [_chat(r.url, model, i) for i in range(32)]
+
+            with ThreadPoolExecutor(2) as pool:
+                codes = [c for cs in pool.map(send, ("ab-llm", "shadow-llm")) for c in cs]
+            assert codes == [200] * 64
             doc = httpx.get(r.url + "/infermesh/strategies").json()
             with override_settings(DASHBOARD_ROUTER_METRICS_URL=r.url + "/metrics"):
                 routing = route_feed.fetch("ab-llm")  # what the dashboard's routing page of the model draws
@@ -132,14 +139,14 @@ def test_ab_arm_and_shadow_win_rates_from_real_outcomes(tmp_path: Path) -> None:
     models = {m["model"]: m for m in doc["models"]}
     (ab,) = models["ab-llm"]["challengers"]
     assert (ab["strategy"], ab["mode"], ab["live"]) == (pin, "ab", "baseline_rr")
-    # live (round robin) sends half its requests to the slow upstream, the arm none: it wins ~3 in 4
-    assert ab["compared"] >= 10 and ab["win_rates"]["ttft"] > 0.6 and ab["win_rates"]["latency"] > 0.6, json.dumps(doc)
+    # live (round robin) sends two requests in three to a slow upstream, the arm none: it wins ~5 in 6
+    assert ab["compared"] >= 10 and ab["win_rates"]["ttft"] > 0.7 and ab["win_rates"]["latency"] > 0.7, json.dumps(doc)
     assert ab["win_rates"]["errors"] == 0.5  # nobody failed
     (sh,) = models["shadow-llm"]["challengers"]
     assert (sh["strategy"], sh["mode"]) == (pin, "shadow")
     # where live served the slow upstream the shadow's pick (the fast one) would have answered sooner
     assert sh["compared"] >= 10 and sh["win_rate"] > 0.9, json.dumps(doc)
-    assert sh["agreed"] >= 10 and 0.2 < sh["agree_rate"] < 0.8, sh
+    assert sh["agreed"] >= 6 and 0.2 < sh["agree_rate"] < 0.5, sh  # live agrees with it one time in three
     held = {s["name"]: s for s in doc["strategies"]}
     assert held[pin]["kind"] == "wasm" and held[pin]["decisions"] > 0 and held[pin]["decision_us_p50"] is not None
     # the same figures: in the routing report the dashboard shows, as metrics, and through ctl
@@ -150,7 +157,7 @@ def test_ab_arm_and_shadow_win_rates_from_real_outcomes(tmp_path: Path) -> None:
         if ln.startswith("infermesh_router_strategy_win_rate{")
         and 'model="ab-llm"' in ln and 'mode="ab"' in ln and 'metric="ttft"' in ln
     )  # fmt: skip
-    assert float(line.rsplit(" ", 1)[1]) > 0.6
+    assert float(line.rsplit(" ", 1)[1]) > 0.7
     assert ctl.returncode == 0, ctl.stderr
     assert {m["model"]: m["challengers"][0]["mode"] for m in json.loads(ctl.stdout)["models"]} == {
         "ab-llm": "ab",
