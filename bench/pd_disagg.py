@@ -11,7 +11,8 @@ Configurations, each replaying the same requests (open loop, Poisson arrivals):
   fields, the KV pulled over a modelled 100 Gbit/s link), behind our router's disaggregated serving (router/pd.py):
   the pair by queued prefill tokens, decode load, cached prefix and transfer cost.
 - vllm-router PD: the same prefill and decode runtimes behind `vllm-router --vllm-pd-disaggregation` with each of
-  `--vllm-router-policies` (installed into .venv by pip when missing); the best of them by p99 TTFT is compared.
+  `--vllm-router-policies` (installed into .venv-vllm-router by pip when missing); the best of them by p99 TTFT is
+  compared.
 
 Traffic: long prompts, sent as token ids: a document of 2,000 to 14,000 tokens (uniform) and a question of 32-96
 tokens; `--share` of the requests ask about one of the 8 latest documents (its prefix may be cached where it was

@@ -13,7 +13,7 @@ not drown the proxies' time) and reports the time to the answer's first byte add
 per request (from clock ticks of 10 ms: coarse at 2 MB's few requests), per body size.
 `--scaling` runs phase 1 again on our router alone with each listed number of workers.
 nginx buffers request bodies in memory (client_body_buffer_size 4m), as our router and vllm-router do.
-Installs its peers when missing (apt-get install -y nginx wrk; pip install vllm-router into .venv).
+Installs its peers when missing (apt-get install -y nginx wrk; pip install vllm-router into .venv-vllm-router).
 """
 
 from __future__ import annotations
@@ -66,15 +66,17 @@ def ensure_apt(*pkgs: str) -> None:
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
+VLLM_ROUTER_VENV = ROOT / ".venv-vllm-router"
+
+
 def ensure_vllm_router() -> Path:
-    exe = VENV_BIN / "vllm-router"
+    """vllm-router in a virtual environment of its own: what it pulls in (fastapi, ...) never changes the project's."""
+    exe = VLLM_ROUTER_VENV / "bin" / "vllm-router"
     if not exe.exists():
-        print("installing vllm-router (pip)", flush=True)
-        # starlette<1 keeps the dev tools' pin intact when vllm-router pulls in fastapi.
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "vllm-router", "starlette<1"],
-            check=True,
-        )
+        print("installing vllm-router (pip, own venv .venv-vllm-router)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(VLLM_ROUTER_VENV)], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(VLLM_ROUTER_VENV / "bin" / "python"), "install",
+                        "-q", "vllm-router"], check=True)  # fmt: skip
     return exe
 
 
