@@ -1,5 +1,6 @@
 """Cache-aware routing: a mixed fleet of 8 emulated runtimes with vLLM-style prefix caching, replayed through our
-router (baseline_rr, least_queue, cache_aware, hybrid_mesh, and cache_aware on two routers side by side) and
+router (baseline_rr, least_queue, cache_aware, hybrid_mesh, and cache_aware or hybrid_mesh on two routers side by
+side, `_x2`: the requests alternate between them, each subscribed to every runtime's KV events) and
 through peers installed from PyPI by this script (vllm-router cache_aware and power_of_two; smg cache_aware and
 power_of_two), at 70% and 90% load, on a shared-prefix workload, a multi-turn workload and the Azure trace (no
 sharing, the control); and, with `lora` among the workloads, a LoRA mix on a fleet of its own (below).
@@ -62,7 +63,7 @@ from agents.emulator.profiles import get_profile
 
 TRACE = ro.ROOT / "meshweb" / "data" / "traces" / "azure_llm_2023_conv.csv"
 FLEET = ["h100", "h100", "a100", "a100", "l40s", "l40s", "h100-mig-3g.40gb", "a100-mig-3g.40gb"]
-OURS = ("baseline_rr", "least_queue", "cache_aware", "hybrid_mesh", "cache_aware_x2")
+OURS = ("baseline_rr", "least_queue", "cache_aware", "hybrid_mesh", "cache_aware_x2", "hybrid_mesh_x2")
 SMG_VENV = ro.ROOT / ".venv-smg"
 
 
