@@ -20,7 +20,7 @@ import random
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agents.sim.config import SimConfig, resolve_profile
@@ -35,6 +35,16 @@ from router.core.hedging import HedgeBudget, HedgeParams, HedgeWins, LatencyWind
 
 # event kinds, most frequent first (the loop tests them in this order)
 WAKE, NODE_ARRIVE, DELIVER, PUBLISH, ARRIVAL, CLIENT_FIRST, HEDGE, ABORT, FAIL_NOTICE, REFRESH, FAULT = range(11)
+
+# `Simulation._view` builds a TargetView positionally: these are its first fields, in order (the rest keep defaults)
+_VIEW_FIELDS = (
+    "target_id", "model", "node", "endpoint", "revision", "runtime", "zone", "quant", "mig_profile", "gpu_uuids",
+    "health", "routable", "loaded", "warming", "requests_waiting", "requests_running", "max_concurrency",
+    "kv_cache_usage", "vram_used_frac", "tokens_per_s", "ttft_p95_s", "latency_p95_s", "ewma_latency_s", "ewma_ttft_s",
+    "service_rate_rps", "work_left_s", "error_rate", "freshness", "cost_per_mtok", "inflight", "version",
+)  # fmt: skip
+if tuple(f.name for f in fields(TargetView))[: len(_VIEW_FIELDS)] != _VIEW_FIELDS:
+    raise ImportError("agents.sim.core builds TargetView positionally and its fields changed: update _VIEW_FIELDS")
 
 _SEEDS = ("arrivals", "network", "nodes", "routers", "faults", "sample")
 
@@ -253,13 +263,22 @@ class Simulation:
                 members.append(node.idx)
             self.cell_nodes.append(members)
             self.cell_of[f"c{c}-router"] = c
+        self._rtt_estimate = self._rtt_fn()
 
-    def _rtt_estimate(self, src: str, dst: str) -> float:
-        cell_of = self.cell_of
-        a, b = cell_of.get(src), cell_of.get(dst)
-        if a is None or b is None:
-            return 0.001
-        return self.topo.rtt_est[a][b]
+    def _rtt_fn(self) -> Callable[[str, str], float]:
+        """The strategies' RTT estimate between two nodes (the topology service's view, by cell). A closure over
+        the tables: strategies ask it on every key they compute (millions of calls in a run)."""
+        cell_of = self.cell_of.get
+        est = self.topo.rtt_est
+
+        def rtt_estimate(src: str, dst: str) -> float:
+            a = cell_of(src)
+            b = cell_of(dst)
+            if a is None or b is None:
+                return 0.001
+            return est[a][b]
+
+        return rtt_estimate
 
     def _build_routers(self, factory: Callable[[str], Strategy]) -> None:
         cfg = self.cfg
@@ -313,8 +332,12 @@ class Simulation:
                 else:
                     router.unknown += 1
             host.refresh()
+        routers = self.routers
         for node, s in zip(self.nodes, subs, strict=True):
             node.subs = tuple(s)
+            # who hears its publications: its own cell's router (one intra-cell delay), the others (one gossip delay)
+            node.subs_local = tuple(routers[r] for r in s if r == node.cell)
+            node.subs_remote = tuple(routers[r] for r in s if r != node.cell)
 
     def _clock(self) -> float:
         return self.now
@@ -332,28 +355,43 @@ class Simulation:
             )
         version, waiting, running, kv_used, ewma, ewma_ttft, alive = state
         cls = node.cls
+        nid = node.node_id
         # the agent's fusion: service rate by Little's law from the latency EWMA, work left = requests / rate
         rate = (running if running > 1 else 1) / ewma if ewma > 0 else 0.0
+        # Positional, in `_VIEW_FIELDS` order (checked at import): every delivery to every router builds one, and
+        # keyword matching over 35 fields was a twentieth of a small run.
         return TargetView(
-            target_id=node.node_id,
-            model=self.model,
-            node=node.node_id,
-            endpoint="",
-            zone=node.zone,
-            mig_profile=cls.profile.mig_profile,
-            health=HEALTHY if alive else UNHEALTHY,
-            routable=alive,
-            requests_waiting=float(waiting),
-            requests_running=float(running),
-            max_concurrency=cls.max_num_seqs if self.report_conc else None,
-            kv_cache_usage=kv_used / node.kv_cap,
-            ewma_latency_s=ewma,
-            ewma_ttft_s=ewma_ttft,
-            service_rate_rps=rate,
-            work_left_s=(waiting + running) / rate if rate > 0 else 0.0,
-            freshness=1.0,
-            cost_per_mtok=cls.cost_per_mtok,
-            version=version,
+            nid,  # target_id
+            self.model,  # model
+            nid,  # node
+            "",  # endpoint
+            "",  # revision
+            "",  # runtime
+            node.zone,  # zone
+            "",  # quant
+            cls.profile.mig_profile,  # mig_profile
+            (),  # gpu_uuids
+            HEALTHY if alive else UNHEALTHY,  # health
+            alive,  # routable
+            True,  # loaded
+            False,  # warming
+            float(waiting),  # requests_waiting
+            float(running),  # requests_running
+            cls.max_num_seqs if self.report_conc else None,  # max_concurrency
+            kv_used / node.kv_cap,  # kv_cache_usage
+            None,  # vram_used_frac
+            None,  # tokens_per_s
+            None,  # ttft_p95_s
+            None,  # latency_p95_s
+            ewma,  # ewma_latency_s
+            ewma_ttft,  # ewma_ttft_s
+            rate,  # service_rate_rps
+            (waiting + running) / rate if rate > 0 else 0.0,  # work_left_s
+            0.0,  # error_rate
+            1.0,  # freshness
+            cls.cost_per_mtok,  # cost_per_mtok
+            0,  # inflight
+            version,  # version
         )
 
     # -- scheduling ------------------------------------------------------------------------------------------------
@@ -410,52 +448,60 @@ class Simulation:
         events = self.events
         pop = heapq.heappop
         progress = self.progress
+        # the handlers as locals: the loop runs about ten times a request
+        on_wake, on_node_arrive, on_deliver = self._on_wake, self._on_node_arrive, self._on_deliver
+        on_publish, on_arrival, next_arrival = self._on_publish, self._on_arrival, self.gen.next
+        n = self.n_events
         tick = 0
-        while events:
-            t, _, kind, p = pop(events)
-            if t > end:
-                break
-            self.now = t
-            self.n_events += 1
-            if kind == WAKE:
-                node, gen = p
-                if gen == node.gen:
-                    self._on_wake(node, t)
-            elif kind == NODE_ARRIVE:
-                self._on_node_arrive(p, t)
-            elif kind == DELIVER:
-                self._on_deliver(*p)
-            elif kind == PUBLISH:
-                self._on_publish(p, t)
-            elif kind == ARRIVAL:
-                self._on_arrival(p, t)
-                nxt = self.gen.next()
-                if nxt.t < duration:
-                    self._at(nxt.t, ARRIVAL, nxt)
-            elif kind == CLIENT_FIRST:
-                self._on_client_first(p, t)
-            elif kind == HEDGE:
-                self._on_hedge(p, t)
-            elif kind == ABORT:
-                node = p.node
-                if node.alive and not p.cancelled and not p.failed:
-                    node.advance(t)
-                    node.cancel(p, t)
-                    node.admit_waiting(t)
-                    self._reschedule(node)
-            elif kind == FAIL_NOTICE:
-                self._on_fail_notice(p, t)
-            elif kind == REFRESH:
-                p.host.refresh()
-                if t + refresh < duration:
-                    self._at(t + refresh, REFRESH, p)
-            elif kind == FAULT:
-                self._on_fault(p, t)
-            if progress is not None:
-                tick += 1
-                if tick >= 20_000:
-                    tick = 0
-                    progress(t, end, self.n_events)
+        try:
+            while events:
+                t, _, kind, p = pop(events)
+                if t > end:
+                    break
+                self.now = t
+                n += 1
+                if kind == WAKE:
+                    node, gen = p
+                    if gen == node.gen:
+                        on_wake(node, t)
+                elif kind == NODE_ARRIVE:
+                    on_node_arrive(p, t)
+                elif kind == DELIVER:
+                    on_deliver(*p)
+                elif kind == PUBLISH:
+                    on_publish(p, t)
+                elif kind == ARRIVAL:
+                    on_arrival(p, t)
+                    nxt = next_arrival()
+                    if nxt.t < duration:
+                        self._at(nxt.t, ARRIVAL, nxt)
+                elif kind == CLIENT_FIRST:
+                    self._on_client_first(p, t)
+                elif kind == HEDGE:
+                    self._on_hedge(p, t)
+                elif kind == ABORT:
+                    node = p.node
+                    if node.alive and not p.cancelled and not p.failed:
+                        node.advance(t)
+                        node.cancel(p, t)
+                        node.admit_waiting(t)
+                        self._reschedule(node)
+                elif kind == FAIL_NOTICE:
+                    self._on_fail_notice(p, t)
+                elif kind == REFRESH:
+                    p.host.refresh()
+                    if t + refresh < duration:
+                        self._at(t + refresh, REFRESH, p)
+                elif kind == FAULT:
+                    self._on_fault(p, t)
+                if progress is not None:
+                    tick += 1
+                    if tick >= 20_000:
+                        tick = 0
+                        self.n_events = n
+                        progress(t, end, n)
+        finally:
+            self.n_events = n
         stop = min(self.now, end) if events else self.now
         for node in self.nodes:
             node.close(stop)
@@ -704,14 +750,14 @@ class Simulation:
     def _on_publish(self, node: Node, t: float) -> None:
         node.pub_pending = False
         node.last_pub = t
-        if not node.subs:
+        local = node.subs_local
+        remote = node.subs_remote
+        if not local and not remote:
             return
         rng = self.rngs["network"]
         sig = self.cfg.signals
         # what the runtime reports now; each router builds its own view from it on delivery
         state = (node.version, node.waiting_n, node.running, node.kv_used, node.ewma_lat, node.ewma_ttft, node.alive)
-        local = [r for r in node.subs if r == node.cell]
-        remote = [r for r in node.subs if r != node.cell] if len(local) < len(node.subs) else []
         if local:
             w = sig.intra_cell_ms
             self._at(t + rng.uniform(w.min, w.max) / 1000.0, DELIVER, (local, node, state))
@@ -719,16 +765,17 @@ class Simulation:
             w = sig.inter_cell_ms
             self._at(t + rng.uniform(w.min, w.max) / 1000.0, DELIVER, (remote, node, state))
 
-    def _on_deliver(self, routers: list[int], node: Node, state: tuple[Any, ...]) -> None:
+    def _on_deliver(self, routers: tuple[Router, ...], node: Node, state: tuple[Any, ...]) -> None:
         version = state[0]
         idx = node.idx
         learn = self.hold and not self.report_conc
-        for r in routers:
-            router = self.routers[r]
-            if router.seen.get(idx, -1) >= version:
+        view = self._view
+        for router in routers:
+            seen = router.seen
+            if seen.get(idx, -1) >= version:
                 continue  # an older publication overtaken by a newer one
-            router.seen[idx] = version
-            router.host.upsert(self._view(node, state))
+            seen[idx] = version
+            router.host.upsert(view(node, state))
             if learn and state[1] >= 1 and state[2] >= 1:
                 self._learn_slots(router, idx, state[2])
 

@@ -105,6 +105,8 @@ class Node:
         "speed",
         "stall_until",
         "subs",
+        "subs_local",
+        "subs_remote",
         "sum_prompt",
         "sum_v0",
         "v",
@@ -141,7 +143,9 @@ class Node:
         self.pub_pending = False
         self.last_pub = -1e9
         self.period = period
-        self.subs: tuple[int, ...] = ()
+        self.subs: tuple[int, ...] = ()  # indices of the routers that track it
+        self.subs_local: tuple[object, ...] = ()  # those routers, its own cell's ...
+        self.subs_remote: tuple[object, ...] = ()  # ... and the other cells'
         self.busy_since = -1.0
         self.zone = f"cell-{cell}"
 
