@@ -336,9 +336,13 @@ class HybridMesh(_EliteMixin, Strategy):
         return dict(zip(_BASE_TERMS, self._terms(v), strict=True))
 
     def _terms(self, v: TargetView) -> tuple[float, ...]:
-        """`base_terms`' values in `_BASE_TERMS` order, without building the dict (every published state comes here)."""
+        """`base_terms`' values in `_BASE_TERMS` order, without building the dict."""
+        return self._terms_prefill(v)[0]
+
+    def _terms_prefill(self, v: TargetView) -> tuple[tuple[float, ...], float]:
+        """(`_terms`, the predictor's `prefill_s(v, 1000.0)`): every published state comes here."""
         w = self.weights
-        wait, itl = self.predictor.predict_base(v)
+        wait, itl, prefill = self.predictor.predict_base_prefill(v)
         return (
             wait,
             w.decode_weight * w.default_completion_tokens * itl,
@@ -348,7 +352,7 @@ class HybridMesh(_EliteMixin, Strategy):
             w.cold_penalty_s if not v.loaded else (w.warming_penalty_s if v.warming else 0.0),
             (1.0 - min(max(v.freshness, 0.0), 1.0)) * w.stale_penalty_s,
             v.error_rate * w.error_penalty_s,
-        )
+        ), prefill
 
     def _base_score(self, v: TargetView) -> float:
         # fsum is exact whatever the order: the tuple's sum is the dict's; a subclass's own terms go through its dict
@@ -373,7 +377,12 @@ class HybridMesh(_EliteMixin, Strategy):
 
     def _precompute(self, view: TargetView) -> tuple[float, float, int]:
         pred = self.predictor
-        pre = (self._base_score(view), pred.prefill_s(view, 1000.0), pred.fleet_outcomes)
+        if self._own_terms:
+            # fsum is exact whatever the order, as in _base_score; the prefill comes with the terms (one look-up)
+            terms, prefill = self._terms_prefill(view)
+            pre = (math.fsum(terms), prefill, pred.fleet_outcomes)
+        else:
+            pre = (self._base_score(view), pred.prefill_s(view, 1000.0), pred.fleet_outcomes)
         self._pre[view.target_id] = pre
         return pre
 

@@ -301,6 +301,12 @@ class LatencyPredictor:
 
     def predict_base(self, view: TargetView) -> tuple[float, float]:
         """(TTFT of an empty prompt, ITL) at the target now: the request-independent part of a score."""
+        ttft, itl, _ = self.predict_base_prefill(view)
+        return ttft, itl
+
+    def predict_base_prefill(self, view: TargetView) -> tuple[float, float, float]:
+        """`predict_base` and `prefill_s(view, 1000.0)` with one look-up of the target (every state update needs
+        both)."""
         st = self.targets.get(view.target_id)
         x, xi = self._features(view, 0.0, st)
         ttft_model, itl_model, share = self._models(view, st)
@@ -311,7 +317,12 @@ class LatencyPredictor:
         ttft += (0.0 if t3 < 0.0 else t3) * x[3]
         itl = (i0 + (0.0 if i1 < 0.0 else i1) * xi[1]) / share
         lo = self.params.min_ttft_s
-        return (lo if lo > ttft else ttft), (1e-4 if itl < 1e-4 else itl)
+        # prefill_s's expression for 1,000 tokens, operation for operation
+        return (
+            (lo if lo > ttft else ttft),
+            (1e-4 if itl < 1e-4 else itl),
+            (0.0 if t1 < 0.0 else t1) / share * 1000.0 / 1000.0,
+        )
 
     def predict_itl(self, view: TargetView) -> float:
         _, xi = self.features(view, 0.0)
