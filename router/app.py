@@ -9,7 +9,7 @@ import hmac
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -476,11 +476,13 @@ class Handlers:
                     max_tokens=req.max_tokens,
                     corr_id=corr,
                     trace_id=trace_id,
+                    spilled_from=request.headers.get(SPILLED_FROM),
+                    spill_signature=request.headers.get(spill_proof.HEADER),
                 )
             except Refusal as r:
                 return _refusal_response(r, corr, "v2", v2=True)
             try:
-                status, out = await infer_v2(svc, ticket, req, upstream_headers(request, corr), name)
+                status, out = await infer_v2(svc, ticket, req, upstream_headers(request, corr), name, request.headers)
                 if status != 200:
                     return _json(status, json.dumps(out).encode(), corr)
                 return _v2_answer(out, req, corr)
@@ -531,8 +533,15 @@ class Handlers:
                 await ws.send_json(err)
                 return
             path = APIS[api][0]
+            headers = upstream_headers(request, corr)
+            if any(t.source == "cell" for t in ticket.ranked):  # another cell's router: the key as a header
+                key = request.query.get("api_key")
+                client: Mapping[str, str] = request.headers
+                if key and not _has_key(request.headers):
+                    client = {"Authorization": f"Bearer {key}"}
+                headers.update(spill_headers(client, svc.cells.view.cell, svc.sign_spill(ticket)))
             try:
-                await self._ws_stream(ws, ticket, parsed, path, upstream_headers(request, corr))
+                await self._ws_stream(ws, ticket, parsed, path, headers)
             finally:
                 await svc.finish(ticket)
 
@@ -636,20 +645,26 @@ def _v2_answer(out: dict[str, Any], req: kserve.V2Request, corr: str) -> web.Res
 
 
 async def infer_v2(
-    svc: RouterService, ticket: Ticket, req: kserve.V2Request, headers: dict[str, str], name: str
+    svc: RouterService,
+    ticket: Ticket,
+    req: kserve.V2Request,
+    headers: dict[str, str],
+    name: str,
+    client: Mapping[str, str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Forward one KServe v2 inference (shared by HTTP and gRPC); returns (status, v2 response or error body)."""
+    """Forward one KServe v2 inference (shared by HTTP and gRPC); returns (status, v2 response or error body).
+    Another cell's router (a spill-over, router/cells.py) gets the v2 request itself with the client's credentials
+    (`client`: its headers or gRPC metadata) and the signed spill; a runtime gets it as its kind takes it."""
 
     def body_for(t: Target) -> bytes:
-        if t.api == "kserve":
+        if t.api == "kserve" or t.source == "cell":
             return kserve.to_v2_json(req)
         return kserve.to_completion(req, t.upstream_model)
 
-    # The path differs per target kind; pick it from the best-ranked one (targets of a model share their kind).
-    first = ticket.ranked[0] if ticket.ranked else None
-    path = f"/v2/models/{first.upstream_model}/infer" if first and first.api == "kserve" else "/v1/completions"
+    if any(t.source == "cell" for t in ticket.ranked):
+        headers = {**headers, **spill_headers(client or {}, svc.cells.view.cell, svc.sign_spill(ticket))}
     try:
-        w = await svc.open(ticket, path, body_for, headers)
+        w = await _open_by_path(svc, ticket, body_for, headers)
     except ForwardError as e:
         ticket.status, ticket.cause = e.status, e.cause
         return e.status, {"error": e.message, "code": e.cause}
@@ -665,12 +680,15 @@ async def infer_v2(
     if w.resp.status != 200:
         ticket.cause = f"upstream_{w.resp.status}" if w.resp.status >= 500 else ""
         return w.resp.status, {"error": data.decode(errors="replace")[:2000], "code": "upstream_error"}
-    if w.target.api == "kserve":
+    if w.target.api == "kserve" or w.target.source == "cell":
         try:
-            return 200, json.loads(data)
+            out = json.loads(data)
         except ValueError:
             ticket.status, ticket.cause = 502, "upstream_broken"
             return 502, {"error": "runtime answered a body that is not JSON", "code": "upstream_broken"}
+        if w.target.source == "cell" and isinstance(out, dict):  # that router's counts, for this one's token quota
+            ticket.prompt_tokens, ticket.completion_tokens = kserve.token_counts(out)
+        return 200, out
     try:
         out, pt, ct = kserve.from_completion(data, name, req.id or ticket.corr_id)
     except ValueError as e:
@@ -679,6 +697,43 @@ async def infer_v2(
         return 502, {"error": f"runtime answered an unreadable completion: {e}", "code": "upstream_broken"}
     ticket.prompt_tokens, ticket.completion_tokens = pt, ct
     return 200, out
+
+
+def _has_key(headers: Mapping[str, str]) -> bool:
+    return bool(headers.get("Authorization") or headers.get("x-api-key"))
+
+
+def _v2_path(t: Target) -> str:
+    if t.source == "cell":  # another cell's router: its own v2 endpoint, whatever its runtimes are
+        return f"/v2/models/{t.upstream_model}/infer"
+    return f"/v2/models/{t.upstream_model}/infer" if t.api == "kserve" else "/v1/completions"
+
+
+async def _open_by_path(
+    svc: RouterService, ticket: Ticket, body_for: Callable[[Target], bytes], headers: dict[str, str]
+) -> Winner:
+    """`svc.open` over the ranked targets; where they differ in path (another cell's router takes v2, this cell's
+    runtimes their own kind), each run of one path in rank order, the next tried when one fails."""
+    ranked = ticket.ranked
+    runs: list[tuple[str, list[Target]]] = []
+    for t in ranked:
+        p = _v2_path(t)
+        if runs and runs[-1][0] == p:
+            runs[-1][1].append(t)
+        else:
+            runs.append((p, [t]))
+    if len(runs) <= 1:
+        return await svc.open(ticket, runs[0][0] if runs else "/v1/completions", body_for, headers)
+    try:
+        for path, run in runs[:-1]:
+            ticket.ranked = run
+            with contextlib.suppress(ForwardError):
+                return await svc.open(ticket, path, body_for, headers)
+        path, run = runs[-1]
+        ticket.ranked = run
+        return await svc.open(ticket, path, body_for, headers)
+    finally:
+        ticket.ranked = ranked
 
 
 async def _start_service(app: web.Application) -> AsyncIterator[None]:

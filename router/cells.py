@@ -38,11 +38,17 @@ def spill_headers(client: Mapping[str, str], cell: str, proof: str | None = None
     """What a request sent to another cell's router carries besides the usual: the client's credentials (that
     router authenticates and meters it), the cell it left and, with a mesh secret, the proof that this router has
     charged it to its tenant's quotas (router/core/spill_proof.py: that router does not charge it again)."""
-    out = {h: client[h] for h in _CLIENT_AUTH if h in client}
+    out = {h: v for h in _CLIENT_AUTH if (v := _get(client, h)) is not None}
     out[SPILLED_FROM] = cell
     if proof is not None:
         out[spill_proof.HEADER] = proof
     return out
+
+
+def _get(headers: Mapping[str, str], name: str) -> str | None:
+    """A header whatever its case (HTTP headers are case-insensitive already; gRPC metadata is lower case)."""
+    v = headers.get(name)
+    return v if v is not None else headers.get(name.lower())
 
 
 def for_target(target: Target, headers: Mapping[str, str]) -> Mapping[str, str]:

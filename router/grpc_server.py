@@ -189,7 +189,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     context.set_trailing_metadata((("retry-after", r.retry_after),))
                 await context.abort(_CODES.get(r.status, grpc.StatusCode.INTERNAL), r.message)
             try:
-                status, out = await infer_v2(svc, ticket, req, upstream_headers_from(corr), request.model_name)
+                status, out = await infer_v2(svc, ticket, req, upstream_headers_from(corr), request.model_name, md)
             finally:
                 await svc.finish(ticket)
             if status != 200:
@@ -275,8 +275,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             model = request.model_name
             try:
                 first = ticket.ranked[0] if ticket.ranked else None
-                if not req.stream or first is None or first.api == "kserve":
-                    status, res = await infer_v2(svc, ticket, req, upstream_headers_from(corr), model)
+                # another cell's router (a spill-over) answers in one piece, as a KServe runtime does
+                spilled = any(t.source == "cell" for t in ticket.ranked)
+                if not req.stream or first is None or first.api == "kserve" or spilled:
+                    status, res = await infer_v2(svc, ticket, req, upstream_headers_from(corr), model, md)
                     if status != 200:
                         await out.put(pb.ModelStreamInferResponse(error_message=f"{status}: {res.get('error', '')}"))
                         return

@@ -170,6 +170,18 @@ def outputs_of(text: str, finish: str | None, pt: int | None, ct: int | None) ->
     ]
 
 
+def token_counts(out: dict[str, Any]) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens a v2 answer reports in its num_input_tokens and num_output_tokens outputs."""
+    found: dict[str, int] = {}
+    for o in out.get("outputs") or ():
+        if isinstance(o, dict) and o.get("name") in ("num_input_tokens", "num_output_tokens"):
+            data = o.get("data")
+            v = data[0] if isinstance(data, list) and len(data) == 1 else None
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+                found[o["name"]] = v
+    return found.get("num_input_tokens"), found.get("num_output_tokens")
+
+
 def tensors_of(out: dict[str, Any]) -> list[v2codec.Tensor]:
     """The output tensors of a v2 answer in JSON form (ours, or a KServe runtime's); ValueError if unreadable."""
     outs = out.get("outputs")

@@ -16,12 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import httpx
 import pytest
@@ -184,6 +185,10 @@ def spills(router: RouterProc) -> dict[tuple[str, str], float]:
     return out
 
 
+def answers(call: Callable[[RouterProc, str], httpx.Response], router: RouterProc, key: str) -> bool:
+    return call(router, key).status_code == 200
+
+
 _SPILLED_IN = re.compile(r'^infermesh_router_spilled_in_total\{verdict="(\w+)"\} ([0-9.e+]+)$', re.M)
 
 
@@ -319,7 +324,7 @@ def test_a_spilled_request_is_charged_once_across_the_two_routers(world: tuple[M
     mesh.api("PATCH", f"quotas/{quota['id']}/", {"concurrent_requests_max": 2})
     key = mesh.api("POST", "inference-keys/", {"tenant": "capped", "name": "app"})["key"]  # after the quota: in force
     for n in ("node-3", "node-4"):
-        wait_for(f"capped's key at {n}", lambda n=n: chat(r[n], key).status_code == 200, timeout=10)
+        wait_for(f"capped's key at {n}", partial(answers, chat, r[n], key), timeout=10)
 
     before = spilled_in(r["node-4"])
     with ThreadPoolExecutor(8) as pool:
@@ -343,3 +348,68 @@ def test_a_spilled_request_is_charged_once_across_the_two_routers(world: tuple[M
     after = spilled_in(r["node-4"])
     assert {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)} == {"verified": 2}
     assert chat(r["node-4"], key).status_code == 200  # the leases went back where they were taken
+
+
+def v2_infer(router: RouterProc, key: str) -> httpx.Response:
+    body = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["hi"]},
+                       {"name": "max_tokens", "datatype": "INT32", "shape": [1], "data": [4]}]}  # fmt: skip
+    return httpx.post(
+        f"{router.url}/v2/models/{MODEL}/infer", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=20
+    )
+
+
+def ws_chat(router: RouterProc, key: str) -> list[dict[str, Any]]:
+    """One chat over the WebSocket, the key in the query string: the messages until done or error."""
+
+    async def run() -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as s, s.ws_connect(f"{router.url}/v1/ws?api_key={key}") as ws:
+            await ws.send_json({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+            got: list[dict[str, Any]] = []
+            while not got or got[-1]["type"] == "token":
+                got.append(await asyncio.wait_for(ws.receive_json(), 20))
+            return got
+
+    return asyncio.run(run())
+
+
+def test_kserve_and_websocket_requests_spill_too(world: tuple[Mesh, Cells]) -> None:
+    """KServe v2 and WebSocket requests entering a saturated us-1 are served in us-2 like OpenAI ones: the v2 request
+    goes to us-2's router as v2 (its answer's tensors come back), the WebSocket's as a chat completion, each with the
+    client's key (the WebSocket's from its query string) and the signed spill, verified there."""
+    mesh, cells = world
+    r = cells.routers
+    mesh.api("POST", "tenants/", {"slug": "v2co", "name": "V2 Co"})
+    key = mesh.api("POST", "inference-keys/", {"tenant": "v2co", "name": "app"})["key"]
+    for n in ("node-3", "node-4"):
+        wait_for(f"v2co's key at {n}", partial(answers, v2_infer, r[n], key), timeout=10)
+
+    to = ("us-2", "saturated")
+    with ThreadPoolExecutor(8) as pool:
+        held = hold(pool, cells, "node-3")
+        wait_for("node-3 queueing", partial(queueing, mesh, "node-3"), timeout=5)
+        time.sleep(0.6)  # the routers' watch of their agent and of the WAN view
+
+        def v2_spilled() -> httpx.Response | None:
+            before, verified = spills(r["node-3"]).get(to, 0.0), spilled_in(r["node-4"]).get("verified", 0.0)
+            resp = v2_infer(r["node-3"], key)
+            moved = spills(r["node-3"]).get(to, 0.0) == before + 1
+            return resp if moved and spilled_in(r["node-4"]).get("verified", 0.0) == verified + 1 else None
+
+        resp = wait_for("a v2 request served in us-2", v2_spilled, timeout=10, every=0.1)
+        assert resp.status_code == 200, resp.text
+        outs = {o["name"]: o["data"] for o in resp.json()["outputs"]}
+        assert outs["text_output"][0] and outs["num_output_tokens"] == [4], outs
+
+        def ws_spilled() -> list[dict[str, Any]] | None:
+            before = spills(r["node-3"]).get(to, 0.0)
+            got = ws_chat(r["node-3"], key)
+            return got if spills(r["node-3"]).get(to, 0.0) == before + 1 else None
+
+        got = wait_for("a WebSocket chat served in us-2", ws_spilled, timeout=10, every=0.1)
+        assert got[-1]["type"] == "done" and got[-1]["tokens"] >= 1, got
+        for f in held:
+            assert f.result(30).status_code == 200
+    # the WebSocket's chat was served by us-2's router (v2co sent it no chat of its own)
+    served = [line.get("api") for line in r["node-4"].logs() if line.get("msg") == "access"
+              and line.get("tenant") == "v2co" and line.get("status") == 200]  # fmt: skip
+    assert "chat" in served, served

@@ -192,3 +192,12 @@ def test_the_cells_example_router_config_loads(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the example names its secret from the repository root
     cfg = load_config("docs/examples/cells/router-eu-1.yaml", env={})
     assert cfg.cells.mesh_secret_file is not None
+
+
+def test_a_v2_answers_token_counts() -> None:
+    from router.kserve import outputs_of, token_counts
+
+    assert token_counts({"outputs": outputs_of("hi", "stop", 7, 4)}) == (7, 4)
+    assert token_counts({"outputs": [{"name": "text_output", "data": ["x"]}]}) == (None, None)
+    bad = [{"name": "num_input_tokens", "data": [-1]}, {"name": "num_output_tokens", "data": [True]}]
+    assert token_counts({"outputs": bad}) == (None, None) and token_counts({}) == (None, None)
