@@ -193,6 +193,9 @@ class Network(_Model):
     intra_cell_rtt: RttDist = Field(default_factory=RttDist)
     inter_cell_base_rtt_ms: float = Field(default=2.0, ge=0)  # between two cells of one region
     region_spread_ms: float = Field(default=25.0, ge=0)  # typical RTT between region centres
+    # how far a cell sits from its region's centre (Gaussian, this / 2 per axis); None: inter_cell_base_rtt_ms. 0 puts
+    # every cell on its centre: with one region per cell, every pair of cells is base + centre distance apart
+    cell_spread_ms: float | None = Field(default=None, ge=0)
     noise: float = Field(default=0.1, ge=0, lt=1)  # per-pair deviation from the embeddable geometry
     vivaldi_rounds: int = Field(default=40, ge=0)  # 0: strategies see the true RTT
 

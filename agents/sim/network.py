@@ -20,11 +20,12 @@ class Topology:
         self.region_of = [c % regions for c in range(cells)]
         spread = cfg.region_spread_ms / 1000.0
         local = cfg.inter_cell_base_rtt_ms / 1000.0
+        jitter = local if cfg.cell_spread_ms is None else cfg.cell_spread_ms / 1000.0
         centres = [(rng.uniform(0, spread), rng.uniform(0, spread)) for _ in range(regions)]
         pos = []
         for c in range(cells):
             cx, cy = centres[self.region_of[c]]
-            pos.append((cx + rng.gauss(0, local / 2), cy + rng.gauss(0, local / 2)))
+            pos.append((cx + rng.gauss(0, jitter / 2), cy + rng.gauss(0, jitter / 2)))
         self.intra_mean_s = cfg.intra_cell_rtt.mean_ms / 1000.0
         self.intra_std_s = cfg.intra_cell_rtt.std_ms / 1000.0
         # true RTT between cells (seconds); the diagonal is the intra-cell mean

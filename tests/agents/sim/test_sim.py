@@ -16,6 +16,7 @@ from agents.emulator.profiles import get_profile
 from agents.sim.cli import main as sim_main
 from agents.sim.config import SimConfigError, load_config, parse_config
 from agents.sim.core import Simulation
+from agents.sim.network import Topology
 from agents.sim.report import summarize, write_outputs
 from agents.sim.workload import Generator
 from agents.strategies import load_strategy
@@ -289,6 +290,19 @@ def test_example_configs_are_valid() -> None:
     for name in ("small", "medium", "large"):
         cfg = load_config(EXAMPLES / f"{name}.yaml")
         assert cfg.topology.nodes == {"small": 512, "medium": 4096, "large": 131_072}[name]
+
+
+def test_small_network_keeps_every_pair_of_cells_apart_as_the_reference() -> None:
+    """The reference's small network has no regions: any two cells are 25 ms + a coordinate distance apart (+-10%)."""
+    cfg = load_config(EXAMPLES / "small.yaml")
+    topo = Topology(cfg.network, cfg.topology.cells, cfg.topology.regions, random.Random(7))
+    pairs = [topo.rtt_true[i][j] for i in range(cfg.topology.cells) for j in range(cfg.topology.cells) if i != j]
+    assert min(pairs) >= 0.025 * 0.9 and max(pairs) <= (0.025 + 0.025 * 2**0.5) * 1.1
+    # cell_spread_ms 0: cells sit on their region's centre, so two cells of one region are the base RTT apart
+    same = parse_config(tiny(**{"network": {"inter_cell_base_rtt_ms": 25, "cell_spread_ms": 0}, "topology.regions": 1}))
+    for seed in range(5):
+        rtt = Topology(same.network, 2, 1, random.Random(seed)).rtt_true[0][1]
+        assert 0.025 * 0.9 <= rtt <= 0.025 * 1.1
 
 
 def _one_node(tmp_path: Path, rows: list[tuple[float, int, int]], gpu: str, slots: int, **over: Any) -> dict[str, Any]:
