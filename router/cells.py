@@ -14,6 +14,7 @@ router answers 503 `residency_unavailable` naming the regions. An agent without 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -171,7 +172,8 @@ class CellWatcher(AgentPoller):
         if not v.known and not self.router.signed:
             log_event(
                 "cells.mesh_secret_file is not set: a request spilled to or from another cell is charged to its "
-                "tenant's quotas at both routers"
+                "tenant's quotas at both routers",
+                logging.WARNING,
             )
         if not v.known or (v.cell, v.region) != (resp.cell, resp.region):
             self._say(f"cell {resp.cell} in region {resp.region or '-'}: {len(resp.cells)} other cells known")

@@ -201,3 +201,30 @@ def test_a_v2_answers_token_counts() -> None:
     assert token_counts({"outputs": [{"name": "text_output", "data": ["x"]}]}) == (None, None)
     bad = [{"name": "num_input_tokens", "data": [-1]}, {"name": "num_output_tokens", "data": [True]}]
     assert token_counts({"outputs": bad}) == (None, None) and token_counts({}) == (None, None)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_router_without_a_secret_says_so_once_when_it_finds_cells(
+    signed: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agents.proto.infermesh.v1 import wan_pb2
+    from router import cells
+
+    class Stub:
+        def __init__(self, channel: object) -> None:
+            pass
+
+        async def ListCells(self, req: object, timeout: float) -> wan_pb2.ListCellsResponse:
+            return wan_pb2.ListCellsResponse(cell="eu-1", region="eu")
+
+    monkeypatch.setattr(cells.wan_pb2_grpc, "WanStub", Stub)
+    watcher = cells.CellWatcher(lambda: None, cells.CellRouter(signed=signed), refresh_s=1.0)  # type: ignore[arg-type, return-value]
+
+    async def polls() -> None:
+        for _ in range(3):
+            await watcher.poll_once()
+
+    with caplog.at_level("INFO", logger="infermesh"):
+        asyncio.run(polls())
+    said = [r for r in caplog.records if "mesh_secret_file is not set" in r.getMessage()]
+    assert len(said) == (0 if signed else 1) and all(r.levelname == "WARNING" for r in said)
