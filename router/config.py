@@ -391,8 +391,9 @@ class CellsConfig(_Strict):
         default=None,
         description="a file holding the secret every router of the mesh shares (at least 32 bytes, surrounding "
         "whitespace stripped): a router signs what it spills with it, and a spilled request carrying a valid "
-        "signature is charged to its tenant's quotas only where it entered the mesh. Unset: spill-over still works, "
-        "but a spilled request is charged at both routers",
+        "signature is charged to its tenant's quotas only where it entered the mesh. One secret a line: the first "
+        "signs, any verifies (to rotate one). Unset: spill-over still works, but a spilled request is charged at "
+        "both routers",
     )
     spill_proof_max_age_s: float = Field(
         default=30.0,
@@ -409,19 +410,23 @@ class CellsConfig(_Strict):
             _read_secret(v)
         return v
 
-    def mesh_secret(self) -> bytes | None:
-        """The shared secret (read at start; None without one)."""
-        return _read_secret(self.mesh_secret_file) if self.mesh_secret_file else None
+    def mesh_secrets(self) -> tuple[bytes, ...]:
+        """The shared secrets, the one that signs first (read at start; none without a file)."""
+        return _read_secret(self.mesh_secret_file) if self.mesh_secret_file else ()
 
 
-def _read_secret(path: str) -> bytes:
+def _read_secret(path: str) -> tuple[bytes, ...]:
     try:
-        secret = Path(path).read_bytes().strip()
+        lines = Path(path).read_bytes().splitlines()
     except OSError as exc:
         raise ValueError(f"cannot read {path!r}: {exc.strerror}") from None
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(f"{path!r} must hold a secret of at least {MIN_SECRET_BYTES} bytes, not {len(secret)}")
-    return secret
+    secrets = tuple(s for line in lines if (s := line.strip()))
+    if not secrets:
+        raise ValueError(f"{path!r} holds no secret (at least {MIN_SECRET_BYTES} bytes a line)")
+    for i, s in enumerate(secrets, 1):
+        if len(s) < MIN_SECRET_BYTES:
+            raise ValueError(f"{path!r}: secret {i} must be at least {MIN_SECRET_BYTES} bytes, not {len(s)}")
+    return secrets
 
 
 class RouterConfig(_Strict):

@@ -148,7 +148,9 @@ class RouterService:
         self.pd = Disaggregation(cfg.disaggregation, self.view, self.forwarder, cfg.cache.block_size)
         self._mesh_watcher: MeshWatcher | None = None
         # which cell serves a request (router/cells.py), from the agent's WAN tier
-        self._mesh_secret = cfg.cells.mesh_secret()  # signs spills (router/core/spill_proof.py); None: unsigned
+        # spills are signed with the first secret, verified with any (router/core/spill_proof.py); none: unsigned
+        self._mesh_secrets = cfg.cells.mesh_secrets()
+        self._mesh_secret = self._mesh_secrets[0] if self._mesh_secrets else None
         self.cells = CellRouter(cfg.cells.spill_at, signed=self._mesh_secret is not None)
         self._spill_replays = spill_proof.ReplayGuard(cfg.cells.spill_proof_max_age_s)
         self._cell_watcher: CellWatcher | None = None
@@ -484,7 +486,7 @@ class RouterService:
         first-seen proof); anything else is charged here as an ordinary request. Counted by verdict."""
         now = time.time()
         verdict = spill_proof.verify(
-            self._mesh_secret, proof, corr_id, tenant, now, self.cfg.cells.spill_proof_max_age_s
+            self._mesh_secrets, proof, corr_id, tenant, now, self.cfg.cells.spill_proof_max_age_s
         )
         if verdict is spill_proof.Verdict.VERIFIED and not self._spill_replays.first_use(proof or "", now):
             verdict = spill_proof.Verdict.REPLAYED

@@ -9,7 +9,8 @@ malformed, stale or forged proof, is an ordinary request there: charged as usual
 Header: `x-infermesh-spill-proof: v1.<unix milliseconds>.<hex HMAC-SHA256>`. The MAC covers a version tag and each
 field with its length, so no two (request id, tenant, time) triples share a message. A proof is fresh for
 `max_age_s` either side of the receiver's clock (the cells' clocks need only agree that well); `ReplayGuard` takes
-each proof once per receiving process within that window.
+each proof once per receiving process within that window. A router may hold several secrets while one is rotated:
+it signs with the first and accepts any.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import OrderedDict
+from collections.abc import Sequence
 from enum import StrEnum
 
 HEADER = "x-infermesh-spill-proof"
@@ -62,13 +64,19 @@ def parse(value: str) -> tuple[int, str] | None:
 
 
 def verify(
-    secret: bytes | None, value: str | None, request_id: str, tenant: str, now: float, max_age_s: float
+    secret: bytes | Sequence[bytes] | None,
+    value: str | None,
+    request_id: str,
+    tenant: str,
+    now: float,
+    max_age_s: float,
 ) -> Verdict:
     """Whether `value` proves that the request `request_id` of `tenant` was charged by a router of this mesh within
-    `max_age_s` of `now` (wall seconds)."""
+    `max_age_s` of `now` (wall seconds), signed with `secret` (or any of several)."""
     if not value:
         return Verdict.MISSING
-    if secret is None:
+    keys = [secret] if isinstance(secret, bytes) else list(secret or ())
+    if not keys:
         return Verdict.NO_SECRET
     parsed = parse(value)
     if parsed is None:
@@ -76,7 +84,7 @@ def verify(
     ts_ms, mac = parsed
     if abs(now - ts_ms / 1000.0) > max_age_s:
         return Verdict.STALE
-    if not hmac.compare_digest(mac, _mac(secret, request_id, tenant, ts_ms)):
+    if not any(hmac.compare_digest(mac, _mac(k, request_id, tenant, ts_ms)) for k in keys):
         return Verdict.INVALID
     return Verdict.VERIFIED
 

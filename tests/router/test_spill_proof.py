@@ -61,6 +61,15 @@ def test_another_secret_is_invalid() -> None:
     assert _check(proof) is Verdict.INVALID
 
 
+def test_while_a_secret_is_rotated_either_verifies() -> None:
+    old, new = SECRET, b"n" * MIN_SECRET_BYTES
+    for signer in (old, new):
+        proof = sign(signer, "req-1", "acme", NOW)
+        assert verify((new, old), proof, "req-1", "acme", NOW, AGE) is Verdict.VERIFIED
+    assert verify((new,), sign(old, "req-1", "acme", NOW), "req-1", "acme", NOW, AGE) is Verdict.INVALID
+    assert verify((), sign(old, "req-1", "acme", NOW), "req-1", "acme", NOW, AGE) is Verdict.NO_SECRET
+
+
 def test_missing_malformed_and_no_secret() -> None:
     assert _check(None) is Verdict.MISSING
     assert _check("") is Verdict.MISSING
@@ -88,12 +97,21 @@ def test_the_secret_file_is_read_and_checked(tmp_path: Path) -> None:
     good = tmp_path / "mesh.secret"
     good.write_bytes(SECRET + b"\n")
     cfg = parse_config({"cells": {"mesh_secret_file": str(good)}}, env={})
-    assert cfg.cells.mesh_secret() == SECRET
-    assert parse_config({}, env={}).cells.mesh_secret() is None
+    assert cfg.cells.mesh_secrets() == (SECRET,)
+    assert parse_config({}, env={}).cells.mesh_secrets() == ()
 
     short = tmp_path / "short.secret"
     short.write_text("x" * (MIN_SECRET_BYTES - 1) + "\n")
-    for path, says in ((short, f"at least {MIN_SECRET_BYTES} bytes"), (tmp_path / "absent", "cannot read")):
+    empty = tmp_path / "empty.secret"
+    empty.write_text("\n \n")
+    second_short = tmp_path / "second-short.secret"
+    second_short.write_bytes(SECRET + b"\nshort\n")
+    for path, says in (
+        (short, f"at least {MIN_SECRET_BYTES} bytes"),
+        (second_short, "secret 2 must be at least"),
+        (empty, "holds no secret"),
+        (tmp_path / "absent", "cannot read"),
+    ):
         with pytest.raises(ConfigError) as e:
             parse_config({"cells": {"mesh_secret_file": str(path)}}, source="r.yaml", env={})
         assert "cells.mesh_secret_file" in str(e.value) and says in str(e.value), str(e.value)
