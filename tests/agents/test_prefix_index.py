@@ -221,3 +221,39 @@ def start_emulator_plain():  # type: ignore[no-untyped-def]
     from agents.emulator.testing import start_emulator
 
     return start_emulator("--seed", "3")
+
+
+def test_block_set_evicts_in_exact_lru_order_against_an_ordered_dict() -> None:
+    """The set drops the same blocks, in the same order, as an LRU that moves every block it is given to the newest
+    end, through repeated and extended prefixes, removals and clears (any cheaper bookkeeping must keep this)."""
+    from collections import OrderedDict
+    import random
+
+    rnd = random.Random(7)
+    for max_blocks in (1, 5, 64, 1000):
+        bs = BlockSet(APPROX, max_blocks)
+        ref: OrderedDict[int, None] = OrderedDict()
+        prefixes = [[rnd.randrange(1 << 62) for _ in range(rnd.randrange(1, 120))] for _ in range(12)]
+        for step in range(1500):
+            op = rnd.random()
+            if op < 0.8:
+                p = rnd.choice(prefixes)
+                hashes = p[: rnd.randrange(1, len(p) + 1)] + [rnd.randrange(50) for _ in range(rnd.randrange(3))]
+                bs.add(hashes if step % 2 else iter(hashes))  # any iterable, repeats included
+                for h in hashes:
+                    if h in ref:
+                        ref.move_to_end(h)
+                    else:
+                        ref[h] = None
+                while len(ref) > max_blocks:
+                    ref.popitem(last=False)
+            elif op < 0.98:
+                gone = rnd.sample(list(ref), min(len(ref), rnd.randrange(4))) + [rnd.randrange(50)]
+                bs.remove(gone)
+                for h in gone:
+                    ref.pop(h, None)
+            else:
+                bs.clear()
+                ref.clear()
+            assert len(bs) == len(ref)
+            assert list(bs.blocks) == list(ref), (max_blocks, step)
