@@ -24,8 +24,8 @@ from router.core import spill_proof
 from router.forward import HOP_BY_HOP, ForwardError, Winner
 from router.metrics import ERRORS, REQUESTS, render
 from router.obs import access_log, extract, trace_id_hex, tracer
-from router.openai_api import APIS, ParsedRequest, error_body, parse_json_body, validate
-from router.prefix import close_kv_events, request_prefix, start_kv_events
+from router.openai_api import APIS, ParsedRequest, error_body, parse_chat_body, parse_json_body, validate
+from router.prefix import RequestPrefix, close_kv_events, request_prefix, session_key_of, start_kv_events
 from router.service import Refusal, RouterService, Tenant, Ticket, new_corr_id, request_deadline
 from router.upstream import Response, UpstreamError
 from router.view import Target
@@ -271,7 +271,24 @@ class Handlers:
         return handler
 
     async def _openai(self, request: web.Request, api: str, path: str) -> web.StreamResponse:
-        return await self.pipeline(request, api, path, functools.partial(validate, api))
+        parse = self._parse_chat if api == "chat" else parse_json_body
+        return await self.pipeline(request, api, path, functools.partial(validate, api), parse=parse)
+
+    def _parse_chat(self, body: bytes) -> dict[str, Any]:
+        # a large chat is parsed as far as the block hashes read it: its first messages, up to the characters that
+        # hold `max_prompt_tokens` tokens (a token is at most four characters and a space); the rest is relayed
+        return parse_chat_body(body, 5 * self.cfg.cache.max_prompt_tokens)
+
+    def _prefix(self, api: str, parsed: ParsedRequest, body: bytes, headers: Any, hashes: bool) -> RequestPrefix:
+        """The request's block hashes and session key (`hashes` False: the session key alone, for strategies that
+        do not read the prompt). A partly parsed chat whose first messages held too few tokens is parsed in full."""
+        cfg = self.cfg.cache
+        if not hashes:
+            return RequestPrefix([], 0, session_key_of(parsed.obj, headers, cfg))
+        prefix = request_prefix(api, parsed.obj, headers, cfg)
+        if parsed.partial and prefix.tokens < cfg.max_prompt_tokens:
+            prefix = request_prefix(api, parsed.whole(body), headers, cfg)
+        return prefix
 
     async def pipeline(
         self,
@@ -283,6 +300,7 @@ class Handlers:
         refuse: Callable[[Refusal, str], web.StreamResponse] | None = None,
         pin: Callable[[Tenant, ParsedRequest], Awaitable[Target | None]] | None = None,
         observe: Callable[[Ticket, Tenant], Callable[[bytes], None]] | None = None,
+        parse: Callable[[bytes], dict[str, Any]] = parse_json_body,
     ) -> web.StreamResponse:
         """The pipeline of every JSON inference API (OpenAI, Responses, Anthropic, tokenize): authenticate, read and
         check the body, admit, rank (only targets whose runtime serves `api`, or the one `pin` names) and stream the
@@ -297,7 +315,7 @@ class Handlers:
             try:
                 tenant = svc.authenticate(headers)
                 body = await read_body(request, self.cfg)
-                parsed = check(parse_json_body(body))
+                parsed = check(parse(body))
                 if api not in capabilities.BASIC:  # embeddings and the rest: not every runtime serves them
                     capabilities.check(svc.view.all(parsed.model), parsed.model, api)
                 pinned = await pin(tenant, parsed) if pin is not None else None
@@ -312,7 +330,7 @@ class Handlers:
                     corr_id=corr,
                     trace_id=trace_id,
                     deadline_s=request_deadline(request.headers),
-                    prefix=request_prefix(api, parsed.obj, request.headers, self.cfg.cache) if api in APIS else None,
+                    prefix=functools.partial(self._prefix, api, parsed, body, headers) if api in APIS else None,
                     spilled_from=request.headers.get(SPILLED_FROM),
                     spill_signature=request.headers.get(spill_proof.HEADER),
                 )
@@ -352,13 +370,14 @@ class Handlers:
 
         def as_parsed(t: Target) -> bytes:
             if t.upstream_model == parsed.model:
-                return body
-            return json.dumps({**parsed.obj, "model": t.upstream_model}).encode()
+                return body  # as it came: a large chat's messages are never parsed whole for it
+            return json.dumps({**parsed.whole(body), "model": t.upstream_model}).encode()
 
         body_for: Callable[[Target], bytes] = as_parsed
 
         try:
             if not ticket.ranked and self.svc.pd.serves(ticket.model, ticket.api):
+                parsed.whole(body)  # the prefill stage rewrites it
                 body_for = await self._prefill(ticket, parsed, path, headers)
             w = await self.svc.open(ticket, path, body_for, headers, hedge_ok=ticket.strategy != "pd")
         except ForwardError as e:

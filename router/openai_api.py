@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from json.decoder import scanstring  # type: ignore[attr-defined]  # the C string scanner
 from typing import Any
 
 from router.service import Refusal
@@ -23,6 +25,13 @@ class ParsedRequest:
     stream: bool
     max_tokens: int | None
     prompt_chars: int
+    partial: bool = False  # `obj` is a `PartialBody`: its messages only as far as routing reads them
+
+    def whole(self, body: bytes) -> dict[str, Any]:
+        """The body parsed in full (once), where the router rewrites it or reads beyond its routing fields."""
+        if self.partial:
+            self.obj, self.partial = parse_json_body(body), False
+        return self.obj
 
 
 def parse_json_body(body: bytes) -> dict[str, Any]:
@@ -39,6 +48,195 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise Refusal(400, "invalid_json", f"request body must be a JSON object, got {type(obj).__name__}")
     return obj
+
+
+# -- large chat bodies: parsed as far as routing reads them ---------------------------------------------------------
+LAZY_MIN_BYTES = 64 << 10  # a chat body this large is parsed only as far as routing reads it
+# '[' looked at as the start of an array member after the messages (per KB of them, at least 256) before parsing in
+# full: about a quarter of a full parse's time at most
+_BRACKETS_PER_KB = 1
+_WS = re.compile(r"[ \t\n\r]*")
+# the C scanner: (text, index) -> (value, end); StopIteration on bad input
+_SCAN = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+class PartialBody(dict[str, Any]):
+    """A chat body whose `messages` hold only the first messages, as many as routing reads (the prompt's first
+    characters, for the block hashes): the rest of the array, `unparsed` characters of it (JSON syntax included), is
+    neither parsed nor checked, and is relayed as it came. Every other top-level member is parsed."""
+
+    __slots__ = ("unparsed",)
+
+    def __init__(self, members: dict[str, Any], unparsed: int) -> None:
+        super().__init__(members)
+        self.unparsed = unparsed
+
+
+def parse_chat_body(body: bytes, budget_chars: int) -> dict[str, Any]:
+    """A chat request's body: in full below `LAZY_MIN_BYTES`, else (a `PartialBody`) its top-level members and the
+    first messages until their content holds `budget_chars` characters, plus one. The members after the messages
+    are found from the end of the body; where that is not clear-cut (the body is not a JSON object, the messages are
+    not an array, a later member is another `messages`, too many arrays look like members) it is parsed in full,
+    which also gives invalid JSON its usual error."""
+    if len(body) >= LAZY_MIN_BYTES:
+        try:
+            text = body.decode()
+        except UnicodeDecodeError:
+            text = ""
+        if text:
+            try:
+                obj = _partial_object(text, budget_chars)
+            except (StopIteration, ValueError, IndexError):
+                obj = None
+            if obj is not None:
+                return obj
+    return parse_json_body(body)
+
+
+def _partial_object(s: str, budget: int) -> dict[str, Any] | None:
+    ws: Any = _WS.match  # always matches (it may match nothing)
+    i = ws(s, 0).end()
+    if s[i] != "{":
+        return None
+    i = ws(s, i + 1).end()
+    out: dict[str, Any] = {}
+    while True:
+        if s[i] != '"':
+            return None
+        key, i = scanstring(s, i + 1)
+        i = ws(s, i).end()
+        if s[i] != ":":
+            return None
+        i = ws(s, i + 1).end()
+        if key == "messages" and s[i] == "[":
+            msgs, i, lazy = _first_messages(s, i, budget)
+            if lazy:  # `i`: where the first message left unparsed starts
+                tail = _members_after(s, i)
+                if tail is None or "messages" in tail[0]:
+                    return None
+                members, end = tail
+                out["messages"] = msgs
+                out.update(members)
+                return PartialBody(out, end - i)
+            value: Any = msgs
+        else:
+            value, i = _SCAN(s, i)
+        out[key] = value
+        i = ws(s, i).end()
+        if s[i] == ",":
+            i = ws(s, i + 1).end()
+        elif s[i] == "}" and ws(s, i + 1).end() == len(s):
+            return out  # parsed whole: what json.loads gives
+        else:
+            return None
+
+
+def _first_messages(s: str, i: int, budget: int) -> tuple[list[Any], int, bool]:
+    """The array at `i` parsed element by element until the content before the last one parsed holds `budget`
+    characters: (elements, where parsing stopped, whether elements were left). Whole: stopped after its ']'."""
+    ws: Any = _WS.match  # always matches (it may match nothing)
+    j = ws(s, i + 1).end()
+    msgs: list[Any] = []
+    if s[j] == "]":
+        return msgs, j + 1, False
+    chars = 0
+    while True:
+        enough = chars >= budget
+        v, j = _SCAN(s, j)
+        msgs.append(v)
+        if type(v) is dict:
+            chars += _chars(v.get("content", ""))
+        j = ws(s, j).end()
+        if s[j] == "]":
+            return msgs, j + 1, False
+        if s[j] != ",":
+            raise ValueError("not an array")
+        j = ws(s, j + 1).end()
+        if enough:
+            return msgs, j, True
+
+
+def _last_non_ws(s: str, hi: int) -> int:
+    k = hi - 1
+    while s[k] in " \t\n\r":
+        k -= 1
+    return k
+
+
+def _members_after(s: str, lo: int) -> tuple[dict[str, Any], int] | None:
+    """The top-level members after the array that holds `lo` (the messages, parsed up to `lo`) and where that
+    array's ']' is, read from the end of the body: each member is taken from the comma before it, a comma that
+    only the top level's can be (from any other the member would not end where the next one starts, or at the
+    object's end). None: not clear-cut (parse in full)."""
+    hi = _last_non_ws(s, len(s))  # the object's closing brace
+    if s[hi] != "}":
+        return None
+    found: list[tuple[str, Any]] = []
+    while True:
+        end = _last_non_ws(s, hi)  # the last character of the member before `hi`
+        if end < lo:
+            return None
+        search_hi = hi
+        if s[end] == "]":
+            start = _array_start(s, lo, end)
+            if start is None:
+                return None
+            if start < 0:  # no array starts after `lo` and ends there: it is the messages'
+                found.reverse()
+                return dict(found), end
+            search_hi = start
+        c = s.rfind(",", lo, search_hi)
+        while c >= 0:
+            member = _member_at(s, c + 1, hi)
+            if member is not None:
+                found.append(member)
+                hi = c
+                break
+            c = s.rfind(",", lo, c)
+        else:
+            return None
+
+
+def _array_start(s: str, lo: int, end: int) -> int | None:
+    """Where the array that ends at `end` starts, when after `lo`; -1: it starts before (no '[' after `lo` that
+    follows a ':', as a member's value does, parses as an array ending there); None: too much to try (more '['
+    than `_BRACKETS_PER_KB` allows, or arrays tried that hold half the text)."""
+    q = s.rfind("[", lo, end)
+    seen = tried = 0
+    most = max(256, _BRACKETS_PER_KB * (end - lo) >> 10)
+    while q >= 0:
+        seen += 1
+        if seen > most:
+            return None
+        if s[_last_non_ws(s, q)] == ":":
+            try:
+                _, stop = _SCAN(s, q)
+            except (StopIteration, ValueError):
+                stop = q
+            if stop == end + 1:
+                return q
+            tried += stop - q
+            if 2 * tried > end - lo:
+                return None
+        q = s.rfind("[", lo, q)
+    return -1
+
+
+def _member_at(s: str, i: int, hi: int) -> tuple[str, Any] | None:
+    """The member `"key": value` that starts at `i` and ends right before `hi` (whitespace aside), else None."""
+    ws: Any = _WS.match  # always matches (it may match nothing)
+    try:
+        i = ws(s, i).end()
+        if s[i] != '"':
+            return None
+        key, i = scanstring(s, i + 1)
+        i = ws(s, i).end()
+        if s[i] != ":":
+            return None
+        value, i = _SCAN(s, ws(s, i + 1).end())
+    except (StopIteration, ValueError, IndexError):
+        return None
+    return (key, value) if ws(s, i).end() == hi else None
 
 
 def _chars(value: Any) -> int:
@@ -92,6 +290,8 @@ def validate(api: str, obj: dict[str, Any]) -> ParsedRequest:
             raise Refusal(
                 400, "invalid_messages", "'messages' must be a non-empty list of message objects", param=required
             )
+        if type(obj) is PartialBody:  # the messages not parsed count by their length (a little over)
+            chars += obj.unparsed
     elif not isinstance(value, str | list):
         raise Refusal(400, f"invalid_{required}", f"{required!r} must be a string or a list", param=required)
     else:
@@ -99,7 +299,7 @@ def validate(api: str, obj: dict[str, Any]) -> ParsedRequest:
     max_tokens = obj.get("max_completion_tokens", obj.get("max_tokens"))
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0):
         raise Refusal(400, "invalid_max_tokens", "'max_tokens' must be a non-negative integer", param="max_tokens")
-    return ParsedRequest(obj, model, stream, max_tokens, chars)
+    return ParsedRequest(obj, model, stream, max_tokens, chars, type(obj) is PartialBody)
 
 
 def error_body(message: str, code: str, status: int, param: str | None = None) -> bytes:

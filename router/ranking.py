@@ -212,6 +212,18 @@ class Ranker:
             local = [t for t in candidates if t.zone == mesh.zone]
         return local or candidates
 
+    def reads_prompt(self, policy: RoutingPolicy) -> bool:
+        """Whether a strategy that may rank, shadow or learn from this policy's requests reads their prompt (block
+        hashes, token count): else the router neither tokenizes nor hashes it. A strategy named but not loaded
+        counts as reading it (whatever ranks in its place may)."""
+        strategies = self.host.strategies
+        for name in (policy.strategy, *policy.ab_split, policy.shadow_strategy):
+            if name:
+                s = strategies.get(name)
+                if s is None or s.reads_prompt:
+                    return True
+        return False
+
     def pick_arm(self, policy: RoutingPolicy, key: str) -> str:
         if not policy.ab_split:
             return policy.strategy

@@ -358,7 +358,7 @@ class RouterService:
         corr_id: str,
         trace_id: str = "",
         deadline_s: float | None = None,
-        prefix: RequestPrefix | None = None,
+        prefix: RequestPrefix | Callable[[bool], RequestPrefix] | None = None,
         spilled_from: str | None = None,
         spill_signature: str | None = None,
     ) -> Ticket:
@@ -422,6 +422,8 @@ class RouterService:
         add(INFLIGHT)
         booking: Booking | None = None
         try:
+            if callable(prefix):  # `prefix(hashes)`: the prompt is tokenized and hashed only where something reads it
+                prefix = prefix(self.pd.serves(model, api) or self.ranker.reads_prompt(policy))
             if policy.hold_when_full and not remote_first:
                 await self._hold_for_slot(model, candidates, priority, policy, tenant.name)
             ranked: list[Target]

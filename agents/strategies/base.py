@@ -262,6 +262,10 @@ class Strategy(ABC):
     # either way; a built-in's late answer is as right as a prompt one (the overrun is the machine's contention),
     # while round-robin's places the request blind. Overruns still count towards tripping the strategy.
     late_answer_kept: ClassVar[bool] = False
+    # Whether ranking, booking or learning reads the request's prompt: its block hashes and token count
+    # (`RouteRequest.block_hashes`, `prompt_tokens`). A router tokenizes and hashes a prompt only for a strategy that
+    # reads it; one that says False is given neither (nor an exact token count). Unknown strategies are assumed to.
+    reads_prompt: ClassVar[bool] = True
 
     def on_upsert(self, view: TargetView, previous: TargetView | None) -> None:  # noqa: B027 - optional hook
         """A target was added or changed."""

@@ -32,6 +32,7 @@ class BaselineRR(Strategy):
     """Round-robin over a model's admissible targets: the reference every other strategy must beat."""
 
     name = "baseline_rr"
+    reads_prompt = False
 
     def __init__(self, max_probe: int = 64) -> None:
         self._cursor: dict[str, int] = {}
@@ -189,6 +190,7 @@ class LeastQueue(_EliteMixin, Strategy):
     """Fewest queued + running requests per unit of capacity among sampled candidates (power of d choices)."""
 
     name = "least_queue"
+    reads_prompt = False
     late_answer_kept = True
 
     def __init__(self, params: SampleParams | None = None) -> None:

@@ -133,6 +133,7 @@ class Isolated(Strategy):
     def __init__(self, inner: Strategy, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]  # the instance answers for the wrapped class
+        self.reads_prompt = inner.reads_prompt  # type: ignore[misc]
         self.deadline_s = deadline_s
         self._worker = _Worker(inner.name or type(inner).__name__)
         self._stuck: _Job | None = None
