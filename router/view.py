@@ -13,7 +13,8 @@ from typing import Any
 from router.config import StaticTarget
 from router.core.hedging import LatencyWindow
 
-SLOTS_CONFIRMATIONS = 3  # agent states that must show a runtime queueing at its learned slots before they are trusted
+# agent states showing a runtime queueing at its learned slots while more were sent, before the count is trusted
+SLOTS_CONFIRMATIONS = 20
 
 
 @dataclass(slots=True, eq=False)

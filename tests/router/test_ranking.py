@@ -7,7 +7,7 @@ from prometheus_client import REGISTRY
 
 from router.config import RoutingPolicy, StaticTarget
 from router.ranking import Ranker
-from router.view import Target, TargetView
+from router.view import SLOTS_CONFIRMATIONS, Target, TargetView
 
 
 def _view(n: int) -> TargetView:
@@ -91,11 +91,15 @@ def test_slots_learned_from_a_momentary_queue_rise_and_are_trusted_once_confirme
     t.learn(waiting=0, running=2)  # two ran at once: at least two slots
     t.learn(waiting=0, running=4)
     assert t.slots == 4
-    # the runtime queues at 4 while this router has 5 there, three states running: the count is trusted
+    # the runtime queues at 4 while this router has 5 there, state after state: the count is trusted
     t.inflight = 5
-    for _ in range(3):
+    for _ in range(SLOTS_CONFIRMATIONS - 1):
         t.learn(waiting=1, running=4)
     t.waiting, t.inflight = 0.0, 4
+    assert t.has_slot()  # a long prefill also keeps requests waiting for a while: not yet trusted
+    t.inflight = 5
+    t.learn(waiting=1, running=4)
+    t.inflight = 4
     assert not t.has_slot()
     t.learn(waiting=0, running=6)  # more ran after all: learned again, probing again
     assert t.slots == 6 and t.slots_confirmed == 0
