@@ -1,6 +1,8 @@
 """Cache-aware routing: a mixed fleet of 8 emulated runtimes with vLLM-style prefix caching, replayed through our
 router (baseline_rr, least_queue, cache_aware, hybrid_mesh, and cache_aware or hybrid_mesh on two routers side by
-side, `_x2`: the requests alternate between them, each subscribed to every runtime's KV events) and
+side, `_x2`: the requests alternate between them, each subscribed to every runtime's KV events; `@agent` after any
+of ours: the routers take their targets from an agent scraping the runtimes every 0.5 s, so each sees the queues
+the other's requests make, instead of static targets, where each knows only its own requests in flight) and
 through peers installed from PyPI by this script (vllm-router cache_aware and power_of_two; smg cache_aware and
 power_of_two), at 70% and 90% load, on a shared-prefix workload, a multi-turn workload and the Azure trace (no
 sharing, the control); and, with `lora` among the workloads, a LoRA mix on a fleet of its own (below).
@@ -355,9 +357,10 @@ def main() -> int:
         ap.error(f"unknown workload(s) {unknown}; known: shared_prefix, multi_turn, azure, lora")
     if args.adapters < 1 or args.max_loras < 1 or args.lora_load_s < 0:
         ap.error("--adapters and --max-loras must be >= 1, --lora-load-s >= 0")
-    bad = [c for c in configs if c not in OURS and not c.startswith(("vllm:", "smg:"))]
+    bad = [c for c in configs if c.partition("@")[::2] not in ((o, v) for o in OURS for v in ("", "agent"))
+           and not c.startswith(("vllm:", "smg:"))]  # fmt: skip
     if bad:
-        ap.error(f"unknown config(s) {bad}; ours: {OURS}, peers: vllm:POLICY, smg:POLICY")
+        ap.error(f"unknown config(s) {bad}; ours: {OURS} (each also as NAME@agent), peers: vllm:POLICY, smg:POLICY")
     if any(c.startswith("vllm:") for c in configs):
         ro.ensure_vllm_router()
     if any(c.startswith("smg:") for c in configs):
@@ -391,6 +394,7 @@ def main() -> int:
             print(f"# measured cache-less fleet capacity: {cap:.2f} req/s ({mean_ctx}-token prompts, {out_len} out)",
                   flush=True)  # fmt: skip
             routers: dict[str, list[str]] = {}
+            agent = ""
             for c in configs:
                 if c.startswith("vllm:"):
                     routers[c] = [ro.start_vllm_router(ps, emus, c.split(":", 1)[1])]
@@ -398,18 +402,31 @@ def main() -> int:
                 if c.startswith("smg:"):
                     routers[c] = [start_smg(ps, emus, c.split(":", 1)[1])]
                     continue
-                strategy = c.removesuffix("_x2")
+                base, _, via = c.partition("@")
+                strategy = base.removesuffix("_x2")
                 hold = strategy not in ("cache_aware", "hybrid_mesh")
                 policy: dict[str, object] = {"first_byte_timeout_s": 300, "deadline_s": 600, "hold_when_full": hold}
-                cfg = ro.router_cfg(emus, strategy, **policy)
-                # what an operator's static config says of each runtime: its node, batch slots and MIG slice
-                cfg["targets"] = [{"model": "demo-llm", "url": u, "node": f"n{i}", "max_concurrency": args.max_num_seqs,
-                                   "mig_profile": get_profile(FLEET[i]).mig_profile}
-                                  for i, u in enumerate(emus)]  # fmt: skip
+                if via == "agent":
+                    agent = agent or rq.start_agent(ps, emus)
+                    cfg = ro.router_cfg([], strategy, **policy)
+                    cfg["agent"] = {"address": agent}
+                else:
+                    cfg = ro.router_cfg(emus, strategy, **policy)
+                    # what an operator's static config says of each runtime: its node, batch slots and MIG slice
+                    cfg["targets"] = [{"model": "demo-llm", "url": u, "node": f"n{i}",
+                                       "max_concurrency": args.max_num_seqs,
+                                       "mig_profile": get_profile(FLEET[i]).mig_profile}
+                                      for i, u in enumerate(emus)]  # fmt: skip
                 cfg["cache"] = {"kv_events": sources}
                 cfg["logging"] = {"level": "WARNING", "access_log": False}
-                n = 2 if c.endswith("_x2") else 1
-                routers[c] = [ro.start_router(ps, cfg, name=f"{c}-{k}") for k in range(n)]
+                n = 2 if base.endswith("_x2") else 1
+                routers[c] = [ro.start_router(ps, cfg, name=f"{c.replace('@', '-')}-{k}") for k in range(n)]
+                for url in routers[c] if via == "agent" else ():
+                    deadline = time.monotonic() + 30
+                    while httpx.get(url + "/healthz").json()["targets"]["agent"] < len(FLEET):
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"{c}: the agent's targets did not reach {url} within 30 s")
+                        time.sleep(0.2)
             time.sleep(1.0)  # KV-event subscriptions reach the publishers
             warm = shared_prefix(groups=4, prompts_per_group=6, system_len=sys_len, question_len=q_len, output_len=4,
                                  rate=20.0, seed=args.seed + 99)  # fmt: skip
@@ -439,7 +456,7 @@ def main() -> int:
                         ap.error(f"unknown workload {wl!r}")
                     for c, urls in routers.items():
                         reset_caches(emus)
-                        ours = c in OURS
+                        ours = c.partition("@")[0] in OURS
                         s0, h0, f0 = emu_stats(emus), runtime_ttft(emus), fallbacks(urls) if ours else 0.0
                         o0 = fallbacks(urls, OVERRUNS) if ours else 0.0
                         results, wall = uvloop.run(replay(urls, reqs, convs))
@@ -499,7 +516,7 @@ def main() -> int:
             return float("nan")
         return mine[key] / best(theirs)
 
-    failed = sum(int(r["failed"]) for (wl, c, _), r in table.items() if c in OURS or c in LORA_OURS)
+    failed = sum(int(r["failed"]) for (wl, c, _), r in table.items() if c.partition("@")[0] in OURS or c in LORA_OURS)
     print(f"summary: p90_ttft_ratio_vs_best_peer_shared_prefix={ratio('shared_prefix', 'ttft_p90'):.2f} "
           f"p90_ttft_ratio_vs_best_peer_multiturn={ratio('multi_turn', 'ttft_p90'):.2f} "
           f"hit_rate_ratio_vs_best_peer={ratio('shared_prefix', 'hit', best=max):.2f} "
