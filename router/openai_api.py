@@ -56,6 +56,7 @@ LAZY_MIN_BYTES = 64 << 10  # a chat body this large is parsed only as far as rou
 # full: about a quarter of a full parse's time at most
 _BRACKETS_PER_KB = 1
 _WS = re.compile(r"[ \t\n\r]*")
+_BOUNDARY = re.compile(r"\}[ \t\n\r]*,[ \t\n\r]*\{")  # between two objects of an array (or in a string)
 # the C scanner: (text, index) -> (value, end); StopIteration on bad input
 _SCAN = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
@@ -132,21 +133,35 @@ def _partial_object(s: str, budget: int) -> dict[str, Any] | None:
 
 
 def _first_messages(s: str, i: int, budget: int) -> tuple[list[Any], int, bool]:
-    """The array at `i` parsed element by element until the content before the last one parsed holds `budget`
-    characters: (elements, where parsing stopped, whether elements were left). Whole: stopped after its ']'."""
+    """The array at `i` parsed until the content of its elements but the last holds `budget` characters: (elements,
+    where parsing stopped, whether elements were left). Whole: stopped after its ']'. The elements within the first
+    `budget` characters of the array (JSON syntax included, so never more content than that) are parsed at once,
+    cut after the first element boundary from there; the rest one by one."""
     ws: Any = _WS.match  # always matches (it may match nothing)
-    j = ws(s, i + 1).end()
     msgs: list[Any] = []
+    chars = 0
+    j = ws(s, i + 1).end()
     if s[j] == "]":
         return msgs, j + 1, False
-    chars = 0
+    cut = _BOUNDARY.search(s, i + budget) if budget > 0 else None
+    if cut is not None:
+        try:
+            bulk = json.loads(s[i : cut.start() + 1] + "]")
+        except ValueError:
+            bulk = None  # the boundary was in a string: one by one from the start
+        if bulk is not None:
+            msgs = bulk
+            chars = _message_chars(msgs) or 0
+            j = cut.end() - 1
     while True:
         enough = chars >= budget
         v, j = _SCAN(s, j)
         msgs.append(v)
         if type(v) is dict:
-            chars += _chars(v.get("content", ""))
-        j = ws(s, j).end()
+            c = v.get("content")
+            chars += len(c) if type(c) is str else _chars(c)
+        if s[j] not in ",]":
+            j = ws(s, j).end()
         if s[j] == "]":
             return msgs, j + 1, False
         if s[j] != ",":
