@@ -58,6 +58,7 @@ class Req:
         "hedged",
         "held_s",
         "kind",
+        "n_copies",
         "out",
         "prompt",
         "ranked",
@@ -78,7 +79,8 @@ class Req:
         self.prompt = prompt
         self.out = out
         self.tenant = tenant
-        self.copies: list[Copy] = []
+        self.copies: list[Copy] = []  # emptied once answered (with `winner`), so that no cycle keeps it alive
+        self.n_copies = 0  # copies sent
         self.first_at = -1.0
         self.done_at = -1.0
         self.failed = False
@@ -597,6 +599,7 @@ class Simulation:
         self._copy_seq += 1
         c = Copy(req, node, rtt / 2, self._copy_seq)
         req.copies.append(c)
+        req.n_copies += 1
         self._at(t + c.owd, NODE_ARRIVE, c)
 
     def _release(self, c: Copy) -> None:
@@ -637,7 +640,7 @@ class Simulation:
                 c.first_at = t
                 ttft = t - c.arrived_at
                 node.ewma_ttft = ttft if node.ewma_ttft == 0 else node.ewma_ttft + alpha * (ttft - node.ewma_ttft)
-                if len(c.req.copies) > 1:  # type: ignore[attr-defined]
+                if c.req.n_copies > 1:  # type: ignore[attr-defined]
                     self._at(t + c.owd, CLIENT_FIRST, c)  # copies race: the first to reach the client wins
                 else:
                     self._client_first(c, t + c.owd)
@@ -646,9 +649,11 @@ class Simulation:
                 node.ewma_lat = lat if node.ewma_lat == 0 else node.ewma_lat + alpha * (lat - node.ewma_lat)
                 c.finished_at = t
                 req: Req = c.req  # type: ignore[assignment]
-                if req.winner is c and req.done_at < 0:
+                if req.done_at >= 0 or req.failed:
+                    self._release(c)  # a loser of the race (its abort on the way) or a lost request
+                elif req.winner is c:
                     self._complete(req, c, t + c.owd)
-                elif req.winner is None and not req.failed:
+                elif req.winner is None:
                     pass  # its first token is still on the way to the client (hedging): completed there
                 else:
                     self._release(c)
@@ -701,6 +706,10 @@ class Simulation:
         rec.hedged.append(1 if req.hedged else 0)
         rec.kind.append(req.kind)
         rec.out_tokens.append(req.out)
+        # The race is over: the request and its copies stop referring to each other, so it is freed as soon as the
+        # last event naming it has gone (a cycle waits for the collector; kept past a few collections, for a full one).
+        req.copies.clear()
+        req.winner = None
 
     def _fail(self, req: Req) -> None:
         if not req.failed:
