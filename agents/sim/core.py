@@ -422,9 +422,10 @@ class Simulation:
         import time
 
         wall0 = time.perf_counter()
-        # Requests and their copies refer to each other, so the collector frees them, and a full collection walks
-        # every object alive: the fleet, the routers' views and strategies, which live all run. Frozen, they are not
-        # walked; a larger first generation collects the requests' cycles less often (a seventh of the CPU before).
+        # Requests and their copies refer to each other until answered (a failed request's stay so), so the collector
+        # runs, and a full collection walks every object alive: the fleet, the routers' views and strategies, which
+        # live all run. Frozen, they are not walked; a larger first generation collects less often (a seventh of the
+        # CPU before).
         gc.collect()
         gc.freeze()
         thresholds = gc.get_threshold()
