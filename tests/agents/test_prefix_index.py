@@ -225,9 +225,10 @@ def start_emulator_plain():  # type: ignore[no-untyped-def]
 
 def test_block_set_evicts_in_exact_lru_order_against_an_ordered_dict() -> None:
     """The set drops the same blocks, in the same order, as an LRU that moves every block it is given to the newest
-    end, through repeated and extended prefixes, removals and clears (any cheaper bookkeeping must keep this)."""
-    from collections import OrderedDict
+    end, through repeated and extended prefixes, removals and clears (any cheaper bookkeeping must keep this), and
+    matches a prefix as far as it holds its blocks."""
     import random
+    from collections import OrderedDict
 
     rnd = random.Random(7)
     for max_blocks in (1, 5, 64, 1000):
@@ -248,7 +249,7 @@ def test_block_set_evicts_in_exact_lru_order_against_an_ordered_dict() -> None:
                 while len(ref) > max_blocks:
                     ref.popitem(last=False)
             elif op < 0.98:
-                gone = rnd.sample(list(ref), min(len(ref), rnd.randrange(4))) + [rnd.randrange(50)]
+                gone = [*rnd.sample(list(ref), min(len(ref), rnd.randrange(4))), rnd.randrange(50)]
                 bs.remove(gone)
                 for h in gone:
                     ref.pop(h, None)
@@ -257,3 +258,6 @@ def test_block_set_evicts_in_exact_lru_order_against_an_ordered_dict() -> None:
                 ref.clear()
             assert len(bs) == len(ref)
             assert list(bs.blocks) == list(ref), (max_blocks, step)
+            p = rnd.choice(prefixes)
+            held = next((i for i, h in enumerate(p) if h not in ref), len(p))
+            assert bs.match(p) == held
