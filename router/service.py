@@ -423,7 +423,7 @@ class RouterService:
         booking: Booking | None = None
         try:
             if callable(prefix):  # `prefix(hashes)`: the prompt is tokenized and hashed only where something reads it
-                prefix = prefix(self.pd.serves(model, api) or self.ranker.reads_prompt(policy))
+                prefix = prefix(self.ranker.reads_prompt(policy) or self.pd.serves(model, api))
             if policy.hold_when_full and not remote_first:
                 await self._hold_for_slot(model, candidates, priority, policy, tenant.name)
             ranked: list[Target]
