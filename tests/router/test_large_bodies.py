@@ -257,3 +257,11 @@ def test_a_2mb_chat_reaches_the_runtime_byte_for_byte(tmp_path: Path, strategy: 
             i = body.rindex(b'"role": "assistant"')
             bad = body[:i] + b'"role": assistant' + body[i + len(b'"role": "assistant"') :]
             assert c.post(r.url + "/v1/chat/completions", content=bad, headers=headers).status_code == 200
+
+
+def test_a_wrapped_plugin_answers_for_what_its_strategy_reads() -> None:
+    from agents.strategies.builtins import HybridMesh, LeastQueue
+    from agents.strategies.plugins import Isolated
+
+    assert Isolated(LeastQueue()).reads_prompt is False
+    assert Isolated(HybridMesh()).reads_prompt is True
