@@ -246,10 +246,11 @@ class Ranker:
         prompt_chars: int = 0,
         max_tokens: int | None = None,
         prefix: RequestPrefix | None = None,
-        usable: Callable[[Target], bool] | None = None,
+        usable: Callable[[Target], int] | None = None,
     ) -> tuple[list[Target], str]:
         """Targets best first (all candidates, so retries and hedges have somewhere to go) and the deciding arm;
-        `usable`: the targets that can start the request now go first, in the strategy's order (the router holding
+        `usable`: the targets that can start the request now go first, the higher its value the earlier (a free
+        slot before a probe of a learned slot count), each group in the strategy's order (the router holding
         requests at full batches), so the first target, which the strategy books, is the one the request goes to."""
         self._sync()
         self._apply_mesh()
@@ -287,8 +288,8 @@ class Ranker:
                 ranked.append(t)
                 seen.add(t.id)
         if usable is not None and len(ranked) > 1:
-            flags = [(t, usable(t)) for t in ranked]
-            ranked = [t for t, ok in flags if ok] + [t for t, ok in flags if not ok]
+            flags = [(t, int(usable(t))) for t in ranked]
+            ranked = [t for t, _ in sorted(flags, key=lambda f: -f[1])]  # stable: the strategy's order in a tier
         if policy.slo_ttft_ms or (policy.hedging.enabled and len(candidates) > 1):  # else nothing reads it
             self._predict(decision, req, policy, model)
         self.booking = Booking(decision, req) if ranked else None

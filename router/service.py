@@ -529,14 +529,15 @@ class RouterService:
             order[route.home_at : route.home_at] = ranked
         return order, "cells"
 
-    def _usable(self, t: Target, model: str) -> bool:
-        if not t.has_slot():
-            return False
-        if not self.forwarder.is_slow(t, model):
-            return True
+    def _usable(self, t: Target, model: str) -> int:
+        """0: cannot start the request now; else the target's slot tier (2 a free slot, 1 a probe of a learned
+        slot count: `Target.slot_tier`), the higher first."""
+        tier = t.slot_tier()
+        if not tier or not self.forwarder.is_slow(t, model):
+            return tier
         # A straggler still gets one chance in 20 so that its TTFT window sees it recover.
         t.slow_skips += 1
-        return t.slow_skips % 20 == 0
+        return tier if t.slow_skips % 20 == 0 else 0
 
     def _fair_weight(self, tenant: str) -> float | None:
         """A tenant's share of freed slots: its requests/s quota (None: as much as the heaviest waiting)."""

@@ -71,20 +71,26 @@ class Target:
         return self.max_concurrency or self.learned_slots
 
     def has_slot(self) -> bool:
-        """Whether a request sent now would start at once (unknown slot count: assume so). A learned count not yet
-        confirmed is a lower bound: while the runtime says nothing waits there, one request more than it may go,
-        so that a count learned too low can rise (a router that never sends more than it believes fits would never
-        see more run)."""
+        """Whether a request sent now would start at once (unknown slot count: assume so), or may go as a probe of
+        a learned slot count (`slot_tier`)."""
+        return self.slot_tier() > 0
+
+    def slot_tier(self) -> int:
+        """2: a free batch slot (or an unknown slot count); 1: no free slot by a learned count not yet confirmed,
+        but the runtime says nothing waits there, so one request beyond it may go (a count learned too low can only
+        rise if more than it is ever sent); 0: full. Targets of tier 2 go before those of tier 1, so a probe takes
+        only a request that would otherwise wait at the router."""
         slots = self.slots
         if slots is None or self.inflight < slots:
-            return True
-        return (
+            return 2
+        probe = (
             self.max_concurrency is None
             and self.slots_confirmed < SLOTS_CONFIRMATIONS
             and self.waiting is not None
             and self.waiting < 1
             and self.inflight < slots + 1
         )
+        return 1 if probe else 0
 
     def learn(self, waiting: float | None, running: float | None) -> None:
         # A runtime that queues while running N sequences has (at most) N slots; the maximum over time converges.

@@ -107,6 +107,26 @@ def test_slots_learned_from_a_momentary_queue_rise_and_are_trusted_once_confirme
     assert t.has_slot()
 
 
+def test_a_probe_of_a_learned_slot_count_goes_after_every_free_slot() -> None:
+    """A probe queues at the runtime if the count was right: it takes only a request no free slot can start."""
+    view = _view(3)
+    policy = RoutingPolicy(strategy="least_queue")
+    r = Ranker(view, [policy], decision_budget_us=1e9)
+    targets = view.candidates("m")
+    probe, free, full = targets
+    for t in targets:
+        t.learn(waiting=1, running=1)  # one slot learned from a momentary queue
+        t.waiting, t.inflight = 0.0, 1
+    free.learned_slots, free.inflight, free.waiting = 8, 6, 3.0  # a free slot, but the longest queue
+    full.waiting = 2.0
+    assert (probe.slot_tier(), free.slot_tier(), full.slot_tier()) == (1, 2, 0)
+    ranked, _ = r.rank("m", targets, policy, "strategy")
+    assert ranked[0].id == probe.id  # the strategy alone would send it to the probe
+    r.finished(ranked[0].id)
+    ranked, _ = r.rank("m", targets, policy, "held", usable=lambda t: t.slot_tier())
+    assert [t.id for t in ranked] == [free.id, probe.id, full.id]
+
+
 def test_a_said_slot_count_is_never_probed_past() -> None:
     t = Target(id="x", model="m", url="http://h", max_concurrency=4, waiting=0.0, inflight=4)
     assert not t.has_slot()
