@@ -487,7 +487,7 @@ PHASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("  correlation id", "router/service.py", ("new_corr_id",)),
     ("  authenticate", "router/service.py", ("authenticate",)),
     ("  read body", "router/app.py", ("read_body",)),
-    ("  parse JSON", "router/openai_api.py", ("parse_json_body",)),
+    ("  parse JSON", "router/openai_api.py", ("parse_json_body", "_partial_object")),  # a large chat: partly
     ("  validate", "router/openai_api.py", ("validate",)),
     ("  prefix hashes + session key", "router/prefix.py", ("request_prefix",)),
     ("  admit (incl. quota and rank)", "router/service.py", ("admit",)),
