@@ -2,8 +2,9 @@
 
 `CellWatcher` reads the WAN tier's view from the router's agent (`Wan.ListCells`: this cell and region, the other
 cells' summaries and measured RTTs) every `cells.refresh_s`. `CellRouter.route` applies the spill-over rule of
-`agents/wan/cells.py` to one request: the home cell's load comes from this router's own view of its targets (fresher
-than any summary), the others' from their summaries. A request goes to another cell through that cell's ingress (a
+`agents/wan/cells.py` to one request: the home cell's load and expected TTFT come from this router's own view of its
+targets (fresher than any summary), the others' from their summaries; the speed rule's split (`cells.speed_margin`,
+`cells.speed_max_share`) draws once per request. A request goes to another cell through that cell's ingress (a
 router there), with `x-infermesh-spilled-from` naming the cell it left: a router never spills a request that was
 already spilled to it, so a request crosses at most one WAN hop. With a mesh secret (`cells.mesh_secret_file`) the
 spill carries a signed proof that this router charged the tenant's quotas (router/core/spill_proof.py), and the
@@ -15,7 +16,7 @@ router answers 503 `residency_unavailable` naming the regions. An agent without 
 from __future__ import annotations
 
 import logging
-import math
+import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ import grpc
 
 from agents.proto.infermesh.v1 import wan_pb2, wan_pb2_grpc
 from agents.strategies.base import TargetView
-from agents.wan.cells import CellOption, Choice, choose, load, model_load, summarize
+from agents.wan.cells import CellOption, Choice, Speed, choose, load, model_load, summarize
 from router.agentpoll import AgentPoller
 from router.core import spill_proof
 from router.metrics import RESIDENCY_REFUSED, SPILLOVER
@@ -80,15 +81,24 @@ class CellRoute:
 
 
 class CellRouter:
-    def __init__(self, spill_at: float = 1.0, signed: bool = False) -> None:
+    def __init__(
+        self,
+        spill_at: float = 1.0,
+        signed: bool = False,
+        speed: Speed | None = None,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
         self.view = CellView()
         self.spill_at = spill_at
+        self.speed = speed if speed is not None else Speed()  # the speed rule (max_share 0: off)
+        self.draw = draw  # uniform in [0, 1), once per request: the speed rule's split
         self.signed = signed  # a mesh secret signs what is spilled: charged to the tenant here only
         self._ingress: dict[tuple[str, str], Target] = {}  # (cell, model) -> its ingress as a target
 
-    def home_load(self, targets: Iterable[Target], to_view: Callable[[Target], TargetView]) -> float:
-        """The model's load in this cell (`agents.wan.cells.load`) from this router's view of its targets, what the
-        router itself has in flight at a target counting when the runtime's last figures trail it."""
+    def home_load(self, targets: Iterable[Target], to_view: Callable[[Target], TargetView]) -> wan_pb2.ModelLoad | None:
+        """The model in this cell as a summary has it (`agents.wan.cells.summarize`: its load, its expected TTFT)
+        from this router's view of its targets, what the router itself has in flight at a target counting when the
+        runtime's last figures trail it; None: no target."""
         views = []
         for t in targets:
             v = to_view(t)
@@ -97,26 +107,27 @@ class CellRouter:
                 v.requests_running, v.requests_waiting = float(t.inflight), 0.0
             views.append(v)
         s = summarize(self.view.cell, self.view.region, "", views)
-        return load(s.models[0]) if s.models else math.inf
+        return s.models[0] if s.models else None
 
     def route(
-        self, model: str, regions: frozenset[str] | None, home_load: float, spilled_from: str | None
+        self, model: str, regions: frozenset[str] | None, home_load: wan_pb2.ModelLoad | None, spilled_from: str | None
     ) -> CellRoute | None:
         """None: serve in this cell as without cells. Otherwise where to send the request (possibly nowhere)."""
         v = self.view
         if not v.known:
             return None
-        home = CellOption(v.cell, v.region, 0.0, home_load)
+        home = CellOption(v.cell, v.region, 0.0, load(home_load), "", home_load.ttft_s if home_load else 0.0)
         if spilled_from:  # already crossed once: this cell serves it or nobody does (residency still applies)
             remotes: list[CellOption] = []
         else:
             remotes = [
-                CellOption(r.summary.cell, r.summary.region, r.rtt_s, load(model_load(r.summary, model)),
-                           r.summary.ingress)
+                CellOption(r.summary.cell, r.summary.region, r.rtt_s, load(m), r.summary.ingress,
+                           m.ttft_s if m is not None else 0.0)
                 for r in v.remotes
                 if r.alive and r.summary.ingress
+                for m in (model_load(r.summary, model),)
             ]  # fmt: skip
-        choice = choose(home, remotes, regions, self.spill_at)
+        choice = choose(home, remotes, regions, self.spill_at, self.speed, self.draw())
         if not choice.spilled:
             return None
         if not choice.order:

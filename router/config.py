@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agents import configload
 from agents.security.tls import ClientTls
+from agents.wan.cells import SPEED_MARGIN, SPEED_MAX_SHARE, Speed
 from router.core.spill_proof import MIN_SECRET_BYTES
 
 ENV_PREFIX = "INFERMESH_ROUTER__"
@@ -384,7 +385,22 @@ class CellsConfig(_Strict):
         gt=0,
         le=100,
         description="a model's load in this cell (running + waiting requests per batch slot) from which its requests "
-        "go to the nearest cell with headroom",
+        "go to the cell with headroom of least RTT plus expected TTFT",
+    )
+    speed_margin: float = Field(
+        default=SPEED_MARGIN,
+        ge=0,
+        le=10,
+        description="the speed rule: with headroom here, a share of the requests still goes to another cell when "
+        "this cell's expected TTFT exceeds that cell's RTT plus expected TTFT by more than this fraction of the "
+        "latter (the margin keeps the rule from flapping around the break-even)",
+    )
+    speed_max_share: float = Field(
+        default=SPEED_MAX_SHARE,
+        ge=0,
+        le=1,
+        description="the most of this cell's requests for a model that the speed rule moves (the share grows with "
+        "the excess beyond the margin; drawn per request); 0 turns the rule off",
     )
     refresh_s: float = Field(default=1.0, gt=0, le=300, description="how often the WAN tier's view is read")
     mesh_secret_file: str | None = Field(
@@ -409,6 +425,10 @@ class CellsConfig(_Strict):
         if v is not None:
             _read_secret(v)
         return v
+
+    def speed(self) -> Speed:
+        """The speed rule of agents/wan/cells.py with these settings."""
+        return Speed(self.speed_margin, self.speed_max_share)
 
     def mesh_secrets(self) -> tuple[bytes, ...]:
         """The shared secrets, the one that signs first (read at start; none without a file)."""

@@ -92,7 +92,8 @@ LOCAL_ONLY = Gauge(
 )
 SPILLOVER = Counter(
     "infermesh_router_spillover_total",
-    "requests this router sent to another cell: its own saturated or failed, or outside the tenant's regions",
+    "requests this router sent to another cell: its own saturated, slow (the speed rule) or failed, or outside the "
+    "tenant's regions",
     ["from_cell", "to_cell", "reason"],
 )
 RESIDENCY_REFUSED = Counter(

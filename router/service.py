@@ -151,7 +151,7 @@ class RouterService:
         # spills are signed with the first secret, verified with any (router/core/spill_proof.py); none: unsigned
         self._mesh_secrets = cfg.cells.mesh_secrets()
         self._mesh_secret = self._mesh_secrets[0] if self._mesh_secrets else None
-        self.cells = CellRouter(cfg.cells.spill_at, signed=self._mesh_secret is not None)
+        self.cells = CellRouter(cfg.cells.spill_at, signed=self._mesh_secret is not None, speed=cfg.cells.speed())
         self._spill_replays = spill_proof.ReplayGuard(cfg.cells.spill_proof_max_age_s)
         self._cell_watcher: CellWatcher | None = None
         self.agent = AgentLink(self.view, cfg.agent)

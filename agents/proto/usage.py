@@ -39,7 +39,7 @@ class SpillRow(_Strict):
     minute: int = Field(ge=0)
     from_cell: str = Field(min_length=1, max_length=63)
     to_cell: str = Field(min_length=1, max_length=63)
-    reason: str = Field(pattern=r"^(saturated|failed|residency)$")
+    reason: str = Field(pattern=r"^(saturated|slow|failed|residency)$")
     requests: int = Field(default=0, ge=0)
 
 

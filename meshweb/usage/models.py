@@ -40,7 +40,8 @@ class UsageRollup(models.Model):
 
 
 class Spillover(models.Model):
-    """Requests routers sent from one cell to another, per UTC minute and reason (saturated, failed, residency)."""
+    """Requests routers sent from one cell to another, per UTC minute and reason (saturated, slow, failed,
+    residency)."""
 
     minute = models.DateTimeField(help_text="Start of the UTC minute.")
     from_cell = models.CharField(max_length=63)

@@ -6,7 +6,7 @@ import math
 
 from agents.proto.infermesh.v1 import wan_pb2
 from agents.strategies.base import HEALTHY, UNHEALTHY, TargetView
-from agents.wan.cells import MAX_MODELS, CellOption, choose, load, model_load, summarize
+from agents.wan.cells import MAX_MODELS, CellOption, Speed, choose, load, model_load, summarize
 from agents.wan.core import WanCore
 
 
@@ -97,3 +97,79 @@ def test_exchange_refuses_garbage_and_its_own_cell() -> None:
     assert a.receive(own, ("x", 1), 1.0) == []
     assert a.receive(b"x" * 20_000, ("x", 1), 1.0) == []
     assert a.refused == 3
+
+
+def timed(running: float, waiting: float, ttft: float, rate: float, slots: int = 4) -> TargetView:
+    v = view("m", running, waiting, slots)
+    v.target_id = f"t-{running}-{waiting}-{ttft}"
+    v.ewma_ttft_s, v.service_rate_rps, v.ttft_p95_s = ttft, rate, None
+    return v
+
+
+def test_summary_carries_the_cells_expected_ttft() -> None:
+    # a free slot: the best such target's measured TTFT, however fast a full one is
+    (m,) = summarize("a", "eu", "", [timed(2, 0, 0.05, 10.0), timed(4, 2, 0.01, 10.0)]).models
+    assert math.isclose(m.ttft_s, 0.05)
+    # every slot taken: the fastest's TTFT + the wait for a slot in the cell (2 queued + itself at 10 + 10 req/s)
+    (m,) = summarize("a", "eu", "", [timed(4, 0, 0.05, 10.0), timed(4, 2, 0.01, 10.0)]).models
+    assert math.isclose(m.ttft_s, 0.01 + 3 / 20.0)
+    # what this router sent since the runtime's last figures takes the last slot
+    busy = timed(3, 0, 0.05, 10.0)
+    busy.inflight = 1
+    (m,) = summarize("a", "eu", "", [busy]).models
+    assert math.isclose(m.ttft_s, 0.05 + 1 / 10.0)
+    # nothing measured, or a queue at an unknown rate: not known
+    unmeasured = view("m", 0, 0)
+    unmeasured.ttft_p95_s = None
+    (m,) = summarize("a", "eu", "", [unmeasured, timed(4, 2, 0.05, 0.0)]).models
+    assert m.ttft_s == 0.0
+
+
+def fast(cell: str, region: str, rtt: float, ld: float, ttft: float) -> CellOption:
+    return CellOption(cell, region, rtt, ld, f"http://{cell}", ttft)
+
+
+SLOW_HOME = fast("a1", "eu", 0.0, 0.5, 0.100)  # headroom, but slow (throttled)
+
+
+def test_speed_rule_moves_a_share_to_a_faster_cell_beyond_the_margin() -> None:
+    speed = Speed(margin=0.2, max_share=0.5)
+    near = fast("a2", "eu", 0.030, 0.4, 0.020)  # cost 50 ms: excess beyond 60 ms is 40 ms = 0.8 of it, capped 0.5
+    assert math.isclose(speed.share(0.100, near.cost_s), 0.5)
+    c = choose(SLOW_HOME, [near], None, speed=speed, draw=0.49)
+    assert c.reason == "slow" and [o.cell for o in c.order] == ["a2", "a1"]  # home as the retry
+    assert choose(SLOW_HOME, [near], None, speed=speed, draw=0.5).order == (SLOW_HOME,)
+    # within the margin: nothing moves, whatever the draw
+    close = fast("a2", "eu", 0.060, 0.4, 0.025)  # cost 85 ms: 100 ms is under 85 x 1.2
+    assert speed.share(0.100, close.cost_s) == 0.0
+    assert not choose(SLOW_HOME, [close], None, speed=speed, draw=0.0).spilled
+    # just beyond it: a small share
+    assert 0 < speed.share(0.100, 0.082) < 0.03
+    # off, no draw, or no speed rule: home
+    assert not choose(SLOW_HOME, [near], None, speed=Speed(0.2, 0.0), draw=0.0).spilled
+    assert not choose(SLOW_HOME, [near], None, speed=speed).spilled
+    assert not choose(SLOW_HOME, [near], None, draw=0.0).spilled
+
+
+def test_speed_rule_spreads_over_the_faster_cells_and_keeps_residency() -> None:
+    speed = Speed(margin=0.2, max_share=0.5)
+    remotes = [
+        fast("a2", "eu", 0.030, 0.4, 0.020),
+        fast("a3", "eu", 0.020, 0.4, 0.020),
+        fast("b1", "us", 0.001, 0.1, 0.010),  # the fastest, outside an eu tenant's regions
+        fast("a4", "eu", 0.001, 1.0, 0.001),  # no headroom
+        fast("a5", "eu", 0.001, 0.1, 0.0),  # TTFT not known: not a speed target
+    ]
+    eu = frozenset({"eu"})
+    picks = {choose(SLOW_HOME, remotes, eu, speed=speed, draw=d / 100).order[0].cell for d in range(50)}
+    assert picks == {"a3", "a2"}  # the draw spreads the moved share over both, never all onto the best
+    assert choose(SLOW_HOME, remotes, eu, speed=speed, draw=0.0).order[0].cell == "a3"  # the cheaper first
+    assert choose(SLOW_HOME, remotes, None, speed=speed, draw=0.0).order[0].cell == "b1"
+
+
+def test_saturated_and_failed_rank_by_rtt_plus_expected_ttft() -> None:
+    home = fast("a1", "eu", 0.0, 1.5, 0.2)
+    remotes = [fast("a2", "eu", 0.010, 0.5, 0.300), fast("a3", "eu", 0.030, 0.5, 0.020)]
+    assert [o.cell for o in choose(home, remotes, None).order] == ["a3", "a1"]  # 50 ms beats 310 ms
+    dead = fast("a1", "eu", 0.0, math.inf, 0.0)
+    assert [o.cell for o in choose(dead, remotes, None).order] == ["a3", "a2"]

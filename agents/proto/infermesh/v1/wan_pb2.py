@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16infermesh/v1/wan.proto\x12\x0cinfermesh.v1\"\x84\x01\n\tModelLoad\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07targets\x18\x02 \x01(\r\x12\x0f\n\x07healthy\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0f\n\x07running\x18\x05 \x01(\x01\x12\x0f\n\x07waiting\x18\x06 \x01(\x01\x12\x12\n\nttft_p95_s\x18\x07 \x01(\x01\"r\n\x0b\x43\x65llSummary\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07ingress\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\'\n\x06models\x18\x05 \x03(\x0b\x32\x17.infermesh.v1.ModelLoad\"e\n\tWanPacket\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12*\n\x07summary\x18\x02 \x01(\x0b\x32\x19.infermesh.v1.CellSummary\x12\x0e\n\x06ping_t\x18\x03 \x01(\x01\x12\x0e\n\x06pong_t\x18\x04 \x01(\x01\"e\n\nRemoteCell\x12*\n\x07summary\x18\x01 \x01(\x0b\x32\x19.infermesh.v1.CellSummary\x12\r\n\x05rtt_s\x18\x02 \x01(\x01\x12\r\n\x05\x61ge_s\x18\x03 \x01(\x01\x12\r\n\x05\x61live\x18\x04 \x01(\x08\"\x12\n\x10ListCellsRequest\"\x84\x01\n\x11ListCellsResponse\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12(\n\x05local\x18\x03 \x01(\x0b\x32\x19.infermesh.v1.CellSummary\x12\'\n\x05\x63\x65lls\x18\x04 \x03(\x0b\x32\x18.infermesh.v1.RemoteCell2S\n\x03Wan\x12L\n\tListCells\x12\x1e.infermesh.v1.ListCellsRequest\x1a\x1f.infermesh.v1.ListCellsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16infermesh/v1/wan.proto\x12\x0cinfermesh.v1\"\x94\x01\n\tModelLoad\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07targets\x18\x02 \x01(\r\x12\x0f\n\x07healthy\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0f\n\x07running\x18\x05 \x01(\x01\x12\x0f\n\x07waiting\x18\x06 \x01(\x01\x12\x12\n\nttft_p95_s\x18\x07 \x01(\x01\x12\x0e\n\x06ttft_s\x18\x08 \x01(\x01\"r\n\x0b\x43\x65llSummary\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0f\n\x07ingress\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\'\n\x06models\x18\x05 \x03(\x0b\x32\x17.infermesh.v1.ModelLoad\"e\n\tWanPacket\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12*\n\x07summary\x18\x02 \x01(\x0b\x32\x19.infermesh.v1.CellSummary\x12\x0e\n\x06ping_t\x18\x03 \x01(\x01\x12\x0e\n\x06pong_t\x18\x04 \x01(\x01\"e\n\nRemoteCell\x12*\n\x07summary\x18\x01 \x01(\x0b\x32\x19.infermesh.v1.CellSummary\x12\r\n\x05rtt_s\x18\x02 \x01(\x01\x12\r\n\x05\x61ge_s\x18\x03 \x01(\x01\x12\r\n\x05\x61live\x18\x04 \x01(\x08\"\x12\n\x10ListCellsRequest\"\x84\x01\n\x11ListCellsResponse\x12\x0c\n\x04\x63\x65ll\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12(\n\x05local\x18\x03 \x01(\x0b\x32\x19.infermesh.v1.CellSummary\x12\'\n\x05\x63\x65lls\x18\x04 \x03(\x0b\x32\x18.infermesh.v1.RemoteCell2S\n\x03Wan\x12L\n\tListCells\x12\x1e.infermesh.v1.ListCellsRequest\x1a\x1f.infermesh.v1.ListCellsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,17 +32,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'infermesh.v1.wan_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELLOAD']._serialized_start=41
-  _globals['_MODELLOAD']._serialized_end=173
-  _globals['_CELLSUMMARY']._serialized_start=175
-  _globals['_CELLSUMMARY']._serialized_end=289
-  _globals['_WANPACKET']._serialized_start=291
-  _globals['_WANPACKET']._serialized_end=392
-  _globals['_REMOTECELL']._serialized_start=394
-  _globals['_REMOTECELL']._serialized_end=495
-  _globals['_LISTCELLSREQUEST']._serialized_start=497
-  _globals['_LISTCELLSREQUEST']._serialized_end=515
-  _globals['_LISTCELLSRESPONSE']._serialized_start=518
-  _globals['_LISTCELLSRESPONSE']._serialized_end=650
-  _globals['_WAN']._serialized_start=652
-  _globals['_WAN']._serialized_end=735
+  _globals['_MODELLOAD']._serialized_end=189
+  _globals['_CELLSUMMARY']._serialized_start=191
+  _globals['_CELLSUMMARY']._serialized_end=305
+  _globals['_WANPACKET']._serialized_start=307
+  _globals['_WANPACKET']._serialized_end=408
+  _globals['_REMOTECELL']._serialized_start=410
+  _globals['_REMOTECELL']._serialized_end=511
+  _globals['_LISTCELLSREQUEST']._serialized_start=513
+  _globals['_LISTCELLSREQUEST']._serialized_end=531
+  _globals['_LISTCELLSRESPONSE']._serialized_start=534
+  _globals['_LISTCELLSRESPONSE']._serialized_end=666
+  _globals['_WAN']._serialized_start=668
+  _globals['_WAN']._serialized_end=751
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelLoad(_message.Message):
-    __slots__ = ("model", "targets", "healthy", "capacity", "running", "waiting", "ttft_p95_s")
+    __slots__ = ("model", "targets", "healthy", "capacity", "running", "waiting", "ttft_p95_s", "ttft_s")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class ModelLoad(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     TTFT_P95_S_FIELD_NUMBER: _ClassVar[int]
+    TTFT_S_FIELD_NUMBER: _ClassVar[int]
     model: str
     targets: int
     healthy: int
@@ -22,7 +23,8 @@ class ModelLoad(_message.Message):
     running: float
     waiting: float
     ttft_p95_s: float
-    def __init__(self, model: _Optional[str] = ..., targets: _Optional[int] = ..., healthy: _Optional[int] = ..., capacity: _Optional[int] = ..., running: _Optional[float] = ..., waiting: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ...) -> None: ...
+    ttft_s: float
+    def __init__(self, model: _Optional[str] = ..., targets: _Optional[int] = ..., healthy: _Optional[int] = ..., capacity: _Optional[int] = ..., running: _Optional[float] = ..., waiting: _Optional[float] = ..., ttft_p95_s: _Optional[float] = ..., ttft_s: _Optional[float] = ...) -> None: ...
 
 class CellSummary(_message.Message):
     __slots__ = ("cell", "region", "ingress", "seq", "models")
