@@ -5,14 +5,16 @@ eight H100 nodes (16 batch slots each) in two regions, bursty traffic (MMPP 220/
 router, remote cells' state 50-200 ms stale. The RTT between two cells is injected (1, 30 or 80 ms; 0.5 ms inside a
 cell) and the routers see it as measured. Three routers rank the same fleet:
 
-- **cell-aware**: the rule of `agents/wan/cells.py` (own cell unless saturated or failed, then the nearest cell with
-  headroom, never outside the tenant's regions; each cell's load from the same `summarize` the WAN gateways
-  publish), then hybrid_mesh inside the chosen cell;
+- **cell-aware**: the rule of `agents/wan/cells.py` (own cell unless saturated or failed, then the cell with headroom of
+  least RTT plus expected TTFT; a share of the requests to a cell with headroom whose RTT plus expected TTFT home's
+  expected TTFT exceeds by the speed rule's margin; never outside the tenant's regions; each cell's load and expected
+  TTFT from the same `summarize` the WAN gateways publish, the speed rule with the router's default `cells.speed_*`),
+  then hybrid_mesh inside the chosen cell;
 - **global hybrid_mesh**: one mesh, every target ranked by hybrid_mesh with its network term (the RTT);
 - **network-blind**: hybrid_mesh with the network term at zero (any target anywhere, by predicted wait alone).
 
 Two scenarios: `bursts` (the summary's main figures) and `cell 0 throttled` (its nodes at half speed for the middle
-third: slower, not fuller; reported beside, as the case the load-based rule does not see). A tenant restricted to
+third: slower, not fuller; reported beside, the case the speed rule is for). A tenant restricted to
 region 0 sends 1 request in 100; a cross-region violation is a ranked target (first choice or retry) of such a
 request outside region 0. Each p99 TTFT is over every completed request of its run (counts in the table).
 
@@ -36,7 +38,7 @@ from agents.sim.config import parse_config
 from agents.sim.core import Simulation
 from agents.strategies.base import RouteRequest, Scored, Strategy, TargetIndex, TargetView
 from agents.strategies.builtins import HybridMesh
-from agents.wan.cells import CellOption, choose, load, summarize
+from agents.wan.cells import CellOption, Speed, choose, load, summarize
 
 CELLS, REGIONS, NODES = 4, 2, 8
 RESIDENT_TENANT = "0"  # of 100 tenants: restricted to region 0
@@ -101,9 +103,11 @@ class CellAware(Strategy):
 
     name = "cell_aware"
 
-    def __init__(self, spill_at: float = 1.0) -> None:
+    def __init__(self, spill_at: float = 1.0, speed: Speed | None = None, seed: int = 0) -> None:
         self.inner = HybridMesh()
         self.spill_at = spill_at
+        self.speed = speed if speed is not None else Speed()  # the router's defaults (router/config.py)
+        self.draws = random.Random(seed)  # the speed rule's split, one draw per decision as a router makes it
         self.cells: list[dict[str, TargetView]] = [{} for _ in range(CELLS)]
         self.rtt: Callable[[str, str], float] = lambda a, b: 0.0
         self.observe_outcome = self.inner.observe_outcome
@@ -131,13 +135,14 @@ class CellAware(Strategy):
     def _option(self, cell: int, home: str, model: str) -> CellOption:
         s = summarize(str(cell), region_of(cell), "", self.cells[cell].values())
         m = next((x for x in s.models if x.model == model), None)
-        return CellOption(str(cell), region_of(cell), self.rtt(home, f"c{cell}-router"), load(m))
+        rtt = self.rtt(home, f"c{cell}-router")
+        return CellOption(str(cell), region_of(cell), rtt, load(m), "", m.ttft_s if m is not None else 0.0)
 
     def rank(self, index: TargetIndex, request: RouteRequest, k: int, rng: random.Random) -> list[Scored]:
         home = cell_of(request.client_node)
         opts = [self._option(c, request.client_node, request.model) for c in range(CELLS)]
         choice = choose(opts[home], [o for i, o in enumerate(opts) if i != home],
-                        RESIDENCY.get(request.tenant), self.spill_at)  # fmt: skip
+                        RESIDENCY.get(request.tenant), self.spill_at, self.speed, self.draws.random())  # fmt: skip
         order = {int(o.cell): i for i, o in enumerate(choice.order)}
         if not order:
             return []
@@ -187,7 +192,10 @@ def run(scenario: str, name: str, rtt_ms: float, duration: float, seed: int) -> 
     sim = Simulation(cfg, "hybrid_mesh", strategy_factory=lambda _: Counted(makers[name](), v))
     inter, intra = rtt_ms / 1000.0, 0.0005
     matrix = [[intra if i == j else inter for j in range(CELLS)] for i in range(CELLS)]
-    sim.topo.rtt_true, sim.topo.rtt_est = matrix, [row[:] for row in matrix]  # injected, seen as measured
+    # injected, seen as measured: the tables are filled in place (the simulation's RTT estimate holds them)
+    for table in (sim.topo.rtt_true, sim.topo.rtt_est):
+        for row, injected in zip(table, matrix, strict=True):
+            row[:] = injected
     res = sim.run()
     ttft = sorted(res.rec.ttft)
     n = len(ttft)
