@@ -33,3 +33,31 @@ def test_a_fleet_that_keeps_up_is_not_flagged_and_a_growing_queue_is() -> None:
     assert verdict["overloaded"] == 1.0
     assert verdict["served"] < 0.9 * verdict["offered"]
     assert verdict["backlog"] > 16
+
+
+def test_a_short_run_whose_pipeline_is_still_filling_is_not_flagged() -> None:
+    """25 s at 8 req/s with 10 s answers: the first completion comes 10 s after the first arrival, so over the
+    window the requests in service grow and completions lag arrivals, but nothing waits for a first byte: the fleet
+    kept up."""
+    rq = _bench()
+    run = [rq.Result(True, 0.1, 10.0, at=i / 8) for i in range(200)]
+    verdict = rq.load_check(run)
+    assert verdict["served"] < 0.9 * verdict["offered"]  # what a served-rate rule flagged
+    assert verdict["grown"] == 0.0 and verdict["overloaded"] == 0.0
+
+
+def test_the_modelled_capacity_is_deterministic_and_scales_with_the_fleet() -> None:
+    rq = _bench()
+    reqs = [rq.Req(0.0, 500 + 300 * (i % 5), 50 + 40 * (i % 7)) for i in range(400)]
+    one, n = rq.model_trace_capacity(reqs, ["h100"], 4)
+    assert n == 280 and one == rq.model_trace_capacity(reqs, ["h100"], 4)[0]
+    two, _ = rq.model_trace_capacity(reqs, ["h100", "h100"], 4)
+    assert abs(two / one - 2.0) < 0.05
+    slow, _ = rq.model_trace_capacity(reqs, ["l40s"], 4)
+    assert slow < 0.5 * one  # an L40S decodes at a quarter of an H100's rate
+    try:
+        rq.model_trace_capacity(reqs[:10], ["h100"], 4)
+    except ValueError as e:
+        assert "too few requests" in str(e)
+    else:
+        raise AssertionError("10 requests cannot give a steady rate")
