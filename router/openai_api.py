@@ -187,6 +187,9 @@ def _members_after(s: str, lo: int) -> tuple[dict[str, Any], int] | None:
     if s[hi] != "}":
         return None
     found: list[tuple[str, Any]] = []
+    # each member tried from a comma parses at most the text after it: bounded by four times what a full parse of
+    # the rest reads, so no body costs more than a few full parses (say a deep object after the messages)
+    work, most = 0, 4 * (len(s) - lo)
     while True:
         end = _last_non_ws(s, hi)  # the last character of the member before `hi`
         if end < lo:
@@ -202,6 +205,9 @@ def _members_after(s: str, lo: int) -> tuple[dict[str, Any], int] | None:
             search_hi = start
         c = s.rfind(",", lo, search_hi)
         while c >= 0:
+            work += len(s) - c
+            if work > most:
+                return None
             member = _member_at(s, c + 1, hi)
             if member is not None:
                 found.append(member)
