@@ -265,3 +265,15 @@ def test_a_wrapped_plugin_answers_for_what_its_strategy_reads() -> None:
 
     assert Isolated(LeastQueue()).reads_prompt is False
     assert Isolated(HybridMesh()).reads_prompt is True
+
+
+def test_a_deep_object_after_the_messages_is_parsed_in_full_not_tried_from_every_comma() -> None:
+    deep: dict[str, Any] = {}
+    cur = deep
+    for _ in range(300):  # every comma inside is a member tried, each parsing the rest of the nesting
+        cur["a"], cur["b"] = "y, " * 100, {}
+        cur = cur["b"]
+    doc = {"messages": _chat(100_000), "model": "m", "deep": deep, "stream": True}
+    body = json.dumps(doc).encode()
+    got = parse_chat_body(body, 5_000)
+    assert type(got) is dict and got == doc
