@@ -3,13 +3,15 @@ router's own view, the other cells' from their summaries, the split drawn per re
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
 from agents.proto.infermesh.v1 import wan_pb2
 from agents.strategies.base import HEALTHY, TargetView
 from agents.wan.cells import Speed
 from router import cells
-from router.config import ConfigError, parse_config
+from router.config import ConfigError, RouterConfig, parse_config
 from router.metrics import SPILLOVER
 from router.service import RouterService
 from router.upstream import UpstreamPool
@@ -61,7 +63,7 @@ def test_a_slow_home_cell_sends_the_drawn_share_to_the_faster_cell() -> None:
     assert r.route("m", None, r.home_load(targets, to_view), None) is None  # type: ignore[arg-type]
 
 
-def _cfg(cells_section: dict[str, object]) -> object:
+def _cfg(cells_section: Mapping[str, object]) -> RouterConfig:
     return parse_config(
         {"agent": {"address": None}, "targets": [{"model": "m", "url": "http://127.0.0.1:9"}], "cells": cells_section},
         env={},
@@ -70,9 +72,9 @@ def _cfg(cells_section: dict[str, object]) -> object:
 
 def test_the_speed_settings_reach_the_router_and_bad_ones_are_refused() -> None:
     cfg = _cfg({"speed_margin": 0.5, "speed_max_share": 0.25})
-    svc = RouterService(cfg, UpstreamPool(limit=2, connect_timeout_s=1.0))  # type: ignore[arg-type]
+    svc = RouterService(cfg, UpstreamPool(limit=2, connect_timeout_s=1.0))
     assert svc.cells.speed == Speed(0.5, 0.25)
-    assert RouterService(_cfg({}), UpstreamPool(limit=2, connect_timeout_s=1.0)).cells.speed == Speed()  # type: ignore[arg-type]
+    assert RouterService(_cfg({}), UpstreamPool(limit=2, connect_timeout_s=1.0)).cells.speed == Speed()
     for bad in ({"speed_max_share": 1.5}, {"speed_margin": -0.1}, {"speed_share": 0.2}):
         with pytest.raises(ConfigError) as e:
             _cfg(bad)
