@@ -15,6 +15,11 @@ from router.core.hedging import LatencyWindow
 
 # agent states showing a runtime queueing at its learned slots while more were sent, before the count is trusted
 SLOTS_CONFIRMATIONS = 20
+# After a state shows a probe of a learned slot count waiting in the runtime's queue, no probe goes there for this
+# long, doubled each time it happens again (up to the maximum) until the count rises: a waiting probe costs its
+# request the runtime's whole turnover time, which on a slow target under saturation is seconds.
+PROBE_BACKOFF_S = 2.0
+PROBE_BACKOFF_MAX_S = 60.0
 
 
 @dataclass(slots=True, eq=False)
@@ -52,6 +57,8 @@ class Target:
     updated: float = 0.0
     learned_slots: int | None = None  # batch slots seen in use while the runtime queued (when it does not say)
     slots_confirmed: int = 0  # states that showed the runtime queueing at `learned_slots` with more sent than that
+    probe_backoff_s: float = 0.0  # the current pause after a probe seen waiting (0: none yet since the count rose)
+    probe_paused_until: float = 0.0  # monotonic time before which no probe goes here
     # Local knowledge of this router.
     inflight: int = 0
     slow_skips: int = 0
@@ -70,16 +77,17 @@ class Target:
     def slots(self) -> int | None:
         return self.max_concurrency or self.learned_slots
 
-    def has_slot(self) -> bool:
+    def has_slot(self, now: float | None = None) -> bool:
         """Whether a request sent now would start at once (unknown slot count: assume so), or may go as a probe of
         a learned slot count (`slot_tier`)."""
-        return self.slot_tier() > 0
+        return self.slot_tier(now) > 0
 
-    def slot_tier(self) -> int:
+    def slot_tier(self, now: float | None = None) -> int:
         """2: a free batch slot (or an unknown slot count); 1: no free slot by a learned count not yet confirmed,
         but the runtime says nothing waits there, so one request beyond it may go (a count learned too low can only
         rise if more than it is ever sent); 0: full. Targets of tier 2 go before those of tier 1, so a probe takes
-        only a request that would otherwise wait at the router."""
+        only a request that would otherwise wait at the router. No probe while paused after one was seen waiting
+        (`learn`)."""
         slots = self.slots
         if slots is None or self.inflight < slots:
             return 2
@@ -89,25 +97,34 @@ class Target:
             and self.waiting is not None
             and self.waiting < 1
             and self.inflight < slots + 1
+            and (time.monotonic() if now is None else now) >= self.probe_paused_until
         )
         return 1 if probe else 0
 
-    def learn(self, waiting: float | None, running: float | None) -> None:
+    def learn(self, waiting: float | None, running: float | None, now: float | None = None) -> None:
         # A runtime that queues while running N sequences has (at most) N slots; the maximum over time converges.
         # A queue can also be momentary (a request that arrived during an iteration waits for its end; a long chunked
         # prefill takes the token budget for several iterations), so N is a lower bound, confirmed by states that
         # show the queue at N while this router has more than N there. Running N always means at least N slots.
         if running is None or running < 1:
             return
+        # A state showing the runtime queueing while this router has more than the learned count there is a probe
+        # seen waiting (whatever runs: a runtime short of KV cache runs fewer): pause probing, twice as long as last.
         n = int(running)
         learned = self.learned_slots
         if learned is not None and n > learned:
             self.learned_slots, self.slots_confirmed = n, 0
+            self.probe_backoff_s, self.probe_paused_until = 0.0, 0.0
         elif waiting is not None and waiting >= 1:
             if learned is None:
                 self.learned_slots, self.slots_confirmed = n, 0
-            elif n == learned and self.inflight > learned:
+                return
+            if n == learned and self.inflight > learned:
                 self.slots_confirmed += 1
+            now = time.monotonic() if now is None else now
+            if self.inflight > learned and now >= self.probe_paused_until:
+                self.probe_backoff_s = min(PROBE_BACKOFF_MAX_S, 2 * self.probe_backoff_s or PROBE_BACKOFF_S)
+                self.probe_paused_until = now + self.probe_backoff_s
 
     def est_waiting(self) -> float:
         """Queue estimate: the agent's figure when fresh, else what this router itself has in flight there."""
@@ -233,6 +250,7 @@ class TargetView:
             if st is not None:
                 new.inflight, new.completed, new.ttft = st.inflight, st.completed, st.ttft
                 new.learned_slots, new.slots_confirmed = st.learned_slots, st.slots_confirmed
+                new.probe_backoff_s, new.probe_paused_until = st.probe_backoff_s, st.probe_paused_until
                 new.role = st.role  # the config declares the role; the agent does not know it
             new.learn(new.waiting, new.running)
             return new

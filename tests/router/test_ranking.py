@@ -7,7 +7,7 @@ from prometheus_client import REGISTRY
 
 from router.config import RoutingPolicy, StaticTarget
 from router.ranking import Ranker
-from router.view import SLOTS_CONFIRMATIONS, Target, TargetView
+from router.view import PROBE_BACKOFF_MAX_S, PROBE_BACKOFF_S, SLOTS_CONFIRMATIONS, Target, TargetView
 
 
 def _view(n: int) -> TargetView:
@@ -96,7 +96,8 @@ def test_slots_learned_from_a_momentary_queue_rise_and_are_trusted_once_confirme
     for _ in range(SLOTS_CONFIRMATIONS - 1):
         t.learn(waiting=1, running=4)
     t.waiting, t.inflight = 0.0, 4
-    assert t.has_slot()  # a long prefill also keeps requests waiting for a while: not yet trusted
+    assert not t.has_slot()  # a probe was seen waiting: paused (test_a_probe_seen_waiting_pauses_probing)
+    assert t.has_slot(now=t.probe_paused_until)  # a long prefill also keeps requests waiting: not yet trusted
     t.inflight = 5
     t.learn(waiting=1, running=4)
     t.inflight = 4
@@ -125,6 +126,37 @@ def test_a_probe_of_a_learned_slot_count_goes_after_every_free_slot() -> None:
     r.finished(ranked[0].id)
     ranked, _ = r.rank("m", targets, policy, "held", usable=lambda t: t.slot_tier())
     assert [t.id for t in ranked] == [free.id, probe.id, full.id]
+
+
+def test_a_probe_seen_waiting_pauses_probing() -> None:
+    """A probe that waits in the runtime's queue costs its request the runtime's turnover time (seconds on a slow
+    target under saturation): after a state shows one waiting, no probe goes there for a while, twice as long each
+    time, until the count rises."""
+    t = Target(id="x", model="m", url="http://h", source="agent")
+    t.learn(waiting=1, running=4, now=0.0)  # four slots learned from a queue
+    t.waiting, t.inflight = 0.0, 4
+    assert t.slot_tier(now=0.0) == 1  # a probe may go
+    t.inflight = 5  # it went, and the runtime shows it waiting
+    t.learn(waiting=1, running=4, now=1.0)
+    t.learn(waiting=1, running=4, now=1.5)  # the same wait seen again: the pause is not lengthened
+    t.waiting, t.inflight = 0.0, 4  # it started; the runtime says nothing waits
+    assert t.slot_tier(now=2.0) == 0  # but no probe yet
+    assert t.slot_tier(now=0.99 + PROBE_BACKOFF_S) == 0 and t.slot_tier(now=1.0 + PROBE_BACKOFF_S) == 1
+    t.inflight = 5
+    t.learn(waiting=1, running=3, now=4.0)  # waiting again (short of KV cache it runs fewer): twice as long
+    t.inflight = 4
+    assert t.slot_tier(now=3.99 + 2 * PROBE_BACKOFF_S) == 0 and t.slot_tier(now=4.0 + 2 * PROBE_BACKOFF_S) == 1
+    for i in range(10):
+        t.inflight = 5
+        t.learn(waiting=1, running=4, now=100.0 * (i + 1))
+    assert t.probe_backoff_s == PROBE_BACKOFF_MAX_S
+    t.inflight = 4
+    t.learn(waiting=0, running=4, now=1001.0)  # no queue seen: the pause stands
+    assert t.slot_tier(now=1001.0) == 0
+    t.learn(waiting=0, running=5, now=1002.0)  # five ran at once: the count rises, probing again
+    assert t.slots == 5
+    t.inflight = 5
+    assert t.slot_tier(now=1002.0) == 1
 
 
 def test_a_said_slot_count_is_never_probed_past() -> None:
