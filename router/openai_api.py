@@ -102,13 +102,10 @@ def _partial_object(s: str, budget: int) -> dict[str, Any] | None:
     i = ws(s, i + 1).end()
     out: dict[str, Any] = {}
     while True:
-        if s[i] != '"':
+        head = _key_at(s, i)
+        if head is None:
             return None
-        key, i = scanstring(s, i + 1)
-        i = ws(s, i).end()
-        if s[i] != ":":
-            return None
-        i = ws(s, i + 1).end()
+        key, i = head
         if key == "messages" and s[i] == "[":
             msgs, i, lazy = _first_messages(s, i, budget)
             if lazy:  # `i`: where the first message left unparsed starts
@@ -243,18 +240,26 @@ def _array_start(s: str, lo: int, end: int) -> int | None:
     return -1
 
 
+def _key_at(s: str, i: int) -> tuple[str, int] | None:
+    """A member's key at `i` and where its value starts (past the ':' and whitespace), else None."""
+    if s[i] != '"':
+        return None
+    key, i = scanstring(s, i + 1)
+    i = _WS.match(s, i).end()  # type: ignore[union-attr]  # always matches
+    if s[i] != ":":
+        return None
+    return key, _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+
+
 def _member_at(s: str, i: int, hi: int) -> tuple[str, Any] | None:
     """The member `"key": value` that starts at `i` and ends right before `hi` (whitespace aside), else None."""
     ws: Any = _WS.match  # always matches (it may match nothing)
     try:
-        i = ws(s, i).end()
-        if s[i] != '"':
+        head = _key_at(s, ws(s, i).end())
+        if head is None:
             return None
-        key, i = scanstring(s, i + 1)
-        i = ws(s, i).end()
-        if s[i] != ":":
-            return None
-        value, i = _SCAN(s, ws(s, i + 1).end())
+        key, i = head
+        value, i = _SCAN(s, i)
     except (StopIteration, ValueError, IndexError):
         return None
     return (key, value) if ws(s, i).end() == hi else None
