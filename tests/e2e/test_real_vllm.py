@@ -74,6 +74,9 @@ def test_every_metric_the_vllm_adapter_reads_is_served(real_vllm: Any) -> None:
 def router(real_vllm: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProc]:
     cfg = router_config([])
     cfg["targets"] = [{"model": real_vllm.model, "url": real_vllm.url, "runtime": "vllm", "node": "cpu0"}]
+    # vLLM's CPU engine threads spin on both cores while it decodes: the router, starved beside it, can take seconds
+    # to see a connection through, which the default 2 s connect timeout would call a dead runtime (a 504).
+    cfg["upstream_connect_timeout_s"] = 20.0
     rp = start_router(cfg, tmp_path_factory.mktemp("router"))
     yield rp
     rp.stop()
